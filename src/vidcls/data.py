@@ -1,0 +1,193 @@
+"""Data path: ragged feature store -> augmented, padded batches.
+
+One video is one contiguous slice of the store, read inside the DataLoader worker (the store opens
+its HDF5 handle lazily, per process). Augmentation randomness comes from a seed that the sampler
+attaches to every item, ``(seed, epoch, position)``, so a run is reproducible whatever the number of
+workers, and an epoch restarted after a crash sees exactly the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from .store import FeatureStore, StoreError, open_splits, stratified_split
+
+MIN_AUG_FRAMES = 8  # the spec augments only videos with more frames than this
+
+
+def augment_sequence(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The spec's feature-level augmentation of one video.
+
+    Args:
+        x: (T, D) float32 features; returned unchanged when T <= 8.
+        rng: source of all randomness.
+    Returns:
+        (T', D) float32: temporal subsampling p=0.5 (keep a uniform 70-100 % of the frames, at least 8,
+        in their original order), circular shift p=0.3 by a uniform integer in [-3, 3],
+        Gaussian noise p=0.2 with sigma 0.01.
+    """
+    n_frames = x.shape[0]
+    if n_frames <= MIN_AUG_FRAMES:
+        return x
+    if rng.random() < 0.5:
+        keep = max(int(n_frames * rng.uniform(0.7, 1.0)), MIN_AUG_FRAMES)
+        idx = np.sort(rng.choice(n_frames, size=keep, replace=False))
+        x = x[idx]
+    if rng.random() < 0.3:
+        shift = int(rng.integers(-3, 4))  # upper bound exclusive: -3..3
+        if shift != 0:
+            x = np.roll(x, shift, axis=0)
+    if rng.random() < 0.2:
+        x = x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(0.01)
+    return x
+
+
+class FeatureDataset(Dataset):
+    """Videos ``indices`` of one store; items are ``(features (T, D) float32, label, index)``.
+
+    An item key is either an int (no augmentation) or ``(int, seed_tuple)`` from ``EpochSampler``.
+    """
+
+    def __init__(self, store: FeatureStore, indices: Sequence[int] | None = None, *, augment: bool = False):
+        self.store = store
+        self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.store.labels[self.indices]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.store.lengths[self.indices]
+
+    def video_ids(self) -> list[str]:
+        return [self.store.video_ids[i] for i in self.indices]
+
+    def __getitem__(self, key):
+        pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key
+        i = int(self.indices[pos])
+        x = self.store.read(i).astype(np.float32, copy=False)
+        if self.augment and seed is not None:
+            x = augment_sequence(x, np.random.default_rng(seed))
+        return torch.from_numpy(np.ascontiguousarray(x)), int(self.store.labels[i]), int(pos)
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad to the longest video of the batch.
+
+    Returns:
+        x (B, T, D) float32 zero-padded, lengths (B,) int64, labels (B,) int64, positions (B,) int64.
+    """
+    lengths = torch.tensor([item[0].shape[0] for item in batch], dtype=torch.int64)
+    x = torch.zeros(len(batch), int(lengths.max()), batch[0][0].shape[1], dtype=torch.float32)
+    for b, (feats, _, _) in enumerate(batch):
+        x[b, : feats.shape[0]] = feats
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+    positions = torch.tensor([item[2] for item in batch], dtype=torch.int64)
+    return x, lengths, labels, positions
+
+
+class EpochSampler(Sampler):
+    """Draws one epoch of dataset positions and attaches each its augmentation seed.
+
+    ``weights`` given: ``WeightedRandomSampler`` (with replacement, ``num_samples = n``); else a
+    permutation. Both depend only on ``(seed, epoch)``; call ``set_epoch`` before each epoch.
+    """
+
+    def __init__(self, n: int, weights: np.ndarray | None = None, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            order = list(WeightedRandomSampler(self.weights, self.n, replacement=True, generator=g))
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
+        for k, pos in enumerate(order):
+            yield int(pos), (self.seed, self.epoch, k)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, clip: tuple = (0.5, 10.0),
+                  class_names: Sequence[str] | None = None) -> torch.Tensor:
+    """Inverse-frequency class weights ``N / (C * n_c)`` clipped to ``clip``.
+
+    Raises:
+        ValueError: a class has no example (named): its weight would be undefined.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    missing = [class_names[c] if class_names else str(c) for c in range(n_classes) if counts[c] == 0]
+    if missing:
+        raise ValueError(f"class(es) {', '.join(missing)} have no training example; add videos of "
+                         f"those classes to the train split or remove them from class_names")
+    w = len(labels) / (n_classes * counts.astype(np.float64))
+    return torch.tensor(np.clip(w, clip[0], clip[1]), dtype=torch.float32)
+
+
+@dataclass
+class Splits:
+    """The datasets one run trains, selects and tests on."""
+
+    train: FeatureDataset
+    val: FeatureDataset
+    test: FeatureDataset | None
+    class_names: list
+    feature_dim: int
+    extractor: dict
+    val_source: str  # "val.h5" or "carved from train.h5 (15%)"
+
+
+def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, augment: bool = True) -> Splits:
+    """Open the stores of ``features_dir``; carve a stratified validation set when there is no val.h5.
+
+    Raises:
+        StoreError: missing/invalid files, mismatched splits, a single class, a class absent from train.
+    """
+    stores = open_splits(features_dir, require=("train",))
+    train = stores["train"]
+    names = train.class_names
+    if len(names) < 2:
+        raise StoreError(f"{train.path}: only one class ({names}); a classifier needs at least two")
+    if "val" in stores:
+        train_idx, val_ds, source = None, FeatureDataset(stores["val"]), "val.h5"
+    else:
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
+        val_ds = FeatureDataset(train, val_idx)
+        source = f"carved from train.h5 ({val_fraction:.0%}, stratified, seed {seed})"
+    train_ds = FeatureDataset(train, train_idx, augment=augment)
+    absent = [names[c] for c in range(len(names)) if not np.any(train_ds.labels == c)]
+    if absent:
+        raise StoreError(f"{train.path}: class(es) {', '.join(absent)} have no training video "
+                         f"(after carving validation); add some or drop the class")
+    test = FeatureDataset(stores["test"]) if "test" in stores else None
+    return Splits(train_ds, val_ds, test, list(names), train.feature_dim, dict(train.extractor), source)
+
+
+def make_loader(dataset: FeatureDataset, batch_size: int, *, sampler: EpochSampler | None = None,
+                workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader used for training (with ``sampler``) and evaluation (sequential, no augmentation)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, drop_last=False)
+
+
+def train_sampler(dataset: FeatureDataset, weights: torch.Tensor | None, seed: int) -> EpochSampler:
+    """Per-sample weights = class weight of the sample's label (``None`` = plain shuffle)."""
+    per_sample = None if weights is None else weights.numpy()[dataset.labels]
+    return EpochSampler(len(dataset), per_sample, seed)

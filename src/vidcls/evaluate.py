@@ -1,0 +1,72 @@
+"""Inference over a loader and the classification metrics every report uses."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device,
+            criterion: nn.Module | None = None) -> dict:
+    """Run ``model`` over ``loader`` in eval mode.
+
+    Returns:
+        ``{"probs": (N, C) float64, "labels": (N,) int64, "loss": mean criterion or None}``, rows in
+        dataset order (the loader must be sequential).
+    """
+    model.eval()
+    probs, labels, positions, loss_sum = [], [], [], 0.0
+    for x, lengths, y, pos in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x, lengths.to(device)).float()
+        if criterion is not None:
+            loss_sum += float(criterion(logits, y)) * len(y)
+        probs.append(torch.softmax(logits, dim=1).double().cpu())
+        labels.append(y.cpu())
+        positions.append(pos)
+    order = torch.cat(positions).argsort()
+    n = int(order.numel())
+    return {"probs": torch.cat(probs)[order].numpy(), "labels": torch.cat(labels)[order].numpy(),
+            "loss": loss_sum / max(n, 1) if criterion is not None else None}
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list) -> dict:
+    """Accuracy, weighted / macro / per-class F1, worst-class F1, precision, recall, confusion matrix.
+
+    Args:
+        labels: (N,) true class indices.
+        probs: (N, C) class probabilities (or any scores: the argmax is the prediction).
+    Returns:
+        A JSON-ready dict; fractions in [0, 1]. Classes absent from ``labels`` and never predicted get
+        F1 0 and are left out of ``worst_class_f1`` (they say nothing about this split).
+    """
+    n_classes = len(class_names)
+    pred = np.asarray(probs).argmax(axis=1)
+    labels = np.asarray(labels)
+    all_c = list(range(n_classes))
+    prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=all_c, zero_division=0)
+    present = [c for c in all_c if support[c] > 0]
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
+        "f1_weighted": float(f1_score(labels, pred, labels=all_c, average="weighted", zero_division=0)),
+        "f1_macro": float(f1_score(labels, pred, labels=present or all_c, average="macro", zero_division=0)),
+        "f1_per_class": {class_names[c]: float(f1[c]) for c in all_c},
+        "precision_per_class": {class_names[c]: float(prec[c]) for c in all_c},
+        "recall_per_class": {class_names[c]: float(rec[c]) for c in all_c},
+        "support_per_class": {class_names[c]: int(support[c]) for c in all_c},
+        "worst_class_f1": float(min(f1[c] for c in present)) if present else 0.0,
+        "confusion_matrix": confusion_matrix(labels, pred, labels=all_c).tolist(),
+    }
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, class_names: list,
+             criterion: nn.Module | None = None) -> dict:
+    """``predict`` + ``classification_metrics``; adds ``loss`` when a criterion is given."""
+    out = predict(model, loader, device, criterion)
+    metrics = classification_metrics(out["labels"], out["probs"], class_names)
+    metrics["loss"] = out["loss"]
+    return metrics

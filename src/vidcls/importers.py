@@ -1,0 +1,283 @@
+"""Convert other feature layouts into the vidcls store, and describe a store in words.
+
+* ``import_padded_h5``: the padded (N, max_frames, D) HDF5 layout an older system wrote.
+* ``import_npy``: one ``<video_id>.npy`` (T, D) per video plus a labels CSV.
+* ``store_info``: a human-readable summary of one store file (``vidcls info``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .store import SPLITS, FeatureStore, FeatureWriter, StoreError, _name_ids, write_store
+
+_ID_DATASETS = ("video_ids", "video_names")  # where older files keep per-row names, if anywhere
+
+
+# ---- padded HDF5 ----------------------------------------------------------------------------
+def import_padded_h5(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
+                     block: int = 64, extractor: dict | None = None) -> Path:
+    """Convert a padded HDF5 file into a ragged vidcls store, streaming ``block`` rows at a time.
+
+    Source layout: ``features`` (N, max_frames, D), ``labels`` (N), ``num_frames`` (N), attribute
+    ``category_mapping`` (JSON {name: index}); optional ``video_ids``/``video_names`` (N).
+
+    Args:
+        src: the padded file.
+        out: the store file to write (replaced atomically when the import succeeds).
+        dtype: stored dtype, "float16" or "float32".
+        block: rows read per step; memory use is about block * max_frames * D values.
+        extractor: optional description of how the features were made (default: the source's
+            ``extractor`` attribute if it has one, else {}).
+
+    Returns:
+        The written path.
+
+    Raises:
+        StoreError: the source is missing or malformed (naming the dataset / row), or a video is
+            invalid (NaN, bad label).
+    """
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise StoreError(f"source file {src} does not exist; check the SRC path")
+    try:
+        f = h5py.File(src, "r")
+    except OSError as err:
+        raise StoreError(f"{src} is not a readable HDF5 file ({err})") from None
+    with f:
+        feats, labels, nframes, class_names, ids = _read_padded_header(f, src)
+        if extractor is None:
+            extractor = _source_extractor(f)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # A temp file is never read mid-write: commit once per block, not per video.
+            with FeatureWriter(tmp, class_names, feats.shape[2], extractor, dtype=dtype,
+                               flush_every=max(1, block), resume=False) as w:
+                _stream_rows(feats, labels, nframes, ids, w, max(1, int(block)))
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return out
+
+
+def _read_padded_header(f: h5py.File, src: Path):
+    """Validate the padded layout and load the small per-row arrays (never ``features``)."""
+    for name in ("features", "labels", "num_frames"):
+        if name not in f:
+            raise StoreError(f"{src}: dataset {name!r} is missing; expected the padded layout "
+                             f"features (N, max_frames, D), labels (N), num_frames (N)")
+    feats = f["features"]
+    if feats.ndim != 3:
+        raise StoreError(f"{src}: 'features' must be (N, max_frames, D), got shape {feats.shape}")
+    n, max_frames = feats.shape[0], feats.shape[1]
+    labels = np.asarray(f["labels"][:]).astype(np.int64).reshape(-1)
+    nframes = np.asarray(f["num_frames"][:]).astype(np.int64).reshape(-1)
+    for name, arr in (("labels", labels), ("num_frames", nframes)):
+        if len(arr) != n:
+            raise StoreError(f"{src}: {name!r} has {len(arr)} rows but 'features' has {n}")
+    bad = np.flatnonzero((nframes < 1) | (nframes > max_frames))
+    if len(bad):
+        rows = ", ".join(f"row {i} ({nframes[i]})" for i in bad[:10])
+        raise StoreError(f"{src}: num_frames must be in [1, {max_frames}] (max_frames); bad: "
+                         f"{rows}{' ...' if len(bad) > 10 else ''}")
+    class_names = _class_names_from_mapping(f, src)
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if len(bad):
+        raise StoreError(f"{src}: labels outside [0, {len(class_names)}) (category_mapping) at "
+                         f"rows {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
+    return feats, labels, nframes, class_names, _row_ids(f, src, n)
+
+
+def _class_names_from_mapping(f: h5py.File, src: Path) -> list[str]:
+    raw = f.attrs.get("category_mapping")
+    if raw is None:
+        raise StoreError(f"{src}: attribute 'category_mapping' (JSON {{name: index}}) is missing")
+    try:
+        mapping = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+        index = {int(v): str(k) for k, v in mapping.items()}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+        raise StoreError(f"{src}: 'category_mapping' is not a JSON {{name: index}} object "
+                         f"({err})") from None
+    if sorted(index) != list(range(len(mapping))):
+        raise StoreError(f"{src}: 'category_mapping' indices must be 0..{len(mapping) - 1} "
+                         f"without gaps or repeats, got {sorted(mapping.values())}")
+    return [index[i] for i in range(len(index))]
+
+
+def _row_ids(f: h5py.File, src: Path, n: int) -> list[str]:
+    for name in _ID_DATASETS:
+        if name in f:
+            ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in f[name][:]]
+            if len(ids) != n:
+                raise StoreError(f"{src}: {name!r} has {len(ids)} rows but 'features' has {n}")
+            return ids
+    return [f"video_{i:06d}" for i in range(n)]
+
+
+def _source_extractor(f: h5py.File) -> dict:
+    raw = f.attrs.get("extractor")
+    try:
+        value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _stream_rows(feats: h5py.Dataset, labels, nframes, ids, w: FeatureWriter, block: int) -> None:
+    """Append every row, reading only ``block`` rows x the frames they use at a time."""
+    n = feats.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        t_max = int(nframes[start:stop].max())
+        rows = feats[start:stop, :t_max]  # skip the padding columns no row in the block needs
+        for j in range(stop - start):
+            i = start + j
+            w.append(ids[i], rows[j, :nframes[i]], int(labels[i]))
+
+
+# ---- per-video .npy -------------------------------------------------------------------------
+def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
+               out_dir: str | os.PathLike, *, dtype: str = "float16",
+               extractor: dict | None = None) -> dict[str, Path]:
+    """Build split stores from one ``<video_id>.npy`` (T, D) per video and a labels CSV.
+
+    The CSV has a header with columns ``video_id,label`` and optionally ``split`` (train/val/test;
+    without it every row goes to train). Class names are the sorted unique labels of the whole CSV.
+
+    Args:
+        npy_dir: directory of .npy files.
+        labels_csv: the CSV.
+        out_dir: where {split}.h5 files are written (one per split that has rows).
+        dtype: stored dtype, "float16" or "float32".
+        extractor: optional description of how the features were made ({} if unknown).
+
+    Returns:
+        {split: path written}.
+
+    Raises:
+        StoreError: bad CSV (naming the line), missing .npy files (listing the ids), arrays that
+            are not 2-D or whose D disagrees (naming the file), or OUT_DIR holding a split file
+            this CSV would not overwrite. Nothing is written in those cases.
+    """
+    npy_dir, out_dir = Path(npy_dir), Path(out_dir)
+    if not npy_dir.is_dir():
+        raise StoreError(f"npy directory {npy_dir} does not exist; check the NPY_DIR path")
+    rows = _read_labels_csv(Path(labels_csv))
+    class_names = sorted({label for _, label, _ in rows})
+    dim = _check_npy_files(npy_dir, [vid for vid, _, _ in rows])
+    splits = [s for s in SPLITS if any(r[2] == s for r in rows)]
+    # A leftover split file from an earlier import would be picked up by training next to the
+    # new ones; refuse rather than silently mixing two imports.
+    stale = [f"{s}.h5" for s in SPLITS if s not in splits and (out_dir / f"{s}.h5").exists()]
+    if stale:
+        raise StoreError(f"{out_dir} already holds {stale}, which {Path(labels_csv).name} does "
+                         f"not produce; remove them or choose another OUT_DIR")
+    written: dict[str, Path] = {}
+    for split in splits:
+        split_rows = [(vid, label) for vid, label, s in rows if s == split]
+        written[split] = _write_split(npy_dir, split_rows, out_dir / f"{split}.h5",
+                                      class_names, dim, extractor, dtype)
+    return written
+
+
+def _read_labels_csv(path: Path) -> list[tuple[str, str, str]]:
+    """Parse the labels CSV into (video_id, label, split) rows, checking every line."""
+    if not path.exists():
+        raise StoreError(f"labels CSV {path} does not exist; check the LABELS.csv path")
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate an Excel BOM
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("video_id", "label") if c not in header]
+        if missing:
+            raise StoreError(f"{path}: header must contain video_id,label[,split]; missing "
+                             f"{missing} (header is {header})")
+        reader.fieldnames = header
+        rows, seen = [], {}
+        for line, rec in enumerate(reader, start=2):
+            vid, label = (rec.get("video_id") or "").strip(), (rec.get("label") or "").strip()
+            split = (rec.get("split") or "").strip() if "split" in header else "train"
+            if not vid or not label:
+                raise StoreError(f"{path} line {line}: empty video_id or label")
+            if split not in SPLITS:
+                raise StoreError(f"{path} line {line}: split {split!r} for video {vid!r} is not "
+                                 f"one of {list(SPLITS)}")
+            if vid in seen:
+                raise StoreError(f"{path} line {line}: video {vid!r} already listed on line "
+                                 f"{seen[vid]}; each video may appear once")
+            seen[vid] = line
+            rows.append((vid, label, split))
+    if not rows:
+        raise StoreError(f"{path} has a header but no rows; add one line per video")
+    return rows
+
+
+def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
+    """Check every id has a 2-D .npy with the same D (reading headers only); return D."""
+    missing = [v for v in ids if not (npy_dir / f"{v}.npy").is_file()]
+    if missing:
+        raise StoreError(f"{npy_dir}: no .npy file for {len(missing)} video(s) in the CSV: "
+                         f"{_name_ids(missing)}; expected <video_id>.npy")
+    dim, first = None, None
+    for v in ids:
+        p = npy_dir / f"{v}.npy"
+        try:
+            shape = np.load(p, mmap_mode="r").shape  # header only: no feature data is read
+        except (ValueError, OSError) as err:
+            raise StoreError(f"{p}: not a readable .npy array ({err})") from None
+        if len(shape) != 2 or shape[0] < 1:
+            raise StoreError(f"{p}: expected a (T, D) array with T >= 1, got shape {shape}; "
+                             f"save one feature row per frame")
+        if dim is None:
+            dim, first = shape[1], p
+        elif shape[1] != dim:
+            raise StoreError(f"{p}: feature dim {shape[1]} differs from {dim} in {first}; "
+                             f"all videos must come from the same extractor")
+    return int(dim)
+
+
+def _write_split(npy_dir: Path, rows: list[tuple[str, str]], out: Path, class_names: list[str],
+                 dim: int, extractor: dict | None, dtype: str) -> Path:
+    index = {c: i for i, c in enumerate(class_names)}
+    videos = ((vid, np.load(npy_dir / f"{vid}.npy"), index[label]) for vid, label in rows)
+    return write_store(out, videos, class_names, dim, extractor, dtype=dtype)
+
+
+# ---- info -----------------------------------------------------------------------------------
+def store_info(path: str | os.PathLike) -> str:
+    """Describe one store file for humans (``vidcls info``).
+
+    Args:
+        path: the .h5 store.
+
+    Returns:
+        Multi-line text: path, videos, per-class counts with percentages, frames min/mean/max and
+        total, feature dim, dtype, extractor JSON, format version.
+
+    Raises:
+        StoreError: the file is missing or invalid.
+    """
+    # Skip the NaN scan: info should be instant even on large files (loading still validates it).
+    s = FeatureStore(path, check_finite=False)
+    n = len(s)
+    counts = np.bincount(s.labels, minlength=len(s.class_names))
+    lines = [f"path:           {s.path}", f"videos:         {n}",
+             f"classes:        {len(s.class_names)}"]
+    width = max(len(c) for c in s.class_names)
+    for name, c in zip(s.class_names, counts):
+        pct = 100.0 * c / n if n else 0.0
+        lines.append(f"  {name:<{width}}: {int(c)} ({pct:.1f}%)")
+    if n:
+        lines.append(f"frames/video:   min {int(s.lengths.min())}, mean {s.lengths.mean():.1f}, "
+                     f"max {int(s.lengths.max())}")
+    lines += [f"total frames:   {int(s.offsets[-1])}", f"feature dim:    {s.feature_dim}",
+              f"dtype:          {s.dtype}", f"extractor:      {json.dumps(s.extractor)}",
+              f"format version: {s.format_version}"]
+    return "\n".join(lines)
+

@@ -1,0 +1,86 @@
+"""Focal loss with label smoothing and per-class weights, for imbalanced video classes."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["FocalLoss"]
+
+
+class FocalLoss(nn.Module):
+    """Class-weighted focal loss on label-smoothed targets.
+
+    Per sample with true class y over C classes::
+
+        q_c  = 1 - s on y, s / (C - 1) elsewhere      (smoothed target)
+        ce   = -sum_c q_c * log_softmax(logits)_c
+        pt   = exp(-ce)
+        loss = alpha_y * (1 - pt) ** gamma * ce
+
+    and the result is the plain batch mean (sum / B). With gamma=0, smoothing=0 and no alpha
+    this is exactly ``F.cross_entropy``.
+
+    Args:
+        alpha: (C,) non-negative per-class weights, or None for all ones. Stored as a buffer so
+            ``.to(device)`` and ``state_dict`` carry it.
+        gamma: focusing exponent, >= 0; larger down-weights easy samples more.
+        smoothing: label smoothing s in [0, 1).
+
+    Raises:
+        ValueError: gamma < 0, smoothing outside [0, 1), or alpha not a finite, non-negative
+            1-D tensor.
+    """
+
+    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, smoothing: float = 0.1):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if alpha is not None:
+            alpha = torch.as_tensor(alpha, dtype=torch.float32).detach().clone()
+            if alpha.dim() != 1 or alpha.numel() < 1:
+                raise ValueError(f"alpha must be a 1-D (C,) tensor, got shape {tuple(alpha.shape)}")
+            if not torch.isfinite(alpha).all() or (alpha < 0).any():
+                raise ValueError(f"alpha must be finite and >= 0, got {alpha.tolist()}")
+        self.gamma = float(gamma)
+        self.smoothing = float(smoothing)
+        # A None buffer is legal: it stays out of state_dict and .to() leaves it None.
+        self.register_buffer("alpha", alpha)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Args: logits (B, C), target (B,) int64 class ids. Returns: scalar mean loss.
+
+        Raises:
+            ValueError: bad shapes, C < 2, or alpha's length != C.
+        """
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be (B, C), got {tuple(logits.shape)}")
+        B, C = logits.shape
+        if target.shape != (B,):
+            raise ValueError(f"target must be ({B},), got {tuple(target.shape)}")
+        if C < 2:
+            raise ValueError(f"need at least 2 classes, got logits with C={C}")
+        if self.alpha is not None and self.alpha.shape != (C,):
+            raise ValueError(f"alpha has shape {tuple(self.alpha.shape)} but logits have "
+                             f"C={C} classes; alpha must be ({C},)")
+
+        # float32 even under autocast: (1 - pt) near 0 is where half precision loses it all.
+        logp = F.log_softmax(logits.float(), dim=-1)                        # (B, C)
+        target = target.long()
+        q = torch.full_like(logp, self.smoothing / (C - 1))                 # (B, C)
+        q.scatter_(1, target[:, None], 1.0 - self.smoothing)
+        ce = -(q * logp).sum(dim=-1)                                        # (B,)
+        pt = torch.exp(-ce)                                                 # (B,)
+        # The floor keeps d/dx x**gamma finite at x = 0 for 0 < gamma < 1 (else NaN grads when a
+        # sample is predicted with probability exactly 1); its effect on the value is < 1e-12.
+        focal = (1.0 - pt).clamp_min(1e-12) ** self.gamma                   # (B,)
+        loss = focal * ce                                                   # (B,)
+        if self.alpha is not None:
+            loss = self.alpha[target] * loss
+        return loss.mean()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, smoothing={self.smoothing}"

@@ -1,0 +1,310 @@
+"""Stage-2 training: the spec's recipe for one temporal model, in torchvision-reference order.
+
+``train_one_epoch`` -> ``fit`` (data, model, loss, optimiser, schedule, resume, epoch loop, final
+test). Everything a run produces lands in its run directory:
+
+    RUN_DIR/config.yaml, summary.json, results/resource_utilization_log.json
+    RUN_DIR/members/0/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN}.pt, plots/}
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import (load_checkpoint, load_resume_state, prune_periodic, rng_state, save_checkpoint,
+                         set_rng_state)
+from .config import ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
+from .data import class_weights, load_splits, make_loader, train_sampler
+from .evaluate import evaluate
+from .fsutil import atomic_write_json, atomic_write_text
+from .losses import FocalLoss
+from .models import build_model
+from .monitor import ResourceMonitor, summarize
+from .plots import save_epoch_plots
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
+                  "val_f1_macro", "val_f1_worst", "epoch_seconds"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to torch (``cpu``, ``cuda:1``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for CUDA but none is available; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler, epoch: int, cfg: TrainConfig, device: torch.device) -> dict:
+    """One pass over ``loader``. The LR schedule advances every batch by a fractional epoch, so the
+    warm restarts fall at epochs t0, t0(1+t_mult), ... whatever the number of batches."""
+    model.train()
+    n_iters = len(loader)
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
+    for i, (x, lengths, y, _) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x, lengths.to(device))
+        loss = criterion(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                                     f"lower --lr or check the features for extreme values")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step(epoch + (i + 1) / n_iters)  # sets the LR of the next batch
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides the model/optimiser weights."""
+
+    epoch: int = 0  # epochs completed
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+
+def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
+    return {"name": cfg.model, "feat_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
+            "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout}
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    spec = dict(spec)
+    return build_model(spec.pop("name"), **spec)
+
+
+def resolve_config(run_dir, config_path=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
+    """The config of a new run, or of a resumed one: the saved config with the explicit options on top.
+
+    Raises:
+        ConfigError: a new run into a directory that holds one, nothing to resume, or a resume that
+            changes anything but the runtime-only options (the differences are listed).
+    """
+    saved_path = Path(run_dir) / "config.yaml"
+    has_run = any(Path(run_dir).glob("members/*/checkpoints/*.pt"))
+    if not resume:
+        if has_run:
+            raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                              f"or choose another RUN_DIR")
+        return load_config(config_path, overrides)
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml); drop --resume")
+    saved = load_config(saved_path)
+    explicit = dict(read_yaml(config_path)) if config_path else {}
+    explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged = load_config(None, {**saved.to_dict(), **explicit})
+    diff = config_diff(saved, merged)
+    if diff:
+        raise ConfigError("--resume with a different config is refused (only "
+                          "epochs/workers/device/monitor_interval/plots may change):\n  " + "\n  ".join(diff))
+    return merged
+
+
+def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
+    """Train one model with the spec's recipe and evaluate it; returns the summary dict.
+
+    Raises:
+        StoreError / ConfigError / CheckpointError: bad input, each with the file or option to fix.
+    """
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    member_dir = run_dir / "members" / "0"
+    ckpt_dir, plots_dir = member_dir / "checkpoints", member_dir / "plots"
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    # data
+    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment)
+    names, n_classes = splits.class_names, len(splits.class_names)
+    weights = class_weights(splits.train.labels, n_classes, tuple(cfg.weight_clip), names)
+    sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, cfg.seed)
+    pin = device.type == "cuda"
+    train_loader = make_loader(splits.train, cfg.batch_size, sampler=sampler, workers=cfg.workers, pin_memory=pin)
+    val_loader = make_loader(splits.val, cfg.batch_size, workers=cfg.workers, pin_memory=pin)
+
+    # model, loss, optimiser, schedule
+    spec = model_spec(cfg, splits.feature_dim, n_classes)
+    model = build_from_spec(spec).to(device)
+    criterion = FocalLoss(alpha=weights if cfg.alpha == "inverse_freq" else None, gamma=cfg.gamma,
+                          smoothing=cfg.smoothing).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
+    meta = {"config": cfg.to_dict(), "model": spec, "class_names": names, "feature_dim": splits.feature_dim,
+            "extractor": splits.extractor, "vidcls_version": __version__}
+
+    # resume
+    state = TrainState()
+    if resume:
+        state = _restore(ckpt_dir, model, optimizer, scheduler, meta, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    log(_describe_run(cfg, splits, model, device, state))
+
+    monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
+    monitor.start()
+    try:
+        _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion, optimizer, scheduler,
+                    device, names, meta, member_dir, log)
+    except KeyboardInterrupt:
+        monitor.stop()
+        log(f"\ninterrupted: {ckpt_dir / 'last.pt'} holds epoch {state.epoch}; continue with\n"
+            f"  vidcls train {cfg.features_dir} {run_dir} --resume")
+        raise
+
+    # the test split is touched once, with the checkpoint chosen on validation
+    best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
+    model.load_state_dict(best["model_state"])
+    val_metrics = evaluate(model, val_loader, device, names, criterion)
+    test_metrics = None
+    if splits.test is not None:
+        test_loader = make_loader(splits.test, cfg.batch_size, workers=0)
+        test_metrics = evaluate(model, test_loader, device, names, criterion)
+    monitor.stop()
+    summary = _summary(cfg, splits, state, val_metrics, test_metrics, monitor.records, time.time() - t_start)
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion, optimizer, scheduler,
+                device, names, meta, member_dir, log) -> None:
+    ckpt_dir = member_dir / "checkpoints"
+    for epoch in range(state.epoch, cfg.epochs):
+        if state.stopped_early:
+            break
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, cfg, device)
+        val = evaluate(model, val_loader, device, names, criterion)
+        row = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val["loss"], "val_acc": val["accuracy"],
+               "val_f1_weighted": val["f1_weighted"], "val_f1_macro": val["f1_macro"],
+               "val_f1_worst": val["worst_class_f1"], "epoch_seconds": time.time() - t0,
+               "val_f1_per_class": [val["f1_per_class"][n] for n in names]}
+        state.history.append(row)
+        state.epoch = epoch + 1
+        score = row[cfg.select]
+        if score > state.best:
+            state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            save_checkpoint(ckpt_dir / "best.pt", {**meta, "epoch": epoch + 1, "model_state": model.state_dict(),
+                                                  "val": val})
+        else:
+            state.bad_epochs += 1
+        state.stopped_early = cfg.patience > 0 and state.bad_epochs >= cfg.patience
+        _write_epoch_outputs(cfg, state, names, member_dir)
+        full = {**meta, "epoch": state.epoch, "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                "train_state": _state_dict(state), "rng": rng_state()}
+        save_checkpoint(ckpt_dir / "last.pt", full)
+        if state.epoch % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
+            prune_periodic(ckpt_dir, cfg.keep_checkpoints)
+        log(_epoch_line(cfg, row, state))
+        if state.stopped_early:
+            log(f"early stop: no {cfg.select} improvement for {cfg.patience} epochs "
+                f"(best {state.best:.4f} at epoch {state.best_epoch})")
+
+
+def _write_epoch_outputs(cfg: TrainConfig, state: TrainState, names: list, member_dir: Path) -> None:
+    # rewritten whole (atomically) each epoch, so a kill never leaves a torn row behind
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(METRIC_COLUMNS + [f"val_f1_{n}" for n in names])
+    for row in state.history:
+        writer.writerow([row[c] for c in METRIC_COLUMNS] + row["val_f1_per_class"])
+    atomic_write_text(member_dir / "metrics.csv", buf.getvalue())
+    atomic_write_json(member_dir / "history.json", state.history)
+    if cfg.plots:
+        save_epoch_plots(state.history, names, member_dir / "plots")
+
+
+def _state_dict(state: TrainState) -> dict:
+    return {"epoch": state.epoch, "best": state.best, "best_epoch": state.best_epoch,
+            "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early, "history": state.history}
+
+
+def _restore(ckpt_dir: Path, model, optimizer, scheduler, meta: dict, log) -> TrainState:
+    found = load_resume_state(ckpt_dir)
+    if found is None:
+        log(f"--resume: no checkpoint in {ckpt_dir} yet; starting from epoch 1")
+        return TrainState()
+    ckpt, path = found
+    for key in ("class_names", "feature_dim", "model"):
+        if ckpt[key] != meta[key]:
+            raise ConfigError(f"--resume: {path} was trained with {key}={ckpt[key]!r} but the data/config "
+                              f"now give {meta[key]!r}; resume with the same features and options")
+    model.load_state_dict(ckpt["model_state"])
+    optimizer.load_state_dict(ckpt["optimizer_state"])
+    scheduler.load_state_dict(ckpt["scheduler_state"])
+    set_rng_state(ckpt["rng"])
+    state = TrainState(**ckpt["train_state"])
+    log(f"resumed from {path} after epoch {state.epoch} (best {state.best:.4f} at epoch {state.best_epoch})")
+    return state
+
+
+def _describe_run(cfg, splits, model, device, state) -> str:
+    n_params = sum(p.numel() for p in model.parameters())
+    counts = np.bincount(splits.train.labels, minlength=len(splits.class_names))
+    cls = ", ".join(f"{n} {c}" for n, c in zip(splits.class_names, counts))
+    test = len(splits.test) if splits.test is not None else 0
+    return (f"vidcls {__version__}: {cfg.model} ({n_params / 1e6:.2f} M params) on {device}; "
+            f"train {len(splits.train)} ({cls}), val {len(splits.val)} [{splits.val_source}], test {test}; "
+            f"dim {splits.feature_dim}; epochs {state.epoch + 1}..{cfg.epochs}")
+
+
+def _epoch_line(cfg: TrainConfig, row: dict, state: TrainState) -> str:
+    star = " *" if state.best_epoch == row["epoch"] else ""
+    return (f"epoch {row['epoch']:3d}/{cfg.epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
+            f"f1w {row['val_f1_weighted']:.3f} f1m {row['val_f1_macro']:.3f} worst {row['val_f1_worst']:.3f} "
+            f"| {row['epoch_seconds']:.1f}s{star}")
+
+
+def _summary(cfg, splits, state, val_metrics, test_metrics, records, wall) -> dict:
+    def counts(ds):
+        return None if ds is None else {n: int(c) for n, c in zip(
+            splits.class_names, np.bincount(ds.labels, minlength=len(splits.class_names)))}
+
+    member = {"member": 0, "seed": cfg.seed, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+              "stopped_early": state.stopped_early, "select": cfg.select, "best_val_score": state.best,
+              "val": val_metrics, "test": test_metrics}
+    return {"vidcls_version": __version__, "classes": splits.class_names, "model": cfg.model,
+            "features_dir": cfg.features_dir, "val_source": splits.val_source,
+            "class_counts": {"train": counts(splits.train), "val": counts(splits.val), "test": counts(splits.test)},
+            "members": [member], "val": val_metrics, "test": test_metrics,
+            "resources": summarize(records), "wall_seconds": wall}

@@ -1,0 +1,170 @@
+"""Tests for vidcls.importers: padded HDF5 and per-video .npy imports, store_info."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from vidcls.importers import import_npy, import_padded_h5, store_info
+from vidcls.store import FeatureStore, StoreError, open_splits, write_store
+
+D = 6
+
+
+def _padded_file(path, n=11, max_frames=9, names=None, nframes=None):
+    """Write a gzip'd padded file; return (per-video unpadded float16 arrays, labels)."""
+    rng = np.random.default_rng(0)
+    nframes = rng.integers(1, max_frames + 1, n) if nframes is None else np.asarray(nframes)
+    feats = np.full((n, max_frames, D), 999.0, np.float32)  # padding must never be copied
+    rows = []
+    for i in range(n):
+        rows.append(rng.standard_normal((min(int(nframes[i]), max_frames), D)).astype(np.float16))
+        feats[i, :len(rows[i])] = rows[i]
+    labels = np.arange(n) % 3
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=feats, compression="gzip", chunks=(1, max_frames, D))
+        f["labels"] = labels
+        f["num_frames"] = nframes
+        f.attrs["category_mapping"] = json.dumps({"walk": 1, "run": 0, "jump": 2})
+        if names is not None:
+            f.create_dataset("video_names", data=np.array(names, dtype=object),
+                             dtype=h5py.string_dtype())
+    return rows, labels
+
+
+def test_import_padded_streams_and_unpads(tmp_path, monkeypatch):
+    src, out = tmp_path / "old.h5", tmp_path / "feats" / "train.h5"
+    rows, labels = _padded_file(src)
+    reads = []
+    orig = h5py.Dataset.__getitem__
+
+    def spy(self, key):  # record how many rows every read of the source's features returns
+        out = orig(self, key)
+        if self.name == "/features" and self.file.filename == str(src):
+            reads.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    assert import_padded_h5(src, out, block=4) == out
+    monkeypatch.undo()
+    assert reads and max(reads) <= 4  # never more than `block` rows at once
+    s = FeatureStore(out)
+    assert s.class_names == ["run", "walk", "jump"]  # ordered by index, not by name
+    assert s.video_ids == [f"video_{i:06d}" for i in range(11)]
+    assert s.labels.tolist() == labels.tolist()
+    assert s.lengths.tolist() == [len(r) for r in rows]
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(s.read(i), r)
+    assert [p.name for p in out.parent.iterdir()] == ["train.h5"]  # temp file renamed away
+
+
+def test_import_padded_uses_names_and_float32(tmp_path):
+    src = tmp_path / "old.h5"
+    names = [f"clip-{c}" for c in "abcde"]
+    rows, _ = _padded_file(src, n=5, names=names)
+    s = FeatureStore(import_padded_h5(src, tmp_path / "o.h5", dtype="float32", block=2))
+    assert s.video_ids == names and s.dtype == np.float32
+    np.testing.assert_array_equal(s.read(4), rows[4].astype(np.float32))
+
+
+@pytest.mark.parametrize("bad_len, pattern", [(0, r"row 2 \(0\)"), (10, r"row 2 \(10\)")])
+def test_import_padded_bad_num_frames(tmp_path, bad_len, pattern):
+    src, out = tmp_path / "old.h5", tmp_path / "o.h5"
+    _padded_file(src, n=4, nframes=[3, 3, bad_len, 3])
+    with pytest.raises(StoreError, match=pattern) as e:
+        import_padded_h5(src, out)
+    assert "max_frames" in str(e.value) and not out.exists()
+
+
+def test_import_padded_missing_mapping(tmp_path):
+    src = tmp_path / "old.h5"
+    _padded_file(src, n=2)
+    with h5py.File(src, "r+") as f:
+        del f.attrs["category_mapping"]
+    with pytest.raises(StoreError, match="category_mapping"):
+        import_padded_h5(src, tmp_path / "o.h5")
+
+
+# ---- npy -------------------------------------------------------------------------------------
+def _npy_dir(tmp_path, ids, d=D):
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    arrays = {}
+    for i, vid in enumerate(ids):
+        arrays[vid] = np.random.default_rng(i).standard_normal((2 + i, d)).astype(np.float32)
+        np.save(npy / f"{vid}.npy", arrays[vid])
+    return npy, arrays
+
+
+def test_import_npy_without_split(tmp_path):
+    npy, arrays = _npy_dir(tmp_path, ["v1", "v2", "v3"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video_id,label\nv1,zebra\nv2,ant\nv3,zebra\n")
+    out = import_npy(npy, csv, tmp_path / "out")
+    assert out == {"train": tmp_path / "out" / "train.h5"}
+    s = FeatureStore(out["train"])
+    assert s.class_names == ["ant", "zebra"]
+    assert s.video_ids == ["v1", "v2", "v3"] and s.labels.tolist() == [1, 0, 1]
+    for i, vid in enumerate(s.video_ids):
+        np.testing.assert_array_equal(s.read(i), arrays[vid].astype(np.float16))
+    (tmp_path / "out" / "val.h5").write_bytes(b"stale")  # not produced by this CSV
+    with pytest.raises(StoreError, match=r"already holds \['val.h5'\]"):
+        import_npy(npy, csv, tmp_path / "out")
+
+
+def test_import_npy_with_split(tmp_path):
+    ids = ["a", "b", "c", "d", "e"]
+    npy, arrays = _npy_dir(tmp_path, ids)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video_id,label,split\na,x,train\nb,y,val\nc,z,train\nd,x,test\ne,y,train\n")
+    out = import_npy(npy, csv, tmp_path / "out", dtype="float32")
+    assert sorted(out) == ["test", "train", "val"]
+    stores = open_splits(tmp_path / "out", require=("train", "val", "test"))
+    assert stores["train"].video_ids == ["a", "c", "e"]
+    assert stores["val"].video_ids == ["b"] and stores["test"].video_ids == ["d"]
+    for s in stores.values():  # every split carries the full class list, even if it lacks some
+        assert s.class_names == ["x", "y", "z"]
+    assert stores["train"].labels.tolist() == [0, 2, 1]
+    np.testing.assert_array_equal(stores["test"].read(0), arrays["d"])
+
+
+@pytest.mark.parametrize("csv_text, pattern", [
+    ("video_id,label\nv1,a\nmissing1,a\nmissing2,b\n", "2 video.*'missing1', 'missing2'"),
+    ("video_id,label,split\nv1,a,train\nv2,a,holdout\n", "line 3: split 'holdout'"),
+    ("video_id,label\nv1,a\nv1,b\n", "line 3: video 'v1' already listed on line 2"),
+    ("video,label\nv1,a\n", r"missing \['video_id'\]"),
+])
+def test_import_npy_csv_errors(tmp_path, csv_text, pattern):
+    npy, _ = _npy_dir(tmp_path, ["v1", "v2"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text(csv_text)
+    with pytest.raises(StoreError, match=pattern):
+        import_npy(npy, csv, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_npy_shape_errors(tmp_path):
+    npy, _ = _npy_dir(tmp_path, ["v1", "v2"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video_id,label\nv1,a\nv2,a\n")
+    np.save(npy / "v2.npy", np.zeros((3, D + 2), np.float32))
+    with pytest.raises(StoreError, match=r"v2.npy: feature dim 8 differs from 6 in .*v1.npy"):
+        import_npy(npy, csv, tmp_path / "out")
+    np.save(npy / "v2.npy", np.zeros(D, np.float32))
+    with pytest.raises(StoreError, match=r"v2.npy: expected a \(T, D\) array"):
+        import_npy(npy, csv, tmp_path / "out")
+
+
+# ---- info ------------------------------------------------------------------------------------
+def test_store_info_counts(tmp_path):
+    vids = [(f"v{i}", np.zeros((2 + i, 4), np.float16), [0, 0, 0, 1, 2][i]) for i in range(5)]
+    path = write_store(tmp_path / "train.h5", vids, ["cat", "dog", "eel"], 4, {"backbone": "r18"})
+    text = store_info(path)
+    assert str(path) in text
+    assert "videos:         5" in text
+    assert "cat: 3 (60.0%)" in text and "dog: 1 (20.0%)" in text and "eel: 1 (20.0%)" in text
+    assert "min 2, mean 4.0, max 6" in text and "total frames:   20" in text
+    assert "feature dim:    4" in text and "float16" in text and '"backbone": "r18"' in text
+    assert "format version: 1" in text
