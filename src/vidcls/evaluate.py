@@ -20,7 +20,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
     model.eval()
     probs, labels, positions, loss_sum = [], [], [], 0.0
     for x, lengths, y, pos in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
         logits = model(x, lengths.to(device)).float()
         if criterion is not None:
             loss_sum += float(criterion(logits, y)) * len(y)

@@ -67,7 +67,7 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                disable=not sys.stderr.isatty())
     for i, (x, lengths, y, _) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
         logits = model(x, lengths.to(device))
         loss = criterion(logits, y)
         if not torch.isfinite(loss):
