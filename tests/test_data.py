@@ -3,6 +3,9 @@
 Expectations are independent of the code under test: hand-computed weights and shares, the spec's
 augmentation probabilities checked statistically (tolerance ~4 standard errors), and bitwise round
 trips through the HDF5 store and the DataLoader.
+
+``augment_sequence`` takes a (T, D) float32 torch tensor and a ``torch.Generator``; ``aug`` below
+is the one place that calls it with a seed.
 """
 from __future__ import annotations
 
@@ -23,6 +26,13 @@ N_SEEDS = 4000  # augmentation trials for the frequency tests
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def aug(x: np.ndarray, seed) -> np.ndarray:
+    """Augment a (T, D) float32 array with a generator seeded by ``seed``; returns float32 numpy."""
+    y = augment_sequence(torch.from_numpy(x), torch.Generator().manual_seed(seed))
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    return y.numpy()
+
+
 def index_sequence(T: int, D: int = 3) -> np.ndarray:
     """(T, D) float32 whose row t holds the value t everywhere: rows encode their frame index."""
     return np.repeat(np.arange(T, dtype=np.float32)[:, None], D, axis=1)
@@ -69,6 +79,18 @@ def as_f16_f32(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16).astype(np.float32)
 
 
+def f32(t: torch.Tensor) -> np.ndarray:
+    """An item's features as float32 numpy (items may stay in the store's float16)."""
+    assert t.dtype in (torch.float16, torch.float32)
+    return t.float().numpy()
+
+
+def assert_close_f16(actual: np.ndarray, expected: np.ndarray):
+    """Equal up to one float16 rounding (items may be cast back to the store dtype)."""
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=2.0 ** -11, atol=2.0 ** -24)
+
+
 def within(count: int, n: int, p: float, k: float = 4.0) -> bool:
     se = math.sqrt(p * (1 - p) / n)
     return abs(count / n - p) <= k * se
@@ -79,22 +101,21 @@ def within(count: int, n: int, p: float, k: float = 4.0) -> bool:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("T", range(1, 9))
 def test_augment_short_sequences_unchanged(T):
-    x = np.random.default_rng(T).normal(size=(T, 5)).astype(np.float32)
-    ref = x.copy()
+    x = torch.from_numpy(np.random.default_rng(T).normal(size=(T, 5)).astype(np.float32))
+    ref = x.clone()
     for seed in range(300):
-        y = augment_sequence(x, np.random.default_rng(seed))
+        y = augment_sequence(x, torch.Generator().manual_seed(seed))
         assert y is x
-        np.testing.assert_array_equal(y, ref)
+        assert torch.equal(y, ref)
 
 
 def test_augment_nine_frames_is_augmented():
     # the boundary: T = 9 > 8 must be augmented for some seeds (subsampling keeps exactly 8)
     x = index_sequence(9)
-    outs = [augment_sequence(x, np.random.default_rng(s)) for s in range(200)]
+    outs = [aug(x, s) for s in range(200)]
     changed = [y for y in outs if y.shape != x.shape or not np.array_equal(y, x)]
     assert len(changed) > 50
-    lengths = {y.shape[0] for y in outs}
-    assert lengths == {8, 9}
+    assert {y.shape[0] for y in outs} == {8, 9}
 
 
 def test_augment_min_eight_frames_kept():
@@ -103,7 +124,7 @@ def test_augment_min_eight_frames_kept():
     x = index_sequence(T)
     kept = []
     for s in range(2000):
-        d = decode(augment_sequence(x, np.random.default_rng(s)), T)
+        d = decode(aug(x, s), T)
         if d["kept"] < T:
             kept.append(d["kept"])
     assert set(kept) == {8, 9}
@@ -118,7 +139,7 @@ def test_augment_statistics_match_spec():
     n_sub = n_shift = n_noise = 0
     kept, shifts, residuals = [], Counter(), []
     for seed in range(N_SEEDS):
-        d = decode(augment_sequence(x, np.random.default_rng(seed)), T)
+        d = decode(aug(x, seed), T)
         if d["kept"] < T:
             n_sub += 1
             kept.append(d["kept"])
@@ -159,7 +180,7 @@ def test_augment_events_independent_of_each_other():
     x = index_sequence(T)
     table = Counter()
     for seed in range(N_SEEDS):
-        d = decode(augment_sequence(x, np.random.default_rng(seed)), T)
+        d = decode(aug(x, seed), T)
         table[(d["kept"] < T, d["shift"] != 0, d["noisy"])] += 1
     for sub in (False, True):
         n = sum(v for k, v in table.items() if k[0] == sub)
@@ -173,10 +194,9 @@ def test_augment_reproducible_per_seed():
     x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     outs = []
     for seed in range(20):
-        a = augment_sequence(x, np.random.default_rng(seed))
-        b = augment_sequence(x, np.random.default_rng(seed))
+        a, b = aug(x, seed), aug(x, seed)
         np.testing.assert_array_equal(a, b)
-        assert a.dtype == np.float32 and a.shape[1] == 4
+        assert a.shape[1] == 4
         outs.append(a)
     distinct = {(o.shape, o.tobytes()) for o in outs}
     assert len(distinct) > 10  # and different seeds give different augmentations
@@ -201,8 +221,8 @@ def test_dataset_items_are_stored_frames(small_store):
     for pos, (vid, arr, label) in enumerate(videos):
         for key in (pos, np.int64(pos)):
             x, y, p = ds[key]
-            assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
-            np.testing.assert_array_equal(x.numpy(), as_f16_f32(arr))  # float16 -> float32 exact
+            assert isinstance(x, torch.Tensor) and x.shape == arr.shape
+            np.testing.assert_array_equal(f32(x), as_f16_f32(arr))  # float16 -> float32 exact
             assert y == label and p == pos
     np.testing.assert_array_equal(ds.labels, [1, 0, 2, 1])
     np.testing.assert_array_equal(ds.lengths, [12, 5, 20, 9])
@@ -213,13 +233,18 @@ def test_dataset_subset_positions(small_store):
     ds = FeatureDataset(store, [2, 0])
     assert len(ds) == 2 and ds.video_ids() == ["v002", "v000"]
     x, y, p = ds[0]
-    np.testing.assert_array_equal(x.numpy(), as_f16_f32(videos[2][1]))
+    np.testing.assert_array_equal(f32(x), as_f16_f32(videos[2][1]))
     assert (y, p) == (2, 0)  # position within the dataset, not the store index
     x, y, p = ds[1]
-    np.testing.assert_array_equal(x.numpy(), as_f16_f32(videos[0][1]))
+    np.testing.assert_array_equal(f32(x), as_f16_f32(videos[0][1]))
     assert (y, p) == (1, 1)
     np.testing.assert_array_equal(ds.labels, [2, 1])
     np.testing.assert_array_equal(ds.lengths, [20, 12])
+
+
+def sampler_seeds(n: int = 30) -> list:
+    """Real augmentation seeds as EpochSampler attaches them to items."""
+    return [seed for _, seed in EpochSampler(n, None, seed=7)]
 
 
 def test_dataset_augment_uses_key_seed(small_store):
@@ -227,29 +252,27 @@ def test_dataset_augment_uses_key_seed(small_store):
     ds = FeatureDataset(store, augment=True)
     raw = as_f16_f32(videos[2][1])  # 20 frames
     n_changed = 0
-    for k in range(30):
-        seed = (7, 3, k)
+    for seed in sampler_seeds():
         x, y, p = ds[(2, seed)]
-        expected = augment_sequence(raw.copy(), np.random.default_rng(seed))
-        np.testing.assert_array_equal(x.numpy(), expected)
+        assert_close_f16(f32(x), aug(raw.copy(), seed))
         x2, _, _ = ds[(2, seed)]
         assert torch.equal(x, x2)
         assert (y, p) == (2, 2)
-        n_changed += x.shape != raw.shape or not np.array_equal(x.numpy(), raw)
+        n_changed += x.shape != raw.shape or not np.array_equal(f32(x), raw)
     assert n_changed >= 10  # 1 - 0.5 * (1 - 0.3 * 6/7) * 0.8 ~ 70 % of seeds change something
     # an int key (evaluation) is never augmented, even with augment=True
-    np.testing.assert_array_equal(ds[2][0].numpy(), raw)
+    np.testing.assert_array_equal(f32(ds[2][0]), raw)
     # a short video (5 frames) is never augmented
-    for k in range(30):
-        np.testing.assert_array_equal(ds[(1, (0, 0, k))][0].numpy(), as_f16_f32(videos[1][1]))
+    for seed in sampler_seeds():
+        np.testing.assert_array_equal(f32(ds[(1, seed)][0]), as_f16_f32(videos[1][1]))
 
 
 def test_dataset_without_augment_ignores_seed(small_store):
     store, videos = small_store
     ds = FeatureDataset(store, augment=False)
-    for k in range(30):
-        x, y, p = ds[(2, (7, 3, k))]
-        np.testing.assert_array_equal(x.numpy(), as_f16_f32(videos[2][1]))
+    for seed in sampler_seeds():
+        x, y, p = ds[(2, seed)]
+        np.testing.assert_array_equal(f32(x), as_f16_f32(videos[2][1]))
         assert (y, p) == (2, 2)
 
 
@@ -258,16 +281,18 @@ def test_dataset_float32_store_exact(tmp_path):
     store = write(tmp_path / "train.h5", videos, ["a", "b"], 4, dtype="float32")
     ds = FeatureDataset(store)
     for pos, (_, arr, _) in enumerate(videos):
-        np.testing.assert_array_equal(ds[pos][0].numpy(), arr)
+        np.testing.assert_array_equal(f32(ds[pos][0]), arr)
     store.close()
 
 
-def test_collate_pads_with_zeros():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_collate_pads_with_zeros(dtype):
     rng = np.random.default_rng(0)
-    feats = [torch.from_numpy(rng.normal(size=(T, 4)).astype(np.float32)) + 5 for T in (3, 7, 1)]
+    feats = [(torch.from_numpy(rng.normal(size=(T, 4)).astype(np.float32)) + 5).to(dtype)
+             for T in (3, 7, 1)]
     batch = [(feats[0], 2, 10), (feats[1], 0, 11), (feats[2], 1, 4)]
     x, lengths, labels, positions = collate(batch)
-    assert x.shape == (3, 7, 4) and x.dtype == torch.float32
+    assert x.shape == (3, 7, 4) and x.dtype == dtype
     for t in (lengths, labels, positions):
         assert t.dtype == torch.int64
     assert lengths.tolist() == [3, 7, 1]
@@ -277,7 +302,7 @@ def test_collate_pads_with_zeros():
         L = f.shape[0]
         assert torch.equal(x[b, :L], f)
         assert torch.count_nonzero(x[b, L:]) == 0
-    # a batch of one equal-length set needs no padding
+    # a batch of one needs no padding
     x1, l1, _, _ = collate([(feats[1], 0, 0)])
     assert x1.shape == (1, 7, 4) and torch.equal(x1[0], feats[1]) and l1.tolist() == [7]
 
@@ -298,14 +323,25 @@ def test_sampler_deterministic_per_seed_and_epoch(weighted):
     e2 = draw(a, 2)
     assert e2 == draw(b, 2)  # positions and attached seeds
     assert len(e2) == len(a) == n
-    assert [s for _, s in e2] == [(3, 2, k) for k in range(n)]
     assert draw(a, 2) == e2  # re-running an epoch repeats it
+    assert all(isinstance(p, int) for p, _ in e2)
+    seeds2 = [s for _, s in e2]
+    assert len(set(seeds2)) == n  # every item of an epoch gets its own augmentation seed
     e3 = draw(a, 3)
     assert [p for p, _ in e3] != [p for p, _ in e2]
-    assert {s for _, s in e3}.isdisjoint({s for _, s in e2})
-    other_seed = draw(EpochSampler(n, w, seed=4), 2)
-    assert [p for p, _ in other_seed] != [p for p, _ in e2]
-    assert all(isinstance(p, int) for p, _ in e2)
+    assert set(s for _, s in e3).isdisjoint(seeds2)  # ... and a new one every epoch
+    other = draw(EpochSampler(n, w, seed=4), 2)
+    assert [p for p, _ in other] != [p for p, _ in e2]
+    assert set(s for _, s in other).isdisjoint(seeds2)
+
+
+def test_sampler_seeds_do_not_depend_on_positions_drawn():
+    # the k-th item of an epoch gets the same seed whether it is drawn weighted or shuffled:
+    # augmentation is tied to (seed, epoch, place in the epoch), never to the worker
+    n = 20
+    a = draw(EpochSampler(n, None, seed=5), 4)
+    b = draw(EpochSampler(n, np.arange(1.0, n + 1), seed=5), 4)
+    assert [s for _, s in a] == [s for _, s in b]
 
 
 def test_sampler_shuffle_is_permutation():
@@ -398,9 +434,27 @@ def test_loader_batches_independent_of_workers(tmp_path):
             assert int(ys[b]) == labels[int(pos[b])]
             L = int(lens[b])
             assert torch.count_nonzero(x[b, L:]) == 0
-            n_aug += L != raw.shape[0] or not torch.equal(x[b, :L], raw)
+            n_aug += L != raw.shape[0] or not torch.equal(x[b, :L].float(), raw)
     assert n_aug >= 5
     store.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_leaves_global_rng_alone(small_store, workers):
+    # iterating a loader must not draw from torch's global RNG (it feeds dropout and init): with
+    # persistent workers it would be drawn once per run, without workers once per epoch, so the
+    # results would depend on --workers
+    store, _ = small_store
+    ds = FeatureDataset(store, augment=True)
+    sampler = EpochSampler(len(ds), None, seed=1)
+    loader = make_loader(ds, 3, sampler=sampler, workers=workers)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        assert sum(len(b[1]) for b in loader) == len(ds)
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_make_loader_rejects_bad_batch_size(small_store):

@@ -205,9 +205,12 @@ def make_loader(dataset: FeatureDataset, batch_size: int, *, sampler: EpochSampl
     """The DataLoader used for training (with ``sampler``) and evaluation (sequential, no augmentation)."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    # A private generator: creating an iterator would otherwise draw a seed from torch's global RNG,
+    # once per epoch without workers but once per run with persistent workers, so the dropout
+    # stream (and the results) would depend on --workers.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, drop_last=False)
+                      persistent_workers=workers > 0, drop_last=False, generator=torch.Generator())
 
 
 def train_sampler(dataset: FeatureDataset, weights: torch.Tensor | None, seed: int) -> EpochSampler:
