@@ -187,7 +187,7 @@ def test_config_diff_lists_changes_and_skips_runtime():
 
 @pytest.mark.parametrize("changes", [
     {},
-    dict(features_dir="/data/feats", epochs=7, batch_size=3, lr=2.5e-5, weight_clip=[0.25, 4.0],
+    dict(features_dir="/data/feats", epochs=7, batch_size=3, lr=1.2345678e-4, weight_clip=[0.25, 4.0],
          augment=False, plots=False, select="val_f1_macro", sampler="shuffle", alpha="none",
          monitor_interval=12.5, device="cpu", model="transformer", eta_min=0.0),
 ])
@@ -201,9 +201,6 @@ def test_dump_yaml_round_trip(tmp_path, changes):
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
-# Known bugs (see the report): strict xfail, so the mark must go once they are fixed.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: validate() lets NaN/inf through (`nan <= 0` is False)")
 @pytest.mark.parametrize("override", [{"lr": "nan"}, {"lr": float("inf")},
                                       {"weight_decay": float("nan")}])
 def test_non_finite_values_rejected(override):
@@ -214,8 +211,11 @@ def test_non_finite_values_rejected(override):
     raise AssertionError(f"{override} accepted")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="BUG: non-numeric weight_clip items raise TypeError, not ConfigError")
 def test_weight_clip_non_numeric_items(tmp_path):
     with pytest.raises(ConfigError, match="weight.clip"):
         load_config(write(tmp_path, "weight_clip: ['0.5', '10']\n"))
+
+
+def test_negative_seed_rejected():
+    with pytest.raises(ConfigError, match="--seed"):
+        load_config(None, {"seed": -1})

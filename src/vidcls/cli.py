@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data + a small CPU training run (~2 min)")
     p.add_argument("run_dir", nargs="?", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=40)
 
     p = sub.add_parser("info", help="describe a feature store file")
     p.add_argument("file")
@@ -127,7 +127,7 @@ def cmd_demo(args) -> int:
         print(f"writing synthetic features to {feats} ...")
         make_synthetic(feats, videos=600, seed=0)
     small = dict(features_dir=str(feats), epochs=args.epochs, hidden_dim=128, layers=1, heads=4, dropout=0.2,
-                 patience=10, device="cpu", workers=2)
+                 patience=20, device="cpu", workers=2)
     summaries = {}
     for model in ("bilstm_attn", "mean_mlp"):
         out = run_dir / model

@@ -6,6 +6,7 @@ gets written to ``RUN_DIR/config.yaml`` and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -61,6 +62,15 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; returns self. Raises ConfigError naming the option."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in self.weight_clip):
+            raise ConfigError(f"weight_clip must be two numbers [low, high], got {self.weight_clip}")
         _positive(self, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
                   "checkpoint_every", "keep_checkpoints")
         _choice(self, "alpha", ("inverse_freq", "none"))

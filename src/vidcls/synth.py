@@ -18,7 +18,7 @@ DEFAULT_CLASSES = ["animation", "gaming", "natural", "flat"]
 DEFAULT_SHARES = [0.45, 0.25, 0.20, 0.10]
 FRAME_NOISE = 0.3  # per-dimension noise of one frame
 VIDEO_NOISE = 0.05  # per-dimension offset shared by the frames of one video
-STATIC_SIGNAL = 0.0025  # per-dimension std of the weak order-free class signature
+STATIC_SIGNAL = 0.005  # per-dimension std of the weak order-free class signature
 
 
 def class_layout(n_classes: int) -> tuple[list[str], np.ndarray]:
