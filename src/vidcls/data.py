@@ -213,6 +213,15 @@ def make_loader(dataset: FeatureDataset, batch_size: int, *, sampler: EpochSampl
                       persistent_workers=workers > 0, drop_last=False, generator=torch.Generator())
 
 
+def close_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now. Left to the garbage collector, their shutdown can run
+    at an arbitrary later point (inside the next run's plotting, say) and wait seconds per worker."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
 def train_sampler(dataset: FeatureDataset, weights: torch.Tensor | None, seed: int) -> EpochSampler:
     """Per-sample weights = class weight of the sample's label (``None`` = plain shuffle)."""
     per_sample = None if weights is None else weights.numpy()[dataset.labels]

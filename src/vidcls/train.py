@@ -26,7 +26,7 @@ from . import __version__
 from .checkpoint import (load_checkpoint, load_resume_state, prune_periodic, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
-from .data import class_weights, load_splits, make_loader, train_sampler
+from .data import class_weights, close_loader, load_splits, make_loader, train_sampler
 from .evaluate import evaluate
 from .fsutil import atomic_write_json, atomic_write_text
 from .losses import FocalLoss
@@ -186,6 +186,8 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
         log(f"\ninterrupted: {ckpt_dir / 'last.pt'} holds epoch {state.epoch}; continue with\n"
             f"  vidcls train {cfg.features_dir} {run_dir} --resume")
         raise
+    finally:
+        close_loader(train_loader)
 
     # the test split is touched once, with the checkpoint chosen on validation
     best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
@@ -195,6 +197,7 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     if splits.test is not None:
         test_loader = make_loader(splits.test, cfg.batch_size, workers=0)
         test_metrics = evaluate(model, test_loader, device, names, criterion)
+    close_loader(val_loader)
     monitor.stop()
     summary = _summary(cfg, splits, state, val_metrics, test_metrics, monitor.records, time.time() - t_start)
     atomic_write_json(run_dir / "summary.json", summary)
