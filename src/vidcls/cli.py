@@ -30,6 +30,9 @@ TRAIN_FLAGS = [  # (flag, type, help); every one is also a YAML key (dashes -> u
     ("--alpha", str, "focal-loss class weights: inverse_freq | none (inverse_freq)"),
     ("--gamma", float, "focal-loss gamma (2.0)"),
     ("--smoothing", float, "label smoothing (0.1)"),
+    ("--members", int, "seed-ensemble members, trained one after another with seeds seed+i (1)"),
+    ("--tta", str, "test-time augmentation: auto (only if it improves validation) | on | off (auto)"),
+    ("--tta-modes", str, "comma-separated: original,reverse,speed_up,speed_down (all four)"),
 ]
 
 
@@ -53,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_args(sub.add_parser("train", help="train a temporal classifier on a feature store"))
 
+    p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--tta", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
+    p.add_argument("run_dir")
+
     p = sub.add_parser("synth", help="write a synthetic feature store (train/val/test)")
     p.add_argument("out_dir")
     p.add_argument("--videos", type=int, default=600)
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("demo", help="synthetic data + a small CPU training run (~2 min)")
+    p = sub.add_parser("demo", help="synthetic data + a 3-member ensemble with TTA and a baseline, on CPU (~3 min)")
     p.add_argument("run_dir", nargs="?", default="runs/demo")
     p.add_argument("--epochs", type=int, default=40)
 
@@ -94,14 +106,36 @@ def cmd_train(args) -> int:
 
 
 def format_results(summaries: dict) -> str:
-    """A plain-text table: one row per run, validation and test accuracy / F1."""
-    head = f"{'model':<14}{'best ep':>8}{'val acc':>9}{'val F1m':>9}{'test acc':>10}{'test F1m':>10}{'worst F1':>10}"
+    """A plain-text table per run: each member without / with TTA, the mean of members, the ensemble."""
+    nan = float("nan")
+    head = (f"{'':<22}{'best ep':>8}{'val acc':>9}{'val F1m':>9}{'test acc':>10}{'test F1m':>10}"
+            f"{'worst F1':>10}")
     lines = [head, "-" * len(head)]
+
+    def row(label, val, test, ep=""):
+        test = test or {}
+        lines.append(f"{label:<22}{ep:>8}{val['accuracy']:>9.3f}{val['f1_macro']:>9.3f}"
+                     f"{test.get('accuracy', nan):>10.3f}{test.get('f1_macro', nan):>10.3f}"
+                     f"{test.get('worst_class_f1', nan):>10.3f}")
+
     for name, s in summaries.items():
-        m, t = s["members"][0], s.get("test") or {}
-        lines.append(f"{name:<14}{m['best_epoch']:>8}{s['val']['accuracy']:>9.3f}{s['val']['f1_macro']:>9.3f}"
-                     f"{t.get('accuracy', float('nan')):>10.3f}{t.get('f1_macro', float('nan')):>10.3f}"
-                     f"{t.get('worst_class_f1', float('nan')):>10.3f}")
+        excluded = {e["member"]: e["reason"] for e in s["ensemble"]["excluded"]}
+        for m in s["members"]:
+            tag = " (excluded)" if m["member"] in excluded else ""
+            row(f"{name} #{m['member']}{tag}", m["val"], m.get("test"), str(m["best_epoch"]))
+            row(f"  + TTA{' (used)' if m['tta_used'] else ''}", m["val_tta"], m.get("test_tta"))
+        if len(s["members"]) > 1:
+            if s.get("mean_member_test"):
+                t = s["mean_member_test"]
+                lines.append(f"{'  mean of members':<22}{'':>8}{'':>9}{'':>9}{t['accuracy']:>10.3f}"
+                             f"{t['f1_macro']:>10.3f}{t['worst_class_f1']:>10.3f}")
+            tta = " + TTA" if s["ensemble"]["tta_used"] else ""
+            row(f"{name} ensemble{tta}", s["ensemble"]["val"], s["ensemble"].get("test"))
+        for i, reason in excluded.items():
+            lines.append(f"  member {i} excluded: {reason}")
+        final = s.get("final", {})
+        if len(s["members"]) > 1 and final.get("source", "ensemble") != "ensemble":
+            lines.append(f"  final predictions: {final['source']} (it beat the ensemble on validation)")
     return "\n".join(lines)
 
 
@@ -126,21 +160,46 @@ def cmd_demo(args) -> int:
     if not (feats / "test.h5").exists():
         print(f"writing synthetic features to {feats} ...")
         make_synthetic(feats, videos=600, seed=0)
-    small = dict(features_dir=str(feats), epochs=args.epochs, hidden_dim=128, layers=1, heads=4, dropout=0.2,
-                 patience=20, device="cpu", workers=2)
+    small = dict(features_dir=str(feats), hidden_dim=128, layers=1, heads=4, dropout=0.2, device="cpu",
+                 workers=2, epochs=args.epochs)
+    runs = {"bilstm_attn": dict(model="bilstm_attn", members=3, patience=10),
+            "mean_mlp": dict(model="mean_mlp", members=1, patience=20)}  # the order-blind baseline
     summaries = {}
-    for model in ("bilstm_attn", "mean_mlp"):
-        out = run_dir / model
-        resume = (out / "config.yaml").exists()
+    for name, opts in runs.items():
+        out = run_dir / name
         if (out / "summary.json").exists():
-            summaries[model] = json.loads((out / "summary.json").read_text())
+            summaries[name] = json.loads((out / "summary.json").read_text())
             continue
-        print(f"\n== {model} -> {out}")
-        summaries[model] = fit(load_config(None, {**small, "model": model}), out, resume=resume)
+        print(f"\n== {name} -> {out}")
+        resume = (out / "config.yaml").exists()
+        summaries[name] = fit(load_config(None, {**small, **opts}), out, resume=resume)
     print("\n" + format_results(summaries))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
-    for model in summaries:
-        print(f"  {model}: {run_dir / model / 'summary.json'}  plots: {run_dir / model / 'members/0/plots/current.png'}")
+    for name in summaries:
+        print(f"  {name}: {run_dir / name / 'report.html'}  (summary.json, members/*/plots/current.png)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .ensemble import evaluate_saved_run
+
+    out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device)
+    e = out["ensemble"]
+    for m in out["members"]:
+        print(f"member {m['member']}: {args.split} acc {m[args.split]['accuracy']:.3f} "
+              f"(TTA {m[args.split + '_tta']['accuracy']:.3f}, used: {m['tta_used']})")
+    print(f"ensemble of {e['members_used']} (TTA used: {e['tta_used']}): {args.split} acc "
+          f"{e[args.split]['accuracy']:.3f}, macro F1 {e[args.split]['f1_macro']:.3f}")
+    for x in e["excluded"]:
+        print(f"  member {x['member']} excluded: {x['reason']}")
+    print(f"written: {out['path']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"written: {write_report(args.run_dir)}")
     return 0
 
 
@@ -163,7 +222,7 @@ def cmd_import(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "import": cmd_import}
+COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "import": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

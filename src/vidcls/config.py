@@ -53,6 +53,10 @@ class TrainConfig:
     val_fraction: float = 0.15
     checkpoint_every: int = 20
     keep_checkpoints: int = 3
+    # seed ensemble and test-time augmentation
+    members: int = 1
+    tta: str = "auto"
+    tta_modes: list = field(default_factory=lambda: ["original", "reverse", "speed_up", "speed_down"])
     # runtime
     seed: int = 42
     device: str = "auto"
@@ -76,6 +80,12 @@ class TrainConfig:
         _choice(self, "alpha", ("inverse_freq", "none"))
         _choice(self, "sampler", ("weighted", "shuffle"))
         _choice(self, "select", ("val_acc", "val_f1_macro"))
+        _choice(self, "tta", ("auto", "on", "off"))
+        _positive(self, "members")
+        modes = ("original", "reverse", "speed_up", "speed_down")
+        bad = [m for m in self.tta_modes if m not in modes]
+        if bad or not self.tta_modes:
+            raise ConfigError(f"--tta-modes must be a non-empty list of {', '.join(modes)}; got {self.tta_modes}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.smoothing < 1.0:
@@ -94,8 +104,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Options that change how fast a run goes, never what it computes: a resumed run may change them.
-RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots")
+# Options a resumed run may change: how fast it goes, how long it trains, how many members it has
+# (finished members are kept) and how the trained members are evaluated.
+RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots", "members", "tta", "tta_modes")
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:
@@ -141,6 +152,8 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
     elif typ is list:
         if isinstance(value, (list, tuple)):
             return list(value)
+        if isinstance(value, str):  # from the command line: "original,reverse"
+            return [v.strip() for v in value.split(",") if v.strip()]
     raise ConfigError(f"{source}: key '{name}' expects {typ.__name__}, got {value!r}")
 
 

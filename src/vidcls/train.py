@@ -1,14 +1,15 @@
-"""Stage-2 training: the spec's recipe for one temporal model, in torchvision-reference order.
+"""Stage-2 training: the spec's recipe for a temporal model or a seed ensemble of them, in
+torchvision-reference order: ``train_one_epoch`` -> ``train_member`` (model, loss, optimiser,
+schedule, resume, epoch loop) -> ``fit`` (data, members, evaluation, record). Everything a run produces lands in its run directory:
 
-``train_one_epoch`` -> ``fit`` (data, model, loss, optimiser, schedule, resume, epoch loop, final
-test). Everything a run produces lands in its run directory:
-
-    RUN_DIR/config.yaml, summary.json, results/resource_utilization_log.json
-    RUN_DIR/members/0/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN}.pt, plots/}
+    RUN_DIR/config.yaml, summary.json, eval_{val,test}.json, metrics_all.csv, report.html,
+    RUN_DIR/results/resource_utilization_log.json
+    RUN_DIR/members/<i>/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN}.pt, plots/}
 """
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import math
 import random
@@ -23,10 +24,11 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import (load_checkpoint, load_resume_state, prune_periodic, rng_state, save_checkpoint,
+from .checkpoint import (load_resume_state, prune_periodic, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
 from .data import class_weights, close_loader, load_splits, make_loader, train_sampler
+from .ensemble import brief_mean, evaluate_run, score, write_run_tables
 from .evaluate import evaluate
 from .fsutil import atomic_write_json, atomic_write_text
 from .losses import FocalLoss
@@ -136,23 +138,58 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
 
 
 def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
-    """Train one model with the spec's recipe and evaluate it; returns the summary dict.
+    """Train ``cfg.members`` models (seeds seed, seed+1, ...) with the spec's recipe, then evaluate the
+    members, TTA and the ensemble (choices on validation, test once); returns the summary dict.
 
     Raises:
         StoreError / ConfigError / CheckpointError: bad input, each with the file or option to fix.
     """
     t_start = time.time()
     run_dir = Path(run_dir)
-    member_dir = run_dir / "members" / "0"
-    ckpt_dir, plots_dir = member_dir / "checkpoints", member_dir / "plots"
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
 
-    # data
+    # data, shared by every member
     splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment)
+    weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
+                            splits.class_names)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    log(_describe_run(cfg, splits, device))
+
+    monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
+    monitor.start()
+    states = []
+    try:
+        for i in range(cfg.members):
+            monitor.record(f"member {i} start")
+            states.append(train_member(cfg, i, splits, weights, device, run_dir, resume=resume, log=log))
+            # the spec: without this, reserved GPU memory stays with the caching allocator between members
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            monitor.record(f"member {i} end")
+        results = evaluate_run(cfg, run_dir, splits, device)
+    except KeyboardInterrupt:
+        log(f"\ninterrupted: the last finished epoch is kept in {run_dir}/members/*/checkpoints/last.pt; "
+            f"continue with\n  vidcls train {cfg.features_dir} {run_dir} --resume")
+        raise
+    finally:
+        monitor.stop()
+    summary = _summary(cfg, splits, states, results, monitor.records, time.time() - t_start)
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_run_tables(run_dir, cfg, splits, results)
+    return summary
+
+
+def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, device: torch.device,
+                 run_dir: Path, *, resume: bool = False, log=print) -> TrainState:
+    """Train ensemble member ``member`` (seed ``cfg.seed + member``) into ``RUN_DIR/members/<member>``,
+    continuing from its checkpoints when ``resume``; a finished member is not retrained."""
+    seed = cfg.seed + member
+    member_dir = run_dir / "members" / str(member)
+    seed_everything(seed)
     names, n_classes = splits.class_names, len(splits.class_names)
-    weights = class_weights(splits.train.labels, n_classes, tuple(cfg.weight_clip), names)
-    sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, cfg.seed)
+    sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed)
     pin = device.type == "cuda"
     train_loader = make_loader(splits.train, cfg.batch_size, sampler=sampler, workers=cfg.workers, pin_memory=pin)
     val_loader = make_loader(splits.val, cfg.batch_size, workers=cfg.workers, pin_memory=pin)
@@ -166,42 +203,25 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
     meta = {"config": cfg.to_dict(), "model": spec, "class_names": names, "feature_dim": splits.feature_dim,
-            "extractor": splits.extractor, "vidcls_version": __version__}
+            "extractor": splits.extractor, "member": member, "seed": seed, "vidcls_version": __version__}
 
     # resume
     state = TrainState()
     if resume:
-        state = _restore(ckpt_dir, model, optimizer, scheduler, meta, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    log(_describe_run(cfg, splits, model, device, state))
-
-    monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
-    monitor.start()
+        state = _restore(member_dir / "checkpoints", model, optimizer, scheduler, meta, log)
+    if state.stopped_early or state.epoch >= cfg.epochs:
+        log(f"member {member}: finished earlier (epoch {state.epoch}, best {state.best:.4f}); not retrained")
+        return state
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"member {member}/{cfg.members} seed {seed}: {cfg.model} ({n_params / 1e6:.2f} M params), "
+        f"epochs {state.epoch + 1}..{cfg.epochs}")
     try:
         _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion, optimizer, scheduler,
                     device, names, meta, member_dir, log)
-    except KeyboardInterrupt:
-        monitor.stop()
-        log(f"\ninterrupted: {ckpt_dir / 'last.pt'} holds epoch {state.epoch}; continue with\n"
-            f"  vidcls train {cfg.features_dir} {run_dir} --resume")
-        raise
     finally:
         close_loader(train_loader)
-
-    # the test split is touched once, with the checkpoint chosen on validation
-    best = load_checkpoint(ckpt_dir / "best.pt", map_location=device)
-    model.load_state_dict(best["model_state"])
-    val_metrics = evaluate(model, val_loader, device, names, criterion)
-    test_metrics = None
-    if splits.test is not None:
-        test_loader = make_loader(splits.test, cfg.batch_size, workers=0)
-        test_metrics = evaluate(model, test_loader, device, names, criterion)
-    close_loader(val_loader)
-    monitor.stop()
-    summary = _summary(cfg, splits, state, val_metrics, test_metrics, monitor.records, time.time() - t_start)
-    atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+        close_loader(val_loader)
+    return state
 
 
 def _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion, optimizer, scheduler,
@@ -280,14 +300,12 @@ def _restore(ckpt_dir: Path, model, optimizer, scheduler, meta: dict, log) -> Tr
     return state
 
 
-def _describe_run(cfg, splits, model, device, state) -> str:
-    n_params = sum(p.numel() for p in model.parameters())
+def _describe_run(cfg, splits, device) -> str:
     counts = np.bincount(splits.train.labels, minlength=len(splits.class_names))
     cls = ", ".join(f"{n} {c}" for n, c in zip(splits.class_names, counts))
     test = len(splits.test) if splits.test is not None else 0
-    return (f"vidcls {__version__}: {cfg.model} ({n_params / 1e6:.2f} M params) on {device}; "
-            f"train {len(splits.train)} ({cls}), val {len(splits.val)} [{splits.val_source}], test {test}; "
-            f"dim {splits.feature_dim}; epochs {state.epoch + 1}..{cfg.epochs}")
+    return (f"vidcls {__version__}: {cfg.members} x {cfg.model} on {device}; train {len(splits.train)} ({cls}), "
+            f"val {len(splits.val)} [{splits.val_source}], test {test}; dim {splits.feature_dim}")
 
 
 def _epoch_line(cfg: TrainConfig, row: dict, state: TrainState) -> str:
@@ -298,16 +316,28 @@ def _epoch_line(cfg: TrainConfig, row: dict, state: TrainState) -> str:
             f"| {row['epoch_seconds']:.1f}s{star}")
 
 
-def _summary(cfg, splits, state, val_metrics, test_metrics, records, wall) -> dict:
+def _summary(cfg, splits, states, results, records, wall) -> dict:
     def counts(ds):
         return None if ds is None else {n: int(c) for n, c in zip(
             splits.class_names, np.bincount(ds.labels, minlength=len(splits.class_names)))}
 
-    member = {"member": 0, "seed": cfg.seed, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-              "stopped_early": state.stopped_early, "select": cfg.select, "best_val_score": state.best,
-              "val": val_metrics, "test": test_metrics}
+    members = []
+    for state, res in zip(states, results["members"]):
+        i = res["member"]
+        members.append({"member": i, "seed": cfg.seed + i, "best_epoch": state.best_epoch,
+                        "epochs_run": state.epoch, "stopped_early": state.stopped_early, "select": cfg.select,
+                        "best_val_score": state.best, **{k: v for k, v in res.items() if k != "member"}})
+    has_test = splits.test is not None
+    ens = results["ensemble"]
+    mean_member = brief_mean([m["test"] for m in members]) if has_test else None
+    if has_test:
+        best_member = max(members, key=lambda m: score(m["val"], cfg.select))
+        ens["gain_vs_mean_member"] = {k: ens["test"][k] - mean_member[k] for k in mean_member}
+        ens["gain_vs_best_val_member"] = {k: ens["test"][k] - best_member["test"][k] for k in mean_member}
     return {"vidcls_version": __version__, "classes": splits.class_names, "model": cfg.model,
             "features_dir": cfg.features_dir, "val_source": splits.val_source,
             "class_counts": {"train": counts(splits.train), "val": counts(splits.val), "test": counts(splits.test)},
-            "members": [member], "val": val_metrics, "test": test_metrics,
+            "members": members, "mean_member_test": mean_member, "ensemble": ens, "tta": results["tta"],
+            "final": {"source": results["final"]["source"], "tta_used": results["final"]["tta_used"]},
+            "val": results["final"]["val"], "test": results["final"].get("test"),
             "resources": summarize(records), "wall_seconds": wall}
