@@ -8,12 +8,15 @@ schedule, resume, epoch loop) -> ``fit`` (data, members, evaluation, record). Ev
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import io
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,18 +252,35 @@ def _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion,
         else:
             state.bad_epochs += 1
         state.stopped_early = cfg.patience > 0 and state.bad_epochs >= cfg.patience
-        _write_epoch_outputs(cfg, state, names, member_dir)
-        full = {**meta, "epoch": state.epoch, "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                "train_state": _state_dict(state), "rng": rng_state()}
-        save_checkpoint(ckpt_dir / "last.pt", full)
-        if state.epoch % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
-            prune_periodic(ckpt_dir, cfg.keep_checkpoints)
+        with deferred_sigint():  # Ctrl-C here would leave history.json one epoch ahead of last.pt
+            _write_epoch_outputs(cfg, state, names, member_dir)
+            full = {**meta, "epoch": state.epoch, "model_state": model.state_dict(),
+                    "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                    "train_state": _state_dict(state), "rng": rng_state()}
+            save_checkpoint(ckpt_dir / "last.pt", full)
+            if state.epoch % cfg.checkpoint_every == 0:
+                save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
+                prune_periodic(ckpt_dir, cfg.keep_checkpoints)
         log(_epoch_line(cfg, row, state))
         if state.stopped_early:
             log(f"early stop: no {cfg.select} improvement for {cfg.patience} epochs "
                 f"(best {state.best:.4f} at epoch {state.best_epoch})")
+
+
+@contextlib.contextmanager
+def deferred_sigint():
+    """Hold a SIGINT that arrives inside the block and raise it (KeyboardInterrupt) on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _write_epoch_outputs(cfg: TrainConfig, state: TrainState, names: list, member_dir: Path) -> None:
