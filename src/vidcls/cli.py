@@ -45,7 +45,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                    help="turn the feature augmentation off")
     p.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=None,
-                   help="skip the per-epoch dashboard PNGs")
+                   help="skip the per-epoch dashboard PNGs and report.html")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR where it stopped")
 
 

@@ -163,7 +163,7 @@ def combine(member_probs: list[dict], splits_present: list[str], names: list, se
     off = {s: metrics(s, probs_off[s]) for s in splits_present}
     on = {s: metrics(s, probs_on[s]) for s in splits_present}
     use_tta = decide_tta(off["val"], on["val"], select, tta)
-    final = {"source": "ensemble", "tta_used": use_tta,
+    final = {"source": "ensemble", "tta_used": use_tta, "reason": "the ensemble of the used members",
              "predictions": probs_on if use_tta else probs_off,
              "metrics": {s: (on if use_tta else off)[s] for s in splits_present}}
     best = max(members, key=lambda m: score(m["val_tta" if m["tta_used"] else "val"], select))
@@ -172,6 +172,9 @@ def combine(member_probs: list[dict], splits_present: list[str], names: list, se
         # averaging lost to a single member on validation: serve that member instead
         b = best["member"]
         final = {"source": f"member {b}", "tta_used": best["tta_used"],
+                 "reason": f"member {b} alone scored higher on validation ({select} "
+                           f"{score(best_val, select):.4f}) than the ensemble "
+                           f"({score(final['metrics']['val'], select):.4f})",
                  "predictions": {s: tta_mean(member_probs[b][s], modes if best["tta_used"] else ("original",))
                                  for s in splits_present},
                  "metrics": {s: best[f"{s}_tta" if best["tta_used"] else s] for s in splits_present}}
@@ -184,7 +187,8 @@ def combine(member_probs: list[dict], splits_present: list[str], names: list, se
                      "with_tta": {s: _brief(on[s]) for s in splits_present}},
         "tta": {"mode": tta, "modes": list(modes), "used": use_tta, "per_mode": per_mode,
                 **{s: on[s] for s in splits_present}},
-        "final": {"source": final["source"], "tta_used": final["tta_used"], **final["metrics"]},
+        "final": {"source": final["source"], "tta_used": final["tta_used"], "reason": final["reason"],
+                  **final["metrics"]},
         "predictions": final["predictions"],
     }
 

@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; written files get the mode a plain open() would give them
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -36,6 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -180,14 +180,14 @@ def _best_epochs(run: _Run) -> list:
 
 def _curves_body(run: _Run) -> str:
     if not any(run.histories):
-        return _na("no member history.json available")
+        return _na("training history (members/*/history.json) not available")
     note = _p("Dashed red line and star: the epoch whose checkpoint the member uses (best validation score).")
     return note + _img(rp.curves_png(run.histories, _best_epochs(run)), "training curves per member")
 
 
 def _lr_body(run: _Run) -> str:
     if not any(run.histories):
-        return _na("no member history.json available")
+        return _na("training history (members/*/history.json) not available")
     return _img(rp.lr_png(run.histories), "learning-rate schedule")
 
 
@@ -222,8 +222,10 @@ def _confusion_body(run: _Run) -> str:
     normed = [[v / sum(row) if sum(row) else 0.0 for v in row] for row in cm]
     counts_png = rp.confusion_png(cm, names, normalised=False, title=f"Counts ({label})")
     normed_png = rp.confusion_png(normed, names, normalised=True, title="Row-normalised (recall per class)")
+    # side by side while small; past a dozen classes each needs the full width to stay legible
+    layout = "pair" if len(names) <= 12 else "stack"
     return (_p(f"Final model on {label}; rows are the true class, columns the prediction.")
-            + f'<div class="pair">{_img(counts_png, "confusion matrix counts")}'
+            + f'<div class="{layout}">{_img(counts_png, "confusion matrix counts")}'
             + f'{_img(normed_png, "confusion matrix row-normalised")}</div>')
 
 
@@ -239,20 +241,29 @@ def _metric_cells(results: dict, splits: list[str], tta_used: bool) -> list:
     return [_pair(results.get(sp), results.get(f"{sp}_tta"), k, tta_used) for sp in splits for k, _ in METRICS]
 
 
-def _ensemble_rows(run: _Run, splits: list[str]) -> tuple[list, list]:
-    s, rows, classes = run.summary, [], []
-    ens = s.get("ensemble") or {}
+def _member_rows(run: _Run, splits: list[str]) -> tuple[list, list]:
+    """One row per member; the class marks excluded members and the one the run serves."""
+    rows, classes = [], []
+    ens = run.summary.get("ensemble") or {}
     excluded = {e.get("member"): e.get("reason", "") for e in ens.get("excluded") or []}
-    final = (s.get("final") or {}).get("source")  # the row the run serves is highlighted
-    for m in s.get("members") or []:
+    final = (run.summary.get("final") or {}).get("source")
+    for m in run.summary.get("members") or []:
         i = m.get("member")
         status = f"excluded: {excluded[i]}" if i in excluded else "used"
         rows.append([f"member {i}", m.get("best_epoch", "-"), "yes" if m.get("tta_used") else "no"]
                     + _metric_cells(m, splits, bool(m.get("tta_used"))) + [status])
         classes.append("member" + (" excluded" if i in excluded else "") + (" final" if final == f"member {i}" else ""))
-    blank = [_Html("<td>-</td>")] * 3
+    return rows, classes
+
+
+def _aggregate_rows(run: _Run, splits: list[str]) -> tuple[list, list]:
+    """Mean of members, the ensemble, and the ensemble's test gains, in the member table's columns."""
+    s, rows, classes = run.summary, [], []
+    ens = s.get("ensemble") or {}
+    blank = [_Html("<td>-</td>")] * len(METRICS)  # the val columns of test-only rows
+    several = len(s.get("members") or []) > 1  # with one member, mean and gains are the member itself
     mean = s.get("mean_member_test")
-    if mean and "test" in splits:
+    if mean and "test" in splits and several:
         rows.append(["mean of members", "", "no"] + blank
                     + [_Html(f'<td class="num">{_num(mean.get(k))}</td>') for k, _ in METRICS] + [""])
         classes.append("agg")
@@ -262,10 +273,10 @@ def _ensemble_rows(run: _Run, splits: list[str]) -> tuple[list, list]:
         rows.append(["ensemble", "", "yes" if ens.get("tta_used") else "no"]
                     + _metric_cells(both, splits, bool(ens.get("tta_used")))
                     + [f"members {', '.join(str(x) for x in ens.get('members_used') or [])}"])
-        classes.append("agg final" if final == "ensemble" else "agg")
+        classes.append("agg final" if (s.get("final") or {}).get("source") == "ensemble" else "agg")
     for key, label in (("gain_vs_mean_member", "gain vs mean member"),
                        ("gain_vs_best_val_member", "gain vs best-val member")):
-        if ens.get(key) and "test" in splits:
+        if ens.get(key) and "test" in splits and several:
             rows.append([label, "", ""] + blank
                         + [_Html(f'<td class="num">{_num(ens[key].get(k), signed=True)}</td>') for k, _ in METRICS]
                         + ["ensemble test minus that"])
@@ -278,7 +289,9 @@ def _ensemble_body(run: _Run) -> str:
     if not s.get("members"):
         return _na("member results not available (summary.json missing or incomplete)")
     splits = ["val", "test"] if run.has_test else ["val"]  # no empty test columns without a test split
-    rows, classes = _ensemble_rows(run, splits)
+    rows, classes = _member_rows(run, splits)
+    more_rows, more_classes = _aggregate_rows(run, splits)
+    rows, classes = rows + more_rows, classes + more_classes
     headers = ["", "best epoch", "TTA used"] + [f"{sp} {n}" for sp in splits for _, n in METRICS] + ["ensemble"]
     parts = [_p("Each cell: without TTA / with TTA; the variant the row actually uses is bold. "
                 "Green row: the model the run serves."),
@@ -290,6 +303,9 @@ def _ensemble_body(run: _Run) -> str:
                 f" - {label} accuracy {_num((fm or {}).get('accuracy'))}, macro F1 {_num((fm or {}).get('f1_macro'))}.")
         if final.get("reason"):
             line += f" Reason: {final['reason']}"
+        elif str(final.get("source", "")).startswith("member") and len(s["members"]) > 1:
+            # the rule in ensemble.combine: a single member that beats the ensemble on validation is served
+            line += " Reason: this member scored higher on validation than the ensemble."
         parts.append(f'<p class="choice">{_esc(line)}</p>')
     return "".join(parts)
 
@@ -333,7 +349,7 @@ def _resources_body(run: _Run) -> str:
 
 def _misclassified_body(run: _Run) -> str:
     if run.predictions is None:
-        return _na("no eval_test.json / eval_val.json predictions available")
+        return _na("predictions (eval_test.json / eval_val.json) not available")
     wrong = [p for p in run.predictions if isinstance(p, dict) and not p.get("correct", True)]
     wrong.sort(key=lambda p: -float(p.get("confidence") or 0.0))  # confidently wrong first
     n = len(run.predictions)
@@ -415,8 +431,8 @@ th,td{padding:4px 10px;border-bottom:1px solid #e3e8ef;text-align:left;vertical-
 th{background:#eef2f7;position:sticky;top:0}
 tbody tr:nth-child(even){background:#fafbfd}
 td.num,td.bar{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.excluded{color:#8a94a3}tr.agg,tr.total{background:#f1f6fd}tr.agg td:first-child,tr.total{font-weight:600}
-tr.gain{color:#35557d}tr.final{background:#e3f4e8}td.bar{min-width:64px}
+tr.excluded{color:#8a94a3}tbody tr.agg,tbody tr.total{background:#f1f6fd}tr.agg td:first-child,tr.total{font-weight:600}
+tr.gain{color:#35557d}tbody tr.final{background:#e3f4e8}td.bar{min-width:64px}tbody td:first-child{white-space:nowrap}
 code{font-size:12.5px;background:#f1f3f6;padding:1px 4px;border-radius:3px}
 img{max-width:100%;height:auto;display:block;margin:8px 0}
 .pair{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.pair img{max-width:49%}

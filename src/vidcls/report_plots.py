@@ -113,7 +113,7 @@ def per_class_png(names: list[str], f1: list[float], precision: list[float], rec
     Horizontal bars keep class names readable at any class count; the height grows with it.
     """
     n = len(names)
-    order = sorted(range(n), key=lambda i: (f1[i], names[i]))  # worst first: the ones worth reading
+    order = sorted(range(n), key=lambda i: (f1[i], i))  # worst first (ties in class order): the ones worth reading
     fig = _new_figure(11.0, max(2.6, 0.32 * n + 1.2))
     ax = fig.subplots()
     fig.subplots_adjust(left=0.22, right=0.97, bottom=0.6 / max(2.6, 0.32 * n + 1.2) + 0.03,
@@ -143,11 +143,13 @@ def confusion_png(matrix: list[list[float]], names: list[str], *, normalised: bo
     ax = fig.subplots()
     vmax = 1.0 if normalised else max(1.0, max((max(r) for r in matrix), default=1.0))
     im = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=vmax)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.03)
     if n <= MAX_ANNOTATED_CELLS:
         size = max(5.0, min(11.0, 180.0 / n))
         for r, row in enumerate(matrix):
             for c, v in enumerate(row):
+                if v == 0 and n > 8:  # a sea of zeros hides the few cells that matter
+                    continue
                 text = f"{v:.2f}" if normalised else f"{int(v)}"
                 # white on dark cells, black on light ones, so every number stays legible
                 ax.text(c, r, text, ha="center", va="center", fontsize=size,

@@ -38,6 +38,7 @@ from .losses import FocalLoss
 from .models import build_model
 from .monitor import ResourceMonitor, summarize
 from .plots import save_epoch_plots
+from .report import write_report
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
@@ -181,6 +182,8 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     summary = _summary(cfg, splits, states, results, monitor.records, time.time() - t_start)
     atomic_write_json(run_dir / "summary.json", summary)
     write_run_tables(run_dir, cfg, splits, results)
+    if cfg.plots:  # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
+        log(f"report: {write_report(run_dir)}")
     return summary
 
 
@@ -358,6 +361,6 @@ def _summary(cfg, splits, states, results, records, wall) -> dict:
             "features_dir": cfg.features_dir, "val_source": splits.val_source,
             "class_counts": {"train": counts(splits.train), "val": counts(splits.val), "test": counts(splits.test)},
             "members": members, "mean_member_test": mean_member, "ensemble": ens, "tta": results["tta"],
-            "final": {"source": results["final"]["source"], "tta_used": results["final"]["tta_used"]},
+            "final": {k: results["final"][k] for k in ("source", "tta_used", "reason")},
             "val": results["final"]["val"], "test": results["final"].get("test"),
             "resources": summarize(records), "wall_seconds": wall}
