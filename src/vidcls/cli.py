@@ -162,7 +162,7 @@ def cmd_demo(args) -> int:
         make_synthetic(feats, videos=600, seed=0)
     small = dict(features_dir=str(feats), hidden_dim=128, layers=1, heads=4, dropout=0.2, device="cpu",
                  workers=2, epochs=args.epochs)
-    runs = {"bilstm_attn": dict(model="bilstm_attn", members=3, patience=10),
+    runs = {"bilstm_attn": dict(model="bilstm_attn", members=3, patience=15),
             "mean_mlp": dict(model="mean_mlp", members=1, patience=20)}  # the order-blind baseline
     summaries = {}
     for name, opts in runs.items():
