@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (load_resume_state, prune_periodic, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
+from .config import RUNTIME_ONLY, ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
 from .data import class_weights, close_loader, load_splits, make_loader, train_sampler
 from .ensemble import brief_mean, evaluate_run, score, write_run_tables
 from .evaluate import evaluate
@@ -136,8 +136,8 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
     merged = load_config(None, {**saved.to_dict(), **explicit})
     diff = config_diff(saved, merged)
     if diff:
-        raise ConfigError("--resume with a different config is refused (only "
-                          "epochs/workers/device/monitor_interval/plots may change):\n  " + "\n  ".join(diff))
+        raise ConfigError(f"--resume with a different config is refused (only {', '.join(RUNTIME_ONLY)} "
+                          f"may change):\n  " + "\n  ".join(diff))
     return merged
 
 
