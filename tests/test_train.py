@@ -317,3 +317,42 @@ def test_synth_and_info_cli(tmp_path, capsys):
     assert run_cli("info", tmp_path / "s" / "train.h5") == 0
     out = capsys.readouterr().out
     assert "animation" in out and "feature dim" in out
+
+
+def test_unusable_checkpoints_are_a_clear_error(feats, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli("train", feats, run, "--epochs", 2, "--no-plots", *TINY) == 0
+    for p in (run / "members/0/checkpoints").glob("*.pt"):
+        p.write_bytes(b"PK\x03\x04 truncated")
+    assert run_cli("train", feats, run, "--resume", "--epochs", 3) == 2
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "corrupt" in err and "Traceback" not in err
+    assert run_cli("evaluate", run, "--device", "cpu") == 2
+    assert "best.pt" in capsys.readouterr().err
+    assert run_cli("evaluate", tmp_path / "nothing") == 2
+    assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_import_cli_round_trip(tmp_path, capsys):
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["video_id,label,split"]
+    for i in range(12):
+        np.save(npy / f"clip{i}.npy", rng.random((5 + i, 8), dtype=np.float32))
+        rows.append(f"clip{i},{'cat' if i % 2 else 'dog'},{'train' if i < 8 else 'test'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert run_cli("import", "npy", npy, tmp_path / "labels.csv", tmp_path / "out") == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.h5")) == ["test.h5", "train.h5"]
+    assert run_cli("info", tmp_path / "out/train.h5") == 0
+    out = capsys.readouterr().out
+    assert "cat: 4" in out and "dog: 4" in out
+    with h5py.File(tmp_path / "padded.h5", "w") as f:
+        f["features"] = np.zeros((3, 6, 4), np.float32) + np.arange(6)[None, :, None]
+        f["labels"] = [0, 1, 0]
+        f["num_frames"] = [6, 2, 4]
+        f.attrs["category_mapping"] = json.dumps({"x": 0, "y": 1})
+    assert run_cli("import", "padded-h5", tmp_path / "padded.h5", tmp_path / "conv.h5") == 0
+    with h5py.File(tmp_path / "conv.h5") as f:
+        assert f["offsets"][:].tolist() == [0, 6, 8, 12]
+        assert f["features"][6:8, 0].tolist() == [0, 1]
