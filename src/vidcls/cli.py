@@ -56,6 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_args(sub.add_parser("train", help="train a temporal classifier on a feature store"))
 
+    p = sub.add_parser("extract", help="turn a folder of videos into a feature store (resumable)")
+    p.add_argument("video_root", help="VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")
+    p.add_argument("features_dir", help="output: train.h5, val.h5, test.h5, extract_report.json")
+    p.add_argument("--backbone", default="efficientnet_v2_s", help="torchvision model name (efficientnet_v2_s)")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT | none | PATH.pth | a weights enum name (DEFAULT)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fps", type=float, default=None, help="frames per second of video (1.0 unless --frames)")
+    g.add_argument("--frames", type=int, default=None, help="a fixed number of frames spread uniformly")
+    p.add_argument("--max-frames", type=int, default=64, help="at most this many, uniform over the video (64)")
+    p.add_argument("--image-size", default="AUTO", help="crop size, or AUTO for the weights' own (AUTO)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per CNN batch (32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the CNN (2)")
+    p.add_argument("--split", default="70,20,10", help="train,val,test shares without split folders (70,20,10)")
+    p.add_argument("--seed", type=int, default=42, help="seed of that split (42)")
+    p.add_argument("--min-brightness", type=float, default=25.0, help="drop darker frames, 0-255 (25)")
+    p.add_argument("--min-sharpness", type=float, default=0.0, help="drop frames with a lower Laplacian variance (0: off)")
+
     p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["val", "test"], default="test")
@@ -222,7 +240,19 @@ def cmd_import(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "import": cmd_import}
+def cmd_extract(args) -> int:
+    from .extract import extract, format_summary
+
+    report = extract(args.video_root, args.features_dir, backbone=args.backbone, weights=args.weights,
+                     fps=args.fps, frames=args.frames, max_frames=args.max_frames, image_size=args.image_size,
+                     batch_size=args.batch_size, device=args.device, decode_workers=args.decode_workers,
+                     split=args.split, seed=args.seed, min_brightness=args.min_brightness,
+                     min_sharpness=args.min_sharpness)
+    print(format_summary(report))
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "import": cmd_import, "extract": cmd_extract}
 
 
 def main(argv: list[str] | None = None) -> int:

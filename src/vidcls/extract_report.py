@@ -1,0 +1,159 @@
+"""``FEATURES_DIR/extract_report.json``: every video found with its status, counts and timings.
+
+The report is rewritten atomically (temp file + rename) at the start, every ``SAVE_EVERY_S``
+seconds while extracting, and at the end, so a killed run always leaves a parseable report. A
+re-run carries over the entries of videos already in the store from the previous report.
+
+Each entry: video_id, split, class, path (relative to VIDEO_ROOT), status (ok / skipped /
+pending), reason (a key of ``vidcls.video.SKIP_REASONS``) and detail (message) when skipped, and
+for extracted videos: duration_s, frames_sampled, frames_kept, frames_dropped_dark,
+frames_dropped_blurry, quality_fallback, decoded_frames, seeks, decode_errors, decode_s, cnn_s.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from . import __version__
+from .fsutil import atomic_write_json
+from .store import SPLITS
+from .video import SKIP_REASONS
+
+REPORT_NAME = "extract_report.json"
+SAVE_EVERY_S = 10.0
+_COUNTS = ("frames_kept", "frames_dropped_dark", "frames_dropped_blurry")
+
+
+def _key(split, video_id) -> tuple:
+    return (split or "", video_id)
+
+
+class ExtractReport:
+    """The report of one ``extract`` run (see the module docstring)."""
+
+    def __init__(self, features_dir, videos, extractor: dict, options: dict, stored_in):
+        """Start the report.
+
+        Args:
+            features_dir: where the report goes.
+            videos: the VideoSet being extracted.
+            extractor: the store's extractor description.
+            options: the run's options, recorded as given.
+            stored_in: function job -> split holding it already, or None.
+        """
+        self.path = Path(features_dir) / REPORT_NAME
+        previous = _load_previous(self.path)
+        self.entries: dict[tuple, dict] = {}
+        for job in videos.jobs:
+            where = stored_in(job)
+            entry = _base(job, where or job.split)
+            if where:
+                old = previous.get(_key(where, job.video_id), {})
+                entry.update(old if old.get("status") == "ok" else
+                             {"status": "ok", "detail": "in the store from an earlier run"})
+            self.entries[_key(entry["split"], job.video_id)] = entry
+        for job, code, message in videos.skipped:
+            self.entries[_key(job.split, job.video_id)] = {**_base(job, job.split), "status": "skipped",
+                                                          "reason": code, "detail": message}
+        self.data = {"vidcls_version": __version__, "video_root": str(videos.root),
+                     "features_dir": str(Path(features_dir)), "layout": videos.layout,
+                     "class_names": videos.class_names, "options": options, "extractor": extractor,
+                     "status": "running", "started": _now(), "finished": None, "run": {},
+                     "duplicates": videos.duplicates, "ignored": videos.ignored}
+        self._saved_at = 0.0
+
+    def ok(self, job, info: dict) -> None:
+        """Record an extracted video."""
+        self.entries[_key(job.split, job.video_id)].update(status="ok", **info)
+
+    def skip(self, job, code: str, message: str, info: dict | None = None) -> None:
+        """Record a skipped video with its reason code and message."""
+        self.entries[_key(job.split, job.video_id)].update(status="skipped", reason=code,
+                                                           detail=message, **(info or {}))
+
+    def save(self, *, force: bool = False) -> None:
+        """Write the report atomically (at most every SAVE_EVERY_S seconds unless forced)."""
+        if not force and time.monotonic() - self._saved_at < SAVE_EVERY_S:
+            return
+        entries = sorted(self.entries.values(), key=_order)
+        data = {**self.data, **totals(entries), "videos": entries}
+        atomic_write_json(self.path, data)
+        self._saved_at = time.monotonic()
+
+    def finish(self, status: str, run: dict) -> dict:
+        """Write the final report; returns it as a dict."""
+        self.data.update(status=status, finished=_now(), run=run)
+        self.save(force=True)
+        return json.loads(self.path.read_text())
+
+
+def _base(job, split) -> dict:
+    return {"video_id": job.video_id, "split": split, "class": job.class_name, "path": job.rel,
+            "status": "pending", "reason": None, "detail": None}
+
+
+def _order(entry: dict) -> tuple:
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    return (rank.get(entry["split"], len(SPLITS)), entry["path"])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _load_previous(path: Path) -> dict:
+    """Entries of an earlier report, by (split, video_id); {} if there is none or it is broken."""
+    try:
+        videos = json.loads(path.read_text()).get("videos", [])
+        return {_key(v.get("split"), v["video_id"]): v for v in videos if "video_id" in v}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return {}
+
+
+def totals(entries: list[dict]) -> dict:
+    """Per-split and overall counts, and skip reasons, of a list of report entries."""
+    rows: dict[str, Counter] = {}
+    for e in entries:
+        for name in (e["split"] or "unassigned", "all"):
+            row = rows.setdefault(name, Counter())
+            row["videos"] += 1
+            row[e["status"]] += 1
+            row["quality_fallback"] += bool(e.get("quality_fallback"))
+            for c in _COUNTS:
+                row[c] += int(e.get(c) or 0)
+    reasons = Counter(e["reason"] for e in entries if e["status"] == "skipped")
+    keys = ("videos", "ok", "skipped", "pending", *_COUNTS, "quality_fallback")
+    return {"totals": {name: {k: int(row[k]) for k in keys} for name, row in rows.items()},
+            "skip_reasons": dict(sorted(reasons.items()))}
+
+
+def format_summary(report: dict) -> str:
+    """The console table: per split videos / ok / skipped / frames, skip reasons, throughput."""
+    head = f"{'split':<12}{'videos':>8}{'ok':>7}{'skipped':>9}{'frames':>9}{'dark':>7}{'blurry':>8}"
+    lines = [head, "-" * len(head)]
+    tot = report.get("totals", {})
+    for name in [s for s in (*SPLITS, "unassigned") if s in tot] + ["all"]:
+        r = tot.get(name)
+        if r is None:
+            continue
+        if name == "all":
+            lines.append("-" * len(head))
+        lines.append(f"{name:<12}{r['videos']:>8}{r['ok']:>7}{r['skipped']:>9}{r['frames_kept']:>9}"
+                     f"{r['frames_dropped_dark']:>7}{r['frames_dropped_blurry']:>8}")
+    reasons = report.get("skip_reasons") or {}
+    if reasons:
+        lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
+        lines += [f"  {k}: {SKIP_REASONS.get(k, '')}" for k in reasons]
+    fallback = tot.get("all", {}).get("quality_fallback", 0)
+    if fallback:
+        lines.append(f"{fallback} video(s) had no frame passing the quality thresholds; their best "
+                     f"frames were kept (quality_fallback in the report)")
+    run = report.get("run") or {}
+    if run.get("new_videos"):
+        lines.append(f"this run: {run['new_videos']} videos, {run['new_frames']} frames in "
+                     f"{run['wall_s']:.1f} s = {run['frames_per_s']:.2f} frames/s "
+                     f"(CNN busy {100 * run['cnn_busy_share']:.0f} % of the time)")
+    lines.append(f"report: {Path(report['features_dir']) / REPORT_NAME}")
+    return "\n".join(lines)
