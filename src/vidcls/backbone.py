@@ -33,6 +33,8 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from .config import resolve_device
+
 RANDOM_INIT_SEED = 0  # --weights none: every process builds the same random network
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
 
@@ -94,23 +96,6 @@ class Preprocess:
         return {"image_size": self.crop_size, "resize_size": self.resize_size,
                 "interpolation": self.interpolation, "antialias": self.antialias,
                 "mean": list(self.mean), "std": list(self.std)}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given.
-
-    Raises:
-        BackboneError: not a device, or CUDA asked for where there is none.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BackboneError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackboneError(f"--device {name} asked for CUDA but none is available; use --device cpu")
-    return device
 
 
 class FrameEncoder:

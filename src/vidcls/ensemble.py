@@ -272,9 +272,8 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str = "auto", device: 
     Raises:
         ConfigError / StoreError / CheckpointError: no run there, features moved, or bad checkpoints.
     """
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, resolve_device
     from .data import load_splits
-    from .train import resolve_device
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (load_resume_state, prune_periodic, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import RUNTIME_ONLY, ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
+from .config import (RUNTIME_ONLY, ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml,
+                     resolve_device)
 from .data import class_weights, close_loader, load_splits, make_loader, train_sampler
 from .ensemble import brief_mean, evaluate_run, score, write_run_tables
 from .evaluate import evaluate
@@ -42,19 +43,6 @@ from .report import write_report
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to torch (``cpu``, ``cuda:1``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asked for CUDA but none is available; use --device cpu")
-    return device
 
 
 def seed_everything(seed: int) -> None:
