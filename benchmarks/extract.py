@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from vidcls.backbone import FrameEncoder, keep_freed_memory
-from vidcls.extract import decode_loader, iter_features
-from vidcls.video import VIDEO_EXTENSIONS, Quality, Sampling
+from vidcls.features.backbone import FrameEncoder, keep_freed_memory
+from vidcls.features.extract import decode_loader, iter_features
+from vidcls.features.video import VIDEO_EXTENSIONS, Quality, Sampling
 
 
 def find_videos(root: Path) -> list[Path]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidcls.data import class_weights, load_splits, make_loader, train_sampler
+from vidcls.training.data import class_weights, load_splits, make_loader, train_sampler
 from vidcls.store import write_store
 
 

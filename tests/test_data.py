@@ -1,4 +1,4 @@
-"""Tests for vidcls.data: augmentation, dataset, collate, sampler, loaders, class weights, splits.
+"""Tests for vidcls.training.data: augmentation, dataset, collate, sampler, loaders, class weights, splits.
 
 Expectations are independent of the code under test: hand-computed weights and shares, the spec's
 augmentation probabilities checked statistically (tolerance ~4 standard errors), and bitwise round
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidcls.data import (EpochSampler, FeatureDataset, augment_sequence, class_weights, collate,
-                         load_splits, make_loader, train_sampler)
-from vidcls.store import FeatureStore, StoreError, write_store
+from vidcls.errors import StoreError
+from vidcls.training.data import (EpochSampler, FeatureDataset, augment_sequence, class_weights, collate, load_splits, make_loader, train_sampler)
+from vidcls.store import FeatureStore, write_store
 
 N_SEEDS = 4000  # augmentation trials for the frequency tests
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from vidcls.checkpoint import load_checkpoint, save_checkpoint
+from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.cli import main
-from vidcls.data import collate
-from vidcls.ensemble import (collapsed_members, combine, decide_tta, predict_modes, tta_batch,
-                             tta_indices)
+from vidcls.training.data import collate
+from vidcls.inference.policy import collapsed_members, combine, decide_tta
+from vidcls.inference.tta import predict_modes, tta_batch, tta_indices
 from vidcls.models import build_model
 from vidcls.store import write_store
-from vidcls.synth import make_synthetic
+from vidcls.store.synth import make_synthetic
 
 from test_train import TINY, spawn, summary_core
 
@@ -59,7 +59,7 @@ def test_tta_batch_applies_each_row_its_own_view():
 
 def test_predict_modes_matches_one_video_at_a_time():
     torch.manual_seed(0)
-    model = build_model("bilstm_attn", feat_dim=3, n_classes=3, hidden_dim=8, layers=1, heads=2).eval()
+    model = build_model("bilstm_attn", feature_dim=3, n_classes=3, hidden_dim=8, layers=1, heads=2).eval()
     vids = [torch.randn(n, 3) for n in (13, 7, 4)]
     loader = [collate([(v, i % 3, i) for i, v in enumerate(vids)])]
     out = predict_modes(model, loader, torch.device("cpu"))

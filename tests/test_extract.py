@@ -21,13 +21,14 @@ import torch
 import torchvision
 
 import videos as V
-from vidcls import video as video_mod
-from vidcls.backbone import BackboneError, FrameEncoder, Preprocess, strip_classifier
+from vidcls.errors import BackboneError, ExtractError
+from vidcls.features import video as video_mod
+from vidcls.features.backbone import FrameEncoder, Preprocess, strip_classifier
 from vidcls.cli import main
-from vidcls.extract import ExtractError, decode_video, encode_video, extract
+from vidcls.features.extract import decode_video, encode_video, extract
 from vidcls.store import FeatureStore, open_splits
-from vidcls.video import Quality, Sampling, VideoSkip, brightness, read_frames, sharpness
-from vidcls.videoset import parse_split, scan_videos
+from vidcls.features.video import Quality, Sampling, VideoSkip, brightness, read_frames, sharpness
+from vidcls.features.folders import parse_split, scan_videos
 
 SMALL = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, device="cpu")
 SMALL_CLI = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",
@@ -476,7 +477,7 @@ def test_non_finite_features_skip_only_their_videos(tmp_path, monkeypatch):
 
 
 def test_a_dying_decode_worker_is_a_clear_error(clips, monkeypatch):
-    import vidcls.extract as ex
+    import vidcls.features.extract as ex
 
     real = ex.decode_video
 

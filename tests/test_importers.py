@@ -1,4 +1,4 @@
-"""Tests for vidcls.importers: padded HDF5 and per-video .npy imports, store_info."""
+"""Tests for vidcls.store.importers: padded HDF5 and per-video .npy imports, store_info."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from vidcls.importers import import_npy, import_padded_h5, store_info
-from vidcls.store import FeatureStore, StoreError, open_splits, write_store
+from vidcls.errors import StoreError
+from vidcls.store.importers import import_npy, import_padded_h5, store_info
+from vidcls.store import FeatureStore, open_splits, write_store
 
 D = 6
 

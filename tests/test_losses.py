@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidcls.losses import FocalLoss
+from vidcls.training.losses import FocalLoss
 
 
 def batch(B: int = 8, C: int = 4, seed: int = 0):

@@ -9,7 +9,7 @@ from vidcls.models import MODELS, build_model, length_mask, list_models, sinusoi
 
 NAMES = ["bilstm_attn", "transformer", "mean_mlp"]
 D, C = 6, 3
-TINY = dict(feat_dim=D, n_classes=C, hidden_dim=16, layers=2, heads=4, dropout=0.1)
+TINY = dict(feature_dim=D, n_classes=C, hidden_dim=16, layers=2, heads=4, dropout=0.1)
 
 
 def tiny(name: str, seed: int = 0) -> nn.Module:
@@ -37,7 +37,7 @@ def test_list_models_matches_registry():
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
-        build_model("x", feat_dim=D, n_classes=C)
+        build_model("x", feature_dim=D, n_classes=C)
     assert str(e.value) == "unknown model 'x'; valid names: bilstm_attn, mean_mlp, transformer"
 
 
@@ -194,7 +194,7 @@ def _expected_bilstm_params(D: int, H: int, L: int, C: int) -> int:
 
 
 def test_default_model_builds():
-    m = build_model("bilstm_attn", feat_dim=1280, n_classes=4)
+    m = build_model("bilstm_attn", feature_dim=1280, n_classes=4)
     n = sum(p.numel() for p in m.parameters())
     print(f"bilstm_attn default (D=1280, C=4): {n:,} parameters")
     assert n == _expected_bilstm_params(1280, 768, 4, 4) == 18_122_885

@@ -1,4 +1,4 @@
-"""Tests for vidcls.monitor: record contents, periodic thread, resume, corruption, SIGKILL safety."""
+"""Tests for vidcls.reporting.monitor: record contents, periodic thread, resume, corruption, SIGKILL safety."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vidcls import monitor
-from vidcls.monitor import FIELDS, ResourceMonitor, load_log, sample, summarize
+from vidcls.reporting import monitor
+from vidcls.reporting.monitor import FIELDS, ResourceMonitor, load_log, sample, summarize
 
 SRC = Path(monitor.__file__).resolve().parents[1]  # .../src, for the subprocess' sys.path
 
@@ -188,7 +188,7 @@ _CHILD = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {src!r})
-    from vidcls.monitor import ResourceMonitor
+    from vidcls.reporting.monitor import ResourceMonitor
     ResourceMonitor({path!r}, interval_s=0.01).start()
     time.sleep(120)
     """

@@ -1,4 +1,4 @@
-"""Tests for vidcls.plots: PNG output, sizes, file naming, no figure leaks."""
+"""Tests for vidcls.reporting.plots: PNG output, sizes, file naming, no figure leaks."""
 from __future__ import annotations
 
 import gc
@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from vidcls import plots  # noqa: E402
-from vidcls.plots import plot_dashboard, save_epoch_plots  # noqa: E402
+from vidcls.reporting import plots  # noqa: E402
+from vidcls.reporting.plots import plot_dashboard, save_epoch_plots  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # 15 x 8 inches at 80 dpi

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vidcls.cli import main
-from vidcls.report import SECTIONS, write_report
+from vidcls.reporting.report import SECTIONS, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["config", "data", "curves", "lr", "per-class", "confusion", "ensemble", "tta", "resources",

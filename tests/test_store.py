@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from vidcls import store as store_mod
-from vidcls.store import (FORMAT_VERSION, FeatureStore, FeatureWriter, StoreError, open_splits,
-                          stratified_split, write_store)
+from vidcls.errors import StoreError
+from vidcls.store import reader as store_mod
+from vidcls.store import (FORMAT_VERSION, FeatureStore, FeatureWriter, open_splits, stratified_split, write_store)
 
 CLASSES = ["cat", "dog", "eel"]
 D = 8

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from vidcls.checkpoint import load_checkpoint
+from vidcls.training.checkpoint import load_checkpoint
 from vidcls.cli import main
 from vidcls.config import TrainConfig
-from vidcls.data import collate
-from vidcls.evaluate import classification_metrics
+from vidcls.training.data import collate
+from vidcls.inference.metrics import classification_metrics
 from vidcls.models import build_model
 from vidcls.store import write_store
-from vidcls.synth import make_synthetic
-from vidcls.train import build_from_spec, train_one_epoch
+from vidcls.store.synth import make_synthetic
+from vidcls.training.fit import build_from_spec, train_one_epoch
 
 TINY = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0", "--device", "cpu"]
 NAMES = ["animation", "gaming", "natural", "flat"]
@@ -67,7 +67,7 @@ def expected_lr(t: float, base=1e-3, eta_min=1e-6, t0=20, t_mult=2) -> float:
 def test_lr_follows_closed_form_at_fractional_epochs():
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=150)
-    model = build_model("mean_mlp", feat_dim=4, n_classes=2, hidden_dim=8)
+    model = build_model("mean_mlp", feature_dim=4, n_classes=2, hidden_dim=8)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0, T_mult=cfg.t_mult,
                                                                  eta_min=cfg.eta_min)

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .train import fit, resolve_config
+    from .training.fit import fit, resolve_config
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in TRAIN_FLAGS}
     overrides.update(features_dir=args.features_dir, augment=args.augment, plots=args.plots)
@@ -158,7 +158,7 @@ def format_results(summaries: dict) -> str:
 
 
 def cmd_synth(args) -> int:
-    from .synth import make_synthetic
+    from .store.synth import make_synthetic
 
     paths = make_synthetic(args.out_dir, videos=args.videos, classes=args.classes, dim=args.dim,
                            min_frames=args.min_frames, max_frames=args.max_frames, seed=args.seed)
@@ -169,8 +169,8 @@ def cmd_synth(args) -> int:
 
 def cmd_demo(args) -> int:
     from .config import load_config
-    from .synth import make_synthetic
-    from .train import fit
+    from .store.synth import make_synthetic
+    from .training.fit import fit
 
     t0 = time.time()
     run_dir = Path(args.run_dir)
@@ -199,7 +199,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .ensemble import evaluate_saved_run
+    from .inference.evaluate import evaluate_saved_run
 
     out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device)
     e = out["ensemble"]
@@ -215,21 +215,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .reporting.report import write_report
 
     print(f"written: {write_report(args.run_dir)}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .importers import store_info
+    from .store.importers import store_info
 
     print(store_info(args.file))
     return 0
 
 
 def cmd_import(args) -> int:
-    from .importers import import_npy, import_padded_h5
+    from .store.importers import import_npy, import_padded_h5
 
     if args.format == "padded-h5":
         out = import_padded_h5(args.src, args.out)
@@ -241,7 +241,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extract import extract, format_summary
+    from .features.extract import extract, format_summary
 
     report = extract(args.video_root, args.features_dir, backbone=args.backbone, weights=args.weights,
                      fps=args.fps, frames=args.frames, max_frames=args.max_frames, image_size=args.image_size,
@@ -257,13 +257,11 @@ COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .store import StoreError
+    from .errors import VidclsError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, StoreError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except VidclsError as exc:
         print(f"vidcls {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

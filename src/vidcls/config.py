@@ -14,9 +14,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value or key the user must fix; the message says which and how."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -211,21 +209,3 @@ def config_diff(old: TrainConfig, new: TrainConfig, ignore: tuple = RUNTIME_ONLY
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
-
-def resolve_device(name: str):
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to torch (``cpu``, ``cuda:1``).
-
-    Raises:
-        ConfigError: not a device, or CUDA asked for where there is none.
-    """
-    import torch  # only here: the config itself needs no torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asked for CUDA but none is available; use --device cpu")
-    return device

@@ -16,9 +16,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import __version__
-from .fsutil import atomic_write_json
-from .store import SPLITS
+from .. import __version__
+from ..utils.fs import atomic_write_json
+from ..store.reader import SPLITS
 from .video import SKIP_REASONS
 
 REPORT_NAME = "extract_report.json"

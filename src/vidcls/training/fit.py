@@ -26,20 +26,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
+from .. import __version__
 from .checkpoint import (load_resume_state, prune_periodic, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import (RUNTIME_ONLY, ConfigError, TrainConfig, config_diff, dump_yaml, load_config, read_yaml,
-                     resolve_device)
+from ..config import RUNTIME_ONLY, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
+from ..errors import ConfigError
+from ..utils.device import resolve_device
 from .data import class_weights, close_loader, load_splits, make_loader, train_sampler
-from .ensemble import brief_mean, evaluate_run, score, write_run_tables
-from .evaluate import evaluate
-from .fsutil import atomic_write_json, atomic_write_text
+from ..inference.evaluate import evaluate_run, write_run_tables
+from ..inference.policy import brief_mean, score
+from ..inference.metrics import evaluate
+from ..utils.fs import atomic_write_json, atomic_write_text
 from .losses import FocalLoss
-from .models import build_model
-from .monitor import ResourceMonitor, summarize
-from .plots import save_epoch_plots
-from .report import write_report
+from ..models import build_from_spec
+from ..reporting.monitor import ResourceMonitor, summarize
+from ..reporting.plots import save_epoch_plots
+from ..reporting.report import write_report
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
@@ -93,13 +95,8 @@ class TrainState:
 
 
 def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
-    return {"name": cfg.model, "feat_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
+    return {"name": cfg.model, "feature_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
             "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout}
-
-
-def build_from_spec(spec: dict) -> nn.Module:
-    spec = dict(spec)
-    return build_model(spec.pop("name"), **spec)
 
 
 def resolve_config(run_dir, config_path=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vidcls.fsutil import atomic_write_bytes
+from ..utils.fs import atomic_write_bytes
 
 FIGSIZE = (15.0, 8.0)  # inches
 DPI = 80  # 1200 x 640 px: readable, and small enough to render in well under 0.5 s

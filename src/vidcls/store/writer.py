@@ -18,7 +18,8 @@ except ImportError:  # Windows
 import numpy as np
 
 # ``log`` is the store's logger, so writer messages keep the "vidcls.store" logger name.
-from .store import ALLOWED_DTYPES, FORMAT_VERSION, FeatureStore, StoreError, log
+from ..errors import StoreError
+from .reader import ALLOWED_DTYPES, FORMAT_VERSION, FeatureStore, log
 
 
 class FeatureWriter:

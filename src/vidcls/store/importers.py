@@ -14,7 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .store import SPLITS, FeatureStore, FeatureWriter, StoreError, _name_ids, write_store
+from ..errors import StoreError
+from .reader import SPLITS, FeatureStore, name_ids
+from .writer import FeatureWriter, write_store
 
 _ID_DATASETS = ("video_ids", "video_names")  # where older files keep per-row names, if anywhere
 
@@ -223,7 +225,7 @@ def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
     missing = [v for v in ids if not (npy_dir / f"{v}.npy").is_file()]
     if missing:
         raise StoreError(f"{npy_dir}: no .npy file for {len(missing)} video(s) in the CSV: "
-                         f"{_name_ids(missing)}; expected <video_id>.npy")
+                         f"{name_ids(missing)}; expected <video_id>.npy")
     dim, first = None, None
     for v in ids:
         p = npy_dir / f"{v}.npy"

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from vidcls.fsutil import atomic_write_json
+from ..utils.fs import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ use the same object, so both preprocess and encode frames the same way:
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import sys
 import warnings
@@ -33,14 +32,12 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from .config import resolve_device
+from ..errors import BackboneError
+from ..utils.device import resolve_device
+from ..utils.fs import sha256_file
 
 RANDOM_INIT_SEED = 0  # --weights none: every process builds the same random network
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
-
-
-class BackboneError(ValueError):
-    """A backbone, weights or device choice that cannot work; the message says what to use."""
 
 
 @dataclass(frozen=True)
@@ -317,11 +314,3 @@ def _load_state_dict(model: nn.Module, path: Path, removed: list[str], backbone:
                             f"{list(missing)[:5]}, unexpected keys {list(unexpected)[:5]}; is it a "
                             f"{backbone} state dict?")
 
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import sha256_file
-from .store import SPLITS, stratified_split
+from ..errors import ExtractError
+from ..store.reader import SPLITS
+from ..store.split import stratified_split
+from ..utils.fs import sha256_file
 from .video import VIDEO_EXTENSIONS
 
 LAYOUT_HINT = ("expected VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")

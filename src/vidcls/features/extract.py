@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from .. import __version__
+from ..errors import ExtractError, StoreError
 from .backbone import FrameEncoder, Preprocess, keep_freed_memory
-from .extract_report import ExtractReport, format_summary
-from .store import SPLITS, FeatureStore, StoreError
-from .store_writer import FeatureWriter
+from .report import ExtractReport, format_summary
+from ..store.reader import SPLITS, FeatureStore
+from ..store.writer import FeatureWriter
 from .video import Quality, Sampling, VideoSkip, read_frames
-from .videoset import VideoSet, scan_videos
+from .folders import VideoSet, scan_videos
 
 __all__ = ["ExtractError", "VideoResult", "decode_video", "decode_loader", "iter_features",
            "encode_video", "extract", "format_summary"]
@@ -45,10 +46,6 @@ WORKER_NICE = 19  # where SCHED_IDLE is not available
 # extractor keys that may differ between a store and a resumed run (they do not change features)
 RUNTIME_KEYS = ("torch", "torchvision", "vidcls_version", "precision")
 FRAME_RULE = "the last frame at or before each sampled time; each frame used once"
-
-
-class ExtractError(ValueError):
-    """Extraction cannot start or continue; the message says what to change."""
 
 
 @dataclass

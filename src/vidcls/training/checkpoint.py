@@ -16,15 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fsutil import atomic_write_bytes
+from ..errors import CheckpointError
+from ..utils.fs import atomic_write_bytes
 
 FORMAT = "vidcls-checkpoint"
 VERSION = 1
 PERIODIC_RE = re.compile(r"^epoch_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

@@ -25,13 +25,12 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
 
-if TYPE_CHECKING:  # re-exported lazily at runtime, see __getattr__ below
-    from .store_writer import FeatureWriter, write_store
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,7 @@ _SCAN_BLOCK, _SCAN_BYTES = 65536, 64 << 20
 _MAX_NAMED = 10  # how many offending video ids an error message lists
 
 
-class StoreError(ValueError):
-    """A feature file is missing, malformed or inconsistent; the message says which and the fix."""
-
-
-def _name_ids(ids: Sequence[str]) -> str:
+def name_ids(ids: Sequence[str]) -> str:
     """Format up to ``_MAX_NAMED`` video ids for an error message."""
     ids = list(ids)
     shown = ", ".join(repr(v) for v in ids[:_MAX_NAMED])
@@ -187,11 +182,11 @@ class FeatureStore:
         self.lengths = np.diff(offsets)
         bad = np.flatnonzero(self.lengths < 0)
         if len(bad):
-            raise StoreError(f"{p}: 'offsets' decrease at videos {_name_ids(self._ids(bad))}; "
+            raise StoreError(f"{p}: 'offsets' decrease at videos {name_ids(self._ids(bad))}; "
                              f"the file is corrupt, re-create it")
         empty = np.flatnonzero(self.lengths == 0)
         if len(empty):
-            raise StoreError(f"{p}: zero-length videos (no frames) {_name_ids(self._ids(empty))}; "
+            raise StoreError(f"{p}: zero-length videos (no frames) {name_ids(self._ids(empty))}; "
                              f"re-extract them or drop them from the input")
         if offsets[-1] > total_frames:
             raise StoreError(f"{p}: offsets[-1]={offsets[-1]} but 'features' has only "
@@ -199,7 +194,7 @@ class FeatureStore:
         k = len(self.class_names)
         bad = np.flatnonzero((self.labels < 0) | (self.labels >= k))
         if len(bad):
-            raise StoreError(f"{p}: labels outside [0, {k}) for videos {_name_ids(self._ids(bad))}"
+            raise StoreError(f"{p}: labels outside [0, {k}) for videos {name_ids(self._ids(bad))}"
                              f" (class_names has {k} entries)")
         self._check_duplicate_ids()
 
@@ -209,7 +204,7 @@ class FeatureStore:
     def _check_duplicate_ids(self) -> None:
         dups = [v for v, c in Counter(self.video_ids).items() if c > 1]
         if dups:
-            raise StoreError(f"{self.path}: duplicate video ids {_name_ids(sorted(dups))}; "
+            raise StoreError(f"{self.path}: duplicate video ids {name_ids(sorted(dups))}; "
                              f"each video may appear once per split")
 
     def _check_finite(self, feats: h5py.Dataset) -> None:
@@ -225,7 +220,7 @@ class FeatureStore:
                 bad_videos.update(int(v) for v in vids)
         if bad_videos:
             raise StoreError(f"{self.path}: NaN/Inf features in {len(bad_videos)} videos: "
-                             f"{_name_ids(self._ids(sorted(bad_videos)))}; re-extract them "
+                             f"{name_ids(self._ids(sorted(bad_videos)))}; re-extract them "
                              f"(float16 overflow? extract with dtype float32)")
 
     # ---- reading ----------------------------------------------------------------------------
@@ -334,59 +329,3 @@ def _check_across_splits(stores: dict[str, FeatureStore]) -> None:
         if ref.extractor and s.extractor and s.extractor != ref.extractor:
             log.warning("extractor differs: %s has %s, %s has %s", ref.path, ref.extractor,
                         s.path, s.extractor)
-
-
-def stratified_split(labels: np.ndarray, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices per class into train/val, deterministically for a seed.
-
-    Each class c sends round(fraction * n_c) examples to val, clamped so that a class with >= 2
-    examples has >= 1 in val and >= 1 in train, and a single-example class stays in train.
-
-    Args:
-        labels: (N,) integer labels.
-        fraction: share of each class for val, in (0, 1).
-        seed: RNG seed.
-
-    Returns:
-        (train_idx, val_idx), both sorted int64 arrays that partition range(N).
-
-    Raises:
-        ValueError: fraction outside (0, 1) or labels not 1-D.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-    if not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"val fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    val: list[np.ndarray] = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        n_val = int(np.floor(fraction * len(idx) + 0.5))  # round half up, unlike Python's round
-        n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
-        val.append(rng.permutation(idx)[:n_val])
-    val_idx = np.sort(np.concatenate(val)).astype(np.int64) if val else np.zeros(0, np.int64)
-    mask = np.ones(len(labels), bool)
-    mask[val_idx] = False
-    return np.flatnonzero(mask).astype(np.int64), val_idx
-
-
-# ---- writer re-export ------------------------------------------------------------------------
-# FeatureWriter and write_store live in store_writer, which imports this module; resolving them on
-# first access (PEP 562) keeps ``from vidcls.store import write_store`` working without an import
-# cycle, whichever of the two modules is imported first.
-_WRITER_NAMES = ("FeatureWriter", "write_store")
-
-
-def __getattr__(name: str):
-    if name in _WRITER_NAMES:
-        from . import store_writer
-        value = getattr(store_writer, name)
-        globals()[name] = value  # cache: later lookups skip this hook
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WRITER_NAMES))

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import stratified_split, write_store
+from ..errors import ConfigError
+from .split import stratified_split
+from .writer import write_store
 
 DEFAULT_CLASSES = ["animation", "gaming", "natural", "flat"]
 DEFAULT_SHARES = [0.45, 0.25, 0.20, 0.10]

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler, get_worker_info
 
-from .store import FeatureStore, StoreError, open_splits, stratified_split
+from ..errors import StoreError
+from ..store.reader import FeatureStore, open_splits
+from ..store.split import stratified_split
 
 MIN_AUG_FRAMES = 8  # the spec augments only videos with more frames than this
 

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vidcls.plots import DPI, MAX_NAMED_CLASSES, _series
+from .plots import DPI, MAX_NAMED_CLASSES, _series
 
 MAX_ANNOTATED_CELLS = 30  # above this many classes, numbers in confusion cells become unreadable
 

@@ -1,0 +1,53 @@
+"""Temporal models, created by name (timm-style): ``build_model("bilstm_attn", feature_dim=1280, n_classes=4)``."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .layers import AttentionPooling, ClassifierHead, InputProjection, length_mask, sinusoidal_encoding
+from .temporal import BiLSTMAttention, MeanMLP, TemporalTransformer
+
+__all__ = ["MODELS", "AttentionPooling", "BiLSTMAttention", "ClassifierHead", "InputProjection", "MeanMLP",
+           "TemporalTransformer", "build_model", "build_from_spec", "list_models", "length_mask", "sinusoidal_encoding"]
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "bilstm_attn": BiLSTMAttention,
+    "transformer": TemporalTransformer,
+    "mean_mlp": MeanMLP,
+}
+
+
+def list_models() -> list[str]:
+    """Returns: the registered model names, sorted."""
+    return sorted(MODELS)
+
+
+def build_model(name: str, *, feature_dim: int, n_classes: int,
+                hidden_dim: int = 768, layers: int = 4, heads: int = 12,
+                dropout: float = 0.4) -> nn.Module:
+    """Create a registered model by name.
+
+    Args:
+        name: one of ``list_models()``; "bilstm_attn" is the default.
+        feature_dim: per-frame feature size D.
+        n_classes: number of classes C (>= 2).
+        hidden_dim, layers, heads, dropout: model sizes (``mean_mlp`` ignores layers, heads).
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        ConfigError: unknown name (the message lists valid names), or an invalid option
+            combination (the message names the option to change).
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return MODELS[name](feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
+                        layers=layers, heads=heads, dropout=dropout)
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """Rebuild a model from the ``model`` entry of a checkpoint: ``{"name": ..., "feature_dim": ...}``."""
+    spec = dict(spec)
+    return build_model(spec.pop("name"), **spec)
