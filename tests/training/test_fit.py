@@ -30,11 +30,9 @@ TINY = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
 NAMES = ["animation", "gaming", "natural", "flat"]
 
 
-@pytest.fixture(scope="module")
-def feats(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("feats")
-    make_synthetic(out, videos=80, dim=16, min_frames=6, max_frames=24, seed=3)
-    return out
+@pytest.fixture
+def feats(tiny_features) -> Path:
+    return tiny_features
 
 
 def run_cli(*args) -> int:
@@ -172,7 +170,7 @@ def test_test_split_never_influences_training(feats, tmp_path):
 
 def spawn(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vidcls.cli", *map(str, args)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "vidcls", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

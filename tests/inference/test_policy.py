@@ -18,7 +18,6 @@ from vidcls.models import build_model
 from vidcls.store import write_store
 from vidcls.store.synth import make_synthetic
 
-from test_train import TINY, spawn, summary_core
 
 NAMES = ["a", "b", "c"]
 
@@ -158,11 +157,11 @@ def easy_feats(tmp_path_factory):
     return out
 
 
-def test_three_members_record_and_forced_collapse(easy_feats, tmp_path, capsys):
+def test_three_members_record_and_forced_collapse(easy_feats, tmp_path, capsys, tiny_args):
     run = tmp_path / "run"
     feats = easy_feats
     assert main(["train", str(feats), str(run), "--epochs", "12", "--lr", "0.01", "--members", "3", "--no-plots",
-                 *TINY]) == 0
+                 *tiny_args]) == 0
     s = json.loads((run / "summary.json").read_text())
     assert [m["seed"] for m in s["members"]] == [42, 43, 44]
     for key in ("members_used", "excluded", "val", "test", "gain_vs_mean_member"):
@@ -194,12 +193,12 @@ def test_three_members_record_and_forced_collapse(easy_feats, tmp_path, capsys):
         assert key in ev["ensemble"]["metrics"]
 
 
-def test_resume_in_the_middle_of_member_2_of_3(feats, tmp_path):
-    common = ["--epochs", "4", "--members", "3", "--patience", "0", "--no-plots", *TINY]
+def test_resume_in_the_middle_of_member_2_of_3(feats, tmp_path, tiny_args, spawn_cli, summary_core):
+    common = ["--epochs", "4", "--members", "3", "--patience", "0", "--no-plots", *tiny_args]
     ref = tmp_path / "ref"
     assert main(["train", str(feats), str(ref), *common]) == 0
     run = tmp_path / "killed"
-    proc = spawn("train", feats, run, *common)
+    proc = spawn_cli("train", feats, run, *common)
     hist = run / "members/1/history.json"
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
