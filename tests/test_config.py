@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
+from vidcls.config import RUNTIME_ONLY, TrainConfig, config_diff, config_from_dict, dump_yaml, load_config
 from vidcls.errors import ConfigError
-from vidcls.config import (RUNTIME_ONLY, TrainConfig, config_diff, config_from_dict, dump_yaml, load_config)
 
 SPEC_DEFAULTS = dict(
     epochs=150, batch_size=48, lr=1e-3, weight_decay=5e-4, grad_clip=1.0, t0=20, t_mult=2,

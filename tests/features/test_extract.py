@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
 import videos as V
+
+from vidcls.cli import main
 from vidcls.errors import BackboneError, ExtractError
 from vidcls.features import video as video_mod
 from vidcls.features.backbone import FrameEncoder, Preprocess, strip_classifier
-from vidcls.cli import main
 from vidcls.features.extract import decode_video, encode_video, extract
-from vidcls.store import FeatureStore, open_splits
-from vidcls.features.video import Quality, Sampling, VideoSkip, brightness, read_frames, sharpness
 from vidcls.features.folders import parse_split, scan_videos
+from vidcls.features.video import Quality, Sampling, VideoSkip, brightness, read_frames, sharpness
+from vidcls.store import FeatureStore, open_splits
 
 SMALL = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, device="cpu")
 SMALL_CLI = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",

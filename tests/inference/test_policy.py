@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.cli import main
-from vidcls.training.data import collate
 from vidcls.inference.policy import collapsed_members, combine, decide_tta
 from vidcls.inference.tta import predict_modes, tta_batch, tta_indices
 from vidcls.models import build_model
 from vidcls.store import write_store
 from vidcls.store.synth import make_synthetic
-
+from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
+from vidcls.training.data import collate
 
 NAMES = ["a", "b", "c"]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vidcls.errors import StoreError
-from vidcls.store.importers import import_npy, import_padded_h5, store_info
 from vidcls.store import FeatureStore, open_splits, write_store
+from vidcls.store.importers import import_npy, import_padded_h5, store_info
 
 D = 6
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from vidcls.errors import StoreError
+from vidcls.store import FORMAT_VERSION, FeatureStore, FeatureWriter, open_splits, stratified_split, write_store
 from vidcls.store import reader as store_mod
-from vidcls.store import (FORMAT_VERSION, FeatureStore, FeatureWriter, open_splits, stratified_split, write_store)
 
 CLASSES = ["cat", "dog", "eel"]
 D = 8

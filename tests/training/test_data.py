@@ -17,8 +17,17 @@ import pytest
 import torch
 
 from vidcls.errors import StoreError
-from vidcls.training.data import (EpochSampler, FeatureDataset, augment_sequence, class_weights, collate, load_splits, make_loader, train_sampler)
 from vidcls.store import FeatureStore, write_store
+from vidcls.training.data import (
+    EpochSampler,
+    FeatureDataset,
+    augment_sequence,
+    class_weights,
+    collate,
+    load_splits,
+    make_loader,
+    train_sampler,
+)
 
 N_SEEDS = 4000  # augmentation trials for the frequency tests
 

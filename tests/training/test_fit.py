@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from vidcls.training.checkpoint import load_checkpoint
 from vidcls.cli import main
 from vidcls.config import TrainConfig
-from vidcls.training.data import collate
 from vidcls.inference.metrics import classification_metrics
-from vidcls.models import build_model
+from vidcls.models import build_from_spec, build_model
 from vidcls.store import write_store
-from vidcls.store.synth import make_synthetic
-from vidcls.training.fit import build_from_spec, train_one_epoch
+from vidcls.training.checkpoint import load_checkpoint
+from vidcls.training.data import collate
+from vidcls.training.loop import train_one_epoch
 
 TINY = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0", "--device", "cpu"]
 NAMES = ["animation", "gaming", "natural", "flat"]

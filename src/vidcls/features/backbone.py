@@ -17,7 +17,6 @@ use the same object, so both preprocess and encode frames the same way:
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 import warnings
 from collections import OrderedDict

@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import ExtractError, StoreError
-from .backbone import FrameEncoder, Preprocess, keep_freed_memory
-from .report import ExtractReport, format_summary
 from ..store.reader import SPLITS, FeatureStore
 from ..store.writer import FeatureWriter
-from .video import Quality, Sampling, VideoSkip, read_frames
+from .backbone import FrameEncoder, Preprocess, keep_freed_memory
 from .folders import VideoSet, scan_videos
+from .report import ExtractReport, format_summary
+from .video import Quality, Sampling, VideoSkip, read_frames
 
 __all__ = ["ExtractError", "VideoResult", "decode_video", "decode_loader", "iter_features",
            "encode_video", "extract", "format_summary"]

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExtractError
 from ..store.reader import SPLITS
 from ..store.split import stratified_split
 from ..utils.fs import sha256_file

@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from .. import __version__
-from ..utils.fs import atomic_write_json
 from ..store.reader import SPLITS
+from ..utils.fs import atomic_write_json
 from .video import SKIP_REASONS
 
 REPORT_NAME = "extract_report.json"

@@ -10,8 +10,6 @@ from torch import Tensor
 from ..errors import ConfigError
 
 
-
-
 def length_mask(lengths: Tensor, T: int) -> Tensor:
     """Boolean validity mask from per-row lengths.
 

@@ -16,10 +16,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .layers import (AttentionPooling, ClassifierHead, InputProjection, check_input, check_sizes, length_mask,
-                     sinusoidal_encoding)
-
-
+from .layers import (
+    AttentionPooling,
+    ClassifierHead,
+    InputProjection,
+    check_input,
+    check_sizes,
+    length_mask,
+    sinusoidal_encoding,
+)
 
 
 class BiLSTMAttention(nn.Module):

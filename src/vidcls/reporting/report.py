@@ -18,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
-from . import figures as rp
 from ..config import read_yaml
 from ..errors import ConfigError
 from ..utils.fs import atomic_write_text
+from . import figures as rp
 
 METRICS = (("accuracy", "acc"), ("f1_macro", "macro F1"), ("worst_class_f1", "worst-class F1"))
 

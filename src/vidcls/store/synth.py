@@ -26,7 +26,7 @@ STATIC_SIGNAL = 0.005  # per-dimension std of the weak order-free class signatur
 def class_layout(n_classes: int) -> tuple[list[str], np.ndarray]:
     """Names and shares of ``n_classes`` classes (the spec's four first, then ``class_4``...)."""
     if n_classes < 2:
-        raise ValueError(f"--classes must be >= 2, got {n_classes}")
+        raise ConfigError(f"--classes must be >= 2, got {n_classes}")
     names = (DEFAULT_CLASSES + [f"class_{i}" for i in range(4, n_classes)])[:n_classes]
     if n_classes == 4:
         shares = np.array(DEFAULT_SHARES)
@@ -60,11 +60,11 @@ def make_synthetic(out_dir, *, videos: int = 600, classes: int = 4, dim: int = 1
         ValueError: sizes that cannot make a usable data set.
     """
     if videos < 10 * classes:
-        raise ValueError(f"--videos must be at least 10 per class ({10 * classes}), got {videos}")
+        raise ConfigError(f"--videos must be at least 10 per class ({10 * classes}), got {videos}")
     if not 1 <= min_frames <= max_frames:
-        raise ValueError(f"need 1 <= --min-frames <= --max-frames, got {min_frames}, {max_frames}")
+        raise ConfigError(f"need 1 <= --min-frames <= --max-frames, got {min_frames}, {max_frames}")
     if dim < 2:
-        raise ValueError(f"--dim must be >= 2, got {dim}")
+        raise ConfigError(f"--dim must be >= 2, got {dim}")
     rng = np.random.default_rng(seed)
     names, shares = class_layout(classes)
     n_pairs = (classes + 1) // 2

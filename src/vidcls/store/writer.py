@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 import h5py
+
 try:
     import fcntl
 except ImportError:  # Windows
