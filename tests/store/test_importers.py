@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -79,6 +81,20 @@ def test_import_padded_bad_num_frames(tmp_path, bad_len, pattern):
     assert "max_frames" in str(e.value) and not out.exists()
 
 
+def test_import_padded_failure_keeps_old_output(tmp_path):
+    src, out = tmp_path / "old.h5", tmp_path / "feats" / "train.h5"
+    _padded_file(src, n=5)
+    import_padded_h5(src, out)
+    before = out.read_bytes()
+    with h5py.File(src, "r+") as f:
+        f["features"][3, 0, 0] = np.nan  # row 3 = video_000003
+    with pytest.raises(StoreError, match=r"'video_000003'.*NaN/Inf.*is unchanged") as e:
+        import_padded_h5(src, out)
+    assert str(src) in str(e.value)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train.h5"]  # no temp file left
+
+
 def test_import_padded_missing_mapping(tmp_path):
     src = tmp_path / "old.h5"
     _padded_file(src, n=2)
@@ -131,6 +147,93 @@ def test_import_npy_with_split(tmp_path):
     np.testing.assert_array_equal(stores["test"].read(0), arrays["d"])
 
 
+def _split_csv(tmp_path, ids_splits, name="labels.csv"):
+    csv = tmp_path / name
+    csv.write_text("video_id,label,split\n" + "".join(f"{v},c{i % 2},{sp}\n"
+                                                      for i, (v, sp) in enumerate(ids_splits)))
+    return csv
+
+
+def test_import_npy_failure_leaves_every_split_untouched(tmp_path):
+    npy, _ = _npy_dir(tmp_path, ["a", "b", "c", "d"])
+    csv = _split_csv(tmp_path, [("a", "train"), ("b", "val"), ("c", "test"), ("d", "train")])
+    out = tmp_path / "out"
+    import_npy(npy, csv, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["test.h5", "train.h5", "val.h5"]
+    # a second import with new train data and a NaN in val's only video: train is written
+    # first and must not replace the old train.h5
+    for vid in ("a", "c", "d"):
+        np.save(npy / f"{vid}.npy", np.full((3, D), 0.5, np.float32))
+    bad = np.zeros((2, D), np.float32)
+    bad[1, 2] = np.nan
+    np.save(npy / "b.npy", bad)
+    with pytest.raises(StoreError, match=r"b\.npy \(video 'b'\): features contain NaN/Inf") as e:
+        import_npy(npy, csv, out)
+    assert "unchanged" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp dir either
+
+
+def test_import_npy_failure_into_new_dir_leaves_nothing(tmp_path):
+    npy, _ = _npy_dir(tmp_path, ["a", "b"])
+    np.save(npy / "b.npy", np.full((2, D), np.inf, np.float32))
+    csv = _split_csv(tmp_path, [("a", "train"), ("b", "val")])
+    with pytest.raises(StoreError, match="'b'"):
+        import_npy(npy, csv, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_npy_rename_failure_restores_old_splits(tmp_path, monkeypatch):
+    npy, _ = _npy_dir(tmp_path, ["a", "b"])
+    csv = _split_csv(tmp_path, [("a", "train"), ("b", "val")])
+    out = tmp_path / "out"
+    import_npy(npy, csv, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    np.save(npy / "a.npy", np.full((4, D), 0.25, np.float32))
+    real_replace = os.replace
+
+    def replace(src, dst):  # moving the new val.h5 into OUT fails; restoring the old one works
+        if str(dst) == str(out / "val.h5") and "previous" not in Path(src).parts:
+            raise OSError("simulated rename failure")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="simulated"):
+        import_npy(npy, csv, out)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_import_npy_refuses_ids_outside_npy_dir(tmp_path):
+    npy, _ = _npy_dir(tmp_path, ["v1"])
+    outside = np.ones((2, D), np.float32)
+    np.save(tmp_path / "secret.npy", outside)  # readable if "../secret" were followed
+    (npy / "cats").mkdir()
+    np.save(npy / "cats" / "a.npy", outside)
+    (npy / "link.npy").symlink_to(tmp_path / "secret.npy")
+    cases = ["../secret", "cats/../../secret", str(tmp_path / "secret"), "link"]
+    for bad in cases:
+        csv = tmp_path / "labels.csv"
+        csv.write_text(f"video_id,label\nv1,a\n{bad},b\n")
+        with pytest.raises(StoreError, match="line 3: video_id") as e:
+            import_npy(npy, csv, tmp_path / "out")
+        assert repr(bad) in str(e.value) and "NPY_DIR" in str(e.value)
+        assert not (tmp_path / "out").exists()
+    csv.write_text("video_id,label\nv1,a\ncats/a,b\n")  # a sub-folder inside NPY_DIR is fine
+    s = FeatureStore(import_npy(npy, csv, tmp_path / "out")["train"])
+    assert s.video_ids == ["v1", "cats/a"]
+    np.testing.assert_array_equal(s.read(1), outside.astype(np.float16))
+
+
+def test_import_npy_refuses_integer_arrays(tmp_path):
+    npy, _ = _npy_dir(tmp_path, ["v1", "v2"])
+    np.save(npy / "v2.npy", np.ones((3, D), np.int64))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video_id,label\nv1,a\nv2,b\n")
+    with pytest.raises(StoreError, match=r"v2\.npy \(video 'v2'\): features are int64"):
+        import_npy(npy, csv, tmp_path / "out")
+
+
 @pytest.mark.parametrize("csv_text, pattern", [
     ("video_id,label\nv1,a\nmissing1,a\nmissing2,b\n", "2 video.*'missing1', 'missing2'"),
     ("video_id,label,split\nv1,a,train\nv2,a,holdout\n", "line 3: split 'holdout'"),
@@ -166,6 +269,19 @@ def test_store_info_counts(tmp_path):
     assert str(path) in text
     assert "videos:         5" in text
     assert "cat: 3 (60.0%)" in text and "dog: 1 (20.0%)" in text and "eel: 1 (20.0%)" in text
-    assert "min 2, mean 4.0, max 6" in text and "total frames:   20" in text
+    assert "min 2, median 4.0, mean 4.0, p95 6, max 6" in text and "total frames:   20" in text
+    assert "longest video:  'v4' (6 frames)" in text
     assert "feature dim:    4" in text and "float16" in text and '"backbone": "r18"' in text
     assert "format version: 1" in text
+
+
+def test_store_info_length_spread(tmp_path):
+    # lengths 1..19 plus one 300-frame video: sorted, the 10th and 11th are 10 and 11
+    # (median 10.5); 95 % of 20 videos is 19, and the 19th smallest is 19 (p95);
+    # mean (190 + 300) / 20 = 24.5
+    lengths = list(range(1, 6)) + [300] + list(range(6, 20))
+    vids = [(f"v{i}", np.zeros((t, 2), np.float16), 0) for i, t in enumerate(lengths)]
+    vids[5] = ("long_one", vids[5][1], 0)
+    text = store_info(write_store(tmp_path / "train.h5", vids, ["only"], 2))
+    assert "frames/video:   min 1, median 10.5, mean 24.5, p95 19, max 300" in text
+    assert "longest video:  'long_one' (300 frames)" in text

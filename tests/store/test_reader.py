@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from vidcls.errors import StoreError
-from vidcls.store import FORMAT_VERSION, FeatureStore, FeatureWriter, open_splits, stratified_split, write_store
+from vidcls.store import (FORMAT_VERSION, FeatureStore, FeatureWriter, StoreLockedError, open_splits,
+                          stratified_split, write_store)
 from vidcls.store import reader as store_mod
 
 CLASSES = ["cat", "dog", "eel"]
@@ -122,11 +123,102 @@ def test_missing_file_hint(tmp_path):
         FeatureStore(tmp_path / "nope.h5")
 
 
-def test_not_hdf5(tmp_path):
-    p = tmp_path / "x.h5"
-    p.write_text("hello")
-    with pytest.raises(StoreError, match="not a readable HDF5"):
+def _truncate_half(path):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _junk_head(path):
+    with open(path, "r+b") as fh:
+        fh.write(np.random.default_rng(0).integers(0, 256, 512, np.uint8).tobytes())
+
+
+def _zero_bytes(path):
+    os.truncate(path, 0)
+
+
+def _text(path):
+    path.write_text("video_id,label\nv1,cat\n")
+
+
+def _junk_labels_header(path):
+    # valid superblock and root group; the 'labels' object header is overwritten: h5py then
+    # raises KeyError/OSError while the store is validated rather than when it is opened
+    with h5py.File(path, "r") as f:
+        addr = h5py.h5o.get_info(f["labels"].id).addr
+    with open(path, "r+b") as fh:
+        fh.seek(addr + 8)
+        fh.write(b"\xff" * 16)
+
+
+DAMAGE = [_truncate_half, _junk_head, _zero_bytes, _text, _junk_labels_header]
+
+
+def _assert_damaged(err, path):
+    assert type(err.value) is StoreError  # not the "locked" subclass
+    assert str(path) in str(err.value)
+    msg = str(err.value).replace(str(path), "<file>")  # the tmp path holds the test's name
+    assert "<file> is damaged or is not a vidcls feature store" in msg
+    assert "re-create it with `vidcls extract`, `vidcls import` or `vidcls synth`" in msg
+    assert "locked" not in msg and "another process" not in msg
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=lambda fn: fn.__name__)
+def test_damaged_file_reported_as_damaged(good, damage):
+    damage(good)
+    with pytest.raises(StoreError) as e:
+        FeatureStore(good)
+    _assert_damaged(e, good)
+    with pytest.raises(StoreError) as e:
+        open_splits(good.parent)
+    _assert_damaged(e, good)
+    with pytest.raises(StoreError) as e:
+        FeatureWriter(good, CLASSES, D, resume=True)
+    _assert_damaged(e, good)
+    assert "resume=False" in str(e.value)
+
+
+def test_damaged_chunk_on_read_names_video(good, monkeypatch):
+    s = FeatureStore(good)
+
+    def broken(self, key):
+        raise OSError("Can't synchronously read data (incorrect metadata checksum)")
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", broken)
+    with pytest.raises(StoreError, match=r"cannot read video 'vid002'.*damaged") as e:
+        s.read(2)
+    assert str(good) in str(e.value)
+
+
+def test_hdf5_without_store_datasets(tmp_path):
+    p = tmp_path / "train.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(StoreError, match="dataset 'features' is missing") as e:
         FeatureStore(p)
+    assert str(p) in str(e.value)
+    with pytest.raises(StoreError, match="dataset 'features' is missing"):
+        FeatureWriter(p, CLASSES, D, resume=True)
+
+
+@pytest.mark.skipif(os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE",
+                    reason="HDF5 file locking is switched off")
+def test_file_held_by_another_writer_is_locked(good):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\n"
+         "print('open', flush=True)\nsys.stdin.read()", str(good)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLockedError, match="locked by another process") as e:
+            FeatureStore(good)
+        assert str(good) in str(e.value) and "damaged" not in str(e.value)
+        with pytest.raises(StoreLockedError, match="locked by another process"):
+            FeatureWriter(good, CLASSES, D, resume=True)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+        holder.stdout.close()
+    assert len(FeatureStore(good)) == 6  # released: readable again
 
 
 def _corrupt(path, fn):
@@ -176,6 +268,29 @@ def test_label_out_of_range_named(good):
         FeatureStore(good)
 
 
+def test_duplicate_class_names_refused(good):
+    _corrupt(good, lambda f: f.attrs.__setitem__("class_names",
+                                                 json.dumps(["cat", "dog", "cat", "dog"])))
+    with pytest.raises(StoreError, match="'cat', 'dog' more than once") as e:
+        FeatureStore(good)
+    assert str(good) in str(e.value)
+
+
+def test_float_labels_refused(good):
+    # truncating to int64 would turn 1.7 into class 1 without a word
+    _corrupt(good, _set("labels", np.array([0.0, 1.7, 2.0, 0.0, 1.0, 2.0])))
+    with pytest.raises(StoreError, match="'labels' are stored as float64; labels must be integers"):
+        FeatureStore(good)
+
+
+def test_integer_features_refused(good):
+    _corrupt(good, _set("features", np.ones((21, D), np.int32)))
+    with pytest.raises(StoreError, match="'features' are stored as int32; features must be "
+                                         "float16 or float32") as e:
+        FeatureStore(good)
+    assert str(good) in str(e.value)
+
+
 def test_duplicate_ids_named(good):
     ids = np.array(["a", "b", "c", "b", "e", "a"], dtype=object)
     _corrupt(good, _set("video_ids", ids.astype(h5py.string_dtype())))
@@ -216,6 +331,9 @@ def test_uncommitted_tail_is_ignored(good):
     (np.full((2, D), 1e6, np.float32), 0, "float16 range"),
     (np.zeros((2, D)), 3, r"label 3 outside \[0, 3\)"),
     (np.zeros((2, D)), True, "int class index"),
+    (np.zeros((2, D)), 1.0, "int class index"),
+    (np.ones((2, D), np.int64), 0, "features are int64; features must be floating point"),
+    (np.ones((2, D), np.uint8), 0, "features are uint8; features must be floating point"),
 ])
 def test_append_validation_names_video(tmp_path, x, label, pattern):
     with FeatureWriter(tmp_path / "w.h5", CLASSES, D) as w:
@@ -223,6 +341,12 @@ def test_append_validation_names_video(tmp_path, x, label, pattern):
             w.append("bad_one", x, label)
         assert "'bad_one'" in str(e.value)
         assert len(w) == 0
+
+
+def test_writer_refuses_duplicate_class_names(tmp_path):
+    with pytest.raises(StoreError, match=r"duplicates \['cat'\]"):
+        FeatureWriter(tmp_path / "w.h5", ["cat", "dog", "cat"], D)
+    assert not (tmp_path / "w.h5").exists()
 
 
 def test_timestamps_all_or_none(tmp_path):

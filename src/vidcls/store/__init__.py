@@ -1,7 +1,7 @@
 """The feature store: one ragged HDF5 file per split (format + reader, writer, importers, synthetic data)."""
-from .reader import FORMAT_VERSION, SPLITS, FeatureStore, open_splits
+from .reader import FORMAT_VERSION, SPLITS, FeatureStore, StoreLockedError, open_splits
 from .split import stratified_split
 from .writer import FeatureWriter, write_store
 
-__all__ = ["FORMAT_VERSION", "SPLITS", "FeatureStore", "FeatureWriter", "open_splits", "stratified_split",
-           "write_store"]
+__all__ = ["FORMAT_VERSION", "SPLITS", "FeatureStore", "FeatureWriter", "StoreLockedError", "open_splits",
+           "stratified_split", "write_store"]

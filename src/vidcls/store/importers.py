@@ -9,14 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-from pathlib import Path
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from .reader import SPLITS, FeatureStore, name_ids
-from .writer import FeatureWriter, write_store
+from .reader import H5_READ_ERRORS, SPLITS, FeatureStore, name_ids
+from .writer import FeatureWriter, check_features, write_store
 
 _ID_DATASETS = ("video_ids", "video_names")  # where older files keep per-row names, if anywhere
 
@@ -62,9 +65,15 @@ def import_padded_h5(src: str | os.PathLike, out: str | os.PathLike, *, dtype: s
             with FeatureWriter(tmp, class_names, feats.shape[2], extractor, dtype=dtype,
                                flush_every=max(1, block), resume=False) as w:
                 _stream_rows(feats, labels, nframes, ids, w, max(1, int(block)))
-            os.replace(tmp, out)
-        except BaseException:
+            os.replace(tmp, out)  # only a complete, validated file replaces the old one
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if isinstance(err, H5_READ_ERRORS):  # a damaged chunk in the source
+                detail = " ".join(str(err).split())  # HDF5 messages can span lines
+                raise StoreError(f"{src}: cannot read 'features' ({detail}); the source file is "
+                                 f"damaged; {out} is unchanged") from None
+            if isinstance(err, StoreError):
+                raise StoreError(f"importing {src}: {err}; {out} is unchanged") from None
             raise
     return out
 
@@ -145,6 +154,16 @@ def _stream_rows(feats: h5py.Dataset, labels, nframes, ids, w: FeatureWriter, bl
 
 
 # ---- per-video .npy -------------------------------------------------------------------------
+@dataclass
+class _NpyImport:
+    """What every split of one ``import npy`` shares."""
+    npy_dir: Path
+    class_names: list[str]
+    feature_dim: int
+    dtype: str
+    extractor: dict | None
+
+
 def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                out_dir: str | os.PathLike, *, dtype: str = "float16",
                extractor: dict | None = None) -> dict[str, Path]:
@@ -152,6 +171,10 @@ def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 
     The CSV has a header with columns ``video_id,label`` and optionally ``split`` (train/val/test;
     without it every row goes to train). Class names are the sorted unique labels of the whole CSV.
+    A video id is a path relative to ``npy_dir`` without the suffix (``cats/a`` ->
+    ``npy_dir/cats/a.npy``). All splits are written into a temporary directory inside ``out_dir``
+    and moved into place only when every one of them succeeded: on any error ``out_dir`` keeps
+    its previous split files untouched.
 
     Args:
         npy_dir: directory of .npy files.
@@ -164,16 +187,17 @@ def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         {split: path written}.
 
     Raises:
-        StoreError: bad CSV (naming the line), missing .npy files (listing the ids), arrays that
-            are not 2-D or whose D disagrees (naming the file), or OUT_DIR holding a split file
-            this CSV would not overwrite. Nothing is written in those cases.
+        StoreError: bad CSV (naming the line), a video id that points outside ``npy_dir``,
+            missing .npy files (listing the ids), arrays that are not 2-D, not floating point,
+            hold NaN/Inf or whose D disagrees (naming the file), or OUT_DIR holding a split file
+            this CSV would not overwrite. Nothing in OUT_DIR changes in those cases.
     """
     npy_dir, out_dir = Path(npy_dir), Path(out_dir)
     if not npy_dir.is_dir():
         raise StoreError(f"npy directory {npy_dir} does not exist; check the NPY_DIR path")
-    rows = _read_labels_csv(Path(labels_csv))
-    class_names = sorted({label for _, label, _ in rows})
-    dim = _check_npy_files(npy_dir, [vid for vid, _, _ in rows])
+    rows = _read_labels_csv(Path(labels_csv), npy_dir)
+    job = _NpyImport(npy_dir, sorted({label for _, label, _ in rows}),
+                     _check_npy_files(npy_dir, [vid for vid, _, _ in rows]), dtype, extractor)
     splits = [s for s in SPLITS if any(r[2] == s for r in rows)]
     # A leftover split file from an earlier import would be picked up by training next to the
     # new ones; refuse rather than silently mixing two imports.
@@ -181,15 +205,55 @@ def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     if stale:
         raise StoreError(f"{out_dir} already holds {stale}, which {Path(labels_csv).name} does "
                          f"not produce; remove them or choose another OUT_DIR")
-    written: dict[str, Path] = {}
-    for split in splits:
-        split_rows = [(vid, label) for vid, label, s in rows if s == split]
-        written[split] = _write_split(npy_dir, split_rows, out_dir / f"{split}.h5",
-                                      class_names, dim, extractor, dtype)
-    return written
+    by_split = {s: [(vid, label) for vid, label, sp in rows if sp == s] for s in splits}
+    return _write_splits_atomically(job, by_split, out_dir)
 
 
-def _read_labels_csv(path: Path) -> list[tuple[str, str, str]]:
+def _write_splits_atomically(job: _NpyImport, by_split: dict[str, list[tuple[str, str]]],
+                             out_dir: Path) -> dict[str, Path]:
+    """Write every split into a temp directory inside ``out_dir``, then rename them all in.
+
+    The temp directory sits in ``out_dir`` so that the final renames stay on one file system
+    (atomic, no copy). A failure before the renames leaves ``out_dir`` as it was.
+    """
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".vidcls-import-", dir=out_dir))
+    try:
+        for split, rows in by_split.items():
+            _write_split(job, rows, tmp_dir / f"{split}.h5")
+        return _swap_in(tmp_dir, out_dir, list(by_split))
+    except StoreError as err:
+        raise StoreError(f"{err}; nothing was imported, {out_dir} is unchanged") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # it did not exist before a failed import
+
+
+def _swap_in(tmp_dir: Path, out_dir: Path, splits: list[str]) -> dict[str, Path]:
+    """Rename ``tmp_dir/{split}.h5`` over ``out_dir/{split}.h5``; undo them all if one fails."""
+    backup = tmp_dir / "previous"
+    backup.mkdir()
+    moved_old, placed = [], []
+    try:
+        for split in splits:
+            target = out_dir / f"{split}.h5"
+            if target.exists():
+                os.replace(target, backup / target.name)
+                moved_old.append(target)
+            os.replace(tmp_dir / target.name, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        for target in moved_old:
+            os.replace(backup / target.name, target)
+        raise
+    return {split: out_dir / f"{split}.h5" for split in splits}
+
+
+def _read_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
     """Parse the labels CSV into (video_id, label, split) rows, checking every line."""
     if not path.exists():
         raise StoreError(f"labels CSV {path} does not exist; check the LABELS.csv path")
@@ -207,6 +271,7 @@ def _read_labels_csv(path: Path) -> list[tuple[str, str, str]]:
             split = (rec.get("split") or "").strip() if "split" in header else "train"
             if not vid or not label:
                 raise StoreError(f"{path} line {line}: empty video_id or label")
+            _check_video_id(vid, npy_dir, f"{path} line {line}")
             if split not in SPLITS:
                 raise StoreError(f"{path} line {line}: split {split!r} for video {vid!r} is not "
                                  f"one of {list(SPLITS)}")
@@ -218,6 +283,19 @@ def _read_labels_csv(path: Path) -> list[tuple[str, str, str]]:
     if not rows:
         raise StoreError(f"{path} has a header but no rows; add one line per video")
     return rows
+
+
+def _check_video_id(vid: str, npy_dir: Path, where: str) -> None:
+    """Refuse an id whose .npy would lie outside ``npy_dir`` (absolute, ``..``, symlinked out)."""
+    rel = PurePath(vid)
+    if rel.is_absolute() or rel.anchor or ".." in rel.parts:
+        raise StoreError(f"{where}: video_id {vid!r} is an absolute path or contains '..'; ids "
+                         f"are paths inside NPY_DIR {npy_dir} without '.npy' (e.g. 'cats/a' for "
+                         f"{npy_dir / 'cats' / 'a.npy'})")
+    target = (npy_dir / f"{vid}.npy").resolve()
+    if not target.is_relative_to(npy_dir.resolve()):
+        raise StoreError(f"{where}: video_id {vid!r} resolves to {target}, outside NPY_DIR "
+                         f"{npy_dir} (a symlink?); copy the file into NPY_DIR")
 
 
 def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
@@ -244,11 +322,21 @@ def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
     return int(dim)
 
 
-def _write_split(npy_dir: Path, rows: list[tuple[str, str]], out: Path, class_names: list[str],
-                 dim: int, extractor: dict | None, dtype: str) -> Path:
-    index = {c: i for i, c in enumerate(class_names)}
-    videos = ((vid, np.load(npy_dir / f"{vid}.npy"), index[label]) for vid, label in rows)
-    return write_store(out, videos, class_names, dim, extractor, dtype=dtype)
+def _write_split(job: _NpyImport, rows: list[tuple[str, str]], out: Path) -> Path:
+    index = {c: i for i, c in enumerate(job.class_names)}
+    videos = ((vid, _load_npy(job, vid), index[label]) for vid, label in rows)
+    return write_store(out, videos, job.class_names, job.feature_dim, job.extractor,
+                       dtype=job.dtype)
+
+
+def _load_npy(job: _NpyImport, vid: str):
+    """Load and check one video's array; errors name the .npy file and the video id."""
+    p = job.npy_dir / f"{vid}.npy"
+    try:
+        arr = np.load(p)
+    except (ValueError, OSError) as err:  # header was fine but the data is cut short or pickled
+        raise StoreError(f"{p}: not a readable .npy array ({err})") from None
+    return check_features(arr, job.feature_dim, np.dtype(job.dtype), f"{p} (video {vid!r})")
 
 
 # ---- info -----------------------------------------------------------------------------------
@@ -259,12 +347,19 @@ def store_info(path: str | os.PathLike) -> str:
         path: the .h5 store.
 
     Returns:
-        Multi-line text: path, videos, per-class counts with percentages, frames min/mean/max and
-        total, feature dim, dtype, extractor JSON, format version.
+        Multi-line text: path, videos, per-class counts with percentages, frames per video
+        (min/median/mean/p95/max and the longest video's id), total frames, feature dim, dtype,
+        extractor JSON, format version.
 
     Raises:
-        StoreError: the file is missing or invalid.
+        StoreError: the file is missing or invalid, or ``path`` is a directory (its .h5 files are listed).
     """
+    if Path(path).is_dir():
+        found = sorted(p.name for p in Path(path).glob("*.h5"))
+        example = "train.h5" if "train.h5" in found else (found or [""])[0]
+        listed = (f"the .h5 files in it: {', '.join(found)}; e.g. vidcls info {Path(path) / example}"
+                  if found else "it holds no .h5 file")
+        raise StoreError(f"{path} is a directory; `vidcls info` takes one .h5 feature file ({listed})")
     # Skip the NaN scan: info should be instant even on large files (loading still validates it).
     s = FeatureStore(path, check_finite=False)
     n = len(s)
@@ -276,10 +371,23 @@ def store_info(path: str | os.PathLike) -> str:
         pct = 100.0 * c / n if n else 0.0
         lines.append(f"  {name:<{width}}: {int(c)} ({pct:.1f}%)")
     if n:
-        lines.append(f"frames/video:   min {int(s.lengths.min())}, mean {s.lengths.mean():.1f}, "
-                     f"max {int(s.lengths.max())}")
+        lines += _length_lines(s)
     lines += [f"total frames:   {int(s.offsets[-1])}", f"feature dim:    {s.feature_dim}",
               f"dtype:          {s.dtype}", f"extractor:      {json.dumps(s.extractor)}",
               f"format version: {s.format_version}"]
     return "\n".join(lines)
 
+
+def _length_lines(s: FeatureStore) -> list[str]:
+    """Frames per video: the spread, and which video is longest.
+
+    One very long video sets the padded batch size (and memory) during training, so the tail of
+    the distribution matters more than the mean. p95 is an actual video length: 95 % of the
+    videos have at most that many frames.
+    """
+    lengths = s.lengths
+    longest = int(np.argmax(lengths))
+    p95 = int(np.percentile(lengths, 95, method="inverted_cdf"))
+    return [f"frames/video:   min {int(lengths.min())}, median {np.median(lengths):.1f}, "
+            f"mean {lengths.mean():.1f}, p95 {p95}, max {int(lengths.max())}",
+            f"longest video:  {s.video_ids[longest]!r} ({int(lengths[longest])} frames)"]

@@ -16,10 +16,11 @@ mode, whose ordered metadata flushes keep the file readable at every instant, so
 point leaves a file that opens (in SWMR-read mode) and holds a prefix of the appended videos.
 
 This module is the reader side; the writer (``FeatureWriter``, ``write_store``) lives in
-:mod:`vidcls.store_writer` and is re-exported here.
+:mod:`vidcls.store.writer`; :mod:`vidcls.store` re-exports both.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -38,9 +39,16 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 ALLOWED_DTYPES = ("float16", "float32")
 CREATE_HINT = "create it with `vidcls synth`, `vidcls extract` or `vidcls import` first"
+REPAIR_HINT = "delete it and re-create it with `vidcls extract`, `vidcls import` or `vidcls synth`"
 # NaN/Inf scan reads at most this many frames / bytes per block: bounded memory, few large reads
 _SCAN_BLOCK, _SCAN_BYTES = 65536, 64 << 20
 _MAX_NAMED = 10  # how many offending video ids an error message lists
+# What h5py raises on damaged metadata or data (bad checksums, truncated structures, bad heap ids)
+H5_READ_ERRORS = (OSError, KeyError, RuntimeError)
+
+
+class StoreLockedError(StoreError):
+    """The split file is held by another process (a writer, or a reader when opening to write)."""
 
 
 def name_ids(ids: Sequence[str]) -> str:
@@ -51,6 +59,35 @@ def name_ids(ids: Sequence[str]) -> str:
     return shown + (f" (and {more} more)" if more > 0 else "")
 
 
+def _detail(err: BaseException) -> str:
+    # HDF5 messages can span lines and KeyError quotes its text; keep error messages on one line
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    return " ".join(str(text).split())
+
+
+def damaged_error(path: Path, err: BaseException) -> StoreError:
+    """The error for a file h5py cannot open or read: truncated, overwritten, not HDF5 at all."""
+    return StoreError(f"{path} is damaged or is not a vidcls feature store ({_detail(err)}); "
+                      f"{REPAIR_HINT}")
+
+
+def open_error(path: Path, err: OSError) -> StoreError:
+    """Translate h5py's OSError on opening ``path`` into a StoreError that says how to fix it.
+
+    Only HDF5's own lock failure ("unable to lock file", errno EAGAIN) means another process holds
+    the file; matching a bare "lock" would also match "sblock" in superblock (truncation) messages.
+    """
+    code = getattr(err, "errno", None)
+    if code in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(err):
+        return StoreLockedError(f"{path} is locked by another process (is a vidcls run still "
+                                f"writing or reading it?); wait for it to finish or stop it")
+    if code in (errno.EACCES, errno.EPERM):
+        return StoreError(f"cannot open {path}: permission denied; check the file's permissions")
+    if path.is_dir():
+        return StoreError(f"{path} is a directory, not a feature store file; pass the .h5 file")
+    return damaged_error(path, err)
+
+
 def _open_h5_read(path: Path) -> tuple[h5py.File, bool]:
     """Open ``path`` read-only, falling back to SWMR-read for a file left open by a killed writer.
 
@@ -58,7 +95,7 @@ def _open_h5_read(path: Path) -> tuple[h5py.File, bool]:
         (file, swmr): the open file and whether SWMR-read mode was needed.
 
     Raises:
-        StoreError: the file is missing or is not a readable HDF5 file.
+        StoreError: missing, damaged or not HDF5 (StoreLockedError: another process holds it).
     """
     if not path.exists():
         raise StoreError(f"feature file {path} does not exist; {CREATE_HINT}")
@@ -72,11 +109,7 @@ def _open_h5_read(path: Path) -> tuple[h5py.File, bool]:
                 return h5py.File(path, "r", swmr=True), True
             except OSError as err2:
                 err = err2
-        if "lock" in str(err):
-            raise StoreError(f"{path} is locked by another process (is a vidcls run still writing "
-                             f"it?); wait for it to finish or stop it ({err})") from None
-        raise StoreError(f"{path} is not a readable HDF5 feature file ({err}); "
-                         f"delete it and {CREATE_HINT}") from None
+        raise open_error(path, err) from None
 
 
 def _parse_json_attr(f: h5py.File, name: str, path: Path, default=None):
@@ -124,16 +157,32 @@ class FeatureStore:
         f, self._left_open = _open_h5_read(self.path)  # True: its writer never closed it
         try:
             self._load_and_validate(f, check_finite)
+        except H5_READ_ERRORS as err:  # metadata that opened but cannot be read: a damaged file
+            raise damaged_error(self.path, err) from None
         finally:
             f.close()
 
     # ---- validation -------------------------------------------------------------------------
     def _load_and_validate(self, f: h5py.File, check_finite: bool) -> None:
+        feats = self._check_layout(f)
+        self._load_attrs(f, feats)
+        self.dtype = np.dtype(feats.dtype)
+        self._load_index(f, feats.shape[0])
+        self._has_timestamps = "timestamps_ms" in f
+        if self._has_timestamps and (n_ts := f["timestamps_ms"].shape[0]) < self.offsets[-1]:
+            raise StoreError(f"{self.path}: 'timestamps_ms' has {n_ts} entries but the videos "
+                             f"hold {self.offsets[-1]} frames; re-create the file")
+        if check_finite:
+            self._check_finite(feats)
+
+    def _check_layout(self, f: h5py.File) -> h5py.Dataset:
+        """Check the datasets exist with usable shapes and dtypes; return ``features``."""
         p = self.path
         for name in ("features", "offsets", "labels", "video_ids"):
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise StoreError(f"{p}: dataset {name!r} is missing; not a vidcls feature file "
-                                 f"(an old padded file? convert it with `vidcls import padded-h5`)")
+                                 f"(an old padded file? convert it with `vidcls import padded-h5`; "
+                                 f"otherwise {REPAIR_HINT})")
         version = f.attrs.get("format_version")
         if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
             shown = version.item() if isinstance(version, np.generic) else version
@@ -143,23 +192,31 @@ class FeatureStore:
         feats = f["features"]
         if feats.ndim != 2:
             raise StoreError(f"{p}: 'features' must be 2-D (frames, dim), got shape {feats.shape}")
+        if np.dtype(feats.dtype).name not in ALLOWED_DTYPES:
+            raise StoreError(f"{p}: 'features' are stored as {feats.dtype}; features must be "
+                             f"{' or '.join(ALLOWED_DTYPES)}; {REPAIR_HINT}")
+        # A float index would be truncated silently on the int64 cast (label 1.7 -> class 1).
+        for name in ("offsets", "labels"):
+            if np.dtype(f[name].dtype).kind not in "iu":
+                raise StoreError(f"{p}: {name!r} are stored as {f[name].dtype}; {name} must be "
+                                 f"integers; {REPAIR_HINT}")
+        return feats
+
+    def _load_attrs(self, f: h5py.File, feats: h5py.Dataset) -> None:
+        p = self.path
         self.class_names = _parse_json_attr(f, "class_names", p)
         if not isinstance(self.class_names, list) or not self.class_names:
             raise StoreError(f"{p}: attribute 'class_names' must be a non-empty JSON list")
         self.class_names = [str(c) for c in self.class_names]
+        dups = sorted({c for c, k in Counter(self.class_names).items() if k > 1})
+        if dups:  # two labels under one name would be merged in every report
+            raise StoreError(f"{p}: attribute 'class_names' lists {name_ids(dups)} more than once; "
+                             f"each class needs a unique name; {REPAIR_HINT}")
         self.extractor = _parse_json_attr(f, "extractor", p, default={})
         self.feature_dim = int(f.attrs.get("feature_dim", -1))
         if self.feature_dim != feats.shape[1]:
             raise StoreError(f"{p}: attribute feature_dim={self.feature_dim} but 'features' has "
                              f"{feats.shape[1]} columns; the file is corrupt, re-create it")
-        self.dtype = np.dtype(feats.dtype)
-        self._load_index(f, feats.shape[0])
-        self._has_timestamps = "timestamps_ms" in f
-        if self._has_timestamps and f["timestamps_ms"].shape[0] < self.offsets[-1]:
-            raise StoreError(f"{p}: 'timestamps_ms' has {f['timestamps_ms'].shape[0]} entries but "
-                             f"the videos hold {self.offsets[-1]} frames; re-create the file")
-        if check_finite:
-            self._check_finite(feats)
 
     def _load_index(self, f: h5py.File, total_frames: int) -> None:
         """Load offsets/labels/ids and check them against each other; tails past N are ignored."""
@@ -244,17 +301,27 @@ class FeatureStore:
             raise IndexError(f"video index {i} out of range for {self.path} ({n} videos)")
         return j
 
+    def _frames_of(self, name: str, j: int) -> np.ndarray:
+        try:
+            return self._dataset(name)[self.offsets[j]:self.offsets[j + 1]]
+        except H5_READ_ERRORS as err:  # a chunk damaged after the file was validated
+            raise StoreError(f"{self.path}: cannot read video {self.video_ids[j]!r} "
+                             f"({_detail(err)}); the file is damaged, {REPAIR_HINT}") from None
+
     def read(self, i: int) -> np.ndarray:
-        """Return video ``i``'s features, shape (T, D), stored dtype, as one contiguous read."""
-        j = self._index(i)
-        return self._dataset("features")[self.offsets[j]:self.offsets[j + 1]]
+        """Return video ``i``'s features, shape (T, D), stored dtype, as one contiguous read.
+
+        Raises:
+            IndexError: ``i`` out of range. StoreError: the file is damaged.
+        """
+        return self._frames_of("features", self._index(i))
 
     def timestamps(self, i: int) -> np.ndarray | None:
         """Return video ``i``'s per-frame timestamps in ms, or None if the file has none."""
         j = self._index(i)
         if not self._has_timestamps:
             return None
-        return self._dataset("timestamps_ms")[self.offsets[j]:self.offsets[j + 1]]
+        return self._frames_of("timestamps_ms", j)
 
     def close(self) -> None:
         """Close the h5py handle (a later read reopens it)."""

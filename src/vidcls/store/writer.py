@@ -1,7 +1,7 @@
 """Feature store writer: ``FeatureWriter`` (append, resume, crash recovery) and ``write_store``.
 
-The file layout and the crash-safety protocol are described in :mod:`vidcls.store`, which holds the
-reader side and re-exports ``FeatureWriter`` and ``write_store``.
+The file layout and the crash-safety protocol are described in :mod:`vidcls.store.reader`;
+:mod:`vidcls.store` re-exports ``FeatureWriter`` and ``write_store``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import numpy as np
 
 # ``log`` is the store's logger, so writer messages keep the "vidcls.store" logger name.
 from ..errors import StoreError
-from .reader import ALLOWED_DTYPES, FORMAT_VERSION, FeatureStore, log
+from .reader import (ALLOWED_DTYPES, FORMAT_VERSION, H5_READ_ERRORS, FeatureStore, StoreLockedError,
+                     damaged_error, log, open_error)
 
 
 class FeatureWriter:
@@ -72,7 +73,7 @@ class FeatureWriter:
     # ---- opening ----------------------------------------------------------------------------
     def _create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(self.path, "w", libver="latest")  # latest format: needed for SWMR
+        f = _open_h5_write(self.path, "w")
         d = self.feature_dim
         # ~256 frames per chunk keeps chunk size moderate (256*2048*2 B = 1 MiB) for typical D.
         f.create_dataset("features", shape=(0, d), maxshape=(None, d),
@@ -93,26 +94,24 @@ class FeatureWriter:
         """Reopen a file for appending after checking it matches; drop any uncommitted tail."""
         try:
             existing = FeatureStore(self.path, check_finite=False)
+        except StoreLockedError as err:  # deleting a file another process holds is no fix
+            raise StoreLockedError(f"cannot resume {self.path}: {err}") from None
         except StoreError as err:
-            raise StoreError(f"cannot resume {self.path}: {err}. Delete the file or pass "
-                             f"resume=False to start over") from None
+            raise StoreError(f"cannot resume {self.path}: {err} (or pass resume=False to start "
+                             f"over)") from None
         self._check_matches(existing)
         if existing._left_open:  # killed writer left status flags: rewrite the committed prefix
             os.close(_lock_or_raise(self.path))  # ...unless a live writer still has it open
             log.warning("%s was not closed cleanly; recovering %d committed videos",
                         self.path, len(existing))
             _copy_committed(existing, self.path)
-        f = h5py.File(self.path, "r+", libver="latest")
+        f = _open_h5_write(self.path, "r+")
         n, frames = len(existing), int(existing.offsets[-1])
-        f["features"].resize(frames, axis=0)  # drop the uncommitted tail
-        f["labels"].resize(n, axis=0)
-        f["video_ids"].resize(n, axis=0)
-        if "timestamps_ms" in f:
-            f["timestamps_ms"].resize(frames, axis=0)
-            self._has_ts = True
-        elif n > 0:
-            self._has_ts = False
-        f.flush()
+        try:
+            self._has_ts = _drop_tail(f, n, frames)
+        except H5_READ_ERRORS as err:
+            f.close()
+            raise damaged_error(self.path, err) from None
         self._file, self._n, self._frames = f, n, frames
         self.video_ids = set(existing.video_ids)
         if n > 0:
@@ -180,21 +179,11 @@ class FeatureWriter:
         where = f"video {vid!r} (writing {self.path})"
         if vid in self.video_ids:
             raise StoreError(f"{where}: duplicate video id; it is already in the file")
-        arr = np.asarray(features)
-        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != self.feature_dim:
-            raise StoreError(f"{where}: features must have shape (T>=1, {self.feature_dim}), "
-                             f"got {arr.shape}")
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
             raise StoreError(f"{where}: label must be an int class index, got {label!r}")
         if not 0 <= int(label) < len(self.class_names):
             raise StoreError(f"{where}: label {label} outside [0, {len(self.class_names)})")
-        with np.errstate(over="ignore"):  # overflow is reported below, with a hint
-            cast = arr.astype(self.dtype, copy=False)
-        if not np.isfinite(cast).all():
-            hint = (" (finite before the cast: values exceed the float16 range; use dtype float32)"
-                    if np.isfinite(arr).all() else "")
-            raise StoreError(f"{where}: features contain NaN/Inf{hint}")
-        return np.ascontiguousarray(cast)
+        return check_features(features, self.feature_dim, self.dtype, where)
 
     def _validate_timestamps(self, vid: str, ts, n_frames: int) -> np.ndarray | None:
         has = ts is not None
@@ -257,6 +246,64 @@ class FeatureWriter:
         self.close()
 
 
+def check_features(features, feature_dim: int, dtype: np.dtype, where: str) -> np.ndarray:
+    """Check one video's (T, D) features and cast them to the stored ``dtype``.
+
+    Args:
+        features: the array as given. feature_dim: required D. dtype: the stored dtype.
+        where: names the video (and its source file) at the start of every error message.
+
+    Returns:
+        A C-contiguous (T, D) array of ``dtype``.
+
+    Raises:
+        StoreError: wrong shape, not floating point, or NaN/Inf after the cast.
+    """
+    arr = np.asarray(features)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != feature_dim:
+        raise StoreError(f"{where}: features must have shape (T>=1, {feature_dim}), "
+                         f"got {arr.shape}")
+    # Integer arrays are pixels, indices or counts saved by mistake, not CNN features.
+    if arr.dtype.kind != "f":
+        raise StoreError(f"{where}: features are {arr.dtype}; features must be floating point "
+                         f"(stored as {' or '.join(ALLOWED_DTYPES)})")
+    with np.errstate(over="ignore"):  # overflow is reported below, with a hint
+        cast = arr.astype(dtype, copy=False)
+    if not np.isfinite(cast).all():
+        hint = (" (finite before the cast: values exceed the float16 range; use dtype float32)"
+                if np.isfinite(arr).all() else "")
+        raise StoreError(f"{where}: features contain NaN/Inf{hint}")
+    return np.ascontiguousarray(cast)
+
+
+def _open_h5_write(path: Path, mode: str) -> h5py.File:
+    """Open ``path`` for writing ("w" create/overwrite, "r+" append) in the SWMR-capable format."""
+    try:
+        return h5py.File(path, mode, libver="latest")  # latest format: needed for SWMR
+    except OSError as err:
+        raise open_error(path, err) from None
+
+
+def _drop_tail(f: h5py.File, n: int, frames: int) -> bool | None:
+    """Cut every dataset back to the committed ``n`` videos / ``frames``; return has-timestamps.
+
+    Returns:
+        True/False when the file decides whether videos carry timestamps, None when still open
+        (an empty file without a timestamps dataset).
+    """
+    f["features"].resize(frames, axis=0)
+    f["labels"].resize(n, axis=0)
+    f["video_ids"].resize(n, axis=0)
+    has_ts = None
+    if "timestamps_ms" in f:
+        f["timestamps_ms"].resize(frames, axis=0)
+        has_ts = True
+    elif n > 0:
+        has_ts = False
+    f.flush()
+    return has_ts
+
+
 def _lock_or_raise(path: Path) -> int:
     """Take an exclusive POSIX record lock on ``path``; return the descriptor holding it.
 
@@ -273,8 +320,8 @@ def _lock_or_raise(path: Path) -> int:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise StoreError(f"{path} is being written by another process (another vidcls run?); "
-                         f"wait for it to finish or stop it") from None
+        raise StoreLockedError(f"{path} is being written by another process (another vidcls "
+                               f"run?); wait for it to finish or stop it") from None
     return fd
 
 
