@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from vidcls.features.backbone import FrameEncoder, keep_freed_memory
-from vidcls.features.extract import decode_loader, iter_features
-from vidcls.features.video import VIDEO_EXTENSIONS, Quality, Sampling
+from vidcls.features.pipeline import decode_loader, iter_features
+from vidcls.features.quality import Quality
+from vidcls.features.video import VIDEO_EXTENSIONS, Sampling
 
 
 def find_videos(root: Path) -> list[Path]:

@@ -22,12 +22,14 @@ import torchvision
 import videos as V
 
 from vidcls.cli import main
-from vidcls.errors import BackboneError, ExtractError
+from vidcls.errors import BackboneError, ConfigError, ExtractError
 from vidcls.features import video as video_mod
 from vidcls.features.backbone import FrameEncoder, Preprocess, strip_classifier
-from vidcls.features.extract import decode_video, encode_video, extract
-from vidcls.features.folders import parse_split, scan_videos
-from vidcls.features.video import Quality, Sampling, VideoSkip, brightness, read_frames, sharpness
+from vidcls.features.extract import ExtractOptions, extract
+from vidcls.features.pipeline import decode_video, encode_video
+from vidcls.features.quality import Quality, brightness, sharpness
+from vidcls.features.report import format_summary
+from vidcls.features.video import Sampling, VideoSkip, read_frames
 from vidcls.store import FeatureStore, open_splits
 
 SMALL = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, device="cpu")
@@ -67,8 +69,11 @@ def test_sampling_times():
     assert len(Sampling().times(0.0)) == 0 and len(Sampling().times(None)) == 0
     assert Sampling().describe() == {"mode": "fps", "fps": 1.0, "max_frames": 64}
     for bad in (dict(fps=1.0, frames=3), dict(fps=0), dict(frames=0), dict(max_frames=0)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             Sampling(**bad)
+    for bad in (dict(min_brightness=-1), dict(min_sharpness=float("nan"))):
+        with pytest.raises(ConfigError, match="--min-"):
+            Quality(**bad)
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".mkv", ".webm", ".avi", ".mov"])
@@ -278,73 +283,6 @@ def test_strip_classifier_of_a_plain_linear_head():
     assert strip_classifier(m) == ["fc"] and isinstance(m.fc, torch.nn.Identity)
 
 
-# ---------------------------------------------------------------- layouts, ids, splits, duplicates
-
-def _fake(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-
-
-def test_split_layout_ids_and_duplicates(tmp_path):
-    root = tmp_path / "videos"
-    _fake(root / "train/cat/a.mp4", b"A")
-    _fake(root / "train/cat/sub/b.mp4", b"B")
-    _fake(root / "train/cat/c.mp4", b"C1")
-    _fake(root / "train/cat/c.mkv", b"C2")
-    _fake(root / "train/cat/a_copy.mp4", b"A")  # within one split: kept, reported
-    _fake(root / "train/dog/d.mp4", b"D")
-    _fake(root / "val/cat/a.mp4", b"X")  # the same id in another split is fine
-    _fake(root / "test/dog/leak.mp4", b"D")  # a copy of train/dog/d.mp4: leakage, dropped
-    _fake(root / "test/dog/.hidden.mp4", b"H")
-    _fake(root / "train/dog/readme.txt", b"R")
-    (root / "train/dog/gone.mp4").symlink_to(root / "nowhere.mp4")
-    vs = scan_videos(root)
-    assert vs.layout == "splits" and vs.class_names == ["cat", "dog"]
-    ids = {(j.split, j.video_id) for j in vs.jobs}
-    assert ids == {("train", "cat/a"), ("train", "cat/sub/b"), ("train", "cat/c.mp4"),
-                   ("train", "cat/c.mkv"), ("train", "cat/a_copy"), ("train", "dog/d"), ("val", "cat/a")}
-    skipped = {j.rel: code for j, code, _ in vs.skipped}
-    assert skipped == {"test/dog/leak.mp4": "duplicate", "train/dog/readme.txt": "not_video",
-                       "train/dog/gone.mp4": "unreadable"}
-    groups = {d["kept"]: d for d in vs.duplicates}
-    assert groups["train/dog/d.mp4"]["dropped"] == ["test/dog/leak.mp4"]
-    assert groups["train/cat/a.mp4"]["also_kept"] == ["train/cat/a_copy.mp4"]
-    _fake(tmp_path / "mixed/train/cat/a.mp4", b"A")
-    _fake(tmp_path / "mixed/cat/a.mp4", b"A")
-    with pytest.raises(ValueError, match="mixes split folders"):
-        scan_videos(tmp_path / "mixed")
-    with pytest.raises(ValueError, match="no video files"):
-        scan_videos(_empty(tmp_path / "empty"))
-
-
-def _empty(path: Path) -> Path:
-    (path / "cls").mkdir(parents=True)
-    return path
-
-
-def test_class_layout_split_is_stratified_and_seeded(tmp_path):
-    root = tmp_path / "videos"
-    for c, n in (("a", 10), ("b", 20)):
-        for i in range(n):
-            _fake(root / c / f"{i:02d}.mp4", f"{c}{i}".encode())
-    _fake(root / "b" / "copy_of_a0.mp4", b"a0")  # dropped before splitting
-    vs = scan_videos(root, split="70,20,10", seed=1)
-    count = {(j.class_name, j.split): 0 for j in vs.jobs}
-    for j in vs.jobs:
-        count[(j.class_name, j.split)] += 1
-    assert count == {("a", "train"): 7, ("a", "val"): 2, ("a", "test"): 1,
-                     ("b", "train"): 14, ("b", "val"): 4, ("b", "test"): 2}
-    assert [j.rel for j, code, _ in vs.skipped] == ["b/copy_of_a0.mp4"]
-    again = scan_videos(root, split="70,20,10", seed=1)
-    assert [(j.rel, j.split) for j in again.jobs] == [(j.rel, j.split) for j in vs.jobs]
-    other = scan_videos(root, split="70,20,10", seed=2)
-    assert {(j.rel, j.split) for j in other.jobs} != {(j.rel, j.split) for j in vs.jobs}
-    assert parse_split("80,20") == (0.8, 0.2, 0.0)
-    for bad in ("0,50,50", "a,b,c", "70,20,10,5", "70,-20,10"):
-        with pytest.raises(ValueError, match="--split"):
-            parse_split(bad)
-
-
 # ---------------------------------------------------------------- the extract command
 
 def make_dataset(root: Path, per_class: int = 6, frames: int = 30) -> Path:
@@ -477,7 +415,7 @@ def test_non_finite_features_skip_only_their_videos(tmp_path, monkeypatch):
 
 
 def test_a_dying_decode_worker_is_a_clear_error(clips, monkeypatch):
-    import vidcls.features.extract as ex
+    import vidcls.features.pipeline as ex
 
     real = ex.decode_video
 
@@ -514,3 +452,73 @@ def test_extract_then_train_end_to_end(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["classes"] == ["blue", "red"] or summary.get("class_names") == ["blue", "red"]
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--fps", "0"], "--fps must be a positive number"),
+    (["--frames", "0"], "--frames must be >= 1"),
+    (["--max-frames", "0"], "--max-frames must be >= 1"),
+    (["--min-brightness", "-1"], "--min-brightness must be >= 0"),
+    (["--split", "0,50,50"], "--split must be train,val[,test] shares"),
+])
+def test_bad_extract_options_are_one_line_errors(tmp_path, capsys, args, expected):
+    root = tmp_path / "videos"
+    (root / "cats").mkdir(parents=True)
+    (root / "cats" / "a.mp4").write_bytes(b"A")
+    assert main(["extract", str(root), str(tmp_path / "feats"), *SMALL_CLI, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidcls extract: error: ") and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "feats").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda root: None, "is not a directory"),
+    (lambda root: (root / "cats").mkdir(parents=True), "no video files under"),
+    (lambda root: [(root / d / "cats").mkdir(parents=True) for d in ("train", "cats")],
+     "mixes split folders"),
+])
+def test_bad_video_root_is_a_one_line_error(tmp_path, capsys, make, expected):
+    root = tmp_path / "videos"
+    make(root)
+    assert main(["extract", str(root), str(tmp_path / "feats"), *SMALL_CLI]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidcls extract: error: ") and expected in err and err.count("\n") == 1
+
+
+def test_options_record_is_what_was_given():
+    opts = ExtractOptions(backbone="resnet18", weights=Path("w.pth"), frames=8, split=(80, 20))
+    assert opts.record() == {
+        "backbone": "resnet18", "weights": "w.pth", "fps": None, "frames": 8, "max_frames": 64,
+        "image_size": None, "batch_size": 32, "device": "auto", "decode_workers": 2,
+        "split": "(80, 20)", "seed": 42, "min_brightness": 25.0, "min_sharpness": 0.0,
+        "dtype": "float16"}
+    assert opts.sampling == Sampling(frames=8) and opts.quality == Quality(25.0, 0.0)
+    with pytest.raises(ConfigError, match="--min-sharpness"):
+        ExtractOptions(min_sharpness=-1.0)
+
+
+def test_report_and_summary_list_the_links_not_followed(tmp_path):
+    root = make_dataset(tmp_path / "videos", per_class=2)
+    (root / "red" / "up").symlink_to("..")  # would relabel blue's videos as red
+    logged = []
+    report = extract(root, tmp_path / "feats", **SMALL, frames=2, decode_workers=0, split="50,50,0",
+                     progress=False, log=logged.append)
+    assert {v["path"]: v["class"] for v in report["videos"]} == {
+        "blue/v00.mp4": "blue", "blue/v01.mp4": "blue", "red/v00.mp4": "red", "red/v01.mp4": "red"}
+    counts = report["totals"]["all"]
+    assert (counts["videos"], counts["ok"], counts["skipped"]) == (4, 4, 0)
+    assert [(x["path"], x["reason"]) for x in report["skipped_links"]] == [("red/up", "link_outside_class")]
+    saved = json.loads((tmp_path / "feats" / "extract_report.json").read_text())
+    assert saved["skipped_links"] == report["skipped_links"]
+    summary = format_summary(report)
+    assert "folder links not followed: link_outside_class 1" in summary and "red/up links to" in summary
+    assert any("1 folder link(s) not followed" in line for line in logged)
+
+
+def test_summary_lists_a_few_links_and_counts_the_rest():
+    links = [{"path": f"c/l{i}", "target": "/t", "reason": "link_loop", "detail": f"c/l{i} loops"}
+             for i in range(7)]
+    summary = format_summary({"features_dir": "feats", "totals": {}, "skipped_links": links})
+    assert "folder links not followed: link_loop 7" in summary
+    assert "c/l4 loops" in summary and "c/l5 loops" not in summary
+    assert "... 2 more under skipped_links in the report" in summary

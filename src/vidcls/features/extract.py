@@ -1,14 +1,9 @@
 """``vidcls extract``: a folder of videos -> the feature store (train.h5 / val.h5 / test.h5).
 
-Pipeline: ``--decode-workers`` DataLoader worker processes each take one video at a time, decode
-the sampled frames (:mod:`vidcls.video`), drop dark / blurry frames, and resize + crop them
-(``Preprocess.geometry``) into a uint8 tensor; the main process packs frames of consecutive
-videos into CNN batches of ``--batch-size`` (``FrameEncoder``) while the workers decode ahead,
-and appends each finished video to its split's ``FeatureWriter``. The workers run under Linux's
-``SCHED_IDLE`` policy (nice 19 elsewhere): on a machine with few cores, a decoder that preempts one
-of the CNN's threads stalls the whole parallel region, so decoding is kept to the moments the
-CNN's threads leave a core idle (measured on 2 cores: better than nice +5); on a machine with
-spare cores it changes nothing.
+The videos are found by :mod:`vidcls.features.folders`, decoded and encoded by
+:mod:`vidcls.features.pipeline` (decode worker processes beside the CNN), and each finished video
+is appended to its split's ``FeatureWriter``; :mod:`vidcls.features.report` keeps
+``extract_report.json`` up to date.
 
 Resume: the store is committed after every video (``flush_every=1``), so a crash or SIGKILL
 loses only the videos whose frames were in flight. Re-running the same command skips every
@@ -18,267 +13,77 @@ files that were repaired in between. A store made with other extractor settings 
 """
 from __future__ import annotations
 
-import os
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .. import __version__
 from ..errors import ExtractError, StoreError
 from ..store.reader import SPLITS, FeatureStore
 from ..store.writer import FeatureWriter
-from .backbone import FrameEncoder, Preprocess, keep_freed_memory
+from .backbone import FrameEncoder, keep_freed_memory
 from .folders import VideoSet, scan_videos
+from .pipeline import VideoResult, decode_loader, decode_video, encode_video, iter_features
+from .quality import Quality
 from .report import ExtractReport, format_summary
-from .video import Quality, Sampling, VideoSkip, read_frames
+from .video import Sampling
 
-__all__ = ["ExtractError", "VideoResult", "decode_video", "decode_loader", "iter_features",
-           "encode_video", "extract", "format_summary"]
+__all__ = ["ExtractError", "ExtractOptions", "VideoResult", "decode_video", "decode_loader",
+           "iter_features", "encode_video", "extract", "extract_with", "format_summary"]
 
-PREFETCH = 4  # videos decoded ahead per worker
-WORKER_NICE = 19  # where SCHED_IDLE is not available
 # extractor keys that may differ between a store and a resumed run (they do not change features)
 RUNTIME_KEYS = ("torch", "torchvision", "vidcls_version", "precision")
 FRAME_RULE = "the last frame at or before each sampled time; each frame used once"
 
 
-@dataclass
-class VideoResult:
-    """One video out of ``iter_features``: features (T, D) float32 and timestamps, or a skip."""
+@dataclass(frozen=True)
+class ExtractOptions:
+    """The settings of one extraction (the flags of ``vidcls extract``, same names and defaults).
 
-    index: int
-    status: str  # "ok" | "skipped"
-    features: np.ndarray | None = None
-    timestamps_ms: np.ndarray | None = None
-    reason: str | None = None
-    detail: str | None = None
-    info: dict = field(default_factory=dict)
-
-
-# ---- decoding (runs in the worker processes) --------------------------------------------------
-def decode_video(path, sampling: Sampling, quality: Quality, preprocess: Preprocess,
-                 threads: int = 1) -> dict:
-    """Decode, quality-filter and resize/crop one video's sampled frames.
-
-    Args:
-        path: the video file.
-        sampling, quality: what to take and what to drop.
-        preprocess: the encoder's preprocessing; only its geometry (uint8) is applied here.
-        threads: FFmpeg decoder threads.
-
-    Returns:
-        {"status": "ok", "frames": uint8 (T, 3, S, S), "timestamps_ms": (T,), "info": {...}}
-        or {"status": "skipped", "reason": code, "detail": message, "info": {...}}. Never raises.
-    """
-    t0 = time.perf_counter()
-
-    def on_frame(rgb: np.ndarray):
-        # quality is measured on what the CNN will see: cheaper, and resolution-independent
-        x = preprocess.geometry(torch.from_numpy(rgb).permute(2, 0, 1))
-        return quality.measure(x.numpy()), x
-
-    try:
-        d = read_frames(path, sampling, on_frame, threads=threads)
-        bright = [q[0] for q, _ in d.items]
-        sharp = [q[1] for q, _ in d.items] if quality.min_sharpness > 0 else None
-        keep, counts = quality.select(np.asarray(bright), sharp)
-        frames = torch.stack([x for (_, x), k in zip(d.items, keep) if k])
-        info = {"duration_s": round(d.duration_s, 3), "frames_sampled": len(d.items),
-                "frames_kept": int(keep.sum()), **counts, "decoded_frames": d.decoded_frames,
-                "seeks": d.seeks, "decode_errors": len(d.decode_errors),
-                "decode_s": round(time.perf_counter() - t0, 4), **({"notes": d.notes} if d.notes else {})}
-        return {"status": "ok", "frames": frames, "info": info,
-                "timestamps_ms": np.asarray(d.timestamps_ms, np.float64)[keep]}
-    except VideoSkip as skip:
-        return {"status": "skipped", "reason": skip.code, "detail": str(skip),
-                "info": {"decode_s": round(time.perf_counter() - t0, 4)}}
-    except Exception as err:  # a worker must never die on one video: report it and go on
-        return {"status": "skipped", "reason": "error", "info": {},
-                "detail": f"{path}: unexpected {type(err).__name__}: {err}; please report it"}
-
-
-class _DecodeDataset(torch.utils.data.Dataset):
-    def __init__(self, paths, sampling, quality, preprocess, threads):
-        self.paths, self.sampling, self.quality = list(paths), sampling, quality
-        self.preprocess, self.threads = preprocess, threads
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        return decode_video(self.paths[i], self.sampling, self.quality, self.preprocess, self.threads)
-
-
-def _identity(item):
-    return item
-
-
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux: fall back to a plain lower priority
-        try:
-            os.nice(WORKER_NICE)
-        except (AttributeError, OSError):  # Windows has neither
-            pass
-
-
-def decode_loader(paths: Sequence, sampling: Sampling, quality: Quality, preprocess: Preprocess,
-                  workers: int = 2, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding ``decode_video`` results for ``paths``, in order.
-
-    Args:
-        paths: video files. sampling, quality, preprocess: as for ``decode_video``.
-        workers: worker processes (0: decode in this process).
-        pin_memory: pin the frame tensors (for CUDA).
-
-    Returns:
-        The DataLoader (one dict per video).
-    """
-    workers = max(0, int(workers))
-    # Give each worker a fair share of the cores for FFmpeg's own threads, the CNN keeps one.
-    threads = max(1, (os.cpu_count() or 1) // (workers + 1))
-    dataset = _DecodeDataset(paths, sampling, quality, preprocess, threads)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-        worker_init_fn=_worker_init if workers else None, pin_memory=pin_memory,
-        prefetch_factor=PREFETCH if workers else None)
-
-
-# ---- batching frames of several videos through the CNN ----------------------------------------
-class _Pending:
-    def __init__(self, index: int, item: dict, feature_dim: int):
-        self.index, self.item = index, item
-        self.frames = item.get("frames")
-        self.total = 0 if self.frames is None else len(self.frames)
-        self.next = self.done = 0
-        self.cnn_s = 0.0
-        self.features = np.empty((self.total, feature_dim), np.float32) if self.total else None
-
-    def result(self) -> VideoResult:
-        item = self.item
-        if item["status"] != "ok":
-            return VideoResult(self.index, "skipped", reason=item["reason"], detail=item["detail"],
-                               info=item["info"])
-        return VideoResult(self.index, "ok", self.features, item["timestamps_ms"],
-                           info={**item["info"], "cnn_s": round(self.cnn_s, 4)})
-
-
-class _Batcher:
-    """Packs frames of consecutive videos into full CNN batches; releases videos in order."""
-
-    def __init__(self, encoder: FrameEncoder):
-        self.encoder = encoder
-        self.videos: deque[_Pending] = deque()  # every video, in arrival order
-        self.waiting: deque[_Pending] = deque()  # videos with frames not yet through the CNN
-        self.n_waiting = 0
-        self.cnn_s = 0.0
-
-    def add(self, p: _Pending) -> list[VideoResult]:
-        self.videos.append(p)
-        if p.total:
-            self.waiting.append(p)
-            self.n_waiting += p.total
-        while self.n_waiting >= self.encoder.batch_size:
-            self._run_batch()
-        return self._pop_done()
-
-    def flush(self) -> list[VideoResult]:
-        while self.n_waiting:
-            self._run_batch()
-        return self._pop_done()
-
-    def _run_batch(self) -> None:
-        pieces, owners, need = [], [], self.encoder.batch_size
-        while need and self.waiting:
-            p = self.waiting[0]
-            take = min(need, p.total - p.next)
-            pieces.append(p.frames[p.next:p.next + take])
-            owners.append((p, p.next, take))
-            p.next += take
-            need -= take
-            if p.next == p.total:
-                self.waiting.popleft()
-        x = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        t0 = time.perf_counter()
-        y = self.encoder.encode(x)
-        dt = time.perf_counter() - t0
-        self.cnn_s += dt
-        self.n_waiting -= len(x)
-        offset = 0
-        for p, start, n in owners:
-            p.features[start:start + n] = y[offset:offset + n]
-            offset += n
-            p.done += n
-            p.cnn_s += dt * n / len(x)
-            if p.done == p.total:
-                p.frames = None  # release the frames (shared memory) as soon as possible
-
-    def _pop_done(self) -> list[VideoResult]:
-        out = []
-        while self.videos and self.videos[0].done == self.videos[0].total:
-            out.append(self.videos.popleft().result())
-        return out
-
-
-def iter_features(paths: Sequence, encoder: FrameEncoder, sampling: Sampling, quality: Quality,
-                  *, decode_workers: int = 2, stats: dict | None = None) -> Iterator[VideoResult]:
-    """Features of each video in ``paths``, in order; broken videos come out as skips.
-
-    Decoding runs in ``decode_workers`` processes while this process runs the CNN.
-
-    Args:
-        paths: video files.
-        encoder: the FrameEncoder.
-        sampling, quality: frame selection.
-        decode_workers: worker processes (0: decode here, no overlap).
-        stats: if given, receives {"cnn_s": seconds spent in the CNN}.
-
-    Yields:
-        VideoResult per video; ``index`` is its position in ``paths``.
+    ``sampling`` and ``quality`` are built from the frame options on creation, which checks them.
 
     Raises:
-        ExtractError: a decode worker died (an FFmpeg crash on some file, or out of shared memory).
+        ConfigError: a bad --fps / --frames / --max-frames / --min-brightness / --min-sharpness.
     """
-    if not len(paths):
-        return
-    loader = decode_loader(paths, sampling, quality, encoder.preprocess, decode_workers,
-                           pin_memory=encoder.device.type == "cuda")
-    batcher = _Batcher(encoder)
-    it = iter(loader)
-    for index in range(len(paths)):
-        try:
-            item = next(it)
-        except RuntimeError as err:
-            if "DataLoader worker" not in str(err):
-                raise
-            near = ", ".join(str(p) for p in paths[index:index + 2 * max(1, decode_workers) * PREFETCH])
-            raise ExtractError(f"a decode worker died ({err}) while decoding one of: {near}. Every "
-                               f"finished video is stored: re-run the same command to continue. "
-                               f"Out of shared memory (/dev/shm, small in containers)? Raise it or "
-                               f"use --decode-workers 0. Again on the same files? Move them away") from None
-        yield from batcher.add(_Pending(index, item, encoder.feature_dim))
-        if stats is not None:
-            stats["cnn_s"] = batcher.cnn_s
-    yield from batcher.flush()
-    if stats is not None:
-        stats["cnn_s"] = batcher.cnn_s
 
+    backbone: str = "efficientnet_v2_s"
+    weights: str = "DEFAULT"
+    fps: float | None = None
+    frames: int | None = None
+    max_frames: int = 64
+    image_size: int | str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    decode_workers: int = 2
+    split: str | Sequence = "70,20,10"
+    seed: int = 42
+    min_brightness: float = 25.0
+    min_sharpness: float = 0.0
+    dtype: str = "float16"
+    sampling: Sampling = field(init=False, repr=False, compare=False)
+    quality: Quality = field(init=False, repr=False, compare=False)
 
-def encode_video(path, encoder: FrameEncoder, sampling: Sampling, quality: Quality) -> VideoResult:
-    """Features of one video, exactly as ``extract`` computes them (for prediction).
+    def __post_init__(self):
+        object.__setattr__(self, "sampling", Sampling(self.fps, self.frames, self.max_frames))
+        object.__setattr__(self, "quality", Quality(self.min_brightness, self.min_sharpness))
 
-    Returns:
-        VideoResult (status "ok" with features and timestamps, or "skipped" with the reason).
-    """
-    return next(iter_features([path], encoder, sampling, quality, decode_workers=0))
+    def record(self) -> dict:
+        """The options as given (weights and split as text), for extract_report.json."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return {**out, "weights": str(self.weights), "split": str(self.split)}
+
+    def encoder(self) -> FrameEncoder:
+        """The frame CNN these options ask for.
+
+        Raises:
+            BackboneError: unknown backbone, bad weights, image size or batch size.
+        """
+        return FrameEncoder(self.backbone, self.weights, image_size=self.image_size,
+                            device=self.device, batch_size=self.batch_size)
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -350,7 +155,7 @@ def extract(video_root, features_dir, *, backbone: str = "efficientnet_v2_s", we
     """Extract per-frame features of every video under ``video_root`` into ``features_dir``.
 
     Args:
-        video_root: VIDEO_ROOT (see :mod:`vidcls.videoset` for the layouts).
+        video_root: VIDEO_ROOT (see :mod:`vidcls.features.folders` for the layouts).
         features_dir: output: {train,val,test}.h5 and extract_report.json.
         backbone, weights, image_size, batch_size, device: the FrameEncoder.
         fps, frames, max_frames: the Sampling (default 1 frame per second, at most 64).
@@ -365,65 +170,89 @@ def extract(video_root, features_dir, *, backbone: str = "efficientnet_v2_s", we
         The final report (as written to extract_report.json).
 
     Raises:
-        ValueError (ExtractError, BackboneError, StoreError): bad options, input or output,
-            with the fix in the message.
+        VidclsError (ConfigError, ExtractError, BackboneError, StoreError): bad options, input or
+            output, with the fix in the message.
     """
-    sampling, quality = Sampling(fps, frames, max_frames), Quality(min_brightness, min_sharpness)
-    videos = scan_videos(video_root, split=split, seed=seed)
-    encoder = FrameEncoder(backbone, weights, image_size=image_size, device=device, batch_size=batch_size)
-    if encoder.device.type == "cpu":
-        keep_freed_memory()  # ~2.5x CNN throughput on CPU; this process exists to run the CNN
-    extractor = {**encoder.description, "sampling": sampling.describe(), "quality": quality.describe(),
-                 "frame_rule": FRAME_RULE, "dtype": str(dtype), "precision": encoder.precision,
-                 "vidcls_version": __version__}
-    options = {"backbone": backbone, "weights": str(weights), "fps": fps, "frames": frames,
-               "max_frames": max_frames, "image_size": image_size, "batch_size": batch_size,
-               "device": device, "decode_workers": decode_workers, "split": str(split), "seed": seed,
-               "min_brightness": min_brightness, "min_sharpness": min_sharpness, "dtype": dtype}
-    out_dir = Path(features_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writers = _Writers(out_dir, videos, encoder.feature_dim, extractor, dtype)
-    report = ExtractReport(out_dir, videos, extractor, options, writers.stored_in)
-    todo = [job for job in videos.jobs if writers.stored_in(job) is None]
-    log(f"extract: {len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
-        f"layout), {len(videos.jobs) - len(todo)} already stored, {len(todo)} to do; "
-        f"{backbone} ({extractor['weights']}) on {encoder.device}, {encoder.feature_dim}-d")
-    report.save(force=True)
+    options = ExtractOptions(backbone=backbone, weights=weights, fps=fps, frames=frames,
+                             max_frames=max_frames, image_size=image_size, batch_size=batch_size,
+                             device=device, decode_workers=decode_workers, split=split, seed=seed,
+                             min_brightness=min_brightness, min_sharpness=min_sharpness, dtype=dtype)
+    return extract_with(video_root, features_dir, options, progress=progress, log=log)
+
+
+def extract_with(video_root, features_dir, options: ExtractOptions, *, progress: bool | None = None,
+                 log: Callable = print) -> dict:
+    """``extract`` with its settings in an ExtractOptions (same Args, Returns and Raises)."""
+    ex = _start(video_root, Path(features_dir), options, log)
     status, run = "failed", {}
     try:
-        _run(todo, encoder, sampling, quality, decode_workers, writers, report, progress, run)
+        _run(ex, progress, run)
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
-        log(f"\ninterrupted: every finished video is stored in {out_dir}; re-run the same "
+        log(f"\ninterrupted: every finished video is stored in {ex.out_dir}; re-run the same "
             f"command to continue")
         raise
     finally:
-        writers.close()
-        final = report.finish(status, run)
+        ex.writers.close()
+        final = ex.report.finish(status, run)
     return final
 
 
-def _run(todo, encoder, sampling, quality, decode_workers, writers, report, progress, run: dict) -> None:
-    """Extract ``todo`` into the writers; fill ``run`` with throughput figures (also when stopped)."""
+@dataclass
+class _Extraction:
+    """One run of ``extract``: what it reads, runs and writes."""
+
+    options: ExtractOptions
+    out_dir: Path
+    videos: VideoSet
+    encoder: FrameEncoder
+    writers: _Writers
+    report: ExtractReport
+    todo: list  # the VideoJobs not in the store yet
+
+
+def _start(video_root, out_dir: Path, options: ExtractOptions, log: Callable) -> _Extraction:
+    """Scan the videos, build the CNN, open the store and the report; nothing is extracted yet."""
+    videos = scan_videos(video_root, split=options.split, seed=options.seed)
+    encoder = options.encoder()
+    if encoder.device.type == "cpu":
+        keep_freed_memory()  # ~2.5x CNN throughput on CPU; this process exists to run the CNN
+    extractor = _describe(encoder, options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writers = _Writers(out_dir, videos, encoder.feature_dim, extractor, options.dtype)
+    report = ExtractReport(out_dir, videos, extractor, options.record(), writers.stored_in)
+    todo = [job for job in videos.jobs if writers.stored_in(job) is None]
+    log(f"extract: {len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
+        f"layout), {len(videos.jobs) - len(todo)} already stored, {len(todo)} to do; "
+        f"{options.backbone} ({extractor['weights']}) on {encoder.device}, {encoder.feature_dim}-d")
+    if videos.skipped_links:
+        log(f"{len(videos.skipped_links)} folder link(s) not followed, e.g. "
+            f"{videos.skipped_links[0]['detail']}")
+    report.save(force=True)
+    return _Extraction(options, out_dir, videos, encoder, writers, report, todo)
+
+
+def _describe(encoder: FrameEncoder, options: ExtractOptions) -> dict:
+    """The extractor description stored with the features (a resumed run must match it)."""
+    return {**encoder.description, "sampling": options.sampling.describe(),
+            "quality": options.quality.describe(), "frame_rule": FRAME_RULE,
+            "dtype": str(options.dtype), "precision": encoder.precision, "vidcls_version": __version__}
+
+
+def _run(ex: _Extraction, progress: bool | None, run: dict) -> None:
+    """Extract ``ex.todo`` into the store; fill ``run`` with throughput figures (also when stopped)."""
     t0, stats = time.perf_counter(), {"cnn_s": 0.0}
     new_videos = new_frames = 0
-    bar = tqdm(total=len(todo), unit="video", desc="extract", dynamic_ncols=True,
+    bar = tqdm(total=len(ex.todo), unit="video", desc="extract", dynamic_ncols=True,
                disable=None if progress is None else not progress)
     try:
-        for r in iter_features([j.path for j in todo], encoder, sampling, quality,
-                               decode_workers=decode_workers, stats=stats):
-            job = todo[r.index]
-            if r.status == "ok":
-                refused = writers.append(job, r.features, r.timestamps_ms)
-                if refused:
-                    report.skip(job, "bad_features", refused, r.info)
-                else:
-                    report.ok(job, r.info)
-                    new_videos, new_frames = new_videos + 1, new_frames + len(r.features)
-            else:
-                report.skip(job, r.reason, r.detail, r.info)
-            report.save()
+        for r in iter_features([j.path for j in ex.todo], ex.encoder, ex.options.sampling,
+                               ex.options.quality, decode_workers=ex.options.decode_workers,
+                               stats=stats):
+            stored = _store(ex, ex.todo[r.index], r)
+            if stored is not None:
+                new_videos, new_frames = new_videos + 1, new_frames + stored
             bar.update(1)
             bar.set_postfix(frames_per_s=f"{new_frames / max(time.perf_counter() - t0, 1e-9):.1f}")
     finally:
@@ -433,4 +262,19 @@ def _run(todo, encoder, sampling, quality, decode_workers, writers, report, prog
                    frames_per_s=round(new_frames / wall, 3) if wall > 0 else 0.0,
                    cnn_s=round(stats["cnn_s"], 3),
                    cnn_busy_share=round(min(1.0, stats["cnn_s"] / wall), 4) if wall > 0 else 0.0,
-                   decode_workers=decode_workers)
+                   decode_workers=ex.options.decode_workers)
+
+
+def _store(ex: _Extraction, job, r: VideoResult) -> int | None:
+    """Store one video's result and record it in the report; returns its frame count, or None
+    when it was skipped."""
+    stored = None
+    if r.status != "ok":
+        ex.report.skip(job, r.reason, r.detail, r.info)
+    elif refused := ex.writers.append(job, r.features, r.timestamps_ms):
+        ex.report.skip(job, "bad_features", refused, r.info)
+    else:
+        ex.report.ok(job, r.info)
+        stored = len(r.features)
+    ex.report.save()
+    return stored

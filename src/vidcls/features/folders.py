@@ -13,6 +13,12 @@ the id. Class names are the class folders that hold at least one video file, sor
 Byte-identical files (same size, then same sha256; only files whose size collides are hashed)
 are kept once: in the earliest split (train, val, test), the others reported as duplicates. With
 the class layout they are removed before splitting, so no copy can land in a second split.
+
+Symbolic links: a link to a video file is read like the file (and deduplicated by content). A link
+to a folder inside a class folder is followed only if it leads into that same class folder (its
+videos would otherwise get this class's label) and to a folder not scanned yet (by real path, so
+links can neither loop nor count a video twice); class folders that are links are scanned after
+the plain ones. Every link not followed is listed in ``VideoSet.skipped_links`` with its reason.
 """
 from __future__ import annotations
 
@@ -24,12 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, ExtractError
 from ..store.reader import SPLITS
 from ..store.split import stratified_split
 from ..utils.fs import sha256_file
 from .video import VIDEO_EXTENSIONS
 
 LAYOUT_HINT = ("expected VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")
+LINK_REASONS = {  # code -> what it means; every folder link not followed carries one
+    "link_outside_class": "a folder link leading out of its class folder (its videos would get that "
+                          "class's label)",
+    "link_loop": "a folder link to a folder that holds it (a loop)",
+    "link_seen": "a second path to a folder already scanned (its videos count once)",
+}
 
 
 @dataclass
@@ -56,6 +69,8 @@ class VideoSet:
         skipped: (job, reason code, message) for files rejected before decoding.
         duplicates: one dict per group of byte-identical files.
         ignored: files and folders outside the layout (not reported as videos).
+        skipped_links: folders not scanned, one dict each: path (relative to root), target (its
+            real path), reason (a key of LINK_REASONS), detail (message).
     """
 
     root: Path
@@ -65,13 +80,14 @@ class VideoSet:
     skipped: list[tuple[VideoJob, str, str]] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    skipped_links: list[dict] = field(default_factory=list)
 
 
 def parse_split(split) -> tuple[float, float, float]:
     """``"70,20,10"`` (or a sequence) -> train/val/test shares summing to 1.
 
     Raises:
-        ValueError: not 2 or 3 non-negative numbers, or no train share.
+        ConfigError: not 2 or 3 non-negative numbers, or no train share.
     """
     parts = [p for p in split.split(",")] if isinstance(split, str) else list(split)
     try:
@@ -81,8 +97,8 @@ def parse_split(split) -> tuple[float, float, float]:
     if len(values) == 2:
         values.append(0.0)
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
-        raise ValueError(f"--split must be train,val[,test] shares such as 70,20,10 with a "
-                         f"positive train share, got {split!r}")
+        raise ConfigError(f"--split must be train,val[,test] shares such as 70,20,10 with a "
+                          f"positive train share, got {split!r}")
     total = sum(values)
     return tuple(v / total for v in values)
 
@@ -101,18 +117,19 @@ def scan_videos(root: str | os.PathLike, *, split="70,20,10", seed: int = 42,
         VideoSet.
 
     Raises:
-        ValueError: ``root`` missing or not in one of the two layouts, or holding no video.
+        ExtractError: ``root`` missing or not in one of the two layouts, or holding no video.
+        ConfigError: ``split`` is not a valid list of shares.
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"VIDEO_ROOT {root} is not a directory; {LAYOUT_HINT}")
+        raise ExtractError(f"VIDEO_ROOT {root} is not a directory; {LAYOUT_HINT}")
     shares = parse_split(split)
-    layout, jobs, ignored = _collect(root)
-    vs = VideoSet(root, layout, [], [], ignored=ignored)
+    layout, jobs, ignored, skipped_links = _collect(root)
+    vs = VideoSet(root, layout, [], [], ignored=ignored, skipped_links=skipped_links)
     vs.class_names = sorted({j.class_name for j in jobs if j.path.suffix.lower() in VIDEO_EXTENSIONS})
     if not vs.class_names:
-        raise ValueError(f"no video files under {root} (extensions: "
-                         f"{', '.join(sorted(VIDEO_EXTENSIONS))}); {LAYOUT_HINT}")
+        raise ExtractError(f"no video files under {root} (extensions: "
+                           f"{', '.join(sorted(VIDEO_EXTENSIONS))}); {LAYOUT_HINT}")
     labels = {c: i for i, c in enumerate(vs.class_names)}
     candidates = []
     for job in jobs:
@@ -141,41 +158,106 @@ def scan_videos(root: str | os.PathLike, *, split="70,20,10", seed: int = 42,
     return vs
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` at any depth, sorted, skipping hidden files and folders."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return out
-
-
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _collect(root: Path) -> tuple[str, list[VideoJob], list[str]]:
-    """(layout, one job per file, ignored paths)."""
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _Walker:
+    """Lists the files of class folders; follows a folder link only within its class folder and
+    never into a folder already listed (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.root, self.root_real = root, os.path.realpath(root)
+        self.seen: dict[str, str] = {}  # real path of every folder listed -> its path under root
+        self.skipped_links: list[dict] = []
+
+    def class_files(self, class_dir: Path) -> list[Path]:
+        """The visible files under ``class_dir`` at any depth: each folder's files sorted, then its
+        sub-folders in name order; followed links last."""
+        real = os.path.realpath(class_dir)
+        if class_dir.is_symlink() and _inside(self.root_real, real):
+            self._skip(class_dir, real, "link_loop")  # a class folder that holds VIDEO_ROOT
+            return []
+        if real in self.seen:
+            self._skip(class_dir, real, "link_seen")
+            return []
+        files, links = [], []
+        self._walk(class_dir, files, links)
+        while links:
+            link = links.pop(0)
+            target = os.path.realpath(link)
+            if not _inside(target, real):
+                self._skip(link, target, "link_outside_class", class_dir)
+            elif target in self.seen:
+                holds_link = _inside(os.path.realpath(link.parent), target)
+                self._skip(link, target, "link_loop" if holds_link else "link_seen")
+            else:
+                self._walk(link, files, links)
+        return files
+
+    def _walk(self, top: Path, files: list, links: list) -> None:
+        """Add the files under ``top`` to ``files`` and the folder links found to ``links``."""
+        for dirpath, dirnames, filenames in os.walk(top):  # does not follow links below top
+            self.seen[os.path.realpath(dirpath)] = self._rel(Path(dirpath))
+            keep = []
+            for name in sorted(d for d in dirnames if not d.startswith(".")):
+                sub = Path(dirpath) / name
+                if sub.is_symlink():
+                    links.append(sub)
+                elif os.path.realpath(sub) in self.seen:  # below a followed link: listed before
+                    self._skip(sub, os.path.realpath(sub), "link_seen")
+                else:
+                    keep.append(name)
+            dirnames[:] = keep
+            files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _skip(self, path: Path, target: str, reason: str, class_dir: Path | None = None) -> None:
+        rel = self._rel(path)
+        if reason == "link_outside_class":
+            detail = (f"{rel} links to {target}, outside its class folder {self._rel(class_dir)}, "
+                      f"so its videos would be labelled {class_dir.name}: not followed. Move or copy "
+                      f"that folder into {self._rel(class_dir)}, or link the video files themselves")
+        elif reason == "link_loop":
+            detail = f"{rel} links to {target}, which holds the link (a loop): not followed; remove it"
+        else:
+            detail = (f"{rel} leads to {target}, already scanned as {self.seen.get(target, '?')}: "
+                      f"not scanned again, so its videos count once; remove the link to silence this")
+        self.skipped_links.append({"path": rel, "target": target, "reason": reason, "detail": detail})
+
+
+def _collect(root: Path) -> tuple[str, list[VideoJob], list[str], list[dict]]:
+    """(layout, one job per file, ignored paths, folder links not followed)."""
     dirs = _subdirs(root)
     split_dirs = [d for d in dirs if d.name in SPLITS]
     others = [d.name for d in dirs if d.name not in SPLITS]
     if split_dirs and others:
-        raise ValueError(f"{root} mixes split folders ({', '.join(d.name for d in split_dirs)}) "
-                         f"with other folders ({', '.join(others[:5])}); {LAYOUT_HINT}")
+        raise ExtractError(f"{root} mixes split folders ({', '.join(d.name for d in split_dirs)}) "
+                           f"with other folders ({', '.join(others[:5])}); {LAYOUT_HINT}")
     ignored = [str(p.relative_to(root)) for p in root.iterdir()
                if p.is_file() and not p.name.startswith(".")]
     layout = "splits" if split_dirs else "classes"
     bases = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
-    jobs = []
+    class_dirs = []
     for split, base in bases:
         if split is not None:
             ignored += [str(p.relative_to(root)) for p in base.iterdir()
                         if p.is_file() and not p.name.startswith(".")]
-        for class_dir in _subdirs(base):
-            for path in _visible_files(class_dir):
-                jobs.append(VideoJob(path, path.relative_to(root).as_posix(), class_dir.name,
-                                     split=split))
-    return layout, jobs, sorted(ignored)
+        class_dirs += [(split, d) for d in _subdirs(base)]
+    walker = _Walker(root)
+    # plain class folders first, so that a link to one of them is the path reported as skipped
+    files = {i: walker.class_files(d) for i, (_, d) in
+             sorted(enumerate(class_dirs), key=lambda item: item[1][1].is_symlink())}
+    jobs = [VideoJob(path, path.relative_to(root).as_posix(), class_dir.name, split=split)
+            for i, (split, class_dir) in enumerate(class_dirs) for path in files[i]]
+    return layout, jobs, sorted(ignored), walker.skipped_links
 
 
 def _assign_ids(jobs: list[VideoJob]) -> None:

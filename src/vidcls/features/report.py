@@ -5,9 +5,13 @@ seconds while extracting, and at the end, so a killed run always leaves a parsea
 re-run carries over the entries of videos already in the store from the previous report.
 
 Each entry: video_id, split, class, path (relative to VIDEO_ROOT), status (ok / skipped /
-pending), reason (a key of ``vidcls.video.SKIP_REASONS``) and detail (message) when skipped, and
-for extracted videos: duration_s, frames_sampled, frames_kept, frames_dropped_dark,
+pending), reason (a key of ``vidcls.features.video.SKIP_REASONS``) and detail (message) when
+skipped, and for extracted videos: duration_s, frames_sampled, frames_kept, frames_dropped_dark,
 frames_dropped_blurry, quality_fallback, decoded_frames, seeks, decode_errors, decode_s, cnn_s.
+
+Folder links the scan did not follow are listed apart, in ``skipped_links`` (path, target, reason:
+a key of ``vidcls.features.folders.LINK_REASONS``, detail): they are folders, not videos, so they
+are not in the video counts.
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ from pathlib import Path
 from .. import __version__
 from ..store.reader import SPLITS
 from ..utils.fs import atomic_write_json
+from .folders import LINK_REASONS
 from .video import SKIP_REASONS
 
 REPORT_NAME = "extract_report.json"
 SAVE_EVERY_S = 10.0
 _COUNTS = ("frames_kept", "frames_dropped_dark", "frames_dropped_blurry")
+SUMMARY_LINKS = 5  # folder links listed on the console (all of them are in the report)
 
 
 def _key(split, video_id) -> tuple:
@@ -61,7 +67,8 @@ class ExtractReport:
                      "features_dir": str(Path(features_dir)), "layout": videos.layout,
                      "class_names": videos.class_names, "options": options, "extractor": extractor,
                      "status": "running", "started": _now(), "finished": None, "run": {},
-                     "duplicates": videos.duplicates, "ignored": videos.ignored}
+                     "duplicates": videos.duplicates, "ignored": videos.ignored,
+                     "skipped_links": videos.skipped_links}
         self._saved_at = 0.0
 
     def ok(self, job, info: dict) -> None:
@@ -146,6 +153,7 @@ def format_summary(report: dict) -> str:
     if reasons:
         lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
         lines += [f"  {k}: {SKIP_REASONS.get(k, '')}" for k in reasons]
+    lines += _link_lines(report.get("skipped_links") or [])
     fallback = tot.get("all", {}).get("quality_fallback", 0)
     if fallback:
         lines.append(f"{fallback} video(s) had no frame passing the quality thresholds; their best "
@@ -157,3 +165,16 @@ def format_summary(report: dict) -> str:
                      f"(CNN busy {100 * run['cnn_busy_share']:.0f} % of the time)")
     lines.append(f"report: {Path(report['features_dir']) / REPORT_NAME}")
     return "\n".join(lines)
+
+
+def _link_lines(links: list[dict]) -> list[str]:
+    """Summary lines for the folder links the scan did not follow."""
+    if not links:
+        return []
+    reasons = Counter(link["reason"] for link in links)
+    lines = ["folder links not followed: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))]
+    lines += [f"  {k}: {LINK_REASONS.get(k, '')}" for k in sorted(reasons)]
+    lines += [f"  {link['detail']}" for link in links[:SUMMARY_LINKS]]
+    if len(links) > SUMMARY_LINKS:
+        lines.append(f"  ... {len(links) - SUMMARY_LINKS} more under skipped_links in the report")
+    return lines

@@ -1,4 +1,4 @@
-"""Video decoding (PyAV / FFmpeg), frame sampling and frame quality for feature extraction.
+"""Video decoding (PyAV / FFmpeg) and frame sampling for feature extraction.
 
 Sampling picks *times*; the frame used for time t is the frame on screen at t, i.e. the last
 frame whose presentation time is <= t, and its own presentation time is what gets recorded. A
@@ -19,21 +19,21 @@ shortcuts keep it cheap (on a small machine decoding shares the CPU with the CNN
   In a video with a gap of more than two frame intervals right before a sampled time this can pick
   an earlier frame than the one on screen; the recorded timestamp is always the frame's own.
 
-Frame quality is measured on the frame as the CNN sees it (after resize and centre crop), which is
-cheaper than the full frame and makes ``--min-sharpness`` mean the same at every video resolution.
-
 Nothing here imports torch: this module runs in the decode worker processes.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import av
 import numpy as np
+
+from ..errors import ConfigError
+from ..utils.sampling import uniform_indices
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
@@ -56,7 +56,6 @@ TRUNCATED_MIN_S = 1.0
 TRUNCATED_MIN_SHARE = 0.05
 MAX_DECODE_ERRORS = 50  # give up on a stream after this many undecodable packets
 SEEK_MIN_GAIN_FRAMES = 8  # seek only when it skips at least this many frames
-FALLBACK_KEEP_SHARE = 0.5  # if every frame fails the quality test, keep this best share (>= 1)
 _EPS_S = 1e-6  # timestamps within a microsecond count as equal (float rounding of pts * time_base)
 
 
@@ -71,7 +70,11 @@ class VideoSkip(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which times of a video to take frames from (see the module docstring)."""
+    """Which times of a video to take frames from (see the module docstring).
+
+    Raises:
+        ConfigError: both fps and frames given, or a value out of range.
+    """
 
     fps: float | None = None
     frames: int | None = None
@@ -81,13 +84,13 @@ class Sampling:
         if self.fps is None and self.frames is None:
             object.__setattr__(self, "fps", 1.0)
         if self.fps is not None and self.frames is not None:
-            raise ValueError("give either --fps or --frames, not both")
+            raise ConfigError("give either --fps or --frames, not both")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"--fps must be a positive number, got {self.fps}")
+            raise ConfigError(f"--fps must be a positive number, got {self.fps}")
         if self.frames is not None and int(self.frames) < 1:
-            raise ValueError(f"--frames must be >= 1, got {self.frames}")
+            raise ConfigError(f"--frames must be >= 1, got {self.frames}")
         if int(self.max_frames) < 1:
-            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
+            raise ConfigError(f"--max-frames must be >= 1, got {self.max_frames}")
 
     def times(self, duration_s: float | None) -> np.ndarray:
         """Sampled times in seconds, ascending; empty when the duration is unknown or <= 0.
@@ -104,87 +107,12 @@ class Sampling:
             n = min(int(self.frames), int(self.max_frames))
             return (np.arange(n) + 0.5) * (duration_s / n)
         n = max(1, int(math.ceil(duration_s * self.fps - 1e-9)))  # k / fps < duration
-        idx = np.arange(n)
-        if n > self.max_frames:  # thin uniformly over the whole video
-            idx = np.unique(np.round(np.linspace(0, n - 1, int(self.max_frames))).astype(np.int64))
-        return idx / self.fps
+        return uniform_indices(n, int(self.max_frames)) / self.fps  # thinned over the whole video
 
     def describe(self) -> dict:
         if self.frames is not None:
             return {"mode": "frames", "frames": int(self.frames), "max_frames": int(self.max_frames)}
         return {"mode": "fps", "fps": float(self.fps), "max_frames": int(self.max_frames)}
-
-
-@dataclass(frozen=True)
-class Quality:
-    """Frame quality thresholds: mean brightness (0-255) and variance of the Laplacian."""
-
-    min_brightness: float = 25.0
-    min_sharpness: float = 0.0
-
-    def __post_init__(self):
-        for name in ("min_brightness", "min_sharpness"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-
-    def measure(self, chw: np.ndarray) -> tuple[float, float | None]:
-        """(brightness, sharpness) of one (3, H, W) uint8 frame; sharpness only if it is used."""
-        return brightness(chw), (sharpness(chw) if self.min_sharpness > 0 else None)
-
-    def select(self, bright: np.ndarray, sharp: np.ndarray | None) -> tuple[np.ndarray, dict]:
-        """Which frames to keep. Never none: if all fail, the best ``FALLBACK_KEEP_SHARE`` stay.
-
-        Args:
-            bright: (n,) brightness per frame. sharp: (n,) sharpness, or None when not measured.
-
-        Returns:
-            (keep, counts): a boolean mask and {frames_dropped_dark, frames_dropped_blurry,
-            quality_fallback}.
-        """
-        bright = np.asarray(bright, np.float64)
-        dark = bright < self.min_brightness
-        blurry = np.zeros_like(dark)
-        if self.min_sharpness > 0 and sharp is not None:
-            blurry = (np.asarray(sharp, np.float64) < self.min_sharpness) & ~dark
-        keep = ~(dark | blurry)
-        fallback = bool(len(keep) and not keep.any())
-        if fallback:
-            score = self._score(bright, sharp)
-            k = max(1, int(math.ceil(FALLBACK_KEEP_SHARE * len(keep))))
-            keep[np.argsort(-score, kind="stable")[:k]] = True
-        return keep, {"frames_dropped_dark": int((dark & ~keep).sum()),
-                      "frames_dropped_blurry": int((blurry & ~keep).sum()),
-                      "quality_fallback": fallback}
-
-    def _score(self, bright: np.ndarray, sharp) -> np.ndarray:
-        # Each enabled criterion as a share of its threshold; a frame is as good as its worst one.
-        parts = []
-        if self.min_brightness > 0:
-            parts.append(bright / self.min_brightness)
-        if self.min_sharpness > 0 and sharp is not None:
-            parts.append(np.asarray(sharp, np.float64) / self.min_sharpness)
-        return np.min(parts, axis=0) if parts else np.ones_like(bright)
-
-    def describe(self) -> dict:
-        return {**asdict(self), "fallback_keep_share": FALLBACK_KEEP_SHARE}
-
-
-def brightness(chw: np.ndarray) -> float:
-    """Mean luma (ITU-R BT.601 weights, 0-255) of a (3, H, W) uint8 RGB frame."""
-    means = np.asarray(chw).reshape(3, -1).mean(axis=1)  # the mean is linear: weight channel means
-    return float(0.299 * means[0] + 0.587 * means[1] + 0.114 * means[2])
-
-
-def sharpness(chw: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of the luma of a (3, H, W) uint8 RGB frame, over
-    the interior pixels."""
-    c = np.asarray(chw, dtype=np.float32)
-    g = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
-    if g.shape[0] < 3 or g.shape[1] < 3:
-        return 0.0
-    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    return float(lap.var())
 
 
 def to_rgb(frame: av.VideoFrame) -> np.ndarray:
