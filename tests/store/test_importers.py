@@ -285,3 +285,23 @@ def test_store_info_length_spread(tmp_path):
     text = store_info(write_store(tmp_path / "train.h5", vids, ["only"], 2))
     assert "frames/video:   min 1, median 10.5, mean 24.5, p95 19, max 300" in text
     assert "longest video:  'long_one' (300 frames)" in text
+
+
+def test_import_padded_refuses_fractional_labels(tmp_path):
+    """1.7 would silently become class 1; whole floats (1.0) are fine."""
+    src = tmp_path / "old.h5"
+    _padded_file(src, n=6)
+    with h5py.File(src, "r+") as f:
+        labels = f["labels"][:].astype(np.float64)
+        del f["labels"]
+        f["labels"] = labels  # whole floats
+    import_padded_h5(src, tmp_path / "ok.h5")
+    assert FeatureStore(tmp_path / "ok.h5").labels.tolist() == [0, 1, 2, 0, 1, 2]
+    with h5py.File(src, "r+") as f:
+        labels = f["labels"][:]
+        labels[4] = 1.7
+        del f["labels"]
+        f["labels"] = labels
+    with pytest.raises(StoreError, match=r"'labels' must hold whole numbers.*row 4 = 1.7"):
+        import_padded_h5(src, tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()

@@ -78,6 +78,18 @@ def import_padded_h5(src: str | os.PathLike, out: str | os.PathLike, *, dtype: s
     return out
 
 
+def _whole_numbers(values, src: Path, name: str) -> np.ndarray:
+    """Integers as int64; floats only when every value is whole (1.0, never 1.7, which would be truncated)."""
+    arr = np.asarray(values).reshape(-1)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        return arr.astype(np.int64)
+    bad = [i for i, v in enumerate(arr.tolist()) if not (isinstance(v, (int, float)) and float(v).is_integer())]
+    raise StoreError(f"{src}: {name!r} must hold whole numbers, got {arr.dtype} with e.g. row "
+                     f"{bad[0] if bad else 0} = {arr[bad[0]] if bad else arr[:1]}; fix the source file")
+
+
 def _read_padded_header(f: h5py.File, src: Path):
     """Validate the padded layout and load the small per-row arrays (never ``features``)."""
     for name in ("features", "labels", "num_frames"):
@@ -88,8 +100,8 @@ def _read_padded_header(f: h5py.File, src: Path):
     if feats.ndim != 3:
         raise StoreError(f"{src}: 'features' must be (N, max_frames, D), got shape {feats.shape}")
     n, max_frames = feats.shape[0], feats.shape[1]
-    labels = np.asarray(f["labels"][:]).astype(np.int64).reshape(-1)
-    nframes = np.asarray(f["num_frames"][:]).astype(np.int64).reshape(-1)
+    labels = _whole_numbers(f["labels"][:], src, "labels")
+    nframes = _whole_numbers(f["num_frames"][:], src, "num_frames")
     for name, arr in (("labels", labels), ("num_frames", nframes)):
         if len(arr) != n:
             raise StoreError(f"{src}: {name!r} has {len(arr)} rows but 'features' has {n}")
