@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
 from vidcls.config import RUNTIME_ONLY, TrainConfig, config_diff, config_from_dict, dump_yaml, load_config
 from vidcls.errors import ConfigError
+from vidcls.models import build_model, list_models
 
 SPEC_DEFAULTS = dict(
     epochs=150, batch_size=48, lr=1e-3, weight_decay=5e-4, grad_clip=1.0, t0=20, t_mult=2,
@@ -219,3 +221,69 @@ def test_weight_clip_non_numeric_items(tmp_path):
 def test_negative_seed_rejected():
     with pytest.raises(ConfigError, match="--seed"):
         load_config(None, {"seed": -1})
+
+
+def test_every_option_has_help_text():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help", "").strip(), f"{f.name} has no help text"
+
+
+def test_list_options_from_the_command_line_are_typed():
+    cfg = load_config(None, {"weight_clip": "0.25, 4", "tta_modes": "reverse,original"})
+    assert cfg.weight_clip == [0.25, 4.0] and all(type(v) is float for v in cfg.weight_clip)
+    assert cfg.tta_modes == ["reverse", "original"]
+    with pytest.raises(ConfigError, match="weight_clip"):
+        load_config(None, {"weight_clip": "low,high"})
+
+
+def test_monitor_interval_must_be_positive():
+    with pytest.raises(ConfigError, match="--monitor-interval"):
+        load_config(None, {"monitor_interval": 0})
+    assert load_config(None, {"monitor_interval": 0.5}).monitor_interval == 0.5
+
+
+def test_seed_fits_a_signed_64_bit_int_for_every_member():
+    assert load_config(None, {"seed": 2**63 - 1}).seed == 2**63 - 1
+    assert load_config(None, {"seed": 2**63 - 3, "members": 3}).seed == 2**63 - 3
+    for override in ({"seed": 2**63}, {"seed": 2**63 - 2, "members": 3}, {"seed": 2**64}):
+        with pytest.raises(ConfigError, match="--seed"):
+            load_config(None, override)
+
+
+ALL_MODES = ("original", "reverse", "speed_up", "speed_down")
+
+
+@pytest.mark.parametrize("modes", [list(c) for k in range(1, 5) for c in itertools.combinations(ALL_MODES, k)])
+def test_every_subset_of_tta_modes_is_accepted(modes):
+    assert load_config(None, {"tta_modes": ",".join(modes)}).tta_modes == modes
+
+
+@pytest.mark.parametrize("modes", ["", ",", "reverse,reverse", "original,flip", "Original"])
+def test_bad_tta_modes_rejected(modes):
+    with pytest.raises(ConfigError, match="--tta-modes"):
+        load_config(None, {"tta_modes": modes})
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(ConfigError, match="--model") as info:
+        load_config(None, {"model": "lstm9000"})
+    assert ", ".join(list_models()) in str(info.value)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_size_checks_match_the_models(name):
+    """validate() refuses exactly the sizes the model's own constructor refuses."""
+    for hidden, layers, heads in itertools.product((2, 3, 4, 6, 9), (1, 2), (1, 2, 3, 4)):
+        sizes = dict(hidden_dim=hidden, layers=layers, heads=heads, dropout=0.1)
+        try:
+            build_model(name, feature_dim=3, n_classes=2, **sizes)
+            builds = True
+        except ConfigError:
+            builds = False
+        try:
+            load_config(None, {"model": name, **sizes})
+            valid = True
+        except ConfigError as exc:
+            valid = False
+            assert "hidden_dim" in str(exc) or "heads" in str(exc), exc
+        assert valid == builds, (name, sizes)

@@ -2,50 +2,49 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 from . import __version__
+from .config import TrainConfig
+from .errors import VidclsError
 
-TRAIN_FLAGS = [  # (flag, type, help); every one is also a YAML key (dashes -> underscores)
-    ("--epochs", int, "training epochs (150)"),
-    ("--batch-size", int, "videos per batch (48)"),
-    ("--lr", float, "AdamW learning rate (1e-3)"),
-    ("--weight-decay", float, "AdamW weight decay (5e-4)"),
-    ("--model", str, "bilstm_attn | transformer | mean_mlp"),
-    ("--hidden-dim", int, "model width (768)"),
-    ("--layers", int, "recurrent / encoder layers (4)"),
-    ("--heads", int, "attention heads (12)"),
-    ("--dropout", float, "dropout (0.4)"),
-    ("--patience", int, "early-stop after this many epochs without improvement; 0 = never (25)"),
-    ("--select", str, "val_acc | val_f1_macro: metric that picks the best checkpoint (val_acc)"),
-    ("--seed", int, "random seed (42)"),
-    ("--device", str, "auto | cpu | cuda | cuda:N (auto)"),
-    ("--workers", int, "DataLoader worker processes (2)"),
-    ("--monitor-interval", float, "seconds between resource-log records (1800)"),
-    ("--val-fraction", float, "validation share carved from train when there is no val.h5 (0.15)"),
-    ("--sampler", str, "weighted | shuffle (weighted)"),
-    ("--alpha", str, "focal-loss class weights: inverse_freq | none (inverse_freq)"),
-    ("--gamma", float, "focal-loss gamma (2.0)"),
-    ("--smoothing", float, "label smoothing (0.1)"),
-    ("--members", int, "seed-ensemble members, trained one after another with seeds seed+i (1)"),
-    ("--tta", str, "test-time augmentation: auto (only if it improves validation) | on | off (auto)"),
-    ("--tta-modes", str, "comma-separated: original,reverse,speed_up,speed_down (all four)"),
-]
+# The train command's flags are made from the TrainConfig fields (one source of names, types,
+# defaults and help): --batch-size sets batch_size, bools get --x / --no-x.
+_POSITIONAL = ("features_dir",)
+_METAVARS = {int: "N", float: "X", str: "NAME"}
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("features_dir", help="directory with train.h5 [val.h5] [test.h5]")
+    hints = get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    help_of = {f.name: f.metadata.get("help", "").replace("%", "%%") for f in fields(TrainConfig)}
+    p.add_argument("features_dir", help=help_of["features_dir"])
     p.add_argument("run_dir", help="directory for config, checkpoints, metrics, plots, summary")
-    p.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    for flag, typ, help_ in TRAIN_FLAGS:
-        p.add_argument(flag, type=typ, default=None, help=help_)
-    p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
-                   help="turn the feature augmentation off")
-    p.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=None,
-                   help="skip the per-epoch dashboard PNGs and report.html")
+    p.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (flags win)")
+    for f in fields(TrainConfig):
+        if f.name in _POSITIONAL:
+            continue
+        flag, typ = "--" + f.name.replace("_", "-"), hints[f.name]
+        help_ = f"{help_of[f.name]} (default: {_shown(getattr(defaults, f.name))})".lstrip()
+        if typ is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:  # lists arrive as "a,b"; load_config splits and types them
+            p.add_argument(flag, type=typ if typ in _METAVARS else str, default=None,
+                           metavar=_METAVARS.get(typ, "A,B"), help=help_)
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR where it stopped")
 
 
@@ -114,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from .training.fit import fit, resolve_config
 
-    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in TRAIN_FLAGS}
-    overrides.update(features_dir=args.features_dir, augment=args.augment, plots=args.plots)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}  # None: not given
     cfg = resolve_config(args.run_dir, args.config, overrides, resume=args.resume)
     summary = fit(cfg, args.run_dir, resume=args.resume)
     print(format_results({cfg.model: summary}))
@@ -252,17 +250,53 @@ def cmd_extract(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth, "demo": cmd_demo, "info": cmd_info, "import": cmd_import, "extract": cmd_extract}
+COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth,
+            "demo": cmd_demo, "info": cmd_info, "import": cmd_import, "extract": cmd_extract}
+
+
+# OSErrors the user causes and can fix: disk full, permissions, a path missing or of the wrong kind.
+# Any other OSError is unexpected and keeps its traceback.
+_USER_ERRNOS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    getattr(errno, "EDQUOT", -1): "free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EACCES: "check the permissions or write elsewhere",
+    errno.EPERM: "check the permissions or write elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "a file was expected here, not a directory",
+    errno.EEXIST: "remove it or choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def _os_error_message(exc: OSError) -> str:
+    if exc.filename is None:
+        return f"{exc}; {_USER_ERRNOS[exc.errno]}"
+    path = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{path}: {exc.strerror} ({_USER_ERRNOS[exc.errno]})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import VidclsError
+    """Run ``vidcls <command>``; returns the exit status.
 
+    A ``VidclsError``, an OSError the user can fix (disk full, permissions, a wrong path) or a diverged
+    training (``FloatingPointError``) is printed as one line on stderr with status 2; Ctrl-C gives 130.
+    Anything else is a bug and propagates with its traceback.
+    """
+    args = build_parser().parse_args(argv)
+    prefix = f"vidcls {args.command}: error:"
     try:
         return COMMANDS[args.command](args)
     except VidclsError as exc:
-        print(f"vidcls {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        print(f"{prefix} {_os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"{prefix} {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,9 @@
 """Typed training configuration: dataclass defaults <- YAML file <- command-line flags.
 
-Unknown keys and wrong types are errors that name the key and the file; the resolved config is what
-gets written to ``RUN_DIR/config.yaml`` and into every checkpoint.
+Every option is a field of :class:`TrainConfig` with its default and help text; ``vidcls train``'s
+flags and the YAML keys are made from those fields. Unknown keys and wrong types are errors that name
+the key and the file; the resolved config is what gets written to ``RUN_DIR/config.yaml`` and into
+every checkpoint.
 """
 from __future__ import annotations
 
@@ -10,92 +12,92 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .errors import ConfigError
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A config field: its default and the help text of its ``vidcls train`` flag.
+
+    Lists get a fresh copy per instance (a shared mutable default would leak between configs)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Every option of ``vidcls train``; defaults are the spec's recipe."""
 
-    features_dir: str = ""
+    features_dir: str = _opt("", "directory with train.h5 [val.h5] [test.h5]")
     # optimisation (spec: AdamW 1e-3 / 5e-4, clip 1.0, 150 epochs, batch 48)
-    epochs: int = 150
-    batch_size: int = 48
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    grad_clip: float = 1.0
+    epochs: int = _opt(150, "training epochs per member")
+    batch_size: int = _opt(48, "videos per batch")
+    # long videos: attention memory grows with B x T^2 and batches pad to their longest video.
+    # max_frames: a longer video is thinned uniformly (extraction's --max-frames rule); 512 is 8x the
+    # spec's 64 frames, so only outliers are touched. batch_frames: at most this many padded frames
+    # (videos x longest) per batch; 8192 >= 48 x 64 leaves the spec's batches as they are and caps one
+    # attention map at heads x 8192 x 512 floats (0.2 GB with 12 heads).
+    max_frames: int = _opt(512,
+        "a longer video is thinned uniformly to this many frames (extraction's --max-frames rule); "
+        "512 = 8x the spec's 64-frame videos, so only outliers are thinned")
+    batch_frames: int = _opt(8192,
+        "at most this many padded frames (videos x longest video) per batch; >= max_frames; "
+        "8192 >= 48 x 64 keeps the spec's batches and caps an attention map at heads x 8192 x 512")
+    lr: float = _opt(1e-3, "AdamW learning rate: the peak of the cosine schedule")
+    weight_decay: float = _opt(5e-4,
+        "AdamW weight decay of the weight matrices (Linear, LSTM, attention projections); "
+        "biases and LayerNorm weights (every 1-D parameter) get none")
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off")
     # CosineAnnealingWarmRestarts, stepped per batch with the fractional epoch
-    t0: int = 20
-    t_mult: int = 2
-    eta_min: float = 1e-6
+    t0: int = _opt(20, "epochs until the first warm restart of the cosine LR schedule")
+    t_mult: int = _opt(2, "each restart period is this many times the previous one")
+    eta_min: float = _opt(1e-6, "lowest learning rate of the cosine schedule")
     # model
-    model: str = "bilstm_attn"
-    hidden_dim: int = 768
-    layers: int = 4
-    heads: int = 12
-    dropout: float = 0.4
+    model: str = _opt("bilstm_attn", "temporal model: bilstm_attn | transformer | mean_mlp")
+    hidden_dim: int = _opt(768, "model width; bilstm_attn: even; bilstm_attn, transformer: divisible by heads")
+    layers: int = _opt(4, "recurrent / encoder layers (mean_mlp ignores it)")
+    heads: int = _opt(12, "attention heads (mean_mlp ignores it)")
+    dropout: float = _opt(0.4, "dropout probability, in [0, 1)")
     # loss and class balance
-    gamma: float = 2.0
-    smoothing: float = 0.1
-    alpha: str = "inverse_freq"
-    sampler: str = "weighted"
-    weight_clip: list = field(default_factory=lambda: [0.5, 10.0])
-    augment: bool = True
+    gamma: float = _opt(2.0, "focal-loss gamma; 0 = cross-entropy")
+    smoothing: float = _opt(0.1, "label smoothing, in [0, 1)")
+    alpha: str = _opt("inverse_freq", "focal-loss class weights: inverse_freq | none")
+    sampler: str = _opt("weighted", "weighted (class-balanced draws) | shuffle")
+    weight_clip: list[float] = _opt([0.5, 10.0],
+        "low,high: range the inverse-frequency class weights are clipped to")
+    augment: bool = _opt(True, "feature augmentation of the training videos")
     # model selection and stopping
-    select: str = "val_acc"
-    patience: int = 25
-    val_fraction: float = 0.15
-    checkpoint_every: int = 20
-    keep_checkpoints: int = 3
+    select: str = _opt("val_acc", "val_acc | val_f1_macro: the metric that picks the best checkpoint")
+    patience: int = _opt(25, "early-stop after this many epochs without improvement; 0 = never")
+    val_fraction: float = _opt(0.15, "validation share carved from train when there is no val.h5")
+    checkpoint_every: int = _opt(20, "also save a checkpoint every this many epochs")
+    keep_checkpoints: int = _opt(3, "how many of those periodic checkpoints to keep")
     # seed ensemble and test-time augmentation
-    members: int = 1
-    tta: str = "auto"
-    tta_modes: list = field(default_factory=lambda: ["original", "reverse", "speed_up", "speed_down"])
+    members: int = _opt(1, "seed-ensemble members, trained one after another with seeds seed+i")
+    tta: str = _opt("auto", "test-time augmentation: auto (only if it improves validation) | on | off")
+    tta_modes: list[str] = _opt(["original", "reverse", "speed_up", "speed_down"],
+        "comma-separated, distinct, any of original,reverse,speed_up,speed_down")
     # runtime
-    seed: int = 42
-    device: str = "auto"
-    workers: int = 2
-    monitor_interval: float = 1800.0
-    plots: bool = True
+    seed: int = _opt(42, "random seed, in [0, 2**63 - members]")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    workers: int = _opt(2, "DataLoader worker processes")
+    monitor_interval: float = _opt(1800.0, "seconds between resource-log records (> 0)")
+    plots: bool = _opt(True, "per-epoch dashboard PNGs and report.html")
 
     def validate(self) -> "TrainConfig":
-        """Check ranges and choices; returns self. Raises ConfigError naming the option."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                   for v in self.weight_clip):
-            raise ConfigError(f"weight_clip must be two numbers [low, high], got {self.weight_clip}")
-        _positive(self, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
-                  "checkpoint_every", "keep_checkpoints")
-        _choice(self, "alpha", ("inverse_freq", "none"))
-        _choice(self, "sampler", ("weighted", "shuffle"))
-        _choice(self, "select", ("val_acc", "val_f1_macro"))
-        _choice(self, "tta", ("auto", "on", "off"))
-        _positive(self, "members")
-        modes = ("original", "reverse", "speed_up", "speed_down")
-        bad = [m for m in self.tta_modes if m not in modes]
-        if bad or not self.tta_modes:
-            raise ConfigError(f"--tta-modes must be a non-empty list of {', '.join(modes)}; got {self.tta_modes}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ConfigError(f"--smoothing must be in [0, 1), got {self.smoothing}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("weight_decay", "grad_clip", "eta_min", "gamma", "patience", "workers",
-                     "monitor_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if len(self.weight_clip) != 2 or not 0 < self.weight_clip[0] <= self.weight_clip[1]:
-            raise ConfigError(f"weight_clip must be [low, high] with 0 < low <= high, got {self.weight_clip}")
+        """Check every option, before anything is written; returns self.
+
+        Raises:
+            ConfigError: a value out of range, an unknown choice or model, or model sizes the model
+                would refuse; the message names the option.
+        """
+        _check_numbers(self)
+        _check_choices(self)
+        _check_model(self)
         return self
 
     def to_dict(self) -> dict:
@@ -105,6 +107,79 @@ class TrainConfig:
 # Options a resumed run may change: how fast it goes, how long it trains, how many members it has
 # (finished members are kept) and how the trained members are evaluated.
 RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots", "members", "tta", "tta_modes")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in cfg.weight_clip):
+        raise ConfigError(f"--weight-clip must be two numbers low,high, got {cfg.weight_clip}")
+    _positive(cfg, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
+              "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members",
+              "monitor_interval")
+    if cfg.batch_frames < cfg.max_frames:
+        raise ConfigError(f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
+                          f"a video of max_frames frames must fit in a batch; raise one or lower the other")
+    # member i trains with seed + i, and torch seeds are 64-bit: keep every member's seed a signed int64
+    if not 0 <= cfg.seed <= 2**63 - cfg.members:
+        raise ConfigError(f"--seed must be in [0, 2**63 - members] = [0, {2**63 - cfg.members}] "
+                          f"(member i uses seed + i), got {cfg.seed}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0.0 <= cfg.smoothing < 1.0:
+        raise ConfigError(f"--smoothing must be in [0, 1), got {cfg.smoothing}")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
+    for name in ("weight_decay", "grad_clip", "eta_min", "gamma", "patience", "workers"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if len(cfg.weight_clip) != 2 or not 0 < cfg.weight_clip[0] <= cfg.weight_clip[1]:
+        raise ConfigError(f"--weight-clip must be low,high with 0 < low <= high, got {cfg.weight_clip}")
+
+
+TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    _choice(cfg, "alpha", ("inverse_freq", "none"))
+    _choice(cfg, "sampler", ("weighted", "shuffle"))
+    _choice(cfg, "select", ("val_acc", "val_f1_macro"))
+    _choice(cfg, "tta", ("auto", "on", "off"))
+    unknown = [m for m in cfg.tta_modes if m not in TTA_MODES]
+    if unknown or not cfg.tta_modes:
+        raise ConfigError(f"--tta-modes must be a non-empty, comma-separated list of {', '.join(TTA_MODES)}; "
+                          f"got {cfg.tta_modes}")
+    repeated = sorted({m for m in cfg.tta_modes if cfg.tta_modes.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"--tta-modes lists {', '.join(repeated)} more than once; name each mode once")
+
+
+# The size options each model's constructor hands to ``check_sizes`` (models/temporal.py). Checking
+# them here refuses a bad combination before the run directory is written, not when a member starts.
+_MODEL_SIZE_OPTIONS = {
+    "bilstm_attn": dict(layers=True, heads=True, even_hidden=True),
+    "transformer": dict(layers=True, heads=True),
+    "mean_mlp": dict(),
+}
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    from .models import list_models  # torch: imported only when a config is checked
+    from .models.layers import check_sizes
+
+    if cfg.model not in list_models():
+        raise ConfigError(f"--model {cfg.model!r} is unknown; valid names: {', '.join(list_models())}")
+    opts = _MODEL_SIZE_OPTIONS.get(cfg.model, {})
+    try:  # feature_dim and n_classes come from the data; 1 and 2 pass their checks
+        check_sizes(feature_dim=1, n_classes=2, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout,
+                    layers=cfg.layers if opts.get("layers") else None,
+                    heads=cfg.heads if opts.get("heads") else None,
+                    even_hidden=opts.get("even_hidden", False))
+    except ConfigError as exc:
+        raise ConfigError(f"--model {cfg.model}: {exc}") from None
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:
@@ -147,12 +222,14 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    elif typ is list:
+    elif get_origin(typ) is list:
         if isinstance(value, (list, tuple)):
-            return list(value)
-        if isinstance(value, str):  # from the command line: "original,reverse"
-            return [v.strip() for v in value.split(",") if v.strip()]
-    raise ConfigError(f"{source}: key '{name}' expects {typ.__name__}, got {value!r}")
+            return list(value)  # YAML items keep their own types; validate() checks them
+        if isinstance(value, str):  # from the command line: "original,reverse" or "0.5,10"
+            (item,) = get_args(typ)
+            return [_coerce(name, v.strip(), item, source) for v in value.split(",") if v.strip()]
+    shown = str(typ) if get_origin(typ) else typ.__name__
+    raise ConfigError(f"{source}: key '{name}' expects {shown}, got {value!r}")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:

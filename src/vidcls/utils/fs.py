@@ -42,6 +42,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
 
     Returns:
         The final path.
+
+    Raises:
+        OSError: the write failed (disk full, permissions, ...); ``filename`` is always set.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,11 +56,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a failed write or fsync (disk full, quota) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_dir(path.parent)
     return path
