@@ -117,3 +117,14 @@ def test_no_figure_leaks_after_20_calls(tmp_path):
     # still referenced by a cache (seen once in CI); 20 leaked renders would be far above it.
     assert sum(type(o) is Figure for o in gc.get_objects()) <= figs_before + 1
     assert len(list((tmp_path / "plots").glob("epoch_*.png"))) == 20
+
+
+@pytest.mark.parametrize("n_classes", [4, 45])  # named ticks; past MAX_NAMED_CLASSES, the "worst:" line
+def test_dollar_class_names_are_literal(tmp_path, n_classes):
+    # "$5_to_$10" holds "$5_to_$", a formula mathtext cannot parse; "a_$x$_b" holds a valid one
+    names = (["$5_to_$10", "a_$x$_b", "cost $", "plain"] * 12)[:n_classes]
+    hist = make_history(3, n_classes=n_classes)
+    for h in hist:  # the "$" classes are the worst, so the many-class panel names them too
+        h["val_f1_per_class"][:3] = [0.0, 0.01, 0.02]
+    out = plot_dashboard(hist, names, tmp_path / "dollar.png", title="run $5_to_$10")
+    _check_png(out)

@@ -10,8 +10,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vidcls.cli import main
+from vidcls.reporting import figures
 from vidcls.reporting.report import SECTIONS, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -101,6 +103,7 @@ def assert_well_formed(text: str, page: Page) -> None:
     for sid, body in page.sections.items():
         assert len(body.strip()) > 20, f"section {sid} is empty"
     assert "could not render" not in text  # a section builder raised
+    assert "could not be drawn" not in text  # a figure raised
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -188,6 +191,72 @@ def test_text_is_escaped(run, tmp_path):
     assert "<b>feats</b>" not in text and "&lt;b&gt;feats&lt;/b&gt;" in text
     assert '<img src="http://' not in text
     assert bad["video_id"] in page.sections["misclassified"]  # shown, as text
+
+
+SCRIPT_CLASS = "<script>alert(1)</script>"
+DOLLAR_CLASS = "$5_to_$10"  # mathtext would read "$5_to_$" as a formula and fail on it
+ODD_VIDEO = 'vid"&<>'
+
+
+def _rename_in_json(path: Path, renames: dict[str, str]) -> None:
+    """Replace whole JSON strings (class names are keys and values alike), never substrings."""
+    text = path.read_text()
+    for old, new in renames.items():
+        text = text.replace(json.dumps(old), json.dumps(new))
+    path.write_text(text)
+
+
+def test_user_strings_are_escaped_and_drawn(run, tmp_path):
+    """A class named like a script tag, a "$" class, a video id, a path and a config value with
+    HTML metacharacters: all shown as text, none as markup; every figure still drawn."""
+    odd = tmp_path / 'run"&<>'
+    shutil.copytree(run, odd, ignore=shutil.ignore_patterns("*.pt"))
+    classes = json.loads((odd / "summary.json").read_text())["classes"]
+    renames = {classes[0]: DOLLAR_CLASS, classes[1]: SCRIPT_CLASS}
+    for name in ("summary.json", "eval_test.json", "eval_val.json"):
+        _rename_in_json(odd / name, renames)
+    record = json.loads((odd / "eval_test.json").read_text())
+    bad = next(p for p in record["predictions"] if not p["correct"])
+    bad["video_id"] = ODD_VIDEO
+    (odd / "eval_test.json").write_text(json.dumps(record))
+    config = yaml.safe_load((odd / "config.yaml").read_text())
+    config["features_dir"] = "/data/<i>it's</i>"
+    (odd / "config.yaml").write_text(yaml.safe_dump(config))
+
+    _, text, page = report(odd)
+    assert_well_formed(text, page)  # no raw <script, and no section or figure failed
+    assert len(page.imgs) == 6  # curves, lr, per-class, two confusion heatmaps, resources
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "vid&#34;&amp;&lt;&gt;" in text and ODD_VIDEO not in text
+    assert 'run&#34;&amp;&lt;&gt;' in text and 'run"&<>' not in text
+    assert "/data/&lt;i&gt;it&#39;s&lt;/i&gt;" in text and "<i>" not in text
+    # the parsed page shows each string exactly as it was written
+    for sid in ("data", "per-class", "misclassified"):
+        assert SCRIPT_CLASS in page.sections[sid] and DOLLAR_CLASS in page.sections[sid], sid
+    assert ODD_VIDEO in page.sections["misclassified"]
+    assert "/data/<i>it's</i>" in page.sections["config"]
+
+
+def test_failing_figure_leaves_a_note_and_the_rest(run, tmp_path, monkeypatch, caplog):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.pt"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(figures, "per_class_png", broken)
+    with caplog.at_level("WARNING", logger="vidcls.reporting.report"):
+        path, text, page = report(copy)
+    assert path == copy / "report.html"
+    assert list(page.sections) == SECTION_IDS
+    section = page.sections["per-class"]
+    assert "per-class F1: figure could not be drawn (RuntimeError: renderer exploded)" in section
+    # the section's table and every other figure are still there
+    classes = json.loads((copy / "summary.json").read_text())["classes"]
+    assert len(page.rows["per-class-table"]) == len(classes)
+    assert len(page.imgs) == 5
+    assert "could not render" not in text
+    assert [r.getMessage() for r in caplog.records if "per-class F1" in r.getMessage()], caplog.text
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")

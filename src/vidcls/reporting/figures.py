@@ -1,48 +1,46 @@
-"""PNG charts for the HTML run report (:mod:`vidcls.report`).
+"""PNG charts for the HTML run report (:mod:`vidcls.reporting.report`).
 
-Same approach as :mod:`vidcls.plots`: figures are :class:`matplotlib.figure.Figure` objects with an
+Same approach as :mod:`vidcls.reporting.plots`: figures are :class:`matplotlib.figure.Figure` objects with an
 Agg canvas, never registered with pyplot, so rendering is headless and leaks no global figures.
-Every function returns PNG bytes; the report embeds them as base64 data URIs.
+Every function returns PNG bytes; the report embeds them as base64 data URIs. Text that comes
+from the run's data (class names, log tags) is drawn literally (:data:`~vidcls.reporting.plots.LITERAL`).
 """
 from __future__ import annotations
 
-import io
 import math
 from datetime import datetime
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
-from .plots import DPI, MAX_NAMED_CLASSES, _series
+from .plots import LITERAL, MAX_NAMED_CLASSES, _series, epoch_axis, new_figure, to_png
 
 MAX_ANNOTATED_CELLS = 30  # above this many classes, numbers in confusion cells become unreadable
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _to_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    fig.clear()  # drop the artists now rather than at the next GC
-    return buf.getvalue()
-
-
-def _epoch_axis(ax, epochs: list[int]) -> None:
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.96" ticks
-    ax.grid(True, alpha=0.3)
-    if len(epochs) == 1:  # a single point would otherwise sit on a zero-width axis
-        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
 
 
 def _mark_best(ax, epochs: list[int], best_epoch) -> None:
     if best_epoch is not None and best_epoch in epochs:
         ax.axvline(best_epoch, color="red", linestyle="--", alpha=0.6, label=f"best epoch {best_epoch}")
+
+
+def _member_curves(loss_ax, acc_ax, title: str, hist: list[dict], best) -> None:
+    """One member's row: loss on the left, accuracy and macro F1 on the right, best epoch marked."""
+    if not hist:
+        loss_ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=loss_ax.transAxes)
+        return
+    epochs = [int(h["epoch"]) for h in hist]
+    marker = "o" if len(hist) <= 20 else None  # markers help short runs, clutter long ones
+    loss_ax.plot(epochs, _series(hist, "train_loss"), marker=marker, ms=3, label="train")
+    loss_ax.plot(epochs, _series(hist, "val_loss"), marker=marker, ms=3, label="val")
+    acc_ax.plot(epochs, _series(hist, "train_acc"), marker=marker, ms=3, label="train")
+    val_acc = _series(hist, "val_acc")
+    acc_ax.plot(epochs, val_acc, marker=marker, ms=3, label="val")
+    acc_ax.plot(epochs, _series(hist, "val_f1_macro"), marker=marker, ms=3, label="val F1 macro", alpha=0.7)
+    acc_ax.set_ylim(0.0, 1.02)
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        _mark_best(ax, epochs, best)
+        epoch_axis(ax, epochs)
+        ax.set_title(f"{title} - {name}", fontsize=11)
+        ax.legend(fontsize=8, loc="best")
+    if best in epochs:
+        acc_ax.scatter([best], [val_acc[epochs.index(best)]], marker="*", s=160, color="red", zorder=5)
 
 
 def curves_png(histories: list[list[dict]], best_epochs: list) -> bytes:
@@ -51,39 +49,24 @@ def curves_png(histories: list[list[dict]], best_epochs: list) -> bytes:
     Args:
         histories: per member, the per-epoch dicts of ``members/<i>/history.json`` (may be empty).
         best_epochs: per member, the selected epoch (or None).
+
+    Returns:
+        PNG bytes.
     """
     n = max(1, len(histories))
-    fig = _new_figure(13.0, 3.0 * n + 0.6)
+    height = 3.0 * n + 0.6
+    fig = new_figure(13.0, height)
     axes = fig.subplots(n, 2, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.6 / (3.0 * n + 0.6) + 0.04, top=1 - 0.5 / (3.0 * n + 0.6),
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.6 / height + 0.04, top=1 - 0.5 / height,
                         hspace=0.55, wspace=0.18)
     for i, (hist, best) in enumerate(zip(histories, best_epochs)):
-        loss_ax, acc_ax = axes[i]
-        if not hist:
-            loss_ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=loss_ax.transAxes)
-            continue
-        epochs = [int(h["epoch"]) for h in hist]
-        marker = "o" if len(hist) <= 20 else None  # markers help short runs, clutter long ones
-        loss_ax.plot(epochs, _series(hist, "train_loss"), marker=marker, ms=3, label="train")
-        loss_ax.plot(epochs, _series(hist, "val_loss"), marker=marker, ms=3, label="val")
-        acc_ax.plot(epochs, _series(hist, "train_acc"), marker=marker, ms=3, label="train")
-        val_acc = _series(hist, "val_acc")
-        acc_ax.plot(epochs, val_acc, marker=marker, ms=3, label="val")
-        acc_ax.plot(epochs, _series(hist, "val_f1_macro"), marker=marker, ms=3, label="val F1 macro", alpha=0.7)
-        acc_ax.set_ylim(0.0, 1.02)
-        for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-            _mark_best(ax, epochs, best)
-            _epoch_axis(ax, epochs)
-            ax.set_title(f"member {i} - {name}", fontsize=11)
-            ax.legend(fontsize=8, loc="best")
-        if best in epochs:
-            acc_ax.scatter([best], [val_acc[epochs.index(best)]], marker="*", s=160, color="red", zorder=5)
-    return _to_png(fig)
+        _member_curves(axes[i][0], axes[i][1], f"member {i}", hist, best)
+    return to_png(fig)
 
 
 def lr_png(histories: list[list[dict]]) -> bytes:
     """Learning rate over epochs, one line per member, log y axis when every value is positive."""
-    fig = _new_figure(13.0, 3.6)
+    fig = new_figure(13.0, 3.6)
     ax = fig.subplots()
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.16, top=0.9)
     all_lr: list[float] = []
@@ -96,7 +79,7 @@ def lr_png(histories: list[list[dict]]) -> bytes:
         lrs = _series(hist, "lr")
         all_lr += lrs
         ax.plot(epochs, lrs, marker="o" if len(hist) <= 30 else None, ms=3, label=label, alpha=0.85)
-        _epoch_axis(ax, epochs)
+        epoch_axis(ax, epochs)
     # log of 0 is undefined: a schedule that reaches 0 would blank a log axis
     if all_lr and all(v > 0 for v in all_lr if not math.isnan(v)):
         ax.set_yscale("log")
@@ -104,7 +87,7 @@ def lr_png(histories: list[list[dict]]) -> bytes:
     ax.set_title("Learning-rate schedule")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def per_class_png(names: list[str], f1: list[float], precision: list[float], recall: list[float]) -> bytes:
@@ -114,10 +97,10 @@ def per_class_png(names: list[str], f1: list[float], precision: list[float], rec
     """
     n = len(names)
     order = sorted(range(n), key=lambda i: (f1[i], i))  # worst first (ties in class order): the ones worth reading
-    fig = _new_figure(11.0, max(2.6, 0.32 * n + 1.2))
+    height = max(2.6, 0.32 * n + 1.2)
+    fig = new_figure(11.0, height)
     ax = fig.subplots()
-    fig.subplots_adjust(left=0.22, right=0.97, bottom=0.6 / max(2.6, 0.32 * n + 1.2) + 0.03,
-                        top=1 - 0.45 / max(2.6, 0.32 * n + 1.2))
+    fig.subplots_adjust(left=0.22, right=0.97, bottom=0.6 / height + 0.03, top=1 - 0.45 / height)
     ys = list(range(n))
     ax.barh(ys, [f1[i] for i in order], color="tab:blue", alpha=0.8, label="F1")
     ax.scatter([precision[i] for i in order], ys, marker="|", s=160, color="tab:orange", zorder=5,
@@ -125,47 +108,53 @@ def per_class_png(names: list[str], f1: list[float], precision: list[float], rec
     ax.scatter([recall[i] for i in order], ys, marker="x", s=40, color="tab:green", zorder=5, label="recall")
     ax.set_yticks(ys)
     ax.set_yticklabels([names[i] for i in order] if n <= 4 * MAX_NAMED_CLASSES else [str(i) for i in order],
-                       fontsize=max(6.0, min(10.0, 400.0 / max(n, 1))))
+                       fontsize=max(6.0, min(10.0, 400.0 / max(n, 1))), **LITERAL)
     ax.invert_yaxis()  # worst class at the top
     ax.set_xlim(0.0, 1.05)
     ax.set_ylim(n - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
     # Above the axes: inside, the legend would hide the markers of classes with recall near 1.
     ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    return _to_png(fig)
+    return to_png(fig)
+
+
+def _annotate_cells(ax, matrix: list[list[float]], *, normalised: bool, vmax: float) -> None:
+    n = len(matrix)
+    size = max(5.0, min(11.0, 180.0 / n))
+    for r, row in enumerate(matrix):
+        for c, v in enumerate(row):
+            if v == 0 and n > 8:  # a sea of zeros hides the few cells that matter
+                continue
+            text = f"{v:.2f}" if normalised else f"{int(v)}"
+            # white on dark cells, black on light ones, so every number stays legible
+            ax.text(c, r, text, ha="center", va="center", fontsize=size,
+                    color="white" if v > 0.55 * vmax else "black")
 
 
 def confusion_png(matrix: list[list[float]], names: list[str], *, normalised: bool, title: str) -> bytes:
     """One confusion-matrix heatmap (rows = true class), numbers in cells while they stay legible."""
     n = len(names)
     side = min(14.0, max(4.6, 0.45 * n + 2.2))
-    fig = _new_figure(side + 0.8, side)
+    fig = new_figure(side + 0.8, side)
     ax = fig.subplots()
     vmax = 1.0 if normalised else max(1.0, max((max(r) for r in matrix), default=1.0))
     im = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.035, pad=0.03)
     if n <= MAX_ANNOTATED_CELLS:
-        size = max(5.0, min(11.0, 180.0 / n))
-        for r, row in enumerate(matrix):
-            for c, v in enumerate(row):
-                if v == 0 and n > 8:  # a sea of zeros hides the few cells that matter
-                    continue
-                text = f"{v:.2f}" if normalised else f"{int(v)}"
-                # white on dark cells, black on light ones, so every number stays legible
-                ax.text(c, r, text, ha="center", va="center", fontsize=size,
-                        color="white" if v > 0.55 * vmax else "black")
+        _annotate_cells(ax, matrix, normalised=normalised, vmax=vmax)
     ticks = list(range(n))
     labels = names if n <= MAX_NAMED_CLASSES else [str(i) for i in ticks]
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
     tick_size = max(5.0, min(10.0, 250.0 / max(n, 1)))
-    ax.set_xticklabels(labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=tick_size)
-    ax.set_yticklabels(labels, fontsize=tick_size)
+    ax.set_xticklabels(labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=tick_size,
+                       **LITERAL)
+    ax.set_yticklabels(labels, fontsize=tick_size, **LITERAL)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title)
+    ax.set_title(title, **LITERAL)
     fig.tight_layout()
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def _parse_time(stamp: str) -> datetime | None:
@@ -175,25 +164,26 @@ def _parse_time(stamp: str) -> datetime | None:
         return None
 
 
-def resources_png(records: list[dict]) -> bytes | None:
-    """CPU % and memory (RAM, GPU) over elapsed time, member starts marked; None if nothing to plot."""
+def _elapsed(records: list[dict]) -> tuple[list[float], list[dict], str]:
+    """Records with a readable timestamp, their time since the first one, and the unit of that time."""
     points = [(t, r) for r in records if isinstance(r, dict) and (t := _parse_time(r.get("timestamp"))) is not None]
     if not points:
-        return None
-    t0 = points[0][0]
-    secs = [(t - t0).total_seconds() for t, _ in points]
+        return [], [], ""
+    secs = [(t - points[0][0]).total_seconds() for t, _ in points]
     # minutes for short runs, hours for the multi-hour runs the monitor was built for
     scale, unit = (3600.0, "hours") if secs[-1] > 3 * 3600 else (60.0, "minutes") if secs[-1] > 120 else (1.0, "seconds")
-    xs = [s / scale for s in secs]
-    rows = [r for _, r in points]
-    fig = _new_figure(13.0, 6.0)
-    cpu_ax, mem_ax = fig.subplots(2, 1, sharex=True)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.88, hspace=0.15)
-    marker = "o" if len(xs) <= 50 else None
-    cpu_ax.plot(xs, _series(rows, "cpu_percent"), marker=marker, ms=3, color="tab:red", label="CPU %")
-    cpu_ax.set_ylabel("CPU %")
-    cpu = [v for v in _series(rows, "cpu_percent") if not math.isnan(v)]
-    cpu_ax.set_ylim(0.0, max([105.0] + [v + 5.0 for v in cpu]))  # a flat 100 % line would else zoom to 96..104
+    return [s / scale for s in secs], [r for _, r in points], unit
+
+
+def _cpu_lines(ax, xs: list[float], rows: list[dict], marker) -> None:
+    cpu = _series(rows, "cpu_percent")
+    ax.plot(xs, cpu, marker=marker, ms=3, color="tab:red", label="CPU %")
+    ax.set_ylabel("CPU %")
+    # a flat 100 % line would else zoom to 96..104
+    ax.set_ylim(0.0, max([105.0] + [v + 5.0 for v in cpu if not math.isnan(v)]))
+
+
+def _memory_lines(ax, xs: list[float], rows: list[dict], marker) -> None:
     total = max((v for v in _series(rows, "ram_total_gb") if not math.isnan(v)), default=math.nan)
     ram_label = f"RAM used (of {total:.1f} GB)" if not math.isnan(total) else "RAM used"
     for key, label in (("ram_used_gb", ram_label), ("gpu_allocated_gb", "GPU allocated"),
@@ -202,20 +192,44 @@ def resources_png(records: list[dict]) -> bytes | None:
         # A CPU-only run logs GPU zeros; four lines stacked on 0 only add legend noise.
         if key != "ram_used_gb" and not any(v > 0 for v in ys if not math.isnan(v)):
             continue
-        mem_ax.plot(xs, ys, marker=marker, ms=3, label=label)
-    mem_ax.set_ylim(bottom=0.0)
-    mem_ax.set_ylabel("GB")
-    mem_ax.set_xlabel(f"{unit} since start")
+        ax.plot(xs, ys, marker=marker, ms=3, label=label)
+    ax.set_ylim(bottom=0.0)
+    ax.set_ylabel("GB")
+
+
+def _mark_member_starts(cpu_ax, mem_ax, xs: list[float], rows: list[dict]) -> None:
     for x, r in zip(xs, rows):
         tag = str(r.get("tag") or "")
         if tag.startswith("member ") and tag.endswith(" start"):
             for ax in (cpu_ax, mem_ax):
                 ax.axvline(x, color="gray", linestyle="--", alpha=0.7)
             # above the axes, where the label cannot sit on a CPU line pinned at 100 %
-            cpu_ax.annotate(tag[:-len(" start")], (x, 1.0), xycoords=("data", "axes fraction"),
-                            xytext=(2, 2), textcoords="offset points", fontsize=8, color="dimgray")
+            cpu_ax.annotate(tag[:-len(" start")], (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
+                            textcoords="offset points", fontsize=8, color="dimgray", **LITERAL)
+
+
+def resources_png(records: list[dict]) -> bytes | None:
+    """CPU % and memory (RAM, GPU) over elapsed time, member starts marked.
+
+    Args:
+        records: the resource monitor's log (``results/resource_utilization_log.json``).
+
+    Returns:
+        PNG bytes, or None when no record has a readable timestamp.
+    """
+    xs, rows, unit = _elapsed(records)
+    if not xs:
+        return None
+    fig = new_figure(13.0, 6.0)
+    cpu_ax, mem_ax = fig.subplots(2, 1, sharex=True)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.88, hspace=0.15)
+    marker = "o" if len(xs) <= 50 else None
+    _cpu_lines(cpu_ax, xs, rows, marker)
+    _memory_lines(mem_ax, xs, rows, marker)
+    mem_ax.set_xlabel(f"{unit} since start")
+    _mark_member_starts(cpu_ax, mem_ax, xs, rows)
     for ax in (cpu_ax, mem_ax):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("Resource use over time (dashed lines: member starts)", fontsize=12)
-    return _to_png(fig)
+    return to_png(fig)

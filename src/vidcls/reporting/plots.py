@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,6 +21,32 @@ from ..utils.fs import atomic_write_bytes
 FIGSIZE = (15.0, 8.0)  # inches
 DPI = 80  # 1200 x 640 px: readable, and small enough to render in well under 0.5 s
 MAX_NAMED_CLASSES = 40  # above this the per-class panel shows class indices, not names
+# Text properties for strings that come from data (class names, tags, titles): drawn as written.
+# Without them a "$" starts matplotlib mathtext, and a class named "$5_to_$10" fails the whole figure.
+LITERAL = {"usetex": False, "parse_math": False}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with its own Agg canvas, never registered with pyplot."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    # Figure objects outside pyplot are freed by GC; clearing drops the artists right away.
+    fig.clear()
+    return buf.getvalue()
+
+
+def epoch_axis(ax, epochs: list[int]) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.96" ticks
+    ax.grid(True, alpha=0.3)
+    if len(epochs) == 1:  # a single point would otherwise sit on a zero-width axis
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
 
 
 def _series(history: list[dict], key: str) -> list[float]:
@@ -39,111 +66,138 @@ def _argmax(values: list[float]) -> int | None:
     return best
 
 
-def _render_png(history: list[dict], class_names: list[str], title: str | None) -> bytes:
+@dataclass
+class _Dash:
+    """What every dashboard panel reads: the history, its epochs and the class names."""
+    history: list[dict]
+    class_names: list[str]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [int(h["epoch"]) for h in self.history]
+
+    @property
+    def marker(self) -> str | None:
+        # A single point draws no line; markers keep a 1-epoch history visible.
+        return "o" if len(self.history) == 1 else None
+
+    def series(self, key: str) -> list[float]:
+        return _series(self.history, key)
+
+
+def _check_history(history: list[dict], class_names: list[str]) -> None:
     if not history:
         raise ValueError("history is empty: nothing to plot")
-    n_cls = len(class_names)
     for h in history:
         per_class = h.get("val_f1_per_class")
-        if per_class is not None and len(per_class) != n_cls:
+        if per_class is not None and len(per_class) != len(class_names):
             raise ValueError(
                 f"epoch {h.get('epoch')}: val_f1_per_class has {len(per_class)} values "
-                f"for {n_cls} class names"
+                f"for {len(class_names)} class names"
             )
 
-    epochs = [int(h["epoch"]) for h in history]
-    # A single point draws no line; markers keep a 1-epoch history visible.
-    marker = "o" if len(history) == 1 else None
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.22, hspace=0.38)
-    latest = history[-1]
-    fig.suptitle(title or f"Training dashboard - epoch {epochs[-1]}", fontsize=14)
-
-    ax = axes[0, 0]
-    ax.plot(epochs, _series(history, "train_loss"), marker=marker, label="train")
-    ax.plot(epochs, _series(history, "val_loss"), marker=marker, label="val")
+def _loss_panel(ax, d: _Dash) -> None:
+    ax.plot(d.epochs, d.series("train_loss"), marker=d.marker, label="train")
+    ax.plot(d.epochs, d.series("val_loss"), marker=d.marker, label="val")
     ax.set_title("Loss")
 
-    ax = axes[0, 1]
-    val_acc = _series(history, "val_acc")
-    ax.plot(epochs, _series(history, "train_acc"), marker=marker, label="train")
-    ax.plot(epochs, val_acc, marker=marker, label="val")
-    best_acc = _argmax(val_acc)
-    if best_acc is not None:
-        ax.scatter([epochs[best_acc]], [val_acc[best_acc]], marker="*", s=180, color="red", zorder=5,
-                   label=f"best val {val_acc[best_acc]:.3f} (ep {epochs[best_acc]})")
+
+def _accuracy_panel(ax, d: _Dash) -> None:
+    epochs, val_acc = d.epochs, d.series("val_acc")
+    ax.plot(epochs, d.series("train_acc"), marker=d.marker, label="train")
+    ax.plot(epochs, val_acc, marker=d.marker, label="val")
+    best = _argmax(val_acc)
+    if best is not None:
+        ax.scatter([epochs[best]], [val_acc[best]], marker="*", s=180, color="red", zorder=5,
+                   label=f"best val {val_acc[best]:.3f} (ep {epochs[best]})")
     ax.set_title("Accuracy")
     ax.set_ylim(0.0, 1.02)
 
-    ax = axes[0, 2]
-    f1_w = _series(history, "val_f1_weighted")
-    ax.plot(epochs, f1_w, marker=marker, label="weighted")
-    ax.plot(epochs, _series(history, "val_f1_macro"), marker=marker, label="macro")
-    ax.plot(epochs, _series(history, "val_f1_worst"), marker=marker, label="worst class")
+
+def _f1_panel(ax, d: _Dash) -> None:
+    ax.plot(d.epochs, d.series("val_f1_weighted"), marker=d.marker, label="weighted")
+    ax.plot(d.epochs, d.series("val_f1_macro"), marker=d.marker, label="macro")
+    ax.plot(d.epochs, d.series("val_f1_worst"), marker=d.marker, label="worst class")
     ax.set_title("Validation F1")
     ax.set_ylim(0.0, 1.02)
 
-    ax = axes[1, 0]
-    lrs = _series(history, "lr")
-    ax.plot(epochs, lrs, marker=marker, color="tab:purple")
+
+def _lr_panel(ax, d: _Dash) -> None:
+    lrs = d.series("lr")
+    ax.plot(d.epochs, lrs, marker=d.marker, color="tab:purple")
     # Log scale needs positive values; a schedule that hits 0 would otherwise blank the panel.
     if any(v > 0 for v in lrs):
         ax.set_yscale("log")
     ax.set_title("Learning rate")
 
-    ax = axes[1, 1]
-    best_f1 = _argmax(f1_w)
-    if latest.get("val_f1_per_class") is not None and n_cls:
+
+def _class_axis(ax, d: _Dash, f1: list[float]) -> None:
+    """Class names under the bars, or indices plus the worst names when there are too many to read."""
+    n_cls = len(d.class_names)
+    xs = list(range(n_cls))
+    if n_cls <= MAX_NAMED_CLASSES:
+        ax.set_xticks(xs)
+        ax.set_xticklabels(d.class_names, rotation=90, fontsize=max(5.0, min(9.0, 250.0 / n_cls)), **LITERAL)
+        return
+    # Beyond ~40 names the tick labels overlap into a black band; show indices instead and
+    # name the worst classes, which are the ones worth reading.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("class index")
+    worst = sorted(xs, key=lambda i: f1[i])[:5]
+    # Below the axis label, where it cannot collide with the bars or the legend.
+    ax.text(0.5, -0.2, "worst: " + ", ".join(f"{d.class_names[i]} {f1[i]:.2f}" for i in worst),
+            transform=ax.transAxes, va="top", ha="center", fontsize=7, **LITERAL)
+
+
+def _per_class_panel(ax, d: _Dash) -> None:
+    last = d.epochs[-1]
+    latest = d.history[-1].get("val_f1_per_class")
+    n_cls = len(d.class_names)
+    if latest is not None and n_cls:
         xs = list(range(n_cls))
-        ax.bar(xs, [float(v) for v in latest["val_f1_per_class"]], color="tab:blue",
-               label=f"epoch {epochs[-1]}")
-        best_pc = history[best_f1].get("val_f1_per_class") if best_f1 is not None else None
-        if best_pc is not None and best_f1 != len(history) - 1:
+        f1 = [float(v) for v in latest]
+        ax.bar(xs, f1, color="tab:blue", label=f"epoch {last}")
+        best = _argmax(d.series("val_f1_weighted"))
+        best_pc = d.history[best].get("val_f1_per_class") if best is not None else None
+        if best_pc is not None and best != len(d.history) - 1:
             ax.scatter(xs, [float(v) for v in best_pc], marker="_", s=200, color="red", zorder=5,
-                       label=f"best weighted F1 (ep {epochs[best_f1]})")
-        if n_cls <= MAX_NAMED_CLASSES:
-            ax.set_xticks(xs)
-            ax.set_xticklabels(class_names, rotation=90, fontsize=max(5.0, min(9.0, 250.0 / n_cls)))
-        else:
-            # Beyond ~40 names the tick labels overlap into a black band; show indices instead and
-            # name the worst classes, which are the ones worth reading.
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("class index")
-            f1 = [float(v) for v in latest["val_f1_per_class"]]
-            worst = sorted(range(n_cls), key=lambda i: f1[i])[:5]
-            # Below the axis label, where it cannot collide with the bars or the legend.
-            ax.text(0.5, -0.2, "worst: " + ", ".join(f"{class_names[i]} {f1[i]:.2f}" for i in worst),
-                    transform=ax.transAxes, va="top", ha="center", fontsize=7)
+                       label=f"best weighted F1 (ep {d.epochs[best]})")
+        _class_axis(ax, d, f1)
         ax.set_xlim(-0.6, n_cls - 0.4)
-    ax.set_title(f"Per-class val F1 (epoch {epochs[-1]})")
+    ax.set_title(f"Per-class val F1 (epoch {last})")
     ax.set_ylim(0.0, 1.05)
 
-    ax = axes[1, 2]
-    secs = _series(history, "epoch_seconds")
+
+def _epoch_time_panel(ax, d: _Dash) -> None:
+    secs = d.series("epoch_seconds")
     # width=1 with no edges: 150 thin bars otherwise alias into an uneven comb at 80 dpi.
-    ax.bar(epochs, secs, width=1.0, linewidth=0, color="tab:gray")
+    ax.bar(d.epochs, secs, width=1.0, linewidth=0, color="tab:gray")
     total = sum(v for v in secs if not math.isnan(v))
     ax.set_title(f"Epoch time (s) - total {total / 60:.1f} min")
 
-    for ax in axes.flat:
-        # Vertical grid lines would draw one line per class tick in the per-class panel.
-        ax.grid(True, axis="y" if ax is axes[1, 1] else "both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
-    for ax in (axes[0, 0], axes[0, 1], axes[0, 2], axes[1, 0], axes[1, 2]):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.96" ticks
-        if len(history) == 1:
-            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    # Figure objects outside pyplot are freed by GC; clearing drops the artists right away.
-    fig.clear()
-    return buf.getvalue()
+_PANELS = ((_loss_panel, _accuracy_panel, _f1_panel), (_lr_panel, _per_class_panel, _epoch_time_panel))
+
+
+def _render_png(history: list[dict], class_names: list[str], title: str | None) -> bytes:
+    _check_history(history, class_names)
+    d = _Dash(history, list(class_names))
+    fig = new_figure(*FIGSIZE)
+    axes = fig.subplots(2, 3)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.22, hspace=0.38)
+    fig.suptitle(title or f"Training dashboard - epoch {d.epochs[-1]}", fontsize=14, **LITERAL)
+    for row, panels in zip(axes, _PANELS):
+        for ax, draw in zip(row, panels):
+            draw(ax, d)
+            per_class = draw is _per_class_panel
+            # Vertical grid lines would draw one line per class tick in the per-class panel.
+            ax.grid(True, axis="y" if per_class else "both", alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8, loc="best")
+            if not per_class:
+                epoch_axis(ax, d.epochs)
+    return to_png(fig)
 
 
 def plot_dashboard(history: list[dict], class_names: list[str], out_path: str | os.PathLike, *,
