@@ -1,6 +1,7 @@
 """Throughput of the exact training DataLoader (weighted sampler + augmentation + padding collate).
 
     python benchmarks/loader.py FEATURES_DIR [--batch-size 48 --workers 2 --batches 30]
+                                             [--max-frames 512 --batch-frames 8192]
     python benchmarks/loader.py runs/bench-features --make-data      # 1000 videos x 16-73 frames x 1280
     python benchmarks/loader.py runs/bench-features --baseline        # + the padded-gzip-row baseline
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vidcls.config import TrainConfig
 from vidcls.store import write_store
 from vidcls.training.data import class_weights, load_splits, make_loader, train_sampler
 
@@ -75,7 +77,8 @@ class PaddedRows(Dataset):
 def baseline(features_dir: Path, ds, batch_size: int, workers: int, batches: int) -> float:
     path = features_dir / "padded_gzip.h5"
     if not path.exists():
-        max_t = int(ds.lengths.max())
+        stored = ds.store.lengths[ds.indices]  # the baseline pads whole videos, never thinned
+        max_t = int(stored.max())
         with h5py.File(path, "w") as f:
             feats = f.create_dataset("features", (len(ds), max_t, ds.store.feature_dim), dtype="float32",
                                      chunks=(1, max_t, ds.store.feature_dim), compression="gzip")
@@ -85,7 +88,7 @@ def baseline(features_dir: Path, ds, batch_size: int, workers: int, batches: int
                 row[: len(x)] = x
                 feats[i] = row
             f["labels"] = ds.labels
-            f["num_frames"] = ds.lengths
+            f["num_frames"] = stored
 
     def pad(batch):
         return (torch.nn.utils.rnn.pad_sequence([b[0] for b in batch], batch_first=True),)
@@ -101,16 +104,20 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--max-frames", type=int, default=TrainConfig().max_frames,
+                   help="thin longer videos to this many frames, as training does")
+    p.add_argument("--batch-frames", type=int, default=TrainConfig().batch_frames,
+                   help="at most this many padded frames per batch, as training does")
     p.add_argument("--make-data", action="store_true", help="write the benchmark data first if missing")
     p.add_argument("--baseline", action="store_true", help="also time the padded gzip row-per-item path")
     args = p.parse_args()
     if args.make_data and not (args.features_dir / "train.h5").exists():
         make_data(args.features_dir)
-    splits = load_splits(args.features_dir, augment=True)
+    splits = load_splits(args.features_dir, augment=True, max_frames=args.max_frames)
     ds = splits.train
     w = class_weights(ds.labels, len(splits.class_names), class_names=splits.class_names)
     sampler = train_sampler(ds, w, seed=0)
-    loader = make_loader(ds, args.batch_size, sampler=sampler, workers=args.workers)
+    loader = make_loader(ds, args.batch_size, batch_frames=args.batch_frames, sampler=sampler, workers=args.workers)
     print(f"data: {len(ds)} train videos, frames {ds.lengths.min()}-{ds.lengths.max()} "
           f"(mean {ds.lengths.mean():.1f}), dim {splits.feature_dim}; batch {args.batch_size}, "
           f"workers {args.workers}, {args.batches} batches, torch threads {torch.get_num_threads()}")

@@ -1,4 +1,5 @@
-"""Tests for vidcls.training.data: augmentation, dataset, collate, sampler, loaders, class weights, splits.
+"""Tests for vidcls.training.data: augmentation, dataset, collate, sampler, loaders, class weights, splits,
+and the bounds on long videos (uniform thinning to max_frames, batches of at most batch_frames frames).
 
 Expectations are independent of the code under test: hand-computed weights and shares, the spec's
 augmentation probabilities checked statistically (tolerance ~4 standard errors), and bitwise round
@@ -11,16 +12,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from vidcls.errors import StoreError
+from vidcls.config import TrainConfig
+from vidcls.errors import ConfigError, StoreError
 from vidcls.store import FeatureStore, write_store
 from vidcls.training.data import (
     EpochSampler,
     FeatureDataset,
+    FrameBudgetBatches,
     augment_sequence,
     class_weights,
     collate,
@@ -28,6 +33,7 @@ from vidcls.training.data import (
     make_loader,
     train_sampler,
 )
+from vidcls.utils.sampling import uniform_indices
 
 N_SEEDS = 4000  # augmentation trials for the frequency tests
 
@@ -611,3 +617,182 @@ def test_load_splits_missing_train(tmp_path):
         load_splits(tmp_path)
     with pytest.raises(StoreError):
         load_splits(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# long videos: uniform thinning to max_frames
+# ---------------------------------------------------------------------------------------------
+def exact_uniform(n: int, k: int) -> list[int]:
+    """round(j (n-1) / (k-1)) in exact rational arithmetic (Python rounds halves to even, as numpy does)."""
+    if n <= k:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return [round(Fraction(j * (n - 1), k - 1)) for j in range(k)]
+
+
+@pytest.mark.parametrize("n,k,expected", [
+    (10, 4, [0, 3, 6, 9]),
+    (30, 10, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]),  # step 29/9 = 3.22
+    (7, 5, [0, 2, 3, 4, 6]),  # step 1.5: 1.5 -> 2 and 4.5 -> 4 (halves round to even)
+    (5, 8, [0, 1, 2, 3, 4]),  # short videos are kept whole
+    (8, 8, list(range(8))),
+    (9, 1, [0]),
+])
+def test_uniform_indices_hand_computed(n, k, expected):
+    idx = uniform_indices(n, k)
+    assert idx.dtype == np.int64 and idx.tolist() == expected
+    assert exact_uniform(n, k) == expected
+
+
+def test_uniform_indices_30000_frames():
+    idx = uniform_indices(30_000, 512)
+    assert idx.tolist() == exact_uniform(30_000, 512)
+    assert len(idx) == 512 and idx[0] == 0 and idx[-1] == 29_999
+    assert set(np.diff(idx).tolist()) == {58, 59}  # 29999 / 511 = 58.7: spread over the whole video
+    with pytest.raises(ValueError, match=">= 1"):
+        uniform_indices(10, 0)
+
+
+def test_extraction_thins_with_the_same_rule():
+    video = pytest.importorskip("vidcls.features.video")
+    # 1 frame per second of a 30 s video: 30 times, thinned to 10
+    times = video.Sampling(fps=1.0, max_frames=10).times(30.0)
+    np.testing.assert_array_equal(times, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29])
+
+
+@pytest.fixture
+def index_store(tmp_path):
+    """float32 store whose rows hold their frame index: lengths 30, 7, 12 (labels 0, 1, 0)."""
+    videos = [(f"v{i}", index_sequence(T, 3), y) for i, (T, y) in enumerate([(30, 0), (7, 1), (12, 0)])]
+    store = write(tmp_path / "train.h5", videos, ["a", "b"], 3, dtype="float32")
+    yield store
+    store.close()
+
+
+def test_dataset_thins_long_videos_uniformly(index_store):
+    ds = FeatureDataset(index_store, max_frames=10)
+    np.testing.assert_array_equal(ds.lengths, [10, 7, 10])
+    frames = {pos: f32(ds[pos][0])[:, 0].astype(int).tolist() for pos in range(3)}
+    assert frames[0] == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+    assert frames[1] == list(range(7))  # not longer than max_frames: untouched
+    # step 11/9: 0, 1.2, 2.4, 3.7, 4.9, 6.1, 7.3, 8.6, 9.8, 11
+    assert frames[2] == [0, 1, 2, 4, 5, 6, 7, 9, 10, 11]
+    # no limit: every frame
+    unlimited = FeatureDataset(index_store)
+    np.testing.assert_array_equal(unlimited.lengths, [30, 7, 12])
+    assert f32(unlimited[0][0])[:, 0].tolist() == list(range(30))
+    with pytest.raises(ConfigError, match="--max-frames"):
+        FeatureDataset(index_store, max_frames=0)
+
+
+def test_augmentation_starts_from_the_thinned_video(index_store):
+    ds = FeatureDataset(index_store, augment=True, max_frames=10)
+    thinned = {0, 3, 6, 10, 13, 16, 19, 23, 26, 29}
+    for seed in sampler_seeds():
+        x, _, _ = ds[(0, seed)]
+        rows = f32(x)
+        assert rows.shape[0] <= 10
+        # the thinned frames, augmented: decode the frame indices through the noise
+        assert set(np.rint(rows[:, 0]).astype(int).tolist()) <= thinned
+        assert_close_f16(rows, aug(np.asarray(sorted(thinned), np.float32)[:, None].repeat(3, 1), seed))
+
+
+def test_load_splits_applies_max_frames_to_every_split(tmp_path):
+    for split, seed in (("train", 1), ("val", 2), ("test", 3)):
+        write_split(tmp_path, split, (4, 4, 4), seed=seed)  # 3-14 frames
+    sp = load_splits(tmp_path, max_frames=5)
+    for ds in (sp.train, sp.val, sp.test):
+        assert ds.max_frames == 5
+        assert ds.lengths.max() == 5 and all(ds[i][0].shape[0] == ds.lengths[i] for i in range(len(ds)))
+    assert load_splits(tmp_path).train.max_frames is None
+
+
+# ---------------------------------------------------------------------------------------------
+# long videos: batches bounded by padded frames
+# ---------------------------------------------------------------------------------------------
+def test_frame_budget_batches_hand_cut():
+    lengths = np.array([10, 30, 5, 40, 40, 3])
+    # 10 | +30 -> 2 x 30 = 60 | +5 -> 3 x 30 = 90 > 80: cut | 5, +40 -> 80 | +40 -> 120: cut | 40, +3 -> 80
+    batches = FrameBudgetBatches(range(6), lengths, batch_size=3, batch_frames=80)
+    assert list(batches) == [[0, 1], [2, 3], [4, 5]] and len(batches) == 3
+    # the video count still cuts: at most 2 per batch
+    assert list(FrameBudgetBatches(range(6), lengths, 2, 1000)) == [[0, 1], [2, 3], [4, 5]]
+    assert list(FrameBudgetBatches(range(6), lengths, 4, None)) == [[0, 1, 2, 3], [4, 5]]
+    # a video longer than the budget goes alone; the drawn order (with repeats) is kept
+    assert list(FrameBudgetBatches([0, 3, 3, 2, 5], lengths, 8, 39)) == [[0], [3], [3], [2, 5]]
+    # keys with augmentation seeds are cut by their position's length and passed on whole
+    keyed = [(1, 11), (0, 12), (4, 13)]
+    assert list(FrameBudgetBatches(keyed, lengths, 8, 60)) == [[(1, 11), (0, 12)], [(4, 13)]]
+
+
+def test_make_loader_rejects_bad_batch_frames(small_store):
+    store, _ = small_store
+    with pytest.raises(ConfigError, match="--batch-frames"):
+        make_loader(FeatureDataset(store), 4, batch_frames=0)
+
+
+def test_loader_batches_respect_the_frame_budget(small_store):
+    store, _ = small_store  # lengths 12, 5, 20, 9
+    ds = FeatureDataset(store)
+    loader = make_loader(ds, 3, batch_frames=24)
+    assert len(loader) == 3
+    batches = list(loader)
+    # 12 | +5 -> 24 | +20 -> 60: cut | 20, +9 -> 40: cut | 9
+    assert [b[3].tolist() for b in batches] == [[0, 1], [2], [3]]
+    assert [tuple(b[0].shape[:2]) for b in batches] == [(2, 12), (1, 20), (1, 9)]
+
+
+def loader_batches(loader, sampler=None, epoch=0) -> list:
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    return [tuple(t.clone() for t in batch) for batch in loader]
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_default_bounds_keep_todays_batches(tmp_path, weighted):
+    # the spec's data: videos of at most 64 frames, batches of 48; with the default max_frames and
+    # batch_frames every batch must be exactly what a plain batch_size=48 DataLoader gives
+    cfg = TrainConfig()
+    rng = np.random.default_rng(8)
+    lengths = np.concatenate([[64] * 60, rng.integers(1, 65, 140)])
+    labels = np.arange(len(lengths)) % 3
+    store = write(tmp_path / "train.h5", make_videos(lengths, labels, D=4, seed=8), ["a", "b", "c"], 4)
+    ds = FeatureDataset(store, augment=True, max_frames=cfg.max_frames)
+    w = class_weights(ds.labels, 3) if weighted else None
+    ours_s, plain_s = train_sampler(ds, w, seed=3), train_sampler(ds, w, seed=3)
+    ours = make_loader(ds, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=ours_s)
+    plain = DataLoader(ds, batch_size=48, sampler=plain_s, collate_fn=collate)
+    for epoch in (0, 1):
+        got, want = loader_batches(ours, ours_s, epoch), loader_batches(plain, plain_s, epoch)
+        assert len(ours) == len(want) == math.ceil(200 / 48) and same_batches(got, want)
+    seq = make_loader(FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size,
+                      batch_frames=cfg.batch_frames)
+    plain_seq = DataLoader(FeatureDataset(store), 48, collate_fn=collate)
+    assert same_batches(loader_batches(seq), loader_batches(plain_seq))
+    store.close()
+
+
+def test_30000_frame_video_gives_bounded_batches(tmp_path):
+    # one 30,000-frame video among short ones: padded to it, a batch of 48 would be 1.44 M frames
+    cfg = TrainConfig()
+    lengths = [30_000] + [int(t) for t in np.random.default_rng(2).integers(5, 300, 99)]
+    store = write(tmp_path / "train.h5", make_videos(lengths, np.arange(100) % 2, D=4, seed=2), ["a", "b"], 4)
+    ds = FeatureDataset(store, augment=True, max_frames=cfg.max_frames)
+    sampler = train_sampler(ds, class_weights(ds.labels, 2), seed=1)
+    train = make_loader(ds, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler)
+    val = make_loader(FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size,
+                      batch_frames=cfg.batch_frames)
+    shapes = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        n_batches = len(train)
+        batches = [tuple(b[0].shape) for b in train]
+        assert len(batches) == n_batches  # known before the epoch ran
+        shapes += batches
+    val_shapes = [tuple(b[0].shape) for b in val]
+    assert sum(s[0] for s in val_shapes) == 100
+    assert val_shapes[0][1] == 512  # the long video (first in order) is there, thinned
+    for B, T, D in shapes + val_shapes:
+        assert T <= cfg.max_frames and B * T <= cfg.batch_frames and D == 4
+    store.close()

@@ -2,8 +2,10 @@
 
 A checkpoint is a dict that can rebuild the model and refuse mismatched input on its own:
 ``config`` (the resolved TrainConfig), ``model`` (build_model kwargs), ``class_names``,
-``feature_dim``, ``extractor``, ``model_state``; ``last.pt`` and the periodic ones also carry the
-optimiser, scheduler, epoch, early-stopping state, history and RNG states.
+``feature_dim``, ``extractor``, ``max_frames`` (videos longer than this were thinned uniformly to it,
+``vidcls.utils.sampling.uniform_indices``; prediction must do the same), ``model_state``; ``last.pt``
+and the periodic ones also carry the optimiser, scheduler, epoch, early-stopping state, history and
+RNG states.
 """
 from __future__ import annotations
 

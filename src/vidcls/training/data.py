@@ -4,6 +4,12 @@ One video is one contiguous slice of the store, read inside the DataLoader worke
 its HDF5 handle lazily, per process). Augmentation randomness comes from a seed that the sampler
 attaches to every item, derived from ``(seed, epoch, position)``, so a run is reproducible whatever the number of
 workers, and an epoch restarted after a crash sees exactly the same batches.
+
+Long videos are bounded twice, because attention memory grows with B x T^2 and a batch pads to its
+longest video: a video longer than ``max_frames`` is thinned uniformly (the rule extraction uses), and
+``FrameBudgetBatches`` cuts the drawn order into batches of at most ``batch_size`` videos and
+``batch_frames`` padded frames. Both depend only on the stored lengths and the draw, never on the
+augmentation, so the number of batches is known when an epoch starts.
 """
 from __future__ import annotations
 
@@ -12,11 +18,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler, get_worker_info
+from torch.utils.data import (DataLoader, Dataset, Sampler, SequentialSampler, WeightedRandomSampler,
+                              get_worker_info)
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store.reader import FeatureStore, open_splits
 from ..store.split import stratified_split
+from ..utils.sampling import uniform_indices
 
 MIN_AUG_FRAMES = 8  # the spec augments only videos with more frames than this
 
@@ -56,17 +64,23 @@ def item_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class FeatureDataset(Dataset):
-    """Videos ``indices`` of one store; items are ``(features (T, D) float32, label, index)``.
+    """Videos ``indices`` of one store; items are ``(features (T, D), label, position)``.
 
     An item key is either an int (no augmentation) or ``(int, seed)`` from ``EpochSampler``.
+    A video longer than ``max_frames`` (None: no limit) is thinned to ``max_frames`` frames spread
+    uniformly over it, before augmentation, for every key alike.
     Features stay in the store's dtype (float16 by default; augmentation runs in float32): half the
     bytes through the workers' shared memory and to the GPU. The training loop casts to float32.
     """
 
-    def __init__(self, store: FeatureStore, indices: Sequence[int] | None = None, *, augment: bool = False):
+    def __init__(self, store: FeatureStore, indices: Sequence[int] | None = None, *, augment: bool = False,
+                 max_frames: int | None = None):
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
         self.store = store
         self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.augment = augment
+        self.max_frames = max_frames
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -77,7 +91,9 @@ class FeatureDataset(Dataset):
 
     @property
     def lengths(self) -> np.ndarray:
-        return self.store.lengths[self.indices]
+        """Frames of each item before augmentation: the stored length, capped at ``max_frames``."""
+        stored = self.store.lengths[self.indices]
+        return stored if self.max_frames is None else np.minimum(stored, self.max_frames)
 
     def video_ids(self) -> list[str]:
         return [self.store.video_ids[i] for i in self.indices]
@@ -85,7 +101,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, key):
         pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key
         i = int(self.indices[pos])
-        raw = torch.from_numpy(self.store.read(i))
+        frames = self.store.read(i)
+        if self.max_frames is not None and len(frames) > self.max_frames:
+            frames = frames[uniform_indices(len(frames), self.max_frames)]
+        raw = torch.from_numpy(frames)
         x = raw
         if self.augment and seed is not None:
             x = augment_sequence(raw.float(), torch.Generator().manual_seed(seed)).to(raw.dtype)
@@ -138,13 +157,52 @@ class EpochSampler(Sampler):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % (2**63 - 1))  # any int64 seed
         if self.weights is not None:
             order = list(WeightedRandomSampler(self.weights, self.n, replacement=True, generator=g))
         else:
             order = torch.randperm(self.n, generator=g).tolist()
         for k, pos in enumerate(order):
             yield int(pos), item_seed(self.seed, self.epoch, k)
+
+
+class FrameBudgetBatches(Sampler):
+    """Cuts the keys ``sampler`` draws, in their order, into batches of dataset keys.
+
+    A new batch starts when adding the next video would give more than ``batch_size`` videos or more
+    than ``batch_frames`` padded frames (videos x longest ``lengths`` in the batch; None: no frame
+    bound). A video longer than ``batch_frames`` on its own forms a batch of one. Augmentation only
+    ever drops frames, so the bound holds for the tensors the collate builds too.
+
+    The batches follow from the sampler's draw, which depends only on ``(seed, epoch)``: ``len()``
+    re-draws the epoch chosen by ``set_epoch``, so the loader's length is known before the epoch runs.
+    """
+
+    def __init__(self, sampler: Sampler, lengths: np.ndarray, batch_size: int, batch_frames: int | None = None):
+        self.sampler, self.lengths = sampler, np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.batch_frames = batch_size, batch_frames
+
+    def _batches(self) -> list[list]:
+        batches, batch, longest = [], [], 0
+        for key in self.sampler:
+            n = int(self.lengths[key if isinstance(key, (int, np.integer)) else key[0]])
+            grown = max(longest, n)
+            too_many = len(batch) + 1 > self.batch_size
+            too_long = self.batch_frames is not None and (len(batch) + 1) * grown > self.batch_frames
+            if batch and (too_many or too_long):
+                batches.append(batch)
+                batch, grown = [], n
+            batch.append(key)
+            longest = grown
+        if batch:
+            batches.append(batch)
+        return batches
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 def class_weights(labels: np.ndarray, n_classes: int, clip: tuple = (0.5, 10.0),
@@ -176,8 +234,11 @@ class Splits:
     val_source: str  # "val.h5" or "carved from train.h5 (15%)"
 
 
-def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, augment: bool = True) -> Splits:
+def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, augment: bool = True,
+                max_frames: int | None = None) -> Splits:
     """Open the stores of ``features_dir``; carve a stratified validation set when there is no val.h5.
+
+    Every split's items are thinned to ``max_frames`` frames (None: no limit); see ``FeatureDataset``.
 
     Raises:
         StoreError: missing/invalid files, mismatched splits, a single class, a class absent from train.
@@ -188,31 +249,41 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
     if len(names) < 2:
         raise StoreError(f"{train.path}: only one class ({names}); a classifier needs at least two")
     if "val" in stores:
-        train_idx, val_ds, source = None, FeatureDataset(stores["val"]), "val.h5"
+        train_idx, val_ds, source = None, FeatureDataset(stores["val"], max_frames=max_frames), "val.h5"
     else:
         train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
-        val_ds = FeatureDataset(train, val_idx)
+        val_ds = FeatureDataset(train, val_idx, max_frames=max_frames)
         source = f"carved from train.h5 ({val_fraction:.0%}, stratified, seed {seed})"
-    train_ds = FeatureDataset(train, train_idx, augment=augment)
+    train_ds = FeatureDataset(train, train_idx, augment=augment, max_frames=max_frames)
     absent = [names[c] for c in range(len(names)) if not np.any(train_ds.labels == c)]
     if absent:
         raise StoreError(f"{train.path}: class(es) {', '.join(absent)} have no training video "
                          f"(after carving validation); add some or drop the class")
-    test = FeatureDataset(stores["test"]) if "test" in stores else None
+    test = FeatureDataset(stores["test"], max_frames=max_frames) if "test" in stores else None
     return Splits(train_ds, val_ds, test, list(names), train.feature_dim, dict(train.extractor), source)
 
 
-def make_loader(dataset: FeatureDataset, batch_size: int, *, sampler: EpochSampler | None = None,
-                workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """The DataLoader used for training (with ``sampler``) and evaluation (sequential, no augmentation)."""
+def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int | None = None,
+                sampler: EpochSampler | None = None, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader used for training (with ``sampler``) and evaluation (sequential, no augmentation).
+
+    Args:
+        batch_size: the most videos per batch.
+        batch_frames: the most padded frames (videos x longest) per batch; None: no frame bound.
+    Raises:
+        ConfigError: ``batch_size`` or ``batch_frames`` below 1.
+    """
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if batch_frames is not None and batch_frames < 1:
+        raise ConfigError(f"--batch-frames must be >= 1, got {batch_frames}")
+    order = sampler if sampler is not None else SequentialSampler(dataset)
+    batches = FrameBudgetBatches(order, dataset.lengths, batch_size, batch_frames)
     # A private generator: creating an iterator would otherwise draw a seed from torch's global RNG,
     # once per epoch without workers but once per run with persistent workers, so the dropout
     # stream (and the results) would depend on --workers.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, drop_last=False, generator=torch.Generator())
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory, persistent_workers=workers > 0, generator=torch.Generator())
 
 
 def close_loader(loader: DataLoader) -> None:

@@ -1,5 +1,9 @@
 """The epoch loop of one model (an ensemble member): ``train_one_epoch`` -> ``train_member`` (model, loss,
-optimiser, schedule, resume, epochs), with exact resume from ``last.pt``."""
+optimiser, schedule, resume, epochs), with exact resume from ``last.pt``.
+
+Each epoch ends by writing what a resume needs (best.pt, metrics.csv, history.json, last.pt, the periodic
+checkpoint) and only then the optional plots, whose failure is a warning: a plot can never cost an epoch.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,24 +15,28 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..inference.metrics import evaluate
+from ..inference.metrics import validate
 from ..models import build_from_spec
 from ..reporting.plots import save_epoch_plots
 from ..utils.fs import atomic_write_json, atomic_write_text
 from .checkpoint import load_resume_state, prune_periodic, rng_state, save_checkpoint, set_rng_state
-from .data import close_loader, make_loader, train_sampler
+from .data import EpochSampler, close_loader, make_loader, train_sampler
 from .losses import FocalLoss
+from .optim import param_groups
+from .schedule import fractional_epoch
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
@@ -61,7 +69,7 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        scheduler.step(epoch + (i + 1) / n_iters)  # sets the LR of the next batch
+        scheduler.step(fractional_epoch(epoch, i, n_iters))  # sets the LR of the next batch
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -81,6 +89,28 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+@dataclass
+class MemberRun:
+    """What one member's epochs work with, built once by ``train_member``."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: EpochSampler
+    device: torch.device
+    class_names: list
+    meta: dict  # what every checkpoint of this member carries besides weights and state
+    member_dir: Path
+    plot_warned: bool = False  # a failing plot is reported once per member
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.member_dir / "checkpoints"
+
+
 def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
     return {"name": cfg.model, "feature_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
             "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout}
@@ -96,24 +126,29 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     names, n_classes = splits.class_names, len(splits.class_names)
     sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed)
     pin = device.type == "cuda"
-    train_loader = make_loader(splits.train, cfg.batch_size, sampler=sampler, workers=cfg.workers, pin_memory=pin)
-    val_loader = make_loader(splits.val, cfg.batch_size, workers=cfg.workers, pin_memory=pin)
+    train_loader = make_loader(splits.train, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
+                               workers=cfg.workers, pin_memory=pin)
+    val_loader = make_loader(splits.val, cfg.batch_size, batch_frames=cfg.batch_frames, workers=cfg.workers,
+                             pin_memory=pin)
 
     # model, loss, optimiser, schedule
     spec = model_spec(cfg, splits.feature_dim, n_classes)
     model = build_from_spec(spec).to(device)
     criterion = FocalLoss(alpha=weights if cfg.alpha == "inverse_freq" else None, gamma=cfg.gamma,
                           smoothing=cfg.smoothing).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
     meta = {"config": cfg.to_dict(), "model": spec, "class_names": names, "feature_dim": splits.feature_dim,
-            "extractor": splits.extractor, "member": member, "seed": seed, "vidcls_version": __version__}
+            "extractor": splits.extractor, "max_frames": cfg.max_frames, "member": member, "seed": seed,
+            "vidcls_version": __version__}
+    run = MemberRun(model, criterion, optimizer, scheduler, train_loader, val_loader, sampler, device, names,
+                    meta, member_dir)
 
     # resume
     state = TrainState()
     if resume:
-        state = _restore(member_dir / "checkpoints", model, optimizer, scheduler, meta, log)
+        state = _restore(run, log)
     if state.stopped_early or state.epoch >= cfg.epochs:
         log(f"member {member}: finished earlier (epoch {state.epoch}, best {state.best:.4f}); not retrained")
         return state
@@ -121,52 +156,73 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     log(f"member {member}/{cfg.members} seed {seed}: {cfg.model} ({n_params / 1e6:.2f} M params), "
         f"epochs {state.epoch + 1}..{cfg.epochs}")
     try:
-        _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion, optimizer, scheduler,
-                    device, names, meta, member_dir, log)
+        _epoch_loop(cfg, run, state, log)
     finally:
         close_loader(train_loader)
         close_loader(val_loader)
     return state
 
 
-def _epoch_loop(cfg, state, model, train_loader, val_loader, sampler, criterion, optimizer, scheduler,
-                device, names, meta, member_dir, log) -> None:
-    ckpt_dir = member_dir / "checkpoints"
+def _epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log) -> None:
+    """Epochs ``state.epoch + 1 .. cfg.epochs``: train, validate, save what resume needs, then plot."""
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early:
             break
-        t0 = time.time()
-        sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, cfg, device)
-        val = evaluate(model, val_loader, device, names, criterion)
-        row = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val["loss"], "val_acc": val["accuracy"],
-               "val_f1_weighted": val["f1_weighted"], "val_f1_macro": val["f1_macro"],
-               "val_f1_worst": val["worst_class_f1"], "epoch_seconds": time.time() - t0,
-               "val_f1_per_class": [val["f1_per_class"][n] for n in names]}
-        state.history.append(row)
-        state.epoch = epoch + 1
-        score = row[cfg.select]
-        if score > state.best:
-            state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-            save_checkpoint(ckpt_dir / "best.pt", {**meta, "epoch": epoch + 1, "model_state": model.state_dict(),
-                                                  "val": val})
-        else:
-            state.bad_epochs += 1
-        state.stopped_early = cfg.patience > 0 and state.bad_epochs >= cfg.patience
+        row, val = _train_and_validate(cfg, run, epoch)
+        improved = _record_epoch(cfg, state, row)
         with deferred_sigint():  # Ctrl-C here would leave history.json one epoch ahead of last.pt
-            _write_epoch_outputs(cfg, state, names, member_dir)
-            full = {**meta, "epoch": state.epoch, "model_state": model.state_dict(),
-                    "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                    "train_state": _state_dict(state), "rng": rng_state()}
-            save_checkpoint(ckpt_dir / "last.pt", full)
-            if state.epoch % cfg.checkpoint_every == 0:
-                save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
-                prune_periodic(ckpt_dir, cfg.keep_checkpoints)
+            _save_epoch(cfg, run, state, val if improved else None)
+        if cfg.plots:  # after the checkpoints: a plot that fails must never cost a resumable epoch
+            _save_plots(run, state)
         log(_epoch_line(cfg, row, state))
         if state.stopped_early:
             log(f"early stop: no {cfg.select} improvement for {cfg.patience} epochs "
                 f"(best {state.best:.4f} at epoch {state.best_epoch})")
+
+
+def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[dict, dict]:
+    """One training pass and one validation pass; returns the epoch's metrics row and the val metrics."""
+    t0 = time.time()
+    run.sampler.set_epoch(epoch)
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_stats = train_one_epoch(run.model, run.train_loader, run.criterion, run.optimizer, run.scheduler,
+                                  epoch, cfg, run.device)
+    val = validate(run.model, run.val_loader, run.device, run.class_names, run.criterion)
+    row = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val["loss"], "val_acc": val["accuracy"],
+           "val_f1_weighted": val["f1_weighted"], "val_f1_macro": val["f1_macro"],
+           "val_f1_worst": val["worst_class_f1"], "epoch_seconds": time.time() - t0,
+           "val_f1_per_class": [val["f1_per_class"][n] for n in run.class_names]}
+    return row, val
+
+
+def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
+    """Append ``row`` and update best / early stopping; True when this epoch is the new best."""
+    state.history.append(row)
+    state.epoch = row["epoch"]
+    score = row[cfg.select]
+    improved = score > state.best
+    if improved:
+        state.best, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    state.stopped_early = cfg.patience > 0 and state.bad_epochs >= cfg.patience
+    return improved
+
+
+def _save_epoch(cfg: TrainConfig, run: MemberRun, state: TrainState, best_val: dict | None) -> None:
+    """best.pt (when ``best_val`` is given), metrics.csv, history.json, last.pt and the periodic checkpoint."""
+    weights = run.model.state_dict()
+    if best_val is not None:
+        save_checkpoint(run.ckpt_dir / "best.pt", {**run.meta, "epoch": state.epoch, "model_state": weights,
+                                                   "val": best_val})
+    _write_metrics(state, run.class_names, run.member_dir)
+    full = {**run.meta, "epoch": state.epoch, "model_state": weights,
+            "optimizer_state": run.optimizer.state_dict(), "scheduler_state": run.scheduler.state_dict(),
+            "train_state": _state_dict(state), "rng": rng_state()}
+    save_checkpoint(run.ckpt_dir / "last.pt", full)
+    if state.epoch % cfg.checkpoint_every == 0:
+        save_checkpoint(run.ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
+        prune_periodic(run.ckpt_dir, cfg.keep_checkpoints)
 
 
 @contextlib.contextmanager
@@ -185,7 +241,7 @@ def deferred_sigint():
         raise KeyboardInterrupt
 
 
-def _write_epoch_outputs(cfg: TrainConfig, state: TrainState, names: list, member_dir: Path) -> None:
+def _write_metrics(state: TrainState, names: list, member_dir: Path) -> None:
     # rewritten whole (atomically) each epoch, so a kill never leaves a torn row behind
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -194,8 +250,21 @@ def _write_epoch_outputs(cfg: TrainConfig, state: TrainState, names: list, membe
         writer.writerow([row[c] for c in METRIC_COLUMNS] + row["val_f1_per_class"])
     atomic_write_text(member_dir / "metrics.csv", buf.getvalue())
     atomic_write_json(member_dir / "history.json", state.history)
-    if cfg.plots:
-        save_epoch_plots(state.history, names, member_dir / "plots")
+
+
+def _save_plots(run: MemberRun, state: TrainState) -> None:
+    """The epoch dashboard. Plots are optional output: a failure is a warning (once per member), and
+    training goes on with its checkpoints and metrics already saved."""
+    plots_dir = run.member_dir / "plots"
+    try:
+        save_epoch_plots(state.history, run.class_names, plots_dir)
+    except Exception as exc:  # whatever matplotlib or the disk raises, the run outlives it
+        if not run.plot_warned:
+            run.plot_warned = True
+            warnings.warn(f"epoch plots in {plots_dir} failed at epoch {state.epoch} ({type(exc).__name__}: "
+                          f"{exc}); training goes on (checkpoints and metrics.csv are saved); later plot "
+                          f"failures of this member are not reported; pass --no-plots to skip plotting",
+                          RuntimeWarning, stacklevel=2)
 
 
 def _state_dict(state: TrainState) -> dict:
@@ -203,19 +272,20 @@ def _state_dict(state: TrainState) -> dict:
             "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early, "history": state.history}
 
 
-def _restore(ckpt_dir: Path, model, optimizer, scheduler, meta: dict, log) -> TrainState:
-    found = load_resume_state(ckpt_dir)
+def _restore(run: MemberRun, log) -> TrainState:
+    """Load the newest usable checkpoint of ``run`` into its model, optimiser, schedule and the RNGs."""
+    found = load_resume_state(run.ckpt_dir)
     if found is None:
-        log(f"--resume: no checkpoint in {ckpt_dir} yet; starting from epoch 1")
+        log(f"--resume: no checkpoint in {run.ckpt_dir} yet; starting from epoch 1")
         return TrainState()
     ckpt, path = found
     for key in ("class_names", "feature_dim", "model"):
-        if ckpt[key] != meta[key]:
+        if ckpt[key] != run.meta[key]:
             raise ConfigError(f"--resume: {path} was trained with {key}={ckpt[key]!r} but the data/config "
-                              f"now give {meta[key]!r}; resume with the same features and options")
-    model.load_state_dict(ckpt["model_state"])
-    optimizer.load_state_dict(ckpt["optimizer_state"])
-    scheduler.load_state_dict(ckpt["scheduler_state"])
+                              f"now give {run.meta[key]!r}; resume with the same features and options")
+    run.model.load_state_dict(ckpt["model_state"])
+    run.optimizer.load_state_dict(ckpt["optimizer_state"])
+    run.scheduler.load_state_dict(ckpt["scheduler_state"])
     set_rng_state(ckpt["rng"])
     state = TrainState(**ckpt["train_state"])
     log(f"resumed from {path} after epoch {state.epoch} (best {state.best:.4f} at epoch {state.best_epoch})")
