@@ -21,7 +21,7 @@ from vidcls.config import TrainConfig
 from vidcls.inference.metrics import classification_metrics
 from vidcls.models import build_from_spec, build_model
 from vidcls.store import write_store
-from vidcls.training.checkpoint import load_checkpoint
+from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.training.data import collate
 from vidcls.training.loop import train_one_epoch
 
@@ -217,6 +217,22 @@ def test_resume_refuses_a_different_config_and_new_run_refuses_old_dir(feats, tm
     # more epochs is allowed, and only the flags given change: the rest comes from the saved config
     assert run_cli("train", feats, run, "--resume", "--epochs", 3) == 0
     assert len(metrics_rows(run)) == 3
+
+
+def test_resume_of_an_incompatible_optimiser_state_is_one_clear_line(feats, tmp_path, capsys):
+    """A last.pt whose AdamW state has one parameter group (no decay-free group) cannot be continued."""
+    run = tmp_path / "run"
+    assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *TINY) == 0
+    path = run / "members/0/checkpoints/last.pt"
+    ckpt = load_checkpoint(path)
+    opt = ckpt["optimizer_state"]
+    merged = dict(opt["param_groups"][0], params=[i for g in opt["param_groups"] for i in g["params"]])
+    opt["param_groups"] = [merged]
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    capsys.readouterr()
+    assert run_cli("train", feats, run, "--resume", "--epochs", 2) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt" in err[0] and "start a new run" in err[0]
 
 
 def test_corrupt_last_falls_back_to_periodic(feats, tmp_path, capsys):

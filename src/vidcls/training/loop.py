@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import TrainConfig
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..inference.metrics import validate
 from ..models import build_from_spec
 from ..reporting.plots import save_epoch_plots
@@ -284,7 +284,11 @@ def _restore(run: MemberRun, log) -> TrainState:
             raise ConfigError(f"--resume: {path} was trained with {key}={ckpt[key]!r} but the data/config "
                               f"now give {run.meta[key]!r}; resume with the same features and options")
     run.model.load_state_dict(ckpt["model_state"])
-    run.optimizer.load_state_dict(ckpt["optimizer_state"])
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer_state"])
+    except ValueError as err:  # e.g. one parameter group (before decay-free biases/norms), now two
+        raise CheckpointError(f"--resume: {path} holds an optimiser state this version cannot continue "
+                              f"({err}); start a new run in another RUN_DIR") from None
     run.scheduler.load_state_dict(ckpt["scheduler_state"])
     set_rng_state(ckpt["rng"])
     state = TrainState(**ckpt["train_state"])
