@@ -1,215 +1,370 @@
-"""Seed ensembles, test-time augmentation and the choices made on validation data."""
-from __future__ import annotations
+"""The choices made on validation data, from hand-made softmax and metrics.
 
-import json
-import signal
-import time
+Every expected number is worked out by hand in the comments (accuracy = correct / N, F1 from the
+counts); each scenario makes exactly one rule decide the outcome.
+"""
+from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from vidcls.cli import main
-from vidcls.inference.policy import collapsed_members, combine, decide_tta
-from vidcls.inference.tta import predict_modes, tta_batch, tta_indices
-from vidcls.models import build_model
-from vidcls.store import write_store
-from vidcls.store.synth import make_synthetic
-from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
-from vidcls.training.data import collate
+from vidcls.inference.policy import (COLLAPSE_MARGIN, FinalChoice, Policy, brief, brief_mean, choose_final,
+                                     collapse_reason, collapsed_members, combine, decide_tta, ensemble_probs,
+                                     score, served, view_probs)
 
-NAMES = ["a", "b", "c"]
+AB = ["a", "b"]
+ABC = ["a", "b", "c"]
+REV = ("reverse",)  # "with TTA" = the reverse view alone: the hand sums stay short
 
 
-# ---------------------------------------------------------------- TTA index maths
-
-@pytest.mark.parametrize("n,mode,want", [
-    (4, "original", [0, 1, 2, 3]),
-    (4, "reverse", [3, 2, 1, 0]),
-    (12, "speed_up", [0, 2, 4, 6, 8, 11]),       # linspace(0, 11, 6) = 0, 2.2, 4.4, 6.6, 8.8, 11
-    (11, "speed_up", [0, 2, 5, 7, 10]),           # linspace(0, 10, 5) = 0, 2.5, 5, 7.5, 10
-    (10, "speed_up", list(range(10))),            # only when > 10 frames
-    (6, "speed_down", [0, 0, 1, 1, 2, 3, 3, 4, 5]),  # linspace(0, 5, 9) = 0, .625, 1.25, ... 5
-    (5, "speed_down", [0, 1, 2, 3, 4]),           # only when > 5 frames
-    (1, "reverse", [0]),
-])
-def test_tta_indices_by_hand(n, mode, want):
-    assert tta_indices(n, mode).tolist() == want
+def P(*rows) -> np.ndarray:
+    return np.array(rows, dtype=float)
 
 
-def test_tta_indices_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="valid modes: original, reverse, speed_up, speed_down"):
-        tta_indices(5, "mirror")
+def views(labels, original, reverse=None, **more) -> dict:
+    return {"original": P(*original), "reverse": P(*(reverse or original)),
+            **{k: P(*v) for k, v in more.items()}, "labels": np.array(labels)}
 
 
-def test_tta_batch_applies_each_row_its_own_view():
-    a = torch.arange(12.0)[:, None].repeat(1, 2)  # frame t holds value t
-    b = torch.arange(4.0)[:, None].repeat(1, 2) + 100
-    x, lengths, _, _ = collate([(a, 0, 0), (b, 1, 1)])
-    xs, ls = tta_batch(x, lengths, "speed_up")
-    assert ls.tolist() == [6, 4] and xs.shape == (2, 6, 2)
-    assert xs[0, :, 0].tolist() == [0, 2, 4, 6, 8, 11]
-    assert xs[1, :4, 0].tolist() == [100, 101, 102, 103] and xs[1, 4:].abs().sum() == 0
-    xr, lr = tta_batch(x, lengths, "reverse")
-    assert lr.tolist() == [12, 4]
-    assert xr[1, :4, 0].tolist() == [103, 102, 101, 100] and xr[1, 4:].abs().sum() == 0
-
-
-def test_predict_modes_matches_one_video_at_a_time():
-    torch.manual_seed(0)
-    model = build_model("bilstm_attn", feature_dim=3, n_classes=3, hidden_dim=8, layers=1, heads=2).eval()
-    vids = [torch.randn(n, 3) for n in (13, 7, 4)]
-    loader = [collate([(v, i % 3, i) for i, v in enumerate(vids)])]
-    out = predict_modes(model, loader, torch.device("cpu"))
-    for i, v in enumerate(vids):
-        for mode in ("original", "reverse", "speed_up", "speed_down"):
-            view = v[tta_indices(len(v), mode)]
-            want = torch.softmax(model(view[None], torch.tensor([len(view)])), 1)[0].detach().numpy()
-            np.testing.assert_allclose(out[mode][i], want, atol=1e-6)
-
-
-# ---------------------------------------------------------------- choices on validation
-
-def onehot(pred, n_classes=3, conf=0.8):
+def onehot(pred, n_classes=3, conf=0.8) -> np.ndarray:
     p = np.full((len(pred), n_classes), (1 - conf) / (n_classes - 1))
     p[np.arange(len(pred)), pred] = conf
     return p
 
 
-def member(val_pred, test_pred, val_labels, test_labels, tta_val_pred=None):
-    views = lambda pred, tta: {"original": onehot(pred), "reverse": onehot(tta if tta is not None else pred),
-                               "speed_up": onehot(pred), "speed_down": onehot(pred)}
-    return {"val": {**views(val_pred, tta_val_pred), "labels": np.array(val_labels)},
-            "test": {**views(test_pred, None), "labels": np.array(test_labels)}}
+# ---------------------------------------------------------------- small pieces
+
+def test_score_picks_the_select_metric():
+    m = {"accuracy": 0.8, "f1_macro": 0.6}
+    assert score(m, "val_acc") == 0.8 and score(m, "val_f1_macro") == 0.6
 
 
-def test_ensemble_is_the_mean_softmax_of_the_used_members_and_collapse_is_excluded():
+def test_decide_tta_auto_needs_a_strict_gain_and_on_off_force():
+    better, worse = {"accuracy": 0.8, "f1_macro": 0.7}, {"accuracy": 0.7, "f1_macro": 0.75}
+    assert decide_tta(worse, better, "val_acc", "auto") is True     # (off, on): on is better
+    assert decide_tta(better, worse, "val_acc", "auto") is False
+    assert decide_tta(better, worse, "val_f1_macro", "auto") is True  # macro F1 says the opposite
+    assert decide_tta(better, better, "val_acc", "auto") is False    # a tie keeps the original view
+    assert decide_tta(better, worse, "val_acc", "on") is True         # forced, though it is worse
+    assert decide_tta(worse, better, "val_acc", "off") is False       # forced, though it is better
+
+
+def test_view_and_ensemble_probs():
+    m0 = {"v": views([0, 1], [[.9, .1], [.2, .8]], [[.5, .5], [.4, .6]], speed_up=[[.1, .9], [.0, 1.]])}
+    m1 = {"v": views([0, 1], [[.7, .3], [.6, .4]], [[.3, .7], [.2, .8]], speed_up=[[.3, .7], [.2, .8]])}
+    np.testing.assert_allclose(view_probs(m0["v"], ("reverse", "speed_up"), False), [[.9, .1], [.2, .8]])
+    np.testing.assert_allclose(view_probs(m0["v"], ("reverse", "speed_up"), True), [[.3, .7], [.2, .8]])
+    # without TTA: (m0 original + m1 original) / 2; with TTA over reverse only: (m0 rev + m1 rev) / 2
+    np.testing.assert_allclose(ensemble_probs([m0, m1], [0, 1], "v", REV, False), [[.8, .2], [.4, .6]])
+    np.testing.assert_allclose(ensemble_probs([m0, m1], [0, 1], "v", REV, True), [[.4, .6], [.3, .7]])
+    np.testing.assert_allclose(ensemble_probs([m0, m1], [1], "v", REV, True), [[.3, .7], [.2, .8]])
+
+
+# ---------------------------------------------------------------- collapse
+
+GOOD3 = [[8, 1, 1], [1, 8, 1], [1, 1, 8]]
+
+
+@pytest.mark.parametrize("cm,want", [
+    ([[3, 0, 0], [3, 0, 0], [4, 0, 0]], "predicts a single class for all 10 validation videos"),
+    # class c absent from val: still a single-class member (balanced accuracy 1/2 is above chance)
+    ([[5, 0, 0], [5, 0, 0], [0, 0, 0]], "predicts a single class for all 10 validation videos"),
+    ([[0, 4, 0], [0, 6, 0], [0, 0, 0]], "predicts a single class for all 10 validation videos"),
+    # a val split of one class, all predicted right: nothing wrong with the member
+    ([[5, 0, 0], [0, 0, 0], [0, 0, 0]], None),
+    # one class for all videos but one: not "single class"; balanced (1 + 1/5 + 0) / 3 = 0.4 > 1/3
+    ([[5, 0, 0], [4, 1, 0], [5, 0, 0]], None),
+    # balanced accuracy (.4 + .3 + .3) / 3 = 1/3 exactly: at chance
+    ([[4, 3, 3], [3, 3, 4], [3, 4, 3]], "validation balanced accuracy 0.333 is at chance (1/3)"),
+    ([[1, 1], [1, 1]], "validation balanced accuracy 0.500 is at chance (1/2)"),
+    # (34 + 34 + 34) / 300 = .34: just above chance
+    ([[34, 33, 33], [33, 34, 33], [33, 33, 34]], None),
+    # balanced accuracy is the mean recall, not accuracy: (8/9 + 0/1) / 2 = .444 at chance (accuracy .8)
+    ([[8, 1], [1, 0]], "validation balanced accuracy 0.444 is at chance (1/2)"),
+    ([[9, 0], [1, 1]], None),  # recalls 1 and 1/2: .75
+])
+def test_collapse_reason_single_class_and_chance(cm, want):
+    # score == median: the margin rule stays out of these cases
+    assert collapse_reason(np.array(cm), 0.8, 0.8, "val_acc") == want
+
+
+def test_collapse_reason_margin_boundary():
+    cm = np.array(GOOD3)
+    assert collapse_reason(cm, 0.5, 0.75, "val_acc", margin=0.25) is None  # exactly at the margin: kept
+    assert collapse_reason(cm, 0.49, 0.75, "val_f1_macro", margin=0.25) == (
+        "validation val_f1_macro 0.490 is more than 0.25 below the members' median 0.750")
+    assert COLLAPSE_MARGIN == 0.10
+    assert collapse_reason(cm, 0.66, 0.75, "val_acc") is None  # 0.09 under the median
+    assert collapse_reason(cm, 0.64, 0.75, "val_acc") == (
+        "validation val_acc 0.640 is more than 0.10 below the members' median 0.750")
+
+
+def m(acc, cm=GOOD3, f1=None):
+    return {"accuracy": acc, "f1_macro": acc if f1 is None else f1, "confusion_matrix": cm}
+
+
+def test_collapsed_members_by_rule():
+    ok = [m(0.9), m(0.85), m(0.88)]
+    far_below = m(0.70)                                        # median of the five: 0.85, 0.15 under
+    chance = m(0.34, [[4, 3, 3], [3, 3, 4], [3, 4, 3]])
+    out = collapsed_members(ok + [far_below, chance], "val_acc")
+    assert out == [{"member": 3, "reason": "validation val_acc 0.700 is more than 0.10 below the members' "
+                                           "median 0.850"},
+                   {"member": 4, "reason": "validation balanced accuracy 0.333 is at chance (1/3)"}]
+    assert collapsed_members(ok + [m(0.78)], "val_acc") == []     # 0.78: 0.085 under the median 0.865
+    assert collapsed_members([chance], "val_acc") == []            # a lone member is never excluded
+    single = m(0.4, [[4, 0, 0], [3, 0, 0], [3, 0, 0]])
+    assert collapsed_members([m(0.9), single], "val_acc") == [
+        {"member": 1, "reason": "predicts a single class for all 10 validation videos"}]
+
+
+def test_collapsed_members_keeps_the_best_even_when_every_member_is_bad():
+    single = [[4, 0, 0], [3, 0, 0], [3, 0, 0]]
+    out = collapsed_members([m(0.3, single), m(0.4, single), m(0.4, single)], "val_acc")
+    assert [e["member"] for e in out] == [0, 2]  # member 1, the first of the best two, stays
+
+
+def test_collapsed_members_uses_the_select_metric_and_margin():
+    members = [m(0.9, f1=0.8), m(0.85, f1=0.8), m(0.70, f1=0.78)]
+    assert [e["member"] for e in collapsed_members(members, "val_acc")] == [2]   # 0.15 under 0.85
+    assert collapsed_members(members, "val_f1_macro") == []                      # 0.02 under 0.80
+    assert collapsed_members(members, "val_acc", margin=0.2) == []               # 0.15 is within 0.2
+
+
+def test_combine_excludes_by_the_select_metric():
+    """y: 17 a, 2 b, 1 c. Members 0 and 1 are perfect. Member 2 calls the c video a: accuracy 19/20 =
+    .95 (0.05 under the median 1: kept by accuracy); F1 a = 2*(17/18)/(17/18 + 1) = 34/35, b 1, c 0:
+    macro 69/105 = .657, more than 0.10 under the median 1: excluded by macro F1."""
+    y = [0] * 17 + [1] * 2 + [2]
+    def member(pred):
+        return {"val": {"original": onehot(pred), "reverse": onehot(pred), "labels": np.array(y)}}
+    members = [member(y), member(y), member(y[:-1] + [0])]
+    by_acc = combine(members, ABC, Policy("val_acc", "auto", REV))
+    by_f1 = combine(members, ABC, Policy("val_f1_macro", "auto", REV))
+    assert by_acc["members"][2]["val"]["f1_macro"] == pytest.approx(69 / 105)
+    assert by_acc["ensemble"]["members_used"] == [0, 1, 2] and by_acc["ensemble"]["excluded"] == []
+    assert by_f1["ensemble"]["members_used"] == [0, 1]
+    assert by_f1["ensemble"]["excluded"] == [{"member": 2, "reason": "validation val_f1_macro 0.657 is more than "
+                                                                     "0.10 below the members' median 1.000"}]
+
+
+# ---------------------------------------------------------------- whole decisions from softmax
+
+Y4 = [0, 0, 1, 1]
+
+
+def tta_helps_member_0_not_the_ensemble():
+    """Member 0: original 3/4 (video 3 wrong), reverse 4/4. Member 1: original 3/4 (video 0 wrong),
+    reverse 2/4 (all class b). Ensemble without TTA: v0 (.9+.4)/2=.65 a, v3 (.6+.1)/2=.35 a -> b: 4/4.
+    Ensemble with TTA: v0 (.6+.1)/2=.35 a -> b wrong, v1 (.6+.2)/2=.4 -> b wrong: 2/4."""
+    m0 = {"val": views(Y4, [[.9, .1], [.8, .2], [.2, .8], [.6, .4]], [[.6, .4], [.6, .4], [.2, .8], [.3, .7]])}
+    m1 = {"val": views(Y4, [[.4, .6], [.9, .1], [.1, .9], [.1, .9]], [[.1, .9], [.2, .8], [.1, .9], [.1, .9]])}
+    return [m0, m1]
+
+
+def test_tta_helps_a_member_but_not_the_ensemble():
+    res = combine(tta_helps_member_0_not_the_ensemble(), AB, Policy("val_acc", "auto", REV))
+    m0, m1 = res["members"]
+    assert (m0["val"]["accuracy"], m0["val_tta"]["accuracy"], m0["tta_used"]) == (0.75, 1.0, True)
+    assert (m1["val"]["accuracy"], m1["val_tta"]["accuracy"], m1["tta_used"]) == (0.75, 0.5, False)
+    # member 1 with TTA says b for all: F1(a) = 0, F1(b) = 2*.5*1/1.5 = 2/3, macro 1/3
+    assert m1["val_tta"]["f1_macro"] == pytest.approx(1 / 3)
+    ens = res["ensemble"]
+    assert ens["members_used"] == [0, 1] and ens["excluded"] == []
+    assert ens["tta_used"] is False and ens["val"]["accuracy"] == 1.0
+    assert ens["without_tta"]["val"]["accuracy"] == 1.0 and ens["with_tta"]["val"]["accuracy"] == 0.5
+    # member 0 with TTA also scores 4/4: a tie, and a tie keeps the ensemble
+    assert res["final"]["source"] == "ensemble" and res["final"]["tta_used"] is False
+    c = res["choice"]
+    assert (c.members, c.tta_used, c.ensemble_tta_used, c.member_tta_used) == ([0, 1], False, False, [True, False])
+    assert c.val_score == 1.0 and res["final"]["reason"] == c.reason
+    assert (res["tta"]["mode"], res["tta"]["modes"], res["tta"]["used"]) == ("auto", ["reverse"], False)
+    np.testing.assert_allclose(res["predictions"]["val"], [[.65, .35], [.85, .15], [.15, .85], [.35, .65]])
+
+
+def test_tta_helps_the_ensemble_but_no_member():
+    """Original: both members wrong on video 3 (a .9 and .8). Reverse: member 0 wrong on video 2
+    (a .55), member 1 wrong on video 3 (a .55); each member 3/4 either way (a tie: no TTA). Ensemble
+    with TTA: v2 (.55+.1)/2 = .325 a, v3 (.1+.55)/2 = .325 a -> both right, 4/4 against 3/4."""
+    yt = [0, 1]
+    m0 = {"val": views(Y4, [[.9, .1], [.9, .1], [.1, .9], [.9, .1]], [[.9, .1], [.9, .1], [.55, .45], [.1, .9]]),
+          "test": views(yt, [[.6, .4], [.6, .4]], [[.6, .4], [.2, .8]])}
+    m1 = {"val": views(Y4, [[.9, .1], [.9, .1], [.1, .9], [.8, .2]], [[.9, .1], [.9, .1], [.1, .9], [.55, .45]]),
+          "test": views(yt, [[.6, .4], [.6, .4]], [[.7, .3], [.4, .6]])}
+    res = combine([m0, m1], AB, Policy("val_acc", "auto", REV))
+    assert [r["tta_used"] for r in res["members"]] == [False, False]
+    assert [(r["val"]["accuracy"], r["val_tta"]["accuracy"]) for r in res["members"]] == [(.75, .75)] * 2
+    assert res["ensemble"]["tta_used"] is True and res["tta"]["used"] is True
+    assert res["ensemble"]["with_tta"]["val"]["accuracy"] == 1.0
+    assert res["ensemble"]["without_tta"]["val"]["accuracy"] == 0.75
+    # test, only scored: without TTA both videos get a (.6) -> 1/2; with TTA v1 (.2+.4)/2 = .3 a -> 2/2
+    assert res["ensemble"]["without_tta"]["test"]["accuracy"] == 0.5
+    assert res["final"]["source"] == "ensemble" and res["final"]["tta_used"] is True
+    assert res["final"]["val"]["accuracy"] == 1.0 and res["final"]["test"]["accuracy"] == 1.0
+    np.testing.assert_allclose(res["predictions"]["test"], [[.65, .35], [.3, .7]])
+    assert res["tta"]["per_mode"] == {"reverse": {
+        "val": {"accuracy": 1.0, "f1_weighted": 1.0, "f1_macro": 1.0, "worst_class_f1": 1.0},
+        "test": {"accuracy": 1.0, "f1_weighted": 1.0, "f1_macro": 1.0, "worst_class_f1": 1.0}}}
+
+
+def three_members(m0_val, m0_rev=None):
+    """Members 1 and 2: a at .1 on video 0 (wrong), right and sure elsewhere: 3/4 either view."""
+    other = views(Y4, [[.1, .9], [.9, .1], [.1, .9], [.1, .9]])
+    test_other = views([0, 1], [[.9, .1], [.9, .1]])
+    m0 = {"val": views(Y4, m0_val, m0_rev), "test": views([0, 1], [[.6, .4], [.6, .4]], [[.6, .4], [.3, .7]])}
+    return [m0, {"val": other, "test": test_other}, {"val": other, "test": test_other}]
+
+
+def test_a_member_that_beats_the_ensemble_is_served():
+    """Member 0 right on all four at .6: 4/4. Ensemble: v0 (.6+.1+.1)/3 = .27 a -> wrong: 3/4."""
+    res = combine(three_members([[.6, .4], [.6, .4], [.4, .6], [.4, .6]]), AB, Policy("val_acc", "auto", REV))
+    assert res["ensemble"]["members_used"] == [0, 1, 2] and res["ensemble"]["val"]["accuracy"] == 0.75
+    assert [r["tta_used"] for r in res["members"]] == [False, False, False]
+    assert res["final"]["source"] == "member 0" and res["final"]["tta_used"] is False
+    assert res["final"]["val"]["accuracy"] == 1.0
+    assert res["final"]["test"]["accuracy"] == 0.5  # member 0's original test view: a, a
+    assert res["choice"] == FinalChoice(
+        source="member 0", members=[0], tta_used=False, tta_modes=["reverse"], select="val_acc",
+        reason="member 0 alone scored higher on validation (val_acc 1.0000) than the ensemble (0.7500)",
+        val_score=1.0, ensemble_members=[0, 1, 2], ensemble_tta_used=False,
+        member_tta_used=[False, False, False], excluded=[], tta="auto")
+
+
+def test_the_served_member_keeps_its_own_tta_choice():
+    """Member 0: original 3/4 (video 3 a .6), reverse 4/4: TTA used; the ensemble stays 3/4 both
+    ways (v0 .27 a wrong, v3 (.6+.1+.1)/3 = .27 a right). Member 0 with TTA (4/4) is served; its test
+    predictions are its reverse view: a .6, b .7 -> 2/2."""
+    members = three_members([[.6, .4], [.6, .4], [.4, .6], [.6, .4]], [[.6, .4], [.6, .4], [.4, .6], [.4, .6]])
+    res = combine(members, AB, Policy("val_acc", "auto", REV))
+    assert res["members"][0]["tta_used"] is True and res["ensemble"]["tta_used"] is False
+    assert res["final"]["source"] == "member 0" and res["final"]["tta_used"] is True
+    assert res["final"]["val"]["accuracy"] == 1.0 and res["final"]["test"]["accuracy"] == 1.0
+    np.testing.assert_allclose(res["predictions"]["test"], [[.6, .4], [.3, .7]])
+    assert res["choice"].members == [0] and res["choice"].member_tta_used == [True, False, False]
+
+
+@pytest.mark.parametrize("tta,member_tta,ens_tta,source,val_acc", [
+    # on: every model with TTA; the ensemble falls to 2/4 and member 0 with TTA (4/4) is served
+    ("on", [True, True], True, "member 0", 1.0),
+    # off: no TTA anywhere; the ensemble (4/4) beats both members (3/4)
+    ("off", [False, False], False, "ensemble", 1.0),
+])
+def test_tta_on_and_off_force_every_decision(tta, member_tta, ens_tta, source, val_acc):
+    res = combine(tta_helps_member_0_not_the_ensemble(), AB, Policy("val_acc", tta, REV))
+    assert [r["tta_used"] for r in res["members"]] == member_tta
+    assert res["ensemble"]["tta_used"] is ens_tta
+    assert res["ensemble"]["val"]["accuracy"] == (0.5 if ens_tta else 1.0)
+    assert res["final"]["source"] == source and res["final"]["val"]["accuracy"] == val_acc
+    assert res["final"]["tta_used"] is ens_tta and res["choice"].tta == tta
+
+
+def test_select_changes_the_tta_choice():
+    """y = a a a a b c. Original predicts a a a a a c: accuracy 5/6; F1 a = 2*.8*1/1.8 = 8/9, b 0,
+    c 1: macro 17/27 = .630. Reverse predicts a a b c b c: accuracy 4/6; F1 a = 2*1*.5/1.5 = 2/3,
+    b = 2*.5*1/1.5 = 2/3, c = 2/3: macro 2/3 = .667. Accuracy keeps the original view, macro F1 takes TTA."""
+    y = [0, 0, 0, 0, 1, 2]
+    mp = [{"val": {"original": onehot([0, 0, 0, 0, 0, 2]), "reverse": onehot([0, 0, 1, 2, 1, 2]),
+                   "labels": np.array(y)}}]
+    by_acc = combine(mp, ABC, Policy("val_acc", "auto", REV))
+    by_f1 = combine(mp, ABC, Policy("val_f1_macro", "auto", REV))
+    row = by_acc["members"][0]
+    assert row["val"]["accuracy"] == pytest.approx(5 / 6) and row["val_tta"]["accuracy"] == pytest.approx(4 / 6)
+    assert row["val"]["f1_macro"] == pytest.approx(17 / 27) and row["val_tta"]["f1_macro"] == pytest.approx(2 / 3)
+    assert row["tta_used"] is False and by_f1["members"][0]["tta_used"] is True
+    assert by_acc["final"]["tta_used"] is False and by_f1["final"]["tta_used"] is True
+    assert by_acc["choice"].val_score == pytest.approx(5 / 6) and by_f1["choice"].val_score == pytest.approx(2 / 3)
+    # one member: the ensemble is that member, so it is kept (equal scores)
+    assert by_acc["final"]["source"] == by_f1["final"]["source"] == "ensemble"
+
+
+def test_collapsed_member_is_left_out_of_the_average():
     yv, yt = [0, 1, 2, 0, 1, 2], [0, 1, 2, 2]
-    good1 = member([0, 1, 2, 0, 1, 1], [0, 1, 2, 1], yv, yt)
-    good2 = member([0, 1, 2, 0, 2, 2], [0, 1, 1, 2], yv, yt)
-    collapsed = member([0] * 6, [0] * 4, yv, yt)
-    res = combine([good1, good2, collapsed], ["val", "test"], NAMES, "val_acc", tta="off")
+    def member(val_pred, test_pred):
+        return {"val": {"original": onehot(val_pred), "reverse": onehot(val_pred), "labels": np.array(yv)},
+                "test": {"original": onehot(test_pred), "reverse": onehot(test_pred), "labels": np.array(yt)}}
+    good1 = member([0, 1, 2, 0, 1, 1], [0, 1, 2, 1])
+    good2 = member([0, 1, 2, 0, 2, 2], [0, 1, 1, 2])
+    collapsed = member([0] * 6, [0] * 4)
+    res = combine([good1, good2, collapsed], ABC, Policy("val_acc", "off", REV))
     assert res["ensemble"]["members_used"] == [0, 1]
-    (ex,) = res["ensemble"]["excluded"]
-    assert ex["member"] == 2 and "single class" in ex["reason"]
-    want = (good1["test"]["original"] + good2["test"]["original"]) / 2
-    np.testing.assert_allclose(res["predictions"]["test"], want)
-    # by hand: videos 0, 1 agree and are right; videos 2 and 3 (both class c) average a (c .8, b .1)
-    # vote with a (b .8, c .1) vote -> a b/c tie, broken to the lower index (b): wrong
+    assert res["ensemble"]["excluded"] == [
+        {"member": 2, "reason": "predicts a single class for all 6 validation videos"}]
+    assert res["choice"].excluded == res["ensemble"]["excluded"] and res["choice"].members == [0, 1]
+    np.testing.assert_allclose(res["predictions"]["test"], (good1["test"]["original"] + good2["test"]["original"]) / 2)
+    # videos 0, 1 agree and are right; videos 2 and 3 (both c) average a (c .8, b .1) vote with a
+    # (b .8, c .1) vote -> a b/c tie, broken to the lower index (b): wrong
     assert res["ensemble"]["test"]["accuracy"] == pytest.approx(2 / 4)
     assert res["members"][2]["test"]["accuracy"] == pytest.approx(1 / 4)
 
 
-def test_collapse_rules():
-    def m(acc, cm):
-        return {"accuracy": acc, "f1_macro": acc, "confusion_matrix": cm}
+# ---------------------------------------------------------------- choose_final on hand-made metrics
 
-    good = m(0.9, [[9, 1, 0], [0, 10, 0], [1, 0, 9]])
-    ok = m(0.85, [[8, 2, 0], [1, 9, 0], [1, 0, 9]])
-    ok2 = m(0.88, [[9, 1, 0], [1, 9, 0], [1, 0, 9]])
-    far_below = m(0.70, [[7, 3, 0], [3, 7, 0], [0, 3, 7]])   # median of the five is 0.85: 0.15 under
-    chance = m(0.34, [[4, 3, 3], [3, 3, 4], [3, 4, 3]])     # balanced accuracy 1/3
-    out = collapsed_members([good, ok, ok2, far_below, chance], "val_acc")
-    reasons = {e["member"]: e["reason"] for e in out}
-    assert set(reasons) == {3, 4}
-    assert "below the members' median 0.850" in reasons[3] and "chance" in reasons[4]
-    # within the margin stays in: 0.78 is 0.07 under the median 0.85
-    near = m(0.78, [[8, 2, 0], [2, 8, 0], [1, 2, 7]])
-    assert collapsed_members([good, ok, ok2, near], "val_acc") == []
-    assert collapsed_members([chance], "val_acc") == []  # a lone member is never excluded
+def row(i, val, val_tta, tta_used):
+    return {"member": i, "val": val, "val_tta": val_tta, "tta_used": tta_used}
 
 
-def test_tta_auto_uses_tta_only_when_validation_improves():
-    better, worse = {"accuracy": 0.8, "f1_macro": 0.7}, {"accuracy": 0.7, "f1_macro": 0.75}
-    assert decide_tta(worse, better, "val_acc", "auto") is True
-    assert decide_tta(better, worse, "val_acc", "auto") is False
-    assert decide_tta(better, worse, "val_f1_macro", "auto") is True
-    assert decide_tta(better, better, "val_acc", "auto") is False  # no gain, no TTA
-    assert decide_tta(better, worse, "val_acc", "on") is True
-    yv = [0, 1, 2, 0, 1, 2]
-    # the reverse view fixes member 0's val mistakes: averaging the four views flips video 5 to class 2
-    m0 = member([0, 1, 2, 0, 1, 1], [0, 1, 2], yv, [0, 1, 2], tta_val_pred=[0, 1, 2, 0, 1, 2])
-    res = combine([m0], ["val", "test"], NAMES, "val_acc", tta="auto")
-    assert res["members"][0]["tta_used"] is False  # 3 of 4 views still say class 1 for video 5
-    assert res["final"]["source"] == "ensemble"
+def ens_view(val_off, val_on, tta_used, used=(0, 1)):
+    return {"members_used": list(used), "without_tta": {"val": val_off}, "with_tta": {"val": val_on},
+            "tta_used": tta_used}
 
 
-# ---------------------------------------------------------------- whole runs
-
-@pytest.fixture(scope="module")
-def feats(tmp_path_factory):
-    out = tmp_path_factory.mktemp("feats")
-    make_synthetic(out, videos=80, dim=16, min_frames=6, max_frames=24, seed=4)
-    return out
-
-
-@pytest.fixture(scope="module")
-def easy_feats(tmp_path_factory):
-    """Classes told apart by their mean frame: every member learns them in a few epochs."""
-    out = tmp_path_factory.mktemp("easy")
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 1.0, (4, 16))
-    for split, n in (("train", 64), ("val", 24), ("test", 24)):
-        vids = [(f"{split}{i}", (centres[i % 4] + rng.normal(0, 0.5, (int(rng.integers(6, 20)), 16))).astype(np.float32),
-                 i % 4) for i in range(n)]
-        write_store(out / f"{split}.h5", vids, ["animation", "gaming", "natural", "flat"], 16)
-    return out
+def test_choose_final_depends_on_the_select_metric():
+    """Member 1: accuracy .9, macro F1 .5; the ensemble: .8 and .7. By accuracy member 1 wins, by
+    macro F1 the ensemble."""
+    low, member1 = {"accuracy": 0.6, "f1_macro": 0.4}, {"accuracy": 0.9, "f1_macro": 0.5}
+    members = [row(0, low, low, False), row(1, member1, low, False)]
+    ens = ens_view({"accuracy": 0.8, "f1_macro": 0.7}, low, False)
+    by_acc = choose_final(members, ens, [], Policy("val_acc", "auto", ("original", "reverse")))
+    by_f1 = choose_final(members, ens, [], Policy("val_f1_macro", "auto", ("original", "reverse")))
+    assert (by_acc.source, by_acc.members, by_acc.val_score) == ("member 1", [1], 0.9)
+    assert (by_f1.source, by_f1.members, by_f1.val_score) == ("ensemble", [0, 1], 0.7)
+    assert by_f1.reason == ("the ensemble of members [0, 1] scored val_f1_macro 0.7000 on validation, no "
+                            "lower than the best single member (member 1, 0.5000)")
+    assert by_acc.tta_modes == ["original", "reverse"] and by_f1.select == "val_f1_macro"
 
 
-def test_three_members_record_and_forced_collapse(easy_feats, tmp_path, capsys, tiny_args):
-    run = tmp_path / "run"
-    feats = easy_feats
-    assert main(["train", str(feats), str(run), "--epochs", "12", "--lr", "0.01", "--members", "3", "--no-plots",
-                 *tiny_args]) == 0
-    s = json.loads((run / "summary.json").read_text())
-    assert [m["seed"] for m in s["members"]] == [42, 43, 44]
-    for key in ("members_used", "excluded", "val", "test", "gain_vs_mean_member"):
-        assert key in s["ensemble"]
-    assert set(s["tta"]["per_mode"]) == {"original", "reverse", "speed_up", "speed_down"}
-    assert s["mean_member_test"]["accuracy"] == pytest.approx(np.mean([m["test"]["accuracy"] for m in s["members"]]))
-    rows = (run / "metrics_all.csv").read_text().splitlines()
-    assert rows[0].startswith("member,epoch,") and len(rows) == 1 + 3 * 12
-    assert s["ensemble"]["excluded"] == [] and all(m["val"]["accuracy"] > 0.8 for m in s["members"])
-    tags = [r.get("tag") for r in json.loads((run / "results/resource_utilization_log.json").read_text())]
-    assert "member 1 start" in tags and "member 2 end" in tags
-
-    # force member 1 to collapse: a huge bias on class 0 of its classifier
-    path = run / "members/1/checkpoints/best.pt"
-    ckpt = load_checkpoint(path)
-    last_bias = [k for k in ckpt["model_state"] if k.endswith("bias")][-1]
-    ckpt["model_state"][last_bias][:] = torch.tensor([1e4, 0, 0, 0])
-    save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
-    capsys.readouterr()
-    assert main(["evaluate", str(run), "--split", "test", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "member 1 excluded" in out
-    ev = json.loads((run / "eval_test.json").read_text())
-    assert 1 not in ev["ensemble"]["members_used"]
-    assert any(e["member"] == 1 and "single class" in e["reason"] for e in ev["ensemble"]["excluded"])
-    assert len(ev["members"]) == 3 and {"with_tta", "without_tta"} <= set(ev["members"][0])
-    assert len(ev["predictions"]) == sum(s["class_counts"]["test"].values())
-    for key in ("precision_per_class", "recall_per_class", "support_per_class", "confusion_matrix"):
-        assert key in ev["ensemble"]["metrics"]
+def test_choose_final_reads_the_view_each_model_uses():
+    """The ensemble uses TTA (.8); member 0 scores .9 only without TTA, but it uses TTA (.7): the
+    ensemble is kept. Member 1 uses its TTA view (.85) and would beat the ensemble's unused view (.6)."""
+    members = [row(0, {"accuracy": 0.9}, {"accuracy": 0.7}, True),
+               row(1, {"accuracy": 0.5}, {"accuracy": 0.75}, True)]
+    choice = choose_final(members, ens_view({"accuracy": 0.6}, {"accuracy": 0.8}, True), [], Policy())
+    assert (choice.source, choice.tta_used, choice.val_score) == ("ensemble", True, 0.8)
+    assert choice.ensemble_tta_used is True and choice.member_tta_used == [True, True]
+    choice = choose_final(members, ens_view({"accuracy": 0.8}, {"accuracy": 0.6}, False), [], Policy())
+    assert (choice.source, choice.tta_used, choice.val_score) == ("ensemble", False, 0.8)
+    members[1]["val_tta"] = {"accuracy": 0.85}
+    choice = choose_final(members, ens_view({"accuracy": 0.8}, {"accuracy": 0.6}, False), [], Policy())
+    assert (choice.source, choice.members, choice.tta_used, choice.val_score) == ("member 1", [1], True, 0.85)
 
 
-def test_resume_in_the_middle_of_member_2_of_3(feats, tmp_path, tiny_args, spawn_cli, summary_core):
-    common = ["--epochs", "4", "--members", "3", "--patience", "0", "--no-plots", *tiny_args]
-    ref = tmp_path / "ref"
-    assert main(["train", str(feats), str(ref), *common]) == 0
-    run = tmp_path / "killed"
-    proc = spawn_cli("train", feats, run, *common)
-    hist = run / "members/1/history.json"
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            if len(json.loads(hist.read_text())) >= 2:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "members/2").exists() or not (run / "members/2/history.json").exists()
-    assert main(["train", str(feats), str(run), "--resume"]) == 0
-    assert summary_core(run) == summary_core(ref)
-    assert (run / "metrics_all.csv").read_text().count("\n") == (ref / "metrics_all.csv").read_text().count("\n")
+def test_choose_final_ties_keep_the_ensemble_and_the_first_best_member():
+    same = {"accuracy": 0.75}
+    members = [row(0, same, same, False), row(1, same, same, False)]
+    assert choose_final(members, ens_view(same, same, False), [], Policy()).source == "ensemble"
+    better = {"accuracy": 0.9}
+    members = [row(0, same, same, False), row(1, better, same, False), row(2, better, same, False)]
+    choice = choose_final(members, ens_view(same, same, False, (0, 1, 2)), [{"member": 9, "reason": "x"}], Policy())
+    assert choice.to_dict() == {
+        "source": "member 1", "members": [1], "tta_used": False, "tta_modes": ["original", "reverse", "speed_up",
+                                                                                "speed_down"],
+        "select": "val_acc", "val_score": 0.9, "ensemble_members": [0, 1, 2], "ensemble_tta_used": False,
+        "member_tta_used": [False, False, False], "excluded": [{"member": 9, "reason": "x"}], "tta": "auto",
+        "reason": "member 1 alone scored higher on validation (val_acc 0.9000) than the ensemble (0.7500)"}
+
+
+def test_brief_mean_averages_the_headline_metrics():
+    a = {"accuracy": 0.5, "f1_weighted": 0.4, "f1_macro": 0.3, "worst_class_f1": 0.0, "n": 10}
+    b = {"accuracy": 1.0, "f1_weighted": 0.8, "f1_macro": 0.5, "worst_class_f1": 0.2, "n": 10}
+    assert brief_mean([a, b]) == pytest.approx({"accuracy": 0.75, "f1_weighted": 0.6, "f1_macro": 0.4,
+                                               "worst_class_f1": 0.1})
+    assert brief(a) == {"accuracy": 0.5, "f1_weighted": 0.4, "f1_macro": 0.3, "worst_class_f1": 0.0}
+
+
+def test_served_reads_the_tta_view_only_when_used():
+    r = row(0, {"accuracy": 0.1}, {"accuracy": 0.2}, True)
+    assert served(r) == {"accuracy": 0.2}
+    r["tta_used"] = False
+    assert served(r) == {"accuracy": 0.1}
+    r["test"] = {"accuracy": 0.3}
+    assert served(r, "test") == {"accuracy": 0.3}

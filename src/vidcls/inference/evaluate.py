@@ -1,68 +1,130 @@
-"""Scoring a trained run (``vidcls evaluate``, and the last step of ``fit``): every member with and
-without TTA and the ensemble, on val and test; the choices come from ``policy``; writes
-``RUN_DIR/eval_<split>.json`` and ``metrics_all.csv``."""
+"""Scoring a trained run: every member with and without TTA, the ensemble, and the run's final choice.
+
+Two callers. ``fit`` (its last step, ``evaluate_run``) makes the choices on val, scores val and test,
+and records the choice in ``RUN_DIR/final.json`` (``write_final_choice``). ``vidcls evaluate``
+(``evaluate_saved_run``) reads that record (``load_final_choice``) and scores exactly that choice;
+members, ensemble and TTA views are reported beside it for information. Writes
+``RUN_DIR/eval_<split>.json`` and ``metrics_all.csv``.
+"""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError
 from ..models import build_from_spec
 from ..training.checkpoint import load_checkpoint
 from ..training.data import make_loader
 from ..utils.fs import atomic_write_json, atomic_write_text
-from .policy import combine
-from .tta import predict_modes
+from .metrics import classification_metrics
+from .policy import FinalChoice, Policy, combine, decide_tta, ensemble_probs, score_choice
+from .tta import TTA_MODES, predict_modes
+
+FINAL_FILE = "final.json"
+FINAL_FORMAT = "vidcls-final-choice"
+TTA_SETTINGS = ("auto", "on", "off")
 
 
-def load_member(run_dir: Path, member: int, device: torch.device) -> nn.Module:
-    """Rebuild member ``member`` from its ``best.pt`` (eval mode, on ``device``)."""
-    ckpt = load_checkpoint(Path(run_dir) / "members" / str(member) / "checkpoints" / "best.pt", device)
+def _names(names) -> str:
+    return "[" + ", ".join(str(n) for n in names) + "]"
+
+
+def check_checkpoint_matches(ckpt: dict, path: Path, store) -> None:
+    """Refuse to score a checkpoint on features it was not trained on.
+
+    Args:
+        ckpt: a loaded checkpoint (``class_names``, ``feature_dim``, ``extractor``); path: its file.
+        store: the FeatureStore to be scored (``class_names``, ``feature_dim``, ``extractor``, ``path``).
+    Raises:
+        CheckpointError: other class names (order included), another feature dimension, or another
+            extractor backbone when both record one; the message names both sides and both files.
+    """
+    hint = "evaluate with the features the run was trained on"
+    if list(ckpt.get("class_names") or []) != list(store.class_names):
+        raise CheckpointError(f"{path} was trained on classes {_names(ckpt.get('class_names') or [])} but "
+                              f"{store.path} has {_names(store.class_names)}; {hint}")
+    if ckpt.get("feature_dim") != store.feature_dim:
+        raise CheckpointError(f"{path} was trained on {ckpt.get('feature_dim')}-dimensional features but "
+                              f"{store.path} holds {store.feature_dim}-dimensional ones; {hint}")
+    trained = (ckpt.get("extractor") or {}).get("backbone")
+    given = (store.extractor or {}).get("backbone")
+    if trained and given and trained != given:
+        raise CheckpointError(f"{path} was trained on {trained} features but {store.path} holds {given} "
+                              f"features; {hint}")
+
+
+def load_member(run_dir: Path, member: int, device: torch.device, stores=()) -> nn.Module:
+    """Rebuild member ``member`` from its ``best.pt`` (eval mode, on ``device``).
+
+    Raises:
+        CheckpointError: missing or damaged, or not trained on the features of ``stores``.
+    """
+    path = Path(run_dir) / "members" / str(member) / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(path, device)
+    for store in stores:
+        check_checkpoint_matches(ckpt, path, store)
     model = build_from_spec(ckpt["model"])
     model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval()
 
 
-def evaluate_run(cfg, run_dir, splits, device: torch.device, tta: str | None = None) -> dict:
-    """Members (with and without TTA) and their ensemble on val and, when present, test.
-
-    Every choice (excluded members, TTA) is made on val; test is only scored. Writes
-    ``RUN_DIR/eval_<split>.json`` for each split and returns ``combine``'s result.
-    """
-    datasets = {"val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
-    loaders = {s: make_loader(ds, cfg.batch_size, workers=0) for s, ds in datasets.items()}
+def predict_members(cfg, run_dir, datasets: dict, device: torch.device, modes) -> list[dict]:
+    """Per member ``{split: {"original": (N, C), <mode>: (N, C), "labels": (N,)}}`` for ``datasets``
+    (``{split: FeatureDataset}``); every checkpoint is first checked against the stores, in that order."""
+    loaders = {s: make_loader(ds, cfg.batch_size, batch_frames=cfg.batch_frames, workers=0)
+               for s, ds in datasets.items()}
+    stores = list({id(ds.store): ds.store for ds in datasets.values()}.values())
     member_probs = []
     for i in range(cfg.members):
-        model = load_member(run_dir, i, device)
-        member_probs.append({s: predict_modes(model, ld, device, cfg.tta_modes) for s, ld in loaders.items()})
+        model = load_member(run_dir, i, device, stores)
+        member_probs.append({s: predict_modes(model, ld, device, modes) for s, ld in loaders.items()})
         del model
-    results = combine(member_probs, list(datasets), splits.class_names, cfg.select, tta or cfg.tta,
-                      cfg.tta_modes)
+    return member_probs
+
+
+def evaluate_run(cfg, run_dir, splits, device: torch.device) -> dict:
+    """Members (with and without TTA), their ensemble and the final choice on val and, when present, test.
+
+    Every choice (excluded members, TTA, ensemble or one member) is made on val; test is only scored.
+    Writes ``RUN_DIR/eval_<split>.json`` for each split and returns ``policy.combine``'s result (its
+    ``"choice"`` is what ``write_final_choice`` records).
+    """
+    datasets = {"val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
+    member_probs = predict_members(cfg, run_dir, datasets, device, cfg.tta_modes)
+    results = combine(member_probs, splits.class_names, Policy(cfg.select, cfg.tta, tuple(cfg.tta_modes)))
     for split, ds in datasets.items():
-        atomic_write_json(Path(run_dir) / f"eval_{split}.json", _eval_record(split, ds, results, cfg))
+        atomic_write_json(Path(run_dir) / f"eval_{split}.json", _eval_record(split, ds, results))
     return results
 
 
-def _eval_record(split: str, ds, results: dict, cfg) -> dict:
+def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict:
     probs = results["predictions"][split]
     names = ds.store.class_names
     pred, labels = probs.argmax(1), ds.labels
-    return {
-        "split": split, "tta": cfg.tta, "tta_modes": cfg.tta_modes, "select": cfg.select,
+    choice = results["choice"]
+    record = {
+        "split": split, "tta": results["tta"]["mode"], "tta_modes": results["tta"]["modes"],
+        "select": choice.select,
         "members": [{"member": m["member"], "tta_used": m["tta_used"], "without_tta": m[split],
                      "with_tta": m[f"{split}_tta"]} for m in results["members"]],
         "ensemble": {k: results["ensemble"][k] for k in ("members_used", "excluded", "tta_used")}
         | {"metrics": results["ensemble"][split]},
-        "final": {"source": results["final"]["source"], "tta_used": results["final"]["tta_used"],
-                  "metrics": results["final"][split]},
+        "final": {"source": choice.source, "members": choice.members, "tta_used": choice.tta_used,
+                  "tta_modes": choice.tta_modes, "reason": choice.reason, "metrics": results["final"][split]},
         "tta_per_mode": {mode: v[split] for mode, v in results["tta"]["per_mode"].items()},
         "predictions": [{"video_id": vid, "label": names[int(y)], "pred": names[int(p)],
                          "confidence": float(pr.max()), "correct": bool(y == p)}
                         for vid, y, p, pr in zip(ds.video_ids(), labels, pred, probs)],
     }
+    if note:
+        record["note"] = note
+    return record
 
 
 def write_run_tables(run_dir, cfg, splits, results) -> Path:
@@ -80,24 +142,120 @@ def write_run_tables(run_dir, cfg, splits, results) -> Path:
     return atomic_write_text(Path(run_dir) / "metrics_all.csv", out.getvalue())
 
 
-def evaluate_saved_run(run_dir, split: str = "test", tta: str = "auto", device: str = "auto") -> dict:
-    """``vidcls evaluate``: re-score a finished run's members and ensemble on ``split``.
+# --- the recorded final choice -------------------------------------------------------------------
+
+def write_final_choice(run_dir, choice: FinalChoice) -> Path:
+    """Record what the run serves in ``RUN_DIR/final.json`` (atomically)."""
+    return atomic_write_json(Path(run_dir) / FINAL_FILE, {"format": FINAL_FORMAT, "version": 1,
+                                                         **choice.to_dict()})
+
+
+def load_final_choice(run_dir) -> FinalChoice:
+    """The final choice ``fit`` recorded for ``run_dir``: which members, TTA or not, which modes.
 
     Raises:
-        ConfigError / StoreError / CheckpointError: no run there, features moved, or bad checkpoints.
+        ConfigError: no ``final.json`` (training unfinished, or a run older than the file) or a damaged one;
+            the message says how to (re)create it.
+    """
+    path = Path(run_dir) / FINAL_FILE
+    redo = f"re-create it with `vidcls train FEATURES_DIR {run_dir} --resume` (finished members are not retrained)"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: the run has no recorded final choice (training has not "
+                          f"finished, or the run predates final.json); {redo}")
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(FinalChoice)}
+        choice = FinalChoice(**{k: v for k, v in data.items() if k in known})
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); {redo}") from None
+    members_ok = (isinstance(choice.members, list) and choice.members
+                  and all(isinstance(m, int) and m >= 0 for m in choice.members))
+    modes_ok = (isinstance(choice.tta_modes, list) and choice.tta_modes
+                and all(m in TTA_MODES for m in choice.tta_modes))
+    if data.get("format") != FINAL_FORMAT or not members_ok or not modes_ok \
+            or not isinstance(choice.tta_used, bool):
+        raise ConfigError(f"{path} is not a valid vidcls final choice (format, members, tta_used or "
+                          f"tta_modes); {redo}")
+    return choice
+
+
+def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, member_probs: list[dict],
+                   names: list, tta: str) -> tuple[FinalChoice, str | None]:
+    """The choice ``vidcls evaluate`` scores, and a note when it is not exactly the recorded one.
+
+    ``tta`` is the requested setting, already known to differ from the run's when it is not
+    ``recorded.tta``: TTA of the recorded members is then forced (on/off) or decided on val (auto).
+    """
+    if recorded is None:
+        return computed, (f"the run has no {FINAL_FILE} (it predates the file): the final choice was "
+                          f"recomputed on validation")
+    if any(m >= len(member_probs) for m in recorded.members):
+        raise ConfigError(f"{FINAL_FILE} names members {recorded.members} but the run has "
+                          f"{len(member_probs)}; re-create it with `vidcls train ... --resume`")
+    if tta == recorded.tta:
+        return recorded, None
+    val = {used: classification_metrics(
+        member_probs[0]["val"]["labels"],
+        ensemble_probs(member_probs, recorded.members, "val", recorded.tta_modes, used), names)
+        for used in (False, True)}
+    tta_used = decide_tta(val[False], val[True], recorded.select, tta)
+    note = (f"--tta {tta}: the run's final choice ({recorded.source}, members {recorded.members}) scored "
+            f"with TTA {'on' if tta_used else 'off'}; the run chose {'on' if recorded.tta_used else 'off'} "
+            f"under --tta {recorded.tta}")
+    return dataclasses.replace(recorded, tta_used=tta_used, tta=tta), note
+
+
+def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, device: str = "auto",
+                       log=print) -> dict:
+    """``vidcls evaluate``: score a finished run's recorded final choice on ``split``, with every member
+    and the ensemble (re-derived on val) for information.
+
+    Writes only ``RUN_DIR/eval_<split>.json``, or, when ``tta`` differs from the run's own setting,
+    ``RUN_DIR/eval_<split>.tta-<tta>.json`` (the files ``fit`` wrote stay as they are).
+
+    Args:
+        tta: auto | on | off; None: the run's own setting.
+    Returns:
+        ``{"split", "members", "ensemble", "tta", "final", "choice", "note", "path"}``.
+    Raises:
+        ConfigError / StoreError / CheckpointError: no run there, features moved or not the ones the
+            run was trained on, bad checkpoints or final.json.
+        RunLockedError: another process (a train) is using ``run_dir``.
     """
     from ..config import load_config
-    from ..errors import ConfigError
     from ..training.data import load_splits
     from ..utils.device import resolve_device
+    from ..utils.lock import run_lock
 
-    cfg_path = Path(run_dir) / "config.yaml"
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} holds no run (no config.yaml); train one with `vidcls train`")
-    cfg = load_config(cfg_path, {"tta": tta})
-    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False)
-    if split == "test" and splits.test is None:
-        raise ConfigError(f"{cfg.features_dir} has no test.h5; use --split val")
-    results = evaluate_run(cfg, run_dir, splits, resolve_device(device), tta)
+    with run_lock(run_dir, "evaluate"):  # not while a train (or another evaluate) writes this run
+        cfg = load_config(cfg_path)
+        tta = tta or cfg.tta
+        if tta not in TTA_SETTINGS:
+            raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
+        splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
+                             max_frames=cfg.max_frames)
+        if split == "test" and splits.test is None:
+            raise ConfigError(f"{cfg.features_dir} has no test.h5; use --split val")
+        recorded = load_final_choice(run_dir) if (run_dir / FINAL_FILE).is_file() else None
+        datasets = {split: getattr(splits, split), "val": splits.val}  # the scored split's store is checked first
+        modes = tuple(dict.fromkeys([*cfg.tta_modes, *(recorded.tta_modes if recorded else [])]))
+        member_probs = predict_members(cfg, run_dir, datasets, resolve_device(device), modes)
+        results = combine(member_probs, splits.class_names, Policy(cfg.select, tta, tuple(cfg.tta_modes)))
+        choice, note = _served_choice(recorded, results["choice"], member_probs, splits.class_names, tta)
+        results["predictions"], results["final"] = score_choice(member_probs, choice, splits.class_names)
+        results["choice"] = choice
+        run_tta = recorded.tta if recorded else cfg.tta
+        name = f"eval_{split}.json" if tta == run_tta else f"eval_{split}.tta-{tta}.json"
+        path = atomic_write_json(run_dir / name, _eval_record(split, datasets[split], results, note))
+    if note:
+        log(f"note: {note}")
+    m = results["final"][split]
+    log(f"final: {choice.source} (members {choice.members}, TTA {'on' if choice.tta_used else 'off'}): "
+        f"{split} acc {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
     return {"split": split, "members": results["members"], "ensemble": results["ensemble"],
-            "tta": results["tta"], "path": str(Path(run_dir) / f"eval_{split}.json")}
+            "tta": results["tta"], "final": results["final"], "choice": choice.to_dict(), "note": note,
+            "path": str(path)}

@@ -63,9 +63,11 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
     }
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, class_names: list,
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, class_names: list,
              criterion: nn.Module | None = None) -> dict:
-    """``predict`` + ``classification_metrics``; adds ``loss`` when a criterion is given."""
+    """One model's validation pass (the training loop's, every epoch): ``predict`` +
+    ``classification_metrics``, plus ``loss`` (None without a criterion). Scoring a whole saved run
+    is ``inference.evaluate``."""
     out = predict(model, loader, device, criterion)
     metrics = classification_metrics(out["labels"], out["probs"], class_names)
     metrics["loss"] = out["loss"]

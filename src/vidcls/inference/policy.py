@@ -3,8 +3,16 @@
 The source system averaged every ensemble member, including collapsed ones, and always applied TTA.
 Here a member far below the others is excluded (with the reason recorded), and TTA is used for a
 member or the ensemble only when it improved that model's validation metric (``--tta auto``).
+
+Every step is a small function over metrics or per-view softmax, in the order ``combine`` runs them:
+``member_rows`` -> ``collapsed_members`` -> ``ensemble_view`` -> ``choose_final`` -> ``final_predictions``.
+A member's predictions come as ``{split: {"original": (N, C), <mode>: (N, C), ..., "labels": (N,)}}``:
+"without TTA" is always the ``original`` view, "with TTA" the mean over exactly the listed modes.
 """
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -12,6 +20,44 @@ from .metrics import classification_metrics
 from .tta import TTA_MODES, tta_mean
 
 COLLAPSE_MARGIN = 0.10  # a member this far below the members' median validation score is excluded
+BRIEF = ("accuracy", "f1_weighted", "f1_macro", "worst_class_f1")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the choices are made: ``select`` (val_acc | val_f1_macro), ``tta`` (auto | on | off), and the
+    TTA ``modes`` averaged "with TTA"."""
+
+    select: str = "val_acc"
+    tta: str = "auto"
+    modes: tuple = TTA_MODES
+
+
+@dataclass(frozen=True)
+class FinalChoice:
+    """What a run serves: the mean softmax of ``members``, each seen with TTA (mean over ``tta_modes``)
+    when ``tta_used``, else on the original sequence. One member is an ensemble of one.
+
+    ``source`` is "ensemble" or "member <i>"; ``val_score`` is its validation ``select`` metric. The
+    rest records how the choice came about: the ensemble's members and TTA decision, each member's
+    TTA decision, the excluded members with their reasons, the TTA setting.
+    """
+
+    source: str
+    members: list
+    tta_used: bool
+    tta_modes: list
+    select: str
+    reason: str
+    val_score: float
+    ensemble_members: list = field(default_factory=list)
+    ensemble_tta_used: bool = False
+    member_tta_used: list = field(default_factory=list)
+    excluded: list = field(default_factory=list)
+    tta: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def score(metrics: dict, select: str) -> float:
@@ -19,111 +65,174 @@ def score(metrics: dict, select: str) -> float:
     return metrics["accuracy"] if select == "val_acc" else metrics["f1_macro"]
 
 
-def collapsed_members(val_metrics: list[dict], select: str, margin: float = COLLAPSE_MARGIN) -> list[dict]:
-    """Members to leave out of the ensemble, each ``{"member": i, "reason": ...}``.
+def collapse_reason(cm: np.ndarray, member_score: float, median: float, select: str,
+                    margin: float = COLLAPSE_MARGIN) -> str | None:
+    """Why a member with validation confusion matrix ``cm`` (rows: true class) should be left out of
+    the ensemble, or None to keep it: one class predicted for every video (of a split holding several
+    classes), balanced accuracy (mean recall) at chance (<= 1/C), or a score more than ``margin`` below
+    the members' ``median``."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    # exact fractions: a member exactly at chance (recalls .4, .3, .3 of 1/3) must not be saved by rounding
+    recalls = [Fraction(int(cm[c, c]), int(support[c])) for c in range(len(cm)) if support[c] > 0]
+    balanced = sum(recalls) / len(recalls)
+    if len(recalls) > 1 and np.count_nonzero(cm.sum(axis=0)) == 1:
+        return f"predicts a single class for all {int(cm.sum())} validation videos"
+    if balanced <= Fraction(1, len(cm)):
+        return f"validation balanced accuracy {float(balanced):.3f} is at chance (1/{len(cm)})"
+    if member_score < median - margin:
+        return (f"validation {select} {member_score:.3f} is more than {margin:.2f} below the members' "
+                f"median {median:.3f}")
+    return None
 
-    A member is out when it predicts one class for every validation video, or its balanced accuracy
-    (mean recall) is at chance (<= 1/C), or its validation score is below the members' median by more
-    than ``margin``. The best member always stays in.
+
+def collapsed_members(val_metrics: list[dict], select: str, margin: float = COLLAPSE_MARGIN) -> list[dict]:
+    """Members to leave out of the ensemble, each ``{"member": i, "reason": ...}`` (see
+    ``collapse_reason``). The best member (the first, on a tie) always stays in.
     """
-    scores = np.array([score(m, select) for m in val_metrics])
+    scores = [score(m, select) for m in val_metrics]
     median, best = float(np.median(scores)), int(np.argmax(scores))
     out = []
     for i, m in enumerate(val_metrics):
-        if i == best or len(val_metrics) == 1:
-            continue
-        cm = np.array(m["confusion_matrix"])
-        n_classes, present = cm.shape[0], cm.sum(1) > 0
-        balanced = float(np.mean(np.diag(cm)[present] / cm.sum(1)[present])) if present.any() else 0.0
-        if present.sum() > 1 and (cm.sum(0) > 0).sum() == 1:
-            reason = f"predicts a single class for all {int(cm.sum())} validation videos"
-        elif balanced <= 1.0 / n_classes + 1e-9:
-            reason = f"validation balanced accuracy {balanced:.3f} is at chance (1/{n_classes})"
-        elif scores[i] < median - margin:
-            reason = (f"validation {select} {scores[i]:.3f} is more than {margin:.2f} below the members' "
-                      f"median {median:.3f}")
-        else:
-            continue
-        out.append({"member": i, "reason": reason})
+        reason = collapse_reason(m["confusion_matrix"], scores[i], median, select, margin)
+        if i != best and reason is not None:
+            out.append({"member": i, "reason": reason})
     return out
 
 
 def decide_tta(val_off: dict, val_on: dict, select: str, tta: str) -> bool:
-    """Whether to use TTA: ``on``/``off`` as asked; ``auto`` only if it improved the validation score."""
+    """Whether to use TTA: ``on``/``off`` as asked; ``auto`` only if it improved the validation score
+    (a tie keeps the cheaper original view)."""
     if tta in ("on", "off"):
         return tta == "on"
     return score(val_on, select) > score(val_off, select)
 
 
-def combine(member_probs: list[dict], splits_present: list[str], names: list, select: str,
-            tta: str = "auto", modes=TTA_MODES) -> dict:
-    """Every member with and without TTA, the ensemble, and the choices, from per-mode softmax.
+def view_probs(mode_probs: dict, modes, tta_used: bool) -> np.ndarray:
+    """One member's (N, C) prediction: the mean over ``modes`` with TTA, else the original sequence."""
+    return tta_mean(mode_probs, modes) if tta_used else mode_probs["original"]
+
+
+def ensemble_probs(member_probs: list[dict], members: list, split: str, modes, tta_used: bool) -> np.ndarray:
+    """Mean softmax (N, C) over ``members`` on ``split``, every member seen the same way."""
+    return np.mean([view_probs(member_probs[i][split], modes, tta_used) for i in members], axis=0)
+
+
+def _metrics(member_probs: list[dict], split: str, probs: np.ndarray, names: list) -> dict:
+    return classification_metrics(member_probs[0][split]["labels"], probs, names)
+
+
+def member_rows(member_probs: list[dict], names: list, policy: Policy) -> list[dict]:
+    """Per member: ``{"member": i, <split>: metrics without TTA, "<split>_tta": with TTA, ...,
+    "tta_used": bool}`` for every split of ``member_probs`` ("val" must be one)."""
+    rows = []
+    for i, views in enumerate(member_probs):
+        row = {"member": i}
+        for split in views:
+            for suffix, tta_used in (("", False), ("_tta", True)):
+                probs = view_probs(views[split], policy.modes, tta_used)
+                row[split + suffix] = _metrics(member_probs, split, probs, names)
+        row["tta_used"] = decide_tta(row["val"], row["val_tta"], policy.select, policy.tta)
+        rows.append(row)
+    return rows
+
+
+def ensemble_view(member_probs: list[dict], names: list, used: list, policy: Policy) -> dict:
+    """The ensemble of ``used``: ``{"members_used", "without_tta": {split: metrics}, "with_tta": {...},
+    "tta_used"}``; TTA is decided on its validation metrics."""
+    view = {"members_used": list(used)}
+    for key, tta_used in (("without_tta", False), ("with_tta", True)):
+        view[key] = {s: _metrics(member_probs, s, ensemble_probs(member_probs, used, s, policy.modes, tta_used),
+                                 names) for s in member_probs[0]}
+    view["tta_used"] = decide_tta(view["without_tta"]["val"], view["with_tta"]["val"], policy.select, policy.tta)
+    return view
+
+
+def served(row: dict, split: str = "val") -> dict:
+    """A member's metrics on ``split`` as it would be served: with TTA if its TTA was chosen."""
+    return row[f"{split}_tta" if row["tta_used"] else split]
+
+
+def choose_final(members: list[dict], ensemble: dict, excluded: list, policy: Policy) -> FinalChoice:
+    """The ensemble, unless one member alone (with its own TTA choice) scored strictly higher on
+    validation: then that member (the first of equals). A tie keeps the ensemble.
 
     Args:
-        member_probs: per member ``{split: {mode: (N, C), "labels": (N,)}}``; "val" must be present.
-        splits_present: e.g. ``["val", "test"]``.
-    Returns:
-        ``{"members": [...], "ensemble": {...}, "tta": {...}, "final": {...}, "predictions": {split: probs}}``.
-        ``final`` is what the run serves: the ensemble, or the best single member when that scored
-        higher on validation than the ensemble (recorded in ``final["source"]``).
+        members: ``member_rows``; ensemble: ``ensemble_view``; excluded: ``collapsed_members``.
     """
-    def metrics(split, probs):
-        return classification_metrics(member_probs[0][split]["labels"], probs, names)
-
-    members = []
-    for i, mp in enumerate(member_probs):
-        row = {"member": i}
-        for split in splits_present:
-            row[split] = metrics(split, mp[split]["original"])
-            row[f"{split}_tta"] = metrics(split, tta_mean(mp[split], modes))
-        row["tta_used"] = decide_tta(row["val"], row["val_tta"], select, tta)
-        members.append(row)
-    excluded = collapsed_members([m["val"] for m in members], select)
-    used = [m["member"] for m in members if m["member"] not in {e["member"] for e in excluded}]
-
-    def ens(split, which):
-        return np.mean([tta_mean(member_probs[i][split], which) for i in used], axis=0)
-
-    probs_off = {s: ens(s, ("original",)) for s in splits_present}
-    probs_on = {s: ens(s, modes) for s in splits_present}
-    off = {s: metrics(s, probs_off[s]) for s in splits_present}
-    on = {s: metrics(s, probs_on[s]) for s in splits_present}
-    use_tta = decide_tta(off["val"], on["val"], select, tta)
-    final = {"source": "ensemble", "tta_used": use_tta, "reason": "the ensemble of the used members",
-             "predictions": probs_on if use_tta else probs_off,
-             "metrics": {s: (on if use_tta else off)[s] for s in splits_present}}
-    best = max(members, key=lambda m: score(m["val_tta" if m["tta_used"] else "val"], select))
-    best_val = best["val_tta" if best["tta_used"] else "val"]
-    if len(members) > 1 and score(best_val, select) > score(final["metrics"]["val"], select):
-        # averaging lost to a single member on validation: serve that member instead
+    ens_val = ensemble["with_tta" if ensemble["tta_used"] else "without_tta"]["val"]
+    ens_score = score(ens_val, policy.select)
+    best = max(members, key=lambda m: score(served(m), policy.select))
+    best_score = score(served(best), policy.select)
+    record = {"tta_modes": list(policy.modes), "select": policy.select, "tta": policy.tta,
+              "ensemble_members": list(ensemble["members_used"]), "ensemble_tta_used": ensemble["tta_used"],
+              "member_tta_used": [m["tta_used"] for m in members], "excluded": list(excluded)}
+    if best_score > ens_score:  # averaging lost to a single member on validation: serve that member
         b = best["member"]
-        final = {"source": f"member {b}", "tta_used": best["tta_used"],
-                 "reason": f"member {b} alone scored higher on validation ({select} "
-                           f"{score(best_val, select):.4f}) than the ensemble "
-                           f"({score(final['metrics']['val'], select):.4f})",
-                 "predictions": {s: tta_mean(member_probs[b][s], modes if best["tta_used"] else ("original",))
-                                 for s in splits_present},
-                 "metrics": {s: best[f"{s}_tta" if best["tta_used"] else s] for s in splits_present}}
-    per_mode = {mode: {s: _brief(metrics(s, ens(s, (mode,)))) for s in splits_present} for mode in modes}
+        return FinalChoice(source=f"member {b}", members=[b], tta_used=best["tta_used"], val_score=best_score,
+                           reason=f"member {b} alone scored higher on validation ({policy.select} "
+                                  f"{best_score:.4f}) than the ensemble ({ens_score:.4f})", **record)
+    return FinalChoice(source="ensemble", members=list(ensemble["members_used"]), tta_used=ensemble["tta_used"],
+                       val_score=ens_score,
+                       reason=f"the ensemble of members {ensemble['members_used']} scored {policy.select} "
+                              f"{ens_score:.4f} on validation, no lower than the best single member "
+                              f"(member {best['member']}, {best_score:.4f})", **record)
+
+
+def final_predictions(member_probs: list[dict], choice: FinalChoice) -> dict:
+    """``{split: (N, C)}``: what ``choice`` predicts on every split of ``member_probs``."""
+    return {s: ensemble_probs(member_probs, choice.members, s, choice.tta_modes, choice.tta_used)
+            for s in member_probs[0]}
+
+
+def score_choice(member_probs: list[dict], choice: FinalChoice, names: list) -> tuple[dict, dict]:
+    """``choice`` scored on every split: ``({split: probs (N, C)}, {"source", "tta_used", "reason",
+    <split>: metrics, ...})``."""
+    predictions = final_predictions(member_probs, choice)
+    final = {"source": choice.source, "tta_used": choice.tta_used, "reason": choice.reason,
+             **{s: _metrics(member_probs, s, p, names) for s, p in predictions.items()}}
+    return predictions, final
+
+
+def combine(member_probs: list[dict], names: list, policy: Policy = Policy()) -> dict:
+    """Every member with and without TTA, the ensemble, and the choices, from per-view softmax.
+
+    Args:
+        member_probs: per member ``{split: {"original": (N, C), <mode>: (N, C), "labels": (N,)}}`` with
+            every mode of ``policy.modes``; "val" must be one of the splits.
+    Returns:
+        ``{"members": [...], "ensemble": {...}, "tta": {...}, "final": {...}, "choice": FinalChoice,
+        "predictions": {split: probs}}``. ``final`` is what the run serves (``choose_final``).
+    """
+    members = member_rows(member_probs, names, policy)
+    excluded = collapsed_members([m["val"] for m in members], policy.select)
+    out = {e["member"] for e in excluded}
+    used = [m["member"] for m in members if m["member"] not in out]
+    ens = ensemble_view(member_probs, names, used, policy)
+    choice = choose_final(members, ens, excluded, policy)
+    predictions, final = score_choice(member_probs, choice, names)
+    splits = list(member_probs[0])
+    chosen = ens["with_tta" if ens["tta_used"] else "without_tta"]
+    per_mode = {mode: {s: brief(_metrics(member_probs, s, ensemble_probs(member_probs, used, s, (mode,), True),
+                                         names)) for s in splits} for mode in policy.modes}
     return {
         "members": members,
-        "ensemble": {"members_used": used, "excluded": excluded, "tta_used": use_tta,
-                     **{s: (on if use_tta else off)[s] for s in splits_present},
-                     "without_tta": {s: _brief(off[s]) for s in splits_present},
-                     "with_tta": {s: _brief(on[s]) for s in splits_present}},
-        "tta": {"mode": tta, "modes": list(modes), "used": use_tta, "per_mode": per_mode,
-                **{s: on[s] for s in splits_present}},
-        "final": {"source": final["source"], "tta_used": final["tta_used"], "reason": final["reason"],
-                  **final["metrics"]},
-        "predictions": final["predictions"],
+        "ensemble": {"members_used": used, "excluded": excluded, "tta_used": ens["tta_used"], **chosen,
+                     "without_tta": {s: brief(ens["without_tta"][s]) for s in splits},
+                     "with_tta": {s: brief(ens["with_tta"][s]) for s in splits}},
+        "tta": {"mode": policy.tta, "modes": list(policy.modes), "used": ens["tta_used"], "per_mode": per_mode,
+                **ens["with_tta"]},
+        "final": final,
+        "choice": choice,
+        "predictions": predictions,
     }
 
 
-def _brief(m: dict) -> dict:
-    return {k: m[k] for k in ("accuracy", "f1_weighted", "f1_macro", "worst_class_f1")}
+def brief(m: dict) -> dict:
+    """The headline metrics of a full metrics dict."""
+    return {k: m[k] for k in BRIEF}
 
 
 def brief_mean(metrics: list[dict]) -> dict:
     """Mean over members of the headline metrics."""
-    return {k: float(np.mean([m[k] for m in metrics])) for k in ("accuracy", "f1_weighted", "f1_macro",
-                                                                  "worst_class_f1")}
+    return {k: float(np.mean([m[k] for m in metrics])) for k in BRIEF}

@@ -2,7 +2,7 @@
 order: data -> members (``loop.train_member``: model, loss, optimiser, schedule, resume, epochs) ->
 evaluation (choices on validation, test once) -> record. Everything a run produces lands in its run directory:
 
-    RUN_DIR/config.yaml, summary.json, eval_{val,test}.json, metrics_all.csv, report.html,
+    RUN_DIR/config.yaml, final.json, summary.json, eval_{val,test}.json, metrics_all.csv, report.html,
     RUN_DIR/results/resource_utilization_log.json
     RUN_DIR/members/<i>/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN}.pt, plots/}
 """
@@ -18,14 +18,20 @@ import torch
 from .. import __version__
 from ..config import RUNTIME_ONLY, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
 from ..errors import ConfigError
-from ..inference.evaluate import evaluate_run, write_run_tables
+from ..inference.evaluate import evaluate_run, write_final_choice, write_run_tables
 from ..inference.policy import brief_mean, score
 from ..reporting.monitor import ResourceMonitor, summarize
 from ..reporting.report import write_report
 from ..utils.device import resolve_device
 from ..utils.fs import atomic_write_json, atomic_write_text
+from ..utils.lock import run_lock
 from .data import class_weights, load_splits
 from .loop import train_member
+
+
+def holds_run(run_dir) -> bool:
+    """Whether ``run_dir`` holds a training run (a member checkpoint)."""
+    return any(Path(run_dir).glob("members/*/checkpoints/*.pt"))
 
 
 def resolve_config(run_dir, config_path=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
@@ -36,9 +42,8 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
             changes anything but the runtime-only options (the differences are listed).
     """
     saved_path = Path(run_dir) / "config.yaml"
-    has_run = any(Path(run_dir).glob("members/*/checkpoints/*.pt"))
     if not resume:
-        if has_run:
+        if holds_run(run_dir):
             raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
                               f"or choose another RUN_DIR")
         return load_config(config_path, overrides)
@@ -61,44 +66,55 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
 
     Raises:
         StoreError / ConfigError / CheckpointError: bad input, each with the file or option to fix.
+        RunLockedError: another process is using ``run_dir``.
     """
+    cfg.validate()  # callers of the Python API get the CLI's checks before anything is written
     t_start = time.time()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
 
     # data, shared by every member
-    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment)
+    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment,
+                         max_frames=cfg.max_frames)
     weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
                             splits.class_names)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    log(_describe_run(cfg, splits, device))
+    # One command at a time per RUN_DIR, for the whole run including its evaluation and report. Only
+    # under the lock is "no run here yet" still true when the first file is written.
+    with run_lock(run_dir, "train", create=True):
+        if not resume and holds_run(run_dir):
+            raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                              f"or choose another RUN_DIR")
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        log(_describe_run(cfg, splits, device))
 
-    monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
-    monitor.start()
-    states = []
-    try:
-        for i in range(cfg.members):
-            monitor.record(f"member {i} start")
-            states.append(train_member(cfg, i, splits, weights, device, run_dir, resume=resume, log=log))
-            # the spec: without this, reserved GPU memory stays with the caching allocator between members
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            monitor.record(f"member {i} end")
-        results = evaluate_run(cfg, run_dir, splits, device)
-    except KeyboardInterrupt:
-        log(f"\ninterrupted: the last finished epoch is kept in {run_dir}/members/*/checkpoints/last.pt; "
-            f"continue with\n  vidcls train {cfg.features_dir} {run_dir} --resume")
-        raise
-    finally:
-        monitor.stop()
-    summary = _summary(cfg, splits, states, results, monitor.records, time.time() - t_start)
-    atomic_write_json(run_dir / "summary.json", summary)
-    write_run_tables(run_dir, cfg, splits, results)
-    if cfg.plots:  # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
-        log(f"report: {write_report(run_dir)}")
-    return summary
+        monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
+        monitor.start()
+        states = []
+        try:
+            for i in range(cfg.members):
+                monitor.record(f"member {i} start")
+                states.append(train_member(cfg, i, splits, weights, device, run_dir, resume=resume, log=log))
+                # the spec: without this, reserved GPU memory stays with the caching allocator between members
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                monitor.record(f"member {i} end")
+            results = evaluate_run(cfg, run_dir, splits, device)
+        except KeyboardInterrupt:
+            log(f"\ninterrupted: the last finished epoch is kept in {run_dir}/members/*/checkpoints/last.pt; "
+                f"continue with\n  vidcls train {cfg.features_dir} {run_dir} --resume")
+            raise
+        finally:
+            monitor.stop()
+        # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
+        write_final_choice(run_dir, results["choice"])
+        summary = _summary(cfg, splits, states, results, monitor.records, time.time() - t_start)
+        atomic_write_json(run_dir / "summary.json", summary)
+        write_run_tables(run_dir, cfg, splits, results)
+        # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
+        if cfg.plots:
+            log(f"report: {write_report(run_dir)}")
+        return summary
 
 
 def _describe_run(cfg, splits, device) -> str:
@@ -131,6 +147,6 @@ def _summary(cfg, splits, states, results, records, wall) -> dict:
             "features_dir": cfg.features_dir, "val_source": splits.val_source,
             "class_counts": {"train": counts(splits.train), "val": counts(splits.val), "test": counts(splits.test)},
             "members": members, "mean_member_test": mean_member, "ensemble": ens, "tta": results["tta"],
-            "final": {k: results["final"][k] for k in ("source", "tta_used", "reason")},
+            "final": results["choice"].to_dict(),
             "val": results["final"]["val"], "test": results["final"].get("test"),
             "resources": summarize(records), "wall_seconds": wall}
