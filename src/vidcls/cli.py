@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--tta", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--tta", choices=["auto", "on", "off"], default=None,
+                   help="auto | on | off (default: the run's own; another writes eval_<split>.tta-<x>.json)")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")

@@ -264,7 +264,7 @@ def _ensemble_body(run: RunData) -> list[dict]:
         if final.get("reason"):
             line += f" Reason: {final['reason']}"
         elif str(final.get("source", "")).startswith("member") and len(s["members"]) > 1:
-            # the rule in ensemble.combine: a single member that beats the ensemble on validation is served
+            # the rule in inference.policy.choose_final: a single member that beats the ensemble on validation is served
             line += " Reason: this member scored higher on validation than the ensemble."
         parts.append(_p(line, cls="choice"))
     return parts
