@@ -33,7 +33,7 @@ from .report import ExtractReport, format_summary
 from .video import Sampling
 
 __all__ = ["ExtractError", "ExtractOptions", "VideoResult", "decode_video", "decode_loader",
-           "iter_features", "encode_video", "extract", "extract_with", "format_summary"]
+           "iter_features", "encode_video", "extract", "format_summary"]
 
 # extractor keys that may differ between a store and a resumed run (they do not change features)
 RUNTIME_KEYS = ("torch", "torchvision", "vidcls_version", "precision")
@@ -146,23 +146,15 @@ def _check_compatible(path: Path, store: FeatureStore, class_names: list, extrac
 
 
 # ---- the command ------------------------------------------------------------------------------
-def extract(video_root, features_dir, *, backbone: str = "efficientnet_v2_s", weights: str = "DEFAULT",
-            fps: float | None = None, frames: int | None = None, max_frames: int = 64,
-            image_size: int | str | None = None, batch_size: int = 32, device: str = "auto",
-            decode_workers: int = 2, split="70,20,10", seed: int = 42, min_brightness: float = 25.0,
-            min_sharpness: float = 0.0, dtype: str = "float16", progress: bool | None = None,
-            log=print) -> dict:
+def extract(video_root, features_dir, options: ExtractOptions | None = None, *,
+            progress: bool | None = None, log: Callable = print, **settings) -> dict:
     """Extract per-frame features of every video under ``video_root`` into ``features_dir``.
 
     Args:
         video_root: VIDEO_ROOT (see :mod:`vidcls.features.folders` for the layouts).
         features_dir: output: {train,val,test}.h5 and extract_report.json.
-        backbone, weights, image_size, batch_size, device: the FrameEncoder.
-        fps, frames, max_frames: the Sampling (default 1 frame per second, at most 64).
-        decode_workers: decoding processes running alongside the CNN.
-        split, seed: shares and seed of the stratified split (class layout only).
-        min_brightness, min_sharpness: the Quality thresholds.
-        dtype: stored feature dtype, "float16" or "float32".
+        options: the settings (backbone, weights, sampling, quality, split ...); or give them as
+            keyword ``settings`` with ExtractOptions' field names (``backbone="resnet18", fps=2``).
         progress: show a progress bar (None: only on a terminal).
         log: where messages go.
 
@@ -173,16 +165,10 @@ def extract(video_root, features_dir, *, backbone: str = "efficientnet_v2_s", we
         VidclsError (ConfigError, ExtractError, BackboneError, StoreError): bad options, input or
             output, with the fix in the message.
     """
-    options = ExtractOptions(backbone=backbone, weights=weights, fps=fps, frames=frames,
-                             max_frames=max_frames, image_size=image_size, batch_size=batch_size,
-                             device=device, decode_workers=decode_workers, split=split, seed=seed,
-                             min_brightness=min_brightness, min_sharpness=min_sharpness, dtype=dtype)
-    return extract_with(video_root, features_dir, options, progress=progress, log=log)
-
-
-def extract_with(video_root, features_dir, options: ExtractOptions, *, progress: bool | None = None,
-                 log: Callable = print) -> dict:
-    """``extract`` with its settings in an ExtractOptions (same Args, Returns and Raises)."""
+    if options is None:
+        options = ExtractOptions(**settings)
+    elif settings:
+        raise TypeError(f"give either options or settings, not both (got {sorted(settings)})")
     ex = _start(video_root, Path(features_dir), options, log)
     status, run = "failed", {}
     try:
