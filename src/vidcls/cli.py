@@ -240,13 +240,11 @@ def cmd_import(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .features.extract import extract, format_summary
+    from .features.extract import ExtractOptions, extract, format_summary
 
-    report = extract(args.video_root, args.features_dir, backbone=args.backbone, weights=args.weights,
-                     fps=args.fps, frames=args.frames, max_frames=args.max_frames, image_size=args.image_size,
-                     batch_size=args.batch_size, device=args.device, decode_workers=args.decode_workers,
-                     split=args.split, seed=args.seed, min_brightness=args.min_brightness,
-                     min_sharpness=args.min_sharpness)
+    # the extract flags carry ExtractOptions' field names
+    options = ExtractOptions(**{f.name: getattr(args, f.name) for f in fields(ExtractOptions) if hasattr(args, f.name)})
+    report = extract(args.video_root, args.features_dir, options)
     print(format_summary(report))
     return 0
 
