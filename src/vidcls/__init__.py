@@ -2,8 +2,10 @@
 
 The public API, imported lazily so that ``import vidcls`` (and folder scanning) does not load torch::
 
-    from vidcls import load_config, fit, build_model
+    from vidcls import load_config, fit, load
     summary = fit(load_config("exp.yaml", {"features_dir": "feats"}), "runs/exp")
+    predictor = load("runs/exp")  # serves the run's recorded final choice
+    labels = predictor.predict(["clip.mp4", "other.mkv"])
 """
 __version__ = "0.1.0"
 
@@ -15,6 +17,8 @@ _API = {
     "build_model": "vidcls.models",
     "list_models": "vidcls.models",
     "evaluate_run": "vidcls.inference.evaluate",
+    "load": "vidcls.inference.predictor",
+    "Predictor": "vidcls.inference.predictor",
 }
 __all__ = ["__version__", *_API]
 

@@ -1,0 +1,561 @@
+"""Predicting many inputs with a loaded run: the engine of ``vidcls predict``.
+
+Inputs are video files, folders (searched recursively for the extensions ``vidcls extract`` reads)
+and ``.npy`` feature files holding one (T, D) array each (for callers that extract themselves).
+Each input gives one record (``Predictor.predict_records``): label, top-k, trust verdict, per-frame
+attention with timestamps, timings, or ``error`` with the reason when the input cannot be used.
+A broken input never stops the run.
+
+Videos go through the extraction pipeline (:func:`vidcls.features.pipeline.iter_features`) when
+the predictor exposes its frame encoder, sampling and quality filter: worker processes decode the
+next videos while this process runs the CNN and the temporal models. Otherwise they are passed to
+``predict_records`` in chunks of ``batch_size``.
+
+With a JSON-lines output file the run is resumable: each record is appended as one line, flushed
+and fsynced, so that a run killed at any moment (even ``kill -9``) leaves every finished line
+intact and at most one torn last line. On start the existing lines are read, invalid ones (the torn
+last line) are dropped from the file, and inputs already present are skipped. Inputs that were
+recorded with an error are skipped as well: remove their lines to try them again.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..features.video import VIDEO_EXTENSIONS
+from ..utils.fs import atomic_write_text
+
+__all__ = ["FORMATS", "FEATURE_EXTENSIONS", "collect_inputs", "read_jsonl", "error_record",
+           "iter_records", "format_for", "format_records", "to_json", "run_predict", "PredictSummary"]
+
+FORMATS = ("table", "json", "jsonl", "csv")
+FEATURE_EXTENSIONS = frozenset({".npy"})
+CSV_FIELDS = ("input", "label", "prob", "trusted", "trust_reason", "top_k", "error")
+INPUT_HINT = (f"give video files ({', '.join(sorted(VIDEO_EXTENSIONS))}), .npy feature files "
+              f"(T, D) or folders holding them")
+
+
+# ---- finding the inputs -----------------------------------------------------------------------
+def _wanted(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in VIDEO_EXTENSIONS or suffix in FEATURE_EXTENSIONS
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _scan_folder(top: Path, seen_dirs: set[str]) -> list[Path]:
+    """The video and .npy files under ``top`` (hidden names skipped), sorted by path.
+
+    A link to a folder is followed only when it leads to a folder inside ``top`` that has not been
+    listed yet (by real path): a link can neither lead out of the folder given nor loop.
+    """
+    top_real = os.path.realpath(top)
+    files: list[Path] = []
+    pending = [top]
+    while pending:
+        start = pending.pop(0)
+        for dirpath, dirnames, filenames in os.walk(start):  # does not follow links below start
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            keep = []
+            for name in sorted(d for d in dirnames if not d.startswith(".")):
+                sub = Path(dirpath) / name
+                if sub.is_symlink():
+                    target = os.path.realpath(sub)
+                    if _inside(target, top_real) and target not in seen_dirs and os.path.isdir(target):
+                        pending.append(sub)
+                else:
+                    keep.append(name)
+            dirnames[:] = keep
+            files.extend(Path(dirpath) / f for f in filenames
+                         if not f.startswith(".") and _wanted(Path(f)))
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The inputs named by ``paths``: files as given, folders searched recursively.
+
+    Files named directly are taken whatever their extension (one that is not a video becomes a
+    record with an error); in folders only video extensions and ``.npy`` are taken, sorted.
+    The same file reached twice (by real path) is taken once, at its first place.
+
+    Raises:
+        ConfigError: a path that does not exist, or no input found at all.
+    """
+    out: list[Path] = []
+    seen_files: set[str] = set()
+    seen_dirs: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = _scan_folder(path, seen_dirs)
+        elif path.exists():
+            found = [path]
+        else:
+            raise ConfigError(f"{path}: no such file or folder; {INPUT_HINT}")
+        for f in found:
+            key = os.path.realpath(f)
+            if key not in seen_files:
+                seen_files.add(key)
+                out.append(f)
+    if not out:
+        raise ConfigError(f"no inputs found in {', '.join(map(str, paths))}; {INPUT_HINT}")
+    return out
+
+
+# ---- records ----------------------------------------------------------------------------------
+def error_record(name: str, message: str, decode_s: float = 0.0) -> dict:
+    """The record of an input that cannot be used (the keys and wording of a Predictor's)."""
+    return {"input": name, "label": None, "top_k": [], "probabilities": {}, "trusted": False,
+            "trust_reason": f"not predicted: {message}", "ood_score": None, "frames": [],
+            "timings": {"decode_s": round(float(decode_s), 6), "features_s": 0.0, "model_s": 0.0},
+            "error": message}
+
+
+def _load_features(path: Path, feature_dim: int | None) -> np.ndarray:
+    """A (T, D) float32 array from a .npy file; ValueError with the reason when unusable."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npy array ({err}); write it with numpy.save") from None
+    if x.ndim != 2 or not len(x):
+        raise ValueError(f"{path}: features must be a (T, D) array with T >= 1, got shape {x.shape}")
+    if feature_dim is not None and x.shape[1] != int(feature_dim):
+        raise ValueError(f"{path}: features have D={x.shape[1]} but the run was trained on "
+                         f"D={feature_dim}; extract them with the run's extractor")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise ValueError(f"{path}: features hold NaN/Inf or are not numbers")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _pipeline_parts(predictor):
+    """(encoder, sampling, quality) when the predictor exposes them, else None."""
+    parts = tuple(getattr(predictor, name, None) for name in ("encoder_", "sampling_", "quality_"))
+    return parts if all(p is not None for p in parts) else None
+
+
+def _with_frames(record: dict, timestamps_ms) -> dict:
+    """Put the decoded frames' timestamps into a record predicted from their features."""
+    if timestamps_ms is None:
+        return record
+    for f in record.get("frames") or []:
+        i = int(f.get("index", -1))
+        if 0 <= i < len(timestamps_ms):
+            f["timestamp_ms"] = float(timestamps_ms[i])
+    return record
+
+
+def _finite(obj):
+    """``obj`` with NaN/Inf floats replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(record: dict, indent: int | None = None) -> str:
+    """A record as strict JSON (a non-finite number becomes null)."""
+    try:
+        return json.dumps(record, indent=indent, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(record), indent=indent, allow_nan=False)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def iter_records(predictor, inputs: Sequence[Path], *, top_k: int = 3, batch_size: int = 16,
+                 decode_workers: int = 2) -> Iterator[dict]:
+    """One record per input, in the order of ``inputs``.
+
+    Args:
+        predictor: a loaded run (``vidcls.load``): ``predict_records``, ``feature_dim_``, and, for
+            overlapped decoding, ``encoder_`` / ``sampling_`` / ``quality_``.
+        inputs: video files and .npy feature files.
+        top_k: classes per record.
+        batch_size: inputs per call of the temporal models.
+        decode_workers: decoding processes beside the models (pipeline path only).
+
+    Yields:
+        dict records (``input`` is ``str(path)``); broken inputs give ``error`` records.
+    """
+    batch_size = max(1, int(batch_size))
+    feature_dim = getattr(predictor, "feature_dim_", None)
+    # consecutive runs of the same kind keep the order while each kind is batched its own way
+    groups: list[tuple[str, list[Path]]] = []
+    for p in inputs:
+        kind = "features" if p.suffix.lower() in FEATURE_EXTENSIONS else "video"
+        if groups and groups[-1][0] == kind:
+            groups[-1][1].append(p)
+        else:
+            groups.append((kind, [p]))
+    for kind, paths in groups:
+        if kind == "features":
+            yield from _feature_records(predictor, paths, top_k, batch_size, feature_dim)
+        elif _pipeline_parts(predictor) is not None:
+            yield from _pipeline_records(predictor, paths, top_k, batch_size, decode_workers)
+        else:
+            for chunk in _chunks(paths, batch_size):
+                records = predictor.predict_records([str(p) for p in chunk], top_k=top_k)
+                for p, rec in zip(chunk, records):
+                    rec["input"] = str(p)
+                    yield rec
+
+
+def _feature_records(predictor, paths, top_k, batch_size, feature_dim) -> Iterator[dict]:
+    for chunk in _chunks(paths, batch_size):
+        loaded: list[tuple[Path, np.ndarray | None, str | None, float]] = []
+        for p in chunk:
+            t0 = time.perf_counter()
+            try:
+                loaded.append((p, _load_features(p, feature_dim), None, time.perf_counter() - t0))
+            except ValueError as err:
+                loaded.append((p, None, str(err), 0.0))
+        ok = [item for item in loaded if item[1] is not None]
+        records = iter(predictor.predict_records([x for _, x, _, _ in ok], top_k=top_k) if ok else [])
+        for p, x, err, load_s in loaded:
+            if x is None:
+                yield error_record(str(p), err)
+                continue
+            rec = next(records)
+            rec["input"] = str(p)
+            rec.setdefault("timings", {})["decode_s"] = round(load_s, 4)
+            yield rec
+
+
+def _pipeline_records(predictor, paths, top_k, batch_size, decode_workers) -> Iterator[dict]:
+    """Decode in worker processes, encode here, and run the temporal models on chunks.
+
+    When a decode worker dies (FFmpeg crashing on some file), the videos that were in flight are
+    decoded again one at a time, each in a worker of its own: the one that kills its worker gets an
+    error record, and the pipeline goes on after them.
+    """
+    from ..errors import ExtractError
+    from ..features import pipeline
+
+    encoder, sampling, quality = _pipeline_parts(predictor)
+    pending: list = []  # (path, VideoResult) waiting for the temporal models
+
+    def flush() -> Iterator[dict]:
+        ok = [r for _, r in pending if r.status == "ok"]
+        t0 = time.perf_counter()
+        records = iter(predictor.predict_records([r.features for r in ok], top_k=top_k) if ok else [])
+        model_s = (time.perf_counter() - t0) / max(1, len(ok))
+        for path, r in pending:
+            if r.status != "ok":
+                yield error_record(str(path), f"{r.reason}: {r.detail}", r.info.get("decode_s", 0.0))
+                continue
+            rec = _with_frames(next(records), r.timestamps_ms)
+            rec["input"] = str(path)
+            rec["timings"] = {"decode_s": round(float(r.info.get("decode_s", 0.0)), 6),
+                              "features_s": round(float(r.info.get("cnn_s", 0.0)), 6),
+                              "model_s": round(model_s, 6)}
+            yield rec
+        pending.clear()
+
+    def one_by_one(window) -> Iterator[tuple]:
+        for path in window:
+            try:
+                yield path, next(pipeline.iter_features([str(path)], encoder, sampling, quality,
+                                                        decode_workers=1))
+            except ExtractError as err:
+                yield path, pipeline.VideoResult(0, "skipped", reason="error",
+                                                 detail=f"{path}: the decoder crashed on it ({err})")
+
+    paths = list(paths)
+    start = 0
+    while start < len(paths):
+        rest = paths[start:]
+        try:
+            for r in pipeline.iter_features([str(p) for p in rest], encoder, sampling, quality,
+                                            decode_workers=decode_workers):
+                pending.append((rest[r.index], r))
+                start += 1
+                if len(pending) >= batch_size:
+                    yield from flush()
+        except ExtractError:
+            if not decode_workers:
+                raise
+            window = paths[start:start + 2 * max(1, int(decode_workers)) * pipeline.PREFETCH]
+            for item in one_by_one(window):
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    yield from flush()
+            start += len(window)
+    yield from flush()
+
+
+# ---- output -----------------------------------------------------------------------------------
+def _prob(record: dict) -> float | None:
+    top = record.get("top_k") or []
+    return float(top[0]["probability"]) if top else None
+
+
+def _csv_row(r: dict) -> dict:
+    prob = _prob(r)
+    return {"input": r["input"], "label": r.get("label") or "",
+            "prob": "" if prob is None else f"{prob:.6f}",
+            "trusted": "" if r.get("error") else str(bool(r.get("trusted"))).lower(),
+            "trust_reason": r.get("trust_reason") or "",
+            "top_k": ";".join(f"{t['class']}:{float(t['probability']):.6f}" for t in r.get("top_k") or []),
+            "error": r.get("error") or ""}
+
+
+def _table(records: list[dict]) -> str:
+    rows = []
+    for r in records:
+        prob = _prob(r)
+        if r.get("error"):
+            rows.append((r["input"], "ERROR", "", "", r["error"]))
+        else:
+            rows.append((r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}",
+                         "yes" if r.get("trusted") else "no",
+                         "" if r.get("trusted") else str(r.get("trust_reason") or "")))
+    head = ("input", "label", "prob", "trusted", "note")
+    width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(4)]
+    width[0] = min(width[0], 80)
+    lines = []
+    for row in [head, *rows]:
+        cells = [row[0].ljust(width[0]), row[1].ljust(width[1]), row[2].rjust(width[2]),
+                 row[3].ljust(width[3]), row[4]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def format_records(records: list[dict], fmt: str) -> str:
+    """``records`` as text in ``fmt`` (one of FORMATS)."""
+    if fmt == "json":
+        return to_json(records, indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(to_json(r) + "\n" for r in records)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(_csv_row(r) for r in records)
+        return buf.getvalue()
+    if fmt == "table":
+        return _table(records)
+    raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def format_for(output, fmt: str | None = None) -> str:
+    """``fmt`` when given, else the format the output file's extension names (.json, .jsonl,
+    .csv), else ``table``."""
+    if fmt:
+        return fmt
+    suffix = Path(output).suffix.lower().lstrip(".") if output else ""
+    return suffix if suffix in ("json", "jsonl", "csv") else "table"
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records already in a JSON-lines output, repairing the file in place.
+
+    A line that is not a complete JSON record (the torn last line of a killed run) is dropped from
+    the file; when it is the last line only, the file is truncated (nothing else is rewritten).
+
+    Returns:
+        The valid records, in file order ([] for a missing file).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    records, good, bad = [], [], 0
+    offset = end_of_good = 0
+    for line in data.splitlines(keepends=True):
+        rec = None
+        if line.endswith(b"\n"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+        if isinstance(rec, dict) and isinstance(rec.get("input"), str):
+            records.append(rec)
+            good.append(line)
+            if not bad:
+                end_of_good = offset + len(line)
+        elif line.strip():
+            bad += 1
+        offset += len(line)
+    if bad and end_of_good == len(b"".join(good)):  # every bad line comes after the good ones
+        with open(path, "r+b") as fh:
+            fh.truncate(end_of_good)
+            fh.flush()
+            os.fsync(fh.fileno())
+    elif bad:
+        atomic_write_text(path, b"".join(good).decode("utf-8"))
+    return records
+
+
+class _JsonlAppender:
+    """Appends one record per line; each line is flushed and fsynced before the next input."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "ab")
+
+    def write(self, record: dict) -> None:
+        self.fh.write((to_json(record) + "\n").encode("utf-8"))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+@dataclass
+class PredictSummary:
+    """What ``run_predict`` did."""
+
+    total: int = 0  # inputs found
+    skipped: int = 0  # already in the output file
+    predicted: int = 0  # predicted now, errors included
+    errors: int = 0  # of those, inputs that could not be used
+    untrusted: int = 0
+    timelines: int = 0
+    output: Path | None = None
+    seconds: float = 0.0
+    records: list = field(default_factory=list, repr=False)
+
+    def line(self) -> str:
+        parts = [f"{self.predicted} predicted"]
+        if self.skipped:
+            parts.append(f"{self.skipped} already in {self.output}")
+        if self.errors:
+            parts.append(f"{self.errors} could not be used (see their \"error\")")
+        if self.untrusted:
+            parts.append(f"{self.untrusted} not trusted")
+        if self.timelines:
+            parts.append(f"{self.timelines} timelines")
+        where = f"; written: {self.output}" if self.output else ""
+        return f"{self.total} inputs: {', '.join(parts)} in {self.seconds:.1f} s{where}"
+
+
+def _common_folder(inputs: Sequence[Path]) -> str | None:
+    """The deepest folder holding every input (timeline names are the paths below it)."""
+    try:
+        return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in inputs]) if inputs else None
+    except ValueError:  # different drives
+        return None
+
+
+def _relative(name: str, base: str | None) -> str:
+    if base is None:
+        return name
+    rel = os.path.relpath(os.path.abspath(name), base)
+    return name if rel.startswith("..") else rel
+
+
+def _progress(total: int, initial: int, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="video", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_predict(predictor, inputs: Sequence[Path], *, fmt: str = "table", output=None,
+                top_k: int = 3, batch_size: int = 16, decode_workers: int = 2, timeline_dir=None,
+                progress: bool | None = None, stdout=None,
+                timeline: Callable | None = None) -> PredictSummary:
+    """Predict ``inputs`` and write the records.
+
+    Args:
+        predictor: a loaded run (``vidcls.load``).
+        inputs: from ``collect_inputs``.
+        fmt: one of FORMATS.
+        output: a file, or None for ``stdout``. ``jsonl`` appends one line per input and skips the
+            inputs already in the file (resumable); the other formats are written atomically at the end.
+        top_k, batch_size, decode_workers: see ``iter_records``.
+        timeline_dir: write one timeline PNG per usable input there.
+        progress: a progress bar on stderr (None: only when stderr is a terminal).
+        stdout: where records go without ``output`` (default sys.stdout).
+        timeline: the timeline writer (default ``vidcls.reporting.timeline.write_timeline``).
+
+    Returns:
+        PredictSummary (its ``records`` are those predicted in this run).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if int(top_k) < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    t0 = time.perf_counter()
+    stdout = stdout if stdout is not None else sys.stdout
+    out = PredictSummary(total=len(inputs), output=Path(output) if output else None)
+    todo = list(inputs)
+    appender = None
+    if output and fmt == "jsonl":
+        done = {r["input"] for r in read_jsonl(output)}
+        done |= {os.path.abspath(d) for d in done}
+        todo = [p for p in todo if str(p) not in done and os.path.abspath(p) not in done]
+        out.skipped = len(inputs) - len(todo)
+        appender = _JsonlAppender(Path(output))
+    names: set[str] = set()
+    base = _common_folder(inputs)
+    if timeline_dir is not None:
+        Path(timeline_dir).mkdir(parents=True, exist_ok=True)
+        if timeline is None:
+            from ..reporting.timeline import write_timeline as timeline
+    bar = _progress(len(inputs), out.skipped, progress)
+    try:
+        for rec in iter_records(predictor, todo, top_k=top_k, batch_size=batch_size,
+                                decode_workers=decode_workers):
+            out.predicted += 1
+            out.errors += bool(rec.get("error"))
+            out.untrusted += not rec.get("error") and not rec.get("trusted", True)
+            if timeline_dir is not None and not rec.get("error"):
+                try:
+                    timeline(rec, timeline_dir, names=names, label=_relative(rec["input"], base))
+                    out.timelines += 1
+                except (OSError, ValueError) as err:
+                    print(f"timeline of {rec['input']} not written: {err}", file=sys.stderr)
+            if appender is not None:
+                appender.write(rec)
+            elif fmt == "jsonl":
+                stdout.write(to_json(rec) + "\n")
+                stdout.flush()
+            else:
+                out.records.append(rec)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if appender is not None:
+            appender.close()
+        if bar is not None:
+            bar.close()
+    if fmt != "jsonl":
+        text = format_records(out.records, fmt)
+        if output:
+            atomic_write_text(output, text)
+        else:
+            stdout.write(text)
+            stdout.flush()
+    out.seconds = time.perf_counter() - t0
+    return out

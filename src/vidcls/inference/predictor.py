@@ -1,0 +1,477 @@
+"""Using a trained run on new videos: ``vidcls.load(RUN_DIR)`` -> a scikit-learn style ``Predictor``.
+
+The predictor serves exactly what the run chose on validation (``RUN_DIR/final.json``, see
+:func:`vidcls.inference.evaluate.load_final_choice`): the mean softmax of the chosen members, each
+over the TTA views when the choice uses TTA, else over the original sequence. The members are loaded
+once. A feature sequence goes through what training and ``vidcls evaluate`` applied to it:
+
+1. rounded to the precision the features were stored in (float16 unless the store says otherwise),
+   as the model only ever saw stored features;
+2. thinned uniformly to the checkpoint's ``max_frames`` (:func:`vidcls.utils.sampling.uniform_indices`);
+3. cut into frame-budget batches (``batch_size`` videos, ``batch_frames`` padded frames, the run's
+   own settings) in input order, each view built by :func:`vidcls.inference.tta.tta_batch`;
+4. softmax per member and view, averaged (``policy.ensemble_probs``'s rule); with a calibration
+   (``RUN_DIR/calibration.json``, :mod:`vidcls.inference.trust`) every logit is first divided by its
+   temperature, and an out-of-distribution score below the validation threshold marks a prediction
+   as not to be trusted.
+
+A video is first turned into features by exactly the extractor recorded with the run's features
+(:meth:`vidcls.features.backbone.FrameEncoder.from_record`: backbone, weights, image size and
+normalisation, frame sampling, quality filter), built on the first video input. Weights that are not
+on this machine, or other weights, or another feature dimension are errors naming what to provide
+(``--weights PATH.pth``); nothing is ever patched over.
+
+Inputs ``x`` everywhere: a video path (str / Path), a ``(T, D)`` float array, or a list of them.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BackboneError, CheckpointError, ConfigError, ExtractError, VidclsError
+from ..models import build_from_spec
+from ..training.checkpoint import load_checkpoint
+from ..training.data import FrameBudgetBatches
+from ..utils.device import resolve_device
+from ..utils.sampling import uniform_indices
+from .evaluate import TTA_SETTINGS, load_final_choice
+from .tta import tta_batch
+
+__all__ = ["Predictor", "load", "served_probs"]
+
+ORIGINAL = "original"
+# extractor records written by this vidcls carry this rule (features/extract.py FRAME_RULE)
+_FRAME_RULE_KEY = "frame_rule"
+
+
+def load(run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0) -> Predictor:
+    """Load a finished run for prediction (its recorded final choice, members loaded once).
+
+    Args:
+        run_dir: a run trained with ``vidcls train`` (``final.json``, ``members/<i>/checkpoints/best.pt``).
+        device: auto | cpu | cuda | cuda:N.
+        weights: a local .pth for the frame CNN the features were extracted with (only needed for
+            video inputs, when those weights are not on this machine).
+        tta: auto (what the run chose) | on | off (force TTA over the run's modes, or the original view).
+        decode_workers: processes decoding videos beside the CNN when several videos are given at once.
+
+    Raises:
+        ConfigError: no run, no/damaged final.json, bad ``tta``.
+        CheckpointError: a served member's checkpoint is missing, damaged or inconsistent.
+    """
+    return Predictor(run_dir, device=device, weights=weights, tta=tta, decode_workers=decode_workers)
+
+
+def served_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``(N, C)``: the mean over members and views of ``softmax(logits / T)`` for ``(N, M, V, C)`` logits."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).mean(axis=(1, 2))
+
+
+def _trust():
+    """The trust module, or None where this installation has none (then nothing is calibrated)."""
+    try:
+        from . import trust
+    except ImportError:
+        return None
+    return trust
+
+
+class Predictor:
+    """A loaded run. Build it with :func:`load`.
+
+    Attributes:
+        classes_: class names, in the order of the probability columns.
+        feature_dim_: D of the feature sequences the run was trained on.
+        extractor_: the extractor record of those features (what a video goes through).
+        members_: the served members. source_: "ensemble" or "member <i>".
+        tta_used_: whether the served choice averages TTA views. tta_modes_: the run's TTA modes.
+        views_: the views averaged per member (``tta_modes_`` with TTA, else ``["original"]``).
+        max_frames_: longer sequences are thinned uniformly to this many frames.
+        batch_size_, batch_frames_: the frame-budget batching of the run.
+        calibration_: ``RUN_DIR/calibration.json`` as a dict, or None: not calibrated, or calibrated for
+            other members or views than served (``tta`` forced, final.json changed since); then
+            ``calibration_note_`` says so and every prediction is trusted with that reason.
+        run_dir: the run directory. device: the torch device.
+    """
+
+    def __init__(self, run_dir, *, device: str = "auto", weights=None, tta: str = "auto",
+                 decode_workers: int = 0):
+        if tta not in TTA_SETTINGS:
+            raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir} is not a run directory; train one with `vidcls train`")
+        self.device = resolve_device(device)
+        self.weights = None if weights is None else Path(weights)
+        self.decode_workers = max(0, int(decode_workers))
+        choice = load_final_choice(self.run_dir)
+        self.choice_ = choice
+        self.source_ = choice.source
+        self.members_ = list(choice.members)
+        self.tta_modes_ = list(choice.tta_modes)
+        self.tta_used_ = bool(choice.tta_used) if tta == "auto" else tta == "on"
+        self.views_ = list(self.tta_modes_) if self.tta_used_ else [ORIGINAL]
+        self._models, ckpts = self._load_members()
+        first = ckpts[0]
+        self.classes_ = list(first["class_names"])
+        self.feature_dim_ = int(first["feature_dim"])
+        self.extractor_ = dict(first.get("extractor") or {})
+        cfg = first.get("config") or {}
+        self.max_frames_ = first.get("max_frames", cfg.get("max_frames"))
+        self.batch_size_ = int(cfg.get("batch_size") or 48)
+        self.batch_frames_ = cfg.get("batch_frames")
+        dtype = self.extractor_.get("dtype")
+        self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
+        trust = _trust()
+        calibration = trust.load_calibration(self.run_dir) if trust is not None else None
+        self.calibration_, self.calibration_note_ = self._usable(calibration)
+        self._encoder = None
+        self._selection = None
+        self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
+
+    # ---- loading ----------------------------------------------------------------------------
+    def _usable(self, calibration: dict | None) -> tuple[dict | None, str]:
+        """(the calibration, or None when there is none or it was fitted on other members or views
+        than this predictor serves; the trust reason to give without one)."""
+        if not calibration:
+            return None, "not calibrated"
+        fitted = (calibration.get("members", self.members_), calibration.get("views", self.views_))
+        if list(fitted[0]) != self.members_ or list(fitted[1]) != self.views_:
+            return None, (f"not calibrated: calibration.json was fitted for members {list(fitted[0])} with "
+                          f"views {list(fitted[1])}, this predictor serves members {self.members_} with views "
+                          f"{self.views_}; run `vidcls calibrate {self.run_dir}`")
+        return calibration, "not calibrated"
+
+    def _load_members(self) -> tuple[list, list[dict]]:
+        models, ckpts = [], []
+        for m in self.members_:
+            path = self.run_dir / "members" / str(m) / "checkpoints" / "best.pt"
+            ckpt = load_checkpoint(path, self.device)
+            for key in ("model", "model_state", "class_names", "feature_dim"):
+                if key not in ckpt:
+                    raise CheckpointError(f"{path} has no {key!r}; it is not a finished member checkpoint")
+            if ckpts:
+                _check_same(ckpts[0], ckpt, self.run_dir / "members" / str(self.members_[0]), path)
+            model = build_from_spec(ckpt["model"])
+            model.load_state_dict(ckpt["model_state"])
+            models.append(model.to(self.device).eval())
+            ckpts.append({k: v for k, v in ckpt.items() if k != "model_state"})
+        return models, ckpts
+
+    @property
+    def encoder_(self):
+        """The frame CNN of the run's extractor (built on first use).
+
+        Raises:
+            BackboneError: the recorded weights are not on this machine (pass ``weights=PATH.pth`` /
+                ``--weights PATH.pth``), other weights were given, or the features were not made by a CNN.
+            CheckpointError: the encoder gives features of another dimension than the run's.
+        """
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = self._build_encoder()
+        return self._encoder
+
+    def _build_encoder(self):
+        from ..features.backbone import FrameEncoder
+        from ..features.extract import FRAME_RULE
+
+        rule = self.extractor_.get(_FRAME_RULE_KEY)
+        if rule is not None and rule != FRAME_RULE:
+            raise BackboneError(f"the run's features took frames by the rule {rule!r}; this vidcls "
+                                f"takes {FRAME_RULE!r}: use the vidcls version that extracted them")
+        encoder = FrameEncoder.from_record(self.extractor_, self.weights, device=str(self.device))
+        if encoder.feature_dim != self.feature_dim_:
+            raise CheckpointError(f"the run was trained on {self.feature_dim_}-dimensional features but its "
+                                  f"recorded extractor ({self.extractor_.get('backbone')}) gives "
+                                  f"{encoder.feature_dim}-dimensional ones; nothing is patched over: "
+                                  f"predict from the run's own kind of features")
+        return encoder
+
+    @property
+    def sampling_(self):
+        """The recorded frame sampling (``Sampling``)."""
+        return self._frame_selection()[0]
+
+    @property
+    def quality_(self):
+        """The recorded frame quality filter (``Quality``)."""
+        return self._frame_selection()[1]
+
+    def _frame_selection(self):
+        if self._selection is None:
+            from ..features.backbone import selection_from_record
+
+            self._selection = selection_from_record(self.extractor_)
+        return self._selection
+
+    def describe(self) -> dict:
+        """What this predictor serves, JSON-able (for a model endpoint or a log line)."""
+        return {"run_dir": str(self.run_dir), "classes": list(self.classes_), "source": self.source_,
+                "members": list(self.members_), "tta_used": self.tta_used_, "views": list(self.views_),
+                "tta_modes": list(self.tta_modes_), "max_frames": self.max_frames_,
+                "feature_dim": self.feature_dim_, "extractor": dict(self.extractor_),
+                "calibration": self.calibration_,
+                **({} if self.calibration_ else {"calibration_note": self.calibration_note_}),
+                "device": str(self.device)}
+
+    # ---- inputs -----------------------------------------------------------------------------
+    @staticmethod
+    def _as_list(x) -> list:
+        if isinstance(x, (str, os.PathLike)):
+            return [x]
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if isinstance(x, np.ndarray):
+            if x.ndim == 2:
+                return [x]
+            if x.ndim == 3:
+                return list(x)
+            raise ConfigError(f"features must be (T, D) or a list of them; got an array of shape {x.shape}")
+        if isinstance(x, (list, tuple)):
+            if len(x) and isinstance(x[0], (list, tuple)) and np.ndim(x[0]) == 1:
+                return [np.asarray(x)]  # one (T, D) sequence as nested lists (JSON)
+            return list(x)
+        raise ConfigError(f"cannot predict a {type(x).__name__}: give a video path, a (T, D) array or a list")
+
+    def _check_features(self, a, name: str) -> np.ndarray:
+        """A (T, D) input as float32, rounded to the store's precision.
+
+        Raises:
+            ConfigError: not a (T >= 1, D) array of finite numbers. CheckpointError: another D.
+        """
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().numpy()
+        a = np.asarray(a)
+        if a.ndim != 2 or not len(a) or not np.issubdtype(a.dtype, np.number):
+            raise ConfigError(f"{name}: features must be a (T, D) array of numbers with T >= 1, got "
+                              f"{a.dtype} {a.shape}")
+        if a.shape[1] != self.feature_dim_:
+            raise CheckpointError(f"{name}: features have D={a.shape[1]} but the run was trained on "
+                                  f"D={self.feature_dim_}; use features from the run's extractor")
+        if not np.isfinite(a).all():
+            raise ConfigError(f"{name}: features hold NaN or Inf")
+        if self._store_dtype is not None:
+            a = a.astype(self._store_dtype)
+            if not np.isfinite(a).all():
+                raise ConfigError(f"{name}: features overflow {self._store_dtype}, the precision the run's "
+                                  f"features were stored in; they cannot come from the run's extractor")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def _thin(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features the model sees, their positions in ``a``): the max_frames rule of training."""
+        keep = np.arange(len(a)) if not self.max_frames_ else uniform_indices(len(a), int(self.max_frames_))
+        return a[keep], keep
+
+    def _encode_videos(self, paths: list) -> list[dict]:
+        """Per path: {"features", "timestamps_ms", "decode_s", "features_s"} or {"error"} (never raises
+        for a broken file; a missing extractor raises)."""
+        from ..features.pipeline import iter_features
+
+        encoder, sampling, quality = self.encoder_, self.sampling_, self.quality_
+        out: list[dict | None] = [None] * len(paths)
+        try:
+            for r in iter_features([str(p) for p in paths], encoder, sampling, quality,
+                                   decode_workers=self.decode_workers if len(paths) > 1 else 0):
+                if r.status != "ok":
+                    out[r.index] = {"error": f"{r.reason}: {r.detail}"}
+                else:
+                    out[r.index] = {"features": r.features, "timestamps_ms": r.timestamps_ms,
+                                    "decode_s": float(r.info.get("decode_s", 0.0)),
+                                    "features_s": float(r.info.get("cnn_s", 0.0))}
+        except VidclsError as err:  # a decode worker died: the videos not done get its message
+            out = [o if o is not None else {"error": f"error: {err}"} for o in out]
+        return [o if o is not None else {"error": "error: no result from the decoder"} for o in out]
+
+    def _gather(self, x, *, strict: bool) -> list[dict]:
+        """Per input: {"input", "features" (T, D) float32 | None, "timestamps_ms", "error", timings}.
+
+        ``strict``: raise on the first unusable input (predict_proba) instead of recording its error.
+        """
+        items = self._as_list(x)
+        out: list[dict] = []
+        for i, item in enumerate(items):
+            is_path = isinstance(item, (str, os.PathLike))
+            out.append({"input": str(item) if is_path else f"features[{i}]", "path": item if is_path else None,
+                        "features": None, "timestamps_ms": None, "error": None,
+                        "decode_s": 0.0, "features_s": 0.0})
+            if not is_path:
+                try:
+                    out[-1]["features"] = self._check_features(item, out[-1]["input"])
+                except VidclsError as err:
+                    if strict:
+                        raise
+                    out[-1]["error"] = str(err)
+        videos = [r for r in out if r["path"] is not None]
+        if videos:
+            for r, v in zip(videos, self._encode_videos([r["path"] for r in videos])):
+                if "error" in v:
+                    if strict:
+                        raise ExtractError(f"{r['input']}: {v['error']}")
+                    r["error"] = v["error"]
+                    continue
+                try:
+                    r["features"] = self._check_features(v["features"], r["input"])
+                except VidclsError as err:
+                    if strict:
+                        raise
+                    r["error"] = str(err)
+                    continue
+                r["timestamps_ms"] = np.asarray(v["timestamps_ms"], np.float64)
+                r["decode_s"], r["features_s"] = v["decode_s"], v["features_s"]
+        return out
+
+    # ---- the models -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, arrays: Sequence[np.ndarray], attention: bool) -> tuple[np.ndarray, list, list]:
+        """Logits ``(N, M, V, C)`` float64 of the served members and views, and per video the
+        positions of the frames the model saw and (with ``attention``) the mean over members of the
+        original view's attention on them."""
+        thinned = [self._thin(a) for a in arrays]
+        n, n_members, n_views = len(thinned), len(self._models), len(self.views_)
+        logits = np.zeros((n, n_members, n_views, len(self.classes_)), np.float64)
+        attn: list = [None] * n
+        if not n:
+            return logits, [t[1] for t in thinned], attn
+        lengths = np.array([len(t[0]) for t in thinned], np.int64)
+        views = list(self.views_) + ([ORIGINAL] if attention and ORIGINAL not in self.views_ else [])
+        for batch in FrameBudgetBatches(list(range(n)), lengths, self.batch_size_, self.batch_frames_):
+            lens = torch.from_numpy(lengths[batch])
+            x = torch.zeros(len(batch), int(lens.max()), self.feature_dim_)
+            for b, i in enumerate(batch):
+                x[b, :lengths[i]] = torch.from_numpy(thinned[i][0])
+            x = x.to(self.device)
+            weights = np.zeros((len(batch), int(lens.max())), np.float64)
+            for m, model in enumerate(self._models):
+                for mode in views:
+                    xm, lm = tta_batch(x, lens, mode)
+                    out, a = model(xm, lm.to(self.device), return_attention=True)
+                    if mode in self.views_:
+                        logits[batch, m, self.views_.index(mode)] = out.float().double().cpu().numpy()
+                    if attention and mode == ORIGINAL:
+                        weights += a.float().double().cpu().numpy()
+            for b, i in enumerate(batch):
+                attn[i] = weights[b, :lengths[i]] / n_members
+        return logits, [t[1] for t in thinned], attn
+
+    def _probs(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
+        trust = _trust()
+        if calibrated and self.calibration_ and trust is not None:
+            return trust.served_probs(logits, float(self.calibration_["temperature"]))
+        return served_probs(logits)
+
+    # ---- the public API ---------------------------------------------------------------------
+    def logits_features(self, arrays) -> np.ndarray:
+        """Raw logits ``(N, M, V, C)`` float64 of ``arrays`` ((T, D) features): per served member M
+        (``members_``) and per served view V (``views_``). The served probabilities are the mean over
+        M and V of ``softmax(logits / T)`` (T = 1 uncalibrated).
+
+        Raises:
+            ConfigError / CheckpointError: an input that is not a (T, D) array of the run's D.
+        """
+        feats = [self._check_features(a, f"features[{i}]") for i, a in enumerate(self._as_list(arrays))]
+        return self._forward(feats, attention=False)[0]
+
+    def predict_proba(self, x, calibrated: bool = True) -> np.ndarray:
+        """``(N, C)`` served probabilities (columns: ``classes_``), temperature-scaled when the run has
+        a calibration and ``calibrated``.
+
+        Raises:
+            ExtractError: a video that cannot be decoded (``predict_records`` reports it instead).
+            BackboneError / CheckpointError / ConfigError: see the module docstring and ``encoder_``.
+        """
+        items = self._gather(x, strict=True)
+        logits = self._forward([r["features"] for r in items], attention=False)[0]
+        return self._probs(logits, calibrated)
+
+    def predict(self, x) -> list[str]:
+        """The most probable class of each input."""
+        return [self.classes_[int(i)] for i in self.predict_proba(x).argmax(axis=1)]
+
+    def explain(self, x) -> list[dict]:
+        """Per input, the frames the model saw: ``{"attention": [float], "timestamps_ms": [float | None],
+        "index": [int]}`` (attention of the original view, mean over served members; ``index``: the
+        frame's position in the input sequence, after ``max_frames`` thinning)."""
+        items = self._gather(x, strict=True)
+        _, kept, attn = self._forward([r["features"] for r in items], attention=True)
+        return [{"attention": [float(a) for a in w], "timestamps_ms": _stamps(r["timestamps_ms"], k),
+                 "index": [int(i) for i in k]} for r, k, w in zip(items, kept, attn)]
+
+    def predict_records(self, x, top_k: int = 3) -> list[dict]:
+        """One JSON-able record per input (the output of ``vidcls predict`` and the HTTP service)::
+
+            {"input", "label", "top_k": [{"class", "probability"}], "probabilities": {class: p},
+             "trusted", "trust_reason", "ood_score", "frames": [{"index", "timestamp_ms", "attention"}],
+             "timings": {"decode_s", "features_s", "model_s"}, "error"}
+
+        An input that cannot be used (a broken video, a bad array) gives ``error`` (the reason) with
+        ``label`` None and never raises; a run that cannot handle videos at all (weights missing,
+        another feature dimension) raises BackboneError / CheckpointError.
+        """
+        items = self._gather(x, strict=False)
+        ok = [r for r in items if r["error"] is None]
+        t0 = time.perf_counter()
+        logits, kept, attn = self._forward([r["features"] for r in ok], attention=True)
+        probs = self._probs(logits, calibrated=True)
+        scores, verdicts = self._trust_of(logits)
+        model_s = (time.perf_counter() - t0) / max(1, len(ok))
+        done = {id(r): j for j, r in enumerate(ok)}
+        records = []
+        for r in items:
+            if r["error"] is not None:
+                records.append(error_record(r["input"], r["error"], r["decode_s"], r["features_s"]))
+                continue
+            j = done[id(r)]
+            p = probs[j]
+            order = np.argsort(-p, kind="stable")[:max(1, int(top_k))]
+            stamps = _stamps(r["timestamps_ms"], kept[j])
+            records.append({
+                "input": r["input"], "label": self.classes_[int(order[0])],
+                "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
+                "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
+                "trusted": bool(verdicts[j][0]), "trust_reason": str(verdicts[j][1]),
+                "ood_score": None if scores is None or not np.isfinite(scores[j]) else float(scores[j]),
+                "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
+                           for i, s, a in zip(kept[j], stamps, attn[j])],
+                "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
+                            "model_s": round(model_s, 6)},
+                "error": None})
+        return records
+
+    def _trust_of(self, logits: np.ndarray) -> tuple[np.ndarray | None, list[tuple[bool, str]]]:
+        """(OOD scores or None, (trusted, reason) per video)."""
+        trust = _trust()
+        if trust is None or not self.calibration_:
+            return None, [(True, self.calibration_note_)] * len(logits)
+        scores = trust.calibration_score(logits, self.calibration_)
+        return scores, [trust.trust_verdict(float(s), self.calibration_) for s in scores]
+
+
+def _stamps(timestamps_ms, kept) -> list:
+    if timestamps_ms is None:
+        return [None] * len(kept)
+    return [float(timestamps_ms[i]) for i in kept]
+
+
+def error_record(name: str, error: str, decode_s: float = 0.0, features_s: float = 0.0) -> dict:
+    """The record of an input that could not be predicted."""
+    return {"input": name, "label": None, "top_k": [], "probabilities": {}, "trusted": False,
+            "trust_reason": f"not predicted: {error}", "ood_score": None, "frames": [],
+            "timings": {"decode_s": round(decode_s, 6), "features_s": round(features_s, 6), "model_s": 0.0},
+            "error": error}
+
+
+def _check_same(first: dict, other: dict, first_dir: Path, path: Path) -> None:
+    """Members served together must have been trained on the same features the same way."""
+    for key in ("class_names", "feature_dim", "extractor", "max_frames"):
+        if first.get(key) != other.get(key):
+            raise CheckpointError(f"{path} has {key} {other.get(key)!r} but {first_dir} has {first.get(key)!r}; "
+                                  f"the members of one run must share their features; retrain the run")
