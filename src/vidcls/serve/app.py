@@ -1,0 +1,332 @@
+"""``vidcls serve``: a trained run behind HTTP (FastAPI + uvicorn) with a small upload page.
+
+Endpoints: ``GET /health``; ``GET /v1/model``; ``POST /v1/predict`` (multipart, one video in the file
+field ``file``) -> the record of ``Predictor.predict_records`` (the JSON of ``vidcls predict --format
+json``) with ``input`` set to the uploaded file name, plus ``thumbnails`` (data URIs, one per frame)
+with ``?thumbnails=1``; ``POST /v1/predict/features`` ({"features": T x D}); ``GET /`` the page;
+OpenAPI at ``/docs``.
+
+Every error response is ``{"error": message}`` (a failed video: its record, whose ``error`` says why);
+an unexpected exception is logged here and answered with a bare 500. Uploads are streamed to a
+temporary file that is removed on every path; limits are in :mod:`vidcls.serve.limits`.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from .. import __version__
+from ..errors import ConfigError, VidclsError
+from ..features.video import VideoSkip, open_video
+from .limits import BodyLimit, InferenceQueue, receive_upload
+from .thumbnails import frame_thumbnails
+
+log = logging.getLogger("vidcls.serve")
+
+API_KEY_ENV = "VIDCLS_API_KEY"
+API_KEY_HEADER = "X-API-Key"
+UPLOAD_FIELD = "file"
+NOT_A_VIDEO = {"cannot_open", "no_video_stream"}  # VideoSkip codes answered with 415
+
+
+@dataclass
+class ServeSettings:
+    """How the service runs. ``api_key``: required in X-API-Key on /v1/* when set. ``tmp_dir``: where
+    uploads are streamed (None: the system's, i.e. $TMPDIR). ``run_dir``: where summary.json and
+    calibration.json are read for /v1/model (None: no metrics)."""
+
+    max_upload_mb: float = 500.0
+    max_queue: int = 8
+    api_key: str | None = None
+    tmp_dir: str | None = None
+    run_dir: str | None = None
+    workers: int = 1
+
+    def __post_init__(self):
+        if not (self.max_upload_mb > 0 and math.isfinite(self.max_upload_mb)):
+            raise ConfigError(f"--max-upload-mb must be a positive number, got {self.max_upload_mb}")
+        if int(self.max_queue) < 1:
+            raise ConfigError(f"--max-queue must be >= 1, got {self.max_queue}")
+        if self.tmp_dir is not None and not Path(self.tmp_dir).is_dir():
+            raise ConfigError(f"upload directory {self.tmp_dir} does not exist")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2 ** 20)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(host: str, environ=os.environ) -> str | None:
+    """The API key /v1/* requires: $VIDCLS_API_KEY when set (None: open, loopback only).
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address and no key is set.
+    """
+    key = environ.get(API_KEY_ENV) or None
+    if key is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} exposes the service beyond this machine: set {API_KEY_ENV} to a "
+                          f"secret first (clients send it in the {API_KEY_HEADER} header), or bind 127.0.0.1")
+    return key
+
+
+class FeaturesRequest(BaseModel):
+    features: list[list[float]] = Field(
+        description="frame features of one video, T rows of D floats (D: the run's feature_dim)",
+        json_schema_extra={"examples": [[[0.1, 0.2], [0.3, 0.4]]]})
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("cannot read %s (%s); /v1/model leaves it out", path, err)
+        return None
+
+
+def model_info(predictor, settings: ServeSettings) -> dict:
+    """What GET /v1/model answers: the served model, its metrics and calibration, the limits."""
+    run = Path(settings.run_dir) if settings.run_dir else None
+    summary = (_read_json(run / "summary.json") if run else None) or {}
+    calibration = _read_json(run / "calibration.json") if run else None
+    if calibration is None:
+        calibration = getattr(predictor, "calibration_", None)
+    return {"vidcls_version": __version__, "classes": list(predictor.classes_),
+            "members": list(getattr(predictor, "members_", [])),
+            "tta_used": getattr(predictor, "tta_used_", None),
+            "tta_modes": list(getattr(predictor, "tta_modes_", None) or []),
+            "feature_dim": getattr(predictor, "feature_dim_", None),
+            "max_frames": getattr(predictor, "max_frames_", None),
+            "extractor": getattr(predictor, "extractor_", None),
+            "final": summary.get("final"),
+            "metrics": {"val": summary.get("val"), "test": summary.get("test")},
+            "calibration": calibration,
+            "limits": {"max_upload_mb": settings.max_upload_mb, "max_queue": settings.max_queue,
+                       "upload_field": UPLOAD_FIELD}}
+
+
+class ApiKeyGuard:
+    """ASGI middleware: /v1/* answers 401 unless the X-API-Key header holds ``api_key`` (None: open)."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.key = app, None if api_key is None else api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if self.key is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode(), b"")
+            if not hmac.compare_digest(given, self.key):
+                response = _error(401, f"missing or wrong {API_KEY_HEADER} header",
+                                  {"WWW-Authenticate": API_KEY_HEADER})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _page() -> tuple[str, str]:
+    """The page's HTML (CSS and JS inlined) and its Content-Security-Policy (hashes of both)."""
+    files = resources.files("vidcls.serve") / "static"
+    css, js = (files / "page.css").read_text(), (files / "page.js").read_text()
+
+    def digest(text):
+        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+    html = (files / "page.html").read_text().replace("/*CSS*/", css).replace("/*JS*/", js)
+    csp = (f"default-src 'none'; connect-src 'self'; img-src data:; style-src {digest(css)}; "
+           f"script-src {digest(js)}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return html, csp
+
+
+def _error(status: int, message: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def features_array(rows: list, feature_dim: int | None) -> np.ndarray:
+    """The (T, D) float32 array of a features request.
+
+    Raises:
+        HTTPException: 422 with what is wrong (no rows, ragged rows, wrong D, NaN/Inf).
+    """
+    if not rows:
+        raise HTTPException(422, "features: no frames; send T >= 1 rows of D floats")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise HTTPException(422, f"features: rows of different lengths ({sorted(widths)[:5]}); every "
+                                 f"frame needs the same D")
+    x = np.asarray(rows, dtype=np.float64)
+    if feature_dim is not None and x.shape[1] != feature_dim:
+        raise HTTPException(422, f"features: D = {x.shape[1]}, but the run was trained on D = "
+                                 f"{feature_dim} (features of its recorded extractor, see /v1/model)")
+    if not np.isfinite(x).all():
+        raise HTTPException(422, "features: NaN or infinite values; send finite numbers")
+    if np.abs(x).max() > np.finfo(np.float32).max:
+        raise HTTPException(422, "features: values beyond float32 range")
+    return x.astype(np.float32)
+
+
+def _predict_upload(predictor, path: Path, filename: str, top_k: int, thumbnails: bool) -> tuple[int, dict]:
+    """Runs on an inference thread: check the file is a video, predict it, add thumbnails."""
+    def named(text: str) -> str:
+        return str(text).replace(str(path), filename)
+
+    try:
+        container, _ = open_video(path)
+        container.close()
+    except VideoSkip as skip:
+        status = 415 if skip.code in NOT_A_VIDEO else 422
+        reason = "the uploaded file is empty" if skip.code == "empty" else named(skip)
+        return status, {"error": reason}
+    try:
+        record = predictor.predict_records([str(path)], top_k=top_k)[0]
+    except VidclsError as err:  # the run's frame extractor cannot be built here (weights, dimension)
+        log.warning("video upload refused: %s", err)
+        return 503, {"error": f"this server cannot classify videos ({err}); /v1/predict/features works"}
+    record["input"] = filename
+    if record.get("error"):
+        record["error"], record["trust_reason"] = named(record["error"]), named(record.get("trust_reason", ""))
+        return 422, record
+    if thumbnails:
+        record["thumbnails"] = frame_thumbnails(path, [f.get("timestamp_ms") for f in record["frames"]])
+    return 200, record
+
+
+def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (a :class:`vidcls.inference.predictor.Predictor`, or any
+    object with ``classes_`` and ``predict_records``)."""
+    settings = settings or ServeSettings()
+    queue = InferenceQueue(settings.max_queue, settings.workers)
+    info = model_info(predictor, settings)
+    page, csp = _page()
+    n_classes = len(predictor.classes_)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        queue.close()
+
+    app = FastAPI(title="vidcls", version=__version__, lifespan=lifespan, description="Video "
+                  "classification with a trained vidcls run. /v1/* needs the X-API-Key header when the "
+                  "server has a key.")
+    app.state.queue, app.state.settings = queue, settings
+    app.add_middleware(ApiKeyGuard, api_key=settings.api_key)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)  # the outermost: see its docstring
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request, exc):
+        return _error(400, "the client closed the connection during the upload")
+
+    @app.exception_handler(Exception)
+    async def crashed(request, exc: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal error (logged on the server)")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+                                           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+
+    # ApiKeyGuard enforces the key before any body is read; this dependency only documents it in /docs
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))])
+    top_k_query = Query(3, ge=1, description="how many classes in top_k")
+
+    @v1.get("/model")
+    async def model():
+        return info
+
+    @v1.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": [UPLOAD_FIELD], "properties": {
+            UPLOAD_FIELD: {"type": "string", "format": "binary"}}}}}}})
+    async def predict(request: Request, top_k: int = top_k_query,
+                      thumbnails: bool = Query(False, description="add frame thumbnails (data URIs)")):
+        """Classify one uploaded video (multipart field ``file``)."""
+        async with queue.slot():
+            upload = await receive_upload(request, UPLOAD_FIELD, settings.tmp_dir)
+            try:
+                status, body = await queue.run(_predict_upload, predictor, upload.path, upload.filename,
+                                               min(top_k, n_classes), thumbnails)
+            finally:
+                upload.path.unlink(missing_ok=True)
+        return JSONResponse(body, status)
+
+    @v1.post("/predict/features")
+    async def predict_features(body: FeaturesRequest, top_k: int = top_k_query):
+        """Classify one video given as its frame features (T x D, from the run's extractor)."""
+        x = features_array(body.features, info["feature_dim"])
+        async with queue.slot():
+            record = await queue.run(lambda: predictor.predict_records([x], top_k=min(top_k, n_classes))[0])
+        return JSONResponse(record, 422 if record.get("error") else 200)
+
+    app.include_router(v1)
+    return app
+
+
+def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 500.0,
+          max_queue: int = 8, device: str = "auto", weights: str | None = None, log_level: str = "info") -> None:
+    """Load the run and serve it until interrupted (``vidcls serve``).
+
+    Raises:
+        ConfigError: a non-loopback host without $VIDCLS_API_KEY, or a bad limit (checked before loading).
+    """
+    api_key = resolve_api_key(host)
+    settings = ServeSettings(max_upload_mb=max_upload_mb, max_queue=max_queue, api_key=api_key,
+                             run_dir=str(run_dir))
+    import uvicorn  # after the checks: a refused start does not wait for torch
+
+    from ..inference.predictor import load
+
+    predictor = load(run_dir, device=device, weights=weights)
+    try:
+        _ = predictor.encoder_  # the frame CNN of the run's extractor, built now rather than on the first upload
+    except VidclsError as err:
+        log.warning("video uploads will be refused: %s", err)
+        print(f"warning: video uploads will be refused ({err}); /v1/predict/features works", flush=True)
+    app = create_app(predictor, settings)
+    print(f"serving {run_dir} ({len(predictor.classes_)} classes) on http://{host}:{port}/ "
+          f"(API key {'required' if api_key else 'not required'}; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

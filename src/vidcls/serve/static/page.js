@@ -1,0 +1,138 @@
+"use strict";
+// Every string from the server or the user goes into the page through textContent (never innerHTML).
+(function () {
+  const $ = (id) => document.getElementById(id);
+  let limitBytes = null;
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  function headers() {
+    const key = $("api-key").value;
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function status(text, isError) {
+    $("status").textContent = text;
+    $("status").className = isError ? "error" : "";
+  }
+
+  async function loadModel() {
+    try {
+      const r = await fetch("/v1/model", { headers: headers() });
+      if (r.status === 401) {
+        $("key-row").hidden = false;
+        $("model").textContent = "this server needs an API key";
+        return;
+      }
+      const m = await r.json();
+      limitBytes = m.limits ? m.limits.max_upload_mb * 1048576 : null;
+      const acc = m.metrics && m.metrics.test ? ", test accuracy " + m.metrics.test.accuracy.toFixed(3) : "";
+      $("model").textContent = m.classes.length + " classes (" + m.classes.join(", ") + "), members " +
+        m.members.join(", ") + acc;
+    } catch (e) {
+      $("model").textContent = "cannot reach the server";
+    }
+  }
+
+  function pct(p) { return (100 * p).toFixed(1) + " %"; }
+
+  function renderBars(record) {
+    const box = $("bars");
+    box.replaceChildren();
+    const entries = Object.entries(record.probabilities).sort((a, b) => b[1] - a[1]);
+    entries.forEach(([name, p], i) => {
+      const row = el("div", "bar-row" + (i === 0 ? " top" : ""));
+      const name_ = el("span", "bar-name", name);
+      name_.title = name;
+      const track = el("div", "bar-track");
+      const fill = el("div", "bar-fill");
+      fill.style.width = Math.max(0, Math.min(100, 100 * p)) + "%";
+      track.appendChild(fill);
+      row.append(name_, track, el("span", "bar-value", pct(p)));
+      box.appendChild(row);
+    });
+  }
+
+  function renderTimeline(record) {
+    const box = $("timeline");
+    box.replaceChildren();
+    const frames = record.frames || [];
+    const thumbs = record.thumbnails || [];
+    const peak = Math.max(1e-12, ...frames.map((f) => f.attention));
+    frames.forEach((f, i) => {
+      const cell = el("div", "frame");
+      const uri = thumbs[i];
+      if (typeof uri === "string" && uri.startsWith("data:image/")) {
+        const img = el("img");
+        img.src = uri;
+        img.alt = "frame " + f.index;
+        cell.appendChild(img);
+      }
+      const track = el("div", "att-track");
+      const fill = el("div", "att-fill");
+      fill.style.height = Math.round(100 * f.attention / peak) + "%";
+      track.appendChild(fill);
+      track.title = "attention " + f.attention.toFixed(3);
+      const t = f.timestamp_ms === null || f.timestamp_ms === undefined ? "#" + f.index
+        : (f.timestamp_ms / 1000).toFixed(1) + " s";
+      cell.append(track, el("span", "att-time", t), el("span", "att-value", f.attention.toFixed(2)));
+      box.appendChild(cell);
+    });
+  }
+
+  function render(record) {
+    $("filename").textContent = record.input;
+    $("label").textContent = record.label;
+    const v = $("verdict");
+    v.className = record.trusted ? "trusted" : "untrusted";
+    const ood = typeof record.ood_score === "number" ? " (OOD score " + record.ood_score.toFixed(2) + ")" : "";
+    v.textContent = (record.trusted ? "trusted: " : "not trusted: ") + record.trust_reason + ood;
+    renderBars(record);
+    renderTimeline(record);
+    const t = record.timings || {};
+    $("timings").textContent = "decode " + (t.decode_s || 0).toFixed(2) + " s, features " +
+      (t.features_s || 0).toFixed(2) + " s, model " + (t.model_s || 0).toFixed(2) + " s";
+    $("result").hidden = false;
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    const file = $("file").files[0];
+    if (!file) { status("choose a video first", true); return; }
+    if (limitBytes !== null && file.size > limitBytes) {
+      status("the file is larger than the server's limit of " + (limitBytes / 1048576) + " MB", true);
+      return;
+    }
+    const body = new FormData();
+    body.append("file", file, file.name);
+    status("uploading and classifying ...", false);
+    $("submit").disabled = true;
+    try {
+      const r = await fetch("/v1/predict?thumbnails=1", { method: "POST", body: body, headers: headers() });
+      let data = null;
+      try { data = await r.json(); } catch (e) { data = null; }
+      if (!r.ok) {
+        if (r.status === 401) $("key-row").hidden = false;
+        const wait = r.headers.get("Retry-After");
+        status("error " + r.status + ": " + ((data && data.error) || r.statusText) +
+               (wait ? " (retry in " + wait + " s)" : ""), true);
+        return;
+      }
+      render(data);
+      status("done", false);
+    } catch (e) {
+      status("the request failed: " + e, true);
+    } finally {
+      $("submit").disabled = false;
+    }
+  }
+
+  $("upload").addEventListener("submit", submit);
+  $("api-key").addEventListener("change", loadModel);
+  loadModel();
+})();

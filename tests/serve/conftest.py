@@ -1,0 +1,117 @@
+"""Fixtures of the HTTP service tests: a fake predictor, a real uvicorn on a loopback port, a tiny
+real run made from generated clips."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+import videos as V
+
+from vidcls.cli import main
+from vidcls.features.video import open_video
+
+
+class FakePredictor:
+    """The Predictor contract (``classes_``, ``predict_records``) without a model: probabilities from
+    the input's length, one frame per 100 ms of video. ``gate``: a threading.Event every call waits
+    for (a slow predictor); ``fail``: raise this exception from every call."""
+
+    def __init__(self, classes=("slides", "animation", "camera"), feature_dim=4, gate=None, fail=None):
+        self.classes_ = list(classes)
+        self.feature_dim_ = feature_dim
+        self.members_ = [0]
+        self.extractor_ = {"backbone": "fake"}
+        self.tta_used_, self.tta_modes_, self.max_frames_, self.calibration_ = False, ["original"], 64, None
+        self.gate, self.fail = gate, fail
+        self.calls = 0
+
+    def predict_records(self, x, top_k=3):
+        self.calls += 1
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never released the fake predictor"
+        if self.fail is not None:
+            raise self.fail
+        return [self._record(item, i, top_k) for i, item in enumerate(x)]
+
+    def _record(self, item, i, top_k):
+        if isinstance(item, (str, Path)):
+            container, stream = open_video(item)
+            n = max(1, int(stream.frames or 1) // 2)
+            container.close()
+            name, stamps = str(item), [100.0 * j for j in range(n)]
+        else:
+            name, n = f"features[{i}]", len(item)
+            stamps = [None] * n
+        p = np.full(len(self.classes_), 0.5 / (len(self.classes_) - 1))
+        p[n % len(self.classes_)] = 0.5
+        order = np.argsort(-p, kind="stable")[:top_k]
+        att = np.full(n, 1.0 / n)
+        return {"input": name, "label": self.classes_[order[0]],
+                "top_k": [{"class": self.classes_[c], "probability": float(p[c])} for c in order],
+                "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
+                "trusted": True, "trust_reason": "not calibrated", "ood_score": None,
+                "frames": [{"index": j, "timestamp_ms": stamps[j], "attention": float(att[j])} for j in range(n)],
+                "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.0}, "error": None}
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture
+def serve_app():
+    """``with serve_app(app) as url:`` a real uvicorn serving ``app``."""
+    return running
+
+
+@pytest.fixture
+def fake():
+    return FakePredictor
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """A 2 s, 10 fps test clip (64x48 mp4)."""
+    return V.write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", V.shapes_frames(20))
+
+
+EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", "--frames", "4",
+           "--decode-workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def video_run(tmp_path_factory) -> Path:
+    """A finished 1-member run on features of generated clips (resnet18 with random weights, 64 px,
+    4 frames per clip): the real predictor can take videos. Read-only."""
+    root = tmp_path_factory.mktemp("serve_run")
+    videos, feats, run = root / "videos", root / "feats", root / "run"
+    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        for i in range(6):
+            V.write_clip(videos / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
+    assert main(["extract", str(videos), str(feats), *EXTRACT]) == 0
+    assert main(["train", str(feats), str(run), "--epochs", "1", "--batch-size", "4", "--hidden-dim", "16",
+                 "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
+    return run
