@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench mutation
 
 install: $(STAMP)
 
@@ -21,6 +21,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loader.py runs/bench-features
+
+# Mutation testing of the code that decides results (tools/mutation.py; about 10 min on 2 cores).
+# Its last line is killed_share=<killed / (killed + survived)>. mutmut comes with the `mutation` extra.
+MUTATION_STAMP := $(VENV)/.installed-mutation
+
+$(MUTATION_STAMP): $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,mutation]'
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)
+	$(PY) tools/mutation.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -199,3 +199,35 @@ def test_default_model_builds():
     print(f"bilstm_attn default (D=1280, C=4): {n:,} parameters")
     assert n == _expected_bilstm_params(1280, 768, 4, 4) == 18_122_885
     assert m.lstm.num_layers == 4 and m.attn.num_heads == 12 and m.lstm.dropout == 0.4
+
+
+# ---------------------------------------------------------------------------------- masks
+
+def test_length_mask_boundaries():
+    # length T: every frame valid; length 1: only the first
+    mask = length_mask(torch.tensor([5, 1, 4], dtype=torch.int32), 5)
+    assert mask.dtype == torch.bool and mask.shape == (3, 5)
+    assert mask.tolist() == [[True] * 5, [True] + [False] * 4, [True] * 4 + [False]]
+
+
+@pytest.mark.parametrize("lengths, shown", [
+    (torch.tensor([2.0, 3.0]), r"\(2,\) torch.float32"),
+    (torch.tensor([True, True]), r"\(2,\) torch.bool"),
+    (torch.tensor([[2, 3]]), r"\(1, 2\) torch.int64"),
+])
+def test_length_mask_rejects_non_integer_or_2d_lengths(lengths, shown):
+    with pytest.raises(ValueError, match=r"1-D integer tensor, got " + shown):
+        length_mask(lengths, 4)
+
+
+@pytest.mark.parametrize("lengths", [[0, 3], [2, 5]])
+def test_length_mask_rejects_lengths_outside_1_to_t(lengths):
+    with pytest.raises(ValueError, match=r"\[1, T=4\]"):
+        length_mask(torch.tensor(lengths), 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_length_mask_on_the_lengths_device():
+    mask = length_mask(torch.tensor([2, 3], device="cuda"), 3)
+    assert mask.device.type == "cuda"
+    assert mask.cpu().tolist() == [[True, True, False], [True, True, True]]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,3 +130,59 @@ def test_bad_input_shapes():
         fl(torch.zeros(4), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="target"):
         fl(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- edges the recipe relies on
+
+def hand_focal(logits, y, alpha, gamma, s):
+    """The docstring's formula in plain Python: mean of alpha_y (1 - pt)^gamma ce."""
+    total = 0.0
+    C = len(logits[0])
+    for row, t in zip(logits, y):
+        lse = math.log(sum(math.exp(v) for v in row))
+        q = [1 - s if c == t else s / (C - 1) for c in range(C)]
+        ce = -sum(qc * (v - lse) for qc, v in zip(q, row))
+        total += (alpha[t] if alpha else 1.0) * (1 - math.exp(-ce)) ** gamma * ce
+    return total / len(y)
+
+
+def test_defaults_are_the_recipe_gamma_2_smoothing_0_1():
+    logits, y = [[1.5, -0.5, 0.25], [0.0, 2.0, -1.0], [0.3, 0.2, 0.1]], [0, 2, 1]
+    got = FocalLoss()(torch.tensor(logits), torch.tensor(y)).item()
+    assert got == pytest.approx(hand_focal(logits, y, None, 2.0, 0.1), rel=1e-5)
+    assert got != pytest.approx(hand_focal(logits, y, None, 3.0, 0.1), rel=1e-3)
+
+
+def test_two_classes_hand_computed():
+    # C = 2 is the smallest valid problem: the smoothed target puts s on the one other class
+    logits, y = [[2.0, -1.0], [0.5, 0.7], [-0.2, 1.0]], [0, 0, 1]
+    alpha = [0.4, 1.6]
+    fl = FocalLoss(alpha=torch.tensor(alpha), gamma=2.0, smoothing=0.1)
+    got = fl(torch.tensor(logits), torch.tensor(y)).item()
+    assert got == pytest.approx(hand_focal(logits, y, alpha, 2.0, 0.1), rel=1e-5)
+
+
+def test_one_class_rejected_with_a_message():
+    with pytest.raises(ValueError, match="at least 2 classes.*C=1"):
+        FocalLoss()(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+
+
+def test_alpha_kept_in_float32_whatever_it_came_as():
+    logits, y = batch(B=5, C=3, seed=2)
+    for alpha in (np.array([0.5, 1.0, 2.0]), torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
+                  [0.5, 1.0, 2.0]):
+        fl = FocalLoss(alpha=alpha)
+        assert fl.alpha.dtype == torch.float32
+        loss = fl(logits, y)
+        assert loss.dtype == torch.float32
+        expected = hand_focal(logits.tolist(), y.tolist(), [0.5, 1.0, 2.0], 2.0, 0.1)
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_alpha_length_one_is_caught_at_forward_naming_c():
+    # a (1,) alpha is a valid 1-D tensor; it is the class count of the logits that it fails
+    fl = FocalLoss(alpha=torch.ones(1))
+    with pytest.raises(ValueError, match=r"alpha has shape \(1,\) .* alpha must be \(3,\)"):
+        fl(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="1-D"):
+        FocalLoss(alpha=torch.ones(0))
