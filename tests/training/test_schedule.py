@@ -84,7 +84,7 @@ def test_lr_at_t_mult_one_is_periodic():
 
 
 def test_lr_at_never_leaves_the_band():
-    for k in range(0, 3000):
+    for k in range(3000):
         lr = lr_at(k / 10, BASE, FLOOR, 3, 3)
         assert FLOOR - 1e-15 <= lr <= BASE + 1e-15
 
