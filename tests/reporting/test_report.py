@@ -17,8 +17,8 @@ from vidcls.reporting import figures
 from vidcls.reporting.report import SECTIONS, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTION_IDS = ["config", "data", "curves", "lr", "per-class", "confusion", "ensemble", "tta", "resources",
-               "misclassified"]
+SECTION_IDS = ["config", "data", "curves", "lr", "per-class", "confusion", "ensemble", "tta", "calibration",
+               "resources", "misclassified"]
 TINY = ["--epochs", "3", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu", "--no-plots", "--model", "mean_mlp"]
 

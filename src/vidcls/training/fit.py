@@ -2,7 +2,8 @@
 order: data -> members (``loop.train_member``: model, loss, optimiser, schedule, resume, epochs) ->
 evaluation (choices on validation, test once) -> record. Everything a run produces lands in its run directory:
 
-    RUN_DIR/config.yaml, final.json, summary.json, eval_{val,test}.json, metrics_all.csv, report.html,
+    RUN_DIR/config.yaml, final.json, calibration.json, summary.json, eval_{val,test}.json, metrics_all.csv,
+    RUN_DIR/report.html,
     RUN_DIR/results/resource_utilization_log.json
     RUN_DIR/members/<i>/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN}.pt, plots/}
 """
@@ -20,6 +21,7 @@ from ..config import RUNTIME_ONLY, TrainConfig, config_diff, dump_yaml, load_con
 from ..errors import ConfigError
 from ..inference.evaluate import evaluate_run, write_final_choice, write_run_tables
 from ..inference.policy import brief_mean, score
+from ..inference.trust import calibrate_run
 from ..reporting.monitor import ResourceMonitor, summarize
 from ..reporting.report import write_report
 from ..utils.device import resolve_device
@@ -108,7 +110,10 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
             monitor.stop()
         # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
         write_final_choice(run_dir, results["choice"])
+        # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json
+        calibration = calibrate_run(run_dir, cfg.device, log=log)
         summary = _summary(cfg, splits, states, results, monitor.records, time.time() - t_start)
+        summary["calibration"] = calibration
         atomic_write_json(run_dir / "summary.json", summary)
         write_run_tables(run_dir, cfg, splits, results)
         # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
