@@ -8,17 +8,18 @@ on the rest (``fit``, which calibrates at its end); the loaded run (``vidcls.loa
   (d) Gaussian noise with the store's per-dimension mean and std, (e) zeros, (f) a constant vector
   (the store's mean frame repeated),
 
-with both OOD scores ("energy", "max_softmax"), each thresholded at its own 5th validation percentile,
-and with a feature-space prototype (``FeatureTypicality``) alone and together with energy.
-The flag rate is the share with ``trusted == False``; AUROC(val vs held-out) compares the two scores
-without a threshold.
+with each score alone ("energy", "max_softmax" of the logits, "typicality" of the features:
+``vidcls.inference.typicality``), thresholded at its own 5th validation percentile, and with the
+shipped verdict ("energy+typicality": ``trusted`` of ``predict_records``, thresholds from the run's
+calibration.json, about 95 % of validation passing both). The flag rate is the share not passing;
+AUROC(val vs held-out) compares a score without a threshold.
 
     python benchmarks/ood.py                                   # synthetic stores (vidcls synth), 3 seeds
     python benchmarks/ood.py --store FEATURES_DIR --heldout CLASS
 
 Synthetic stores: "near" holds out ``gaming`` of 4 classes, whose scenes are those of ``animation`` in
 reverse order (only the order tells them apart); "far" holds out ``class_4`` of 5 classes, the only
-class using its two scenes. The last line is ``ood_flag_rate_heldout=<float>`` (the default score,
+class using its two scenes. The last line is ``ood_flag_rate_heldout=<float>`` (the shipped verdict,
 mean over seeds, the last data set).
 """
 from __future__ import annotations
@@ -33,13 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from vidcls.config import load_config
-from vidcls.inference.trust import DEFAULT_OOD_SCORE, OOD_SCORES, ood_score, ood_threshold
+from vidcls.inference.trust import OOD_SCORES, ood_score, ood_threshold
 from vidcls.store import write_store
 from vidcls.store.reader import open_splits
 from vidcls.store.synth import make_synthetic
 from vidcls.training.fit import fit
 
 SETS = ("val", "test_in", "heldout", "noise", "zeros", "constant")
+COMBOS = (*OOD_SCORES, "typicality", "energy+typicality")  # the last: the shipped verdict
 
 
 def held_out_store(src: Path, dst: Path, heldout: str) -> list[np.ndarray]:
@@ -96,39 +98,6 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
 
-class FeatureTypicality:
-    """A feature-space check the logits cannot give (a prototype, not part of vidcls): per frame, the
-    Mahalanobis distance under a probabilistic PCA of the training frames (``k`` components plus an
-    isotropic residual); per video, the mean over frames. Both too far and too close (a constant
-    frame at the mean) are atypical: the score is ``-|log d - median of log d on validation|``."""
-
-    def __init__(self, features_dir: Path, k: int = 16, max_frames: int = 20000, seed: int = 0):
-        store = open_splits(features_dir, require=("train",))["train"]
-        frames = np.concatenate([store.read(i).astype(np.float64) for i in range(len(store))])
-        rng = np.random.default_rng(seed)
-        if len(frames) > max_frames:
-            frames = frames[rng.choice(len(frames), max_frames, replace=False)]
-        self.mean = frames.mean(0)
-        _, sv, vt = np.linalg.svd(frames - self.mean, full_matrices=False)
-        var = sv ** 2 / (len(frames) - 1)
-        k = min(k, len(var) - 1)
-        self.u, self.lam = vt[:k], var[:k]
-        self.resid = max(var[k:].sum() / max(frames.shape[1] - k, 1), 1e-12)
-        self.center = 0.0
-
-    def distance(self, videos: list) -> np.ndarray:
-        out = []
-        for x in videos:
-            c = np.asarray(x, np.float64) - self.mean
-            p = c @ self.u.T
-            d = (p ** 2 / self.lam).sum(1) + ((c ** 2).sum(1) - (p ** 2).sum(1)) / self.resid
-            out.append(np.log(max(d.mean(), 1e-12)))
-        return np.asarray(out)
-
-    def score(self, videos: list) -> np.ndarray:
-        return -np.abs(self.distance(videos) - self.center)
-
-
 def one_run(features_dir: Path, heldout: str, seed: int, work: Path, train_opts: dict) -> dict:
     import vidcls
 
@@ -148,25 +117,30 @@ def one_run(features_dir: Path, heldout: str, seed: int, work: Path, train_opts:
            "val_acc": float(np.mean(predictor.predict_proba(sets["val"]).argmax(1)
                                     == np.asarray(_val_labels(data, cfg)))),
            "sizes": {k: len(v) for k, v in sets.items()}, "seconds": time.time() - t0}
-    for kind in OOD_SCORES:
+    for kind in OOD_SCORES:  # each logit score alone, at its own 5th validation percentile
         scores = {k: ood_score(z, t, kind) for k, z in logits.items()}
-        threshold, _ = ood_threshold(scores["val"])
-        # NaN (non-finite logits) is never trusted
-        out[kind] = {k: float(np.mean(~(s >= threshold))) for k, s in scores.items()}
-        out[kind]["auroc_val_vs_heldout"] = auroc(scores["val"], scores["heldout"])
-    typ = FeatureTypicality(data, seed=seed)
-    typ.center = float(np.median(typ.distance(sets["val"])))
-    fscores = {k: typ.score(v) for k, v in sets.items() if len(v)}
-    threshold, _ = ood_threshold(fscores["val"])
-    out["features"] = {k: float(np.mean(~(s >= threshold))) for k, s in fscores.items()}
-    out["features"]["auroc_val_vs_heldout"] = auroc(fscores["val"], fscores["heldout"])
-    # energy and features together, each at its 2.5th validation percentile: flagged when either flags
-    escores = {k: ood_score(z, t, "energy") for k, z in logits.items()}
-    te, _ = ood_threshold(escores["val"], 0.975)
-    tf, _ = ood_threshold(fscores["val"], 0.975)
-    out["energy+features"] = {k: float(np.mean(~((escores[k] >= te) & (fscores[k] >= tf)))) for k in escores}
-    out["energy+features"]["auroc_val_vs_heldout"] = float("nan")
+        out[kind] = rates(scores)
+    # the shipped check (vidcls.load -> predict_records): energy and typicality together, thresholds
+    # from calibration.json; "trusted" is the verdict, "ood_scores" the scores it checked
+    records = {k: predictor.predict_records(v) for k, v in sets.items() if len(v)}
+    out["typicality"] = rates({k: _scores(r, "typicality") for k, r in records.items()})
+    out["energy+typicality"] = {k: float(np.mean([not x["trusted"] for x in r])) for k, r in records.items()}
+    out["energy+typicality"]["auroc_val_vs_heldout"] = float("nan")
+    out["val_pass_rate_calibrated"] = cal["ood"]["val_pass_rate"]
     return out
+
+
+def rates(scores: dict) -> dict:
+    """Flag rate per set with the threshold at the 5th validation percentile (NaN is flagged), and the
+    AUROC of validation against the held-out class."""
+    threshold, _ = ood_threshold(scores["val"])
+    out = {k: float(np.mean(~(s >= threshold))) for k, s in scores.items()}
+    out["auroc_val_vs_heldout"] = auroc(scores["val"], scores["heldout"])
+    return out
+
+
+def _scores(records: list, name: str) -> np.ndarray:
+    return np.asarray([np.nan if r["ood_scores"].get(name) is None else r["ood_scores"][name] for r in records])
 
 
 def _val_labels(data: Path, cfg) -> np.ndarray:
@@ -179,17 +153,18 @@ def report(name: str, runs: list[dict]) -> dict:
     print(f"\n== {name}: {len(runs)} seed(s); sizes {runs[0]['sizes']}")
     print(f"   val acc {np.mean([r['val_acc'] for r in runs]):.3f}; temperature "
           f"{', '.join('%.2f' % r['temperature'] for r in runs)}; val ECE "
-          f"{np.mean([r['ece_before'] for r in runs]):.4f} -> {np.mean([r['ece_after'] for r in runs]):.4f}")
-    head = f"   {'score':<16}" + "".join(f"{s:>10}" for s in SETS) + f"{'AUROC':>8}"
+          f"{np.mean([r['ece_before'] for r in runs]):.4f} -> {np.mean([r['ece_after'] for r in runs]):.4f}; "
+          f"calibrated val pass rate (both scores) {np.mean([r['val_pass_rate_calibrated'] for r in runs]):.3f}")
+    head = f"   {'score':<18}" + "".join(f"{s:>10}" for s in SETS) + f"{'AUROC':>8}"
     print(head)
     means = {}
-    for kind in (*OOD_SCORES, "features", "energy+features"):
+    for kind in COMBOS:
         keys = [*SETS, "auroc_val_vs_heldout"]
         m = {k: float(np.mean([r[kind].get(k, np.nan) for r in runs])) for k in keys}
         sd = {k: float(np.std([r[kind].get(k, np.nan) for r in runs])) for k in keys}
         means[kind] = m
-        print(f"   {kind:<16}" + "".join(f"{m[k]:>10.3f}" for k in SETS) + f"{m['auroc_val_vs_heldout']:>8.3f}")
-        print(f"   {'  (sd)':<16}" + "".join(f"{sd[k]:>10.3f}" for k in SETS)
+        print(f"   {kind:<18}" + "".join(f"{m[k]:>10.3f}" for k in SETS) + f"{m['auroc_val_vs_heldout']:>8.3f}")
+        print(f"   {'  (sd)':<18}" + "".join(f"{sd[k]:>10.3f}" for k in SETS)
               + f"{sd['auroc_val_vs_heldout']:>8.3f}")
     return means
 
@@ -232,11 +207,10 @@ def main() -> None:
                 runs.append(one_run(src, heldout, seed, work / f"d{k}", train_opts))
                 print(f"   [{name}] seed {seed} done in {runs[-1]['seconds']:.0f} s", file=sys.stderr)
             results[name] = report(name, runs)
-    last = list(results.values())[-1][DEFAULT_OOD_SCORE]
-    print(f"\nood_flag_rate_val={last['val']:.3f}")
-    print(f"ood_flag_rate_noise={last['noise']:.3f}")
+    last = list(results.values())[-1][COMBOS[-1]]
+    for key in SETS:
+        print(f"ood_flag_rate_{key}={last[key]:.3f}")
     print(f"ood_flag_rate_heldout={last['heldout']:.3f}")
-
 
 if __name__ == "__main__":
     main()

@@ -162,7 +162,7 @@ def test_records_of_features_and_bad_inputs(trained):
     recs = p.predict_records([good, np.zeros((4, 7)), np.full((3, 16), np.nan)], top_k=2)
     r = recs[0]
     assert set(r) == {"input", "label", "top_k", "probabilities", "trusted", "trust_reason", "ood_score",
-                      "frames", "timings", "error"}
+                      "ood_scores", "frames", "timings", "error"}
     assert r["input"] == "features[0]" and r["error"] is None and r["label"] == r["top_k"][0]["class"]
     assert [t["class"] for t in r["top_k"]] == sorted(r["probabilities"], key=r["probabilities"].get,
                                                        reverse=True)[:2]
@@ -200,7 +200,7 @@ def test_calibration_scales_the_served_logits_and_gives_the_verdict(trained, tin
     scores = trust.calibration_score(p.logits_features([*arrays, noise]), cal)
     for rec, score in zip(recs, scores):
         assert rec["ood_score"] == pytest.approx(float(score), abs=1e-9)
-        assert (rec["trusted"], rec["trust_reason"]) == trust.trust_verdict(score, cal)
+        assert (rec["trusted"], rec["trust_reason"]) == trust.trust_verdict(rec["ood_scores"], cal)
     # a calibration fitted for other views than served is not applied, and the records say why
     forced = vidcls.load(run, device="cpu", tta="on")
     assert forced.calibration_ is None
@@ -317,3 +317,32 @@ def test_torchvision_weights_not_on_this_machine_are_named(video_run, tmp_path, 
     wrong.write_bytes(b"not the published file")
     with pytest.raises(BackboneError, match="published file resnet18-f37072fd.pth"):
         vidcls.load(run, device="cpu", weights=wrong).predict(videos / "red" / "v00.mp4")
+
+
+def test_records_carry_energy_and_typicality_after_calibration(trained, tiny_features, tmp_path):
+    """After calibrate_run, every record has both scores; the typicality is that of the features the
+    model saw (float16, thinned to max_frames); a constant sequence is not trusted and the reason says
+    which score failed."""
+    from vidcls.inference import trust
+    from vidcls.inference.typicality import typicality_score
+
+    run = copy_run(trained, tmp_path)
+    cal = trust.calibrate_run(run, device="cpu")
+    assert cal["ood"]["scores"] == ["energy", "typicality"]
+    p = vidcls.load(run, device="cpu")
+    store = FeatureStore(tiny_features / "test.h5")
+    arrays = [store.read(i) for i in range(6)]
+    store.close()
+    long = np.concatenate([arrays[0]] * 40)  # longer than max_frames when the run caps frames
+    const = np.tile(arrays[0][:1], (10, 1))
+    recs = p.predict_records([*arrays, long, const])
+    stats = trust.typicality_stats(run, p.calibration_)
+    seen = [p._thin(p._check_features(a, "x"))[0] for a in [*arrays, long, const]]
+    want = typicality_score(seen, stats)
+    for rec, w in zip(recs, want):
+        assert set(rec["ood_scores"]) == {"energy", "typicality"}
+        assert rec["ood_score"] == rec["ood_scores"]["energy"]
+        assert rec["ood_scores"]["typicality"] == pytest.approx(float(w), rel=1e-9, abs=1e-9)
+        assert (rec["trusted"], rec["trust_reason"]) == trust.trust_verdict(rec["ood_scores"], cal)
+    assert recs[-1]["trusted"] is False and "typicality score" in recs[-1]["trust_reason"]
+    json.dumps(recs, allow_nan=False)

@@ -242,3 +242,91 @@ def test_calibration_logits_are_the_served_ones(run):
     passed = np.mean([r["trusted"] for r in records])
     # the video at the threshold may flip on the last bit of a float
     assert passed == pytest.approx(cal["ood"]["val_pass_rate"], abs=1.01 / len(records))
+
+
+# ------------------------------------------------------------------------- feature-space typicality
+
+def typical_videos(n: int, rng, d: int = 6, classes: int = 2):
+    """Hand-made classes: frames around a class centre (+-3 per dimension apart), 8..20 frames."""
+    centres = np.stack([np.full(d, 3.0 * c) for c in range(classes)]) + 1.0
+    labels = np.arange(n) % classes
+    videos = [centres[y] + rng.normal(0, 1.0, (int(rng.integers(8, 21)), d)) for y in labels]
+    return videos, labels
+
+
+def test_typicality_flags_constant_zero_and_shifted_sequences():
+    from vidcls.inference.typicality import fit_typicality, typicality_score
+
+    rng = np.random.default_rng(0)
+    train, labels = typical_videos(200, rng)
+    stats = fit_typicality(train, labels)
+    assert all(v.dtype == np.float32 for v in stats.values()) and stats["prototypes"].shape == (2, 12)
+    val, _ = typical_videos(200, rng)
+    threshold, _ = ood_threshold(typicality_score(val, stats), 0.99)
+    fresh, _ = typical_videos(100, rng)
+    assert np.mean(typicality_score(fresh, stats) >= threshold) >= 0.9  # typical videos pass
+    mean_frame = np.concatenate(train).mean(0)
+    odd = [np.tile(mean_frame, (12, 1)), np.tile(train[0][0], (12, 1)), np.zeros((12, 6)),
+           train[0] + 6.0, train[1] + 6.0 * np.array([1, -1, 1, -1, 1, -1])]
+    scores = typicality_score(odd, stats)
+    assert (scores < threshold).all(), scores  # constant (even a real frame), zero, shifted
+    assert np.isnan(typicality_score([np.full((3, 6), np.nan), np.zeros((3, 5))], stats)).all()
+
+
+def test_joint_thresholds_pass_95_percent_of_validation():
+    from vidcls.inference.trust import joint_thresholds
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=400)
+    scores = {"energy": a, "typicality": 0.3 * a + rng.normal(size=400)}  # correlated, not the same
+    thresholds, passed, rates = joint_thresholds(scores)
+    both = (scores["energy"] >= thresholds["energy"]) & (scores["typicality"] >= thresholds["typicality"])
+    assert passed == both.mean() and 0.95 <= passed <= 0.96
+    assert all(0.95 <= r <= 1.0 for r in rates.values())
+    cal = {"temperature": 1.0, "ood": {"score": "energy", "threshold": thresholds["energy"],
+                                       "val_pass_rate": passed, "scores": ["energy", "typicality"],
+                                       "thresholds": thresholds}}
+    verdicts = [trust_verdict({"energy": e, "typicality": t}, cal)[0] for e, t in zip(*scores.values())]
+    assert np.mean(verdicts) == passed
+    trusted, reason = trust_verdict({"energy": 10.0, "typicality": -99.0}, cal)
+    assert not trusted and "typicality score -99.000" in reason and f"{thresholds['typicality']:.3f}" in reason
+    assert "energy score" not in reason and "energy and typicality" in reason
+    trusted, reason = trust_verdict({"energy": -99.0, "typicality": -99.0}, cal)
+    assert "energy score -99.000" in reason and "typicality score -99.000" in reason
+    assert trust_verdict(10.0, cal)[0] is False  # one number cannot answer for the typicality
+
+
+def test_old_calibration_without_typicality_still_works(run, tmp_path):
+    import vidcls
+    from vidcls.inference.trust import calibration_scores, typicality_stats
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cal = json.loads((copy / "calibration.json").read_text())
+    old = {**cal, "version": 1, "ood": {k: cal["ood"][k] for k in OOD_KEYS}}
+    (copy / "calibration.json").write_text(json.dumps(old))
+    (copy / "typicality.npz").unlink()
+    loaded = load_calibration(copy)
+    assert typicality_stats(copy, loaded) is None
+    assert list(calibration_scores(np.zeros((2, 3)), loaded)) == ["energy"]
+    p = vidcls.load(copy, device="cpu")
+    zeros = np.zeros((10, 8), np.float32)
+    rec = p.predict_records([zeros])[0]
+    assert set(rec["ood_scores"]) == {"energy"} and rec["ood_score"] == rec["ood_scores"]["energy"]
+    assert (rec["trusted"], rec["trust_reason"]) == trust_verdict(rec["ood_score"], old)
+
+
+def test_calibration_has_typicality_and_a_missing_file_is_named(run, tmp_path):
+    import vidcls
+
+    cal = load_calibration(run)
+    assert cal["ood"]["scores"] == ["energy", "typicality"] and (run / "typicality.npz").is_file()
+    assert cal["ood"]["thresholds"]["energy"] == cal["ood"]["threshold"]
+    assert set(cal["ood"]["pass_rates"]) == {"energy", "typicality"}
+    records = vidcls.load(run, device="cpu").predict_records([np.zeros((10, 8), np.float32)])
+    assert records[0]["trusted"] is False and "typicality score" in records[0]["trust_reason"]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "typicality.npz").unlink()
+    with pytest.raises(ConfigError, match="typicality.npz.*vidcls calibrate"):
+        vidcls.load(copy, device="cpu")

@@ -133,6 +133,7 @@ class Predictor:
         trust = _trust()
         calibration = trust.load_calibration(self.run_dir) if trust is not None else None
         self.calibration_, self.calibration_note_ = self._usable(calibration)
+        self._typicality = trust.typicality_stats(self.run_dir, self.calibration_) if self.calibration_ else None
         self._encoder = None
         self._selection = None
         self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
@@ -410,7 +411,10 @@ class Predictor:
 
             {"input", "label", "top_k": [{"class", "probability"}], "probabilities": {class: p},
              "trusted", "trust_reason", "ood_score", "frames": [{"index", "timestamp_ms", "attention"}],
-             "timings": {"decode_s", "features_s", "model_s"}, "error"}
+             "timings": {"decode_s", "features_s", "model_s"}, "error", "ood_scores": {name: float | None}}
+
+        "ood_score" is the calibration's logit score (energy); "ood_scores" every score the verdict
+        checked (energy and, for runs calibrated with it, the feature-space typicality; {} uncalibrated).
 
         An input that cannot be used (a broken video, a bad array) gives ``error`` (the reason) with
         ``label`` None and never raises; a run that cannot handle videos at all (weights missing,
@@ -421,7 +425,7 @@ class Predictor:
         t0 = time.perf_counter()
         logits, kept, attn = self._forward([r["features"] for r in ok], attention=True)
         probs = self._probs(logits, calibrated=True)
-        scores, verdicts = self._trust_of(logits)
+        scores, verdicts = self._trust_of(logits, [r["features"][k] for r, k in zip(ok, kept)])
         model_s = (time.perf_counter() - t0) / max(1, len(ok))
         done = {id(r): j for j, r in enumerate(ok)}
         records = []
@@ -438,7 +442,9 @@ class Predictor:
                 "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
                 "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
                 "trusted": bool(verdicts[j][0]), "trust_reason": str(verdicts[j][1]),
-                "ood_score": None if scores is None or not np.isfinite(scores[j]) else float(scores[j]),
+                "ood_score": _finite(scores[self.calibration_["ood"].get("score", "energy")][j])
+                if scores else None,
+                "ood_scores": {k: _finite(v[j]) for k, v in (scores or {}).items()},
                 "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
                            for i, s, a in zip(kept[j], stamps, attn[j])],
                 "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
@@ -446,13 +452,19 @@ class Predictor:
                 "error": None})
         return records
 
-    def _trust_of(self, logits: np.ndarray) -> tuple[np.ndarray | None, list[tuple[bool, str]]]:
-        """(OOD scores or None, (trusted, reason) per video)."""
+    def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool, str]]]:
+        """({score name: (N,)} or None, (trusted, reason) per video); ``seen``: the (T, D) features
+        the model saw (stored precision, thinned), for the feature-space scores."""
         trust = _trust()
         if trust is None or not self.calibration_:
             return None, [(True, self.calibration_note_)] * len(logits)
-        scores = trust.calibration_score(logits, self.calibration_)
-        return scores, [trust.trust_verdict(float(s), self.calibration_) for s in scores]
+        scores = trust.calibration_scores(logits, self.calibration_, seen, self._typicality)
+        return scores, [trust.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
+                        for j in range(len(logits))]
+
+
+def _finite(v) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
 def _stamps(timestamps_ms, kept) -> list:
@@ -464,7 +476,7 @@ def _stamps(timestamps_ms, kept) -> list:
 def error_record(name: str, error: str, decode_s: float = 0.0, features_s: float = 0.0) -> dict:
     """The record of an input that could not be predicted."""
     return {"input": name, "label": None, "top_k": [], "probabilities": {}, "trusted": False,
-            "trust_reason": f"not predicted: {error}", "ood_score": None, "frames": [],
+            "trust_reason": f"not predicted: {error}", "ood_score": None, "ood_scores": {}, "frames": [],
             "timings": {"decode_s": round(decode_s, 6), "features_s": round(features_s, 6), "model_s": 0.0},
             "error": error}
 

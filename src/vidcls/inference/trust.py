@@ -9,16 +9,22 @@ sequence), C classes; ``(N, M, C)`` and ``(N, C)`` are read as one view / one me
   validation negative log-likelihood of the served probabilities (``fit_temperature``). Dividing
   every logit by the same T never changes a member's ranking of the classes, so a single member keeps
   its predicted class; calibration only makes the probabilities honest.
-* Out-of-distribution score: the negative free energy ``T * logsumexp(logits / T)`` averaged over the
-  served members and views (``energy_score``; higher is more in-distribution), or the largest served
-  probability (``max_softmax_score``). The threshold is the 5th percentile of the validation scores,
-  so about 95 % of validation videos pass; a video below it gets ``trusted: false`` and the reason.
+* Out-of-distribution scores, higher is more in-distribution: the negative free energy
+  ``T * logsumexp(logits / T)`` averaged over the served members and views (``energy_score``), or the
+  largest served probability (``max_softmax_score``); and a feature-space typicality
+  (:mod:`vidcls.inference.typicality`, statistics of the training split in ``RUN_DIR/typicality.npz``)
+  that catches what logits cannot (constant, zero, noise sequences). A video is trusted only when every
+  score passes its threshold; the thresholds share one validation quantile, chosen so that about 95 %
+  of validation videos pass them all (``joint_thresholds``).
 
 ``calibrate_run`` does all of it for a finished run and writes ``RUN_DIR/calibration.json``::
 
     {"temperature", "ece_before", "ece_after", "nll_before", "nll_after",
-     "ood": {"score": "energy", "threshold", "val_pass_rate", "direction": "higher is more in-distribution"},
-     ...}
+     "ood": {"score": "energy", "threshold" (energy's), "val_pass_rate" (all scores together), "direction",
+             "scores": ["energy", "typicality"], "thresholds": {name: float}, "pass_rates": {name: float},
+             "typicality": {"file": "typicality.npz", ...}}, ...}
+
+A calibration without "scores" (written before typicality) is read as energy alone.
 """
 from __future__ import annotations
 
@@ -29,132 +35,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .temperature import (ECE_BINS, T_BOUNDS, _logsumexp, as_4d, expected_calibration_error,  # noqa: F401
+                          fit_temperature, nll, served_probs)
+from .typicality import (TYPICALITY_FILE, TYPICALITY_METHOD, fit_typicality, save_typicality, seen_videos,
+                         typicality_score, typicality_stats)  # noqa: F401 (typicality_stats: for callers)
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = "vidcls-calibration"
-T_BOUNDS = (0.05, 20.0)  # the temperature search range
 VAL_PASS = 0.95  # share of validation videos above the OOD threshold
 OOD_SCORES = ("energy", "max_softmax")
 DEFAULT_OOD_SCORE = "energy"
 DIRECTION = "higher is more in-distribution"
-ECE_BINS = 15
+FEATURE_SCORES = ("typicality",)  # scores of the features, not the logits
 
 
 # --- pure functions over logits ------------------------------------------------------------------
-
-def as_4d(logits) -> np.ndarray:
-    """``logits`` as float64 ``(N, M, V, C)``: ``(N, C)`` is one member and one view, ``(N, M, C)`` one view.
-
-    Raises:
-        ValueError: any other number of dimensions, or no class axis.
-    """
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim == 2:
-        z = z[:, None, None, :]
-    elif z.ndim == 3:
-        z = z[:, :, None, :]
-    if z.ndim != 4 or z.shape[-1] < 1:
-        raise ValueError(f"logits must be (N, C), (N, M, C) or (N, M, V, C); got shape {np.shape(logits)}")
-    return z
-
-
-def _logsumexp(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    m = np.max(z, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.squeeze(m, axis) + np.log(np.sum(np.exp(z - m), axis=axis))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def served_probs(logits, temperature: float = 1.0) -> np.ndarray:
-    """The run's served probabilities ``(N, C)``: the mean over members and views of ``softmax(logits / T)``."""
-    z = as_4d(logits)
-    return _softmax(z / float(temperature)).mean(axis=(1, 2))
-
-
-def nll(probs, labels, eps: float = 1e-12) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped at ``eps``)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    p = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(p, eps, 1.0))))
-
-
-def _golden_min(f, lo: float, hi: float, tol: float = 1e-5) -> float:
-    """The minimiser of a unimodal ``f`` on ``[lo, hi]``."""
-    g = (math.sqrt(5) - 1) / 2
-    a, b = lo, hi
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = f(c), f(d)
-    while b - a > tol:
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = f(d)
-    return (a + b) / 2
-
-
-def fit_temperature(logits, labels, bounds: tuple = T_BOUNDS, grid: int = 41) -> float:
-    """The temperature that minimises the NLL of ``served_probs(logits, T)`` on ``labels``.
-
-    A search over ``log T`` in ``bounds``: a grid of ``grid`` points (the NLL of an average of
-    softmaxes need not be unimodal), then a golden-section refinement around the best grid point.
-    The result never has a higher NLL than ``T = 1`` (it is returned instead when nothing beats it).
-
-    Args:
-        logits: (N, C), (N, M, C) or (N, M, V, C) raw logits; labels: (N,) class indices.
-    Raises:
-        ValueError: no videos, or labels that do not match the logits.
-    """
-    z = as_4d(logits)
-    y = np.asarray(labels, dtype=np.int64)
-    if len(z) == 0 or len(y) != len(z):
-        raise ValueError(f"fit_temperature needs one label per video; got {len(z)} videos, {len(y)} labels")
-    if y.min() < 0 or y.max() >= z.shape[-1]:
-        raise ValueError(f"labels must lie in 0..{z.shape[-1] - 1}")
-
-    def loss(log_t: float) -> float:
-        return nll(served_probs(z, math.exp(log_t)), y)
-
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    points = np.linspace(lo, hi, grid)
-    values = [loss(p) for p in points]
-    k = int(np.argmin(values))
-    best = _golden_min(loss, points[max(k - 1, 0)], points[min(k + 1, grid - 1)])
-    if loss(best) > values[k]:
-        best = float(points[k])
-    if loss(best) > loss(0.0):  # T = 1, the uncalibrated model, is always a candidate
-        return 1.0
-    return float(math.exp(best))
-
-
-def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
-    """Top-label expected calibration error with ``bins`` equal-width confidence bins.
-
-    A video falls in bin ``b`` when its confidence (largest probability) lies in ``(b / bins, (b + 1) / bins]``
-    (confidence 0 in the first bin). ECE = sum over bins of ``|B| / N * |accuracy(B) - mean confidence(B)|``.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(probs) == 0:
-        return float("nan")
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(ece)
-
 
 def energy_score(logits, temperature: float = 1.0) -> np.ndarray:
     """Negative free energy per video ``(N,)``: ``T * logsumexp(logits / T)`` averaged over members
@@ -180,9 +75,37 @@ def ood_score(logits, temperature: float = 1.0, kind: str = DEFAULT_OOD_SCORE) -
     return np.where(finite, score, np.nan)
 
 
+def ood_checks(calibration: dict | None) -> dict:
+    """``{score name: threshold}`` a calibration asks for (energy alone for one written before typicality)."""
+    ood = (calibration or {}).get("ood") or {}
+    if ood.get("threshold") is None:
+        return {}
+    kind = ood.get("score", DEFAULT_OOD_SCORE)
+    thresholds = ood.get("thresholds") or {}
+    return {name: float(thresholds.get(name, ood["threshold"] if name == kind else math.nan))
+            for name in ood.get("scores", [kind])}
+
+
+def calibration_scores(logits, calibration: dict | None, features=None,
+                       typicality: dict | None = None) -> dict | None:
+    """``{score name: (N,)}`` for every score a run's ``calibration`` checks, at its temperature; None
+    without a calibration. ``features``: the ``(T, D)`` sequences as the model saw them and
+    ``typicality`` the run's statistics (``typicality_stats``); without them the typicality is NaN."""
+    if not calibration:
+        return None
+    t = calibration.get("temperature", 1.0)
+    out = {}
+    for name in ood_checks(calibration) or [(calibration.get("ood") or {}).get("score", DEFAULT_OOD_SCORE)]:
+        if name in FEATURE_SCORES:
+            ok = features is not None and typicality is not None
+            out[name] = typicality_score(features, typicality) if ok else np.full(len(as_4d(logits)), np.nan)
+        else:
+            out[name] = ood_score(logits, t, name)
+    return out
+
+
 def calibration_score(logits, calibration: dict | None) -> np.ndarray | None:
-    """The OOD score a run's ``calibration`` (``load_calibration``) asks for, at its temperature; None
-    without a calibration."""
+    """The primary (logit) OOD score of a run's ``calibration`` at its temperature; None without one."""
     if not calibration:
         return None
     kind = (calibration.get("ood") or {}).get("score", DEFAULT_OOD_SCORE)
@@ -204,38 +127,69 @@ def ood_threshold(val_scores, pass_rate: float = VAL_PASS) -> tuple[float, float
     return threshold, float(np.mean(s >= threshold))
 
 
-def trust_verdict(score, calibration: dict | None) -> tuple[bool, str]:
-    """Whether to trust one prediction with OOD score ``score``, and why.
+def joint_thresholds(val_scores: dict, pass_rate: float = VAL_PASS,
+                     steps: int = 200) -> tuple[dict, float, dict]:
+    """Thresholds for several scores judged together (a video passes when it passes them all):
+    every score at the same quantile ``q`` of its validation scores, the largest ``q <= 1 - pass_rate``
+    with which at least ``pass_rate`` of the validation videos pass them all.
 
     Returns:
-        ``(True, "not calibrated")`` without a calibration; ``(False, reason)`` when the score is
-        below the validation threshold (or not a finite number); else ``(True, "within the validation range")``.
+        ``({name: threshold}, share passing all, {name: share passing that one})``.
+    Raises:
+        ValueError: a score without any finite validation value.
     """
-    ood = (calibration or {}).get("ood")
-    if not ood or ood.get("threshold") is None:
+    s = {k: np.asarray(v, dtype=np.float64) for k, v in val_scores.items()}
+    for q in np.linspace(1.0 - pass_rate, 0.0, steps + 1):
+        thresholds = {k: ood_threshold(v, 1.0 - q)[0] for k, v in s.items()}
+        passed = np.all([v >= thresholds[k] for k, v in s.items()], axis=0)
+        if passed.mean() >= pass_rate or q == 0.0:
+            break
+    return thresholds, float(passed.mean()), {k: float(np.mean(v >= thresholds[k])) for k, v in s.items()}
+
+
+def trust_verdict(score, calibration: dict | None) -> tuple[bool, str]:
+    """Whether to trust one prediction, and why. ``score``: ``{name: value}`` (``calibration_scores``
+    of one video) or one number, the primary score (enough for a calibration of that score alone).
+
+    Returns:
+        ``(True, "not calibrated")`` without a calibration; ``(False, reason naming every failing score
+        with its value and threshold)`` when one is below its validation threshold or not a finite
+        number; else ``(True, "within the validation range")``.
+    """
+    checks = ood_checks(calibration)
+    if not checks:
         return True, "not calibrated"
-    kind = ood.get("score", DEFAULT_OOD_SCORE)
-    if score is None or not math.isfinite(float(score)):
-        return False, f"the {kind} out-of-distribution score is not a finite number (broken features?)"
-    threshold = float(ood["threshold"])
-    if float(score) < threshold:
-        rate = ood.get("val_pass_rate")
-        share = f"{100 * rate:.0f} %" if isinstance(rate, (int, float)) else f"{100 * VAL_PASS:.0f} %"
-        return False, (f"out-of-distribution score {float(score):.3f} is below the validation threshold "
-                       f"{threshold:.3f} ({share} of validation videos pass; {kind} score)")
-    return True, "within the validation range"
+    ood = calibration["ood"]
+    values = score if isinstance(score, dict) else {ood.get("score", DEFAULT_OOD_SCORE): score}
+    failed = []
+    for name, threshold in checks.items():
+        v = values.get(name)
+        v = math.nan if v is None else float(v)
+        if not math.isfinite(v):
+            failed.append(f"the {name} score is not a finite number (broken or missing features?)")
+        elif v < threshold:
+            failed.append(f"{name} score {v:.3f} is below the validation threshold {threshold:.3f}")
+    if not failed:
+        return True, "within the validation range"
+    rate = ood.get("val_pass_rate")
+    share = f"{100 * rate:.0f} %" if isinstance(rate, (int, float)) else f"{100 * VAL_PASS:.0f} %"
+    which = f"the {' and '.join(checks)} thresholds" if len(checks) > 1 else f"the {next(iter(checks))} threshold"
+    return False, f"out-of-distribution: {'; '.join(failed)} ({share} of validation videos pass {which})"
 
 
-def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE) -> dict:
-    """Everything ``calibration.json`` holds that follows from validation logits and labels alone."""
+def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dict | None = None) -> dict:
+    """Everything ``calibration.json`` holds that follows from validation logits and labels, and the
+    ``extra`` validation scores (``{"typicality": (N,)}``) judged together with ``kind``."""
     z, y = as_4d(logits), np.asarray(labels, dtype=np.int64)
     t = fit_temperature(z, y)
     before, after = served_probs(z, 1.0), served_probs(z, t)
-    threshold, passed = ood_threshold(ood_score(z, t, kind))
+    scores = {kind: ood_score(z, t, kind), **(extra or {})}
+    thresholds, passed, rates = joint_thresholds(scores)
     return {"temperature": t,
             "ece_before": expected_calibration_error(before, y), "ece_after": expected_calibration_error(after, y),
             "nll_before": nll(before, y), "nll_after": nll(after, y),
-            "ood": {"score": kind, "threshold": threshold, "val_pass_rate": passed, "direction": DIRECTION},
+            "ood": {"score": kind, "threshold": thresholds[kind], "val_pass_rate": passed, "direction": DIRECTION,
+                    "scores": list(scores), "thresholds": thresholds, "pass_rates": rates},
             "val_videos": int(len(y)), "ece_bins": ECE_BINS}
 
 
@@ -272,7 +226,8 @@ def val_logits(run_dir, choice, dataset, batch_size: int, batch_frames, device) 
 
 
 def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None) -> dict:
-    """Fit the temperature and the OOD threshold of a finished run on its validation split, and write
+    """Fit the temperature and the OOD thresholds of a finished run on its validation split, the
+    typicality statistics on its training split (``RUN_DIR/typicality.npz``), and write
     ``RUN_DIR/calibration.json`` (atomically). ``summary.json``, when there, gets it under "calibration".
 
     The validation split is the one training used (``load_splits`` with the run's ``val_fraction``,
@@ -301,10 +256,15 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
                              max_frames=cfg.max_frames)
         logits, labels = val_logits(run_dir, choice, splits.val, cfg.batch_size, cfg.batch_frames,
                                     resolve_device(device))
-        record = {"format": CALIBRATION_FORMAT, "version": 1, **calibration_record(logits, labels, kind),
+        stats = fit_typicality(seen_videos(splits.train), splits.train.labels, len(splits.class_names))
+        save_typicality(run_dir / TYPICALITY_FILE, stats)  # before the calibration that refers to it
+        typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
+        record = {"format": CALIBRATION_FORMAT, "version": 2, **calibration_record(logits, labels, kind, typ),
                   "members": list(choice.members), "tta_used": bool(choice.tta_used),
                   "views": list(choice.tta_modes) if choice.tta_used else ["original"],
                   "val_source": splits.val_source}
+        record["ood"]["typicality"] = {"file": TYPICALITY_FILE, "train_videos": len(splits.train),
+                                       "method": TYPICALITY_METHOD}
         atomic_write_json(run_dir / CALIBRATION_FILE, record)
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
@@ -322,10 +282,10 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
 def describe(record: dict) -> str:
     """One line on a calibration: temperature, ECE and NLL before/after, the OOD threshold."""
     ood = record["ood"]
+    checks = ", ".join(f"{k} {v:.3f}" for k, v in ood_checks(record).items())
     return (f"calibration: temperature {record['temperature']:.3f}; val ECE {record['ece_before']:.4f} -> "
             f"{record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}; "
-            f"OOD ({ood['score']}) threshold {ood['threshold']:.3f}, {100 * ood['val_pass_rate']:.1f} % of "
-            f"validation videos pass")
+            f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass")
 
 
 def load_calibration(run_dir) -> dict | None:
@@ -346,8 +306,19 @@ def load_calibration(run_dir) -> dict | None:
     t = data.get("temperature") if isinstance(data, dict) else None
     ok = (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
           and isinstance(ood, dict) and isinstance(ood.get("threshold"), (int, float))
-          and ood.get("score", DEFAULT_OOD_SCORE) in OOD_SCORES)
+          and ood.get("score", DEFAULT_OOD_SCORE) in OOD_SCORES
+          and _checks_ok(data))
     if not ok:
         raise ConfigError(f"{path} is not a valid vidcls calibration (temperature, ood.threshold, ood.score); "
                           f"{redo}")
     return data
+
+
+def _checks_ok(data: dict) -> bool:
+    """Every score a calibration names is known and has a finite threshold."""
+    try:
+        checks = ood_checks(data)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    known = (*OOD_SCORES, *FEATURE_SCORES)
+    return bool(checks) and all(math.isfinite(v) and k in known for k, v in checks.items())

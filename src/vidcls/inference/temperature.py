@@ -1,0 +1,128 @@
+"""Temperature scaling over a run's served logits: the served probabilities, NLL, the fitted
+temperature and the expected calibration error (see :mod:`vidcls.inference.trust`).
+
+Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(N, M, C)`` and
+``(N, C)`` are read as one view / one member.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+T_BOUNDS = (0.05, 20.0)  # the temperature search range
+ECE_BINS = 15
+
+
+def as_4d(logits) -> np.ndarray:
+    """``logits`` as float64 ``(N, M, V, C)``: ``(N, C)`` is one member and one view, ``(N, M, C)`` one view.
+
+    Raises:
+        ValueError: any other number of dimensions, or no class axis.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2:
+        z = z[:, None, None, :]
+    elif z.ndim == 3:
+        z = z[:, :, None, :]
+    if z.ndim != 4 or z.shape[-1] < 1:
+        raise ValueError(f"logits must be (N, C), (N, M, C) or (N, M, V, C); got shape {np.shape(logits)}")
+    return z
+
+
+def _logsumexp(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(z, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(z - m), axis=axis))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def served_probs(logits, temperature: float = 1.0) -> np.ndarray:
+    """The run's served probabilities ``(N, C)``: the mean over members and views of ``softmax(logits / T)``."""
+    z = as_4d(logits)
+    return _softmax(z / float(temperature)).mean(axis=(1, 2))
+
+
+def nll(probs, labels, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood of the true class (probabilities clipped at ``eps``)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    p = probs[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(p, eps, 1.0))))
+
+
+def _golden_min(f, lo: float, hi: float, tol: float = 1e-5) -> float:
+    """The minimiser of a unimodal ``f`` on ``[lo, hi]``."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
+def fit_temperature(logits, labels, bounds: tuple = T_BOUNDS, grid: int = 41) -> float:
+    """The temperature that minimises the NLL of ``served_probs(logits, T)`` on ``labels``.
+
+    A search over ``log T`` in ``bounds``: a grid of ``grid`` points (the NLL of an average of
+    softmaxes need not be unimodal), then a golden-section refinement around the best grid point.
+    The result never has a higher NLL than ``T = 1`` (it is returned instead when nothing beats it).
+
+    Args:
+        logits: (N, C), (N, M, C) or (N, M, V, C) raw logits; labels: (N,) class indices.
+    Raises:
+        ValueError: no videos, or labels that do not match the logits.
+    """
+    z = as_4d(logits)
+    y = np.asarray(labels, dtype=np.int64)
+    if len(z) == 0 or len(y) != len(z):
+        raise ValueError(f"fit_temperature needs one label per video; got {len(z)} videos, {len(y)} labels")
+    if y.min() < 0 or y.max() >= z.shape[-1]:
+        raise ValueError(f"labels must lie in 0..{z.shape[-1] - 1}")
+
+    def loss(log_t: float) -> float:
+        return nll(served_probs(z, math.exp(log_t)), y)
+
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    points = np.linspace(lo, hi, grid)
+    values = [loss(p) for p in points]
+    k = int(np.argmin(values))
+    best = _golden_min(loss, points[max(k - 1, 0)], points[min(k + 1, grid - 1)])
+    if loss(best) > values[k]:
+        best = float(points[k])
+    if loss(best) > loss(0.0):  # T = 1, the uncalibrated model, is always a candidate
+        return 1.0
+    return float(math.exp(best))
+
+
+def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error with ``bins`` equal-width confidence bins.
+
+    A video falls in bin ``b`` when its confidence (largest probability) lies in ``(b / bins, (b + 1) / bins]``
+    (confidence 0 in the first bin). ECE = sum over bins of ``|B| / N * |accuracy(B) - mean confidence(B)|``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(probs) == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
