@@ -337,7 +337,7 @@ def test_records_carry_energy_and_typicality_after_calibration(trained, tiny_fea
     const = np.tile(arrays[0][:1], (10, 1))
     recs = p.predict_records([*arrays, long, const])
     stats = trust.typicality_stats(run, p.calibration_)
-    seen = [p._thin(p._check_features(a, "x"))[0] for a in [*arrays, long, const]]
+    seen = [p._thin(p._check(a, "x"))[0] for a in [*arrays, long, const]]
     want = typicality_score(seen, stats)
     for rec, w in zip(recs, want):
         assert set(rec["ood_scores"]) == {"energy", "typicality"}

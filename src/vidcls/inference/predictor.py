@@ -25,7 +25,6 @@ Inputs ``x`` everywhere: a video path (str / Path), a ``(T, D)`` float array, or
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -34,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BackboneError, CheckpointError, ConfigError, ExtractError, VidclsError
+from ..errors import BackboneError, CheckpointError, ConfigError
 from ..models import build_from_spec
 from ..training.checkpoint import load_checkpoint
 from ..training.data import FrameBudgetBatches
 from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
 from .evaluate import TTA_SETTINGS, load_final_choice
+from .inputs import as_list, check_features, encode_videos, error_record, finite, gather, stamps
 from .tta import tta_batch
 
 __all__ = ["Predictor", "load", "served_probs"]
@@ -225,110 +225,16 @@ class Predictor:
                 "device": str(self.device)}
 
     # ---- inputs -----------------------------------------------------------------------------
-    @staticmethod
-    def _as_list(x) -> list:
-        if isinstance(x, (str, os.PathLike)):
-            return [x]
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        if isinstance(x, np.ndarray):
-            if x.ndim == 2:
-                return [x]
-            if x.ndim == 3:
-                return list(x)
-            raise ConfigError(f"features must be (T, D) or a list of them; got an array of shape {x.shape}")
-        if isinstance(x, (list, tuple)):
-            if len(x) and isinstance(x[0], (list, tuple)) and np.ndim(x[0]) == 1:
-                return [np.asarray(x)]  # one (T, D) sequence as nested lists (JSON)
-            return list(x)
-        raise ConfigError(f"cannot predict a {type(x).__name__}: give a video path, a (T, D) array or a list")
+    def _check(self, a, name: str) -> np.ndarray:
+        return check_features(a, name, self.feature_dim_, self._store_dtype)
 
-    def _check_features(self, a, name: str) -> np.ndarray:
-        """A (T, D) input as float32, rounded to the store's precision.
-
-        Raises:
-            ConfigError: not a (T >= 1, D) array of finite numbers. CheckpointError: another D.
-        """
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
-        a = np.asarray(a)
-        if a.ndim != 2 or not len(a) or not np.issubdtype(a.dtype, np.number):
-            raise ConfigError(f"{name}: features must be a (T, D) array of numbers with T >= 1, got "
-                              f"{a.dtype} {a.shape}")
-        if a.shape[1] != self.feature_dim_:
-            raise CheckpointError(f"{name}: features have D={a.shape[1]} but the run was trained on "
-                                  f"D={self.feature_dim_}; use features from the run's extractor")
-        if not np.isfinite(a).all():
-            raise ConfigError(f"{name}: features hold NaN or Inf")
-        if self._store_dtype is not None:
-            a = a.astype(self._store_dtype)
-            if not np.isfinite(a).all():
-                raise ConfigError(f"{name}: features overflow {self._store_dtype}, the precision the run's "
-                                  f"features were stored in; they cannot come from the run's extractor")
-        return np.ascontiguousarray(a, dtype=np.float32)
+    def _encode(self, paths: list) -> list[dict]:
+        return encode_videos(paths, self.encoder_, self.sampling_, self.quality_, self.decode_workers)
 
     def _thin(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features the model sees, their positions in ``a``): the max_frames rule of training."""
         keep = np.arange(len(a)) if not self.max_frames_ else uniform_indices(len(a), int(self.max_frames_))
         return a[keep], keep
-
-    def _encode_videos(self, paths: list) -> list[dict]:
-        """Per path: {"features", "timestamps_ms", "decode_s", "features_s"} or {"error"} (never raises
-        for a broken file; a missing extractor raises)."""
-        from ..features.pipeline import iter_features
-
-        encoder, sampling, quality = self.encoder_, self.sampling_, self.quality_
-        out: list[dict | None] = [None] * len(paths)
-        try:
-            for r in iter_features([str(p) for p in paths], encoder, sampling, quality,
-                                   decode_workers=self.decode_workers if len(paths) > 1 else 0):
-                if r.status != "ok":
-                    out[r.index] = {"error": f"{r.reason}: {r.detail}"}
-                else:
-                    out[r.index] = {"features": r.features, "timestamps_ms": r.timestamps_ms,
-                                    "decode_s": float(r.info.get("decode_s", 0.0)),
-                                    "features_s": float(r.info.get("cnn_s", 0.0))}
-        except VidclsError as err:  # a decode worker died: the videos not done get its message
-            out = [o if o is not None else {"error": f"error: {err}"} for o in out]
-        return [o if o is not None else {"error": "error: no result from the decoder"} for o in out]
-
-    def _gather(self, x, *, strict: bool) -> list[dict]:
-        """Per input: {"input", "features" (T, D) float32 | None, "timestamps_ms", "error", timings}.
-
-        ``strict``: raise on the first unusable input (predict_proba) instead of recording its error.
-        """
-        items = self._as_list(x)
-        out: list[dict] = []
-        for i, item in enumerate(items):
-            is_path = isinstance(item, (str, os.PathLike))
-            out.append({"input": str(item) if is_path else f"features[{i}]", "path": item if is_path else None,
-                        "features": None, "timestamps_ms": None, "error": None,
-                        "decode_s": 0.0, "features_s": 0.0})
-            if not is_path:
-                try:
-                    out[-1]["features"] = self._check_features(item, out[-1]["input"])
-                except VidclsError as err:
-                    if strict:
-                        raise
-                    out[-1]["error"] = str(err)
-        videos = [r for r in out if r["path"] is not None]
-        if videos:
-            for r, v in zip(videos, self._encode_videos([r["path"] for r in videos])):
-                if "error" in v:
-                    if strict:
-                        raise ExtractError(f"{r['input']}: {v['error']}")
-                    r["error"] = v["error"]
-                    continue
-                try:
-                    r["features"] = self._check_features(v["features"], r["input"])
-                except VidclsError as err:
-                    if strict:
-                        raise
-                    r["error"] = str(err)
-                    continue
-                r["timestamps_ms"] = np.asarray(v["timestamps_ms"], np.float64)
-                r["decode_s"], r["features_s"] = v["decode_s"], v["features_s"]
-        return out
 
     # ---- the models -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -378,7 +284,7 @@ class Predictor:
         Raises:
             ConfigError / CheckpointError: an input that is not a (T, D) array of the run's D.
         """
-        feats = [self._check_features(a, f"features[{i}]") for i, a in enumerate(self._as_list(arrays))]
+        feats = [self._check(a, f"features[{i}]") for i, a in enumerate(as_list(arrays))]
         return self._forward(feats, attention=False)[0]
 
     def predict_proba(self, x, calibrated: bool = True) -> np.ndarray:
@@ -389,7 +295,7 @@ class Predictor:
             ExtractError: a video that cannot be decoded (``predict_records`` reports it instead).
             BackboneError / CheckpointError / ConfigError: see the module docstring and ``encoder_``.
         """
-        items = self._gather(x, strict=True)
+        items = gather(x, check=self._check, encode=self._encode, strict=True)
         logits = self._forward([r["features"] for r in items], attention=False)[0]
         return self._probs(logits, calibrated)
 
@@ -401,9 +307,9 @@ class Predictor:
         """Per input, the frames the model saw: ``{"attention": [float], "timestamps_ms": [float | None],
         "index": [int]}`` (attention of the original view, mean over served members; ``index``: the
         frame's position in the input sequence, after ``max_frames`` thinning)."""
-        items = self._gather(x, strict=True)
+        items = gather(x, check=self._check, encode=self._encode, strict=True)
         _, kept, attn = self._forward([r["features"] for r in items], attention=True)
-        return [{"attention": [float(a) for a in w], "timestamps_ms": _stamps(r["timestamps_ms"], k),
+        return [{"attention": [float(a) for a in w], "timestamps_ms": stamps(r["timestamps_ms"], k),
                  "index": [int(i) for i in k]} for r, k, w in zip(items, kept, attn)]
 
     def predict_records(self, x, top_k: int = 3) -> list[dict]:
@@ -420,7 +326,7 @@ class Predictor:
         ``label`` None and never raises; a run that cannot handle videos at all (weights missing,
         another feature dimension) raises BackboneError / CheckpointError.
         """
-        items = self._gather(x, strict=False)
+        items = gather(x, check=self._check, encode=self._encode, strict=False)
         ok = [r for r in items if r["error"] is None]
         t0 = time.perf_counter()
         logits, kept, attn = self._forward([r["features"] for r in ok], attention=True)
@@ -436,17 +342,17 @@ class Predictor:
             j = done[id(r)]
             p = probs[j]
             order = np.argsort(-p, kind="stable")[:max(1, int(top_k))]
-            stamps = _stamps(r["timestamps_ms"], kept[j])
+            times = stamps(r["timestamps_ms"], kept[j])
             records.append({
                 "input": r["input"], "label": self.classes_[int(order[0])],
                 "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
                 "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
                 "trusted": bool(verdicts[j][0]), "trust_reason": str(verdicts[j][1]),
-                "ood_score": _finite(scores[self.calibration_["ood"].get("score", "energy")][j])
+                "ood_score": finite(scores[self.calibration_["ood"].get("score", "energy")][j])
                 if scores else None,
-                "ood_scores": {k: _finite(v[j]) for k, v in (scores or {}).items()},
+                "ood_scores": {k: finite(v[j]) for k, v in (scores or {}).items()},
                 "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
-                           for i, s, a in zip(kept[j], stamps, attn[j])],
+                           for i, s, a in zip(kept[j], times, attn[j])],
                 "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
                             "model_s": round(model_s, 6)},
                 "error": None})
@@ -461,24 +367,6 @@ class Predictor:
         scores = trust.calibration_scores(logits, self.calibration_, seen, self._typicality)
         return scores, [trust.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
                         for j in range(len(logits))]
-
-
-def _finite(v) -> float | None:
-    return float(v) if v is not None and np.isfinite(v) else None
-
-
-def _stamps(timestamps_ms, kept) -> list:
-    if timestamps_ms is None:
-        return [None] * len(kept)
-    return [float(timestamps_ms[i]) for i in kept]
-
-
-def error_record(name: str, error: str, decode_s: float = 0.0, features_s: float = 0.0) -> dict:
-    """The record of an input that could not be predicted."""
-    return {"input": name, "label": None, "top_k": [], "probabilities": {}, "trusted": False,
-            "trust_reason": f"not predicted: {error}", "ood_score": None, "ood_scores": {}, "frames": [],
-            "timings": {"decode_s": round(decode_s, 6), "features_s": round(features_s, 6), "model_s": 0.0},
-            "error": error}
 
 
 def _check_same(first: dict, other: dict, first_dir: Path, path: Path) -> None:
