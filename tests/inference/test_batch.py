@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from vidcls.errors import ConfigError
-from vidcls.inference.batch import (CSV_FIELDS, collect_inputs, error_record, format_records,
-                                    read_jsonl, run_predict)
+from vidcls.inference.batch import (CSV_FIELDS, PredictOptions, collect_inputs, error_record,
+                                    format_records, read_jsonl, run_predict)
 
-RECORD_KEYS = {"input", "label", "top_k", "probabilities", "trusted", "trust_reason", "ood_score",
+RECORD_KEYS = {"input", "label", "top_k", "probabilities", "trusted", "trust_reason", "ood_score", "ood_scores",
                "frames", "timings", "error"}
 
 
@@ -39,7 +39,7 @@ class FakePredictor:
                 "top_k": [{"class": self.classes_[i], "probability": float(p[i])} for i in order[:self._k]],
                 "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
                 "trusted": seed % 2 == 0, "trust_reason": "in distribution" if seed % 2 == 0 else "low score",
-                "ood_score": float(seed),
+                "ood_score": float(seed), "ood_scores": {"energy": float(seed)},
                 "frames": [{"index": i, "timestamp_ms": None, "attention": float(a)} for i, a in enumerate(att)],
                 "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.001}, "error": None}
 
@@ -164,13 +164,14 @@ def test_non_finite_numbers_become_null():
 def test_resume_skips_written_inputs_and_drops_torn_line(tmp_path):
     inputs = _inputs(tmp_path, 4)
     out = tmp_path / "preds.jsonl"
+    options = PredictOptions(fmt="jsonl", output=out)
     first = FakePredictor()
-    run_predict(first, inputs[:2], fmt="jsonl", output=out, progress=False)
+    run_predict(first, inputs[:2], options, progress=False)
     assert len(out.read_text().splitlines()) == 2
     with open(out, "ab") as fh:  # a run killed while writing its third line
         fh.write(b'{"input": "' + str(inputs[2]).encode() + b'", "label": "c')
     again = FakePredictor()
-    summary = run_predict(again, inputs, fmt="jsonl", output=out, progress=False)
+    summary = run_predict(again, inputs, options, progress=False)
     assert _predicted(again.calls) == [str(p) for p in inputs[2:]]
     assert (summary.skipped, summary.predicted) == (2, 2)
     lines = out.read_text().splitlines()
@@ -178,7 +179,7 @@ def test_resume_skips_written_inputs_and_drops_torn_line(tmp_path):
     assert [json.loads(line)["input"] for line in lines] == [str(p) for p in inputs]
     # complete: a third run predicts nothing and leaves the file alone
     third = FakePredictor()
-    summary = run_predict(third, inputs, fmt="jsonl", output=out, progress=False)
+    summary = run_predict(third, inputs, options, progress=False)
     assert third.calls == [] and summary.skipped == 4 and len(out.read_text().splitlines()) == 4
 
 
@@ -232,6 +233,10 @@ def test_bad_options_are_user_errors(tmp_path):
     for kwargs in ({"fmt": "xml"}, {"top_k": 0}, {"batch_size": 0}):
         with pytest.raises(ConfigError):
             run_predict(FakePredictor(), _inputs(tmp_path, 1), progress=False, **kwargs)
+        with pytest.raises(ConfigError):
+            PredictOptions(**kwargs)
+    with pytest.raises(TypeError, match="either options or settings"):
+        run_predict(FakePredictor(), _inputs(tmp_path, 1), PredictOptions(), top_k=2, progress=False)
 
 
 # ---- the command line -------------------------------------------------------------------------

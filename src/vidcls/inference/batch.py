@@ -35,9 +35,11 @@ import numpy as np
 from ..errors import ConfigError
 from ..features.video import VIDEO_EXTENSIONS
 from ..utils.fs import atomic_write_text
+from .inputs import error_record
 
 __all__ = ["FORMATS", "FEATURE_EXTENSIONS", "collect_inputs", "read_jsonl", "error_record",
-           "iter_records", "format_for", "format_records", "to_json", "run_predict", "PredictSummary"]
+           "iter_records", "format_for", "format_records", "to_json", "run_predict", "PredictOptions",
+           "PredictSummary"]
 
 FORMATS = ("table", "json", "jsonl", "csv")
 FEATURE_EXTENSIONS = frozenset({".npy"})
@@ -120,14 +122,6 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 # ---- records ----------------------------------------------------------------------------------
-def error_record(name: str, message: str, decode_s: float = 0.0) -> dict:
-    """The record of an input that cannot be used (the keys and wording of a Predictor's)."""
-    return {"input": name, "label": None, "top_k": [], "probabilities": {}, "trusted": False,
-            "trust_reason": f"not predicted: {message}", "ood_score": None, "frames": [],
-            "timings": {"decode_s": round(float(decode_s), 6), "features_s": 0.0, "model_s": 0.0},
-            "error": message}
-
-
 def _load_features(path: Path, feature_dim: int | None) -> np.ndarray:
     """A (T, D) float32 array from a .npy file; ValueError with the reason when unusable."""
     try:
@@ -254,56 +248,62 @@ def _pipeline_records(predictor, paths, top_k, batch_size, decode_workers) -> It
     from ..errors import ExtractError
     from ..features import pipeline
 
-    encoder, sampling, quality = _pipeline_parts(predictor)
+    parts = _pipeline_parts(predictor)  # (encoder, sampling, quality)
     pending: list = []  # (path, VideoResult) waiting for the temporal models
-
-    def flush() -> Iterator[dict]:
-        ok = [r for _, r in pending if r.status == "ok"]
-        t0 = time.perf_counter()
-        records = iter(predictor.predict_records([r.features for r in ok], top_k=top_k) if ok else [])
-        model_s = (time.perf_counter() - t0) / max(1, len(ok))
-        for path, r in pending:
-            if r.status != "ok":
-                yield error_record(str(path), f"{r.reason}: {r.detail}", r.info.get("decode_s", 0.0))
-                continue
-            rec = _with_frames(next(records), r.timestamps_ms)
-            rec["input"] = str(path)
-            rec["timings"] = {"decode_s": round(float(r.info.get("decode_s", 0.0)), 6),
-                              "features_s": round(float(r.info.get("cnn_s", 0.0)), 6),
-                              "model_s": round(model_s, 6)}
-            yield rec
-        pending.clear()
-
-    def one_by_one(window) -> Iterator[tuple]:
-        for path in window:
-            try:
-                yield path, next(pipeline.iter_features([str(path)], encoder, sampling, quality,
-                                                        decode_workers=1))
-            except ExtractError as err:
-                yield path, pipeline.VideoResult(0, "skipped", reason="error",
-                                                 detail=f"{path}: the decoder crashed on it ({err})")
-
     paths = list(paths)
     start = 0
     while start < len(paths):
         rest = paths[start:]
         try:
-            for r in pipeline.iter_features([str(p) for p in rest], encoder, sampling, quality,
-                                            decode_workers=decode_workers):
+            for r in pipeline.iter_features([str(p) for p in rest], *parts, decode_workers=decode_workers):
                 pending.append((rest[r.index], r))
                 start += 1
                 if len(pending) >= batch_size:
-                    yield from flush()
+                    yield from _predict_pending(predictor, pending, top_k)
         except ExtractError:
             if not decode_workers:
                 raise
+            # the videos that may have been in flight: the window iter_features' ExtractError names
             window = paths[start:start + 2 * max(1, int(decode_workers)) * pipeline.PREFETCH]
-            for item in one_by_one(window):
+            for item in _decode_one_by_one(window, parts):
                 pending.append(item)
                 if len(pending) >= batch_size:
-                    yield from flush()
+                    yield from _predict_pending(predictor, pending, top_k)
             start += len(window)
-    yield from flush()
+    yield from _predict_pending(predictor, pending, top_k)
+
+
+def _predict_pending(predictor, pending: list, top_k: int) -> Iterator[dict]:
+    """The records of the decoded ``pending`` (path, VideoResult) pairs, in order; empties ``pending``."""
+    ok = [r for _, r in pending if r.status == "ok"]
+    t0 = time.perf_counter()
+    records = iter(predictor.predict_records([r.features for r in ok], top_k=top_k) if ok else [])
+    model_s = (time.perf_counter() - t0) / max(1, len(ok))
+    for path, r in pending:
+        if r.status != "ok":
+            yield error_record(str(path), f"{r.reason}: {r.detail}", r.info.get("decode_s", 0.0))
+            continue
+        rec = _with_frames(next(records), r.timestamps_ms)
+        rec["input"] = str(path)
+        rec["timings"] = {"decode_s": round(float(r.info.get("decode_s", 0.0)), 6),
+                          "features_s": round(float(r.info.get("cnn_s", 0.0)), 6),
+                          "model_s": round(model_s, 6)}
+        yield rec
+    pending.clear()
+
+
+def _decode_one_by_one(window, parts) -> Iterator[tuple]:
+    """(path, VideoResult) per video, each decoded by a worker of its own, so that a video that
+    kills its worker costs only its own record."""
+    from ..errors import ExtractError
+    from ..features import pipeline
+
+    for path in window:
+        try:
+            yield path, next(pipeline.iter_features([str(path)], *parts, decode_workers=1))
+        except ExtractError as err:
+            yield path, pipeline.VideoResult(0, "skipped", reason="error",
+                                             detail=f"{path}: the decoder crashed on it ({err})")
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -479,70 +479,123 @@ def _progress(total: int, initial: int, enabled: bool | None):
     return tqdm(total=total, initial=initial, unit="video", file=sys.stderr, dynamic_ncols=True)
 
 
-def run_predict(predictor, inputs: Sequence[Path], *, fmt: str = "table", output=None,
-                top_k: int = 3, batch_size: int = 16, decode_workers: int = 2, timeline_dir=None,
-                progress: bool | None = None, stdout=None,
-                timeline: Callable | None = None) -> PredictSummary:
+@dataclass(frozen=True)
+class PredictOptions:
+    """The settings of one ``run_predict`` (the flags of ``vidcls predict``).
+
+    ``fmt``: one of FORMATS. ``output``: a file, or None for stdout; ``jsonl`` appends one line per
+    input and skips the inputs already in the file (resumable), the other formats are written
+    atomically at the end. ``top_k``, ``batch_size``, ``decode_workers``: see ``iter_records``.
+    ``timeline_dir``: write one timeline PNG per usable input there.
+
+    Raises:
+        ConfigError: a bad --format / --top-k / --batch-size.
+    """
+
+    fmt: str = "table"
+    output: str | os.PathLike | None = None
+    top_k: int = 3
+    batch_size: int = 16
+    decode_workers: int = 2
+    timeline_dir: str | os.PathLike | None = None
+
+    def __post_init__(self):
+        if self.fmt not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
+        if int(self.top_k) < 1:
+            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+class _Timelines:
+    """Writes one timeline PNG per usable record; one that fails is reported and the run goes on."""
+
+    def __init__(self, folder, inputs: Sequence[Path], writer: Callable | None):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if writer is None:
+            from ..reporting.timeline import write_timeline as writer
+        self.folder, self.writer = folder, writer
+        self.base = _common_folder(inputs)
+        self.names: set[str] = set()  # the file names taken, so that equal labels do not collide
+
+    def write(self, record: dict) -> bool:
+        try:
+            self.writer(record, self.folder, names=self.names, label=_relative(record["input"], self.base))
+            return True
+        except (OSError, ValueError) as err:
+            print(f"timeline of {record['input']} not written: {err}", file=sys.stderr)
+            return False
+
+
+def _resume(inputs: Sequence[Path], output) -> tuple[list[Path], _JsonlAppender]:
+    """The inputs not yet in the JSON-lines ``output`` (as given or as absolute paths), and an
+    appender to it."""
+    done = {r["input"] for r in read_jsonl(output)}
+    done |= {os.path.abspath(d) for d in done}
+    todo = [p for p in inputs if str(p) not in done and os.path.abspath(p) not in done]
+    return todo, _JsonlAppender(Path(output))
+
+
+def _emit(record: dict, fmt: str, appender: _JsonlAppender | None, stdout, out: PredictSummary) -> None:
+    """Write a JSON-lines record at once; keep the others for ``_write_all`` at the end."""
+    if appender is not None:
+        appender.write(record)
+    elif fmt == "jsonl":
+        stdout.write(to_json(record) + "\n")
+        stdout.flush()
+    else:
+        out.records.append(record)
+
+
+def _write_all(records: list[dict], options: PredictOptions, stdout) -> None:
+    text = format_records(records, options.fmt)
+    if options.output:
+        atomic_write_text(options.output, text)
+    else:
+        stdout.write(text)
+        stdout.flush()
+
+
+def run_predict(predictor, inputs: Sequence[Path], options: PredictOptions | None = None, *,
+                progress: bool | None = None, stdout=None, timeline: Callable | None = None,
+                **settings) -> PredictSummary:
     """Predict ``inputs`` and write the records.
 
     Args:
         predictor: a loaded run (``vidcls.load``).
         inputs: from ``collect_inputs``.
-        fmt: one of FORMATS.
-        output: a file, or None for ``stdout``. ``jsonl`` appends one line per input and skips the
-            inputs already in the file (resumable); the other formats are written atomically at the end.
-        top_k, batch_size, decode_workers: see ``iter_records``.
-        timeline_dir: write one timeline PNG per usable input there.
+        options: format, output, top_k, batch_size, decode_workers, timeline_dir; or give them as
+            keyword ``settings`` with PredictOptions' field names (``fmt="jsonl", top_k=2``).
         progress: a progress bar on stderr (None: only when stderr is a terminal).
         stdout: where records go without ``output`` (default sys.stdout).
         timeline: the timeline writer (default ``vidcls.reporting.timeline.write_timeline``).
 
     Returns:
-        PredictSummary (its ``records`` are those predicted in this run).
+        PredictSummary (its ``records`` are those predicted in this run, unless written as JSON lines).
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if int(top_k) < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if options is None:
+        options = PredictOptions(**settings)
+    elif settings:
+        raise TypeError(f"give either options or settings, not both (got {sorted(settings)})")
     t0 = time.perf_counter()
     stdout = stdout if stdout is not None else sys.stdout
-    out = PredictSummary(total=len(inputs), output=Path(output) if output else None)
-    todo = list(inputs)
-    appender = None
-    if output and fmt == "jsonl":
-        done = {r["input"] for r in read_jsonl(output)}
-        done |= {os.path.abspath(d) for d in done}
-        todo = [p for p in todo if str(p) not in done and os.path.abspath(p) not in done]
+    out = PredictSummary(total=len(inputs), output=Path(options.output) if options.output else None)
+    todo, appender = list(inputs), None
+    if options.output and options.fmt == "jsonl":
+        todo, appender = _resume(inputs, options.output)
         out.skipped = len(inputs) - len(todo)
-        appender = _JsonlAppender(Path(output))
-    names: set[str] = set()
-    base = _common_folder(inputs)
-    if timeline_dir is not None:
-        Path(timeline_dir).mkdir(parents=True, exist_ok=True)
-        if timeline is None:
-            from ..reporting.timeline import write_timeline as timeline
+    timelines = None if options.timeline_dir is None else _Timelines(options.timeline_dir, inputs, timeline)
     bar = _progress(len(inputs), out.skipped, progress)
     try:
-        for rec in iter_records(predictor, todo, top_k=top_k, batch_size=batch_size,
-                                decode_workers=decode_workers):
+        for rec in iter_records(predictor, todo, top_k=options.top_k, batch_size=options.batch_size,
+                                decode_workers=options.decode_workers):
             out.predicted += 1
             out.errors += bool(rec.get("error"))
             out.untrusted += not rec.get("error") and not rec.get("trusted", True)
-            if timeline_dir is not None and not rec.get("error"):
-                try:
-                    timeline(rec, timeline_dir, names=names, label=_relative(rec["input"], base))
-                    out.timelines += 1
-                except (OSError, ValueError) as err:
-                    print(f"timeline of {rec['input']} not written: {err}", file=sys.stderr)
-            if appender is not None:
-                appender.write(rec)
-            elif fmt == "jsonl":
-                stdout.write(to_json(rec) + "\n")
-                stdout.flush()
-            else:
-                out.records.append(rec)
+            if timelines is not None and not rec.get("error"):
+                out.timelines += timelines.write(rec)
+            _emit(rec, options.fmt, appender, stdout, out)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -550,12 +603,7 @@ def run_predict(predictor, inputs: Sequence[Path], *, fmt: str = "table", output
             appender.close()
         if bar is not None:
             bar.close()
-    if fmt != "jsonl":
-        text = format_records(out.records, fmt)
-        if output:
-            atomic_write_text(output, text)
-        else:
-            stdout.write(text)
-            stdout.flush()
+    if options.fmt != "jsonl":
+        _write_all(out.records, options, stdout)
     out.seconds = time.perf_counter() - t0
     return out

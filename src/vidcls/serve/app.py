@@ -229,9 +229,6 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     object with ``classes_`` and ``predict_records``)."""
     settings = settings or ServeSettings()
     queue = InferenceQueue(settings.max_queue, settings.workers)
-    info = model_info(predictor, settings)
-    page, csp = _page()
-    n_classes = len(predictor.classes_)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -244,6 +241,14 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     app.state.queue, app.state.settings = queue, settings
     app.add_middleware(ApiKeyGuard, api_key=settings.api_key)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)  # the outermost: see its docstring
+    _add_error_handlers(app)
+    _add_page_routes(app)
+    app.include_router(_v1_router(predictor, settings, queue))
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answered as ``{"error": message}``; an unexpected one is logged here first."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
@@ -262,6 +267,11 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error (logged on the server)")
 
+
+def _add_page_routes(app: FastAPI) -> None:
+    """``GET /health`` and the upload page ``GET /`` (outside /v1: no API key)."""
+    page, csp = _page()
+
     @app.get("/health")
     async def health():
         return {"status": "ok"}
@@ -271,6 +281,11 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
                                            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
 
+
+def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue) -> APIRouter:
+    """``/v1/model``, ``/v1/predict`` and ``/v1/predict/features``."""
+    info = model_info(predictor, settings)
+    n_classes = len(predictor.classes_)
     # ApiKeyGuard enforces the key before any body is read; this dependency only documents it in /docs
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))])
     top_k_query = Query(3, ge=1, description="how many classes in top_k")
@@ -302,8 +317,7 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
             record = await queue.run(lambda: predictor.predict_records([x], top_k=min(top_k, n_classes))[0])
         return JSONResponse(record, 422 if record.get("error") else 200)
 
-    app.include_router(v1)
-    return app
+    return v1
 
 
 def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 500.0,
