@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 from typing import get_type_hints
@@ -80,8 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | on | off (default: the run's own; another writes eval_<split>.tta-<x>.json)")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("predict", help="classify videos (files, folders) or .npy features with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders (recursive), .npy (T, D) features")
+    p.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default=None,
+                   help="(default: the --output file's extension, else table)")
+    p.add_argument("--top-k", type=int, default=3, help="classes per video (3)")
+    p.add_argument("--output", metavar="FILE", help="write here instead of stdout; jsonl: append, and a rerun "
+                                                    "skips the inputs already written")
+    p.add_argument("--timeline", metavar="DIR", help="one PNG per video: thumbnails along time with attention")
+    p.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="auto: the run's own choice")
+    p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
+    p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the models (2)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--weights", metavar="PATH.pth", help="the backbone weights, where the recorded file is not "
+                                                         "on this machine")
+
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     p.add_argument("run_dir")
+
+    p = sub.add_parser("serve", help="serve a trained run over HTTP: JSON API and an upload page")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (127.0.0.1); any other needs VIDCLS_API_KEY, sent as X-API-Key")
+    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest request body in MB (500)")
+    p.add_argument("--max-queue", type=int, default=8, help="requests waiting or running; more get 503 (8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--weights", default=None, metavar="PATH.pth",
+                   help="the frame CNN weights of the run's extractor, when not on this machine")
+
+    p = sub.add_parser("calibrate", help="fit temperature scaling and the OOD threshold of a run on validation")
+    p.add_argument("run_dir")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("synth", help="write a synthetic feature store (train/val/test)")
     p.add_argument("out_dir")
@@ -92,9 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("demo", help="synthetic data + a 3-member ensemble with TTA and a baseline, on CPU (~3 min)")
-    p.add_argument("run_dir", nargs="?", default="runs/demo")
+    p = sub.add_parser("demo", help="clips -> features -> a 3-member ensemble and a baseline -> predictions, "
+                                    "on CPU (~4 min)")
+    p.add_argument("run_dir", nargs="?", default=None, help="runs/demo (--synthetic: runs/demo-synthetic)")
     p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--clips-per-class", type=int, default=50, help="generated clips of each class (50)")
+    p.add_argument("--synthetic", action="store_true", help="the older variant: synthetic features, no videos")
 
     p = sub.add_parser("info", help="describe a feature store file")
     p.add_argument("file")
@@ -167,33 +199,21 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import load_config
-    from .store.synth import make_synthetic
-    from .training.fit import fit
+    from .demo import format_predictions, run_demo, run_synthetic_demo
 
-    t0 = time.time()
-    run_dir = Path(args.run_dir)
-    feats = run_dir / "features"
-    if not (feats / "test.h5").exists():
-        print(f"writing synthetic features to {feats} ...")
-        make_synthetic(feats, videos=600, seed=0)
-    small = dict(features_dir=str(feats), hidden_dim=128, layers=1, heads=4, dropout=0.2, device="cpu",
-                 workers=2, epochs=args.epochs)
-    runs = {"bilstm_attn": dict(model="bilstm_attn", members=3, patience=15),
-            "mean_mlp": dict(model="mean_mlp", members=1, patience=20)}  # the order-blind baseline
-    summaries = {}
-    for name, opts in runs.items():
-        out = run_dir / name
-        if (out / "summary.json").exists():
-            summaries[name] = json.loads((out / "summary.json").read_text())
-            continue
-        print(f"\n== {name} -> {out}")
-        resume = (out / "config.yaml").exists()
-        summaries[name] = fit(load_config(None, {**small, **opts}), out, resume=resume)
-    print("\n" + format_results(summaries))
-    print(f"\ndemo finished in {time.time() - t0:.0f} s")
-    for name in summaries:
+    run_dir = Path(args.run_dir or ("runs/demo-synthetic" if args.synthetic else "runs/demo"))
+    if args.synthetic:
+        out = run_synthetic_demo(run_dir, epochs=args.epochs)
+    else:
+        out = run_demo(run_dir, epochs=args.epochs, clips_per_class=args.clips_per_class)
+    print("\n" + format_results(out["summaries"]))
+    if out.get("predictions"):
+        print(f"\nheld-out clips ({out['predictions_file']}):\n" + format_predictions(out["predictions"]))
+    print(f"\ndemo finished in {out['wall_s']:.0f} s")
+    for name in out["summaries"]:
         print(f"  {name}: {run_dir / name / 'report.html'}  (summary.json, members/*/plots/current.png)")
+    if out.get("serve_command"):
+        print(f"serve the ensemble: {out['serve_command']}")
     return 0
 
 
@@ -210,6 +230,14 @@ def cmd_evaluate(args) -> int:
     for x in e["excluded"]:
         print(f"  member {x['member']} excluded: {x['reason']}")
     print(f"written: {out['path']}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .inference.trust import calibrate_run
+
+    calibrate_run(args.run_dir, args.device, log=print)
+    print(f"written: {Path(args.run_dir) / 'calibration.json'} (refresh report.html with `vidcls report`)")
     return 0
 
 
@@ -249,8 +277,39 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .errors import ConfigError
+    from .inference.batch import PredictOptions, collect_inputs, format_for, run_predict
+
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
+    inputs = collect_inputs(args.paths)  # before loading the run: a wrong path fails at once
+    from .inference.predictor import load
+
+    predictor = load(args.run_dir, device=args.device, weights=args.weights, tta=args.tta)
+    options = PredictOptions(fmt=format_for(args.output, args.format), output=args.output, top_k=args.top_k,
+                             batch_size=args.batch_size, decode_workers=args.decode_workers,
+                             timeline_dir=args.timeline)
+    summary = run_predict(predictor, inputs, options)
+    print(summary.line(), file=sys.stdout if args.output else sys.stderr)
+    return 0
+
+
 COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth,
             "demo": cmd_demo, "info": cmd_info, "import": cmd_import, "extract": cmd_extract}
+COMMANDS["calibrate"] = cmd_calibrate
+COMMANDS["predict"] = cmd_predict
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_queue=args.max_queue, device=args.device, weights=args.weights)
+    return 0
+
+
+COMMANDS["serve"] = cmd_serve
 
 
 # OSErrors the user causes and can fix: disk full, permissions, a path missing or of the wrong kind.

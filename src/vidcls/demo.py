@@ -1,0 +1,185 @@
+"""``vidcls demo``: the whole pipeline a user runs, from video files, on CPU in a few minutes.
+
+    RUN_DIR/videos/<class>/<clip>.mp4     1. labelled clips of four kinds (features/democlips.py)
+    RUN_DIR/features/{train,val,test}.h5  2. ``extract``: resnet18 with random weights (no download)
+    RUN_DIR/bilstm_attn/, RUN_DIR/mean_mlp/   3. ``fit``: a 3-member ensemble and the order-blind baseline
+    RUN_DIR/predictions.jsonl             4. the test split's clips through ``vidcls.load(run).predict_records``
+
+Every step is resumable: a rerun keeps the clips, features and finished runs it finds. A frame CNN
+with random weights still gives features that tell the four kinds of clip apart (random resnets keep
+colour and texture statistics; random efficientnets and mobilenets give near-zero features, hence
+resnet18). ``run_synthetic_demo`` is the older variant on synthetic features (no videos).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .features.democlips import CLASSES, write_demo_clips
+
+TRAIN_RUNS = {"bilstm_attn": dict(model="bilstm_attn", members=3, patience=15),
+              "mean_mlp": dict(model="mean_mlp", members=1, patience=20)}  # the order-blind baseline
+
+
+def _train(run_dir: Path, features: Path, small: dict, runs: dict, plots: bool, log: Callable) -> dict:
+    """Fit each of ``runs`` into run_dir/<name> (a finished one is read back; a stopped one resumed).
+
+    With ``plots`` each member's dashboard is drawn once, after training, and then report.html is
+    written: drawing it after every epoch would cost more CPU than these small models' training."""
+    from .config import load_config
+    from .training.fit import fit
+
+    summaries = {}
+    for name, opts in runs.items():
+        out = run_dir / name
+        if (out / "summary.json").exists():
+            summaries[name] = json.loads((out / "summary.json").read_text())
+            log(f"{name}: already trained ({out})")
+            continue
+        log(f"\n== {name} -> {out}")
+        resume = (out / "config.yaml").exists()
+        cfg = load_config(None, {"features_dir": str(features), **small, **opts, "plots": False})
+        summaries[name] = fit(cfg, out, resume=resume, log=log)
+        if plots:
+            _draw(out, summaries[name]["classes"], log)
+    return summaries
+
+
+def _draw(run: Path, class_names: list, log: Callable) -> None:
+    """Each member's training dashboard (members/<i>/plots/current.png) and report.html."""
+    from .reporting.plots import save_epoch_plots
+    from .reporting.report import write_report
+
+    for history in sorted(run.glob("members/*/history.json")):
+        save_epoch_plots(json.loads(history.read_text()), class_names, history.parent / "plots")
+    log(f"report: {write_report(run)}")
+
+
+def held_out_clips(features: Path, videos: Path) -> list[tuple[Path, str]]:
+    """(clip path, true class) of every video in the test split of ``features``."""
+    from .store.reader import FeatureStore
+
+    with FeatureStore(features / "test.h5", check_finite=False) as store:
+        return [(videos / f"{vid}.mp4", store.class_names[int(label)])
+                for vid, label in zip(store.video_ids, store.labels)]
+
+
+def _predict(run: Path, clips: list[tuple[Path, str]], out: Path, device: str) -> list[dict]:
+    """Predict ``clips`` with the served model of ``run`` (``vidcls.load``); the records, with the
+    true class added, are also written to ``out`` (JSON lines)."""
+    from .inference.predictor import load
+
+    predictor = load(run, device=device)
+    records = predictor.predict_records([str(p) for p, _ in clips])
+    for rec, (_, truth) in zip(records, clips):
+        rec["true_class"] = truth
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def run_demo(run_dir="runs/demo", *, clips_per_class: int = 50, epochs: int = 40, members: int = 3,
+             hidden_dim: int = 128, backbone: str = "resnet18", weights: str = "none", image_size: int = 112,
+             fps: float = 2.0, seed: int = 0, device: str = "cpu", workers: int = 0, decode_workers: int = 2,
+             plots: bool = True, predict: int | None = None, log: Callable = print) -> dict:
+    """Generate clips, extract features, train the ensemble and the baseline, predict held-out clips.
+
+    Args:
+        run_dir: everything goes under it (see the module docstring).
+        clips_per_class: clips of each of the four classes (split 70/20/10 by ``extract``).
+        epochs, members, hidden_dim: the bilstm_attn ensemble (the baseline gets the same epochs
+            and width, one member).
+        backbone, weights, image_size, fps: the extractor (``vidcls extract`` flags).
+        seed: seed of the clips (colours, sizes, speeds, durations).
+        device: for extraction, training and prediction.
+        workers, decode_workers: DataLoader workers while training (0: these few videos load faster in
+            the training process); decoding processes while extracting.
+        plots: each member's training dashboard (drawn once, after training) and report.html.
+        predict: how many test-split clips to predict, spread over the classes (None: all; 0: none).
+        log: where progress messages go.
+
+    Returns:
+        {"run_dir", "videos", "features", "summaries" {name: summary}, "predictions" (the records of
+        ``predict_records``, each with "true_class"; None with ``predict=0``), "predictions_file",
+        "serve_command", "wall_s", "timings_s" {step: seconds}}.
+    """
+    from .features.extract import extract
+
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    videos, features = run_dir / "videos", run_dir / "features"
+    timings = {}
+
+    log(f"demo: writing {clips_per_class} clips of each of {', '.join(CLASSES)} to {videos}")
+    write_demo_clips(videos, clips_per_class, seed=seed)
+    timings["clips"] = time.time() - t0
+    log(f"clips: {timings['clips']:.1f} s")
+
+    t = time.time()
+    extract(videos, features, backbone=backbone, weights=weights, fps=fps, image_size=image_size,
+            device=device, decode_workers=decode_workers, log=log)
+    timings["extract"] = time.time() - t
+    log(f"features: {timings['extract']:.1f} s")
+
+    t = time.time()
+    small = dict(hidden_dim=hidden_dim, layers=1, heads=4, dropout=0.2, device=device, workers=workers,
+                 epochs=epochs)
+    runs = {name: dict(opts) for name, opts in TRAIN_RUNS.items()}
+    runs["bilstm_attn"]["members"] = members
+    summaries = _train(run_dir, features, small, runs, plots, log)
+    timings["train"] = time.time() - t
+    log(f"training: {timings['train']:.1f} s")
+
+    t = time.time()
+    clips = held_out_clips(features, videos)
+    if predict is not None and predict < len(clips):
+        clips = [clips[i] for i in np.linspace(0, len(clips) - 1, predict).round().astype(int)] if predict else []
+    preds_file = run_dir / "predictions.jsonl"
+    predictions = _predict(run_dir / "bilstm_attn", clips, preds_file, device) if clips else None
+    timings["predict"] = time.time() - t
+    if predictions is not None:
+        log(f"prediction of {len(clips)} held-out clips: {timings['predict']:.1f} s")
+    return {"run_dir": str(run_dir), "videos": str(videos), "features": str(features),
+            "summaries": summaries, "predictions": predictions,
+            "predictions_file": str(preds_file) if predictions is not None else None,
+            "serve_command": f"vidcls serve {run_dir / 'bilstm_attn'}",
+            "wall_s": time.time() - t0, "timings_s": timings}
+
+
+def run_synthetic_demo(run_dir="runs/demo-synthetic", *, epochs: int = 40, videos: int = 600,
+                       plots: bool = True, log: Callable = print) -> dict:
+    """The older variant: synthetic features (``vidcls synth``) instead of clips, then the same
+    ensemble and baseline. Returns {"summaries", "wall_s"}."""
+    from .store.synth import make_synthetic
+
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    feats = run_dir / "features"
+    if not (feats / "test.h5").exists():
+        log(f"writing synthetic features to {feats} ...")
+        make_synthetic(feats, videos=videos, seed=0)
+    small = dict(hidden_dim=128, layers=1, heads=4, dropout=0.2, device="cpu", workers=2, epochs=epochs)
+    summaries = _train(run_dir, feats, small, TRAIN_RUNS, plots, log)
+    return {"summaries": summaries, "wall_s": time.time() - t0}
+
+
+def format_predictions(records: list[dict]) -> str:
+    """A plain-text table: clip, true class, predicted class, its probability, trusted (or the kind
+    of reason why not; the record holds the whole reason)."""
+    head = f"{'clip':<28}{'true':>11}{'predicted':>11}{'prob':>7}  trusted"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        name = Path(r["input"]).name
+        if r.get("error"):
+            lines.append(f"{name:<28}{r.get('true_class', ''):>11}  error: {r['error']}")
+            continue
+        p = r["probabilities"][r["label"]]
+        mark = "" if r["label"] == r.get("true_class") else "  (wrong)"
+        trusted = "yes" if r["trusted"] else "no (" + r["trust_reason"].split(":")[0] + ")"
+        lines.append(f"{name:<28}{r.get('true_class', ''):>11}{r['label']:>11}{p:>7.2f}  {trusted}{mark}")
+    right = sum(r.get("label") == r.get("true_class") for r in records)
+    lines.append(f"{right} of {len(records)} held-out clips right")
+    return "\n".join(lines)
