@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_args(sub.add_parser("train", help="train a temporal classifier on a feature store"))
 
+    _add_extract_parser(sub)
+    _add_scoring_parsers(sub)
+    _add_predict_parser(sub)
+    _add_serving_parsers(sub)
+    _add_data_parsers(sub)
+    return parser
+
+
+def _add_extract_parser(sub) -> None:
     p = sub.add_parser("extract", help="turn a folder of videos into a feature store (resumable)")
     p.add_argument("video_root", help="VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")
     p.add_argument("features_dir", help="output: train.h5, val.h5, test.h5, extract_report.json")
@@ -71,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-brightness", type=float, default=25.0, help="drop darker frames, 0-255 (25)")
     p.add_argument("--min-sharpness", type=float, default=0.0, help="drop frames with a lower Laplacian variance (0: off)")
 
+
+def _add_scoring_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["val", "test"], default="test")
@@ -78,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | on | off (default: the run's own; another writes eval_<split>.tta-<x>.json)")
     p.add_argument("--device", default="auto")
 
+
+def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify videos (files, folders) or .npy features with a trained run")
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders (recursive), .npy (T, D) features")
@@ -94,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="PATH.pth", help="the backbone weights, where the recorded file is not "
                                                          "on this machine")
 
+
+def _add_serving_parsers(sub) -> None:
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     p.add_argument("run_dir")
 
@@ -112,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--device", default="auto")
 
+
+def _add_data_parsers(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic feature store (train/val/test)")
     p.add_argument("out_dir")
     p.add_argument("--videos", type=int, default=600)
@@ -122,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="clips -> features -> a 3-member ensemble and a baseline -> predictions, "
-                                    "on CPU (~4 min)")
+                                    "on CPU (under a minute on 2 cores)")
     p.add_argument("run_dir", nargs="?", default=None, help="runs/demo (--synthetic: runs/demo-synthetic)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--clips-per-class", type=int, default=50, help="generated clips of each class (50)")
@@ -140,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("npy_dir")
     q.add_argument("labels_csv")
     q.add_argument("out_dir")
-    return parser
 
 
 def cmd_train(args) -> int:

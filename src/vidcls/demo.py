@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -81,24 +82,45 @@ def _predict(run: Path, clips: list[tuple[Path, str]], out: Path, device: str) -
     return records
 
 
-def run_demo(run_dir="runs/demo", *, clips_per_class: int = 50, epochs: int = 40, members: int = 3,
-             hidden_dim: int = 128, backbone: str = "resnet18", weights: str = "none", image_size: int = 112,
-             fps: float = 2.0, seed: int = 0, device: str = "cpu", workers: int = 0, decode_workers: int = 2,
-             plots: bool = True, predict: int | None = None, log: Callable = print) -> dict:
+@dataclass(frozen=True)
+class DemoSettings:
+    """What ``run_demo`` makes and trains (the defaults are ``make demo``'s).
+
+    clips_per_class: clips of each of the four classes (split 70/20/10 by ``extract``).
+    epochs, members, hidden_dim: the bilstm_attn ensemble (the baseline gets the same epochs and
+        width, one member).
+    backbone, weights, image_size, fps: the extractor (``vidcls extract`` flags).
+    seed: seed of the clips (colours, sizes, speeds, durations).
+    device: for extraction, training and prediction.
+    workers, decode_workers: DataLoader workers while training (0: these few videos load faster in
+        the training process); decoding processes while extracting.
+    plots: each member's training dashboard (drawn once, after training) and report.html.
+    predict: how many test-split clips to predict, spread over the classes (None: all; 0: none).
+    """
+
+    clips_per_class: int = 50
+    epochs: int = 40
+    members: int = 3
+    hidden_dim: int = 128
+    backbone: str = "resnet18"
+    weights: str = "none"
+    image_size: int = 112
+    fps: float = 2.0
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    decode_workers: int = 2
+    plots: bool = True
+    predict: int | None = None
+
+
+def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: Callable = print,
+             **overrides) -> dict:
     """Generate clips, extract features, train the ensemble and the baseline, predict held-out clips.
 
     Args:
         run_dir: everything goes under it (see the module docstring).
-        clips_per_class: clips of each of the four classes (split 70/20/10 by ``extract``).
-        epochs, members, hidden_dim: the bilstm_attn ensemble (the baseline gets the same epochs
-            and width, one member).
-        backbone, weights, image_size, fps: the extractor (``vidcls extract`` flags).
-        seed: seed of the clips (colours, sizes, speeds, durations).
-        device: for extraction, training and prediction.
-        workers, decode_workers: DataLoader workers while training (0: these few videos load faster in
-            the training process); decoding processes while extracting.
-        plots: each member's training dashboard (drawn once, after training) and report.html.
-        predict: how many test-split clips to predict, spread over the classes (None: all; 0: none).
+        settings: a DemoSettings, or its fields as keyword ``overrides`` (``clips_per_class=4``).
         log: where progress messages go.
 
     Returns:
@@ -108,37 +130,36 @@ def run_demo(run_dir="runs/demo", *, clips_per_class: int = 50, epochs: int = 40
     """
     from .features.extract import extract
 
+    st = replace(settings or DemoSettings(), **overrides)
     t0 = time.time()
     run_dir = Path(run_dir)
     videos, features = run_dir / "videos", run_dir / "features"
     timings = {}
 
-    log(f"demo: writing {clips_per_class} clips of each of {', '.join(CLASSES)} to {videos}")
-    write_demo_clips(videos, clips_per_class, seed=seed)
+    log(f"demo: writing {st.clips_per_class} clips of each of {', '.join(CLASSES)} to {videos}")
+    write_demo_clips(videos, st.clips_per_class, seed=st.seed)
     timings["clips"] = time.time() - t0
     log(f"clips: {timings['clips']:.1f} s")
 
     t = time.time()
-    extract(videos, features, backbone=backbone, weights=weights, fps=fps, image_size=image_size,
-            device=device, decode_workers=decode_workers, log=log)
+    extract(videos, features, backbone=st.backbone, weights=st.weights, fps=st.fps, image_size=st.image_size,
+            device=st.device, decode_workers=st.decode_workers, log=log)
     timings["extract"] = time.time() - t
     log(f"features: {timings['extract']:.1f} s")
 
     t = time.time()
-    small = dict(hidden_dim=hidden_dim, layers=1, heads=4, dropout=0.2, device=device, workers=workers,
-                 epochs=epochs)
+    small = dict(hidden_dim=st.hidden_dim, layers=1, heads=4, dropout=0.2, device=st.device, workers=st.workers,
+                 epochs=st.epochs)
     runs = {name: dict(opts) for name, opts in TRAIN_RUNS.items()}
-    runs["bilstm_attn"]["members"] = members
-    summaries = _train(run_dir, features, small, runs, plots, log)
+    runs["bilstm_attn"]["members"] = st.members
+    summaries = _train(run_dir, features, small, runs, st.plots, log)
     timings["train"] = time.time() - t
     log(f"training: {timings['train']:.1f} s")
 
     t = time.time()
-    clips = held_out_clips(features, videos)
-    if predict is not None and predict < len(clips):
-        clips = [clips[i] for i in np.linspace(0, len(clips) - 1, predict).round().astype(int)] if predict else []
+    clips = _pick(held_out_clips(features, videos), st.predict)
     preds_file = run_dir / "predictions.jsonl"
-    predictions = _predict(run_dir / "bilstm_attn", clips, preds_file, device) if clips else None
+    predictions = _predict(run_dir / "bilstm_attn", clips, preds_file, st.device) if clips else None
     timings["predict"] = time.time() - t
     if predictions is not None:
         log(f"prediction of {len(clips)} held-out clips: {timings['predict']:.1f} s")
@@ -147,6 +168,13 @@ def run_demo(run_dir="runs/demo", *, clips_per_class: int = 50, epochs: int = 40
             "predictions_file": str(preds_file) if predictions is not None else None,
             "serve_command": f"vidcls serve {run_dir / 'bilstm_attn'}",
             "wall_s": time.time() - t0, "timings_s": timings}
+
+
+def _pick(clips: list, n: int | None) -> list:
+    """``n`` clips spread evenly over the list (which is sorted by class); None: all."""
+    if n is None or n >= len(clips):
+        return clips
+    return [clips[i] for i in np.linspace(0, len(clips) - 1, n).round().astype(int)] if n else []
 
 
 def run_synthetic_demo(run_dir="runs/demo-synthetic", *, epochs: int = 40, videos: int = 600,
