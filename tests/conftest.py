@@ -65,3 +65,33 @@ def _summary_core(run_dir: Path) -> dict:
 def summary_core():
     """``summary_core(run_dir)`` -> summary.json without the fields that measure time or the machine."""
     return _summary_core
+
+
+# A frame CNN small enough for tests: resnet18 with random weights (fixed seed), 64 px, 4 frames a clip.
+CLIP_EXTRACT_ARGS = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", "--frames", "4",
+                     "--decode-workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def clip_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(video root, features dir, run): 12 generated clips of two colours -> ``CLIP_EXTRACT_ARGS``
+    features -> a finished 1-member run, so the real predictor can take videos. Read-only."""
+    import videos as V
+
+    root = tmp_path_factory.mktemp("clip_run")
+    videos, feats, run = root / "videos", root / "feats", root / "run"
+    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        for i in range(6):
+            V.write_clip(videos / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
+    assert main(["extract", str(videos), str(feats), *CLIP_EXTRACT_ARGS]) == 0
+    assert main(["train", str(feats), str(run), "--epochs", "1", "--batch-size", "4", "--hidden-dim", "16",
+                 "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
+    return videos, feats, run
+
+
+@pytest.fixture(scope="session")
+def small_features(tmp_path_factory) -> Path:
+    """A synthetic store of 80 videos, 3 classes, D=8, 4-12 frames (train/val/test.h5). Read-only."""
+    out = tmp_path_factory.mktemp("small_features")
+    make_synthetic(out, videos=80, classes=3, dim=8, min_frames=4, max_frames=12, seed=0)
+    return out

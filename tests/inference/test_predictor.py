@@ -41,19 +41,9 @@ def trained(tmp_path_factory, tiny_features) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def video_run(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(video root, features dir, run): clips of two colours -> resnet18 (random weights, 64 px, 4
-    frames per clip) -> a 1-member run."""
-    root = tmp_path_factory.mktemp("video_run")
-    videos, feats, run = root / "videos", root / "feats", root / "run"
-    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        for i in range(6):
-            V.write_clip(videos / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
-    assert main(["extract", str(videos), str(feats), *EXTRACT]) == 0
-    assert main(["train", str(feats), str(run), "--epochs", "1", "--batch-size", "4", "--hidden-dim", "16",
-                 "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
-    return videos, feats, run
+@pytest.fixture
+def video_run(clip_run) -> tuple[Path, Path, Path]:
+    return clip_run
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:

@@ -72,11 +72,8 @@ def train(feats: Path, run: Path, members: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def feats(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("feats")
-    assert main(["synth", str(out), "--videos", "80", "--dim", "8", "--classes", "3", "--min-frames", "4",
-                 "--max-frames", "12"]) == 0
-    return out
+def feats(small_features) -> Path:
+    return small_features
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 import uvicorn
 import videos as V
 
-from vidcls.cli import main
 from vidcls.features.video import open_video
 
 
@@ -103,15 +102,6 @@ EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", 
 
 
 @pytest.fixture(scope="session")
-def video_run(tmp_path_factory) -> Path:
-    """A finished 1-member run on features of generated clips (resnet18 with random weights, 64 px,
-    4 frames per clip): the real predictor can take videos. Read-only."""
-    root = tmp_path_factory.mktemp("serve_run")
-    videos, feats, run = root / "videos", root / "feats", root / "run"
-    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        for i in range(6):
-            V.write_clip(videos / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
-    assert main(["extract", str(videos), str(feats), *EXTRACT]) == 0
-    assert main(["train", str(feats), str(run), "--epochs", "1", "--batch-size", "4", "--hidden-dim", "16",
-                 "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
-    return run
+def video_run(clip_run) -> Path:
+    """The shared finished run on generated clips (tests/conftest.py ``clip_run``). Read-only."""
+    return clip_run[2]
