@@ -249,11 +249,13 @@ def test_corrupt_last_falls_back_to_periodic(feats, tmp_path, capsys):
 
 def test_sigint_saves_and_tells_how_to_resume(feats, tmp_path):
     run = tmp_path / "run"
-    proc = spawn("train", feats, run, "--epochs", 200, "--patience", 0, "--no-plots", *TINY)
+    # far more epochs than can run before the signal, however fast or slow the machine is
+    proc = spawn("train", feats, run, "--epochs", 100_000, "--patience", 0, "--no-plots", *TINY)
     deadline = time.time() + 120
-    while epochs_done(run) < 2 and time.time() < deadline:
+    while epochs_done(run) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     seen = epochs_done(run)
+    assert proc.poll() is None and seen >= 2, proc.communicate()[0][-2000:]
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130
