@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,24 @@ def tiny_args() -> list[str]:
     return list(TINY_ARGS)
 
 
-def _spawn(*args):
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that, so Ctrl-C tests
+    # would pass or fail with how the suite was launched: give each child the default action.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def spawn_vidcls(*args) -> subprocess.Popen:
+    """``python -m vidcls ...`` in a child process (stdout+stderr piped, SIGINT at its default)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "vidcls", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint)
 
 
 @pytest.fixture
 def spawn_cli():
     """``spawn_cli("train", ...)`` -> a ``subprocess.Popen`` of ``python -m vidcls ...`` (stdout+stderr piped)."""
-    return _spawn
+    return spawn_vidcls
 
 
 def _summary_core(run_dir: Path) -> dict:

@@ -4,10 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -167,12 +164,6 @@ def test_test_split_never_influences_training(feats, tmp_path):
 
 # ---------------------------------------------------------------- resume
 
-def spawn(*args) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vidcls", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def epochs_done(run: Path) -> int:
     path = run / "members/0/history.json"
     try:
@@ -182,13 +173,13 @@ def epochs_done(run: Path) -> int:
 
 
 @pytest.mark.parametrize("kill_after,delay", [(1, 0.0), (3, 0.15), (5, 0.05)])
-def test_resume_after_sigkill_gives_the_same_summary(feats, tmp_path, kill_after, delay):
+def test_resume_after_sigkill_gives_the_same_summary(feats, tmp_path, kill_after, delay, spawn_cli):
     common = ["--epochs", 7, "--patience", 0, "--seed", 5, *TINY]
     ref = tmp_path / "ref"
     assert run_cli("train", feats, ref, *common) == 0
 
     run = tmp_path / "killed"
-    proc = spawn("train", feats, run, *common)
+    proc = spawn_cli("train", feats, run, *common)
     deadline = time.time() + 120
     while epochs_done(run) < kill_after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -247,10 +238,10 @@ def test_corrupt_last_falls_back_to_periodic(feats, tmp_path, capsys):
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
 
 
-def test_sigint_saves_and_tells_how_to_resume(feats, tmp_path):
+def test_sigint_saves_and_tells_how_to_resume(feats, tmp_path, spawn_cli):
     run = tmp_path / "run"
     # far more epochs than can run before the signal, however fast or slow the machine is
-    proc = spawn("train", feats, run, "--epochs", 100_000, "--patience", 0, "--no-plots", *TINY)
+    proc = spawn_cli("train", feats, run, "--epochs", 100_000, "--patience", 0, "--no-plots", *TINY)
     deadline = time.time() + 120
     while epochs_done(run) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
