@@ -29,7 +29,11 @@ def test_endpoints(fake, serve_app, clip, tmp_path):
         paths = c.get("/openapi.json").json()["paths"]
         assert {"/health", "/v1/model", "/v1/predict", "/v1/predict/features"} <= set(paths)
         assert "multipart/form-data" in paths["/v1/predict"]["post"]["requestBody"]["content"]
-        assert c.get("/docs").status_code == 200
+        docs = c.get("/docs")  # Swagger UI from the installed bundle: works without internet
+        assert docs.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in docs.text
+        assert "http://" not in docs.text and "https://" not in docs.text
+        assert c.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+        assert c.get("/docs-static/swagger-ui.css").status_code == 200
 
         page = c.get("/")
         assert page.status_code == 200 and 'id="file"' in page.text and "<script>" in page.text

@@ -235,14 +235,15 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         yield
         queue.close()
 
-    app = FastAPI(title="vidcls", version=__version__, lifespan=lifespan, description="Video "
-                  "classification with a trained vidcls run. /v1/* needs the X-API-Key header when the "
-                  "server has a key.")
+    app = FastAPI(title="vidcls", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Video classification with a trained vidcls run. /v1/* needs the X-API-Key "
+                              "header when the server has a key.")
     app.state.queue, app.state.settings = queue, settings
     app.add_middleware(ApiKeyGuard, api_key=settings.api_key)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)  # the outermost: see its docstring
     _add_error_handlers(app)
     _add_page_routes(app)
+    _add_docs(app)
     app.include_router(_v1_router(predictor, settings, queue))
     return app
 
@@ -280,6 +281,23 @@ def _add_page_routes(app: FastAPI) -> None:
     async def index():
         return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
                                            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI served from the installed swagger-ui-bundle, not FastAPI's default CDN,
+    so the API documentation works on machines without internet access."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="vidcls API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
 
 
 def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue) -> APIRouter:
