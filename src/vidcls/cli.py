@@ -295,7 +295,9 @@ def cmd_extract(args) -> int:
 
 def cmd_predict(args) -> int:
     from .errors import ConfigError
-    from .inference.batch import PredictOptions, collect_inputs, format_for, run_predict
+    from .inference.batch import PredictOptions, run_predict
+    from .inference.collect import collect_inputs
+    from .inference.outputs import format_for
 
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from vidcls.errors import ConfigError
-from vidcls.inference.batch import (CSV_FIELDS, PredictOptions, collect_inputs, error_record,
-                                    format_records, read_jsonl, run_predict)
+from vidcls.inference.batch import PredictOptions, run_predict
+from vidcls.inference.collect import collect_inputs
+from vidcls.inference.inputs import error_record
+from vidcls.inference.outputs import CSV_FIELDS, format_records, read_jsonl
 
 RECORD_KEYS = {"input", "label", "top_k", "probabilities", "trusted", "trust_reason", "ood_score", "ood_scores",
                "frames", "timings", "error"}
@@ -148,7 +150,7 @@ def test_output_file_written_whole_for_json_and_csv(tmp_path):
 
 
 def test_format_follows_the_output_extension_unless_given():
-    from vidcls.inference.batch import format_for
+    from vidcls.inference.outputs import format_for
 
     assert [format_for(o) for o in (None, "p.JSONL", "p.json", "p.csv", "p.txt")] == \
         ["table", "jsonl", "json", "csv", "table"]

@@ -19,106 +19,23 @@ recorded with an error are skipped as well: remove their lines to try them again
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..features.video import VIDEO_EXTENSIONS
 from ..utils.fs import atomic_write_text
+from .collect import FEATURE_EXTENSIONS
 from .inputs import error_record
+from .outputs import FORMATS, JsonlAppender, format_records, read_jsonl, to_json
 
-__all__ = ["FORMATS", "FEATURE_EXTENSIONS", "collect_inputs", "read_jsonl", "error_record",
-           "iter_records", "format_for", "format_records", "to_json", "run_predict", "PredictOptions",
-           "PredictSummary"]
+__all__ = ["iter_records", "run_predict", "PredictOptions", "PredictSummary"]
 
-FORMATS = ("table", "json", "jsonl", "csv")
-FEATURE_EXTENSIONS = frozenset({".npy"})
-CSV_FIELDS = ("input", "label", "prob", "trusted", "trust_reason", "top_k", "error")
-INPUT_HINT = (f"give video files ({', '.join(sorted(VIDEO_EXTENSIONS))}), .npy feature files "
-              f"(T, D) or folders holding them")
-
-
-# ---- finding the inputs -----------------------------------------------------------------------
-def _wanted(path: Path) -> bool:
-    suffix = path.suffix.lower()
-    return suffix in VIDEO_EXTENSIONS or suffix in FEATURE_EXTENSIONS
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _scan_folder(top: Path, seen_dirs: set[str]) -> list[Path]:
-    """The video and .npy files under ``top`` (hidden names skipped), sorted by path.
-
-    A link to a folder is followed only when it leads to a folder inside ``top`` that has not been
-    listed yet (by real path): a link can neither lead out of the folder given nor loop.
-    """
-    top_real = os.path.realpath(top)
-    files: list[Path] = []
-    pending = [top]
-    while pending:
-        start = pending.pop(0)
-        for dirpath, dirnames, filenames in os.walk(start):  # does not follow links below start
-            real = os.path.realpath(dirpath)
-            if real in seen_dirs:
-                dirnames[:] = []
-                continue
-            seen_dirs.add(real)
-            keep = []
-            for name in sorted(d for d in dirnames if not d.startswith(".")):
-                sub = Path(dirpath) / name
-                if sub.is_symlink():
-                    target = os.path.realpath(sub)
-                    if _inside(target, top_real) and target not in seen_dirs and os.path.isdir(target):
-                        pending.append(sub)
-                else:
-                    keep.append(name)
-            dirnames[:] = keep
-            files.extend(Path(dirpath) / f for f in filenames
-                         if not f.startswith(".") and _wanted(Path(f)))
-    return sorted(files, key=lambda p: p.as_posix())
-
-
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The inputs named by ``paths``: files as given, folders searched recursively.
-
-    Files named directly are taken whatever their extension (one that is not a video becomes a
-    record with an error); in folders only video extensions and ``.npy`` are taken, sorted.
-    The same file reached twice (by real path) is taken once, at its first place.
-
-    Raises:
-        ConfigError: a path that does not exist, or no input found at all.
-    """
-    out: list[Path] = []
-    seen_files: set[str] = set()
-    seen_dirs: set[str] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = _scan_folder(path, seen_dirs)
-        elif path.exists():
-            found = [path]
-        else:
-            raise ConfigError(f"{path}: no such file or folder; {INPUT_HINT}")
-        for f in found:
-            key = os.path.realpath(f)
-            if key not in seen_files:
-                seen_files.add(key)
-                out.append(f)
-    if not out:
-        raise ConfigError(f"no inputs found in {', '.join(map(str, paths))}; {INPUT_HINT}")
-    return out
 
 
 # ---- records ----------------------------------------------------------------------------------
@@ -153,25 +70,6 @@ def _with_frames(record: dict, timestamps_ms) -> dict:
         if 0 <= i < len(timestamps_ms):
             f["timestamp_ms"] = float(timestamps_ms[i])
     return record
-
-
-def _finite(obj):
-    """``obj`` with NaN/Inf floats replaced by None (JSON has no such numbers)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def to_json(record: dict, indent: int | None = None) -> str:
-    """A record as strict JSON (a non-finite number becomes null)."""
-    try:
-        return json.dumps(record, indent=indent, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(record), indent=indent, allow_nan=False)
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -306,126 +204,6 @@ def _decode_one_by_one(window, parts) -> Iterator[tuple]:
                                              detail=f"{path}: the decoder crashed on it ({err})")
 
 
-# ---- output -----------------------------------------------------------------------------------
-def _prob(record: dict) -> float | None:
-    top = record.get("top_k") or []
-    return float(top[0]["probability"]) if top else None
-
-
-def _csv_row(r: dict) -> dict:
-    prob = _prob(r)
-    return {"input": r["input"], "label": r.get("label") or "",
-            "prob": "" if prob is None else f"{prob:.6f}",
-            "trusted": "" if r.get("error") else str(bool(r.get("trusted"))).lower(),
-            "trust_reason": r.get("trust_reason") or "",
-            "top_k": ";".join(f"{t['class']}:{float(t['probability']):.6f}" for t in r.get("top_k") or []),
-            "error": r.get("error") or ""}
-
-
-def _table(records: list[dict]) -> str:
-    rows = []
-    for r in records:
-        prob = _prob(r)
-        if r.get("error"):
-            rows.append((r["input"], "ERROR", "", "", r["error"]))
-        else:
-            rows.append((r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}",
-                         "yes" if r.get("trusted") else "no",
-                         "" if r.get("trusted") else str(r.get("trust_reason") or "")))
-    head = ("input", "label", "prob", "trusted", "note")
-    width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(4)]
-    width[0] = min(width[0], 80)
-    lines = []
-    for row in [head, *rows]:
-        cells = [row[0].ljust(width[0]), row[1].ljust(width[1]), row[2].rjust(width[2]),
-                 row[3].ljust(width[3]), row[4]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def format_records(records: list[dict], fmt: str) -> str:
-    """``records`` as text in ``fmt`` (one of FORMATS)."""
-    if fmt == "json":
-        return to_json(records, indent=2) + "\n"
-    if fmt == "jsonl":
-        return "".join(to_json(r) + "\n" for r in records)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(_csv_row(r) for r in records)
-        return buf.getvalue()
-    if fmt == "table":
-        return _table(records)
-    raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-
-
-def format_for(output, fmt: str | None = None) -> str:
-    """``fmt`` when given, else the format the output file's extension names (.json, .jsonl,
-    .csv), else ``table``."""
-    if fmt:
-        return fmt
-    suffix = Path(output).suffix.lower().lstrip(".") if output else ""
-    return suffix if suffix in ("json", "jsonl", "csv") else "table"
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records already in a JSON-lines output, repairing the file in place.
-
-    A line that is not a complete JSON record (the torn last line of a killed run) is dropped from
-    the file; when it is the last line only, the file is truncated (nothing else is rewritten).
-
-    Returns:
-        The valid records, in file order ([] for a missing file).
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    records, good, bad = [], [], 0
-    offset = end_of_good = 0
-    for line in data.splitlines(keepends=True):
-        rec = None
-        if line.endswith(b"\n"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                rec = None
-        if isinstance(rec, dict) and isinstance(rec.get("input"), str):
-            records.append(rec)
-            good.append(line)
-            if not bad:
-                end_of_good = offset + len(line)
-        elif line.strip():
-            bad += 1
-        offset += len(line)
-    if bad and end_of_good == len(b"".join(good)):  # every bad line comes after the good ones
-        with open(path, "r+b") as fh:
-            fh.truncate(end_of_good)
-            fh.flush()
-            os.fsync(fh.fileno())
-    elif bad:
-        atomic_write_text(path, b"".join(good).decode("utf-8"))
-    return records
-
-
-class _JsonlAppender:
-    """Appends one record per line; each line is flushed and fsynced before the next input."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "ab")
-
-    def write(self, record: dict) -> None:
-        self.fh.write((to_json(record) + "\n").encode("utf-8"))
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 @dataclass
 class PredictSummary:
     """What ``run_predict`` did."""
@@ -528,16 +306,16 @@ class _Timelines:
             return False
 
 
-def _resume(inputs: Sequence[Path], output) -> tuple[list[Path], _JsonlAppender]:
+def _resume(inputs: Sequence[Path], output) -> tuple[list[Path], JsonlAppender]:
     """The inputs not yet in the JSON-lines ``output`` (as given or as absolute paths), and an
     appender to it."""
     done = {r["input"] for r in read_jsonl(output)}
     done |= {os.path.abspath(d) for d in done}
     todo = [p for p in inputs if str(p) not in done and os.path.abspath(p) not in done]
-    return todo, _JsonlAppender(Path(output))
+    return todo, JsonlAppender(Path(output))
 
 
-def _emit(record: dict, fmt: str, appender: _JsonlAppender | None, stdout, out: PredictSummary) -> None:
+def _emit(record: dict, fmt: str, appender: JsonlAppender | None, stdout, out: PredictSummary) -> None:
     """Write a JSON-lines record at once; keep the others for ``_write_all`` at the end."""
     if appender is not None:
         appender.write(record)
