@@ -209,7 +209,7 @@ class Predictor:
 
     def _frame_selection(self):
         if self._selection is None:
-            from ..features.backbone import selection_from_record
+            from ..features.record import selection_from_record
 
             self._selection = selection_from_record(self.extractor_)
         return self._selection

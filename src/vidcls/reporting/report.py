@@ -11,13 +11,11 @@ the run are always shown as text, never interpreted as markup.
 """
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from .. import __version__
 from ..utils.fs import atomic_write_text
 from ..utils.lock import run_lock
 from . import figures as rp
+from .blocks import Cell, bar_cell, figure, na, num, num_cell, para, table
 from .run_data import RunData, load_run
 
 log = logging.getLogger(__name__)
@@ -34,71 +33,11 @@ log = logging.getLogger(__name__)
 METRICS = (("accuracy", "acc"), ("f1_macro", "macro F1"), ("worst_class_f1", "worst-class F1"))
 
 
-# --- page blocks: plain data that the template escapes and lays out ---------------------------------
-
-@dataclass(frozen=True)
-class Cell:
-    """A table cell with formatting; plain strings and numbers in a row are cells too."""
-    parts: tuple = ()  # (text, bold) runs: "0.810 / 0.830" with the variant in use bold
-    cls: str = ""  # "num" or "bar" (right-aligned numbers)
-    bar: float | None = None  # 0..100: a light bar behind the value, so a column reads like a chart
-    code: bool = False  # monospace (config values)
-
-
-def _num(value, digits: int = 3, signed: bool = False) -> str:
-    """Metric formatting: fixed decimals, '-' for missing or NaN (JSON null, absent split)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, (bool, int)) or not isinstance(value, float):
-        return str(value)
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _num_cell(text: str, bold: bool = False) -> Cell:
-    return Cell(((text, bold),), cls="num")
-
-
-def _bar_cell(value) -> Cell | str:
-    """A 0..1 metric with a bar behind it; '-' when missing."""
-    if not isinstance(value, (int, float)) or math.isnan(value):
-        return "-"
-    pct = max(0.0, min(100.0, 100.0 * float(value)))
-    return Cell(((f"{value:.3f}", False),), cls="bar", bar=pct)
-
-
-def _p(text: str, cls: str = "", code: str | None = None) -> dict:
-    """A paragraph; ``code`` is appended in monospace (paths)."""
-    return {"kind": "p", "text": text, "cls": cls, "code": code}
-
-
-def _na(text: str = "not available") -> dict:
-    return _p(text, cls="na")
-
-
-def _table(headers: list, rows: list, *, table_id: str, row_classes: list | None = None,
-           scroll: bool = False) -> dict:
-    classes = row_classes or [""] * len(rows)
-    return {"kind": "table", "id": table_id, "headers": list(headers), "scroll": scroll,
-            "rows": [{"cls": c, "cells": list(r)} for r, c in zip(rows, classes)]}
-
-
-def _figure(alt: str, draw, *args, **kwargs) -> dict:
-    """``draw(*args, **kwargs)`` (PNG bytes) as an image; a note in its place if it has nothing or fails."""
-    try:
-        png = draw(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - one figure must not cost the rest of the report
-        log.warning("report: figure %r could not be drawn (%s: %s)", alt, type(exc).__name__, exc)
-        return _na(f"{alt}: figure could not be drawn ({type(exc).__name__}: {exc})")
-    if not png:
-        return _na(f"{alt}: not available")
-    return {"kind": "img", "alt": alt, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
-
-
 # --- sections ------------------------------------------------------------------------------------
 
 def _config_body(run: RunData) -> list[dict]:
     if run.config is None:
-        return [_na("config.yaml not available")]
+        return [na("config.yaml not available")]
 
     def show(v):
         if isinstance(v, (list, tuple)):
@@ -108,17 +47,17 @@ def _config_body(run: RunData) -> list[dict]:
         return "-" if v is None else str(v)
 
     rows = [(k, Cell(((show(v), False),), code=True)) for k, v in run.config.items()]
-    return [_table(["option", "value"], rows, table_id="config-table")]
+    return [table(["option", "value"], rows, table_id="config-table")]
 
 
 def _data_body(run: RunData) -> list[dict]:
     s = run.summary
     counts = s.get("class_counts") or {}
     splits = [sp for sp in ("train", "val", "test") if counts.get(sp)]
-    parts = [_p(f"validation source: {s.get('val_source', 'not available')}"),
-             _p("features dir: ", code=str(s.get("features_dir", "not available")))]
+    parts = [para(f"validation source: {s.get('val_source', 'not available')}"),
+             para("features dir: ", code=str(s.get("features_dir", "not available")))]
     if not splits:
-        return parts + [_na("class counts not available")]
+        return parts + [na("class counts not available")]
     names = run.classes or sorted({c for sp in splits for c in counts[sp]})
     totals = {sp: sum(counts[sp].values()) for sp in splits}
 
@@ -129,8 +68,8 @@ def _data_body(run: RunData) -> list[dict]:
     rows = [[c] + [cell(sp, c) for sp in splits] for c in names]
     rows.append(["total"] + [str(totals[sp]) for sp in splits])
     if "test" not in splits:
-        parts.append(_na("no test split in this run"))
-    return [_table(["class"] + splits, rows, table_id="data-table", row_classes=[""] * len(names) + ["total"])] + parts
+        parts.append(na("no test split in this run"))
+    return [table(["class"] + splits, rows, table_id="data-table", row_classes=[""] * len(names) + ["total"])] + parts
 
 
 def _best_epochs(run: RunData) -> list:
@@ -140,15 +79,15 @@ def _best_epochs(run: RunData) -> list:
 
 def _curves_body(run: RunData) -> list[dict]:
     if not any(run.histories):
-        return [_na("training history (members/*/history.json) not available")]
-    return [_p("Dashed red line and star: the epoch whose checkpoint the member uses (best validation score)."),
-            _figure("training curves per member", rp.curves_png, run.histories, _best_epochs(run))]
+        return [na("training history (members/*/history.json) not available")]
+    return [para("Dashed red line and star: the epoch whose checkpoint the member uses (best validation score)."),
+            figure("training curves per member", rp.curves_png, run.histories, _best_epochs(run))]
 
 
 def _lr_body(run: RunData) -> list[dict]:
     if not any(run.histories):
-        return [_na("training history (members/*/history.json) not available")]
-    return [_figure("learning-rate schedule", rp.lr_png, run.histories)]
+        return [na("training history (members/*/history.json) not available")]
+    return [figure("learning-rate schedule", rp.lr_png, run.histories)]
 
 
 def _final_metrics(run: RunData) -> tuple[dict | None, str]:
@@ -161,16 +100,16 @@ def _final_metrics(run: RunData) -> tuple[dict | None, str]:
 def _per_class_body(run: RunData) -> list[dict]:
     m, label = _final_metrics(run)
     if not m or not m.get("f1_per_class"):
-        return [_na("per-class metrics not available")]
+        return [na("per-class metrics not available")]
     names = list(m["f1_per_class"])
     col = {k: [m.get(k, {}).get(c, math.nan) for c in names]
            for k in ("precision_per_class", "recall_per_class", "f1_per_class")}
     support = m.get("support_per_class", {})
-    rows = [[c, _bar_cell(col["precision_per_class"][i]), _bar_cell(col["recall_per_class"][i]),
-             _bar_cell(col["f1_per_class"][i]), support.get(c, "-")] for i, c in enumerate(names)]
-    return [_p(f"Final model on {label}."),
-            _table(["class", "precision", "recall", "F1", "support"], rows, table_id="per-class-table"),
-            _figure("per-class F1", rp.per_class_png, names, col["f1_per_class"], col["precision_per_class"],
+    rows = [[c, bar_cell(col["precision_per_class"][i]), bar_cell(col["recall_per_class"][i]),
+             bar_cell(col["f1_per_class"][i]), support.get(c, "-")] for i, c in enumerate(names)]
+    return [para(f"Final model on {label}."),
+            table(["class", "precision", "recall", "F1", "support"], rows, table_id="per-class-table"),
+            figure("per-class F1", rp.per_class_png, names, col["f1_per_class"], col["precision_per_class"],
                     col["recall_per_class"])]
 
 
@@ -178,21 +117,21 @@ def _confusion_body(run: RunData) -> list[dict]:
     m, label = _final_metrics(run)
     cm = (m or {}).get("confusion_matrix")
     if not cm:
-        return [_na("confusion matrix not available")]
+        return [na("confusion matrix not available")]
     names = list(m.get("f1_per_class") or {}) or run.classes or [str(i) for i in range(len(cm))]
     normed = [[v / sum(row) if sum(row) else 0.0 for v in row] for row in cm]
-    figs = [_figure("confusion matrix counts", rp.confusion_png, cm, names, normalised=False,
+    figs = [figure("confusion matrix counts", rp.confusion_png, cm, names, normalised=False,
                     title=f"Counts ({label})"),
-            _figure("confusion matrix row-normalised", rp.confusion_png, normed, names, normalised=True,
+            figure("confusion matrix row-normalised", rp.confusion_png, normed, names, normalised=True,
                     title="Row-normalised (recall per class)")]
     # side by side while small; past a dozen classes each needs the full width to stay legible
-    return [_p(f"Final model on {label}; rows are the true class, columns the prediction."),
+    return [para(f"Final model on {label}; rows are the true class, columns the prediction."),
             {"kind": "group", "cls": "pair" if len(names) <= 12 else "stack", "blocks": figs}]
 
 
 def _pair(plain: dict | None, tta: dict | None, key: str, tta_used: bool) -> Cell:
     """'plain / TTA' in one cell, the variant actually used in bold."""
-    a, b = _num((plain or {}).get(key)), _num((tta or {}).get(key))
+    a, b = num((plain or {}).get(key)), num((tta or {}).get(key))
     return Cell(((a, not tta_used), (" / ", False), (b, tta_used)), cls="num")
 
 
@@ -225,7 +164,7 @@ def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
     mean = s.get("mean_member_test")
     if mean and "test" in splits and several:
         rows.append(["mean of members", "", "no"] + blank
-                    + [_num_cell(_num(mean.get(k))) for k, _ in METRICS] + [""])
+                    + [num_cell(num(mean.get(k))) for k, _ in METRICS] + [""])
         classes.append("agg")
     if ens:
         wo, wi = ens.get("without_tta") or {}, ens.get("with_tta") or {}
@@ -238,7 +177,7 @@ def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
                        ("gain_vs_best_val_member", "gain vs best-val member")):
         if ens.get(key) and "test" in splits and several:
             rows.append([label, "", ""] + blank
-                        + [_num_cell(_num(ens[key].get(k), signed=True)) for k, _ in METRICS]
+                        + [num_cell(num(ens[key].get(k), signed=True)) for k, _ in METRICS]
                         + ["ensemble test minus that"])
             classes.append("gain")
     return rows, classes
@@ -247,26 +186,26 @@ def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
 def _ensemble_body(run: RunData) -> list[dict]:
     s = run.summary
     if not s.get("members"):
-        return [_na("member results not available (summary.json missing or incomplete)")]
+        return [na("member results not available (summary.json missing or incomplete)")]
     splits = ["val", "test"] if run.has_test else ["val"]  # no empty test columns without a test split
     rows, classes = _member_rows(run, splits)
     more_rows, more_classes = _aggregate_rows(run, splits)
     rows, classes = rows + more_rows, classes + more_classes
     headers = ["", "best epoch", "TTA used"] + [f"{sp} {n}" for sp in splits for _, n in METRICS] + ["ensemble"]
-    parts = [_p("Each cell: without TTA / with TTA; the variant the row actually uses is bold. "
+    parts = [para("Each cell: without TTA / with TTA; the variant the row actually uses is bold. "
                 "Green row: the model the run serves."),
-             _table(headers, rows, table_id="member-table", row_classes=classes)]
+             table(headers, rows, table_id="member-table", row_classes=classes)]
     final = s.get("final")
     if final:
         fm, label = _final_metrics(run)
         line = (f"Final choice: {final.get('source', '?')} (TTA {'on' if final.get('tta_used') else 'off'})"
-                f" - {label} accuracy {_num((fm or {}).get('accuracy'))}, macro F1 {_num((fm or {}).get('f1_macro'))}.")
+                f" - {label} accuracy {num((fm or {}).get('accuracy'))}, macro F1 {num((fm or {}).get('f1_macro'))}.")
         if final.get("reason"):
             line += f" Reason: {final['reason']}"
         elif str(final.get("source", "")).startswith("member") and len(s["members"]) > 1:
             # the rule in inference.policy.choose_final: a single member that beats the ensemble on validation is served
             line += " Reason: this member scored higher on validation than the ensemble."
-        parts.append(_p(line, cls="choice"))
+        parts.append(para(line, cls="choice"))
     return parts
 
 
@@ -274,35 +213,35 @@ def _tta_body(run: RunData) -> list[dict]:
     tta = run.summary.get("tta") or {}
     per_mode = tta.get("per_mode") or {}
     if not per_mode:
-        return [_na("TTA results not available")]
+        return [na("TTA results not available")]
     splits = [sp for sp in ("val", "test") if any(sp in v for v in per_mode.values())]
     keys = (("accuracy", "acc"), ("f1_weighted", "weighted F1"), ("f1_macro", "macro F1"),
             ("worst_class_f1", "worst F1"))
     headers = ["mode"] + [f"{sp} {n}" for sp in splits for _, n in keys]
-    table = {mode: [(res.get(sp) or {}).get(k) for sp in splits for k, _ in keys] for mode, res in per_mode.items()}
-    table["mean of all modes (TTA)"] = [(tta.get(sp) or {}).get(k) for sp in splits for k, _ in keys]
-    best = [max((v[j] for v in table.values() if isinstance(v[j], (int, float))), default=None)
+    by_mode = {mode: [(res.get(sp) or {}).get(k) for sp in splits for k, _ in keys] for mode, res in per_mode.items()}
+    by_mode["mean of all modes (TTA)"] = [(tta.get(sp) or {}).get(k) for sp in splits for k, _ in keys]
+    best = [max((v[j] for v in by_mode.values() if isinstance(v[j], (int, float))), default=None)
             for j in range(len(headers) - 1)]
     # bold the best value of each column: the mode worth looking at stands out
-    rows = [[mode] + [_num_cell(_num(v), bold=v is not None and v == best[j]) for j, v in enumerate(vals)]
-            for mode, vals in table.items()]
+    rows = [[mode] + [num_cell(num(v), bold=v is not None and v == best[j]) for j, v in enumerate(vals)]
+            for mode, vals in by_mode.items()]
     intro = (f"TTA setting: {tta.get('mode', '?')}; used by the ensemble: {'yes' if tta.get('used') else 'no'}. "
              "Rows: the ensemble scored on each single augmentation, then on their mean; best per column in bold.")
-    return [_p(intro), _table(headers, rows, table_id="tta-table", row_classes=[""] * len(per_mode) + ["agg"])]
+    return [para(intro), table(headers, rows, table_id="tta-table", row_classes=[""] * len(per_mode) + ["agg"])]
 
 
 def _resources_body(run: RunData) -> list[dict]:
-    parts = [_figure("resource use over time", rp.resources_png, run.resources) if run.resources
-             else _na("resource log not available")]
+    parts = [figure("resource use over time", rp.resources_png, run.resources) if run.resources
+             else na("resource log not available")]
     res = run.summary.get("resources")
     if res:
-        rows = [[name, _num(v.get("mean"), 2), _num(v.get("min"), 2), _num(v.get("max"), 2)]
+        rows = [[name, num(v.get("mean"), 2), num(v.get("min"), 2), num(v.get("max"), 2)]
                 for name, v in res.items() if isinstance(v, dict)]
-        parts.append(_table(["field", "mean", "min", "max"], rows, table_id="resources-table"))
+        parts.append(table(["field", "mean", "min", "max"], rows, table_id="resources-table"))
     else:
-        parts.append(_na("resource summary not available"))
+        parts.append(na("resource summary not available"))
     if run.resources:
-        parts.append(_p(f"{len(run.resources)} log records."))
+        parts.append(para(f"{len(run.resources)} log records."))
     return parts
 
 
@@ -320,32 +259,32 @@ def _calibration(run: RunData) -> dict | None:
 def _calibration_body(run: RunData) -> list[dict]:
     cal = _calibration(run)
     if cal is None:
-        return [_na("calibration not available (the run predates it); make one with `vidcls calibrate RUN_DIR`")]
+        return [na("calibration not available (the run predates it); make one with `vidcls calibrate RUN_DIR`")]
     ood = cal.get("ood") or {}
     n = cal.get("val_videos")
     on = f"{n} validation videos" if isinstance(n, int) else "the validation videos"
     intro = (f"Temperature scaling fitted on {on}: every member's logits are divided by "
-             f"T = {_num(cal.get('temperature'))} before the softmax. The predicted class does not change; "
+             f"T = {num(cal.get('temperature'))} before the softmax. The predicted class does not change; "
              f"the probabilities become honest. Expected calibration error uses "
              f"{cal.get('ece_bins', 15)} equal-width confidence bins.")
-    rows = [["expected calibration error (ECE)", _num_cell(_num(cal.get("ece_before"), 4)),
-             _num_cell(_num(cal.get("ece_after"), 4), bold=True)],
-            ["negative log-likelihood", _num_cell(_num(cal.get("nll_before"), 4)),
-             _num_cell(_num(cal.get("nll_after"), 4), bold=True)]]
-    parts = [_p(intro), _table(["validation", "before", "after"], rows, table_id="calibration-table")]
+    rows = [["expected calibration error (ECE)", num_cell(num(cal.get("ece_before"), 4)),
+             num_cell(num(cal.get("ece_after"), 4), bold=True)],
+            ["negative log-likelihood", num_cell(num(cal.get("nll_before"), 4)),
+             num_cell(num(cal.get("nll_after"), 4), bold=True)]]
+    parts = [para(intro), table(["validation", "before", "after"], rows, table_id="calibration-table")]
     if ood:
         rate = ood.get("val_pass_rate")
         share = f"{100 * rate:.1f} %" if isinstance(rate, (int, float)) else "-"
-        parts.append(_p(f"Out-of-distribution check: {ood.get('score', '?')} score "
+        parts.append(para(f"Out-of-distribution check: {ood.get('score', '?')} score "
                         f"({ood.get('direction', 'higher is more in-distribution')}), threshold "
-                        f"{_num(ood.get('threshold'))}; {share} of validation videos pass. A video below "
+                        f"{num(ood.get('threshold'))}; {share} of validation videos pass. A video below "
                         f"the threshold is predicted with trusted: false and the reason."))
     return parts
 
 
 def _misclassified_body(run: RunData) -> list[dict]:
     if run.predictions is None:
-        return [_na("predictions (eval_test.json / eval_val.json) not available")]
+        return [na("predictions (eval_test.json / eval_val.json) not available")]
     wrong = [p for p in run.predictions if isinstance(p, dict) and not p.get("correct", True)]
     wrong.sort(key=lambda p: -float(p.get("confidence") or 0.0))  # confidently wrong first
     n = len(run.predictions)
@@ -355,10 +294,10 @@ def _misclassified_body(run: RunData) -> list[dict]:
         intro = ("No test split: these are validation videos, which also chose checkpoints and TTA, "
                  "so they flatter the model. " + intro)
     if not wrong:
-        return [_p(intro)]
-    rows = [[i + 1, p.get("video_id", "?"), p.get("label", "?"), p.get("pred", "?"), _bar_cell(p.get("confidence"))]
+        return [para(intro)]
+    rows = [[i + 1, p.get("video_id", "?"), p.get("label", "?"), p.get("pred", "?"), bar_cell(p.get("confidence"))]
             for i, p in enumerate(wrong)]
-    return [_p(intro), _table(["#", "video", "true", "predicted", "confidence"], rows,
+    return [para(intro), table(["#", "video", "true", "predicted", "confidence"], rows,
                               table_id="misclassified-table", scroll=True)]
 
 
@@ -382,7 +321,7 @@ def _section(run: RunData, sid: str, title: str, build) -> dict:
         blocks = build(run)
     except Exception as exc:  # noqa: BLE001 - one odd input must not cost the rest of the report
         log.warning("report: section %r could not be rendered (%s: %s)", sid, type(exc).__name__, exc)
-        blocks = [_na(f"could not render this section ({type(exc).__name__}: {exc})")]
+        blocks = [na(f"could not render this section ({type(exc).__name__}: {exc})")]
     return {"id": sid, "title": title, "blocks": blocks}
 
 
@@ -401,7 +340,7 @@ def _header(run: RunData) -> dict:
              ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "-"),
              ("final model", (s.get("final") or {}).get("source", "?"))]
     return {"name": run.run_dir.name, "facts": facts, "label": label,
-            "cards": [(_num((m or {}).get(k)), n) for k, n in METRICS]}
+            "cards": [(num((m or {}).get(k)), n) for k, n in METRICS]}
 
 
 # Autoescape on for every template, whatever its file name: the page shows strings from the run.
