@@ -159,11 +159,14 @@ def test_evaluate_recomputes_the_choice_of_a_run_without_final_json(trained, tmp
     ev, s = read(run / "eval_test.json"), read(run / "summary.json")
     assert "recomputed on validation" in ev["note"]
     assert ev["final"]["source"] == s["final"]["source"] and ev["final"]["metrics"] == s["test"]
-    assert not (run / "final.json").exists()
+    # recorded now (the choice training makes), so the run can be served: prediction reads final.json
+    assert "recorded in" in ev["note"]
+    recorded = load_final_choice(run)
+    assert recorded.source == s["final"]["source"] and recorded.members == s["final"]["members"]
 
 
 def test_load_final_choice_errors_and_round_trip(tmp_path):
-    with pytest.raises(ConfigError, match=r"final.json not found: .* --resume"):
+    with pytest.raises(ConfigError, match=r"final.json not found: .* `vidcls evaluate .* --split val`"):
         load_final_choice(tmp_path)
     choice = FinalChoice(source="ensemble", members=[0, 2], tta_used=True, tta_modes=["reverse"],
                          select="val_f1_macro", reason="r", val_score=0.75, ensemble_members=[0, 2],

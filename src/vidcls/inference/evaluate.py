@@ -158,7 +158,8 @@ def load_final_choice(run_dir) -> FinalChoice:
             the message says how to (re)create it.
     """
     path = Path(run_dir) / FINAL_FILE
-    redo = f"re-create it with `vidcls train FEATURES_DIR {run_dir} --resume` (finished members are not retrained)"
+    redo = (f"record it with `vidcls evaluate {run_dir} --split val` (it makes the choice training makes, "
+            f"on validation)")
     if not path.is_file():
         raise ConfigError(f"{path} not found: the run has no recorded final choice (training has not "
                           f"finished, or the run predates final.json); {redo}")
@@ -249,6 +250,10 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
         results["predictions"], results["final"] = score_choice(member_probs, choice, splits.class_names)
         results["choice"] = choice
         run_tta = recorded.tta if recorded else cfg.tta
+        if recorded is None and tta == run_tta:
+            # a run older than final.json: record the choice fit would have made, so prediction can use it
+            write_final_choice(run_dir, choice)
+            note = f"{note}; recorded in {run_dir / FINAL_FILE}" if note else note
         name = f"eval_{split}.json" if tta == run_tta else f"eval_{split}.tta-{tta}.json"
         path = atomic_write_json(run_dir / name, _eval_record(split, datasets[split], results, note))
     if note:
