@@ -41,6 +41,8 @@ from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
 from .evaluate import TTA_SETTINGS, load_final_choice
 from .inputs import as_list, check_features, encode_videos, error_record, finite, gather, stamps
+from . import trust
+from .temperature import served_probs
 from .tta import tta_batch
 
 __all__ = ["Predictor", "load", "served_probs"]
@@ -66,22 +68,6 @@ def load(run_dir, *, device: str = "auto", weights=None, tta: str = "auto", deco
         CheckpointError: a served member's checkpoint is missing, damaged or inconsistent.
     """
     return Predictor(run_dir, device=device, weights=weights, tta=tta, decode_workers=decode_workers)
-
-
-def served_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``(N, C)``: the mean over members and views of ``softmax(logits / T)`` for ``(N, M, V, C)`` logits."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).mean(axis=(1, 2))
-
-
-def _trust():
-    """The trust module, or None where this installation has none (then nothing is calibrated)."""
-    try:
-        from . import trust
-    except ImportError:
-        return None
-    return trust
 
 
 class Predictor:
@@ -130,8 +116,7 @@ class Predictor:
         self.batch_frames_ = cfg.get("batch_frames")
         dtype = self.extractor_.get("dtype")
         self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
-        trust = _trust()
-        calibration = trust.load_calibration(self.run_dir) if trust is not None else None
+        calibration = trust.load_calibration(self.run_dir)
         self.calibration_, self.calibration_note_ = self._usable(calibration)
         self._typicality = trust.typicality_stats(self.run_dir, self.calibration_) if self.calibration_ else None
         self._encoder = None
@@ -270,9 +255,8 @@ class Predictor:
         return logits, [t[1] for t in thinned], attn
 
     def _probs(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
-        trust = _trust()
-        if calibrated and self.calibration_ and trust is not None:
-            return trust.served_probs(logits, float(self.calibration_["temperature"]))
+        if calibrated and self.calibration_:
+            return served_probs(logits, float(self.calibration_["temperature"]))
         return served_probs(logits)
 
     # ---- the public API ---------------------------------------------------------------------
@@ -361,8 +345,7 @@ class Predictor:
     def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool, str]]]:
         """({score name: (N,)} or None, (trusted, reason) per video); ``seen``: the (T, D) features
         the model saw (stored precision, thinned), for the feature-space scores."""
-        trust = _trust()
-        if trust is None or not self.calibration_:
+        if not self.calibration_:
             return None, [(True, self.calibration_note_)] * len(logits)
         scores = trust.calibration_scores(logits, self.calibration_, seen, self._typicality)
         return scores, [trust.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
