@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vidcls.errors import ConfigError
 from vidcls.models import MODELS, build_model, length_mask, list_models, sinusoidal_encoding
 
-NAMES = ["bilstm_attn", "transformer", "mean_mlp"]
+NAMES = ["bilstm_attn", "transformer", "mean_mlp", "inception_time"]
 D, C = 6, 3
 TINY = dict(feature_dim=D, n_classes=C, hidden_dim=16, layers=2, heads=4, dropout=0.1)
 
@@ -31,14 +32,14 @@ def padded_batch(lengths: list[int], T: int | None = None, seed: int = 1,
 # ---------------------------------------------------------------------------------- registry
 
 def test_list_models_matches_registry():
-    assert list_models() == ["bilstm_attn", "mean_mlp", "transformer"]
+    assert list_models() == ["bilstm_attn", "inception_time", "mean_mlp", "transformer"]
     assert set(MODELS) == set(NAMES)
 
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
         build_model("x", feature_dim=D, n_classes=C)
-    assert str(e.value) == "unknown model 'x'; valid names: bilstm_attn, mean_mlp, transformer"
+    assert str(e.value) == "unknown model 'x'; valid names: bilstm_attn, inception_time, mean_mlp, transformer"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -56,6 +57,8 @@ def test_build_returns_registered_class(name):
     ("mean_mlp", dict(dropout=-0.1), "dropout"),
     ("transformer", dict(n_classes=1), "n_classes"),
     ("mean_mlp", dict(n_classes=1), "n_classes"),
+    ("inception_time", dict(layers=0), "layers"),
+    ("inception_time", dict(dropout=1.0), "dropout"),
 ])
 def test_invalid_options_name_the_option(name, override, option):
     with pytest.raises(ValueError, match=option):
@@ -123,7 +126,7 @@ def test_padding_content_is_never_read(name):
 
 
 @pytest.mark.parametrize("name, order_matters", [
-    ("bilstm_attn", True), ("transformer", True), ("mean_mlp", False)])
+    ("bilstm_attn", True), ("transformer", True), ("mean_mlp", False), ("inception_time", True)])
 def test_frame_order(name, order_matters):
     m = tiny(name).eval()
     x, L = padded_batch([6])
@@ -180,6 +183,98 @@ def test_sinusoidal_encoding_values():
     torch.testing.assert_close(pe[7, 2], torch.tensor(7 / 10000 ** (2 / 5)).sin())
 
 
+
+# ---------------------------------------------------------------------------------- inception_time
+
+@pytest.mark.parametrize("hidden_dim", [18, 30, 2])  # 18 % 4 == 2, 30 % 4 == 2, 2 % 4 == 2
+def test_inception_hidden_not_divisible_by_4_names_hidden_dim(hidden_dim):
+    # Four branches of hidden_dim // 4 filters each: any other width cannot be split evenly.
+    with pytest.raises(ConfigError, match=rf"hidden_dim \({hidden_dim}\) must be divisible by 4"):
+        build_model("inception_time", **{**TINY, "hidden_dim": hidden_dim})
+
+
+def test_inception_ignores_heads():
+    # heads=5 divides neither 16 nor anything here; inception_time has no attention, so it builds.
+    m = build_model("inception_time", **{**TINY, "heads": 5}).eval()
+    x, L = padded_batch([5, 3])
+    assert m(x, L).shape == (2, C)
+
+
+def test_inception_parameter_count_by_hand():
+    # D=6, hidden 16 -> nf=4 per branch, 3 modules (one shortcut), C=3; every conv is bias-free.
+    #   module 1 (6 ch in): bottleneck 6*4 + convs 4*4*(9+19+39) + pool 1x1 6*4 + LayerNorm 2*16
+    #                     = 24 + 1072 + 24 + 32 = 1152
+    #   modules 2, 3 (16 ch in): 16*4 + 1072 + 16*4 + 32 = 1232 each
+    #   shortcut 6 -> 16 channels: 1x1 conv 6*16 + LayerNorm 2*16 = 128
+    #   head Linear(16 -> 3): 48 + 3 = 51
+    m = build_model("inception_time", **{**TINY, "layers": 3})
+    assert sum(p.numel() for p in m.parameters()) == 1152 + 2 * 1232 + 128 + 51 == 3795
+
+
+@pytest.mark.parametrize("feature_dim, layers", [(1, 1), (1, 4), (6, 4)])
+def test_inception_padding_invariant_with_shortcut_and_1d_input(feature_dim, layers):
+    # 1-D input skips the bottleneck (paper); layers=4 adds a shortcut after module 3 plus a
+    # module after it. The features are mostly negative, so a max-pool that saw zero padding
+    # would pick 0 at a row's end where the video alone (pool padding -inf) picks a negative
+    # value; +5 junk would be picked too. Every fill must give the video-alone logits.
+    torch.manual_seed(0)
+    m = build_model("inception_time", feature_dim=feature_dim, n_classes=C, hidden_dim=8,
+                    layers=layers, heads=1, dropout=0.0).eval()
+    g = torch.Generator().manual_seed(3)
+    lengths = [12, 5, 1]
+    x = torch.randn(3, 20, feature_dim, generator=g) - 1.0
+    L = torch.tensor(lengths)
+    pad = torch.arange(20)[None, :, None] >= L[:, None, None]
+    with torch.no_grad():
+        for fill in (0.0, 5.0, -5.0):
+            batch = m(x.masked_fill(pad, fill), L)
+            for i, n in enumerate(lengths):
+                alone = m(x[i:i + 1, :n], L[i:i + 1])
+                torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)
+
+
+def _ramp_data(n: int, T: int = 48, ramp: int = 8, seed: int = 0):
+    """Class 0: an upward ramp -2..2 at a random place in noise; class 1: the same ramp reversed.
+
+    Both classes hold the same values (one ramp's values + noise), so the mean, the max or any
+    order-blind statistic cannot tell them apart: only the local temporal shape can.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    lengths = torch.randint(ramp + 8, T + 1, (n,), generator=g)
+    x = 0.3 * torch.randn(n, T, 1, generator=g)
+    up = torch.linspace(-2.0, 2.0, ramp)
+    for i in range(n):
+        start = int(torch.randint(0, int(lengths[i]) - ramp + 1, (1,), generator=g))
+        x[i, start:start + ramp, 0] += up if y[i] == 0 else up.flip(0)
+    pad = torch.arange(T)[None, :] >= lengths[:, None]
+    return x.masked_fill(pad[:, :, None], 0.0), lengths, y
+
+
+def test_inception_learns_ramp_direction():
+    # Chance is 50 % (32 + 32 items); a model that sees local shape should fit 64 items almost
+    # perfectly; 90 % leaves room for a few hard (noisy) items.
+    x, L, y = _ramp_data(64)
+    torch.manual_seed(0)
+    m = build_model("inception_time", feature_dim=1, n_classes=2, hidden_dim=16, layers=1,
+                    heads=1, dropout=0.0)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    # One thread: these tensors are too small to gain from more, and on a shared, busy CPU the
+    # extra threads' spin-waits made each step ~100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(200):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x, L), y).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    m.eval()
+    with torch.no_grad():
+        acc = (m(x, L).argmax(1) == y).float().mean().item()
+    assert acc >= 0.9, acc
+
 # ---------------------------------------------------------------------------------- default size
 
 def _expected_bilstm_params(D: int, H: int, L: int, C: int) -> int:
@@ -231,3 +326,26 @@ def test_length_mask_on_the_lengths_device():
     mask = length_mask(torch.tensor([2, 3], device="cuda"), 3)
     assert mask.device.type == "cuda"
     assert mask.cpu().tolist() == [[True, True, False], [True, True, True]]
+
+
+# ---------------------------------------------------------------------------------- standardisation
+
+def test_standardized_model_sees_standardised_input_and_zero_padding():
+    """build_model(..., standardize=True) == the bare model fed (x - mean) / std, padding still zero."""
+    torch.manual_seed(0)
+    wrapped = build_model("bilstm_attn", standardize=True, **TINY).eval()
+    mean, std = torch.linspace(-2, 2, D), torch.linspace(0.5, 3, D)
+    wrapped.set_stats(mean, std)
+    x, L = padded_batch([5, 3], T=6)
+    x = x * 7 + 40                                    # far from zero mean / unit scale
+    x[1, 3:] = 0                                      # padding stays padding
+    expected_in = ((x - mean) / std).masked_fill(~length_mask(L, 6)[:, :, None], 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x, L), wrapped.net(expected_in, L))
+    # the statistics are weights: a rebuilt model with the state dict applies them identically
+    clone = build_model("bilstm_attn", standardize=True, **TINY).eval()
+    clone.load_state_dict(wrapped.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x, L), wrapped(x, L))
+    with pytest.raises(ValueError, match="std > 0"):
+        wrapped.set_stats(mean, torch.zeros(D))

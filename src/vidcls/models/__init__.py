@@ -4,17 +4,20 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .layers import AttentionPooling, ClassifierHead, InputProjection, length_mask, sinusoidal_encoding
+from .inception import InceptionTime
+from .layers import (AttentionPooling, ClassifierHead, InputProjection, Standardized, length_mask,
+                     sinusoidal_encoding)
 from .temporal import BiLSTMAttention, MeanMLP, TemporalTransformer
 
-__all__ = ["MODELS", "AttentionPooling", "BiLSTMAttention", "ClassifierHead", "InputProjection", "MeanMLP",
-           "TemporalTransformer", "build_model", "build_from_spec", "list_models", "length_mask", "sinusoidal_encoding"]
+__all__ = ["MODELS", "AttentionPooling", "BiLSTMAttention", "ClassifierHead", "InceptionTime", "InputProjection",
+           "MeanMLP", "Standardized", "TemporalTransformer", "build_model", "build_from_spec", "list_models", "length_mask", "sinusoidal_encoding"]
 
 
 MODELS: dict[str, type[nn.Module]] = {
     "bilstm_attn": BiLSTMAttention,
     "transformer": TemporalTransformer,
     "mean_mlp": MeanMLP,
+    "inception_time": InceptionTime,
 }
 
 
@@ -25,14 +28,17 @@ def list_models() -> list[str]:
 
 def build_model(name: str, *, feature_dim: int, n_classes: int,
                 hidden_dim: int = 768, layers: int = 4, heads: int = 12,
-                dropout: float = 0.4) -> nn.Module:
+                dropout: float = 0.4, standardize: bool = False) -> nn.Module:
     """Create a registered model by name.
 
     Args:
         name: one of ``list_models()``; "bilstm_attn" is the default.
         feature_dim: per-frame feature size D.
         n_classes: number of classes C (>= 2).
-        hidden_dim, layers, heads, dropout: model sizes (``mean_mlp`` ignores layers, heads).
+        hidden_dim, layers, heads, dropout: model sizes (``mean_mlp`` ignores layers, heads;
+            ``inception_time`` ignores heads).
+        standardize: wrap the model in ``Standardized`` (per-feature input statistics as buffers,
+            identity until ``set_stats``).
 
     Returns:
         The model, in training mode.
@@ -43,8 +49,9 @@ def build_model(name: str, *, feature_dim: int, n_classes: int,
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    return MODELS[name](feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
-                        layers=layers, heads=heads, dropout=dropout)
+    model = MODELS[name](feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
+                         layers=layers, heads=heads, dropout=dropout)
+    return Standardized(model, feature_dim) if standardize else model
 
 
 def build_from_spec(spec: dict) -> nn.Module:
