@@ -14,7 +14,7 @@ from vidcls.errors import ConfigError, RunLockedError, StoreError
 
 # the flag names users and scripts already rely on
 EXISTING_FLAGS = ["--epochs", "--batch-size", "--lr", "--weight-decay", "--model", "--hidden-dim", "--layers",
-                  "--heads", "--dropout", "--patience", "--select", "--seed", "--device", "--workers",
+                  "--heads", "--dropout", "--patience-cycles", "--select", "--seed", "--device", "--workers",
                   "--monitor-interval", "--val-fraction", "--sampler", "--alpha", "--gamma", "--smoothing",
                   "--members", "--tta", "--tta-modes", "--no-augment", "--no-plots", "--resume", "--config"]
 

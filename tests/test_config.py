@@ -13,7 +13,7 @@ from vidcls.models import build_model, list_models
 SPEC_DEFAULTS = dict(
     epochs=150, batch_size=48, lr=1e-3, weight_decay=5e-4, grad_clip=1.0, t0=20, t_mult=2,
     eta_min=1e-6, hidden_dim=768, layers=4, heads=12, dropout=0.4, gamma=2.0, smoothing=0.1,
-    patience=25, select="val_acc", seed=42, workers=2, monitor_interval=1800, val_fraction=0.15,
+    patience_cycles=1, select="val_acc", seed=42, workers=2, monitor_interval=1800, val_fraction=0.15,
     weight_clip=[0.5, 10.0], sampler="weighted", alpha="inverse_freq", augment=True,
 )
 
@@ -160,7 +160,7 @@ def test_invalid_value_from_yaml(tmp_path):
 
 def test_boundary_values_accepted():
     cfg = load_config(None, {"dropout": 0.0, "smoothing": 0.0, "weight_decay": 0, "workers": 0,
-                             "patience": 0, "weight_clip": [1.0, 1.0], "val_fraction": 0.99})
+                             "patience_cycles": 0, "weight_clip": [1.0, 1.0], "val_fraction": 0.99})
     assert cfg.dropout == 0.0 and cfg.workers == 0 and cfg.weight_clip == [1.0, 1.0]
 
 

@@ -36,6 +36,12 @@ class TrainConfig:
     # optimisation (spec: AdamW 1e-3 / 5e-4, clip 1.0, 150 epochs, batch 48)
     epochs: int = _opt(150, "training epochs per member")
     batch_size: int = _opt(48, "videos per batch")
+    # A small training set must still get optimiser steps: with 36 videos, batch 48 makes an epoch one
+    # step and 150 epochs leave the model at chance. Capping the batch at N // min_steps gives every
+    # epoch >= min_steps steps; a set of >= min_steps x batch_size videos keeps the spec's batch.
+    min_steps: int = _opt(10,
+        "at least this many optimiser steps per epoch: the batch is capped at train videos // "
+        "min_steps, so small training sets train; sets of >= min_steps x batch-size videos are unchanged")
     # long videos: attention memory grows with B x T^2 and batches pad to their longest video.
     # max_frames: a longer video is thinned uniformly (extraction's --max-frames rule); 512 is 8x the
     # spec's 64 frames, so only outliers are touched. batch_frames: at most this many padded frames
@@ -57,7 +63,7 @@ class TrainConfig:
     t_mult: int = _opt(2, "each restart period is this many times the previous one")
     eta_min: float = _opt(1e-6, "lowest learning rate of the cosine schedule")
     # model
-    model: str = _opt("bilstm_attn", "temporal model: bilstm_attn | transformer | mean_mlp")
+    model: str = _opt("bilstm_attn", "temporal model: bilstm_attn | transformer | mean_mlp | inception_time")
     hidden_dim: int = _opt(768, "model width; bilstm_attn: even; bilstm_attn, transformer: divisible by heads")
     layers: int = _opt(4, "recurrent / encoder layers (mean_mlp ignores it)")
     heads: int = _opt(12, "attention heads (mean_mlp ignores it)")
@@ -70,14 +76,24 @@ class TrainConfig:
     weight_clip: list[float] = _opt([0.5, 10.0],
         "low,high: range the inverse-frequency class weights are clipped to")
     augment: bool = _opt(True, "feature augmentation of the training videos")
+    standardize: str = _opt("feature",
+        "feature: subtract the train split's per-feature mean and divide by its std (stored in every "
+        "checkpoint, applied by evaluation and prediction) | none: raw features")
     # model selection and stopping
     select: str = _opt("val_acc", "val_acc | val_f1_macro: the metric that picks the best checkpoint")
-    patience: int = _opt(25, "early-stop after this many epochs without improvement; 0 = never")
+    # Stopping only at the end of a warm-restart cycle: mid-cycle the LR is still high and the model
+    # is not at a minimum, so "no gain for N epochs" there stops a run whose val loss is still falling.
+    patience_cycles: int = _opt(1,
+        "early-stop at the end of a warm-restart cycle when the last this many whole cycles brought no "
+        "better checkpoint; 0 = never")
     val_fraction: float = _opt(0.15, "validation share carved from train when there is no val.h5")
     checkpoint_every: int = _opt(20, "also save a checkpoint every this many epochs")
     keep_checkpoints: int = _opt(3, "how many of those periodic checkpoints to keep")
     # seed ensemble and test-time augmentation
     members: int = _opt(1, "seed-ensemble members, trained one after another with seeds seed+i")
+    snapshots: bool = _opt(False,
+        "snapshot ensemble: every member's checkpoints at the ends of its warm-restart cycles (always "
+        "saved) are the ensemble's models, instead of each member's best checkpoint")
     tta: str = _opt("auto", "test-time augmentation: auto (only if it improves validation) | on | off")
     tta_modes: list[str] = _opt(["original", "reverse", "speed_up", "speed_down"],
         "comma-separated, distinct, any of original,reverse,speed_up,speed_down")
@@ -106,7 +122,12 @@ class TrainConfig:
 
 # Options a resumed run may change: how fast it goes, how long it trains, how many members it has
 # (finished members are kept) and how the trained members are evaluated.
-RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots", "members", "tta", "tta_modes")
+RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots", "members", "tta", "tta_modes",
+                "snapshots")
+
+
+# Keys of earlier releases, with what replaced them (a config.yaml of an older run names them).
+RETIRED = {"patience": "early stopping now counts warm-restart cycles; use patience_cycles (default 1)"}
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -118,7 +139,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
                for v in cfg.weight_clip):
         raise ConfigError(f"--weight-clip must be two numbers low,high, got {cfg.weight_clip}")
     _positive(cfg, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
-              "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members",
+              "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members", "min_steps",
               "monitor_interval")
     if cfg.batch_frames < cfg.max_frames:
         raise ConfigError(f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
@@ -133,7 +154,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ConfigError(f"--smoothing must be in [0, 1), got {cfg.smoothing}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
-    for name in ("weight_decay", "grad_clip", "eta_min", "gamma", "patience", "workers"):
+    for name in ("weight_decay", "grad_clip", "eta_min", "gamma", "patience_cycles", "workers"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if len(cfg.weight_clip) != 2 or not 0 < cfg.weight_clip[0] <= cfg.weight_clip[1]:
@@ -146,6 +167,7 @@ TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
 def _check_choices(cfg: TrainConfig) -> None:
     _choice(cfg, "alpha", ("inverse_freq", "none"))
     _choice(cfg, "sampler", ("weighted", "shuffle"))
+    _choice(cfg, "standardize", ("feature", "none"))
     _choice(cfg, "select", ("val_acc", "val_f1_macro"))
     _choice(cfg, "tta", ("auto", "on", "off"))
     unknown = [m for m in cfg.tta_modes if m not in TTA_MODES]
@@ -163,6 +185,7 @@ _MODEL_SIZE_OPTIONS = {
     "bilstm_attn": dict(layers=True, heads=True, even_hidden=True),
     "transformer": dict(layers=True, heads=True),
     "mean_mlp": dict(),
+    "inception_time": dict(layers=True),
 }
 
 
@@ -178,6 +201,9 @@ def _check_model(cfg: TrainConfig) -> None:
                     layers=cfg.layers if opts.get("layers") else None,
                     heads=cfg.heads if opts.get("heads") else None,
                     even_hidden=opts.get("even_hidden", False))
+        if cfg.model == "inception_time":  # its 4 branches split hidden_dim evenly
+            from .models.inception import check_width
+            check_width(cfg.hidden_dim)
     except ConfigError as exc:
         raise ConfigError(f"--model {cfg.model}: {exc}") from None
 
@@ -249,6 +275,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     for source, data in layers:
         for key, value in data.items():
             name = str(key).replace("-", "_")
+            if name in RETIRED:
+                raise ConfigError(f"{source}: key '{key}' is gone: {RETIRED[name]}")
             if name not in valid:
                 raise ConfigError(f"{source}: unknown key '{key}'. Valid keys: {', '.join(valid)}")
             values[name] = _coerce(name, value, hints[name], source)

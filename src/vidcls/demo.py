@@ -22,8 +22,8 @@ import numpy as np
 
 from .features.democlips import CLASSES, write_demo_clips
 
-TRAIN_RUNS = {"bilstm_attn": dict(model="bilstm_attn", members=3, patience=15),
-              "mean_mlp": dict(model="mean_mlp", members=1, patience=20)}  # the order-blind baseline
+TRAIN_RUNS = {"bilstm_attn": dict(model="bilstm_attn", members=3),
+              "mean_mlp": dict(model="mean_mlp", members=1)}  # the order-blind baseline
 
 
 def _train(run_dir: Path, features: Path, small: dict, runs: dict, plots: bool, log: Callable) -> dict:
@@ -149,7 +149,7 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
 
     t = time.time()
     small = dict(hidden_dim=st.hidden_dim, layers=1, heads=4, dropout=0.2, device=st.device, workers=st.workers,
-                 epochs=st.epochs)
+                 epochs=st.epochs, t0=10)
     runs = {name: dict(opts) for name, opts in TRAIN_RUNS.items()}
     runs["bilstm_attn"]["members"] = st.members
     summaries = _train(run_dir, features, small, runs, st.plots, log)

@@ -171,7 +171,8 @@ def test_load_final_choice_errors_and_round_trip(tmp_path):
     choice = FinalChoice(source="ensemble", members=[0, 2], tta_used=True, tta_modes=["reverse"],
                          select="val_f1_macro", reason="r", val_score=0.75, ensemble_members=[0, 2],
                          ensemble_tta_used=True, member_tta_used=[True, False, False],
-                         excluded=[{"member": 1, "reason": "x"}], tta="auto")
+                         excluded=[{"member": 1, "reason": "x"}], tta="auto",
+                         mcnemar={"member": 0, "b": 8, "c": 1, "p_value": 20 / 512, "alpha": 0.05})
     write_final_choice(tmp_path, choice)
     assert load_final_choice(tmp_path) == choice
     (tmp_path / "final.json").write_text("{not json")
@@ -183,6 +184,19 @@ def test_load_final_choice_errors_and_round_trip(tmp_path):
         (tmp_path / "final.json").write_text(json.dumps(data))
         with pytest.raises(ConfigError, match="not a valid vidcls final choice"):
             load_final_choice(tmp_path)
+
+
+def test_load_final_choice_reads_a_record_older_than_the_mcnemar_test(tmp_path):
+    """A final.json written before the McNemar gate has no "mcnemar" key: it loads, with an empty test."""
+    old = {"format": "vidcls-final-choice", "version": 1, "source": "member 1", "members": [1], "tta_used": False,
+           "tta_modes": ["reverse"], "select": "val_acc", "val_score": 0.9, "tta": "auto",
+           "reason": "member 1 alone scored higher on validation (val_acc 0.9000) than the ensemble (0.7500)",
+           "ensemble_members": [0, 1], "ensemble_tta_used": False, "member_tta_used": [False, False],
+           "excluded": []}
+    (tmp_path / "final.json").write_text(json.dumps(old))
+    choice = load_final_choice(tmp_path)
+    assert (choice.source, choice.members, choice.tta_used, choice.mcnemar) == ("member 1", [1], False, {})
+    assert choice.reason == old["reason"]
 
 
 def _set_attr(feats: Path, key: str, value) -> None:
@@ -274,7 +288,7 @@ def test_three_members_record_and_forced_collapse(easy_feats, tmp_path, capsys, 
 
 
 def test_resume_in_the_middle_of_member_2_of_3(feats, tmp_path, tiny_args, spawn_cli, summary_core):
-    common = ["--epochs", "4", "--members", "3", "--patience", "0", "--no-plots", *tiny_args]
+    common = ["--epochs", "4", "--members", "3", "--patience-cycles", "0", "--no-plots", *tiny_args]
     ref = tmp_path / "ref"
     assert main(["train", str(feats), str(ref), *common]) == 0
     run = tmp_path / "killed"

@@ -29,6 +29,7 @@ from vidcls.training.data import (
     augment_sequence,
     class_weights,
     collate,
+    feature_stats,
     load_splits,
     make_loader,
     train_sampler,
@@ -795,4 +796,20 @@ def test_30000_frame_video_gives_bounded_batches(tmp_path):
     assert val_shapes[0][1] == 512  # the long video (first in order) is there, thinned
     for B, T, D in shapes + val_shapes:
         assert T <= cfg.max_frames and B * T <= cfg.batch_frames and D == 4
+    store.close()
+
+
+# ---------------------------------------------------------------- input standardisation statistics
+
+def test_feature_stats_are_the_train_subset_frame_statistics(tmp_path):
+    """Mean/std over every frame of the subset's videos (population std), nothing from other rows."""
+    videos = [("a", np.array([[1.0, 100.0], [3.0, 100.0]], np.float32), 0),     # 2 frames
+              ("b", np.array([[5.0, 100.0]], np.float32), 1),                   # 1 frame
+              ("c", np.array([[1000.0, -5.0]] * 4, np.float32), 1)]             # left out below
+    store = write(tmp_path / "s.h5", videos, ["x", "y"], 2, dtype="float32")
+    mean, std = feature_stats(FeatureDataset(store, [0, 1]))
+    # feature 0: frames 1, 3, 5 -> mean 3, var ((4 + 0 + 4) / 3) -> std sqrt(8/3)
+    # feature 1: constant 100 -> std 0, floored at max(1e-6, 1% of the median std (sqrt(8/3) / 2))
+    np.testing.assert_allclose(mean, [3.0, 100.0], rtol=1e-6)
+    np.testing.assert_allclose(std, [math.sqrt(8 / 3), 0.01 * math.sqrt(8 / 3) / 2], rtol=1e-5)
     store.close()

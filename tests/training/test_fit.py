@@ -87,7 +87,7 @@ def test_train_writes_the_run_directory(feats, tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text("checkpoint_every: 2\nkeep_checkpoints: 3\nlr: 0.003\n")
-    assert run_cli("train", feats, run, "--config", cfg, "--epochs", 10, "--patience", 0, *TINY) == 0
+    assert run_cli("train", feats, run, "--config", cfg, "--epochs", 10, "--patience-cycles", 0, *TINY) == 0
     member = run / "members/0"
     saved = (run / "config.yaml").read_text()
     assert "lr: 0.003" in saved and "checkpoint_every: 2" in saved and "epochs: 10" in saved
@@ -136,10 +136,13 @@ def test_train_writes_the_run_directory(feats, tmp_path):
 
 def test_early_stopping_and_select(feats, tmp_path):
     run = tmp_path / "run"
-    # lr 0: the model never changes, so val accuracy never improves after epoch 1
-    assert run_cli("train", feats, run, "--epochs", 20, "--patience", 3, "--lr", 0, "--no-plots", *TINY) == 2
-    assert run_cli("train", feats, run, "--epochs", 20, "--patience", 3, "--lr", 1e-12, "--no-plots",
-                   "--select", "val_f1_macro", *TINY) == 0
+    # lr 1e-12: every update rounds away in float32, so score and val loss never change after epoch 1.
+    # Cycles of 2 epochs end at 2, 4, 6, ...: at 2 the best (epoch 1) lies in the cycle just ended; at 4
+    # the last whole cycle (3-4) brought nothing better, so the run stops there, at a cycle end.
+    assert run_cli("train", feats, run, "--epochs", 20, "--patience-cycles", 3, "--lr", 0, "--no-plots",
+                   *TINY) == 2
+    assert run_cli("train", feats, run, "--epochs", 20, "--t0", 2, "--t-mult", 1, "--patience-cycles", 1,
+                   "--lr", 1e-12, "--no-plots", "--select", "val_f1_macro", *TINY) == 0
     s = json.loads((run / "summary.json").read_text())["members"][0]
     assert s["stopped_early"] is True and s["epochs_run"] == 4 and s["best_epoch"] == 1
     assert s["select"] == "val_f1_macro"
@@ -174,7 +177,7 @@ def epochs_done(run: Path) -> int:
 
 @pytest.mark.parametrize("kill_after,delay", [(1, 0.0), (3, 0.15), (5, 0.05)])
 def test_resume_after_sigkill_gives_the_same_summary(feats, tmp_path, kill_after, delay, spawn_cli):
-    common = ["--epochs", 7, "--patience", 0, "--seed", 5, *TINY]
+    common = ["--epochs", 7, "--patience-cycles", 0, "--seed", 5, *TINY]
     ref = tmp_path / "ref"
     assert run_cli("train", feats, ref, *common) == 0
 
@@ -230,7 +233,7 @@ def test_corrupt_last_falls_back_to_periodic(feats, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text("checkpoint_every: 2\n")
-    assert run_cli("train", feats, run, "--config", cfg, "--epochs", 5, "--patience", 0, "--no-plots", *TINY) == 0
+    assert run_cli("train", feats, run, "--config", cfg, "--epochs", 5, "--patience-cycles", 0, "--no-plots", *TINY) == 0
     (run / "members/0/checkpoints/last.pt").write_bytes(b"\x00garbage")
     with pytest.warns(UserWarning, match="epoch_004.pt"):
         assert run_cli("train", feats, run, "--resume", "--epochs", 6) == 0
@@ -241,7 +244,7 @@ def test_corrupt_last_falls_back_to_periodic(feats, tmp_path, capsys):
 def test_sigint_saves_and_tells_how_to_resume(feats, tmp_path, spawn_cli):
     run = tmp_path / "run"
     # far more epochs than can run before the signal, however fast or slow the machine is
-    proc = spawn_cli("train", feats, run, "--epochs", 100_000, "--patience", 0, "--no-plots", *TINY)
+    proc = spawn_cli("train", feats, run, "--epochs", 100_000, "--patience-cycles", 0, "--no-plots", *TINY)
     deadline = time.time() + 120
     while epochs_done(run) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)

@@ -44,7 +44,7 @@ def test_failing_plots_are_a_warning_after_the_checkpoints(tiny_features, tmp_pa
     run = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert run_cli("train", tiny_features, run, "--epochs", 2, "--members", 2, "--patience", 0,
+        assert run_cli("train", tiny_features, run, "--epochs", 2, "--members", 2, "--patience-cycles", 0,
                        *tiny_args) == 0
     # plotting was tried every epoch of both members, each time after last.pt and metrics.csv were written
     assert [(c["epoch"], c["last"], c["metrics_rows"], c["history"]) for c in calls] == \
@@ -73,7 +73,7 @@ def test_dollar_class_names_train_with_plots(tmp_path, run_cli, tiny_args):
     run = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert run_cli("train", feats, run, "--epochs", 2, "--patience", 0, *tiny_args) == 0
+        assert run_cli("train", feats, run, "--epochs", 2, "--patience-cycles", 0, *tiny_args) == 0
     assert checkpoint_epoch(run / "members/0/checkpoints/last.pt") == 2
     assert (run / "summary.json").exists()
     plots = {p.name for p in (run / "members/0/plots").iterdir()}
@@ -111,7 +111,7 @@ def test_a_30000_frame_video_trains_and_evaluates_in_bounded_batches(tmp_path, r
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
-        assert run_cli("train", feats, tmp_path / "run", "--epochs", 2, "--patience", 0, "--no-plots",
+        assert run_cli("train", feats, tmp_path / "run", "--epochs", 2, "--patience-cycles", 0, "--no-plots",
                        "--tta-modes", "original,reverse", *tiny_args) == 0
     finally:
         handle.remove()
@@ -125,3 +125,33 @@ def test_a_30000_frame_video_trains_and_evaluates_in_bounded_batches(tmp_path, r
         assert ckpt["max_frames"] == 512 and ckpt["config"]["max_frames"] == 512
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert sum(summary["class_counts"]["test"].values()) == 10  # every test video scored, the long one too
+
+
+# ---------------------------------------------------------------- best checkpoint and stopping
+
+def _row(epoch, acc, loss):
+    return {"epoch": epoch, "val_acc": acc, "val_loss": loss, "val_f1_macro": acc}
+
+
+def test_a_saturated_score_is_tied_by_validation_loss():
+    """On a small val split accuracy hits 1.0 early; the lower val loss then decides, not the first epoch."""
+    cfg = loop.TrainConfig(patience_cycles=0)
+    state = loop.TrainState()
+    picks = [loop._record_epoch(cfg, state, _row(e, acc, loss)) for e, acc, loss in
+             [(1, 0.8, 0.9), (2, 1.0, 0.50), (3, 1.0, 0.40), (4, 1.0, 0.45), (5, 0.9, 0.10), (6, 1.0, 0.40)]]
+    # 2: higher score; 3: same score, lower loss; 4: same score, higher loss; 5: lower score, however low
+    # its loss; 6: same score and same loss as the best: not better (the earlier one stays)
+    assert picks == [True, True, True, False, False, False]
+    assert (state.best, state.best_loss, state.best_epoch) == (1.0, 0.40, 3)
+
+
+def test_stopping_waits_for_the_end_of_the_cycle():
+    """Best at epoch 2, cycles of 4 epochs (ends 4, 8): no stop mid-cycle at 5-7 however long without
+    a gain; the stop comes at 8, the end of the cycle that brought nothing."""
+    cfg = loop.TrainConfig(t0=4, t_mult=1, patience_cycles=1)
+    state = loop.TrainState()
+    stops = []
+    for e in range(1, 9):
+        loop._record_epoch(cfg, state, _row(e, 1.0 if e == 2 else 0.5, 0.3))
+        stops.append(state.stopped_early)
+    assert stops == [False] * 7 + [True] and state.best_epoch == 2

@@ -9,7 +9,7 @@ import torch
 from vidcls.config import TrainConfig
 from vidcls.training.data import collate
 from vidcls.training.loop import train_one_epoch
-from vidcls.training.schedule import fractional_epoch, lr_at
+from vidcls.training.schedule import batch_size_for, cycle_ends, fractional_epoch, lr_at, stop_at_cycle_end
 
 
 # ---------------------------------------------------------------- fractional_epoch
@@ -151,3 +151,43 @@ def test_train_one_epoch_steps_schedule_at_fractional_epochs():
     train_one_epoch(model, [batch] * 3, torch.nn.CrossEntropyLoss(), opt, sched, 4, cfg, torch.device("cpu"))
     assert sched.steps == pytest.approx([4 + 1 / 3, 4 + 2 / 3, 5.0], abs=1e-12)
     assert sched.steps[-1] == 5.0
+
+
+# ---------------------------------------------------------------- cycles, stopping, small sets
+
+def test_cycle_ends_hand_values():
+    # the spec's schedule: cycles of 20, 40, 80, 160 epochs end at 20, 60, 140, 300
+    assert cycle_ends(20, 2, 150) == [20, 60, 140]
+    assert cycle_ends(20, 2, 19) == []
+    assert cycle_ends(20, 2, 60) == [20, 60]
+    assert cycle_ends(3, 1, 10) == [3, 6, 9]
+    with pytest.raises(ValueError):
+        cycle_ends(0, 2, 10)
+
+
+@pytest.mark.parametrize("epoch, best, patience, stop", [
+    (45, 3, 1, False),    # mid-cycle (cycle 2 runs 21-60): never stop there, however old the best is
+    (20, 3, 1, False),    # end of the first cycle: it brought the best, nothing to compare
+    (60, 20, 1, True),    # end of cycle 2: best at 20 = end of cycle 1, so cycle 2 brought nothing
+    (60, 21, 1, False),   # cycle 2 improved (epoch 21)
+    (140, 60, 1, True),   # cycle 3 (61-140) brought nothing
+    (140, 60, 2, False),  # two cycles of patience: the best (60) is within cycles 2-3
+    (140, 20, 2, True),   # ... but at 20 it is older than both
+    (60, 1, 0, False),    # patience 0: never
+])
+def test_stop_at_cycle_end_rule(epoch, best, patience, stop):
+    assert stop_at_cycle_end(epoch, best, 20, 2, patience) is stop
+
+
+@pytest.mark.parametrize("n, batch, min_steps, expected", [
+    (36, 48, 10, 3),      # ArrowHead-sized: 36 // 10 = 3 videos per batch, 12 steps per epoch
+    (30, 48, 10, 3),
+    (480, 48, 10, 48),    # 480 = 10 x 48: the spec's batch, untouched
+    (479, 48, 10, 47),    # 479 // 10 = 47: 11 steps
+    (3000, 48, 10, 48),
+    (5, 48, 10, 1),       # never below one video
+    (36, 48, 1, 36),      # min_steps 1: one batch of the whole set
+])
+def test_batch_size_for_caps_small_sets_only(n, batch, min_steps, expected):
+    assert batch_size_for(n, batch, min_steps) == expected
+    assert n // batch_size_for(n, batch, min_steps) >= min(min_steps, n)  # whole batches alone suffice

@@ -136,3 +136,32 @@ def sinusoidal_encoding(T: int, dim: int, device=None, dtype=None) -> Tensor:
     angles = pos * freq[None, :]                                                  # (T, half)
     pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]    # (T, dim)
     return pe.to(dtype) if dtype is not None else pe
+
+
+class Standardized(nn.Module):
+    """``net`` on standardised input: ``(x - mean) / std`` per feature, padded steps left at 0.
+
+    ``mean`` and ``std`` are buffers, so they travel in the checkpoint's weights and every path that
+    rebuilds the model (evaluation, prediction, serving) applies exactly the statistics training used.
+    They start as the identity (0, 1); training sets them from the train split (``set_stats``).
+    """
+
+    def __init__(self, net: nn.Module, feature_dim: int):
+        super().__init__()
+        self.net = net
+        self.feature_dim = feature_dim
+        self.register_buffer("mean", torch.zeros(feature_dim))
+        self.register_buffer("std", torch.ones(feature_dim))
+
+    def set_stats(self, mean, std) -> None:
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean.shape != (self.feature_dim,) or std.shape != (self.feature_dim,) or not bool((std > 0).all()):
+            raise ValueError(f"input statistics must be two ({self.feature_dim},) vectors with std > 0")
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
+        check_input(x, lengths, self.feature_dim)
+        mask = length_mask(lengths, x.shape[1])[:, :, None]                # (B, T, 1)
+        x = ((x - self.mean.to(x.dtype)) / self.std.to(x.dtype)).masked_fill(~mask, 0.0)
+        return self.net(x, lengths, return_attention)

@@ -205,6 +205,29 @@ class FrameBudgetBatches(Sampler):
         return len(self._batches())
 
 
+def feature_stats(dataset: FeatureDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (D,) over every stored frame of ``dataset`` (the train split only).
+
+    Sums run in float64 around the first video's mean, so large offsets do not cancel precision. A
+    feature (almost) constant in training -- a dead CNN channel -- would be blown up by 1/std at test
+    time; its std is floored at 1% of the median std (and 1e-6).
+    """
+    shift, total, sq, n = None, None, None, 0
+    for i in dataset.indices:
+        x = dataset.store.read(int(i)).astype(np.float64)
+        if shift is None:
+            shift = x.mean(axis=0)
+            total, sq = np.zeros_like(shift), np.zeros_like(shift)
+        d = x - shift
+        total += d.sum(axis=0)
+        sq += (d * d).sum(axis=0)
+        n += len(x)
+    mean_d = total / n
+    std = np.sqrt(np.maximum(sq / n - mean_d ** 2, 0.0))
+    floor = max(1e-6, 0.01 * float(np.median(std)))
+    return (shift + mean_d).astype(np.float32), np.maximum(std, floor).astype(np.float32)
+
+
 def class_weights(labels: np.ndarray, n_classes: int, clip: tuple = (0.5, 10.0),
                   class_names: Sequence[str] | None = None) -> torch.Tensor:
     """Inverse-frequency class weights ``N / (C * n_c)`` clipped to ``clip``.

@@ -27,7 +27,7 @@ from ..reporting.report import write_report
 from ..utils.device import resolve_device
 from ..utils.fs import atomic_write_json, atomic_write_text
 from ..utils.lock import run_lock
-from .data import class_weights, load_splits
+from .data import class_weights, feature_stats, load_splits
 from .loop import train_member
 
 
@@ -80,6 +80,7 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
                          max_frames=cfg.max_frames)
     weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
                             splits.class_names)
+    stats = feature_stats(splits.train) if cfg.standardize == "feature" else None  # train split only
     # One command at a time per RUN_DIR, for the whole run including its evaluation and report. Only
     # under the lock is "no run here yet" still true when the first file is written.
     with run_lock(run_dir, "train", create=True):
@@ -95,7 +96,8 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
         try:
             for i in range(cfg.members):
                 monitor.record(f"member {i} start")
-                states.append(train_member(cfg, i, splits, weights, device, run_dir, resume=resume, log=log))
+                states.append(train_member(cfg, i, splits, weights, device, run_dir, stats=stats, resume=resume,
+                                           log=log))
                 # the spec: without this, reserved GPU memory stays with the caching allocator between members
                 gc.collect()
                 if device.type == "cuda":

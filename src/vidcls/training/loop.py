@@ -36,7 +36,7 @@ from .checkpoint import load_resume_state, prune_periodic, rng_state, save_check
 from .data import EpochSampler, close_loader, make_loader, train_sampler
 from .losses import FocalLoss
 from .optim import param_groups
-from .schedule import fractional_epoch
+from .schedule import batch_size_for, cycle_ends, fractional_epoch, stop_at_cycle_end
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
@@ -83,6 +83,7 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     best: float = -math.inf
+    best_loss: float = math.inf  # validation loss of the best epoch: breaks ties on ``best``
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
@@ -113,27 +114,33 @@ class MemberRun:
 
 def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
     return {"name": cfg.model, "feature_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
-            "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout}
+            "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout,
+            "standardize": cfg.standardize == "feature"}
 
 
 def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, device: torch.device,
-                 run_dir: Path, *, resume: bool = False, log=print) -> TrainState:
+                 run_dir: Path, *, stats=None, resume: bool = False, log=print) -> TrainState:
     """Train ensemble member ``member`` (seed ``cfg.seed + member``) into ``RUN_DIR/members/<member>``,
-    continuing from its checkpoints when ``resume``; a finished member is not retrained."""
+    continuing from its checkpoints when ``resume``; a finished member is not retrained. ``stats``:
+    the train split's per-feature (mean, std) when ``cfg.standardize`` is "feature"."""
     seed = cfg.seed + member
     member_dir = run_dir / "members" / str(member)
     seed_everything(seed)
     names, n_classes = splits.class_names, len(splits.class_names)
     sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed)
     pin = device.type == "cuda"
-    train_loader = make_loader(splits.train, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
+    batch_size = batch_size_for(len(splits.train), cfg.batch_size, cfg.min_steps)
+    train_loader = make_loader(splits.train, batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
                                workers=cfg.workers, pin_memory=pin)
     val_loader = make_loader(splits.val, cfg.batch_size, batch_frames=cfg.batch_frames, workers=cfg.workers,
                              pin_memory=pin)
 
     # model, loss, optimiser, schedule
     spec = model_spec(cfg, splits.feature_dim, n_classes)
-    model = build_from_spec(spec).to(device)
+    model = build_from_spec(spec)
+    if spec["standardize"]:
+        model.set_stats(*stats)
+    model = model.to(device)
     criterion = FocalLoss(alpha=weights if cfg.alpha == "inverse_freq" else None, gamma=cfg.gamma,
                           smoothing=cfg.smoothing).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -153,8 +160,9 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
         log(f"member {member}: finished earlier (epoch {state.epoch}, best {state.best:.4f}); not retrained")
         return state
     n_params = sum(p.numel() for p in model.parameters())
+    capped = f", batch {batch_size} (>= {cfg.min_steps} steps per epoch)" if batch_size < cfg.batch_size else ""
     log(f"member {member}/{cfg.members} seed {seed}: {cfg.model} ({n_params / 1e6:.2f} M params), "
-        f"epochs {state.epoch + 1}..{cfg.epochs}")
+        f"epochs {state.epoch + 1}..{cfg.epochs}{capped}")
     try:
         _epoch_loop(cfg, run, state, log)
     finally:
@@ -176,8 +184,8 @@ def _epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log) -> Non
             _save_plots(run, state)
         log(_epoch_line(cfg, row, state))
         if state.stopped_early:
-            log(f"early stop: no {cfg.select} improvement for {cfg.patience} epochs "
-                f"(best {state.best:.4f} at epoch {state.best_epoch})")
+            log(f"early stop at the end of a warm-restart cycle: no better {cfg.select} (ties: lower val loss) "
+                f"in the last {cfg.patience_cycles} cycle(s) (best {state.best:.4f} at epoch {state.best_epoch})")
 
 
 def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[dict, dict]:
@@ -196,25 +204,36 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
 
 
 def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
-    """Append ``row`` and update best / early stopping; True when this epoch is the new best."""
+    """Append ``row`` and update best / early stopping; True when this epoch is the new best.
+
+    Best: a higher ``cfg.select`` score, or the same score with a lower validation loss. On a small
+    validation split the score saturates (every video right) early; the loss still tells a model that
+    is right with margin from one that is barely right. Stopping: only at the end of a warm-restart
+    cycle (``stop_at_cycle_end``), never mid-cycle.
+    """
     state.history.append(row)
     state.epoch = row["epoch"]
-    score = row[cfg.select]
-    improved = score > state.best
+    score, loss = row[cfg.select], row["val_loss"]
+    improved = score > state.best or (score == state.best and loss < state.best_loss)
     if improved:
-        state.best, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+        state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
         state.bad_epochs += 1
-    state.stopped_early = cfg.patience > 0 and state.bad_epochs >= cfg.patience
+    state.stopped_early = stop_at_cycle_end(state.epoch, state.best_epoch, cfg.t0, cfg.t_mult,
+                                            cfg.patience_cycles)
     return improved
 
 
 def _save_epoch(cfg: TrainConfig, run: MemberRun, state: TrainState, best_val: dict | None) -> None:
-    """best.pt (when ``best_val`` is given), metrics.csv, history.json, last.pt and the periodic checkpoint."""
+    """best.pt (when ``best_val`` is given), the cycle-end snapshot, metrics.csv, history.json, last.pt and
+    the periodic checkpoint."""
     weights = run.model.state_dict()
     if best_val is not None:
         save_checkpoint(run.ckpt_dir / "best.pt", {**run.meta, "epoch": state.epoch, "model_state": weights,
                                                    "val": best_val})
+    if state.epoch in cycle_ends(cfg.t0, cfg.t_mult, state.epoch):  # the snapshot ensemble's models
+        save_checkpoint(run.ckpt_dir / snapshot_name(state.epoch),
+                        {**run.meta, "epoch": state.epoch, "model_state": weights})
     _write_metrics(state, run.class_names, run.member_dir)
     full = {**run.meta, "epoch": state.epoch, "model_state": weights,
             "optimizer_state": run.optimizer.state_dict(), "scheduler_state": run.scheduler.state_dict(),
@@ -267,8 +286,13 @@ def _save_plots(run: MemberRun, state: TrainState) -> None:
                           RuntimeWarning, stacklevel=2)
 
 
+def snapshot_name(epoch: int) -> str:
+    """File name of the checkpoint saved at the end of the warm-restart cycle ending at ``epoch``."""
+    return f"snapshot_{epoch:03d}.pt"
+
+
 def _state_dict(state: TrainState) -> dict:
-    return {"epoch": state.epoch, "best": state.best, "best_epoch": state.best_epoch,
+    return {"epoch": state.epoch, "best": state.best, "best_loss": state.best_loss, "best_epoch": state.best_epoch,
             "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early, "history": state.history}
 
 

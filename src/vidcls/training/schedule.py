@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["fractional_epoch", "lr_at"]
+__all__ = ["batch_size_for", "cycle_ends", "fractional_epoch", "lr_at", "stop_at_cycle_end"]
 
 
 def fractional_epoch(epoch: int, batch_index: int, n_batches: int) -> float:
@@ -58,3 +58,46 @@ def lr_at(t: float, base_lr: float, eta_min: float, t0: int, t_mult: int) -> flo
     while t >= start + length:
         start, length = start + length, length * t_mult
     return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * (t - start) / length)) / 2
+
+
+def cycle_ends(t0: int, t_mult: int, upto: int) -> list[int]:
+    """The epochs (counted in completed epochs) at which a warm-restart cycle ends, up to ``upto``:
+    t0, t0 + t0 t_mult, ... -- where the LR reaches its floor and the model sits in a minimum.
+
+    Raises:
+        ValueError: ``t0 < 1`` or ``t_mult < 1``.
+    """
+    if t0 < 1 or t_mult < 1:
+        raise ValueError(f"t0 and t_mult must be >= 1, got t0={t0}, t_mult={t_mult}")
+    ends, end, length = [], t0, t0
+    while end <= upto:
+        ends.append(end)
+        length *= t_mult
+        end += length
+    return ends
+
+
+def stop_at_cycle_end(epoch: int, best_epoch: int, t0: int, t_mult: int, patience_cycles: int) -> bool:
+    """Early stopping counted in warm-restart cycles.
+
+    Stop only when ``epoch`` (completed epochs) ends a cycle, and the best checkpoint is older than the
+    last ``patience_cycles`` whole cycles: at the end of cycle k, stop when ``best_epoch`` <= the end of
+    cycle k - patience_cycles (0 before the first). ``patience_cycles`` 0 never stops.
+    """
+    if patience_cycles <= 0:
+        return False
+    ends = cycle_ends(t0, t_mult, epoch)
+    if not ends or ends[-1] != epoch:
+        return False  # mid-cycle: the LR is still high, the model not yet at a minimum
+    k = len(ends) - 1
+    horizon = ends[k - patience_cycles] if k - patience_cycles >= 0 else 0
+    return best_epoch <= horizon
+
+
+def batch_size_for(n_train: int, batch_size: int, min_steps: int) -> int:
+    """The batch size a training set of ``n_train`` videos gets: ``batch_size``, capped at
+    ``n_train // min_steps`` (at least 1) so that an epoch has at least ``min_steps`` optimiser steps.
+
+    A set of >= ``min_steps * batch_size`` videos keeps ``batch_size`` (the spec's schedule unchanged).
+    """
+    return max(1, min(batch_size, n_train // max(min_steps, 1)))
