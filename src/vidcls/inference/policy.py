@@ -3,6 +3,8 @@
 The source system averaged every ensemble member, including collapsed ones, and always applied TTA.
 Here a member far below the others is excluded (with the reason recorded), and TTA is used for a
 member or the ensemble only when it improved that model's validation metric (``--tta auto``).
+A single member replaces the ensemble only when it is better on validation by more than noise: a
+higher score and a significant exact McNemar test on the paired per-video correctness.
 
 Every step is a small function over metrics or per-view softmax, in the order ``combine`` runs them:
 ``member_rows`` -> ``collapsed_members`` -> ``ensemble_view`` -> ``choose_final`` -> ``final_predictions``.
@@ -11,6 +13,7 @@ A member's predictions come as ``{split: {"original": (N, C), <mode>: (N, C), ..
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
@@ -21,6 +24,7 @@ from .tta import TTA_MODES, tta_mean
 
 COLLAPSE_MARGIN = 0.10  # a member this far below the members' median validation score is excluded
 BRIEF = ("accuracy", "f1_weighted", "f1_macro", "worst_class_f1")
+MCNEMAR_ALPHA = 0.05  # a member must beat the ensemble at this significance level to be served alone
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,9 @@ class FinalChoice:
 
     ``source`` is "ensemble" or "member <i>"; ``val_score`` is its validation ``select`` metric. The
     rest records how the choice came about: the ensemble's members and TTA decision, each member's
-    TTA decision, the excluded members with their reasons, the TTA setting.
+    TTA decision, the excluded members with their reasons, the TTA setting, and ``mcnemar``: the
+    test of the best member against the ensemble, ``{"member", "b", "c", "p_value", "alpha"}`` (empty
+    when the ensemble has a single member, and in records written before the test existed).
     """
 
     source: str
@@ -55,6 +61,7 @@ class FinalChoice:
     member_tta_used: list = field(default_factory=list)
     excluded: list = field(default_factory=list)
     tta: str = "auto"
+    mcnemar: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,30 +160,81 @@ def served(row: dict, split: str = "val") -> dict:
     return row[f"{split}_tta" if row["tta_used"] else split]
 
 
-def choose_final(members: list[dict], ensemble: dict, excluded: list, policy: Policy) -> FinalChoice:
-    """The ensemble, unless one member alone (with its own TTA choice) scored strictly higher on
-    validation: then that member (the first of equals). A tie keeps the ensemble.
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs: under "both models are
+    equally good" each discordant video goes either way with probability 1/2, so
+    ``p = min(1, 2 * P(X <= min(b, c)))`` for ``X ~ Binomial(b + c, 1/2)``; 1 when ``b + c == 0``."""
+    if b < 0 or c < 0:
+        raise ValueError(f"McNemar counts must be >= 0; got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    # exact integer tail: no float rounding at the 0.05 boundary
+    tail = Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2 ** n)
+    return float(min(Fraction(1), 2 * tail))
+
+
+def discordant_counts(member: np.ndarray, ensemble: np.ndarray, labels) -> tuple[int, int]:
+    """McNemar's ``(b, c)`` from two (N, C) predictions of the same videos: ``b`` videos only the
+    member gets right (argmax == label), ``c`` videos only the ensemble gets right."""
+    labels = np.asarray(labels)
+    member_ok = np.asarray(member).argmax(axis=1) == labels
+    ensemble_ok = np.asarray(ensemble).argmax(axis=1) == labels
+    return int(np.sum(member_ok & ~ensemble_ok)), int(np.sum(~member_ok & ensemble_ok))
+
+
+def mcnemar_record(member_probs: list[dict], row: dict, ensemble: dict, policy: Policy) -> dict:
+    """The test of member ``row`` against ``ensemble`` on validation, each as it would be served (its
+    own TTA choice): ``{"member", "b", "c", "p_value", "alpha"}``."""
+    val = member_probs[row["member"]]["val"]
+    mine = view_probs(val, policy.modes, row["tta_used"])
+    theirs = ensemble_probs(member_probs, ensemble["members_used"], "val", policy.modes, ensemble["tta_used"])
+    b, c = discordant_counts(mine, theirs, val["labels"])
+    return {"member": row["member"], "b": b, "c": c, "p_value": mcnemar_exact(b, c), "alpha": MCNEMAR_ALPHA}
+
+
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def choose_final(member_probs: list[dict], members: list[dict], ensemble: dict, excluded: list,
+                 policy: Policy) -> FinalChoice:
+    """The ensemble, unless its best member (an ensemble member, with its own TTA choice; the first of
+    equals) is better on validation by more than noise: a strictly higher ``select`` score AND an
+    exact McNemar test on the paired per-video correctness with ``p < MCNEMAR_ALPHA``. A tie, a
+    higher but not significant score, or a one-member ensemble keeps the ensemble; an excluded
+    (collapsed) member is never served alone.
 
     Args:
-        members: ``member_rows``; ensemble: ``ensemble_view``; excluded: ``collapsed_members``.
+        member_probs: per-view softmax (as for ``combine``); members: ``member_rows``;
+        ensemble: ``ensemble_view``; excluded: ``collapsed_members``.
     """
-    ens_val = ensemble["with_tta" if ensemble["tta_used"] else "without_tta"]["val"]
-    ens_score = score(ens_val, policy.select)
-    best = max(members, key=lambda m: score(served(m), policy.select))
-    best_score = score(served(best), policy.select)
+    used = list(ensemble["members_used"])
+    ens_score = score(ensemble["with_tta" if ensemble["tta_used"] else "without_tta"]["val"], policy.select)
     record = {"tta_modes": list(policy.modes), "select": policy.select, "tta": policy.tta,
-              "ensemble_members": list(ensemble["members_used"]), "ensemble_tta_used": ensemble["tta_used"],
+              "ensemble_members": list(used), "ensemble_tta_used": ensemble["tta_used"],
               "member_tta_used": [m["tta_used"] for m in members], "excluded": list(excluded)}
-    if best_score > ens_score:  # averaging lost to a single member on validation: serve that member
-        b = best["member"]
-        return FinalChoice(source=f"member {b}", members=[b], tta_used=best["tta_used"], val_score=best_score,
-                           reason=f"member {b} alone scored higher on validation ({policy.select} "
-                                  f"{best_score:.4f}) than the ensemble ({ens_score:.4f})", **record)
-    return FinalChoice(source="ensemble", members=list(ensemble["members_used"]), tta_used=ensemble["tta_used"],
-                       val_score=ens_score,
-                       reason=f"the ensemble of members {ensemble['members_used']} scored {policy.select} "
-                              f"{ens_score:.4f} on validation, no lower than the best single member "
-                              f"(member {best['member']}, {best_score:.4f})", **record)
+    keep = {"source": "ensemble", "members": used, "tta_used": ensemble["tta_used"], "val_score": ens_score}
+    if len(used) == 1:  # the ensemble of one is that member, as it would be served alone
+        return FinalChoice(**keep, reason=f"the ensemble has a single member ({used[0]}): it is served",
+                           **record)
+    best = max((m for m in members if m["member"] in used), key=lambda m: score(served(m), policy.select))
+    i, best_score = best["member"], score(served(best), policy.select)
+    test = mcnemar_record(member_probs, best, ensemble, policy)
+    stats = f"McNemar b={test['b']}, c={test['c']}, p={_p(test['p_value'])}"
+    scores = f"({policy.select} {best_score:.4f} vs {ens_score:.4f})"
+    if best_score <= ens_score:
+        reason = (f"the ensemble of members {used} scored {policy.select} {ens_score:.4f} on validation, no "
+                  f"lower than the best single member (member {i}, {best_score:.4f}; {stats})")
+    elif test["p_value"] >= MCNEMAR_ALPHA:  # one or two videos either way on a small split is noise
+        reason = (f"member {i} scored higher on validation {scores} but not significantly ({stats} >= "
+                  f"{MCNEMAR_ALPHA:g}): the ensemble is served")
+    else:
+        return FinalChoice(source=f"member {i}", members=[i], tta_used=best["tta_used"], val_score=best_score,
+                           reason=f"member {i} scored higher on validation {scores} and significantly "
+                                  f"({stats} < {MCNEMAR_ALPHA:g}): member {i} alone is served",
+                           mcnemar=test, **record)
+    return FinalChoice(**keep, reason=reason, mcnemar=test, **record)
 
 
 def final_predictions(member_probs: list[dict], choice: FinalChoice) -> dict:
@@ -209,7 +267,7 @@ def combine(member_probs: list[dict], names: list, policy: Policy = Policy()) ->
     out = {e["member"] for e in excluded}
     used = [m["member"] for m in members if m["member"] not in out]
     ens = ensemble_view(member_probs, names, used, policy)
-    choice = choose_final(members, ens, excluded, policy)
+    choice = choose_final(member_probs, members, ens, excluded, policy)
     predictions, final = score_choice(member_probs, choice, names)
     splits = list(member_probs[0])
     chosen = ens["with_tta" if ens["tta_used"] else "without_tta"]
