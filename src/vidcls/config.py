@@ -37,11 +37,11 @@ class TrainConfig:
     epochs: int = _opt(150, "training epochs per member")
     batch_size: int = _opt(48, "videos per batch")
     # A small training set must still get optimiser steps: with 36 videos, batch 48 makes an epoch one
-    # step and 150 epochs leave the model at chance. Capping the batch at N // min_steps gives every
-    # epoch >= min_steps steps; a set of >= min_steps x batch_size videos keeps the spec's batch.
+    # step and 150 epochs leave the model at chance. An epoch draws max(N, min_steps x batch_size)
+    # videos instead (a small set several times over); a set of >= that many keeps one pass per epoch.
     min_steps: int = _opt(10,
-        "at least this many optimiser steps per epoch: the batch is capped at train videos // "
-        "min_steps, so small training sets train; sets of >= min_steps x batch-size videos are unchanged")
+        "at least this many optimiser steps per epoch: an epoch draws max(train videos, min-steps x "
+        "batch-size) videos, so a small set is seen several times per epoch; 0 = always one pass")
     # long videos: attention memory grows with B x T^2 and batches pad to their longest video.
     # max_frames: a longer video is thinned uniformly (extraction's --max-frames rule); 512 is 8x the
     # spec's 64 frames, so only outliers are touched. batch_frames: at most this many padded frames
@@ -139,7 +139,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
                for v in cfg.weight_clip):
         raise ConfigError(f"--weight-clip must be two numbers low,high, got {cfg.weight_clip}")
     _positive(cfg, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
-              "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members", "min_steps",
+              "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members",
               "monitor_interval")
     if cfg.batch_frames < cfg.max_frames:
         raise ConfigError(f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
@@ -154,7 +154,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ConfigError(f"--smoothing must be in [0, 1), got {cfg.smoothing}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {cfg.val_fraction}")
-    for name in ("weight_decay", "grad_clip", "eta_min", "gamma", "patience_cycles", "workers"):
+    for name in ("weight_decay", "grad_clip", "eta_min", "gamma", "patience_cycles", "workers", "min_steps"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if len(cfg.weight_clip) != 2 or not 0 < cfg.weight_clip[0] <= cfg.weight_clip[1]:

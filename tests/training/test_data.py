@@ -813,3 +813,14 @@ def test_feature_stats_are_the_train_subset_frame_statistics(tmp_path):
     np.testing.assert_allclose(mean, [3.0, 100.0], rtol=1e-6)
     np.testing.assert_allclose(std, [math.sqrt(8 / 3), 0.01 * math.sqrt(8 / 3) / 2], rtol=1e-5)
     store.close()
+
+
+def test_epoch_sampler_draws_num_samples_passes_without_replacement():
+    """num_samples > n without weights: whole permutations one after another, the last one cut."""
+    s = EpochSampler(4, None, seed=2, num_samples=10)
+    order = [pos for pos, _ in s]
+    assert len(s) == 10 and len(order) == 10
+    assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:8]) == [0, 1, 2, 3]  # two full passes
+    assert len(set(order[8:])) == 2                                                  # then 2 distinct
+    weighted = EpochSampler(4, np.ones(4), seed=2, num_samples=10)
+    assert len([p for p, _ in weighted]) == 10 and len(weighted) == 10

@@ -9,7 +9,7 @@ import torch
 from vidcls.config import TrainConfig
 from vidcls.training.data import collate
 from vidcls.training.loop import train_one_epoch
-from vidcls.training.schedule import batch_size_for, cycle_ends, fractional_epoch, lr_at, stop_at_cycle_end
+from vidcls.training.schedule import cycle_ends, epoch_draws, fractional_epoch, lr_at, stop_at_cycle_end
 
 
 # ---------------------------------------------------------------- fractional_epoch
@@ -180,14 +180,11 @@ def test_stop_at_cycle_end_rule(epoch, best, patience, stop):
 
 
 @pytest.mark.parametrize("n, batch, min_steps, expected", [
-    (36, 48, 10, 3),      # ArrowHead-sized: 36 // 10 = 3 videos per batch, 12 steps per epoch
-    (30, 48, 10, 3),
-    (480, 48, 10, 48),    # 480 = 10 x 48: the spec's batch, untouched
-    (479, 48, 10, 47),    # 479 // 10 = 47: 11 steps
-    (3000, 48, 10, 48),
-    (5, 48, 10, 1),       # never below one video
-    (36, 48, 1, 36),      # min_steps 1: one batch of the whole set
+    (30, 48, 10, 480),    # ArrowHead-sized: 10 full batches of 48 per epoch, the set 16 times over
+    (479, 48, 10, 480),
+    (480, 48, 10, 480),   # 480 = 10 x 48: one pass, the spec's epoch
+    (3000, 48, 10, 3000),
+    (30, 48, 0, 30),      # 0: always one pass
 ])
-def test_batch_size_for_caps_small_sets_only(n, batch, min_steps, expected):
-    assert batch_size_for(n, batch, min_steps) == expected
-    assert n // batch_size_for(n, batch, min_steps) >= min(min_steps, n)  # whole batches alone suffice
+def test_epoch_draws_grow_small_sets_only(n, batch, min_steps, expected):
+    assert epoch_draws(n, batch, min_steps) == expected

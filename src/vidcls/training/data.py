@@ -142,26 +142,29 @@ def _empty_batch(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 class EpochSampler(Sampler):
     """Draws one epoch of dataset positions and attaches each its augmentation seed.
 
-    ``weights`` given: ``WeightedRandomSampler`` (with replacement, ``num_samples = n``); else a
-    permutation. Both depend only on ``(seed, epoch)``; call ``set_epoch`` before each epoch.
+    ``weights`` given: ``WeightedRandomSampler`` (with replacement, ``num_samples`` draws); else
+    permutations of the ``n`` positions, one after another, cut at ``num_samples``. ``num_samples``
+    defaults to ``n`` (one pass). Both depend only on ``(seed, epoch)``; call ``set_epoch`` before each epoch.
     """
 
-    def __init__(self, n: int, weights: np.ndarray | None = None, seed: int = 0):
+    def __init__(self, n: int, weights: np.ndarray | None = None, seed: int = 0, num_samples: int | None = None):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.num_samples = n if num_samples is None else num_samples
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % (2**63 - 1))  # any int64 seed
         if self.weights is not None:
-            order = list(WeightedRandomSampler(self.weights, self.n, replacement=True, generator=g))
+            order = list(WeightedRandomSampler(self.weights, self.num_samples, replacement=True, generator=g))
         else:
-            order = torch.randperm(self.n, generator=g).tolist()
+            passes = -(-self.num_samples // self.n)
+            order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(passes)])[:self.num_samples].tolist()
         for k, pos in enumerate(order):
             yield int(pos), item_seed(self.seed, self.epoch, k)
 
@@ -318,7 +321,9 @@ def close_loader(loader: DataLoader) -> None:
     loader._iterator = None
 
 
-def train_sampler(dataset: FeatureDataset, weights: torch.Tensor | None, seed: int) -> EpochSampler:
-    """Per-sample weights = class weight of the sample's label (``None`` = plain shuffle)."""
+def train_sampler(dataset: FeatureDataset, weights: torch.Tensor | None, seed: int,
+                  num_samples: int | None = None) -> EpochSampler:
+    """Per-sample weights = class weight of the sample's label (``None`` = plain shuffle); ``num_samples``
+    draws per epoch (default: one pass)."""
     per_sample = None if weights is None else weights.numpy()[dataset.labels]
-    return EpochSampler(len(dataset), per_sample, seed)
+    return EpochSampler(len(dataset), per_sample, seed, num_samples)

@@ -36,7 +36,7 @@ from .checkpoint import load_resume_state, prune_periodic, rng_state, save_check
 from .data import EpochSampler, close_loader, make_loader, train_sampler
 from .losses import FocalLoss
 from .optim import param_groups
-from .schedule import batch_size_for, cycle_ends, fractional_epoch, stop_at_cycle_end
+from .schedule import cycle_ends, epoch_draws, fractional_epoch, stop_at_cycle_end
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
@@ -127,10 +127,10 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     member_dir = run_dir / "members" / str(member)
     seed_everything(seed)
     names, n_classes = splits.class_names, len(splits.class_names)
-    sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed)
+    draws = epoch_draws(len(splits.train), cfg.batch_size, cfg.min_steps)
+    sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed, draws)
     pin = device.type == "cuda"
-    batch_size = batch_size_for(len(splits.train), cfg.batch_size, cfg.min_steps)
-    train_loader = make_loader(splits.train, batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
+    train_loader = make_loader(splits.train, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
                                workers=cfg.workers, pin_memory=pin)
     val_loader = make_loader(splits.val, cfg.batch_size, batch_frames=cfg.batch_frames, workers=cfg.workers,
                              pin_memory=pin)
@@ -160,7 +160,8 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
         log(f"member {member}: finished earlier (epoch {state.epoch}, best {state.best:.4f}); not retrained")
         return state
     n_params = sum(p.numel() for p in model.parameters())
-    capped = f", batch {batch_size} (>= {cfg.min_steps} steps per epoch)" if batch_size < cfg.batch_size else ""
+    capped = (f", {draws} draws per epoch (>= {cfg.min_steps} steps of {cfg.batch_size})"
+              if draws > len(splits.train) else "")
     log(f"member {member}/{cfg.members} seed {seed}: {cfg.model} ({n_params / 1e6:.2f} M params), "
         f"epochs {state.epoch + 1}..{cfg.epochs}{capped}")
     try:

