@@ -12,7 +12,8 @@ import csv
 import dataclasses
 import io
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import torch
 from torch import nn
@@ -27,6 +28,8 @@ from .policy import FinalChoice, Policy, combine, decide_tta, ensemble_probs, sc
 from .tta import TTA_MODES, predict_modes
 
 FINAL_FILE = "final.json"
+SNAPSHOT_RE = re.compile(r"snapshot_(\d+)\.pt")  # training/loop.py snapshot_name: snapshot_<epoch>.pt
+CHECKPOINT_RE = re.compile(r"members/\d+/checkpoints/[^/\\]+\.pt")  # a recorded path: inside the run
 FINAL_FORMAT = "vidcls-final-choice"
 TTA_SETTINGS = ("auto", "on", "off")
 
@@ -59,13 +62,62 @@ def check_checkpoint_matches(ckpt: dict, path: Path, store) -> None:
                               f"features; {hint}")
 
 
-def load_member(run_dir: Path, member: int, device: torch.device, stores=()) -> nn.Module:
-    """Rebuild member ``member`` from its ``best.pt`` (eval mode, on ``device``).
+# --- which file each model index means ---------------------------------------------------------
+
+def best_checkpoint(member: int) -> str:
+    """``members/<member>/checkpoints/best.pt``: a seed member's best checkpoint, relative to the run."""
+    return f"members/{member}/checkpoints/best.pt"
+
+
+def model_checkpoints(run_dir, cfg) -> list[str]:
+    """The run's models, in order, as checkpoint paths relative to ``run_dir``; model index m is the
+    m-th path.
+
+    Without ``cfg.snapshots``: ``best.pt`` of members ``0 .. cfg.members - 1``. With it: for each
+    member in turn, its ``snapshot_<epoch>.pt`` (one per finished warm-restart cycle) by increasing
+    epoch; a member without any (trained for fewer than ``t0`` epochs) contributes its ``best.pt``.
+    """
+    out = []
+    for i in range(cfg.members):
+        ckpt_dir = Path(run_dir) / "members" / str(i) / "checkpoints"
+        snaps = []
+        if cfg.snapshots and ckpt_dir.is_dir():
+            found = (SNAPSHOT_RE.fullmatch(p.name) for p in ckpt_dir.iterdir())
+            snaps = sorted((int(m.group(1)), m.group(0)) for m in found if m)  # by epoch, as a number
+        out.extend([f"members/{i}/checkpoints/{name}" for _, name in snaps] or [best_checkpoint(i)])
+    return out
+
+
+def checkpoint_path(run_dir, choice, m: int) -> Path:
+    """The file of model index ``m``: entry ``m`` of the recorded checkpoints (``choice``: a
+    ``FinalChoice`` or its ``checkpoints`` list), or, when none are recorded (a final.json older than
+    the list), ``members/<m>/checkpoints/best.pt``.
+
+    Raises:
+        ConfigError: ``m`` is not an index of the recorded list.
+    """
+    checkpoints = list(choice.checkpoints if isinstance(choice, FinalChoice) else choice or [])
+    if not checkpoints:
+        return Path(run_dir) / best_checkpoint(m)
+    if not 0 <= m < len(checkpoints):
+        raise ConfigError(f"model {m} is not one of the {len(checkpoints)} checkpoints {FINAL_FILE} records; "
+                          f"re-create it with `vidcls evaluate {run_dir} --split val`")
+    return Path(run_dir) / checkpoints[m]
+
+
+def checkpoint_member(path: str) -> int:
+    """The seed member a checkpoint path (``members/<i>/checkpoints/...``) belongs to."""
+    return int(PurePosixPath(path).parts[1])
+
+
+def load_member(run_dir: Path, member: int, device: torch.device, stores=(), checkpoints=()) -> nn.Module:
+    """Rebuild model ``member`` from its checkpoint (``checkpoint_path`` over ``checkpoints``: a
+    ``FinalChoice`` or a list; empty: ``best.pt``), in eval mode on ``device``.
 
     Raises:
         CheckpointError: missing or damaged, or not trained on the features of ``stores``.
     """
-    path = Path(run_dir) / "members" / str(member) / "checkpoints" / "best.pt"
+    path = checkpoint_path(run_dir, checkpoints, member)
     ckpt = load_checkpoint(path, device)
     for store in stores:
         check_checkpoint_matches(ckpt, path, store)
@@ -74,30 +126,45 @@ def load_member(run_dir: Path, member: int, device: torch.device, stores=()) -> 
     return model.to(device).eval()
 
 
-def predict_members(cfg, run_dir, datasets: dict, device: torch.device, modes) -> list[dict]:
-    """Per member ``{split: {"original": (N, C), <mode>: (N, C), "labels": (N,)}}`` for ``datasets``
-    (``{split: FeatureDataset}``); every checkpoint is first checked against the stores, in that order."""
+def predict_members(cfg, run_dir, datasets: dict, device: torch.device, modes, checkpoints=None) -> list[dict]:
+    """Per model of ``checkpoints`` (default: ``model_checkpoints(run_dir, cfg)``) ``{split: {"original":
+    (N, C), <mode>: (N, C), "labels": (N,)}}`` for ``datasets`` (``{split: FeatureDataset}``); every
+    checkpoint is first checked against the stores, in that order."""
+    checkpoints = model_checkpoints(run_dir, cfg) if checkpoints is None else list(checkpoints)
     loaders = {s: make_loader(ds, cfg.batch_size, batch_frames=cfg.batch_frames, workers=0)
                for s, ds in datasets.items()}
     stores = list({id(ds.store): ds.store for ds in datasets.values()}.values())
     member_probs = []
-    for i in range(cfg.members):
-        model = load_member(run_dir, i, device, stores)
+    for i in range(len(checkpoints)):
+        model = load_member(run_dir, i, device, stores, checkpoints)
         member_probs.append({s: predict_modes(model, ld, device, modes) for s, ld in loaders.items()})
         del model
     return member_probs
 
 
+def _with_checkpoints(results: dict, checkpoints: list[str]) -> dict:
+    """``combine``'s ``results`` told which file each model index means: every row of ``"members"``
+    gets ``"checkpoint"`` and the choice records the whole list (``FinalChoice.checkpoints``)."""
+    for row, path in zip(results["members"], checkpoints):
+        row["checkpoint"] = path
+    results["choice"] = dataclasses.replace(results["choice"], checkpoints=list(checkpoints))
+    return results
+
+
 def evaluate_run(cfg, run_dir, splits, device: torch.device) -> dict:
     """Members (with and without TTA), their ensemble and the final choice on val and, when present, test.
 
-    Every choice (excluded members, TTA, ensemble or one member) is made on val; test is only scored.
-    Writes ``RUN_DIR/eval_<split>.json`` for each split and returns ``policy.combine``'s result (its
-    ``"choice"`` is what ``write_final_choice`` records).
+    The models are ``model_checkpoints(run_dir, cfg)`` (each member's best checkpoint, or with
+    ``cfg.snapshots`` its cycle-end snapshots). Every choice (excluded models, TTA, ensemble or one
+    model) is made on val; test is only scored. Writes ``RUN_DIR/eval_<split>.json`` for each split and
+    returns ``policy.combine``'s result, each member row with its ``"checkpoint"``; its ``"choice"``
+    (what ``write_final_choice`` records) lists the checkpoints its indices mean.
     """
     datasets = {"val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
-    member_probs = predict_members(cfg, run_dir, datasets, device, cfg.tta_modes)
+    checkpoints = model_checkpoints(run_dir, cfg)
+    member_probs = predict_members(cfg, run_dir, datasets, device, cfg.tta_modes, checkpoints)
     results = combine(member_probs, splits.class_names, Policy(cfg.select, cfg.tta, tuple(cfg.tta_modes)))
+    _with_checkpoints(results, checkpoints)
     for split, ds in datasets.items():
         atomic_write_json(Path(run_dir) / f"eval_{split}.json", _eval_record(split, ds, results))
     return results
@@ -111,11 +178,12 @@ def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict
     record = {
         "split": split, "tta": results["tta"]["mode"], "tta_modes": results["tta"]["modes"],
         "select": choice.select,
-        "members": [{"member": m["member"], "tta_used": m["tta_used"], "without_tta": m[split],
-                     "with_tta": m[f"{split}_tta"]} for m in results["members"]],
+        "members": [{"member": m["member"], "checkpoint": m.get("checkpoint"), "tta_used": m["tta_used"],
+                     "without_tta": m[split], "with_tta": m[f"{split}_tta"]} for m in results["members"]],
         "ensemble": {k: results["ensemble"][k] for k in ("members_used", "excluded", "tta_used")}
         | {"metrics": results["ensemble"][split]},
-        "final": {"source": choice.source, "members": choice.members, "tta_used": choice.tta_used,
+        "final": {"source": choice.source, "members": choice.members, "checkpoints": choice.checkpoints,
+                  "tta_used": choice.tta_used,
                   "tta_modes": choice.tta_modes, "reason": choice.reason, "metrics": results["final"][split]},
         "tta_per_mode": {mode: v[split] for mode, v in results["tta"]["per_mode"].items()},
         "predictions": [{"video_id": vid, "label": names[int(y)], "pred": names[int(p)],
@@ -128,7 +196,8 @@ def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict
 
 
 def write_run_tables(run_dir, cfg, splits, results) -> Path:
-    """``RUN_DIR/metrics_all.csv``: every member's per-epoch metrics in one table (column ``member``)."""
+    """``RUN_DIR/metrics_all.csv``: every seed member's per-epoch metrics in one table (column ``member``:
+    the seed member, also with ``--snapshots``, whose models are checkpoints of these same epochs)."""
     out = io.StringIO()
     writer = None
     for i in range(cfg.members):
@@ -174,10 +243,28 @@ def load_final_choice(run_dir) -> FinalChoice:
     modes_ok = (isinstance(choice.tta_modes, list) and choice.tta_modes
                 and all(m in TTA_MODES for m in choice.tta_modes))
     if data.get("format") != FINAL_FORMAT or not members_ok or not modes_ok \
-            or not isinstance(choice.tta_used, bool):
-        raise ConfigError(f"{path} is not a valid vidcls final choice (format, members, tta_used or "
-                          f"tta_modes); {redo}")
+            or not isinstance(choice.tta_used, bool) or not _checkpoints_ok(choice):
+        raise ConfigError(f"{path} is not a valid vidcls final choice (format, members, tta_used, "
+                          f"tta_modes or checkpoints); {redo}")
     return choice
+
+
+def _checkpoints_ok(choice: FinalChoice) -> bool:
+    """Recorded checkpoints are empty (an older record) or ``members/<i>/checkpoints/<name>.pt`` paths,
+    one for every model index the choice names; nothing outside the run directory."""
+    ckpts = choice.checkpoints
+    if not isinstance(ckpts, list) or not all(isinstance(c, str) and CHECKPOINT_RE.fullmatch(c) for c in ckpts):
+        return False
+    return not ckpts or all(m < len(ckpts) for m in choice.members)
+
+
+def _saved_checkpoints(run_dir, cfg, recorded: FinalChoice | None) -> list[str]:
+    """The models ``vidcls evaluate`` loads: the recorded list, so every index means the file it meant
+    when the choice was made; for a record older than the list the members' best.pt (the rule then);
+    without a record, the run's models now (``model_checkpoints``)."""
+    if recorded is None:
+        return model_checkpoints(run_dir, cfg)
+    return list(recorded.checkpoints) or [best_checkpoint(i) for i in range(cfg.members)]
 
 
 def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, member_probs: list[dict],
@@ -244,8 +331,10 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
         recorded = load_final_choice(run_dir) if (run_dir / FINAL_FILE).is_file() else None
         datasets = {split: getattr(splits, split), "val": splits.val}  # the scored split's store is checked first
         modes = tuple(dict.fromkeys([*cfg.tta_modes, *(recorded.tta_modes if recorded else [])]))
-        member_probs = predict_members(cfg, run_dir, datasets, resolve_device(device), modes)
+        checkpoints = _saved_checkpoints(run_dir, cfg, recorded)
+        member_probs = predict_members(cfg, run_dir, datasets, resolve_device(device), modes, checkpoints)
         results = combine(member_probs, splits.class_names, Policy(cfg.select, tta, tuple(cfg.tta_modes)))
+        _with_checkpoints(results, checkpoints)
         choice, note = _served_choice(recorded, results["choice"], member_probs, splits.class_names, tta)
         results["predictions"], results["final"] = score_choice(member_probs, choice, splits.class_names)
         results["choice"] = choice

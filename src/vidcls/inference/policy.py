@@ -47,6 +47,11 @@ class FinalChoice:
     TTA decision, the excluded members with their reasons, the TTA setting, and ``mcnemar``: the
     test of the best member against the ensemble, ``{"member", "b", "c", "p_value", "alpha"}`` (empty
     when the ensemble has a single member, and in records written before the test existed).
+
+    Every index names a model: ``checkpoints[m]`` is model m's checkpoint file relative to the run
+    directory (``evaluate.model_checkpoints``: a member's best.pt, or with ``--snapshots`` one of its
+    cycle-end snapshots). Empty (records written before the list existed): model m is member m's
+    ``best.pt``. ``evaluate.checkpoint_path`` applies this rule.
     """
 
     source: str
@@ -62,6 +67,7 @@ class FinalChoice:
     excluded: list = field(default_factory=list)
     tta: str = "auto"
     mcnemar: dict = field(default_factory=dict)
+    checkpoints: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -39,7 +39,7 @@ from ..training.checkpoint import load_checkpoint
 from ..training.data import FrameBudgetBatches
 from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
-from .evaluate import TTA_SETTINGS, load_final_choice
+from .evaluate import TTA_SETTINGS, checkpoint_path, load_final_choice
 from .inputs import as_list, check_features, encode_videos, error_record, finite, gather, stamps
 from . import trust
 from .temperature import served_probs
@@ -56,7 +56,7 @@ def load(run_dir, *, device: str = "auto", weights=None, tta: str = "auto", deco
     """Load a finished run for prediction (its recorded final choice, members loaded once).
 
     Args:
-        run_dir: a run trained with ``vidcls train`` (``final.json``, ``members/<i>/checkpoints/best.pt``).
+        run_dir: a run trained with ``vidcls train`` (``final.json`` and the checkpoints it names).
         device: auto | cpu | cuda | cuda:N.
         weights: a local .pth for the frame CNN the features were extracted with (only needed for
             video inputs, when those weights are not on this machine).
@@ -137,15 +137,17 @@ class Predictor:
         return calibration, "not calibrated"
 
     def _load_members(self) -> tuple[list, list[dict]]:
+        """The served models, each from the file ``final.json`` says its index means
+        (``evaluate.checkpoint_path``: a member's best.pt, or a snapshot with ``--snapshots``)."""
         models, ckpts = [], []
-        for m in self.members_:
-            path = self.run_dir / "members" / str(m) / "checkpoints" / "best.pt"
+        paths = [checkpoint_path(self.run_dir, self.choice_, m) for m in self.members_]
+        for path in paths:
             ckpt = load_checkpoint(path, self.device)
             for key in ("model", "model_state", "class_names", "feature_dim"):
                 if key not in ckpt:
                     raise CheckpointError(f"{path} has no {key!r}; it is not a finished member checkpoint")
             if ckpts:
-                _check_same(ckpts[0], ckpt, self.run_dir / "members" / str(self.members_[0]), path)
+                _check_same(ckpts[0], ckpt, paths[0], path)
             model = build_from_spec(ckpt["model"])
             model.load_state_dict(ckpt["model_state"])
             models.append(model.to(self.device).eval())
@@ -352,9 +354,9 @@ class Predictor:
                         for j in range(len(logits))]
 
 
-def _check_same(first: dict, other: dict, first_dir: Path, path: Path) -> None:
+def _check_same(first: dict, other: dict, first_path: Path, path: Path) -> None:
     """Members served together must have been trained on the same features the same way."""
     for key in ("class_names", "feature_dim", "extractor", "max_frames"):
         if first.get(key) != other.get(key):
-            raise CheckpointError(f"{path} has {key} {other.get(key)!r} but {first_dir} has {first.get(key)!r}; "
+            raise CheckpointError(f"{path} has {key} {other.get(key)!r} but {first_path} has {first.get(key)!r}; "
                                   f"the members of one run must share their features; retrain the run")

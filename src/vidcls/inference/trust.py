@@ -208,7 +208,7 @@ def val_logits(run_dir, choice, dataset, batch_size: int, batch_frames, device) 
     loader = make_loader(dataset, batch_size, batch_frames=batch_frames, workers=0)
     per_member = []
     for m in choice.members:
-        model = load_member(run_dir, m, device, [dataset.store])
+        model = load_member(run_dir, m, device, [dataset.store], choice)  # the file final.json says m is
         out, positions = [], []
         with torch.inference_mode():
             for x, lengths, _, pos in loader:

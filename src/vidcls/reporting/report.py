@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -72,9 +73,27 @@ def _data_body(run: RunData) -> list[dict]:
     return [table(["class"] + splits, rows, table_id="data-table", row_classes=[""] * len(names) + ["total"])] + parts
 
 
+def _seed_member(row: dict):
+    """The seed member a summary row belongs to: the ``<i>`` of its ``members/<i>/checkpoints/...``
+    (with ``--snapshots`` a member has several rows), else its index (summaries without checkpoints)."""
+    parts = str(row.get("checkpoint") or "").split("/")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "members" and parts[1].isdigit() else row.get("member")
+
+
+def _model_fact(s: dict, run: RunData) -> str:
+    """"<model> x N member(s)", and the number of models when --snapshots gave members several."""
+    rows = s.get("members") or []
+    n = len({_seed_member(r) for r in rows}) if rows else len(run.histories)
+    more = f" ({len(rows)} snapshot models)" if len(rows) > n else ""
+    return f"{s.get('model', '?')} x {n} member(s){more}"
+
+
 def _best_epochs(run: RunData) -> list:
-    members = run.summary.get("members") or []
-    return [members[i].get("best_epoch") if i < len(members) else None for i in range(len(run.histories))]
+    """Per seed member (one history each), its best epoch: from the first summary row of that member."""
+    best = {}
+    for row in run.summary.get("members") or []:
+        best.setdefault(_seed_member(row), row.get("best_epoch"))
+    return [best.get(i) for i in range(len(run.histories))]
 
 
 def _curves_body(run: RunData) -> list[dict]:
@@ -141,7 +160,8 @@ def _metric_cells(results: dict, splits: list[str], tta_used: bool) -> list:
 
 
 def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
-    """One row per member; the class marks excluded members and the one the run serves."""
+    """One row per model (a member, or with --snapshots one of its snapshots); the class marks excluded
+    models and the one the run serves."""
     rows, classes = [], []
     ens = run.summary.get("ensemble") or {}
     excluded = {e.get("member"): e.get("reason", "") for e in ens.get("excluded") or []}
@@ -149,7 +169,11 @@ def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
     for m in run.summary.get("members") or []:
         i = m.get("member")
         status = f"excluded: {excluded[i]}" if i in excluded else "used"
-        rows.append([f"member {i}", m.get("best_epoch", "-"), "yes" if m.get("tta_used") else "no"]
+        label, epoch = f"member {i}", m.get("best_epoch", "-")
+        snapshot = re.fullmatch(r"snapshot_(\d+)\.pt", str(m.get("checkpoint") or "").split("/")[-1])
+        if snapshot:  # --snapshots: a model is one cycle end of a member, not the member's best epoch
+            label, epoch = f"member {i} ({m['checkpoint']})", int(snapshot.group(1))
+        rows.append([label, epoch, "yes" if m.get("tta_used") else "no"]
                     + _metric_cells(m, splits, bool(m.get("tta_used"))) + [status])
         classes.append("member" + (" excluded" if i in excluded else "") + (" final" if final == f"member {i}" else ""))
     return rows, classes
@@ -335,7 +359,7 @@ def _header(run: RunData) -> dict:
     facts = [("run dir", str(run.run_dir)), ("finished", finished or "not finished / unknown"),
              ("report written", datetime.now().strftime("%Y-%m-%d %H:%M")),
              ("vidcls", f"{s.get('vidcls_version', '?')} (report {__version__})"),
-             ("model", f"{s.get('model', '?')} x {len(s.get('members') or run.histories)} member(s)"),
+             ("model", _model_fact(s, run)),
              ("classes", str(len(run.classes)) if run.classes else "?"),
              ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "-"),
              ("final model", (s.get("final") or {}).get("source", "?"))]

@@ -5,7 +5,7 @@ evaluation (choices on validation, test once) -> record. Everything a run produc
     RUN_DIR/config.yaml, final.json, calibration.json, summary.json, eval_{val,test}.json, metrics_all.csv,
     RUN_DIR/report.html,
     RUN_DIR/results/resource_utilization_log.json
-    RUN_DIR/members/<i>/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN}.pt, plots/}
+    RUN_DIR/members/<i>/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN,snapshot_NNN}.pt, plots/}
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..config import RUNTIME_ONLY, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
 from ..errors import ConfigError
-from ..inference.evaluate import evaluate_run, write_final_choice, write_run_tables
+from ..inference.evaluate import checkpoint_member, evaluate_run, write_final_choice, write_run_tables
 from ..inference.policy import brief_mean, score
 from ..inference.trust import calibrate_run
 from ..reporting.monitor import ResourceMonitor, summarize
@@ -138,9 +138,12 @@ def _summary(cfg, splits, states, results, records, wall) -> dict:
             splits.class_names, np.bincount(ds.labels, minlength=len(splits.class_names)))}
 
     members = []
-    for state, res in zip(states, results["members"]):
-        i = res["member"]
-        members.append({"member": i, "seed": cfg.seed + i, "best_epoch": state.best_epoch,
+    for res in results["members"]:
+        # a model row is not a seed member once --snapshots gives each member several models: its
+        # training facts are those of the member whose checkpoint it is (members/<i>/...)
+        i = checkpoint_member(res["checkpoint"]) if res.get("checkpoint") else res["member"]
+        state = states[i]
+        members.append({"member": res["member"], "seed": cfg.seed + i, "best_epoch": state.best_epoch,
                         "epochs_run": state.epoch, "stopped_early": state.stopped_early, "select": cfg.select,
                         "best_val_score": state.best, **{k: v for k, v in res.items() if k != "member"}})
     has_test = splits.test is not None

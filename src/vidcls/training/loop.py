@@ -38,6 +38,10 @@ from .losses import FocalLoss
 from .optim import param_groups
 from .schedule import cycle_ends, epoch_draws, fractional_epoch, stop_at_cycle_end
 
+# A tie on the selected score goes to the lower validation loss only when it is lower by more than this
+# share: a difference in the 5th digit is float noise (or a bias moving by 1e-12), not a better model.
+LOSS_TIE_MARGIN = 1e-4
+
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
                   "val_f1_macro", "val_f1_worst", "epoch_seconds"]
 
@@ -207,15 +211,15 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
 def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
     """Append ``row`` and update best / early stopping; True when this epoch is the new best.
 
-    Best: a higher ``cfg.select`` score, or the same score with a lower validation loss. On a small
-    validation split the score saturates (every video right) early; the loss still tells a model that
-    is right with margin from one that is barely right. Stopping: only at the end of a warm-restart
+    Best: a higher ``cfg.select`` score, or the same score with a validation loss lower by more than
+    ``LOSS_TIE_MARGIN`` (relative). On a small validation split the score saturates (every video right)
+    early; the loss still tells a model that is right with margin from one that is barely right. Stopping: only at the end of a warm-restart
     cycle (``stop_at_cycle_end``), never mid-cycle.
     """
     state.history.append(row)
     state.epoch = row["epoch"]
     score, loss = row[cfg.select], row["val_loss"]
-    improved = score > state.best or (score == state.best and loss < state.best_loss)
+    improved = score > state.best or (score == state.best and loss < state.best_loss * (1 - LOSS_TIE_MARGIN))
     if improved:
         state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
