@@ -440,7 +440,7 @@ def test_choose_final_ties_keep_the_ensemble_and_the_first_best_member():
                                                                                 "speed_down"],
         "select": "val_acc", "val_score": 0.9, "ensemble_members": [0, 1, 2], "ensemble_tta_used": False,
         "member_tta_used": [False, False, False], "excluded": [{"member": 9, "reason": "x"}], "tta": "auto",
-        "mcnemar": {"member": 1, "b": 6, "c": 0, "p_value": 0.03125, "alpha": 0.05},
+        "mcnemar": {"member": 1, "b": 6, "c": 0, "p_value": 0.03125, "alpha": 0.05}, "checkpoints": [],
         "reason": "member 1 scored higher on validation (val_acc 0.9000 vs 0.7500) and significantly "
                   "(McNemar b=6, c=0, p=0.031 < 0.05): member 1 alone is served"}
 

@@ -27,6 +27,7 @@ from vidcls.training.data import (
     FeatureDataset,
     FrameBudgetBatches,
     augment_sequence,
+    by_length,
     class_weights,
     collate,
     feature_stats,
@@ -481,14 +482,14 @@ def test_make_loader_rejects_bad_batch_size(small_store):
             make_loader(ds, bs)
 
 
-def test_eval_loader_is_sequential_and_unaugmented(small_store):
-    store, videos = small_store
+def test_eval_loader_is_shortest_first_and_unaugmented(small_store):
+    store, videos = small_store  # lengths 12, 5, 20, 9
     ds = FeatureDataset(store, augment=True)
     batches = list(make_loader(ds, 3))
-    assert [b[3].tolist() for b in batches] == [[0, 1, 2], [3]]
+    assert [b[3].tolist() for b in batches] == [[1, 3, 0], [2]]
     x, lens, ys, pos = batches[0]
-    assert lens.tolist() == [12, 5, 20]
-    np.testing.assert_array_equal(x[0, :12].numpy(), as_f16_f32(videos[0][1]))
+    assert lens.tolist() == [5, 9, 12]
+    np.testing.assert_array_equal(x[2, :12].numpy(), as_f16_f32(videos[0][1]))  # stored frames, as they are
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,9 +740,9 @@ def test_loader_batches_respect_the_frame_budget(small_store):
     loader = make_loader(ds, 3, batch_frames=24)
     assert len(loader) == 3
     batches = list(loader)
-    # 12 | +5 -> 24 | +20 -> 60: cut | 20, +9 -> 40: cut | 9
-    assert [b[3].tolist() for b in batches] == [[0, 1], [2], [3]]
-    assert [tuple(b[0].shape[:2]) for b in batches] == [(2, 12), (1, 20), (1, 9)]
+    # shortest first: 5 | +9 -> 2 x 9 = 18 | +12 -> 36: cut | 12, +20 -> 40: cut | 20
+    assert [b[3].tolist() for b in batches] == [[1, 3], [0], [2]]
+    assert [tuple(b[0].shape[:2]) for b in batches] == [(2, 9), (1, 12), (1, 20)]
 
 
 def loader_batches(loader, sampler=None, epoch=0) -> list:
@@ -769,7 +770,8 @@ def test_default_bounds_keep_todays_batches(tmp_path, weighted):
         assert len(ours) == len(want) == math.ceil(200 / 48) and same_batches(got, want)
     seq = make_loader(FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size,
                       batch_frames=cfg.batch_frames)
-    plain_seq = DataLoader(FeatureDataset(store), 48, collate_fn=collate)
+    # evaluation goes shortest first: the same order, in plain batches of 48
+    plain_seq = DataLoader(FeatureDataset(store), 48, sampler=by_length(lengths), collate_fn=collate)
     assert same_batches(loader_batches(seq), loader_batches(plain_seq))
     store.close()
 
@@ -793,7 +795,7 @@ def test_30000_frame_video_gives_bounded_batches(tmp_path):
         shapes += batches
     val_shapes = [tuple(b[0].shape) for b in val]
     assert sum(s[0] for s in val_shapes) == 100
-    assert val_shapes[0][1] == 512  # the long video (first in order) is there, thinned
+    assert val_shapes[-1][1] == 512  # the long video (last: shortest go first) is there, thinned
     for B, T, D in shapes + val_shapes:
         assert T <= cfg.max_frames and B * T <= cfg.batch_frames and D == 4
     store.close()
@@ -824,3 +826,26 @@ def test_epoch_sampler_draws_num_samples_passes_without_replacement():
     assert len(set(order[8:])) == 2                                                  # then 2 distinct
     weighted = EpochSampler(4, np.ones(4), seed=2, num_samples=10)
     assert len([p for p, _ in weighted]) == 10 and len(weighted) == 10
+
+
+def test_evaluation_batches_go_shortest_first_and_validate_keeps_dataset_order(tmp_path):
+    """Lengths 5, 100, 6, 99 in batches of 2: sorted, the batches pad to 6 and 100 (212 padded frames)
+    instead of 100 and 99 (398); the predictions still come back in dataset order."""
+    from vidcls.inference.metrics import predict
+
+    videos = make_videos([5, 100, 6, 99], [0, 1, 0, 1], D=2, seed=3)
+    store = write(tmp_path / "s.h5", videos, ["a", "b"], 2, dtype="float32")
+    ds = FeatureDataset(store)
+    loader = make_loader(ds, 2)
+    shapes = [(x.shape[0], x.shape[1], pos.tolist()) for x, _, _, pos in loader]
+    assert shapes == [(2, 6, [0, 2]), (2, 100, [3, 1])]
+
+    class LastFrame(torch.nn.Module):  # logits = the video's last valid frame: identifies each video
+        def forward(self, x, lengths):
+            return x[torch.arange(len(x)), lengths - 1]
+
+    out = predict(LastFrame(), loader, torch.device("cpu"))
+    expected = torch.softmax(torch.tensor(np.stack([v[1][-1] for v in videos])).double(), dim=1).numpy()
+    np.testing.assert_allclose(out["probs"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(out["labels"], [0, 1, 0, 1])
+    store.close()

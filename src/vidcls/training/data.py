@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import (DataLoader, Dataset, Sampler, SequentialSampler, WeightedRandomSampler,
+from torch.utils.data import (DataLoader, Dataset, Sampler, WeightedRandomSampler,
                               get_worker_info)
 
 from ..errors import ConfigError, StoreError
@@ -291,7 +291,8 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
 
 def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int | None = None,
                 sampler: EpochSampler | None = None, workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """The DataLoader used for training (with ``sampler``) and evaluation (sequential, no augmentation).
+    """The DataLoader used for training (with ``sampler``) and evaluation (``sampler`` None: every video
+    once, shortest first, no augmentation; rows carry their dataset positions).
 
     Args:
         batch_size: the most videos per batch.
@@ -303,13 +304,21 @@ def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int |
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if batch_frames is not None and batch_frames < 1:
         raise ConfigError(f"--batch-frames must be >= 1, got {batch_frames}")
-    order = sampler if sampler is not None else SequentialSampler(dataset)
+    # Evaluation goes shortest video first: a batch then pads to videos of about its own length instead
+    # of the longest of a random mix (attention costs B x T^2 of padded steps too). Every consumer puts
+    # the rows back in dataset order by the positions the collate returns.
+    order = sampler if sampler is not None else by_length(dataset.lengths)
     batches = FrameBudgetBatches(order, dataset.lengths, batch_size, batch_frames)
     # A private generator: creating an iterator would otherwise draw a seed from torch's global RNG,
     # once per epoch without workers but once per run with persistent workers, so the dropout
     # stream (and the results) would depend on --workers.
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=workers > 0, generator=torch.Generator())
+
+
+def by_length(lengths) -> list[int]:
+    """Dataset positions ordered by length, shortest first (ties in dataset order)."""
+    return np.argsort(np.asarray(lengths), kind="stable").tolist()
 
 
 def close_loader(loader: DataLoader) -> None:
