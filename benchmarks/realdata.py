@@ -9,6 +9,7 @@ equal-length ``_eq`` version, the only one listed).
 
     python benchmarks/realdata.py                        # every set, seeds 0 1 2, the CLI's defaults
     python benchmarks/realdata.py --sets ArrowHead --seeds 0 1 2 --tag nostd -- --standardize none
+    python benchmarks/realdata.py --tag snap --base default -- --snapshots   # same runs, snapshot ensembles
 
 Arguments after ``--`` go to ``vidcls train`` unchanged. Runs are kept under ``--work`` by tag, set and seed:
 a finished run is read back, not retrained, so an interrupted benchmark continues where it stopped.
@@ -102,7 +103,7 @@ def cli(*args: str, log: Path | None = None) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_one(name: str, seed: int, tag: str, work: Path, train_args: list) -> dict:
+def run_one(name: str, seed: int, tag: str, work: Path, train_args: list, base: str | None = None) -> dict:
     """Train (or read back) one run; returns its test accuracy, worst-class F1 and wall seconds."""
     feats = write_store(name, work)
     run = work / "runs" / tag / name / f"seed{seed}"
@@ -110,17 +111,24 @@ def run_one(name: str, seed: int, tag: str, work: Path, train_args: list) -> dic
     if done.is_file():
         return json.loads(done.read_text())
     shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
+    resume = []
+    if base:  # the base recipe's finished run, evaluated again with runtime-only changes (no training)
+        shutil.copytree(work / "runs" / base / name / f"seed{seed}", run)
+        for stale in ("bench.json", "final.json", "summary.json", "calibration.json"):
+            (run / stale).unlink(missing_ok=True)
+        resume = ["--resume"]
+    run.mkdir(parents=True, exist_ok=True)
     t = time.time()
     cpu = cli("train", str(feats), str(run), *MODEL_ARGS, "--seed", str(seed), "--no-plots", "--workers", "0",
-              "--device", "cpu", *train_args, log=run.parent / f"seed{seed}.log")
+              "--device", "cpu", *train_args, *resume, log=run.parent / f"seed{seed}.log")
     wall = time.time() - t
     s = json.loads((run / "summary.json").read_text())
     members = s["members"]
     rec = {"set": name, "seed": seed, "acc": s["test"]["accuracy"], "worst_f1": s["test"]["worst_class_f1"],
            "val_acc": s["val"]["accuracy"], "final": s["final"]["source"], "wall": wall, "cpu": cpu,
            "mean_member_acc": float(np.mean([m["test"]["accuracy"] for m in members])),
-           "epochs_run": [m["epochs_run"] for m in members], "best_epoch": [m["best_epoch"] for m in members]}
+           "epochs_run": [m["epochs_run"] for m in members], "best_epoch": [m["best_epoch"] for m in members],
+           "models": [[m.get("checkpoint"), m["test"]["accuracy"]] for m in members]}
     done.write_text(json.dumps(rec))
     return rec
 
@@ -151,6 +159,8 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default="default", help="name of this recipe's runs under --work")
     p.add_argument("--work", default="benchmarks/.realdata", help="stores and runs (reused)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one torch thread each")
+    p.add_argument("--base", help="re-evaluate this tag's finished runs with the options after -- (runtime-only "
+                                  "ones, e.g. --snapshots or --members) instead of training anew")
     a = p.parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     work = Path(a.work)
@@ -161,7 +171,7 @@ def main(argv=None) -> None:
     for name in a.sets:  # stores first, one at a time
         write_store(name, work)
     with ThreadPoolExecutor(a.jobs) as pool:  # the runs are subprocesses; threads only wait for them
-        futures = {(n, s): pool.submit(run_one, n, s, a.tag, work, train_args) for n in a.sets for s in a.seeds}
+        futures = {(n, s): pool.submit(run_one, n, s, a.tag, work, train_args, a.base) for n in a.sets for s in a.seeds}
     gaps, rows = [], []
     for name in a.sets:
         recs = [futures[name, s].result() for s in a.seeds]

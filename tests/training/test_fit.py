@@ -213,6 +213,18 @@ def test_resume_refuses_a_different_config_and_new_run_refuses_old_dir(feats, tm
     assert len(metrics_rows(run)) == 3
 
 
+def test_resume_accepts_the_features_dir_spelled_another_way(feats, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *TINY) == 0
+    monkeypatch.chdir(Path(feats).parent)
+    assert run_cli("train", Path(feats).name, run, "--resume", "--epochs", 2) == 0  # relative: same dir
+    assert len(metrics_rows(run)) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    assert run_cli("train", other, run, "--resume", "--epochs", 3) == 2           # another dir: refused
+    assert "features_dir" in capsys.readouterr().err
+
+
 def test_resume_of_an_incompatible_optimiser_state_is_one_clear_line(feats, tmp_path, capsys):
     """A last.pt whose AdamW state has one parameter group (no decay-free group) cannot be continued."""
     run = tmp_path / "run"

@@ -54,6 +54,10 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
     saved = load_config(saved_path)
     explicit = dict(read_yaml(config_path)) if config_path else {}
     explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    # the same features directory spelled another way (relative / absolute / via a symlink) is no change
+    given = explicit.get("features_dir")
+    if given and saved.features_dir and Path(given).resolve() == Path(saved.features_dir).resolve():
+        explicit["features_dir"] = saved.features_dir
     merged = load_config(None, {**saved.to_dict(), **explicit})
     diff = config_diff(saved, merged)
     if diff:
