@@ -35,7 +35,8 @@ def run_cli():
 
 
 # A CPU-sized model for CLI runs: every option of the spec's recipe, only smaller and on CPU.
-TINY_ARGS = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0", "--device", "cpu"]
+TINY_ARGS = ["--model", "bilstm_attn", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
+        "--device", "cpu"]
 
 
 @pytest.fixture

@@ -287,3 +287,21 @@ def test_model_size_checks_match_the_models(name):
             valid = False
             assert "hidden_dim" in str(exc) or "heads" in str(exc), exc
         assert valid == builds, (name, sizes)
+
+
+def test_auto_model_picks_by_the_width_of_a_frame():
+    from vidcls.config import AUTO_MIN_DIM, auto_model
+
+    assert TrainConfig().model == "auto"
+    # CNN features (EfficientNetV2-S 1280, ResNet-18 512) get the spec's model; 1-value or 6-value
+    # sensor / time-series steps the convolution; the line is at 32 values per step
+    assert [auto_model(d) for d in (1280, 512, 32)] == ["bilstm_attn"] * 3
+    assert [auto_model(d) for d in (31, 6, 1)] == ["inception_time"] * 3
+    assert AUTO_MIN_DIM == 32
+
+
+def test_auto_model_sizes_must_suit_both_candidates():
+    # hidden 18, heads 2: bilstm_attn accepts it (even, divisible by 2), inception_time does not (18 % 4)
+    load_config(None, {"model": "bilstm_attn", "hidden_dim": 18, "heads": 2})
+    with pytest.raises(ConfigError, match=r"--model auto \(which may pick inception_time\).*hidden_dim"):
+        load_config(None, {"hidden_dim": 18, "heads": 2})

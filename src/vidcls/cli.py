@@ -165,7 +165,7 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}  # None: not given
     cfg = resolve_config(args.run_dir, args.config, overrides, resume=args.resume)
     summary = fit(cfg, args.run_dir, resume=args.resume)
-    print(format_results({cfg.model: summary}))
+    print(format_results({summary['model']: summary}))
     print(f"summary: {Path(args.run_dir) / 'summary.json'}")
     return 0
 

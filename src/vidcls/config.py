@@ -63,7 +63,9 @@ class TrainConfig:
     t_mult: int = _opt(2, "each restart period is this many times the previous one")
     eta_min: float = _opt(1e-6, "lowest learning rate of the cosine schedule")
     # model
-    model: str = _opt("bilstm_attn", "temporal model: bilstm_attn | transformer | mean_mlp | inception_time")
+    model: str = _opt("auto",
+        "temporal model: auto (bilstm_attn for features of >= 32 values per frame, as CNN features are; "
+        "inception_time for low-dimensional sequences) | bilstm_attn | transformer | mean_mlp | inception_time")
     hidden_dim: int = _opt(768, "model width; bilstm_attn: even; bilstm_attn, transformer: divisible by heads")
     layers: int = _opt(4, "recurrent / encoder layers (mean_mlp ignores it)")
     heads: int = _opt(12, "attention heads (mean_mlp ignores it)")
@@ -189,23 +191,42 @@ _MODEL_SIZE_OPTIONS = {
 }
 
 
+# ``--model auto``: the spec's bilstm_attn for CNN features (hundreds of values per frame); for
+# low-dimensional sequences (sensors, time series: a few values per step) a convolution from the
+# time-series literature. Measured on aeon's 1-value sets (benchmarks/realdata.py, README): see AUTO_MODELS.
+AUTO_MIN_DIM = 32  # features per step at which auto picks bilstm_attn
+AUTO_MODELS = ("bilstm_attn", "inception_time")  # (>= AUTO_MIN_DIM, below)
+
+
+def auto_model(feature_dim: int) -> str:
+    """The model ``--model auto`` trains on ``feature_dim``-dimensional frames."""
+    return AUTO_MODELS[0] if feature_dim >= AUTO_MIN_DIM else AUTO_MODELS[1]
+
+
 def _check_model(cfg: TrainConfig) -> None:
     from .models import list_models  # torch: imported only when a config is checked
+
+    if cfg.model != "auto" and cfg.model not in list_models():
+        raise ConfigError(f"--model {cfg.model!r} is unknown; valid names: auto, {', '.join(list_models())}")
+    for name in AUTO_MODELS if cfg.model == "auto" else (cfg.model,):  # auto: the sizes must suit both
+        _check_sizes_of(cfg, name)
+
+
+def _check_sizes_of(cfg: TrainConfig, name: str) -> None:
     from .models.layers import check_sizes
 
-    if cfg.model not in list_models():
-        raise ConfigError(f"--model {cfg.model!r} is unknown; valid names: {', '.join(list_models())}")
-    opts = _MODEL_SIZE_OPTIONS.get(cfg.model, {})
+    opts = _MODEL_SIZE_OPTIONS.get(name, {})
     try:  # feature_dim and n_classes come from the data; 1 and 2 pass their checks
         check_sizes(feature_dim=1, n_classes=2, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout,
                     layers=cfg.layers if opts.get("layers") else None,
                     heads=cfg.heads if opts.get("heads") else None,
                     even_hidden=opts.get("even_hidden", False))
-        if cfg.model == "inception_time":  # its 4 branches split hidden_dim evenly
+        if name == "inception_time":  # its 4 branches split hidden_dim evenly
             from .models.inception import check_width
             check_width(cfg.hidden_dim)
     except ConfigError as exc:
-        raise ConfigError(f"--model {cfg.model}: {exc}") from None
+        where = f"auto (which may pick {name})" if cfg.model == "auto" else name
+        raise ConfigError(f"--model {where}: {exc}") from None
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vidcls.cli import main
 from vidcls.config import TrainConfig
@@ -22,7 +23,8 @@ from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.training.data import collate
 from vidcls.training.loop import train_one_epoch
 
-TINY = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0", "--device", "cpu"]
+TINY = ["--model", "bilstm_attn", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
+        "--device", "cpu"]
 NAMES = ["animation", "gaming", "natural", "flat"]
 
 
@@ -316,7 +318,7 @@ def test_bad_features_give_clear_errors(tmp_path, capsys, case, needle):
 
 @pytest.mark.parametrize("flags,needle", [
     (["--batch-size", "0"], "--batch-size"),
-    (["--model", "lstm9000"], "valid names: bilstm_attn, inception_time, mean_mlp, transformer"),
+    (["--model", "lstm9000"], "valid names: auto, bilstm_attn, inception_time, mean_mlp, transformer"),
     (["--select", "loss"], "--select"),
     (["--heads", "5"], "heads"),
 ])
@@ -377,3 +379,15 @@ def test_import_cli_round_trip(tmp_path, capsys):
     with h5py.File(tmp_path / "conv.h5") as f:
         assert f["offsets"][:].tolist() == [0, 6, 8, 12]
         assert f["features"][6:8, 0].tolist() == [0, 1]
+
+
+def test_auto_model_is_resolved_and_recorded_before_training(feats, tmp_path, capsys):
+    """feats holds 16-value frames: auto trains inception_time, and config.yaml, the checkpoint and the
+    summary name the model trained, not "auto"."""
+    run = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--model", "bilstm_attn")]
+    assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *args) == 0
+    assert "--model auto: inception_time for 16-dimensional frames" in capsys.readouterr().out
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "inception_time"
+    assert torch.load(run / "members/0/checkpoints/best.pt", weights_only=False)["model"]["name"] == "inception_time"
+    assert json.loads((run / "summary.json").read_text())["model"] == "inception_time"

@@ -9,6 +9,7 @@ evaluation (choices on validation, test once) -> record. Everything a run produc
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import RUNTIME_ONLY, TrainConfig, config_diff, dump_yaml, load_config, read_yaml
+from ..config import RUNTIME_ONLY, TrainConfig, auto_model, config_diff, dump_yaml, load_config, read_yaml
 from ..errors import ConfigError
 from ..inference.evaluate import checkpoint_member, evaluate_run, write_final_choice, write_run_tables
 from ..inference.policy import brief_mean, score
@@ -79,12 +80,7 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
 
-    # data, shared by every member
-    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment,
-                         max_frames=cfg.max_frames)
-    weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
-                            splits.class_names)
-    stats = feature_stats(splits.train) if cfg.standardize == "feature" else None  # train split only
+    cfg, splits, weights, stats = load_data(cfg, log)  # shared by every member
     # One command at a time per RUN_DIR, for the whole run including its evaluation and report. Only
     # under the lock is "no run here yet" still true when the first file is written.
     with run_lock(run_dir, "train", create=True):
@@ -126,6 +122,24 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
         if cfg.plots:
             log(f"report: {write_report(run_dir)}")
         return summary
+
+
+def load_data(cfg: TrainConfig, log=print):
+    """The splits, class weights and input statistics every member shares, and ``cfg`` with ``--model
+    auto`` resolved from the data (before anything is written: config.yaml names the model trained).
+
+    Returns:
+        ``(cfg, splits, class weights (C,), (mean, std) of the train split or None)``.
+    """
+    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment,
+                         max_frames=cfg.max_frames)
+    weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
+                            splits.class_names)
+    stats = feature_stats(splits.train) if cfg.standardize == "feature" else None  # train split only
+    if cfg.model == "auto":
+        cfg = dataclasses.replace(cfg, model=auto_model(splits.feature_dim))
+        log(f"--model auto: {cfg.model} for {splits.feature_dim}-dimensional frames")
+    return cfg, splits, weights, stats
 
 
 def _describe_run(cfg, splits, device) -> str:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import TrainConfig, auto_model
 from ..errors import CheckpointError, ConfigError
 from ..inference.metrics import validate
 from ..models import build_from_spec
@@ -117,7 +117,9 @@ class MemberRun:
 
 
 def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
-    return {"name": cfg.model, "feature_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
+    # fit() resolves "auto" before anything is written; this covers callers of train_member alone
+    name = auto_model(feature_dim) if cfg.model == "auto" else cfg.model
+    return {"name": name, "feature_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
             "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout,
             "standardize": cfg.standardize == "feature"}
 
