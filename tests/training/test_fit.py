@@ -391,3 +391,22 @@ def test_auto_model_is_resolved_and_recorded_before_training(feats, tmp_path, ca
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "inception_time"
     assert torch.load(run / "members/0/checkpoints/best.pt", weights_only=False)["model"]["name"] == "inception_time"
     assert json.loads((run / "summary.json").read_text())["model"] == "inception_time"
+
+
+def test_checkpoints_carry_the_train_split_statistics(feats, tmp_path):
+    """--standardize feature (default): the mean/std buffers of every checkpoint are the per-feature
+    statistics of train.h5's frames alone (val.h5 and test.h5 differ and must not count)."""
+    from vidcls.store import FeatureStore
+
+    run = tmp_path / "run"
+    assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *TINY) == 0
+    store = FeatureStore(Path(feats) / "train.h5")
+    frames = np.concatenate([store.read(i).astype(np.float64) for i in range(len(store))])
+    store.close()
+    state = torch.load(run / "members/0/checkpoints/best.pt", weights_only=False)["model_state"]
+    np.testing.assert_allclose(state["mean"].numpy(), frames.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state["std"].numpy(), frames.std(0), rtol=1e-5)
+    assert run_cli("train", feats, tmp_path / "raw", "--epochs", 1, "--no-plots", "--standardize", "none",
+                   *TINY) == 0
+    raw = torch.load(tmp_path / "raw/members/0/checkpoints/best.pt", weights_only=False)["model_state"]
+    assert "mean" not in raw and "std" not in raw
