@@ -34,8 +34,10 @@ def run_cli():
     return run
 
 
-# A CPU-sized model for CLI runs: every option of the spec's recipe, only smaller and on CPU.
-TINY_ARGS = ["--model", "bilstm_attn", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
+# A CPU-sized model for CLI runs: every option of the spec's recipe, only smaller and on CPU. --min-steps 1
+# keeps one pass per epoch on these 80-video stores (the default would draw 480 videos per epoch, 10x the
+# work for tests of mechanics); tests/training/test_small_data.py checks the default's rule.
+TINY_ARGS = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu"]
 
 

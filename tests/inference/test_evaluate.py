@@ -21,7 +21,7 @@ from vidcls.store import write_store
 from vidcls.store.synth import make_synthetic
 from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
 
-TINY = ["--model", "bilstm_attn", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
+TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu"]
 ALL_MODES = ["original", "reverse", "speed_up", "speed_down"]
 FIT_FILES = ("eval_val.json", "eval_test.json", "summary.json", "final.json")

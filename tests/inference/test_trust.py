@@ -16,7 +16,7 @@ from vidcls.inference.trust import (as_4d, calibration_score, energy_score, expe
                                     fit_temperature, load_calibration, max_softmax_score, nll, ood_score,
                                     ood_threshold, served_probs, trust_verdict)
 
-TINY = ["--epochs", "3", "--model", "bilstm_attn", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
+TINY = ["--epochs", "3", "--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu", "--no-plots", "--model", "mean_mlp"]
 KEYS = {"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "ood"}
 OOD_KEYS = {"score", "threshold", "val_pass_rate", "direction"}

@@ -19,7 +19,7 @@ from vidcls.reporting.report import SECTIONS, write_report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["config", "data", "curves", "lr", "per-class", "confusion", "ensemble", "tta", "calibration",
                "resources", "misclassified"]
-TINY = ["--epochs", "3", "--model", "bilstm_attn", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
+TINY = ["--epochs", "3", "--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu", "--no-plots", "--model", "mean_mlp"]
 
 

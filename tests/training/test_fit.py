@@ -23,7 +23,7 @@ from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.training.data import collate
 from vidcls.training.loop import train_one_epoch
 
-TINY = ["--model", "bilstm_attn", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
+TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu"]
 NAMES = ["animation", "gaming", "natural", "flat"]
 
