@@ -305,3 +305,13 @@ def test_auto_model_sizes_must_suit_both_candidates():
     load_config(None, {"model": "bilstm_attn", "hidden_dim": 18, "heads": 2})
     with pytest.raises(ConfigError, match=r"--model auto \(which may pick inception_time\).*hidden_dim"):
         load_config(None, {"hidden_dim": 18, "heads": 2})
+
+
+def test_a_retired_key_is_refused_in_a_new_config_but_dropped_from_a_saved_run(tmp_path):
+    old_run = write(tmp_path, "patience: 25\nlr: 0.002\n", "config.yaml")  # written by an earlier release
+    with pytest.raises(ConfigError, match="patience_cycles"):
+        load_config(old_run)
+    cfg = load_config(old_run, saved_run=True)
+    assert cfg.lr == 0.002 and cfg.patience_cycles == 1
+    with pytest.raises(ConfigError, match="patience_cycles"):  # never from the command line
+        load_config(old_run, {"patience": 3}, saved_run=True)

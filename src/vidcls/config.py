@@ -279,8 +279,13 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
     raise ConfigError(f"{source}: key '{name}' expects {shown}, got {value!r}")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None, *,
+                saved_run: bool = False) -> TrainConfig:
     """Build a TrainConfig from defaults, then a YAML file, then ``overrides`` (None values ignored).
+
+    ``saved_run``: ``path`` is a run's own config.yaml, possibly written by an earlier release; its
+    retired keys (``RETIRED``) are dropped rather than refused, so older runs can still be evaluated,
+    calibrated and resumed.
 
     Raises:
         ConfigError: unreadable file, unknown key (the valid keys are listed) or a wrong type.
@@ -297,6 +302,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name in RETIRED:
+                if saved_run and source == str(path):
+                    continue
                 raise ConfigError(f"{source}: key '{key}' is gone: {RETIRED[name]}")
             if name not in valid:
                 raise ConfigError(f"{source}: unknown key '{key}'. Valid keys: {', '.join(valid)}")

@@ -320,7 +320,7 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} holds no run (no config.yaml); train one with `vidcls train`")
     with run_lock(run_dir, "evaluate"):  # not while a train (or another evaluate) writes this run
-        cfg = load_config(cfg_path)
+        cfg = load_config(cfg_path, saved_run=True)
         tta = tta or cfg.tta
         if tta not in TTA_SETTINGS:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")

@@ -250,7 +250,7 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} holds no run (no config.yaml); train one with `vidcls train`")
     with run_lock(run_dir, "calibrate"):
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(run_dir / "config.yaml", saved_run=True)
         choice = load_final_choice(run_dir)
         splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
                              max_frames=cfg.max_frames)

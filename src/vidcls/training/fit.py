@@ -52,7 +52,7 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
         return load_config(config_path, overrides)
     if not saved_path.is_file():
         raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml); drop --resume")
-    saved = load_config(saved_path)
+    saved = load_config(saved_path, saved_run=True)
     explicit = dict(read_yaml(config_path)) if config_path else {}
     explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
     # the same features directory spelled another way (relative / absolute / via a symlink) is no change
