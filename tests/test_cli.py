@@ -195,3 +195,11 @@ def test_the_largest_accepted_seed_trains(tiny_features, tmp_path, tiny_args):
     assert cli.main(["train", str(tiny_features), str(run), "--epochs", "1", "--no-plots", "--seed", str(2**63 - 1),
                      *tiny_args]) == 0
     assert (run / "summary.json").is_file()
+
+
+def test_train_flags_are_never_abbreviations(tmp_path, capsys):
+    """The retired --patience (epochs) must not be taken as a prefix of --patience-cycles."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", str(tmp_path), str(tmp_path / "run"), "--patience", "5"])
+    assert info.value.code == 2 and "--patience" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

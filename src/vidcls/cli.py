@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vidcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _add_train_args(sub.add_parser("train", help="train a temporal classifier on a feature store"))
+    # no abbreviations: the retired --patience would silently mean --patience-cycles
+    _add_train_args(sub.add_parser("train", help="train a temporal classifier on a feature store",
+                                   allow_abbrev=False))
 
     _add_extract_parser(sub)
     _add_scoring_parsers(sub)
