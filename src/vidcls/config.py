@@ -105,6 +105,18 @@ class TrainConfig:
     workers: int = _opt(2, "DataLoader worker processes")
     monitor_interval: float = _opt(1800.0, "seconds between resource-log records (> 0)")
     plots: bool = _opt(True, "per-epoch dashboard PNGs and report.html")
+    # speed and scale-out
+    bucket: bool = _opt(False,
+        "length bucketing: after the epoch's (class-balanced) draw, batches group videos of similar "
+        "length (within a window of the draw; batches in shuffled order), so less padding")
+    amp: str = _opt("none", "mixed precision on CUDA: none | bf16 | fp16 (fp16 adds a gradient scaler)")
+    compile: bool = _opt(False, "torch.compile the model (CUDA; the first epochs pay the compile time)")
+    parallel_members: int = _opt(1,
+        "train the ensemble members in this many processes at once (one member per GPU where there "
+        "are GPUs); each member equals the one a sequential run trains")
+    dist_timeout: float = _opt(300.0,
+        "under torchrun: seconds a rank waits for the others in a collective before the job stops "
+        "with an error naming the rank")
 
     def validate(self) -> "TrainConfig":
         """Check every option, before anything is written; returns self.
@@ -125,7 +137,7 @@ class TrainConfig:
 # Options a resumed run may change: how fast it goes, how long it trains, how many members it has
 # (finished members are kept) and how the trained members are evaluated.
 RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots", "members", "tta", "tta_modes",
-                "snapshots")
+                "snapshots", "compile", "parallel_members", "dist_timeout")
 
 
 # Keys of earlier releases, with what replaced them (a config.yaml of an older run names them).
@@ -142,7 +154,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ConfigError(f"--weight-clip must be two numbers low,high, got {cfg.weight_clip}")
     _positive(cfg, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
               "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members",
-              "monitor_interval")
+              "monitor_interval", "parallel_members", "dist_timeout")
     if cfg.batch_frames < cfg.max_frames:
         raise ConfigError(f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
                           f"a video of max_frames frames must fit in a batch; raise one or lower the other")
@@ -171,6 +183,7 @@ def _check_choices(cfg: TrainConfig) -> None:
     _choice(cfg, "sampler", ("weighted", "shuffle"))
     _choice(cfg, "standardize", ("feature", "none"))
     _choice(cfg, "select", ("val_acc", "val_f1_macro"))
+    _choice(cfg, "amp", ("none", "bf16", "fp16"))
     _choice(cfg, "tta", ("auto", "on", "off"))
     unknown = [m for m in cfg.tta_modes if m not in TTA_MODES]
     if unknown or not cfg.tta_modes:
