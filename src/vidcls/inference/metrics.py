@@ -7,6 +7,8 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..utils.dist import SINGLE, Dist, gather
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device,
@@ -14,8 +16,8 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
     """Run ``model`` over ``loader`` in eval mode.
 
     Returns:
-        ``{"probs": (N, C) float64, "labels": (N,) int64, "loss": mean criterion or None}``, rows in
-        dataset order (the loader must be sequential).
+        ``{"probs": (N, C) float64, "labels": (N,) int64, "loss": mean criterion or None, "positions": (N,)
+        int64, "loss_sum"}``, rows in dataset order (sorted by the positions the loader's rows carry).
     """
     model.eval()
     probs, labels, positions, loss_sum = [], [], [], 0.0
@@ -27,10 +29,26 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
         probs.append(torch.softmax(logits, dim=1).double().cpu())
         labels.append(y.cpu())
         positions.append(pos)
-    order = torch.cat(positions).argsort()
+    pos = torch.cat(positions)
+    order = pos.argsort()
     n = int(order.numel())
     return {"probs": torch.cat(probs)[order].numpy(), "labels": torch.cat(labels)[order].numpy(),
-            "loss": loss_sum / max(n, 1) if criterion is not None else None}
+            "loss": loss_sum / max(n, 1) if criterion is not None else None,
+            "positions": pos[order].numpy(), "loss_sum": loss_sum}
+
+
+def gather_predictions(out: dict, dist: Dist) -> dict:
+    """Under torchrun: every rank's ``predict`` output over its share of the videos, joined in dataset
+    order on every rank, with the loss averaged over all videos (not over rank 0's share)."""
+    parts = gather(out, dist)
+    pos = np.concatenate([p["positions"] for p in parts])
+    order = np.argsort(pos, kind="stable")
+    n = len(pos)
+    loss_sum = sum(p["loss_sum"] for p in parts)
+    return {"probs": np.concatenate([p["probs"] for p in parts])[order],
+            "labels": np.concatenate([p["labels"] for p in parts])[order],
+            "loss": loss_sum / max(n, 1) if out["loss"] is not None else None,
+            "positions": pos[order], "loss_sum": loss_sum}
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list) -> dict:
@@ -64,11 +82,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
 
 
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, class_names: list,
-             criterion: nn.Module | None = None) -> dict:
+             criterion: nn.Module | None = None, dist: Dist = SINGLE) -> dict:
     """One model's validation pass (the training loop's, every epoch): ``predict`` +
-    ``classification_metrics``, plus ``loss`` (None without a criterion). Scoring a whole saved run
-    is ``inference.evaluate``."""
+    ``classification_metrics``, plus ``loss`` (None without a criterion). Under torchrun each rank's
+    loader holds its share of the videos and the metrics are those of all ranks' rows gathered.
+    Scoring a whole saved run is ``inference.evaluate``."""
     out = predict(model, loader, device, criterion)
+    if dist.active:
+        out = gather_predictions(out, dist)
     metrics = classification_metrics(out["labels"], out["probs"], class_names)
     metrics["loss"] = out["loss"]
     return metrics

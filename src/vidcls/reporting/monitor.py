@@ -177,11 +177,12 @@ class ResourceMonitor:
         ValueError: ``interval_s`` is not a positive finite number.
     """
 
-    def __init__(self, path: str | os.PathLike, interval_s: float = 1800.0):
+    def __init__(self, path: str | os.PathLike, interval_s: float = 1800.0, rank: int = 0):
         if not (isinstance(interval_s, (int, float)) and math.isfinite(interval_s) and interval_s > 0):
             raise ValueError(f"interval_s must be a positive number, got {interval_s!r}")
         self.path = Path(path)
         self.interval_s = float(interval_s)
+        self.rank = rank  # under torchrun: the rank whose resources these are (field "rank")
         self.records: list[dict] = []
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
@@ -208,7 +209,7 @@ class ResourceMonitor:
         Returns:
             The new record.
         """
-        rec = sample(tag)
+        rec = {**sample(tag), "rank": self.rank}
         # The lock keeps the in-memory list and the file in step when the periodic thread and
         # the training loop record at the same moment; the write happens under it so a slower
         # writer can never replace the file with an older, shorter list.
@@ -253,6 +254,23 @@ class ResourceMonitor:
         self._thread.join()
         self.record("end")
 
+    def absorb(self, paths) -> None:
+        """Merge other ranks' logs (``rank_log_path``) into this one, in time order, and delete them.
+        Called by rank 0 once every rank has stopped its monitor: the job's one resource log."""
+        found = [Path(p) for p in paths if Path(p).is_file()]
+        if not found:
+            return
+        with self._lock:
+            for p in found:
+                try:
+                    self.records.extend(load_log(p))
+                except ValueError as exc:  # a rank killed mid-write cannot do this (atomic); be safe anyway
+                    log.warning("resource log %s unreadable (%s); left out", p, exc)
+            self.records.sort(key=lambda r: r.get("timestamp", ""))
+            atomic_write_json(self.path, self.records)
+        for p in found:
+            p.unlink(missing_ok=True)
+
     def __enter__(self) -> "ResourceMonitor":
         return self.start()
 
@@ -281,3 +299,9 @@ def summarize(records: list[dict]) -> dict:
     return {
         key: {"mean": sum(v) / len(v), "min": min(v), "max": max(v)} for key, v in values.items()
     }
+
+
+def rank_log_path(path: str | os.PathLike, rank: int) -> Path:
+    """Where rank ``rank`` (> 0) keeps its records until rank 0 absorbs them into ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")

@@ -25,6 +25,9 @@ from ..errors import ConfigError, StoreError
 from ..store.reader import FeatureStore, open_splits
 from ..store.split import stratified_split
 from ..utils.sampling import uniform_indices
+from .batching import FILLER, FrameBudgetBatches
+
+__all__ = ["FrameBudgetBatches"]  # re-exported: it lived here before batching.py
 
 MIN_AUG_FRAMES = 8  # the spec augments only videos with more frames than this
 
@@ -99,7 +102,10 @@ class FeatureDataset(Dataset):
         return [self.store.video_ids[i] for i in self.indices]
 
     def __getitem__(self, key):
-        pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key
+        """``key``: a position, ``(position, seed)``, or a filler (``batching.FILLER``), whose
+        returned position is ``-(position + 1)`` so that the training loss can leave it out."""
+        pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key[:2]
+        is_filler = not isinstance(key, (int, np.integer)) and len(key) == 3 and key[2] == FILLER
         i = int(self.indices[pos])
         frames = self.store.read(i)
         if self.max_frames is not None and len(frames) > self.max_frames:
@@ -108,7 +114,7 @@ class FeatureDataset(Dataset):
         x = raw
         if self.augment and seed is not None:
             x = augment_sequence(raw.float(), torch.Generator().manual_seed(seed)).to(raw.dtype)
-        return x, int(self.store.labels[i]), int(pos)
+        return x, int(self.store.labels[i]), -int(pos) - 1 if is_filler else int(pos)
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -167,45 +173,6 @@ class EpochSampler(Sampler):
             order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(passes)])[:self.num_samples].tolist()
         for k, pos in enumerate(order):
             yield int(pos), item_seed(self.seed, self.epoch, k)
-
-
-class FrameBudgetBatches(Sampler):
-    """Cuts the keys ``sampler`` draws, in their order, into batches of dataset keys.
-
-    A new batch starts when adding the next video would give more than ``batch_size`` videos or more
-    than ``batch_frames`` padded frames (videos x longest ``lengths`` in the batch; None: no frame
-    bound). A video longer than ``batch_frames`` on its own forms a batch of one. Augmentation only
-    ever drops frames, so the bound holds for the tensors the collate builds too.
-
-    The batches follow from the sampler's draw, which depends only on ``(seed, epoch)``: ``len()``
-    re-draws the epoch chosen by ``set_epoch``, so the loader's length is known before the epoch runs.
-    """
-
-    def __init__(self, sampler: Sampler, lengths: np.ndarray, batch_size: int, batch_frames: int | None = None):
-        self.sampler, self.lengths = sampler, np.asarray(lengths, dtype=np.int64)
-        self.batch_size, self.batch_frames = batch_size, batch_frames
-
-    def _batches(self) -> list[list]:
-        batches, batch, longest = [], [], 0
-        for key in self.sampler:
-            n = int(self.lengths[key if isinstance(key, (int, np.integer)) else key[0]])
-            grown = max(longest, n)
-            too_many = len(batch) + 1 > self.batch_size
-            too_long = self.batch_frames is not None and (len(batch) + 1) * grown > self.batch_frames
-            if batch and (too_many or too_long):
-                batches.append(batch)
-                batch, grown = [], n
-            batch.append(key)
-            longest = grown
-        if batch:
-            batches.append(batch)
-        return batches
-
-    def __iter__(self) -> Iterator[list]:
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
 
 def feature_stats(dataset: FeatureDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -290,13 +257,17 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
 
 
 def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int | None = None,
-                sampler: EpochSampler | None = None, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                sampler: EpochSampler | None = None, workers: int = 0, pin_memory: bool = False,
+                bucket: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
     """The DataLoader used for training (with ``sampler``) and evaluation (``sampler`` None: every video
     once, shortest first, no augmentation; rows carry their dataset positions).
 
     Args:
-        batch_size: the most videos per batch.
-        batch_frames: the most padded frames (videos x longest) per batch; None: no frame bound.
+        batch_size: the most videos per batch (over all ranks, in training).
+        batch_frames: the most padded frames (videos x longest) per batch and process; None: no bound.
+        bucket: training batches of similar length (``batching.FrameBudgetBatches``).
+        rank, world: under torchrun, this rank's share: of every global training batch, or of the
+            evaluation videos (every ``world``-th of the length order, from ``rank``).
     Raises:
         ConfigError: ``batch_size`` or ``batch_frames`` below 1.
     """
@@ -307,8 +278,12 @@ def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int |
     # Evaluation goes shortest video first: a batch then pads to videos of about its own length instead
     # of the longest of a random mix (attention costs B x T^2 of padded steps too). Every consumer puts
     # the rows back in dataset order by the positions the collate returns.
-    order = sampler if sampler is not None else by_length(dataset.lengths)
-    batches = FrameBudgetBatches(order, dataset.lengths, batch_size, batch_frames)
+    if sampler is not None:
+        batches = FrameBudgetBatches(sampler, dataset.lengths, batch_size, batch_frames, bucket=bucket,
+                                     rank=rank, world=world)
+    else:
+        batches = FrameBudgetBatches(by_length(dataset.lengths)[rank::world], dataset.lengths, batch_size,
+                                     batch_frames)
     # A private generator: creating an iterator would otherwise draw a seed from torch's global RNG,
     # once per epoch without workers but once per run with persistent workers, so the dropout
     # stream (and the results) would depend on --workers.

@@ -31,9 +31,11 @@ from ..errors import CheckpointError, ConfigError
 from ..inference.metrics import validate
 from ..models import build_from_spec
 from ..reporting.plots import save_epoch_plots
+from ..utils.dist import SINGLE, Dist, broadcast
 from ..utils.fs import atomic_write_json, atomic_write_text
 from .checkpoint import load_resume_state, prune_periodic, rng_state, save_checkpoint, set_rng_state
-from .data import EpochSampler, close_loader, make_loader, train_sampler
+from .data import EpochSampler, close_loader, item_seed, make_loader, train_sampler
+from .speed import autocast, grad_scaler, rank_loss, sum_over_ranks, wrap_model
 from .losses import FocalLoss
 from .optim import param_groups
 from .schedule import cycle_ends, epoch_draws, fractional_epoch, stop_at_cycle_end
@@ -53,31 +55,38 @@ def seed_everything(seed: int) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, epoch: int, cfg: TrainConfig, device: torch.device) -> dict:
+                    scheduler, epoch: int, cfg: TrainConfig, device: torch.device, *, dist: Dist = SINGLE,
+                    scaler=None) -> dict:
     """One pass over ``loader``. The LR schedule advances every batch by a fractional epoch, so the
-    warm restarts fall at epochs t0, t0(1+t_mult), ... whatever the number of batches."""
+    warm restarts fall at epochs t0, t0(1+t_mult), ... whatever the number of batches. Under torchrun
+    ``model`` is the DDP-wrapped model and the returned loss/accuracy are over all ranks' videos."""
     model.train()
+    scaler = scaler or grad_scaler(device, "none")
     n_iters = len(loader)
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
-    for i, (x, lengths, y, _) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
-        logits = model(x, lengths.to(device))
-        loss = criterion(logits, y)
+               disable=not sys.stderr.isatty() or not dist.main)
+    for i, (x, lengths, y, pos) in enumerate(bar):
+        x, y, real = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True), pos >= 0
+        with autocast(device, cfg.amp):
+            logits = model(x, lengths.to(device))
+        loss, mean, n_real = rank_loss(criterion, logits.float(), y, real.to(device), dist)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
                                      f"lower --lr or check the features for extreme values")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step(fractional_epoch(epoch, i, n_iters))  # sets the LR of the next batch
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        loss_sum += mean * n_real
+        correct += int((logits.argmax(1) == y)[real.to(device)].sum())
+        seen += n_real
+        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}")
+    loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], dist, device)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
@@ -98,7 +107,8 @@ class TrainState:
 class MemberRun:
     """What one member's epochs work with, built once by ``train_member``."""
 
-    model: nn.Module
+    model: nn.Module  # the plain model: what checkpoints hold and validation runs
+    net: nn.Module  # what trains: ``model``, DDP-wrapped under torchrun, compiled with --compile
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -109,6 +119,8 @@ class MemberRun:
     class_names: list
     meta: dict  # what every checkpoint of this member carries besides weights and state
     member_dir: Path
+    dist: Dist = SINGLE
+    scaler: torch.amp.GradScaler | None = None
     plot_warned: bool = False  # a failing plot is reported once per member
 
     @property
@@ -125,10 +137,11 @@ def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
 
 
 def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, device: torch.device,
-                 run_dir: Path, *, stats=None, resume: bool = False, log=print) -> TrainState:
+                 run_dir: Path, *, stats=None, resume: bool = False, log=print, dist: Dist = SINGLE) -> TrainState:
     """Train ensemble member ``member`` (seed ``cfg.seed + member``) into ``RUN_DIR/members/<member>``,
     continuing from its checkpoints when ``resume``; a finished member is not retrained. ``stats``:
-    the train split's per-feature (mean, std) when ``cfg.standardize`` is "feature"."""
+    the train split's per-feature (mean, std) when ``cfg.standardize`` is "feature". Under torchrun
+    (``dist``) every rank calls this; the ranks train one model together and only rank 0 writes."""
     seed = cfg.seed + member
     member_dir = run_dir / "members" / str(member)
     seed_everything(seed)
@@ -137,9 +150,10 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed, draws)
     pin = device.type == "cuda"
     train_loader = make_loader(splits.train, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
-                               workers=cfg.workers, pin_memory=pin)
+                               workers=cfg.workers, pin_memory=pin, bucket=cfg.bucket, rank=dist.rank,
+                               world=dist.world)
     val_loader = make_loader(splits.val, cfg.batch_size, batch_frames=cfg.batch_frames, workers=cfg.workers,
-                             pin_memory=pin)
+                             pin_memory=pin, rank=dist.rank, world=dist.world)
 
     # model, loss, optimiser, schedule
     spec = model_spec(cfg, splits.feature_dim, n_classes)
@@ -155,8 +169,8 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     meta = {"config": cfg.to_dict(), "model": spec, "class_names": names, "feature_dim": splits.feature_dim,
             "extractor": splits.extractor, "max_frames": cfg.max_frames, "member": member, "seed": seed,
             "vidcls_version": __version__}
-    run = MemberRun(model, criterion, optimizer, scheduler, train_loader, val_loader, sampler, device, names,
-                    meta, member_dir)
+    run = MemberRun(model, wrap_model(model, cfg, device, dist), criterion, optimizer, scheduler, train_loader,
+                    val_loader, sampler, device, names, meta, member_dir, dist, grad_scaler(device, cfg.amp))
 
     # resume
     state = TrainState()
@@ -185,10 +199,13 @@ def _epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log) -> Non
             break
         row, val = _train_and_validate(cfg, run, epoch)
         improved = _record_epoch(cfg, state, row)
-        with deferred_sigint():  # Ctrl-C here would leave history.json one epoch ahead of last.pt
-            _save_epoch(cfg, run, state, val if improved else None)
-        if cfg.plots:  # after the checkpoints: a plot that fails must never cost a resumable epoch
-            _save_plots(run, state)
+        # every rank computed the same gathered metrics; rank 0's decision is the one all follow
+        state.stopped_early = broadcast(state.stopped_early, run.dist)
+        if run.dist.main:  # only rank 0 writes
+            with deferred_sigint():  # Ctrl-C here would leave history.json one epoch ahead of last.pt
+                _save_epoch(cfg, run, state, val if improved else None)
+            if cfg.plots:  # after the checkpoints: a plot that fails must never cost a resumable epoch
+                _save_plots(run, state)
         log(_epoch_line(cfg, row, state))
         if state.stopped_early:
             log(f"early stop at the end of a warm-restart cycle: no better {cfg.select} (ties: lower val loss) "
@@ -199,10 +216,13 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
     """One training pass and one validation pass; returns the epoch's metrics row and the val metrics."""
     t0 = time.time()
     run.sampler.set_epoch(epoch)
+    if run.dist.active:  # dropout: a stream per rank and epoch, so a resumed rank picks up the same one
+        torch.manual_seed(item_seed(run.meta["seed"], epoch, -1 - run.dist.rank))
     lr = run.optimizer.param_groups[0]["lr"]
-    train_stats = train_one_epoch(run.model, run.train_loader, run.criterion, run.optimizer, run.scheduler,
-                                  epoch, cfg, run.device)
-    val = validate(run.model, run.val_loader, run.device, run.class_names, run.criterion)
+    train_stats = train_one_epoch(run.net, run.train_loader, run.criterion, run.optimizer, run.scheduler,
+                                  epoch, cfg, run.device, dist=run.dist, scaler=run.scaler)
+    with autocast(run.device, cfg.amp):
+        val = validate(run.model, run.val_loader, run.device, run.class_names, run.criterion, run.dist)
     row = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val["loss"], "val_acc": val["accuracy"],
            "val_f1_weighted": val["f1_weighted"], "val_f1_macro": val["f1_macro"],
            "val_f1_worst": val["worst_class_f1"], "epoch_seconds": time.time() - t0,
@@ -244,7 +264,8 @@ def _save_epoch(cfg: TrainConfig, run: MemberRun, state: TrainState, best_val: d
     _write_metrics(state, run.class_names, run.member_dir)
     full = {**run.meta, "epoch": state.epoch, "model_state": weights,
             "optimizer_state": run.optimizer.state_dict(), "scheduler_state": run.scheduler.state_dict(),
-            "train_state": _state_dict(state), "rng": rng_state()}
+            "train_state": _state_dict(state), "rng": rng_state(),
+            **({"scaler_state": run.scaler.state_dict()} if run.scaler.is_enabled() else {})}
     save_checkpoint(run.ckpt_dir / "last.pt", full)
     if state.epoch % cfg.checkpoint_every == 0:
         save_checkpoint(run.ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
@@ -321,6 +342,8 @@ def _restore(run: MemberRun, log) -> TrainState:
         raise CheckpointError(f"--resume: {path} holds an optimiser state this version cannot continue "
                               f"({err}); start a new run in another RUN_DIR") from None
     run.scheduler.load_state_dict(ckpt["scheduler_state"])
+    if "scaler_state" in ckpt and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler_state"])
     set_rng_state(ckpt["rng"])
     state = TrainState(**ckpt["train_state"])
     log(f"resumed from {path} after epoch {state.epoch} (best {state.best:.4f} at epoch {state.best_epoch})")
