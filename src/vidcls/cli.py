@@ -81,6 +81,13 @@ def _add_extract_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of that split (42)")
     p.add_argument("--min-brightness", type=float, default=25.0, help="drop darker frames, 0-255 (25)")
     p.add_argument("--min-sharpness", type=float, default=0.0, help="drop frames with a lower Laplacian variance (0: off)")
+    p.add_argument("--shard", metavar="I/K", default=None,
+                   help="extract only shard I (0-based) of K, a share balanced by size, into <split>-0000I-of-0000K.h5 "
+                        "(separate machines; under torchrun each rank takes RANK/WORLD_SIZE)")
+
+    p = sub.add_parser("merge", help="turn the shards of a sharded extraction into train.h5 / val.h5 / test.h5")
+    p.add_argument("features_dir", help="FEATURES_DIR holding <split>-0000I-of-0000K.h5 and their shard reports")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shard files (default: removed once merged)")
 
 
 def _add_scoring_parsers(sub) -> None:
@@ -167,6 +174,8 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}  # None: not given
     cfg = resolve_config(args.run_dir, args.config, overrides, resume=args.resume)
     summary = fit(cfg, args.run_dir, resume=args.resume)
+    if summary is None:  # a rank > 0 under torchrun: rank 0 reports
+        return 0
     print(format_results({summary['model']: summary}))
     print(f"summary: {Path(args.run_dir) / 'summary.json'}")
     return 0
@@ -290,8 +299,18 @@ def cmd_extract(args) -> int:
 
     # the extract flags carry ExtractOptions' field names
     options = ExtractOptions(**{f.name: getattr(args, f.name) for f in fields(ExtractOptions) if hasattr(args, f.name)})
-    report = extract(args.video_root, args.features_dir, options)
+    report = extract(args.video_root, args.features_dir, options, shard=args.shard)
     print(format_summary(report))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .features.extract import merge
+
+    report = merge(args.features_dir, keep_shards=args.keep_shards)
+    shards = "kept" if args.keep_shards else "removed"
+    print(f"merged {report['totals'].get('all', {}).get('ok', 0)} videos into {args.features_dir} (shards {shards}); "
+          f"report: {Path(args.features_dir) / 'extract_report.json'}")
     return 0
 
 
@@ -319,6 +338,7 @@ COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, 
             "demo": cmd_demo, "info": cmd_info, "import": cmd_import, "extract": cmd_extract}
 COMMANDS["calibrate"] = cmd_calibrate
 COMMANDS["predict"] = cmd_predict
+COMMANDS["merge"] = cmd_merge
 
 
 def cmd_serve(args) -> int:

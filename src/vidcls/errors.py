@@ -32,3 +32,7 @@ class ExtractError(VidclsError, ValueError):
 
 class RunLockedError(VidclsError):
     """Another process is writing into the same run or feature directory."""
+
+
+class RankLostError(VidclsError, RuntimeError):
+    """Under torchrun: the other ranks stopped answering (one died or hung); the job stops, resumable."""

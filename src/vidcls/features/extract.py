@@ -10,33 +10,47 @@ loses only the videos whose frames were in flight. Re-running the same command s
 video id already stored (with the class layout: already stored in any split, where it stays)
 and extracts the rest; skipped (broken) videos are tried again, which is cheap, and picks up
 files that were repaired in between. A store made with other extractor settings is refused.
+
+Sharding: ``--shard I/K`` (separate machines) or ``torchrun --nproc_per_node=K -m vidcls extract``
+(RANK/WORLD_SIZE) makes this process extract shard I of K: a share of the videos balanced by file
+size (``vidcls.store.shards.assign_shards`` over every video found, so a re-run shard gets the same
+share and resumes it) into ``<split>-0000I-of-0000K.h5`` and ``extract_report-0000I-of-0000K.json``.
+The processes never talk to each other (no process group). Training reads the shards as they are;
+``merge`` (``vidcls merge``) turns them into the files one process would have written.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..errors import ExtractError, StoreError
+from ..errors import ConfigError, ExtractError, StoreError
 from ..store.reader import SPLITS, FeatureStore
+from ..store.shards import (RUNTIME_KEYS, MultiFileStore, assign_shards, check_counts, check_output_dir,
+                            leftover_shards, load_shard_set, shard_name, write_merged)
 from ..store.writer import FeatureWriter
+from ..utils.dist import Dist, env_dist
+from ..utils.fs import atomic_write_json
 from .backbone import FrameEncoder, keep_freed_memory
 from .folders import VideoSet, scan_videos
 from .pipeline import VideoResult, decode_loader, decode_video, encode_video, iter_features
 from .quality import Quality
-from .report import ExtractReport, format_summary
+from .report import REPORT_NAME, ExtractReport, format_summary, merge_reports
 from .video import Sampling
 
 __all__ = ["ExtractError", "ExtractOptions", "VideoResult", "decode_video", "decode_loader",
-           "iter_features", "encode_video", "extract", "format_summary"]
+           "iter_features", "encode_video", "extract", "format_summary", "merge"]
 
-# extractor keys that may differ between a store and a resumed run (they do not change features)
-RUNTIME_KEYS = ("torch", "torchvision", "vidcls_version", "precision")
+# RUNTIME_KEYS (from vidcls.store.shards): extractor keys that may differ between a store and a
+# resumed run, or between shards (they do not change features)
 FRAME_RULE = "the last frame at or before each sampled time; each frame used once"
 
 
@@ -76,28 +90,30 @@ class ExtractOptions:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         return {**out, "weights": str(self.weights), "split": str(self.split)}
 
-    def encoder(self) -> FrameEncoder:
-        """The frame CNN these options ask for.
+    def encoder(self, device: str | None = None) -> FrameEncoder:
+        """The frame CNN these options ask for (on ``device`` instead of theirs, if given).
 
         Raises:
             BackboneError: unknown backbone, bad weights, image size or batch size.
         """
         return FrameEncoder(self.backbone, self.weights, image_size=self.image_size,
-                            device=self.device, batch_size=self.batch_size)
+                            device=device or self.device, batch_size=self.batch_size)
 
 
 # ---- writing ----------------------------------------------------------------------------------
 class _Writers:
-    """One FeatureWriter per split, opened on the split's first video (no empty split files)."""
+    """One FeatureWriter per split, opened on the split's first video (no empty split files);
+    a sharded run writes its own shard's files."""
 
-    def __init__(self, out_dir: Path, videos: VideoSet, feature_dim: int, extractor: dict, dtype: str):
-        self.out_dir, self.layout = out_dir, videos.layout
+    def __init__(self, out_dir: Path, videos: VideoSet, feature_dim: int, extractor: dict, dtype: str,
+                 shard: tuple[int, int] | None = None):
+        self.out_dir, self.layout, self.shard = out_dir, videos.layout, shard
         self.args = (videos.class_names, feature_dim, extractor)
         self.dtype = dtype
         self.writers: dict[str, FeatureWriter] = {}
         self.stored: dict[str, set] = {s: set() for s in SPLITS}
         for split in SPLITS:
-            path = out_dir / f"{split}.h5"
+            path = self.path(split)
             if path.exists():
                 store = FeatureStore(path, check_finite=False)
                 _check_compatible(path, store, videos.class_names, extractor)
@@ -110,6 +126,10 @@ class _Writers:
             return job.split if job.video_id in self.stored[job.split] else None
         return next((s for s in SPLITS if job.video_id in self.stored[s]), None)
 
+    def path(self, split: str) -> Path:
+        name = f"{split}.h5" if self.shard is None else shard_name(split, *self.shard)
+        return self.out_dir / name
+
     def append(self, job, features: np.ndarray, timestamps_ms: np.ndarray) -> str | None:
         """Store one video (committed at once); returns why it was refused, or None.
 
@@ -117,7 +137,7 @@ class _Writers:
             StoreError: the split file cannot be opened (locked by another run, unreadable).
         """
         if job.split not in self.writers:
-            self.writers[job.split] = FeatureWriter(self.out_dir / f"{job.split}.h5", *self.args,
+            self.writers[job.split] = FeatureWriter(self.path(job.split), *self.args,
                                                     dtype=self.dtype, flush_every=1, resume=True)
         try:
             self.writers[job.split].append(job.video_id, features, job.label, timestamps_ms)
@@ -145,9 +165,67 @@ def _check_compatible(path: Path, store: FeatureStore, class_names: list, extrac
                            "\nRe-run with the store's settings, or use another FEATURES_DIR")
 
 
+# ---- sharding ---------------------------------------------------------------------------------
+def parse_shard(shard) -> tuple[int, int]:
+    """``"1/4"`` (or (1, 4)) -> (1, 4): shard 1 (0-based) of 4.
+
+    Raises:
+        ConfigError: not two integers I/K with 0 <= I < K.
+    """
+    parts = list(shard) if isinstance(shard, (tuple, list)) else str(shard).split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard must be I/K with 0 <= I < K (0-based: 0/4, 1/4, 2/4, 3/4), "
+                          f"got {shard!r}")
+    return index, count
+
+
+def resolve_shard(shard, dist: Dist) -> tuple[int, int] | None:
+    """This process's shard: RANK/WORLD_SIZE under torchrun, else ``shard``, else None (whole run).
+
+    Raises:
+        ConfigError: a bad ``shard``, or one that contradicts torchrun's RANK/WORLD_SIZE.
+    """
+    given = None if shard is None else parse_shard(shard)
+    if not dist.active:
+        return given
+    if given is not None and given != (dist.rank, dist.world):
+        raise ConfigError(f"--shard {given[0]}/{given[1]} contradicts torchrun's RANK={dist.rank}, "
+                          f"WORLD_SIZE={dist.world}; under torchrun leave --shard out (each rank "
+                          f"extracts shard RANK/WORLD_SIZE)")
+    return dist.rank, dist.world
+
+
+def _rank_device(device: str, dist: Dist) -> str:
+    """Under torchrun each rank takes its own GPU (LOCAL_RANK) when the device is auto or cuda."""
+    if dist.active and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+    return device
+
+
+def take_share(videos: VideoSet, index: int, count: int) -> tuple[VideoSet, dict]:
+    """Shard ``index`` of ``count``'s share of ``videos``, and the shard record for its report.
+
+    The share is dealt by size over every video found, stored or not, so it does not change when
+    the shard is re-run. Files rejected before decoding are listed by shard 0 only, so the merged
+    report lists them once. The record's ``scan`` fingerprints all videos found (split, id, size):
+    shards of one data set must agree on it.
+    """
+    owners = assign_shards([job.size for job in videos.jobs], count)
+    share = [job for job, owner in zip(videos.jobs, owners) if owner == index]
+    listing = "\n".join(f"{j.split}\t{j.video_id}\t{j.size}" for j in videos.jobs)
+    record = {"index": index, "count": count, "videos": len(videos.jobs),
+              "scan": hashlib.sha256(listing.encode()).hexdigest()[:16]}
+    return replace(videos, jobs=share, skipped=videos.skipped if index == 0 else []), record
+
+
 # ---- the command ------------------------------------------------------------------------------
 def extract(video_root, features_dir, options: ExtractOptions | None = None, *,
-            progress: bool | None = None, log: Callable = print, **settings) -> dict:
+            shard: str | tuple[int, int] | None = None, progress: bool | None = None,
+            log: Callable = print, **settings) -> dict:
     """Extract per-frame features of every video under ``video_root`` into ``features_dir``.
 
     Args:
@@ -155,6 +233,8 @@ def extract(video_root, features_dir, options: ExtractOptions | None = None, *,
         features_dir: output: {train,val,test}.h5 and extract_report.json.
         options: the settings (backbone, weights, sampling, quality, split ...); or give them as
             keyword ``settings`` with ExtractOptions' field names (``backbone="resnet18", fps=2``).
+        shard: ``"I/K"`` or (I, K): extract only shard I (0-based) of K, into shard files (see the
+            module docstring). Under torchrun the shard is RANK/WORLD_SIZE; None: a whole run.
         progress: show a progress bar (None: only on a terminal).
         log: where messages go.
 
@@ -169,7 +249,9 @@ def extract(video_root, features_dir, options: ExtractOptions | None = None, *,
         options = ExtractOptions(**settings)
     elif settings:
         raise TypeError(f"give either options or settings, not both (got {sorted(settings)})")
-    ex = _start(video_root, Path(features_dir), options, log)
+    dist = env_dist()
+    ex = _start(video_root, Path(features_dir), options, log, resolve_shard(shard, dist),
+                _rank_device(options.device, dist))
     status, run = "failed", {}
     try:
         _run(ex, progress, run)
@@ -198,18 +280,25 @@ class _Extraction:
     todo: list  # the VideoJobs not in the store yet
 
 
-def _start(video_root, out_dir: Path, options: ExtractOptions, log: Callable) -> _Extraction:
+def _start(video_root, out_dir: Path, options: ExtractOptions, log: Callable,
+           shard: tuple[int, int] | None, device: str) -> _Extraction:
     """Scan the videos, build the CNN, open the store and the report; nothing is extracted yet."""
     videos = scan_videos(video_root, split=options.split, seed=options.seed)
-    encoder = options.encoder()
+    check_output_dir(out_dir, None if shard is None else shard[1])
+    found, record = len(videos.jobs), None
+    if shard is not None:
+        videos, record = take_share(videos, *shard)
+    encoder = options.encoder(device)
     if encoder.device.type == "cpu":
         keep_freed_memory()  # ~2.5x CNN throughput on CPU; this process exists to run the CNN
     extractor = _describe(encoder, options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writers = _Writers(out_dir, videos, encoder.feature_dim, extractor, options.dtype)
-    report = ExtractReport(out_dir, videos, extractor, options.record(), writers.stored_in)
+    writers = _Writers(out_dir, videos, encoder.feature_dim, extractor, options.dtype, shard)
+    report = ExtractReport(out_dir, videos, extractor, options.record(), writers.stored_in, shard=record)
     todo = [job for job in videos.jobs if writers.stored_in(job) is None]
-    log(f"extract: {len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
+    part = "" if shard is None else (f"shard {shard[0]}/{shard[1]} of {found} videos "
+                                     f"({sum(j.size for j in videos.jobs) >> 20} MiB): ")
+    log(f"extract: {part}{len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
         f"layout), {len(videos.jobs) - len(todo)} already stored, {len(todo)} to do; "
         f"{options.backbone} ({extractor['weights']}) on {encoder.device}, {encoder.feature_dim}-d")
     if videos.skipped_links:
@@ -264,3 +353,50 @@ def _store(ex: _Extraction, job, r: VideoResult) -> int | None:
         stored = len(r.features)
     ex.report.save()
     return stored
+
+
+# ---- merging shards ---------------------------------------------------------------------------
+def merge(features_dir, *, keep_shards: bool = False, log: Callable = print) -> dict:
+    """``vidcls merge``: the shards of a sharded extraction -> train.h5 / val.h5 / test.h5.
+
+    The merged files hold what one process would have written (same videos, features and order:
+    by split, then path, as in the shard reports) and extract_report.json is that run's report up
+    to timings. Each file goes to a temp name and is renamed into place; the shards are removed
+    (unless ``keep_shards``) only after every merged file and the report are complete, and a merge
+    killed while removing them finishes the removal when run again.
+
+    Returns:
+        The merged report.
+
+    Raises:
+        StoreError: no shards, or a set that is incomplete or inconsistent (the shard named).
+    """
+    d = Path(features_dir)
+    try:
+        shard_set = load_shard_set(d, require_files=False)
+    except StoreError:
+        left = leftover_shards(d, d / REPORT_NAME)
+        if not left:
+            raise
+        for p in left:
+            p.unlink(missing_ok=True)
+        log(f"removed {len(left)} shard file(s) left behind by an earlier merge into {d}")
+        return json.loads((d / REPORT_NAME).read_text())
+    if shard_set is None:
+        raise StoreError(f"{d} holds no shards (<split>-0000I-of-0000K.h5 with "
+                         f"extract_report-0000I-of-0000K.json); nothing to merge")
+    report = merge_reports(shard_set.reports, d)
+    position = {(e["split"], e["video_id"]): n for n, e in enumerate(report["videos"])}
+    for split, paths in shard_set.files.items():
+        with MultiFileStore(paths, check_finite=False) as store:  # the writer checks every frame
+            check_counts(store, shard_set, split)
+            order = sorted(range(len(store)), key=lambda i: (
+                position.get((split, store.video_ids[i]), len(position)), i))
+            log(f"{split}.h5: {len(store)} videos from {len(paths)} shard file(s)")
+            write_merged(store, d / f"{split}.h5", order)
+    report["merged_from"] = [p.name for p in shard_set.paths()]
+    atomic_write_json(d / REPORT_NAME, report)
+    if not keep_shards:
+        for p in shard_set.paths():  # the reports last: they say whether the set is complete
+            p.unlink(missing_ok=True)
+    return report

@@ -12,6 +12,11 @@ frames_dropped_blurry, quality_fallback, decoded_frames, seeks, decode_errors, d
 Folder links the scan did not follow are listed apart, in ``skipped_links`` (path, target, reason:
 a key of ``vidcls.features.folders.LINK_REASONS``, detail): they are folders, not videos, so they
 are not in the video counts.
+
+A sharded run (``extract --shard i/K``, or under torchrun) writes ``extract_report-0000i-of-0000K.json``
+with its share's entries (shard 0 also lists the files rejected before decoding) and a ``shard``
+record (index, count, and the number and fingerprint of all videos found, which must agree across
+shards); ``merge_reports`` turns the K of them into the report one process would have written.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..store.reader import SPLITS
+from ..store.shards import SHARD_KEY, shard_report_name
 from ..utils.fs import atomic_write_json
 from .folders import LINK_REASONS
 from .video import SKIP_REASONS
@@ -39,17 +45,19 @@ def _key(split, video_id) -> tuple:
 class ExtractReport:
     """The report of one ``extract`` run (see the module docstring)."""
 
-    def __init__(self, features_dir, videos, extractor: dict, options: dict, stored_in):
+    def __init__(self, features_dir, videos, extractor: dict, options: dict, stored_in, *,
+                 shard: dict | None = None):
         """Start the report.
 
         Args:
             features_dir: where the report goes.
-            videos: the VideoSet being extracted.
+            videos: the VideoSet being extracted (a sharded run: this shard's share).
             extractor: the store's extractor description.
             options: the run's options, recorded as given.
             stored_in: function job -> split holding it already, or None.
+            shard: a sharded run's {"index", "count", "videos", "scan"}; None: a whole run.
         """
-        self.path = Path(features_dir) / REPORT_NAME
+        self.path = Path(features_dir) / report_name(shard)
         previous = _load_previous(self.path)
         self.entries: dict[tuple, dict] = {}
         for job in videos.jobs:
@@ -69,6 +77,8 @@ class ExtractReport:
                      "status": "running", "started": _now(), "finished": None, "run": {},
                      "duplicates": videos.duplicates, "ignored": videos.ignored,
                      "skipped_links": videos.skipped_links}
+        if shard is not None:
+            self.data[SHARD_KEY] = shard
         self._saved_at = 0.0
 
     def ok(self, job, info: dict) -> None:
@@ -94,6 +104,42 @@ class ExtractReport:
         self.data.update(status=status, finished=_now(), run=run)
         self.save(force=True)
         return json.loads(self.path.read_text())
+
+
+def report_name(shard: dict | None) -> str:
+    """``extract_report.json``, or a shard's ``extract_report-0000i-of-0000K.json``."""
+    return REPORT_NAME if shard is None else shard_report_name(shard["index"], shard["count"])
+
+
+def merge_reports(reports: list[dict], features_dir) -> dict:
+    """The report a single-process run would have written, from K complete shard reports.
+
+    Entries, totals and status equal the single run's (entries in its order); the timings differ:
+    ``started``/``finished`` span the shards, ``run`` sums them (wall time: the slowest shard) and
+    keeps each shard's own figures under ``shards``.
+
+    Args:
+        reports: the shard reports, in shard order. features_dir: where the merged report goes.
+    """
+    entries = sorted((e for r in reports for e in r["videos"]), key=_order)
+    data = {k: v for k, v in reports[0].items()
+            if k not in (SHARD_KEY, "totals", "skip_reasons", "videos")}
+    data.update(features_dir=str(Path(features_dir)), status="complete",
+                started=min(r["started"] for r in reports),
+                finished=max(r.get("finished") or r["started"] for r in reports),
+                run=_merged_run([r.get("run") or {} for r in reports]))
+    return {**data, **totals(entries), "videos": entries}
+
+
+def _merged_run(runs: list[dict]) -> dict:
+    new_videos, new_frames = (sum(int(r.get(k, 0)) for r in runs) for k in ("new_videos", "new_frames"))
+    wall = max(float(r.get("wall_s", 0.0)) for r in runs)
+    busy = [float(r.get("cnn_busy_share", 0.0)) for r in runs]
+    return {"new_videos": new_videos, "new_frames": new_frames, "wall_s": wall,
+            "frames_per_s": round(new_frames / wall, 3) if wall > 0 else 0.0,
+            "cnn_s": round(sum(float(r.get("cnn_s", 0.0)) for r in runs), 3),
+            "cnn_busy_share": round(sum(busy) / len(busy), 4),
+            "decode_workers": runs[0].get("decode_workers"), "shards": runs}
 
 
 def _base(job, split) -> dict:
@@ -163,7 +209,11 @@ def format_summary(report: dict) -> str:
         lines.append(f"this run: {run['new_videos']} videos, {run['new_frames']} frames in "
                      f"{run['wall_s']:.1f} s = {run['frames_per_s']:.2f} frames/s "
                      f"(CNN busy {100 * run['cnn_busy_share']:.0f} % of the time)")
-    lines.append(f"report: {Path(report['features_dir']) / REPORT_NAME}")
+    lines.append(f"report: {Path(report['features_dir']) / report_name(report.get(SHARD_KEY))}")
+    if report.get(SHARD_KEY) and report.get("status") == "complete":
+        shard = report[SHARD_KEY]
+        lines.append(f"shard {shard['index']} of {shard['count']} complete; training reads the shards "
+                     f"once all {shard['count']} are, or merge them: vidcls merge {report['features_dir']}")
     return "\n".join(lines)
 
 

@@ -349,34 +349,41 @@ class FeatureStore:
                 f"classes={len(self.class_names)}, dim={self.feature_dim}, dtype={self.dtype})")
 
 
-
 def open_splits(features_dir: str | os.PathLike, *,
                 require: Sequence[str] = ("train",)) -> dict[str, FeatureStore]:
     """Open whichever of train/val/test exist in ``features_dir`` and check they agree.
 
+    A split is one file (``train.h5``) or the shard files of a sharded extraction, read as one
+    ``MultiFileStore`` once every shard is found complete (:mod:`vidcls.store.shards`).
+
     Args:
-        features_dir: directory holding {split}.h5 files.
+        features_dir: directory holding {split}.h5 files (or their shards).
         require: splits that must be present.
 
     Returns:
-        {split: FeatureStore} for the splits found, in SPLITS order.
+        {split: FeatureStore or MultiFileStore} for the splits found, in SPLITS order.
 
     Raises:
-        StoreError: directory or a required split missing, an empty split, or splits disagreeing
-            on feature_dim / class_names.
+        StoreError: directory or a required split missing, an empty split, splits disagreeing
+            on feature_dim / class_names; a split both single and sharded, a shard missing.
     """
+    from .shards import open_shard_splits  # shards builds on this module
+
     d = Path(features_dir)
     if not d.is_dir():
         raise StoreError(f"features directory {d} does not exist; {CREATE_HINT}")
     unknown = [s for s in require if s not in SPLITS]
     if unknown:
         raise StoreError(f"unknown split(s) {unknown} in require; choose from {list(SPLITS)}")
-    missing = [s for s in require if not (d / f"{s}.h5").exists()]
+    singles = [s for s in SPLITS if (d / f"{s}.h5").exists()]
+    sharded = open_shard_splits(d, singles)
+    missing = [s for s in require if s not in singles and s not in sharded]
     if missing:
         present = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
         raise StoreError(f"{d}: required split file(s) {[f'{s}.h5' for s in missing]} missing; "
                          f"the directory contains {present or 'nothing'}; {CREATE_HINT}")
-    stores = {s: FeatureStore(d / f"{s}.h5") for s in SPLITS if (d / f"{s}.h5").exists()}
+    stores = {s: sharded[s] if s in sharded else FeatureStore(d / f"{s}.h5")
+              for s in SPLITS if s in singles or s in sharded}
     _check_across_splits(stores)
     return stores
 

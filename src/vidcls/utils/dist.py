@@ -7,6 +7,7 @@ group at all. NCCL on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RankLostError
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,9 @@ def init(dist: Dist, device: torch.device, timeout_s: float) -> torch.device:
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        with lost_ranks(dist, timeout_s, "the same command once every node can start"):
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                     timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return device
 
 
@@ -99,3 +101,23 @@ def gather(obj, dist: Dist) -> list:
 def barrier(dist: Dist) -> None:
     if dist.active:
         tdist.barrier()
+
+
+# What a collective raises when a peer is gone: a DistError (NCCL, newer gloo) or gloo's RuntimeError
+_LOST_PEER = ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
+
+
+@contextlib.contextmanager
+def lost_ranks(dist: Dist, timeout_s: float, resume_hint: str):
+    """Turn a collective that failed because another rank died or hung (no answer within ``timeout_s``)
+    into one line naming this rank (torchrun then stops the job and names the rank that died)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if not dist.active or not (isinstance(exc, tdist.DistError) or any(s in text for s in _LOST_PEER)):
+            raise
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        raise RankLostError(f"rank {dist.rank}: the other ranks stopped answering ({first}); one died or hung "
+                            f"for more than --dist-timeout {timeout_s:g} s, so the job stops. Continue it with "
+                            f"{resume_hint}") from None
