@@ -21,7 +21,7 @@ step() {  # step NAME COMMAND...: run, log, remember the first failure
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
-BENCH=(benchmarks/train_step.py --device cuda --videos 960 --epochs 3 --workers 4)
+BENCH=(benchmarks/train_step.py --device cuda --videos 960 --epochs 2 --workers 4)
 step step_fp32 $PY "${BENCH[@]}"
 step step_bf16 $PY "${BENCH[@]}" --amp bf16
 step step_bf16_compile $PY "${BENCH[@]}" --amp bf16 --compile

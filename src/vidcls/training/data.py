@@ -242,7 +242,8 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
     if len(names) < 2:
         raise StoreError(f"{train.path}: only one class ({names}); a classifier needs at least two")
     if "val" in stores:
-        train_idx, val_ds, source = None, FeatureDataset(stores["val"], max_frames=max_frames), "val.h5"
+        # "val.h5", or "val-*-of-00004.h5" for a split in shard files
+        train_idx, val_ds, source = None, FeatureDataset(stores["val"], max_frames=max_frames), stores["val"].path.name
     else:
         train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
         val_ds = FeatureDataset(train, val_idx, max_frames=max_frames)

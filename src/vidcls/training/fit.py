@@ -10,12 +10,10 @@ evaluation (choices on validation, test once) -> record. Everything a run produc
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import __version__
 from ..config import RUNTIME_ONLY, TrainConfig, auto_model, config_diff, dump_yaml, load_config, read_yaml
@@ -23,13 +21,16 @@ from ..errors import ConfigError
 from ..inference.evaluate import checkpoint_member, evaluate_run, write_final_choice, write_run_tables
 from ..inference.policy import brief_mean, score
 from ..inference.trust import calibrate_run
-from ..reporting.monitor import ResourceMonitor, summarize
+from ..reporting.monitor import ResourceMonitor, rank_log_path, summarize
 from ..reporting.report import write_report
+from ..utils import dist as ddp
 from ..utils.device import resolve_device
 from ..utils.fs import atomic_write_json, atomic_write_text
 from ..utils.lock import run_lock
 from .data import class_weights, feature_stats, load_splits
 from .loop import train_member
+from .speed import check_amp
+from .parallel import check_parallel, train_members
 
 
 def holds_run(run_dir) -> bool:
@@ -71,6 +72,9 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     """Train ``cfg.members`` models (seeds seed, seed+1, ...) with the spec's recipe, then evaluate the
     members, TTA and the ensemble (choices on validation, test once); returns the summary dict.
 
+    Under ``torchrun`` every rank calls this: the ranks train each member together (DDP); rank 0 alone
+    holds the lock, writes, evaluates and returns the summary; the other ranks return None.
+
     Raises:
         StoreError / ConfigError / CheckpointError: bad input, each with the file or option to fix.
         RunLockedError: another process is using ``run_dir``.
@@ -78,7 +82,12 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     cfg.validate()  # callers of the Python API get the CLI's checks before anything is written
     t_start = time.time()
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    dist = ddp.env_dist()
+    check_parallel(cfg, dist.world)  # on every rank, before any of them waits for the others
+    device = ddp.init(dist, resolve_device(cfg.device), cfg.dist_timeout)
+    check_amp(cfg.amp, device)  # before anything is written
+    if not dist.main:
+        return _train_as_helper_rank(cfg, run_dir, dist, device, resume)
 
     cfg, splits, weights, stats = load_data(cfg, log)  # shared by every member
     # One command at a time per RUN_DIR, for the whole run including its evaluation and report. Only
@@ -88,21 +97,18 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
             raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
                               f"or choose another RUN_DIR")
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        log(_describe_run(cfg, splits, device))
+        ddp.broadcast(True, dist)  # the other ranks start once the run directory is ours
+        log(_describe_run(cfg, splits, device) + (f"; {dist.world} processes (torchrun)" if dist.active else ""))
 
         monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
         monitor.start()
+        ranks_joined = False
         states = []
         try:
-            for i in range(cfg.members):
-                monitor.record(f"member {i} start")
-                states.append(train_member(cfg, i, splits, weights, device, run_dir, stats=stats, resume=resume,
-                                           log=log))
-                # the spec: without this, reserved GPU memory stays with the caching allocator between members
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                monitor.record(f"member {i} end")
+            with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg, run_dir)):
+                states = train_members(cfg, splits, weights, device, run_dir, stats=stats, resume=resume, log=log,
+                                       monitor=monitor, dist=dist)
+                ranks_joined = _leave_group(dist)  # the other ranks are done: rank 0 evaluates alone
             results = evaluate_run(cfg, run_dir, splits, device)
         except KeyboardInterrupt:
             log(f"\ninterrupted: the last finished epoch is kept in {run_dir}/members/*/checkpoints/last.pt; "
@@ -110,6 +116,8 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
             raise
         finally:
             monitor.stop()
+            if ranks_joined:  # every rank's resources, field "rank", in the one log
+                monitor.absorb(rank_log_path(monitor.path, r) for r in range(1, dist.world))
         # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
         write_final_choice(run_dir, results["choice"])
         # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json
@@ -122,6 +130,41 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
         if cfg.plots:
             log(f"report: {write_report(run_dir)}")
         return summary
+
+
+def _train_as_helper_rank(cfg: TrainConfig, run_dir: Path, dist, device, resume: bool) -> None:
+    """A rank > 0 under torchrun: train every member with rank 0 (it writes nothing of the run but its
+    own resource records, which rank 0 absorbs into the run's log), then leave the group."""
+    def quiet(*args, **kwargs):  # rank 0 says it all
+        pass
+
+    cfg, splits, weights, stats = load_data(cfg, quiet)
+    ddp.broadcast(None, dist)  # wait for rank 0 to hold the run directory (it fails alone otherwise)
+    monitor = ResourceMonitor(rank_log_path(run_dir / "results" / "resource_utilization_log.json", dist.rank),
+                              cfg.monitor_interval, rank=dist.rank)
+    monitor.start()
+    try:
+        with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg, run_dir)):
+            for i in range(cfg.members):
+                train_member(cfg, i, splits, weights, device, run_dir, stats=stats, resume=resume, log=quiet,
+                             dist=dist)
+            monitor.stop()
+            _leave_group(dist)
+    finally:
+        monitor.stop()
+
+
+def _resume_hint(cfg: TrainConfig, run_dir: Path) -> str:
+    return f"the same torchrun command with --resume (torchrun ... -m vidcls train {cfg.features_dir} {run_dir} --resume)"
+
+
+def _leave_group(dist) -> bool:
+    """Wait for every rank to finish training, then leave the process group; True when there was one."""
+    if not dist.active:
+        return False
+    ddp.barrier(dist)
+    ddp.shutdown()
+    return True
 
 
 def load_data(cfg: TrainConfig, log=print):
