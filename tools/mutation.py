@@ -44,6 +44,8 @@ SCOPE: dict[str, list[str] | None] = {
     "vidcls.training.schedule": None,
     "vidcls.training.data": ["augment_sequence", "collate", "class_weights"],
     "vidcls.models.layers": ["length_mask", "AttentionPooling.forward"],
+    # which videos share a batch, on which rank: bucketing, the frame budget, rank shares and fillers
+    "vidcls.training.batching": None,
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 

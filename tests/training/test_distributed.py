@@ -178,3 +178,24 @@ def test_a_killed_rank_ends_the_job_and_resume_completes_it(tiny_features, tmp_p
     history = json.loads((run / "members/0/history.json").read_text())
     assert [r["epoch"] for r in history] == list(range(1, done_epochs + 3))
     assert (run / "summary.json").is_file()
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused(tiny_features, tmp_path, monkeypatch, capsys):
+    from vidcls.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", str(tiny_features), str(tmp_path / "r"), *TINY, "--batch-size", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 3 is the global batch" in err and "at least 4" in err
+    assert not (tmp_path / "r").exists()  # refused before the process group or any file
+
+
+def test_more_ranks_than_gpus_is_refused(monkeypatch):
+    from vidcls.errors import ConfigError
+    from vidcls.utils.dist import Dist, init
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--nproc_per_node=1"):
+        init(Dist(rank=1, world=2, local_rank=1), torch.device("cuda"), 5)

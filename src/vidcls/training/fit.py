@@ -84,6 +84,9 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     dist = ddp.env_dist()
     check_parallel(cfg, dist.world)  # on every rank, before any of them waits for the others
+    if cfg.batch_size < dist.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch, shared by the {dist.world} "
+                          f"torchrun processes; give at least {dist.world} (one video per process)")
     device = ddp.init(dist, resolve_device(cfg.device), cfg.dist_timeout)
     check_amp(cfg.amp, device)  # before anything is written
     if not dist.main:
@@ -118,18 +121,23 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
             monitor.stop()
             if ranks_joined:  # every rank's resources, field "rank", in the one log
                 monitor.absorb(rank_log_path(monitor.path, r) for r in range(1, dist.world))
-        # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
-        write_final_choice(run_dir, results["choice"])
-        # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json
-        calibration = calibrate_run(run_dir, cfg.device, log=log)
-        summary = _summary(cfg, splits, states, results, monitor.records, time.time() - t_start)
-        summary["calibration"] = calibration
-        atomic_write_json(run_dir / "summary.json", summary)
-        write_run_tables(run_dir, cfg, splits, results)
-        # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
-        if cfg.plots:
-            log(f"report: {write_report(run_dir)}")
-        return summary
+        return _record_run(cfg, run_dir, splits, states, results, monitor.records, time.time() - t_start, log)
+
+
+def _record_run(cfg: TrainConfig, run_dir: Path, splits, states, results, records, wall, log) -> dict:
+    """final.json, calibration.json, summary.json, the tables and the report of a trained run."""
+    # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
+    write_final_choice(run_dir, results["choice"])
+    # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json
+    calibration = calibrate_run(run_dir, cfg.device, log=log)
+    summary = _summary(cfg, splits, states, results, records, wall)
+    summary["calibration"] = calibration
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_run_tables(run_dir, cfg, splits, results)
+    # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
+    if cfg.plots:
+        log(f"report: {write_report(run_dir)}")
+    return summary
 
 
 def _train_as_helper_rank(cfg: TrainConfig, run_dir: Path, dist, device, resume: bool) -> None:

@@ -65,7 +65,11 @@ def init(dist: Dist, device: torch.device, timeout_s: float) -> torch.device:
     if not dist.active:
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+        gpus, local_world = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+        if local_world > gpus:  # two ranks on one GPU: NCCL refuses it later, with a less clear message
+            raise ConfigError(f"torchrun starts {local_world} processes on this machine but it has {gpus} "
+                              f"GPU(s); use --nproc_per_node={gpus} (one process per GPU) or --device cpu")
+        device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
