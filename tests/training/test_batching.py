@@ -9,7 +9,7 @@ import torch
 
 from vidcls.store.synth import make_synthetic
 from vidcls.store.reader import open_splits
-from vidcls.training.batching import BUCKET_WINDOW_BATCHES, FILLER, FrameBudgetBatches, padded_frames
+from vidcls.training.batching import BUCKET_WINDOW_BATCHES, FILLER, FrameBudgetBatches, filler, padded_frames
 from vidcls.training.data import EpochSampler, FeatureDataset, collate, make_loader
 
 
@@ -43,6 +43,7 @@ def test_bucketed_batches_come_in_a_seeded_shuffled_order():
     sampler = _sampler(LENGTHS, n=48 * BUCKET_WINDOW_BATCHES * 2)  # two windows
     batches = FrameBudgetBatches(sampler, LENGTHS, 48, bucket=True)
     first = list(batches)
+    assert Counter(k for b in first for k in b) == Counter(sampler)  # every window's batches are kept
     assert first == list(batches)  # depends only on (seed, epoch)
     longest = [max(LENGTHS[p] for p, _ in b) for b in first]
     assert longest != sorted(longest)  # not handed out shortest first
@@ -69,6 +70,9 @@ def test_rank_shares_and_fillers():
     assert ranks[0] == [[0], [3], [6]]
     assert ranks[1] == [[1], [4], [(6, 0, FILLER)]]
     assert ranks[2] == [[2], [5], [(6, 0, FILLER)]]
+    # two ranks, rank left to its default (0): the first of every pair
+    assert list(FrameBudgetBatches(list(range(5)), lengths, 2, world=2)) == [[0], [2], [4]]
+    assert filler(3) == (3, 0, FILLER) and filler((3, 7)) == (3, 7, FILLER)
 
 
 def test_a_filler_comes_back_with_a_negative_position(tmp_path):
@@ -95,3 +99,26 @@ def test_every_batch_respects_both_bounds(world):
         for batch in FrameBudgetBatches(sampler, LENGTHS, 16, 400, bucket=bucket, world=world).global_batches():
             assert len(batch) <= 16
             assert -(-len(batch) // world) * max(LENGTHS[p] for p, _ in batch) <= 400 or len(batch) == 1
+
+
+class FixedDraw:
+    """The same keys whatever the epoch: isolates the batch order's own dependence on (seed, epoch)."""
+
+    def __init__(self, keys, seed, epoch):
+        self.keys, self.seed, self.epoch = keys, seed, epoch
+
+    def __iter__(self):
+        return iter(self.keys)
+
+
+def test_the_batch_order_is_seeded_by_seed_and_epoch():
+    keys = list(range(400))
+
+    def order(seed, epoch):
+        return FrameBudgetBatches(FixedDraw(keys, seed, epoch), LENGTHS, 8, bucket=True).global_batches()
+
+    base = order(5, 2)
+    assert sorted(map(tuple, base)) == sorted(map(tuple, order(5, 3)))  # the same batches ...
+    assert base != order(5, 3) and base != order(6, 2)  # ... in another order per epoch and per seed
+    assert order(5, 3) != order(6, 2)  # seed and epoch do not simply add up
+    assert base == order(5, 2)

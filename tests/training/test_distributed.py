@@ -199,3 +199,31 @@ def test_more_ranks_than_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="--nproc_per_node=1"):
         init(Dist(rank=1, world=2, local_rank=1), torch.device("cuda"), 5)
+
+
+def test_a_hung_rank_stops_the_others_after_the_timeout_with_one_line(tiny_features, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    with open(log, "w") as out:
+        args = [*TINY[:-2], "--dist-timeout", "4", "--epochs", "500"]  # TINY ends with its own timeout
+        job = subprocess.Popen(_torchrun_cmd("-m", "vidcls", "train", tiny_features, run, *args),
+                               stdout=out, stderr=subprocess.STDOUT, text=True, env=_env())
+    hung = None
+    try:
+        _wait_for((run / "members/0/checkpoints/last.pt").is_file, 120, "the first epoch")
+        launcher = psutil.Process(job.pid)
+        hung, rank0 = psutil.Process(_rank_pid(launcher, 1)), psutil.Process(_rank_pid(launcher, 0))
+        hung.suspend()  # alive but silent: no torchrun agent notices, only the collective's timeout
+        t0 = time.time()
+        _wait_for(lambda: not rank0.is_running() or rank0.status() == psutil.STATUS_ZOMBIE, 60, "rank 0 to stop")
+        waited = time.time() - t0
+        hung.resume()  # let torchrun's SIGTERM reach it
+        job.wait(timeout=60)
+    finally:
+        if hung is not None and hung.is_running():
+            hung.resume()
+        job.kill()
+    text = log.read_text()
+    lines = [ln for ln in text.splitlines() if "stopped answering" in ln]
+    assert len(lines) == 1 and lines[0].startswith("vidcls train: error: rank 0: the other ranks stopped answering")
+    assert "--resume" in lines[0] and "vidcls/training" not in text  # one line, no traceback of ours
+    assert 3 <= waited < 30 and job.returncode != 0
