@@ -224,6 +224,9 @@ def test_a_hung_rank_stops_the_others_after_the_timeout_with_one_line(tiny_featu
         job.kill()
     text = log.read_text()
     lines = [ln for ln in text.splitlines() if "stopped answering" in ln]
-    assert len(lines) == 1 and lines[0].startswith("vidcls train: error: rank 0: the other ranks stopped answering")
+    # rank 0 times out; rank 1, resumed, may find rank 0 gone and say so in the same one-line form
+    assert all(ln.startswith("vidcls train: error: rank ") for ln in lines)
+    lines = [ln for ln in lines if ln.startswith("vidcls train: error: rank 0: the other ranks stopped answering")]
+    assert len(lines) == 1
     assert "--resume" in lines[0] and "vidcls/training" not in text  # one line, no traceback of ours
     assert 3 <= waited < 30 and job.returncode != 0
