@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -61,6 +60,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
         A JSON-ready dict; fractions in [0, 1]. Classes absent from ``labels`` and never predicted get
         F1 0 and are left out of ``worst_class_f1`` (they say nothing about this split).
     """
+    # imported here: sklearn costs ~1 s at import, paid by every spawned --parallel-members process
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
     n_classes = len(class_names)
     pred = np.asarray(probs).argmax(axis=1)
     labels = np.asarray(labels)

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import math
+import multiprocessing as mp
 import random
 import signal
 import sys
@@ -65,7 +66,8 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
     n_iters = len(loader)
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-               disable=not sys.stderr.isatty() or not dist.main)
+               # one bar per job: not from ranks > 0, nor from --parallel-members' member processes
+               disable=not sys.stderr.isatty() or not dist.main or mp.current_process().name != "MainProcess")
     for i, (x, lengths, y, pos) in enumerate(bar):
         x, y, real = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True), pos >= 0
         with autocast(device, cfg.amp):
