@@ -28,9 +28,11 @@ from ..utils.device import resolve_device
 from ..utils.fs import atomic_write_json, atomic_write_text
 from ..utils.lock import run_lock
 from .data import class_weights, feature_stats, load_splits
-from .loop import train_member
 from .speed import check_amp
 from .parallel import check_parallel, train_members
+
+
+RESOURCE_LOG = Path("results") / "resource_utilization_log.json"  # every rank's records, field "rank"
 
 
 def holds_run(run_dir) -> bool:
@@ -103,7 +105,7 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
         ddp.broadcast(True, dist)  # the other ranks start once the run directory is ours
         log(_describe_run(cfg, splits, device) + (f"; {dist.world} processes (torchrun)" if dist.active else ""))
 
-        monitor = ResourceMonitor(run_dir / "results" / "resource_utilization_log.json", cfg.monitor_interval)
+        monitor = ResourceMonitor(run_dir / RESOURCE_LOG, cfg.monitor_interval)
         monitor.start()
         ranks_joined = False
         states = []
@@ -148,18 +150,16 @@ def _train_as_helper_rank(cfg: TrainConfig, run_dir: Path, dist, device, resume:
 
     cfg, splits, weights, stats = load_data(cfg, quiet)
     ddp.broadcast(None, dist)  # wait for rank 0 to hold the run directory (it fails alone otherwise)
-    monitor = ResourceMonitor(rank_log_path(run_dir / "results" / "resource_utilization_log.json", dist.rank),
-                              cfg.monitor_interval, rank=dist.rank)
+    monitor = ResourceMonitor(rank_log_path(run_dir / RESOURCE_LOG, dist.rank), cfg.monitor_interval,
+                              rank=dist.rank)
     monitor.start()
-    try:
-        with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg, run_dir)):
-            for i in range(cfg.members):
-                train_member(cfg, i, splits, weights, device, run_dir, stats=stats, resume=resume, log=quiet,
-                             dist=dist)
-            monitor.stop()
-            _leave_group(dist)
-    finally:
-        monitor.stop()
+    with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg, run_dir)):
+        try:
+            train_members(cfg, splits, weights, device, run_dir, stats=stats, resume=resume, log=quiet,
+                          monitor=monitor, dist=dist)
+        finally:
+            monitor.stop()  # before the barrier: rank 0 absorbs the complete log after it
+        _leave_group(dist)
 
 
 def _resume_hint(cfg: TrainConfig, run_dir: Path) -> str:

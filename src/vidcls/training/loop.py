@@ -69,10 +69,11 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
                # one bar per job: not from ranks > 0, nor from --parallel-members' member processes
                disable=not sys.stderr.isatty() or not dist.main or mp.current_process().name != "MainProcess")
     for i, (x, lengths, y, pos) in enumerate(bar):
-        x, y, real = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True), pos >= 0
+        x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
+        real = (pos >= 0).to(device)  # False: a filler (torchrun), which the loss leaves out
         with autocast(device, cfg.amp):
             logits = model(x, lengths.to(device))
-        loss, mean, n_real = rank_loss(criterion, logits.float(), y, real.to(device), dist)
+        loss, mean, n_real = rank_loss(criterion, logits.float(), y, real, dist)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
                                      f"lower --lr or check the features for extreme values")
@@ -85,7 +86,7 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
         scaler.update()
         scheduler.step(fractional_epoch(epoch, i, n_iters))  # sets the LR of the next batch
         loss_sum += mean * n_real
-        correct += int((logits.argmax(1) == y)[real.to(device)].sum())
+        correct += int((logits.argmax(1) == y)[real].sum())
         seen += n_real
         bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}")
     loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], dist, device)
