@@ -64,6 +64,7 @@ def main(features_dir: str, out: str) -> None:
         torch.save({"shares": [e["shares"] for e in everything], "val": [e["val"] for e in everything],
                     "grads_uneven": uneven, "grads_one": single, "model_state": model.state_dict(),
                     "keys5": keys5}, out)
+    ddp.barrier(dist)  # leave the group together: a rank tearing down while another still uses it can abort
     ddp.shutdown()
 
 
