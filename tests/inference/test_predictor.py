@@ -247,7 +247,7 @@ def test_missing_or_other_extractor_weights_are_named(video_run, tmp_path):
                             "weights_sha256": "ab" * 32})
     clip = videos / "red" / "v00.mp4"
     p = vidcls.load(run, device="cpu")
-    with pytest.raises(BackboneError, match=r"frames\.pth.*--weights PATH\.pth"):
+    with pytest.raises(BackboneError, match=r"frames\.pth.*--weights PATH"):
         p.predict(clip)
     with pytest.raises(BackboneError, match="--weights"):
         p.predict_records([clip])  # a run-level problem: not one error record per video

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import ConfigError, ExtractError, StoreError
 from ..store.reader import SPLITS, FeatureStore
-from ..store.shards import (RUNTIME_KEYS, MultiFileStore, assign_shards, check_counts, check_output_dir,
-                            leftover_shards, load_shard_set, shard_name, write_merged)
+from ..store.shards import (MultiFileStore, assign_shards, check_counts, check_output_dir,
+                            extractor_differences, leftover_shards, load_shard_set, shard_name, write_merged)
 from ..store.writer import FeatureWriter
 from ..utils.dist import Dist, env_dist
 from ..utils.fs import atomic_write_json
@@ -156,9 +156,8 @@ def _check_compatible(path: Path, store: FeatureStore, class_names: list, extrac
         raise ExtractError(f"{path} holds classes {store.class_names} but the videos now have "
                            f"{class_names}; use another FEATURES_DIR, or move {path.parent} away "
                            f"to start over")
-    keys = sorted((set(store.extractor) | set(extractor)) - set(RUNTIME_KEYS))
     diff = [f"{k}: {store.extractor.get(k)!r} in the store, {extractor.get(k)!r} now"
-            for k in keys if store.extractor.get(k) != extractor.get(k)]
+            for k in extractor_differences(store.extractor, extractor)]
     if diff:
         raise ExtractError(f"{path} was extracted with other settings; resuming would mix "
                            "features. Differences:\n  " + "\n  ".join(diff) +

@@ -1,18 +1,16 @@
-"""Reading a store's ``extractor`` record back: the weights to rebuild the frame CNN with (checked
-against the recorded file or torchvision enum), and the frame sampling and quality filter."""
+"""Reading a store's ``extractor`` record back: the weights to rebuild the frame encoder with (checked
+against the recorded file, torchvision enum or weights fingerprint), and the frame sampling and quality filter."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
-
-import torchvision
 
 from ..errors import BackboneError
 from ..utils.fs import sha256_file
+from .families import RANDOM_INIT_SEED, family_module, family_of
 from .quality import FALLBACK_KEEP_SHARE, Quality
 from .video import Sampling
 
-RANDOM_INIT_SEED = 0  # --weights none: every process builds the same random network
+__all__ = ["RANDOM_INIT_SEED", "plain", "recorded_weights", "selection_from_record", "with_defaults"]
 
 
 def plain(value):
@@ -20,12 +18,24 @@ def plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def with_defaults(record: dict) -> dict:
+    """A record with the keys earlier releases left implicit (``family``), for comparing records."""
+    family = family_of(record)
+    return {**record, "family": family} if family and "family" not in record else dict(record)
+
+
 def recorded_weights(record: dict, weights) -> str:
-    """The ``weights`` argument that rebuilds the record's weights (see ``FrameEncoder.from_record``)."""
+    """The ``weights`` argument that rebuilds the record's weights (see ``FrameEncoder.from_record``).
+
+    Raises:
+        BackboneError: weights given for a random network, a recorded file that is neither given nor
+            at its recorded path, a file with other bytes than the recorded one.
+    """
     backbone, recorded = record["backbone"], record.get("weights")
     given = None if weights is None else Path(weights)
     if given is not None and not given.is_file():
-        raise BackboneError(f"--weights {given}: no such file; give the .pth the features were extracted with")
+        raise BackboneError(f"--weights {given}: no such file; give the weights file the features were "
+                            f"extracted with")
     if recorded == "none":
         if given is not None:
             raise BackboneError(f"the features were extracted with a randomly initialised {backbone} "
@@ -36,31 +46,29 @@ def recorded_weights(record: dict, weights) -> str:
                                 f"vidcls builds seed {RANDOM_INIT_SEED}: use the vidcls version that extracted them")
         return "none"
     if recorded == "file":
-        name, sha = record.get("weights_file"), record.get("weights_sha256") or ""
-        wanted = f"{name} (sha256 {sha[:16]}...)"
-        if given is None:
-            raise BackboneError(f"the features were extracted with {backbone} weights from {wanted}, which "
-                                f"is not given here; pass --weights PATH.pth (Python: weights=PATH) with that file")
-        got = sha256_file(given)
-        if sha and got != sha:
-            raise BackboneError(f"--weights {given} has sha256 {got[:16]}... but the features were extracted "
-                                f"with {wanted}; other weights give other features, meaningless to the "
-                                f"run's model: pass --weights PATH.pth with the same file")
-        return str(given)
-    enum_name, _, member = str(recorded).partition(".")
-    enum = torchvision.models.get_model_weights(backbone)
-    if enum_name != enum.__name__ or member not in enum.__members__:
-        raise BackboneError(f"the extractor record names weights {recorded!r}, unknown to this torchvision "
-                            f"for {backbone}; use the versions that extracted the features "
-                            f"({record.get('torchvision')}) or pass --weights PATH.pth")
+        return str(_recorded_file(record, given))
+    if family_of(record) == "torchvision":
+        return family_module("torchvision").rebuild_weights(record, given)
+    # timm / open_clip published weights: the download, or a local copy (checked by state_sha256 once loaded)
+    return "DEFAULT" if given is None else str(given)
+
+
+def _recorded_file(record: dict, given: Path | None) -> Path:
+    """The weights file of a record made from one: ``given``, else the recorded path if still there."""
+    backbone, name, sha = record["backbone"], record.get("weights_file"), record.get("weights_sha256") or ""
+    wanted = f"{name} (sha256 {sha[:16]}...)"
     if given is None:
-        return member  # torchvision's cache (or a download); offline without it the error names --weights
-    prefix = re.search(r"-([0-9a-f]{6,})\.pth?$", enum[member].url)
+        at = Path(str(record.get("weights_path") or ""))
+        if record.get("weights_path") and at.is_file() and sha and sha256_file(at) == sha:
+            return at  # still where the features were extracted from, same bytes
+        raise BackboneError(f"the features were extracted with {backbone} weights from {wanted}, which "
+                            f"is not given here; pass --weights PATH (Python: weights=PATH) with that file")
     got = sha256_file(given)
-    if prefix and not got.startswith(prefix.group(1)):
-        raise BackboneError(f"--weights {given} (sha256 {got[:16]}...) is not {recorded} (published file "
-                            f"{enum[member].url.rsplit('/', 1)[-1]}); pass --weights PATH.pth with that file")
-    return str(given)
+    if sha and got != sha:
+        raise BackboneError(f"--weights {given} has sha256 {got[:16]}... but the features were extracted "
+                            f"with {wanted}; other weights give other features, meaningless to the "
+                            f"run's model: pass --weights PATH with the same file")
+    return given
 
 
 def selection_from_record(record: dict) -> tuple[Sampling, Quality]:

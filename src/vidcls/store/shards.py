@@ -32,7 +32,7 @@ from .reader import SPLITS, FeatureStore, name_ids
 from .writer import write_store
 
 # extractor keys that may differ between files of one data set (they do not change features)
-RUNTIME_KEYS = ("torch", "torchvision", "vidcls_version", "precision")
+RUNTIME_KEYS = ("torch", "torchvision", "timm", "open_clip", "vidcls_version", "precision", "weights_path")
 SHARD_FILE_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.h5$")
 SHARD_REPORT_RE = re.compile(r"^extract_report-(?P<index>\d{5})-of-(?P<count>\d{5})\.json$")
 SHARD_KEY = "shard"  # the report's record of its shard: {"index", "count", "videos", "scan"}
@@ -266,8 +266,14 @@ def leftover_shards(d: Path, merged_report: Path) -> list[Path]:
 
 def same_extractor(a: dict, b: dict) -> bool:
     """Whether two extractor records describe the same features (runtime keys ignored)."""
-    keys = (set(a) | set(b)) - set(RUNTIME_KEYS)
-    return all(a.get(k) == b.get(k) for k in keys)
+    return not extractor_differences(a, b)
+
+
+def extractor_differences(a: dict, b: dict) -> list[str]:
+    """The keys in which two extractor records differ, runtime keys ignored. ``family`` counts only
+    when both name one: records of earlier releases have none, and the backbone decides it."""
+    keys = (set(a) | set(b)) - set(RUNTIME_KEYS) - ({"family"} - (set(a) & set(b)))
+    return sorted(k for k in keys if a.get(k) != b.get(k))
 
 
 class MultiFileStore:
