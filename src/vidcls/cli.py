@@ -64,17 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_extract_parser(sub) -> None:
-    p = sub.add_parser("extract", help="turn a folder of videos into a feature store (resumable)")
+    from .features.catalog import FAMILIES_HELP, recommended_table
+
+    p = sub.add_parser("extract", help="turn a folder of videos into a feature store (resumable)",
+                       epilog=recommended_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("video_root", help="VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")
     p.add_argument("features_dir", help="output: train.h5, val.h5, test.h5, extract_report.json")
-    p.add_argument("--backbone", default="efficientnet_v2_s", help="torchvision model name (efficientnet_v2_s)")
-    p.add_argument("--weights", default="DEFAULT", help="DEFAULT | none | PATH.pth | a weights enum name (DEFAULT)")
+    p.add_argument("--backbone", default="efficientnet_v2_s", help=f"{FAMILIES_HELP}; see the list below "
+                                                                   "(efficientnet_v2_s)")
+    p.add_argument("--weights", default="DEFAULT",
+                   help="DEFAULT (the published weights: torchvision's enum default, timm's pretrained tag, "
+                        "open_clip's TAG; a download) | none (seeded random network) | PATH (.pth, .pt, "
+                        ".safetensors state dict, sha256 recorded) | a torchvision weights enum name (DEFAULT)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fps", type=float, default=None, help="frames per second of video (1.0 unless --frames)")
     g.add_argument("--frames", type=int, default=None, help="a fixed number of frames spread uniformly")
     p.add_argument("--max-frames", type=int, default=64, help="at most this many, uniform over the video (64)")
-    p.add_argument("--image-size", default="AUTO", help="crop size, or AUTO for the weights' own (AUTO)")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per CNN batch (32)")
+    p.add_argument("--image-size", default="AUTO",
+                   help="crop size, or AUTO for the model's own (AUTO); DINOv2's own 518 px is 1,370 tokens a "
+                        "frame: 224 on a CPU")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per encoder batch (32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the CNN (2)")
     p.add_argument("--split", default="70,20,10", help="train,val,test shares without split folders (70,20,10)")
