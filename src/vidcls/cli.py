@@ -122,8 +122,8 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the models (2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
-    p.add_argument("--weights", metavar="PATH.pth", help="the backbone weights, where the recorded file is not "
-                                                         "on this machine")
+    p.add_argument("--weights", metavar="PATH", help="the encoder weights (.pth, .pt, .safetensors), where the "
+                                                     "recorded file or download is not on this machine")
 
 
 def _add_serving_parsers(sub) -> None:
@@ -138,8 +138,9 @@ def _add_serving_parsers(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest request body in MB (500)")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting or running; more get 503 (8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
-    p.add_argument("--weights", default=None, metavar="PATH.pth",
-                   help="the frame CNN weights of the run's extractor, when not on this machine")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="the encoder weights of the run's extractor (.pth, .pt, .safetensors), when the recorded "
+                        "file or download is not on this machine")
 
     p = sub.add_parser("calibrate", help="fit temperature scaling and the OOD threshold of a run on validation")
     p.add_argument("run_dir")

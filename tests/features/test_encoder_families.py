@@ -28,7 +28,14 @@ FAST = ["--image-size", "64", "--device", "cpu", "--frames", "2", "--decode-work
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
+    """No hub downloads: a test that tried one fails at once instead of waiting on the network.
+    huggingface_hub reads HF_HUB_OFFLINE when it is imported, so its constant is set as well."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:
+        return
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -332,3 +339,7 @@ def test_open_clip_default_weights_need_a_tag():
         FrameEncoder("open_clip:ViT-B-32", "DEFAULT", device="cpu")
     msg = str(err.value)
     assert "open_clip:ViT-B-32/TAG" in msg and all(t in msg for t in tags), msg
+    # an architecture without published weights says so, and what to give instead
+    assert open_clip.list_pretrained_tags_by_model("ViT-S-32") == []
+    with pytest.raises(BackboneError, match=r"ViT-S-32/TAG.*none \(use --weights PATH\)"):
+        FrameEncoder("open_clip:ViT-S-32", "DEFAULT", device="cpu")

@@ -26,7 +26,14 @@ TRAIN = ["--epochs", "2", "--batch-size", "4", "--hidden-dim", "16", "--layers",
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may download: fail at once if it tries
+    """No hub downloads: a test that tried one fails at once instead of waiting on the network.
+    huggingface_hub reads HF_HUB_OFFLINE when it is imported, so its constant is set as well."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:
+        return
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module", autouse=True)

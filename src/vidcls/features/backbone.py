@@ -90,8 +90,9 @@ class FrameEncoder:
         family, name = split_spec(self.backbone)
         self.device = resolve_device(device)
         built = family_module(family).build(name, weights, image_size)
-        check_finite(built.model, f"the weights of {self.backbone}" + (
-            f" (--weights {weights})" if str(weights) not in ("DEFAULT", "none") else ""))
+        # a local file was checked tensor by tensor as read (its own names); this covers downloads too
+        check_finite(built.model if built.weights_module is None else built.weights_module,
+                     f"the {weights} weights of {self.backbone}")
         self.preprocess = built.preprocess
         self.autocast = None
         if self.device.type == "cuda":
@@ -186,8 +187,8 @@ class FrameEncoder:
         try:
             encoder = cls(backbone, spec, image_size=record.get("image_size"), device=device, batch_size=batch_size)
         except BackboneError:
-            hint = None
-            if weights is None and spec not in ("none",) and family == "torchvision" and record.get("weights") != "file":
+            hint = None  # torchvision's enum weights, neither cached nor downloadable: say where they go
+            if weights is None and family == "torchvision" and record.get("weights") not in ("none", "file"):
                 hint = family_module(family).download_hint(record)
             if hint is None:
                 raise

@@ -44,39 +44,51 @@ def is_efficientnet_pytorch(state: dict) -> bool:
     return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
 
 
-def to_timm(state: dict, model: nn.Module, label: str) -> dict:
+def to_timm(state: dict, model: nn.Module, label: str, name: str) -> dict:
     """Rename an efficientnet_pytorch Lite state dict into the keys of timm ``model``.
 
     Args:
         state: efficientnet_pytorch names -> tensors.
         model: a timm ``tf_efficientnet_lite*`` / ``efficientnet_lite*`` (its classifier may be removed:
             ``_fc`` is then dropped).
-        label: the file, for messages.
+        label: the file, for messages. name: the backbone, for messages.
 
     Raises:
         BackboneError: a key no rule maps, a block index beyond timm's blocks, or a result whose keys or
-            shapes are not exactly the model's.
+            shapes are not exactly the model's; keys are named as the file names them.
     """
     blocks = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
     expanded = {int(m.group(1)) for m in map(BLOCK_KEY.match, state) if m and m.group(2) == "_expand_conv"}
     own = model.state_dict()
-    out = {}
+    out, source = {}, {}
     for key, tensor in state.items():
         new = _rename(key, blocks, expanded, label)
         if new.startswith("classifier.") and new not in own:
             continue  # the classifier was removed: the features are what comes before it
-        out[new] = tensor
-    extra = sorted(set(out) - set(own))
-    missing = sorted(set(own) - set(out))
+        out[new], source[new] = tensor, key
+    extra = sorted(source[k] for k in set(out) - set(own))
+    missing = sorted(_source_name(k, blocks, model) for k in set(own) - set(out))
     if extra or missing:
-        raise BackboneError(f"{label}: efficientnet_pytorch keys do not map onto {type(model).__name__} "
-                            f"({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} extra, e.g. {extra[:2]}); "
+        raise BackboneError(f"{label}: its efficientnet_pytorch keys do not map onto {name} ({len(missing)} "
+                            f"missing from the file, e.g. {missing[:2]}; {len(extra)} extra, e.g. {extra[:2]}); "
                             f"is it an EfficientNet-Lite of the same size?")
     for k, t in out.items():
         if tuple(t.shape) != tuple(own[k].shape):
-            raise BackboneError(f"{label}: {k} has shape {tuple(t.shape)} but timm's model expects "
-                                f"{tuple(own[k].shape)}; is it an EfficientNet-Lite of the same size?")
+            raise BackboneError(f"{label}: {source[k]} has shape {tuple(t.shape)} but {name} expects "
+                                f"{tuple(own[k].shape)} there ({k}); is it an EfficientNet-Lite of the same size?")
     return out
+
+
+def _source_name(timm_key: str, blocks: list, model: nn.Module) -> str:
+    """The efficientnet_pytorch name of a timm key (the inverse of ``_rename``), for messages."""
+    parts = timm_key.split(".")
+    if parts[0] == "blocks" and len(parts) > 4:
+        stage, index = int(parts[1]), int(parts[2])
+        roles = EXPANDED if hasattr(model.blocks[stage][index], "conv_pwl") else UNEXPANDED
+        inverse = {v: k for k, v in roles.items()}
+        return f"_blocks.{blocks.index((stage, index))}.{inverse.get(parts[3], parts[3])}.{'.'.join(parts[4:])}"
+    inverse = {v: k for k, v in STEM.items()}
+    return ".".join([inverse.get(parts[0], parts[0]), *parts[1:]])
 
 
 def _rename(key: str, blocks: list, expanded: set, label: str) -> str:

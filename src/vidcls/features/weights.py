@@ -1,9 +1,9 @@
 """Local weight files of any encoder family: read, unwrap, check, fingerprint.
 
 ``read_state_dict`` reads ``.pth`` / ``.pt`` (``torch.load`` with ``weights_only``: no pickled
-code runs) and ``.safetensors`` files, unwrapping the usual training-checkpoint containers.
-``check_finite`` refuses a network holding NaN or Inf (it would give NaN features for every
-frame, found only when training diverges). ``state_sha256`` fingerprints the weights *as loaded*:
+code runs) and ``.safetensors`` files, unwrapping the usual training-checkpoint containers, and refuses a file
+holding NaN or Inf (it would give NaN features for every frame, found only when training
+diverges); ``check_finite`` does the same for a built network (downloaded weights). ``state_sha256`` fingerprints the weights *as loaded*:
 the same for a hub download and a local copy of it, different for any changed tensor, so an
 encoder rebuilt for prediction can be checked against the one that extracted the features.
 """
@@ -72,6 +72,10 @@ def read_state_dict(path: Path) -> dict:
     odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
         raise BackboneError(f"--weights {path}: entries {odd[:3]} are not tensors; give a plain state dict")
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BackboneError(f"--weights {path}: tensor {name!r} holds NaN or Inf values; the file is damaged "
+                                f"or was saved from a diverged training run: use other weights")
     return {str(k).removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
 
 

@@ -24,11 +24,13 @@ RANDOM_INIT_SEED = 0  # --weights none: every process builds the same random net
 @dataclass
 class Built:
     """A family's encoder: ``model`` (normalised (N, 3, S, S) -> (N, D)), ``preprocess``, ``info``
-    (the weights and family part of the extractor record)."""
+    (the weights and family part of the extractor record), ``weights_module`` (the part of ``model``
+    whose state-dict names are those of a weights file, for messages; None: ``model`` itself)."""
 
     model: nn.Module
     preprocess: Preprocess
     info: dict = field(default_factory=dict)
+    weights_module: nn.Module | None = None
 
 
 @contextmanager

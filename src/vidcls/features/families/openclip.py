@@ -124,7 +124,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
     info["preprocess_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
                                  if k in ("size", "mean", "std", "interpolation", "resize_mode")}
     info.update(pooling="encode_image", embedding="projected", open_clip=oc.__version__)
-    return Built(ImageTower(visual), Preprocess.from_open_clip(cfg, name), info)
+    return Built(ImageTower(visual), Preprocess.from_open_clip(cfg, name), info, visual)
 
 
 def _load_file(oc, model: nn.Module, path: Path, arch: str) -> dict:

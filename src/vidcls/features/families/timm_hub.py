@@ -104,7 +104,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
         data["input_size"] = (3, size, size)
     info["data_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items() if k in DATA_KEYS}
     info.update(pooling="pre_logits", timm=timm.__version__)
-    return Built(PreLogits(model), Preprocess.from_timm(data, name), info)
+    return Built(PreLogits(model), Preprocess.from_timm(data, name), info, model)
 
 
 def _create(name: str, pretrained: bool, size: int | None) -> nn.Module:
@@ -134,7 +134,7 @@ def _load_file(model: nn.Module, path: Path, name: str) -> dict:
         if "efficientnet_lite" not in type(model).__name__.lower() + name:
             raise BackboneError(f"{label} holds an efficientnet_pytorch EfficientNet-Lite; vidcls maps those "
                                 f"names onto timm:tf_efficientnet_lite0 (or _lite1 ... _lite4), not timm:{name}")
-        state, fmt = lite0.to_timm(state, model, label), "efficientnet_pytorch"
+        state, fmt = lite0.to_timm(state, model, label, f"timm:{name}"), "efficientnet_pytorch"
     else:
         filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
         if filter_fn is not None:
