@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from vidcls.cli import main
-from vidcls.store.synth import make_synthetic
+# No hub downloads in tests (this machine has no internet, CI neither): a test that tried one fails at
+# once instead of retrying for a minute. huggingface_hub reads the variable when it is first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from vidcls.cli import main  # noqa: E402
+from vidcls.store.synth import make_synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +28,19 @@ def tiny_features(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_features")
     make_synthetic(out, videos=80, dim=16, min_frames=6, max_frames=24, seed=3)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of many small encoder batches: with the other core busy (a
+    parallel test run, a demo), two OpenMP threads spin at every barrier and such batches ran ~50x
+    slower (measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vidcls.cli import main
-from vidcls.demo import format_predictions, format_real_predictions, run_demo, run_synthetic_demo
+from vidcls.demo import format_predictions, run_demo, run_synthetic_demo
 from vidcls.features.democlips import CLASSES, FPS, HEIGHT, WIDTH, clip_frames, write_demo_clips
 from vidcls.store.reader import FeatureStore
 
@@ -88,8 +88,9 @@ def test_reduced_demo_runs_end_to_end(tmp_path):
     for r in real:
         assert r["error"] is None and r["label"] in CLASSES and "true_class" not in r
         assert isinstance(r["trusted"], bool) and (r["trusted"] or r["trust_reason"])
-    table = format_real_predictions(real)
-    assert all(Path(r["input"]).name in table for r in real) and ("yes" in table or "no:" in table)
+    table = format_predictions(real, held_out=False)
+    assert all(Path(r["input"]).name in table for r in real) and "held-out" not in table and "true" not in table
+    assert all(("yes" if r["trusted"] else r["trust_reason"]) in table for r in real)  # the whole reason
 
     # a rerun finds every step done: nothing is generated, extracted or trained again
     logs.clear()

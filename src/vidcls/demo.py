@@ -206,20 +206,6 @@ def real_clips() -> list[Path]:
     return sorted((Path(spec.origin).parent / "datasets" / "data").glob("*.mp4"))
 
 
-def format_real_predictions(records: list[dict]) -> str:
-    """A plain-text table of real clips: clip, predicted class, its probability, trusted or why not."""
-    head = f"{'clip':<28}{'predicted':>11}{'prob':>7}  trusted"
-    lines = [head, "-" * len(head)]
-    for r in records:
-        name = Path(r["input"]).name
-        if r.get("error"):
-            lines.append(f"{name:<28}  error: {r['error']}")
-            continue
-        trusted = {True: "yes", False: "no: " + str(r.get("trust_reason")), None: "unknown"}[r.get("trusted")]
-        lines.append(f"{name:<28}{r['label']:>11}{r['probabilities'][r['label']]:>7.2f}  {trusted}")
-    return "\n".join(lines)
-
-
 def _pick(clips: list, n: int | None) -> list:
     """``n`` clips spread evenly over the list (which is sorted by class); None: all."""
     if n is None or n >= len(clips):
@@ -244,20 +230,26 @@ def run_synthetic_demo(run_dir="runs/demo-synthetic", *, epochs: int = 40, video
     return {"summaries": summaries, "wall_s": time.time() - t0}
 
 
-def format_predictions(records: list[dict]) -> str:
-    """A plain-text table: clip, true class, predicted class, its probability, trusted (or the kind
-    of reason why not; the record holds the whole reason)."""
-    head = f"{'clip':<28}{'true':>11}{'predicted':>11}{'prob':>7}  trusted"
+def format_predictions(records: list[dict], *, held_out: bool = True) -> str:
+    """A plain-text table: clip, true class (``held_out``), predicted class, its probability, trusted
+    (or why not: held-out clips show the kind of reason, the record holds the whole one; other clips,
+    real videos without a class, show all of it and no score line)."""
+    truth = f"{'true':>11}" if held_out else ""
+    head = f"{'clip':<28}{truth}{'predicted':>11}{'prob':>7}  trusted"
     lines = [head, "-" * len(head)]
     for r in records:
         name = Path(r["input"]).name
+        true = f"{r.get('true_class', ''):>11}" if held_out else ""
         if r.get("error"):
-            lines.append(f"{name:<28}{r.get('true_class', ''):>11}  error: {r['error']}")
+            lines.append(f"{name:<28}{true}  error: {r['error']}")
             continue
         p = r["probabilities"][r["label"]]
-        mark = "" if r["label"] == r.get("true_class") else "  (wrong)"
-        trusted = "yes" if r["trusted"] else "no (" + r["trust_reason"].split(":")[0] + ")"
-        lines.append(f"{name:<28}{r.get('true_class', ''):>11}{r['label']:>11}{p:>7.2f}  {trusted}{mark}")
-    right = sum(r.get("label") == r.get("true_class") for r in records)
-    lines.append(f"{right} of {len(records)} held-out clips right")
+        mark = "  (wrong)" if held_out and r["label"] != r.get("true_class") else ""
+        reason = str(r.get("trust_reason"))
+        why = reason.split(":")[0] if held_out else reason
+        trusted = {True: "yes", None: "unknown"}.get(r.get("trusted"), f"no ({why})")
+        lines.append(f"{name:<28}{true}{r['label']:>11}{p:>7.2f}  {trusted}{mark}")
+    if held_out:
+        right = sum(r.get("label") == r.get("true_class") for r in records)
+        lines.append(f"{right} of {len(records)} held-out clips right")
     return "\n".join(lines)

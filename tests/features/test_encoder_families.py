@@ -26,26 +26,7 @@ LITE0 = "timm:tf_efficientnet_lite0"
 FAST = ["--image-size", "64", "--device", "cpu", "--frames", "2", "--decode-workers", "0", "--batch-size", "2"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No hub downloads: a test that tried one fails at once instead of waiting on the network.
-    huggingface_hub reads HF_HUB_OFFLINE when it is imported, so its constant is set as well."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    try:
-        import huggingface_hub.constants as hub
-    except ImportError:
-        return
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread while this module runs: with the other core busy (a parallel test run, a
-    demo), two OpenMP threads spin at every barrier and these small CNN batches run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +89,32 @@ def extract_fails(capsys, video_root: Path, tmp_path: Path, *flags) -> str:
 
 
 # ---------------------------------------------------------------- hostile inputs through the CLI
+
+def test_published_weights_without_internet_say_how_to_go_offline(capsys, video_root, tmp_path):
+    line = extract_fails(capsys, video_root, tmp_path, "--backbone", LITE0, "--weights", "DEFAULT")
+    assert "cannot get the pretrained weights of timm:tf_efficientnet_lite0" in line
+    assert "--weights PATH" in line and "--weights none" in line
+
+
+def test_a_timm_vit_file_loads_at_another_image_size(tmp_path):
+    """A ViT state dict saved at one size fills a model built at --image-size (timm's own filter
+    resamples the position embedding); the record keeps the size, and a rebuild gives the same features."""
+    import timm
+
+    torch.manual_seed(3)
+    state = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()  # 14 x 14 patches
+    path = tmp_path / "vit.pth"
+    torch.save(state, path)
+    enc = FrameEncoder("timm:vit_tiny_patch16_224", path, image_size=64, device="cpu", batch_size=2)
+    assert enc.feature_dim == 192 and enc.preprocess.crop_size == 64
+    assert enc.description["data_config"]["input_size"] == [3, 64, 64]
+    pos = enc.model.model.pos_embed
+    assert tuple(pos.shape) == (1, 1 + 4 * 4, 192)  # resampled from 1 + 14 x 14
+    np.testing.assert_allclose(pos[0, 0].numpy(), state["pos_embed"][0, 0].numpy())  # class token kept
+    again = FrameEncoder.from_record(enc.description, device="cpu", batch_size=2)
+    x = frames(2, 64)
+    np.testing.assert_array_equal(enc.encode(x), again.encode(x))
+
 
 def test_unknown_timm_name_lists_close_matches(capsys, video_root, tmp_path):
     line = extract_fails(capsys, video_root, tmp_path, "--backbone", "timm:vit_smal_dinov2", "--weights", "none")

@@ -24,26 +24,7 @@ TRAIN = ["--epochs", "2", "--batch-size", "4", "--hidden-dim", "16", "--layers",
          "--min-steps", "1", "--workers", "0", "--no-plots", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No hub downloads: a test that tried one fails at once instead of waiting on the network.
-    huggingface_hub reads HF_HUB_OFFLINE when it is imported, so its constant is set as well."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    try:
-        import huggingface_hub.constants as hub
-    except ImportError:
-        return
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread while this module runs: with the other core busy (a parallel test run, a
-    demo), two OpenMP threads spin at every barrier and these small CNN batches run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
