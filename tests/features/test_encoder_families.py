@@ -350,3 +350,28 @@ def test_open_clip_default_weights_need_a_tag():
     assert open_clip.list_pretrained_tags_by_model("ViT-S-32") == []
     with pytest.raises(BackboneError, match=r"ViT-S-32/TAG.*none \(use --weights PATH\)"):
         FrameEncoder("open_clip:ViT-S-32", "DEFAULT", device="cpu")
+
+
+def test_a_store_of_the_previous_release_resumes(capsys, video_root, tmp_path):
+    """A store whose extractor record has no ``family`` (written before the encoder families) is the
+    same extraction: re-running the command resumes it instead of refusing other settings."""
+    import json
+
+    import h5py
+
+    out = tmp_path / "features"
+    args = ["extract", str(video_root), str(out), "--backbone", "resnet18", "--weights", "none",
+            "--split", "100,0,0", *FAST]
+    assert main(args) == 0
+    with h5py.File(out / "train.h5", "r+") as f:
+        record = json.loads(f.attrs["extractor"])
+        assert record.pop("family") == "torchvision"
+        f.attrs["extractor"] = json.dumps(record)
+    capsys.readouterr()
+    assert main(args) == 0, capsys.readouterr().err
+    assert "4 already stored, 0 to do" in capsys.readouterr().out
+    record["backbone"] = "resnet34"  # a real difference is still refused
+    with h5py.File(out / "train.h5", "r+") as f:
+        f.attrs["extractor"] = json.dumps(record)
+    assert main(args) == 2
+    assert "backbone: 'resnet34' in the store, 'resnet18' now" in capsys.readouterr().err
