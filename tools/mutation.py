@@ -46,6 +46,10 @@ SCOPE: dict[str, list[str] | None] = {
     "vidcls.models.layers": ["length_mask", "AttentionPooling.forward"],
     # which videos share a batch, on which rank: bucketing, the frame budget, rank shares and fillers
     "vidcls.training.batching": None,
+    # what the encoder is fed and with which weights: each family's resize/crop/normalise, and the
+    # efficientnet_pytorch -> timm renaming of the demo's real Lite0 weights
+    "vidcls.features.preprocess": None,
+    "vidcls.features.lite0": ["to_timm", "_rename", "_source_name", "is_efficientnet_pytorch"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 

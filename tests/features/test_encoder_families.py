@@ -225,7 +225,7 @@ def test_lite0_mapping_gives_the_features_of_a_positionally_loaded_timm_model(li
     assert got.shape == want.shape == (4, 1280)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     # the real ImageNet weights, not something random that merely has the right shapes
-    assert enc.description["pretrained"].startswith("tf_efficientnet_lite0")
+    assert enc.description["pretrained_tag"].startswith("tf_efficientnet_lite0")
 
 
 def test_lite0_file_with_a_renamed_key_is_refused(lite0_file, tmp_path):

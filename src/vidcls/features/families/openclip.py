@@ -109,7 +109,8 @@ def build(name: str, weights: str, image_size=None) -> Built:
     else:
         with seeded_init(), _quiet():
             model = oc.create_model(arch, pretrained=None, **kwargs)
-    info = {"weights": {"default": "DEFAULT"}.get(kind, kind), "pretrained": f"{arch}/{tag}" if tag else None}
+    info = {"weights": {"default": "DEFAULT"}.get(kind, kind),
+            "pretrained_tag": f"{arch}/{tag}" if tag else None}
     if kind == "none":
         info["random_init_seed"] = RANDOM_INIT_SEED
     elif kind == "file":

@@ -92,7 +92,8 @@ def build(name: str, weights: str, image_size=None) -> Built:
     else:
         with seeded_init():
             model = _create(name, False, size)
-    info = {"weights": {"default": "DEFAULT"}.get(kind, kind), "pretrained": _tag(model)}
+    # the tag gives the data config, and with DEFAULT the weights too
+    info = {"weights": {"default": "DEFAULT"}.get(kind, kind), "pretrained_tag": _tag(model)}
     if kind == "none":
         model.reset_classifier(0)
         info["random_init_seed"] = RANDOM_INIT_SEED
