@@ -92,3 +92,13 @@ def test_the_efficientnet_pytorch_layout_is_recognised_by_stem_and_blocks():
     assert not lite0.is_efficientnet_pytorch({"_conv_stem.weight": t})
     assert not lite0.is_efficientnet_pytorch({"_blocks.0._bn1.weight": t, "conv_stem.weight": t})
     assert not lite0.is_efficientnet_pytorch({"conv_stem.weight": t, "blocks.0.0.bn1.weight": t})
+
+
+@pytest.mark.parametrize("key", ["_bn1.running_mean", "_conv_stem.weight", "_blocks.0._bn1.weight",
+                                 "_blocks.0._project_conv.weight", "_blocks.7._bn0.bias", "_fc.bias"])
+def test_a_missing_tensor_of_any_part_is_named_by_its_file_name(state, model, key):
+    """Stem, head, the unexpanded first block (its _bn1 is timm's bn1) and an expanded block
+    (its _bn0 is timm's bn1): the message gives back the file's own name."""
+    bad = {k: v for k, v in state.items() if k != key}
+    with pytest.raises(BackboneError, match=rf"1 missing from the file, e\.g\. \['{key.replace('.', chr(92) + '.')}'\]"):
+        lite0.to_timm(bad, model, "f.pth", "m")
