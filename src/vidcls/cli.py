@@ -160,7 +160,8 @@ def _add_data_parsers(sub) -> None:
     p = sub.add_parser("demo", help="clips -> features -> a 3-member ensemble and a baseline -> predictions, "
                                     "on CPU (under a minute on 2 cores)")
     p.add_argument("run_dir", nargs="?", default=None, help="runs/demo (--synthetic: runs/demo-synthetic)")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs at most (30 for the clips: two LR cycles, 10 + 20; 40 with --synthetic)")
     p.add_argument("--clips-per-class", type=int, default=50, help="generated clips of each class (50)")
     p.add_argument("--synthetic", action="store_true", help="the older variant: synthetic features, no videos")
 
@@ -240,9 +241,10 @@ def cmd_demo(args) -> int:
 
     run_dir = Path(args.run_dir or ("runs/demo-synthetic" if args.synthetic else "runs/demo"))
     if args.synthetic:
-        out = run_synthetic_demo(run_dir, epochs=args.epochs)
+        out = run_synthetic_demo(run_dir, **({} if args.epochs is None else {"epochs": args.epochs}))
     else:
-        out = run_demo(run_dir, epochs=args.epochs, clips_per_class=args.clips_per_class)
+        out = run_demo(run_dir, clips_per_class=args.clips_per_class,
+                       **({} if args.epochs is None else {"epochs": args.epochs}))
     print("\n" + format_results(out["summaries"]))
     if out.get("predictions"):
         print(f"\nheld-out clips ({out['predictions_file']}):\n" + format_predictions(out["predictions"]))

@@ -99,7 +99,7 @@ class DemoSettings:
     """
 
     clips_per_class: int = 50
-    epochs: int = 40
+    epochs: int = 30  # two LR cycles (10 + 20 epochs); each member's best epoch lies in them (18-25)
     members: int = 3
     hidden_dim: int = 128
     backbone: str = "timm:tf_efficientnet_lite0"
