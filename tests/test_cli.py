@@ -203,3 +203,16 @@ def test_train_flags_are_never_abbreviations(tmp_path, capsys):
         cli.main(["train", str(tmp_path), str(tmp_path / "run"), "--patience", "5"])
     assert info.value.code == 2 and "--patience" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_closed_stdout_ends_a_command_quietly_with_sigpipes_status(tiny_features):
+    """``vidcls info F | head -0``: the reader is gone before the first line is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "vidcls", "info", str(tiny_features / "train.h5")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # long before the interpreter has started and printed anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

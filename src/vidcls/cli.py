@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -109,7 +110,9 @@ def _add_scoring_parsers(sub) -> None:
 
 
 def _add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="classify videos (files, folders) or .npy features with a trained run")
+    p = sub.add_parser("predict", help="classify videos (files, folders) or .npy features with a trained run",
+                       epilog="exit status: 0 done (some inputs may be error records), 3 no input could be used, "
+                              "2 a user error, 141 stdout closed by its reader")
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders (recursive), .npy (T, D) features")
     p.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default=None,
@@ -346,7 +349,8 @@ def cmd_predict(args) -> int:
                              timeline_dir=args.timeline)
     summary = run_predict(predictor, inputs, options)
     print(summary.line(), file=sys.stdout if args.output else sys.stderr)
-    return 0
+    # 3: inputs were given but none could be used now (every record an error); 0 otherwise
+    return 3 if summary.predicted and not summary.usable else 0
 
 
 COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth,
@@ -389,12 +393,23 @@ def _os_error_message(exc: OSError) -> str:
     return f"{path}: {exc.strerror} ({_USER_ERRNOS[exc.errno]})"
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: the reader is gone, and Python's final flush would otherwise print
+    another BrokenPipeError (the recipe of Python's signal module documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (captured): nothing to flush later
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``vidcls <command>``; returns the exit status.
 
     A ``VidclsError``, an OSError the user can fix (disk full, permissions, a wrong path) or a diverged
-    training (``FloatingPointError``) is printed as one line on stderr with status 2; Ctrl-C gives 130.
-    Anything else is a bug and propagates with its traceback.
+    training (``FloatingPointError``) is printed as one line on stderr with status 2; Ctrl-C gives 130;
+    a closed stdout (``vidcls info F | head -2``) ends the command quietly with 141, the status of a
+    process killed by SIGPIPE, as shell tools give. Anything else is a bug and propagates with its traceback.
     """
     args = build_parser().parse_args(argv)
     prefix = f"vidcls {args.command}: error:"
@@ -403,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     except VidclsError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _drop_stdout()
+        return 141
     except OSError as exc:
         if exc.errno not in _USER_ERRNOS:
             raise

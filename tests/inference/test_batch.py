@@ -331,7 +331,7 @@ def test_cli_predict_end_to_end_resumable_with_timelines(video_run, run_cli, cap
     assert run_cli("predict", run, new, "--output", out, "--timeline", tl,  # jsonl from the extension
                    "--device", "cpu", "--decode-workers", "1", "--top-k", "2") == 0
     summary = capsys.readouterr().out
-    assert "4 inputs" in summary and "1 could not be used" in summary
+    assert "4 inputs: 3 predicted, 1 could not be used" in summary  # the broken one is not counted twice
     records = {Path(r["input"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(records) == {"blue_new.mp4", "red_new.mp4", "broken.mp4", "feats.npy"}
     assert records["broken.mp4"]["label"] is None and records["broken.mp4"]["error"]
@@ -355,3 +355,13 @@ def test_cli_predict_end_to_end_resumable_with_timelines(video_run, run_cli, cap
     captured = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(captured.out)))
     assert len(rows) == 1 and rows[0]["label"] in ("red", "blue") and "1 inputs" in captured.err
+
+
+def test_cli_predict_exits_3_when_no_input_could_be_used(video_run, run_cli, capsys):
+    run, new = video_run / "run", video_run / "new"
+    broken = new / "sub" / "broken.mp4"
+    assert broken.is_file()
+    assert run_cli("predict", run, broken, "--device", "cpu", "--format", "json") == 3
+    captured = capsys.readouterr()
+    assert "1 inputs: 0 predicted, 1 could not be used" in captured.err
+    assert json.loads(captured.out)[0]["error"]  # the error record is still written

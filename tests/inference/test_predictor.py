@@ -336,3 +336,23 @@ def test_records_carry_energy_and_typicality_after_calibration(trained, tiny_fea
         assert (rec["trusted"], rec["trust_reason"]) == trust.trust_verdict(rec["ood_scores"], cal)
     assert recs[-1]["trusted"] is False and "typicality score" in recs[-1]["trust_reason"]
     json.dumps(recs, allow_nan=False)
+
+
+def test_complex_ragged_and_top_k_zero_inputs_are_refused(trained):
+    from vidcls.errors import ConfigError, VidclsError
+
+    p = vidcls.load(trained, device="cpu")
+    good = np.zeros((4, 16), np.float32)
+    complex_ = good.astype(np.complex64) + 1j  # numpy calls it a number; casting drops the 1j
+    rec = p.predict_records([complex_, good])
+    assert rec[0]["error"] and "complex64" in rec[0]["error"] and rec[0]["label"] is None
+    assert rec[1]["error"] is None
+    with pytest.raises(ConfigError, match="complex64"):
+        p.predict_proba(complex_)
+    ragged = [[0.0] * 16, [0.0] * 15]
+    with pytest.raises(VidclsError, match="different lengths"):
+        p.predict_proba(ragged)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="top_k must be an integer >= 1"):
+            p.predict_records([good], top_k=bad)
+    assert len(p.predict_records([good], top_k=1)[0]["top_k"]) == 1

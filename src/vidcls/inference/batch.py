@@ -218,8 +218,13 @@ class PredictSummary:
     seconds: float = 0.0
     records: list = field(default_factory=list, repr=False)
 
+    @property
+    def usable(self) -> int:
+        """Inputs predicted now with a label (the errors left out)."""
+        return self.predicted - self.errors
+
     def line(self) -> str:
-        parts = [f"{self.predicted} predicted"]
+        parts = [f"{self.usable} predicted"]
         if self.skipped:
             parts.append(f"{self.skipped} already in {self.output}")
         if self.errors:

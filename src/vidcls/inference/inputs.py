@@ -23,7 +23,7 @@ def as_list(x) -> list:
         raise ConfigError(f"features must be (T, D) or a list of them; got an array of shape {x.shape}")
     if isinstance(x, (list, tuple)):
         if len(x) and isinstance(x[0], (list, tuple)) and np.ndim(x[0]) == 1:
-            return [np.asarray(x)]  # one (T, D) sequence as nested lists (JSON)
+            return [list(x)]  # one (T, D) sequence as nested lists (JSON); check_features makes the array
         return list(x)
     raise ConfigError(f"cannot predict a {type(x).__name__}: give a video path, a (T, D) array or a list")
 
@@ -35,8 +35,14 @@ def check_features(a, name: str, feature_dim: int, store_dtype) -> np.ndarray:
     """
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
-    a = np.asarray(a)
-    if a.ndim != 2 or not len(a) or not np.issubdtype(a.dtype, np.number):
+    try:
+        a = np.asarray(a)
+    except ValueError:  # a ragged nested list: numpy refuses to make it an array
+        raise ConfigError(f"{name}: features must be a (T, D) array of numbers; the rows given have "
+                          f"different lengths") from None
+    # complex numbers are numbers to numpy, but not features: casting them drops the imaginary part
+    if (a.ndim != 2 or not len(a) or not np.issubdtype(a.dtype, np.number)
+            or np.issubdtype(a.dtype, np.complexfloating)):
         raise ConfigError(f"{name}: features must be a (T, D) array of numbers with T >= 1, got "
                           f"{a.dtype} {a.shape}")
     if a.shape[1] != feature_dim:

@@ -310,8 +310,11 @@ class Predictor:
 
         An input that cannot be used (a broken video, a bad array) gives ``error`` (the reason) with
         ``label`` None and never raises; a run that cannot handle videos at all (weights missing,
-        another feature dimension) raises BackboneError / CheckpointError.
+        another feature dimension) raises BackboneError / CheckpointError; ``top_k`` below 1 raises
+        ConfigError (as ``--top-k`` and the service refuse it).
         """
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ConfigError(f"top_k must be an integer >= 1 (the classes listed per input), got {top_k!r}")
         items = gather(x, check=self._check, encode=self._encode, strict=False)
         ok = [r for r in items if r["error"] is None]
         t0 = time.perf_counter()
@@ -327,7 +330,7 @@ class Predictor:
                 continue
             j = done[id(r)]
             p = probs[j]
-            order = np.argsort(-p, kind="stable")[:max(1, int(top_k))]
+            order = np.argsort(-p, kind="stable")[:int(top_k)]
             times = stamps(r["timestamps_ms"], kept[j])
             records.append({
                 "input": r["input"], "label": self.classes_[int(order[0])],
