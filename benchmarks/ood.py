@@ -182,7 +182,7 @@ def main() -> None:
     p.add_argument("--no-synthetic", action="store_true")
     args = p.parse_args()
     train_opts = {"epochs": args.epochs, "members": args.members, "model": args.model, "hidden_dim": 32,
-                  "layers": 1, "heads": 2, "patience": 10, "tta": "auto"}
+                  "layers": 1, "heads": 2, "tta": "auto"}  # early stopping: the default patience_cycles
     results = {}
     with tempfile.TemporaryDirectory(prefix="vidcls-ood-") as tmp:
         work = Path(tmp)

@@ -231,3 +231,25 @@ def test_thumbnails_show_the_frame_on_screen_at_each_time(tmp_path):
     assert [index_of(t) for t in frame_thumbnails(long, [25000.0, 100.0, 10000.0], height=V.H)] == [
         250 % 32, 1, 100 % 32]
     assert frame_thumbnails(tmp_path / "missing.mp4", [0.0]) == [None]
+
+
+def test_a_bad_port_or_an_unsendable_key_is_refused_before_loading(monkeypatch, capsys, tmp_path):
+    """Both are checked before the run is loaded: the run directory here does not even exist."""
+    from vidcls.serve.app import check_port, service_url
+
+    monkeypatch.delenv("VIDCLS_API_KEY", raising=False)
+    for port in ("99999", "0", "-1", "http"):
+        with pytest.raises(ConfigError, match="--port must be an integer from 1 to 65535"):
+            check_port(port)
+    assert main(["serve", str(tmp_path / "no-run"), "--port", "99999"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--port must be an integer from 1 to 65535, got 99999" in err
+    assert check_port(8000) == 8000 and check_port("65535") == 65535
+    for key in ("schlüssel", "two words", "tab\tkey", "nul\x00"):
+        with pytest.raises(ConfigError, match="HTTP header cannot carry"):
+            resolve_api_key("127.0.0.1", {"VIDCLS_API_KEY": key})
+    monkeypatch.setenv("VIDCLS_API_KEY", "clé")
+    assert main(["serve", str(tmp_path / "no-run")]) == 2
+    assert "HTTP header cannot carry" in capsys.readouterr().err
+    assert service_url("::1", 8000) == "http://[::1]:8000/" and service_url("[::1]", 80) == "http://[::1]:80/"
+    assert service_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"

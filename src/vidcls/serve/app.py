@@ -90,10 +90,34 @@ def resolve_api_key(host: str, environ=os.environ) -> str | None:
         ConfigError: ``host`` is not a loopback address and no key is set.
     """
     key = environ.get(API_KEY_ENV) or None
+    if key is not None and not (key.isascii() and key.isprintable() and not any(c.isspace() for c in key)):
+        raise ConfigError(f"{API_KEY_ENV} holds characters an HTTP header cannot carry (non-ASCII, spaces or "
+                          f"control characters): browsers and most clients could never send it; use printable "
+                          f"ASCII, e.g. python -c \"import secrets; print(secrets.token_urlsafe(24))\"")
     if key is None and not is_loopback(host):
         raise ConfigError(f"--host {host} exposes the service beyond this machine: set {API_KEY_ENV} to a "
                           f"secret first (clients send it in the {API_KEY_HEADER} header), or bind 127.0.0.1")
     return key
+
+
+def check_port(port) -> int:
+    """``--port`` as an int in 1..65535.
+
+    Raises:
+        ConfigError: anything else (checked before the run is loaded).
+    """
+    try:
+        value = int(port)
+    except (TypeError, ValueError):
+        value = -1
+    if isinstance(port, bool) or not 1 <= value <= 65535 or str(value) != str(port).strip():
+        raise ConfigError(f"--port must be an integer from 1 to 65535, got {port!r}")
+    return value
+
+
+def service_url(host: str, port: int) -> str:
+    """The address to open: IPv6 hosts in brackets (``http://[::1]:8000/``)."""
+    return f"http://[{host.strip('[]')}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 class FeaturesRequest(BaseModel):
@@ -345,6 +369,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
     Raises:
         ConfigError: a non-loopback host without $VIDCLS_API_KEY, or a bad limit (checked before loading).
     """
+    port = check_port(port)
     api_key = resolve_api_key(host)
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_queue=max_queue, api_key=api_key,
                              run_dir=str(run_dir))
@@ -359,6 +384,6 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
         log.warning("video uploads will be refused: %s", err)
         print(f"warning: video uploads will be refused ({err}); /v1/predict/features works", flush=True)
     app = create_app(predictor, settings)
-    print(f"serving {run_dir} ({len(predictor.classes_)} classes) on http://{host}:{port}/ "
+    print(f"serving {run_dir} ({len(predictor.classes_)} classes) on {service_url(host, port)} "
           f"(API key {'required' if api_key else 'not required'}; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
