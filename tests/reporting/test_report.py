@@ -160,17 +160,31 @@ def test_missing_optional_files(run, tmp_path):
 
 
 def test_bare_run_dir(tmp_path):
-    """Only the directory exists (a run killed before writing anything): every section says so."""
+    """Only config.yaml exists (a run killed before its first epoch): every section says so."""
+    (tmp_path / "config.yaml").write_text("epochs: 1\n")
     _, text, page = report(tmp_path)
     assert list(page.sections) == SECTION_IDS
     assert page.imgs == []
-    for sid in SECTION_IDS:
+    assert "epochs" in page.sections["config"]
+    for sid in SECTION_IDS[1:]:  # all but the config
         assert "not available" in page.sections[sid], sid
 
 
 def test_missing_run_dir(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_report(tmp_path / "nope")
+
+
+def test_a_directory_that_is_no_run_is_refused_and_left_alone(tmp_path, capsys):
+    from vidcls.cli import main
+    from vidcls.errors import ConfigError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no run"):
+        write_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no run (no config.yaml)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no report.html, no .lock
 
 
 def test_text_is_escaped(run, tmp_path):

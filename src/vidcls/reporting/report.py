@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 
 from .. import __version__
+from ..errors import ConfigError
 from ..utils.fs import atomic_write_text
 from ..utils.lock import run_lock
 from . import figures as rp
@@ -388,7 +389,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     embedded as base64 data URIs and there are no external references, so the file works offline.
 
     Args:
-        run_dir: a ``vidcls train`` run directory. Only the directory must exist; each missing
+        run_dir: a ``vidcls train`` run directory. Only its config.yaml must exist; each missing
             input (summary.json, eval_*.json, resource log, histories) shows as "not available".
 
     Returns:
@@ -396,10 +397,13 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a directory.
+        ConfigError: it holds no run (no config.yaml, the first file ``vidcls train`` writes).
         RunLockedError: another process (a train) is using ``run_dir``; ``fit``'s own call passes.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(errno.ENOENT, "run directory does not exist", str(run_dir))
+    if not (run_dir / "config.yaml").is_file():  # checked before the lock: nothing is written there
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); give the RUN_DIR of `vidcls train`")
     with run_lock(run_dir, "report"):
         return atomic_write_text(run_dir / "report.html", render_report(run_dir))
