@@ -34,9 +34,10 @@ import torchvision
 from ..errors import BackboneError
 from ..utils.device import resolve_device
 from .families import family_module, family_of, split_spec
+from .families.tv import strip_classifier
 from .preprocess import Preprocess
 from .record import plain, recorded_weights
-from .weights import check_finite, state_sha256
+from .weights import check_finite, state_sha256, weights_kind
 
 __all__ = ["FrameEncoder", "Preprocess", "keep_freed_memory", "strip_classifier"]
 
@@ -44,13 +45,6 @@ __all__ = ["FrameEncoder", "Preprocess", "keep_freed_memory", "strip_classifier"
 # (the feature dimension is the caller's to check, against what its model was trained on)
 RECORD_KEYS = ("image_size", "resize_size", "interpolation", "antialias", "mean", "std", "crop_mode", "pooling",
                "state_sha256")
-
-
-def strip_classifier(model):
-    """torchvision: replace the classification head by the layers before its first Linear (in place)."""
-    from .families.tv import strip_classifier as strip
-
-    return strip(model)
 
 
 class FrameEncoder:
@@ -90,9 +84,9 @@ class FrameEncoder:
         family, name = split_spec(self.backbone)
         self.device = resolve_device(device)
         built = family_module(family).build(name, weights, image_size)
-        # a local file was checked tensor by tensor as read (its own names); this covers downloads too
-        check_finite(built.model if built.weights_module is None else built.weights_module,
-                     f"the {weights} weights of {self.backbone}")
+        if weights_kind(weights)[0] in ("default", "name"):  # a local file was checked as read, by its own names
+            check_finite(built.model if built.weights_module is None else built.weights_module,
+                         f"the {weights} weights of {self.backbone}")
         self.preprocess = built.preprocess
         self.autocast = None
         if self.device.type == "cuda":

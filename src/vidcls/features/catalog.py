@@ -24,12 +24,6 @@ FAMILIES_HELP = ("a torchvision classification model name (efficientnet_v2_s), t
                  "vidcls[clip])")
 
 
-def backbone_help() -> str:
-    """The ``--backbone`` help: the families, then the recommended models with their widths."""
-    models = "; ".join(f"{spec} {width}-d" for spec, width, _ in RECOMMENDED)
-    return f"{FAMILIES_HELP}. Recommended (feature width): {models} (default: efficientnet_v2_s)"
-
-
 def recommended_table() -> str:
     """A plain-text table of RECOMMENDED (for the README and ``vidcls extract --help``'s epilog)."""
     rows = [f"  {spec:<42}{width:>6}-d  {note}" for spec, width, note in RECOMMENDED]

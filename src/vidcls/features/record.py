@@ -10,18 +10,12 @@ from .families import RANDOM_INIT_SEED, family_module, family_of
 from .quality import FALLBACK_KEEP_SHARE, Quality
 from .video import Sampling
 
-__all__ = ["RANDOM_INIT_SEED", "plain", "recorded_weights", "selection_from_record", "with_defaults"]
+__all__ = ["RANDOM_INIT_SEED", "plain", "recorded_weights", "selection_from_record"]
 
 
 def plain(value):
     """A description value as JSON gives it back (tuples as lists)."""
     return list(value) if isinstance(value, tuple) else value
-
-
-def with_defaults(record: dict) -> dict:
-    """A record with the keys earlier releases left implicit (``family``), for comparing records."""
-    family = family_of(record)
-    return {**record, "family": family} if family and "family" not in record else dict(record)
 
 
 def recorded_weights(record: dict, weights) -> str:

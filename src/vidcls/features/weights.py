@@ -1,10 +1,10 @@
 """Local weight files of any encoder family: read, unwrap, check, fingerprint.
 
 ``read_state_dict`` reads ``.pth`` / ``.pt`` (``torch.load`` with ``weights_only``: no pickled
-code runs) and ``.safetensors`` files, unwrapping the usual training-checkpoint containers, and refuses a file
-holding NaN or Inf (it would give NaN features for every frame, found only when training
-diverges); ``check_finite`` does the same for a built network (downloaded weights). ``state_sha256`` fingerprints the weights *as loaded*:
-the same for a hub download and a local copy of it, different for any changed tensor, so an
+code runs) and ``.safetensors`` files, unwrapping the usual training-checkpoint containers, and
+refuses a file holding NaN or Inf (it would give NaN features for every frame, found only when
+training diverges); ``check_finite`` does the same for a built network (downloaded weights).
+``state_sha256`` fingerprints the weights *as loaded*: the same for a hub download and a local copy of it, different for any changed tensor, so an
 encoder rebuilt for prediction can be checked against the one that extracted the features.
 """
 from __future__ import annotations

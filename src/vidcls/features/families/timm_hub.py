@@ -57,7 +57,7 @@ def check_name(name: str) -> None:
         words = [w for w in arch.replace("-", "_").split("_") if len(w) > 2]
         pattern = [m for w in words[:2] for m in timm.list_models(f"*{w}*")]
         close = difflib.get_close_matches(arch, sorted(set(pattern)) or timm.list_models(), n=6, cutoff=0.4)
-        raise BackboneError(f"timm has no model {arch!r}" + (f"; close matches: {', '.join(close)}" if close else "")
+        raise BackboneError(f"timm has no model {name!r}" + (f"; close matches: {', '.join(close)}" if close else "")
                             + "; list them with python -c \"import timm; print(timm.list_models('*vit*'))\"")
     if tag:
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
