@@ -310,3 +310,51 @@ def test_resume_in_the_middle_of_member_2_of_3(feats, tmp_path, tiny_args, spawn
     assert summary_core(run) == summary_core(ref)
     assert read(run / "final.json") == read(ref / "final.json")
     assert (run / "metrics_all.csv").read_text().count("\n") == (ref / "metrics_all.csv").read_text().count("\n")
+
+
+# ---------------------------------------------------------------- issue 16 items 9 and 10
+
+@pytest.mark.parametrize("damage", ['{"format": "vidcls-final-choice", "members": "x', '{"format": "other"}', "\x00\xff"])
+def test_evaluate_rewrites_a_damaged_final_json(trained, tmp_path, capsys, damage):
+    """The damaged-final.json message sends the user to `evaluate --split val`: that command must then
+    re-make the choice and rewrite the file, as it does for a missing one."""
+    run, _ = clone(trained, tmp_path)
+    expected = load_final_choice(run)
+    (run / "final.json").write_text(damage)
+    with pytest.raises(ConfigError, match="--split val"):
+        load_final_choice(run)
+    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu"]) == 0
+    assert "was damaged or not a final choice: the final choice was recomputed" in capsys.readouterr().out
+    rewritten = load_final_choice(run)  # valid again, and the choice training made
+    assert (rewritten.source, rewritten.members, rewritten.tta_used) == \
+        (expected.source, expected.members, expected.tta_used)
+
+
+def test_evaluate_and_calibrate_work_from_another_directory(trained, tmp_path, monkeypatch, capsys):
+    """A run trained with a relative features directory is found from any working directory; one whose
+    features moved takes --features-dir."""
+    root = tmp_path / "project"
+    shutil.copytree(trained.parent, root / "runs")
+    run = root / "runs" / "run"
+    cfg = run / "config.yaml"
+    text = cfg.read_text()
+    recorded = str(trained.parent / "feats")
+    assert recorded in text  # recorded absolute by fit
+    cfg.write_text(text.replace(recorded, "runs/feats"))  # as an older release wrote it: relative to cwd
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu"]) == 0
+    assert main(["calibrate", str(run), "--device", "cpu"]) == 0
+    assert (run / "calibration.json").is_file()
+    # the features moved away: named by --features-dir, and a clear error without it
+    (root / "runs" / "feats").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/feats" in err and "--features-dir" in err and "create it with vidcls synth" not in err
+    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu", "--features-dir",
+                 str(tmp_path / "moved")]) == 0
+    assert main(["calibrate", str(run), "--device", "cpu", "--features-dir", str(tmp_path / "moved")]) == 0
+    assert main(["calibrate", str(run), "--features-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--features-dir" in capsys.readouterr().err

@@ -219,6 +219,17 @@ def write_final_choice(run_dir, choice: FinalChoice) -> Path:
                                                          **choice.to_dict()})
 
 
+def _recorded_choice(run_dir: Path) -> tuple[FinalChoice | None, str]:
+    """The recorded final choice, or None when final.json is missing or damaged (evaluate re-makes
+    and rewrites it then), and why it was set aside ("" when it was not)."""
+    if not (run_dir / FINAL_FILE).is_file():
+        return None, ""
+    try:
+        return load_final_choice(run_dir), ""
+    except ConfigError:
+        return None, f"{run_dir / FINAL_FILE} was damaged or not a final choice"
+
+
 def load_final_choice(run_dir) -> FinalChoice:
     """The final choice ``fit`` recorded for ``run_dir``: which members, TTA or not, which modes.
 
@@ -294,7 +305,7 @@ def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, member_p
 
 
 def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, device: str = "auto",
-                       log=print) -> dict:
+                       log=print, *, features_dir=None) -> dict:
     """``vidcls evaluate``: score a finished run's recorded final choice on ``split``, with every member
     and the ensemble (re-derived on val) for information.
 
@@ -303,6 +314,7 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
 
     Args:
         tta: auto | on | off; None: the run's own setting.
+        features_dir: where the run's stores are now, when not where training found them.
     Returns:
         ``{"split", "members", "ensemble", "tta", "final", "choice", "note", "path"}``.
     Raises:
@@ -311,7 +323,7 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
         RunLockedError: another process (a train) is using ``run_dir``.
     """
     from ..config import load_config
-    from ..training.data import load_splits
+    from ..training.data import load_splits, run_features_dir
     from ..utils.device import resolve_device
     from ..utils.lock import run_lock
 
@@ -324,11 +336,12 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
         tta = tta or cfg.tta
         if tta not in TTA_SETTINGS:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
-        splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
+        features = run_features_dir(run_dir, cfg.features_dir, features_dir)
+        splits = load_splits(features, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
                              max_frames=cfg.max_frames)
         if split == "test" and splits.test is None:
-            raise ConfigError(f"{cfg.features_dir} has no test.h5; use --split val")
-        recorded = load_final_choice(run_dir) if (run_dir / FINAL_FILE).is_file() else None
+            raise ConfigError(f"{features} has no test.h5; use --split val")
+        recorded, damaged = _recorded_choice(run_dir)
         datasets = {split: getattr(splits, split), "val": splits.val}  # the scored split's store is checked first
         modes = tuple(dict.fromkeys([*cfg.tta_modes, *(recorded.tta_modes if recorded else [])]))
         checkpoints = _saved_checkpoints(run_dir, cfg, recorded)
@@ -343,6 +356,8 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
             # a run older than final.json: record the choice fit would have made, so prediction can use it
             write_final_choice(run_dir, choice)
             note = f"{note}; recorded in {run_dir / FINAL_FILE}" if note else note
+            if damaged:
+                note = f"{damaged}: the final choice was recomputed on validation; recorded in {run_dir / FINAL_FILE}"
         name = f"eval_{split}.json" if tta == run_tta else f"eval_{split}.tta-{tta}.json"
         path = atomic_write_json(run_dir / name, _eval_record(split, datasets[split], results, note))
     if note:

@@ -14,6 +14,7 @@ augmentation, so the number of batches is known when an epoch starts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -255,6 +256,33 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
                          f"(after carving validation); add some or drop the class")
     test = FeatureDataset(stores["test"], max_frames=max_frames) if "test" in stores else None
     return Splits(train_ds, val_ds, test, list(names), train.feature_dim, dict(train.extractor), source)
+
+
+def run_features_dir(run_dir, recorded: str, override=None) -> str:
+    """The features directory a saved run's evaluation and calibration read.
+
+    ``override`` (``--features-dir``) wins. Otherwise the directory recorded at training: absolute
+    since this release; a relative one (older runs) is tried from here, then from every folder above
+    ``run_dir``, since training ran from one of them (``vidcls train runs/demo/features runs/demo/x``).
+
+    Raises:
+        ConfigError: the override is not a directory, or the recorded one is found nowhere.
+    """
+    if override:
+        if not Path(override).is_dir():
+            raise ConfigError(f"--features-dir {override} is not a directory; give the folder holding the "
+                              f"run's train.h5 [val.h5] [test.h5]")
+        return str(override)
+    recorded = str(recorded or "")
+    candidates = [Path(recorded)]
+    if recorded and not Path(recorded).is_absolute():
+        candidates += [up / recorded for up in Path(run_dir).resolve().parents]
+    for c in candidates:
+        if recorded and c.is_dir():
+            return str(c)
+    raise ConfigError(f"the features directory this run was trained on ({recorded or 'not recorded'}) is not "
+                      f"found from here or above {run_dir}; pass --features-dir DIR (the folder with its "
+                      f"train.h5 [val.h5] [test.h5])")
 
 
 def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int | None = None,

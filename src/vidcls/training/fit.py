@@ -184,6 +184,8 @@ def load_data(cfg: TrainConfig, log=print):
     """
     splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment,
                          max_frames=cfg.max_frames)
+    # recorded absolute: evaluate / calibrate / report then work from any directory
+    cfg = dataclasses.replace(cfg, features_dir=str(Path(cfg.features_dir).resolve()))
     weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
                             splits.class_names)
     stats = feature_stats(splits.train) if cfg.standardize == "feature" else None  # train split only
