@@ -100,6 +100,10 @@ def _add_extract_parser(sub) -> None:
     p.add_argument("--keep-shards", action="store_true", help="keep the shard files (default: removed once merged)")
 
 
+FEATURES_DIR_HELP = ("the run's feature stores, when they are no longer where training found them "
+                     "(default: the directory recorded in config.yaml)")
+
+
 def _add_scoring_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
     p.add_argument("run_dir")
@@ -107,6 +111,7 @@ def _add_scoring_parsers(sub) -> None:
     p.add_argument("--tta", choices=["auto", "on", "off"], default=None,
                    help="auto | on | off (default: the run's own; another writes eval_<split>.tta-<x>.json)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--features-dir", metavar="DIR", help=FEATURES_DIR_HELP)
 
 
 def _add_predict_parser(sub) -> None:
@@ -148,6 +153,7 @@ def _add_serving_parsers(sub) -> None:
     p = sub.add_parser("calibrate", help="fit temperature scaling and the OOD threshold of a run on validation")
     p.add_argument("run_dir")
     p.add_argument("--device", default="auto")
+    p.add_argument("--features-dir", metavar="DIR", help=FEATURES_DIR_HELP)
 
 
 def _add_data_parsers(sub) -> None:
@@ -265,7 +271,7 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
     from .inference.evaluate import evaluate_saved_run
 
-    out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device)
+    out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device, features_dir=args.features_dir)
     e = out["ensemble"]
     for m in out["members"]:
         print(f"member {m['member']}: {args.split} acc {m[args.split]['accuracy']:.3f} "
@@ -281,7 +287,7 @@ def cmd_evaluate(args) -> int:
 def cmd_calibrate(args) -> int:
     from .inference.trust import calibrate_run
 
-    calibrate_run(args.run_dir, args.device, log=print)
+    calibrate_run(args.run_dir, args.device, log=print, features_dir=args.features_dir)
     print(f"written: {Path(args.run_dir) / 'calibration.json'} (refresh report.html with `vidcls report`)")
     return 0
 

@@ -225,7 +225,8 @@ def val_logits(run_dir, choice, dataset, batch_size: int, batch_frames, device) 
     return np.stack(per_member, axis=1), np.asarray(dataset.labels, dtype=np.int64)
 
 
-def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None) -> dict:
+def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None,
+                  features_dir=None) -> dict:
     """Fit the temperature and the OOD thresholds of a finished run on its validation split, the
     typicality statistics on its training split (``RUN_DIR/typicality.npz``), and write
     ``RUN_DIR/calibration.json`` (atomically). ``summary.json``, when there, gets it under "calibration".
@@ -240,7 +241,7 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
         RunLockedError: another process is using ``run_dir`` (``fit``'s own call passes).
     """
     from ..config import load_config
-    from ..training.data import load_splits
+    from ..training.data import load_splits, run_features_dir
     from ..utils.device import resolve_device
     from ..utils.fs import atomic_write_json
     from ..utils.lock import run_lock
@@ -252,7 +253,7 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
     with run_lock(run_dir, "calibrate"):
         cfg = load_config(run_dir / "config.yaml", saved_run=True)
         choice = load_final_choice(run_dir)
-        splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
+        splits = load_splits(run_features_dir(run_dir, cfg.features_dir, features_dir), val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
                              max_frames=cfg.max_frames)
         logits, labels = val_logits(run_dir, choice, splits.val, cfg.batch_size, cfg.batch_frames,
                                     resolve_device(device))
