@@ -187,6 +187,23 @@ def test_a_directory_that_is_no_run_is_refused_and_left_alone(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no report.html, no .lock
 
 
+@pytest.mark.parametrize("summary", ['[1, 2]', '"text"', '{"final": "x"}', '{"test": [1], "classes": 5}',
+                                     '{"members": [1, "a"], "wall_seconds": "x", "final": {"source": [1]}}'])
+def test_a_summary_of_the_wrong_shape_degrades_the_page(run, tmp_path, summary):
+    """A hand-edited summary.json of the wrong shape: the report is still written, the header says
+    what is wrong with the file, and the sections that need it say "not available" or why not."""
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited, ignore=shutil.ignore_patterns("*.pt"))
+    (edited / "summary.json").write_text(summary)
+    path, text, page = report(edited)
+    assert path == edited / "report.html" and list(page.sections) == SECTION_IDS
+    assert "epochs" in page.sections["config"]  # what config.yaml says is still there
+    if summary.startswith(("[", '"')):  # not an object at all: read as no summary
+        assert "unexpected shape" not in text and "not available" in page.sections["per-class"]
+    else:
+        assert "unexpected shape" in text or "could not render" in text
+
+
 def test_text_is_escaped(run, tmp_path):
     evil = tmp_path / "evil"
     shutil.copytree(run, evil, ignore=shutil.ignore_patterns("*.pt"))

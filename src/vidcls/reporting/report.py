@@ -368,6 +368,17 @@ def _header(run: RunData) -> dict:
             "cards": [(num((m or {}).get(k)), n) for k, n in METRICS]}
 
 
+def _safe_header(run: RunData) -> dict:
+    """The header, or a plain one when summary.json (hand-edited, say) has the wrong shape."""
+    try:
+        return _header(run)
+    except Exception as exc:  # noqa: BLE001 - as for a section: the rest of the report still renders
+        log.warning("report: the header could not be rendered (%s: %s)", type(exc).__name__, exc)
+        why = f"summary.json has an unexpected shape ({type(exc).__name__}: {exc})"
+        return {"name": run.run_dir.name, "facts": [("run dir", str(run.run_dir)), ("summary", why)],
+                "label": "not available", "cards": [(num(None), n) for _, n in METRICS]}
+
+
 # Autoescape on for every template, whatever its file name: the page shows strings from the run.
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("vidcls.reporting", "templates"), autoescape=True,
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -378,7 +389,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
     """The report for ``run_dir`` as an HTML string (see :func:`write_report`)."""
     run = load_run(Path(run_dir).resolve())
     sections = [_section(run, sid, title, build) for sid, title, build in SECTIONS]
-    return _ENV.get_template("report.html.j2").render(header=_header(run), sections=sections)
+    return _ENV.get_template("report.html.j2").render(header=_safe_header(run), sections=sections)
 
 
 def write_report(run_dir: str | os.PathLike) -> Path:

@@ -30,7 +30,8 @@ class RunData:
 
     @property
     def classes(self) -> list[str]:
-        return [str(c) for c in self.summary.get("classes") or []]
+        names = self.summary.get("classes")
+        return [str(c) for c in names] if isinstance(names, list) else []
 
 
 def _read_json(path: Path):
@@ -56,7 +57,8 @@ def load_run(run_dir: Path) -> RunData:
     Returns:
         A :class:`RunData`; each missing or unreadable file leaves its field ``None`` or empty.
     """
-    run = RunData(run_dir, summary=_read_json(run_dir / "summary.json") or {})
+    summary = _read_json(run_dir / "summary.json")
+    run = RunData(run_dir, summary=summary if isinstance(summary, dict) else {})  # a hand-edited list: none
     try:
         run.config = read_yaml(run_dir / "config.yaml")
     except ConfigError:
