@@ -167,6 +167,9 @@ def test_evaluate_recomputes_the_choice_of_a_run_without_final_json(trained, tmp
 
 
 def test_load_final_choice_errors_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError, match=r"holds no run \(no config.yaml\); give the RUN_DIR of `vidcls train`"):
+        load_final_choice(tmp_path)  # not told to evaluate a directory that is not a run
+    (tmp_path / "config.yaml").write_text("epochs: 1\n")
     with pytest.raises(ConfigError, match=r"final.json not found: .* `vidcls evaluate .* --split val`"):
         load_final_choice(tmp_path)
     choice = FinalChoice(source="ensemble", members=[0, 2], tta_used=True, tta_modes=["reverse"],

@@ -155,6 +155,17 @@ class _Clock:
         return int(round(seconds / self.tb)) + self.start
 
 
+def _unreadable_fix(err: OSError) -> str:
+    """Why a path cannot be read, and the fix that matches the reason."""
+    if isinstance(err, FileNotFoundError):
+        return "no such file (moved or deleted?); check the path"
+    if isinstance(err, IsADirectoryError):
+        return "is a folder, not a video file; give the video files in it, or the folder itself where folders are read"
+    if isinstance(err, PermissionError):
+        return f"cannot be read ({err.strerror}); fix its permissions (chmod a+r) or remove it"
+    return f"cannot be read ({err.strerror or err}); check the disk or copy the file elsewhere"
+
+
 def open_video(path: str | os.PathLike):
     """Open ``path`` with FFmpeg and pick its video stream.
 
@@ -170,8 +181,7 @@ def open_video(path: str | os.PathLike):
         with open(path, "rb"):
             pass
     except OSError as err:
-        raise VideoSkip("unreadable", f"{path}: cannot be read ({err.strerror or err}); fix its "
-                                      f"permissions (chmod a+r) or remove it") from None
+        raise VideoSkip("unreadable", f"{path}: {_unreadable_fix(err)}") from None
     if size == 0:
         raise VideoSkip("empty", f"{path}: empty file (0 bytes); re-download it or remove it")
     try:

@@ -238,6 +238,8 @@ def load_final_choice(run_dir) -> FinalChoice:
             the message says how to (re)create it.
     """
     path = Path(run_dir) / FINAL_FILE
+    if not path.is_file() and not (Path(run_dir) / "config.yaml").is_file():  # not a run at all
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); give the RUN_DIR of `vidcls train`")
     redo = (f"record it with `vidcls evaluate {run_dir} --split val` (it makes the choice training makes, "
             f"on validation)")
     if not path.is_file():

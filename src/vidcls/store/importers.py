@@ -352,6 +352,23 @@ def _load_npy(job: _NpyImport, vid: str):
 
 
 # ---- info -----------------------------------------------------------------------------------
+def _npy_info(path: Path) -> str:
+    """``vidcls info`` of one .npy: the (T, D) features of one video, as ``vidcls predict`` reads them."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        with open(path, "rb") as f:
+            pickled = f.read(6) == b"\x93NUMPY"  # a valid header over Python objects (allow_pickle)
+        what = "holds Python objects, not numbers" if pickled else "is not a valid .npy file (no NumPy header)"
+        raise StoreError(f"{path} {what}; write one with numpy.save(path, features) where features is a "
+                         f"(T, D) float array") from None
+    shape = "x".join(str(n) for n in x.shape) or "a scalar"
+    use = ("one video's features: vidcls predict RUN_DIR " + str(path) if x.ndim == 2
+           else "not (T, D): vidcls predict reads a .npy as the (T, D) features of one video")
+    return "\n".join([f"path:           {path}", "kind:           .npy array (not a feature store)",
+                      f"shape:          {shape} ({x.dtype})", f"use:            {use}"])
+
+
 def store_info(path: str | os.PathLike) -> str:
     """Describe one store file for humans (``vidcls info``).
 
@@ -372,6 +389,8 @@ def store_info(path: str | os.PathLike) -> str:
         listed = (f"the .h5 files in it: {', '.join(found)}; e.g. vidcls info {Path(path) / example}"
                   if found else "it holds no .h5 file")
         raise StoreError(f"{path} is a directory; `vidcls info` takes one .h5 feature file ({listed})")
+    if Path(path).suffix.lower() == ".npy" and Path(path).is_file():
+        return _npy_info(Path(path))
     # Skip the NaN scan: info should be instant even on large files (loading still validates it).
     s = FeatureStore(path, check_finite=False)
     n = len(s)
