@@ -124,7 +124,8 @@ def _add_predict_parser(sub) -> None:
                    help="(default: the --output file's extension, else table)")
     p.add_argument("--top-k", type=int, default=3, help="classes per video (3)")
     p.add_argument("--output", metavar="FILE", help="write here instead of stdout; jsonl: append, and a rerun "
-                                                    "skips the inputs already written")
+                                                    "skips the inputs already written; a file holding anything "
+                                                    "else (or an input) is refused, untouched")
     p.add_argument("--timeline", metavar="DIR", help="one PNG per video: thumbnails along time with attention")
     p.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="auto: the run's own choice")
     p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
@@ -342,17 +343,19 @@ def cmd_predict(args) -> int:
     from .errors import ConfigError
     from .inference.batch import PredictOptions, run_predict
     from .inference.collect import collect_inputs
-    from .inference.outputs import format_for
+    from .inference.outputs import check_output, format_for
 
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
     inputs = collect_inputs(args.paths)  # before loading the run: a wrong path fails at once
-    from .inference.predictor import load
-
-    predictor = load(args.run_dir, device=args.device, weights=args.weights, tta=args.tta)
     options = PredictOptions(fmt=format_for(args.output, args.format), output=args.output, top_k=args.top_k,
                              batch_size=args.batch_size, decode_workers=args.decode_workers,
                              timeline_dir=args.timeline)
+    # an --output that is an input, a folder, unwritable or full of other data: refused before loading
+    check_output(options.output, options.fmt, inputs)
+    from .inference.predictor import load
+
+    predictor = load(args.run_dir, device=args.device, weights=args.weights, tta=args.tta)
     summary = run_predict(predictor, inputs, options)
     print(summary.line(), file=sys.stdout if args.output else sys.stderr)
     # 3: inputs were given but none could be used now (every record an error); 0 otherwise

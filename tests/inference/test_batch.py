@@ -185,12 +185,14 @@ def test_resume_skips_written_inputs_and_drops_torn_line(tmp_path):
     assert third.calls == [] and summary.skipped == 4 and len(out.read_text().splitlines()) == 4
 
 
-def test_read_jsonl_rewrites_a_bad_line_in_the_middle(tmp_path):
+def test_read_jsonl_refuses_a_bad_line_in_the_middle_and_leaves_the_file(tmp_path):
     out = tmp_path / "p.jsonl"
     good = [json.dumps(error_record(f"v{i}", "e")) for i in range(3)]
     out.write_text(f"{good[0]}\nnot json\n{good[1]}\n{good[2]}\n")
-    assert [r["input"] for r in read_jsonl(out)] == ["v0", "v1", "v2"]
-    assert out.read_text() == "".join(g + "\n" for g in good)
+    before = out.read_bytes()
+    with pytest.raises(ConfigError, match="line 2 is not a vidcls record"):
+        read_jsonl(out)
+    assert out.read_bytes() == before  # only a torn last line is ever dropped
     assert read_jsonl(tmp_path / "missing.jsonl") == []
 
 

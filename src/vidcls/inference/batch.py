@@ -13,9 +13,14 @@ next videos while this process runs the CNN and the temporal models. Otherwise t
 
 With a JSON-lines output file the run is resumable: each record is appended as one line, flushed
 and fsynced, so that a run killed at any moment (even ``kill -9``) leaves every finished line
-intact and at most one torn last line. On start the existing lines are read, invalid ones (the torn
-last line) are dropped from the file, and inputs already present are skipped. Inputs that were
-recorded with an error are skipped as well: remove their lines to try them again.
+intact and at most one torn last line. On start the existing lines are read, the torn last line is
+dropped from the file, and inputs already present are skipped. Inputs that were recorded with an
+error are skipped as well: remove their lines to try them again. An output file holding anything
+else (lines vidcls did not write, another format, one of the inputs) is refused before any work and
+left untouched (:func:`vidcls.inference.outputs.check_output`).
+
+A run whose features were not made by a frame encoder vidcls runs (imported with ``vidcls import``,
+synthetic) reads only .npy features: each video gets an error record saying so.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from ..errors import ConfigError
 from ..utils.fs import atomic_write_text
 from .collect import FEATURE_EXTENSIONS
 from .inputs import error_record
-from .outputs import FORMATS, JsonlAppender, format_records, read_jsonl, to_json
+from .outputs import FORMATS, JsonlAppender, check_output, format_records, read_jsonl, to_json
 
 __all__ = ["iter_records", "run_predict", "PredictOptions", "PredictSummary"]
 
@@ -47,6 +52,8 @@ def _load_features(path: Path, feature_dim: int | None) -> np.ndarray:
         raise ValueError(f"{path}: not a readable .npy array ({err}); write it with numpy.save") from None
     if x.ndim != 2 or not len(x):
         raise ValueError(f"{path}: features must be a (T, D) array with T >= 1, got shape {x.shape}")
+    if np.issubdtype(x.dtype, np.complexfloating):  # a cast to float would drop the imaginary part
+        raise ValueError(f"{path}: features must be real numbers, got a complex array ({x.dtype})")
     if feature_dim is not None and x.shape[1] != int(feature_dim):
         raise ValueError(f"{path}: features have D={x.shape[1]} but the run was trained on "
                          f"D={feature_dim}; extract them with the run's extractor")
@@ -59,6 +66,25 @@ def _pipeline_parts(predictor):
     """(encoder, sampling, quality) when the predictor exposes them, else None."""
     parts = tuple(getattr(predictor, name, None) for name in ("encoder_", "sampling_", "quality_"))
     return parts if all(p is not None for p in parts) else None
+
+
+def _no_videos(predictor) -> str | None:
+    """Why the run cannot read any video (its features were not made by a frame encoder vidcls
+    runs: imported, synthetic), or None."""
+    record = getattr(predictor, "extractor_", None)
+    if not isinstance(record, dict):
+        return None
+    from ..features.families import family_of
+
+    if family_of(record) is not None:
+        return None
+    if not record:
+        made = "this run has no extractor record (it was trained on imported features)"
+    else:
+        made = (f"this run's features were made by {record.get('backbone') or 'an unrecorded extractor'!s}, "
+                f"not by a frame encoder vidcls can run")
+    return (f"{made}, so it reads only .npy (T, D) feature files, not videos; extract this video's "
+            f"features the way the run's were made and give the .npy")
 
 
 def _with_frames(record: dict, timestamps_ms) -> dict:
@@ -102,10 +128,18 @@ def iter_records(predictor, inputs: Sequence[Path], *, top_k: int = 3, batch_siz
             groups[-1][1].append(p)
         else:
             groups.append((kind, [p]))
+    # a run that cannot read videos at all says why in each video's record; any other reason the
+    # encoder cannot be built (weights missing) stops here, before any input is predicted
+    videos = any(kind == "video" for kind, _ in groups)
+    no_videos = _no_videos(predictor) if videos else None
+    parts = _pipeline_parts(predictor) if videos and no_videos is None else None
     for kind, paths in groups:
         if kind == "features":
             yield from _feature_records(predictor, paths, top_k, batch_size, feature_dim)
-        elif _pipeline_parts(predictor) is not None:
+        elif no_videos is not None:
+            for p in paths:
+                yield error_record(str(p), f"{p}: {no_videos}")
+        elif parts is not None:
             yield from _pipeline_records(predictor, paths, top_k, batch_size, decode_workers)
         else:
             for chunk in _chunks(paths, batch_size):
@@ -333,8 +367,8 @@ def _emit(record: dict, fmt: str, appender: JsonlAppender | None, stdout, out: P
 
 def _write_all(records: list[dict], options: PredictOptions, stdout) -> None:
     text = format_records(records, options.fmt)
-    if options.output:
-        atomic_write_text(options.output, text)
+    if options.output:  # through a link to the file it names, as the JSON-lines appender writes
+        atomic_write_text(os.path.realpath(options.output), text)
     else:
         stdout.write(text)
         stdout.flush()
@@ -365,6 +399,8 @@ def run_predict(predictor, inputs: Sequence[Path], options: PredictOptions | Non
     stdout = stdout if stdout is not None else sys.stdout
     out = PredictSummary(total=len(inputs), output=Path(options.output) if options.output else None)
     todo, appender = list(inputs), None
+    # before any work: never destroy what is there (JSON lines: read_jsonl checks what it reads)
+    check_output(options.output, options.fmt, inputs, contents=options.fmt != "jsonl")
     if options.output and options.fmt == "jsonl":
         todo, appender = _resume(inputs, options.output)
         out.skipped = len(inputs) - len(todo)

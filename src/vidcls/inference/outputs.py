@@ -1,5 +1,9 @@
 """What ``vidcls predict`` writes: records as a table, JSON, JSON lines or CSV, and the JSON-lines file
-that makes a run resumable (read back with a torn last line dropped, appended with fsync)."""
+that makes a run resumable (read back with a torn last line dropped, appended with fsync).
+
+An existing output file is only ever replaced (or, JSON lines, appended to) when it holds vidcls
+output of the same format: anything else (foreign lines, another format, an input of the run) is
+refused before any work, the file untouched (:func:`check_output`)."""
 from __future__ import annotations
 
 import csv
@@ -7,13 +11,15 @@ import io
 import json
 import math
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..utils.fs import atomic_write_text
 
 FORMATS = ("table", "json", "jsonl", "csv")
 CSV_FIELDS = ("input", "label", "prob", "trusted", "trust_reason", "top_k", "error")
+TABLE_HEAD = ("input", "label", "prob", "trusted", "note")
 
 
 def _finite(obj):
@@ -60,7 +66,7 @@ def _table(records: list[dict]) -> str:
             rows.append((r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}",
                          "yes" if r.get("trusted") else "no",
                          "" if r.get("trusted") else str(r.get("trust_reason") or "")))
-    head = ("input", "label", "prob", "trusted", "note")
+    head = TABLE_HEAD
     width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(4)]
     width[0] = min(width[0], 80)
     lines = []
@@ -97,44 +103,208 @@ def format_for(output, fmt: str | None = None) -> str:
     return suffix if suffix in ("json", "jsonl", "csv") else "table"
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records already in a JSON-lines output, repairing the file in place.
+# ---- what an existing --output file holds ------------------------------------------------------
+# Every record vidcls writes starts with its "input" (json.dumps of the record dict, its first key):
+# a last line without its newline that starts so is the torn line of a killed run.
+_RECORD_START = b'{"input": "'
+_RECORD_KEYS = ("input", "label", "top_k", "error")
+_TABLE_HEAD = re.compile(" +".join(map(re.escape, TABLE_HEAD)))  # the header line, cells padded
+_MAX_LINE = 64 << 20  # no record is that long: a longer "line" is no vidcls output
+_LEAVE_IT = "it is left untouched: choose another --output, or delete {path} to write there"
 
-    A line that is not a complete JSON record (the torn last line of a killed run) is dropped from
-    the file; when it is the last line only, the file is truncated (nothing else is rewritten).
 
-    Returns:
-        The valid records, in file order ([] for a missing file).
+def _is_record(obj) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("input"), str) and all(k in obj for k in _RECORD_KEYS)
+
+
+def _parse_line(line: bytes):
+    try:
+        return json.loads(line)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def _scan_jsonl(path: Path) -> tuple[list[dict], int, str, str | None]:
+    """Read a JSON-lines output: (records, bytes to keep, what to do with the last line, problem).
+
+    The last line without a newline is "torn" (the start of one of our records: drop it), "complete"
+    (a whole record: keep it, a newline is missing) or "" (none). ``problem`` names the first line
+    that is no vidcls record (None: the file holds only vidcls records and blank lines).
+    """
+    records: list[dict] = []
+    keep, n = 0, 0
+    with open(path, "rb") as fh:
+        while True:
+            line = fh.readline(_MAX_LINE)
+            if not line:
+                return records, keep, "", None
+            n += 1
+            if not line.endswith(b"\n"):
+                if len(line) >= _MAX_LINE:
+                    return records, keep, "", f"line {n} is longer than any vidcls record"
+                rec = _parse_line(line)
+                if _is_record(rec):
+                    records.append(rec)
+                    return records, keep + len(line), "complete", None
+                if rec is None and (not line.strip() or line.startswith(_RECORD_START)
+                                    or _RECORD_START.startswith(line)):
+                    return records, keep, "torn", None
+                return records, keep, "", f"its last line ({n}) is not a vidcls record"
+            keep += len(line)
+            if not line.strip():
+                continue
+            rec = _parse_line(line)
+            if not _is_record(rec):
+                return records, keep, "", f"line {n} is not a vidcls record"
+            records.append(rec)
+
+
+def _holds(path: Path) -> tuple[str | None, str]:
+    """(the vidcls format ``path`` holds, or None for other data; why it is not vidcls output).
+
+    "empty" for a file without data (nothing to lose). Formats are told apart by their first line:
+    the CSV header, the table header, a JSON list, JSON lines.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    if not head.strip() and len(head) < 1 << 20:
+        return "empty", ""
+    # (a long first line may be cut inside a character: the headers compared are short ASCII)
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    if first == ",".join(CSV_FIELDS):
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                if all(len(row) == len(CSV_FIELDS) for row in csv.reader(fh)):
+                    return "csv", ""
+        except (csv.Error, UnicodeDecodeError):
+            pass
+        return None, "it is a CSV file with other rows than vidcls writes"
+    if _TABLE_HEAD.fullmatch(first):
+        return "table", ""
+    if first.lstrip().startswith("["):
+        try:
+            data = json.loads(path.read_bytes())
+        except ValueError:
+            data = None
+        if isinstance(data, list) and all(_is_record(r) for r in data):
+            return "json", ""
+        return None, "it is not a JSON list of vidcls records"
+    _, _, _, problem = _scan_jsonl(path)
+    return ("jsonl", "") if problem is None else (None, problem)
+
+
+def _refuse(path, why: str) -> ConfigError:
+    return ConfigError(f"--output {path} {why}; " + _LEAVE_IT.format(path=path))
+
+
+def check_contents(path: str | os.PathLike, fmt: str) -> None:
+    """Refuse an existing ``path`` that holds anything but vidcls ``fmt`` output.
+
+    A file of the same format is replaced (``jsonl``: appended to; a torn last line is dropped by
+    :func:`read_jsonl`); a file with data vidcls did not write, or vidcls output of another format,
+    would be lost: refused, the file untouched.
+
+    Raises:
+        ConfigError: naming the file and what it holds.
     """
     path = Path(path)
+    if not path.is_file():
+        return
+    kind, why = _holds(path)
+    if kind in ("empty", fmt):
+        return
+    if kind is None:
+        raise _refuse(path, f"holds data vidcls did not write ({why})")
+    raise _refuse(path, f"holds vidcls {kind} output, not the {fmt} asked for")
+
+
+def _same_file(a: str, b_real: str, b_stat) -> bool:
+    if os.path.realpath(a) == b_real:
+        return True
+    if b_stat is None:
+        return False
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        return os.path.samestat(os.stat(a), b_stat)
+    except OSError:
+        return False
+
+
+def check_output(output: str | os.PathLike | None, fmt: str, inputs: Sequence = (), *,
+                 contents: bool = True) -> None:
+    """Refuse an --output that cannot or must not be written, before any work.
+
+    Refused: a directory, a device or other non-regular file (``/dev/full``), a link to nothing,
+    one of ``inputs`` (compared by real path and by inode: links and hard links count), a file
+    that is not writable, a folder in which it cannot be created (a file on the way, no
+    permission, a read-only file system), and (``contents``) what :func:`check_contents` refuses.
+
+    Raises:
+        ConfigError: one line naming the file and what to do; nothing was written.
+    """
+    if output is None:
+        return
+    if not os.fspath(output):
+        raise ConfigError("--output is empty; give a file name, or leave --output out to write to stdout")
+    path = Path(output)
+    if path.is_dir():
+        name = "predictions." + ("txt" if fmt == "table" else fmt)
+        raise ConfigError(f"--output {path} is a directory; give a file name in it, e.g. {path / name}")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"--output {path} is not a regular file (a device, pipe or socket); give a file, "
+                          f"or leave --output out to write to stdout")
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"--output {path} is a link to {os.readlink(path)}, which does not exist; "
+                          f"choose another --output, or delete the link")
+    real = os.path.realpath(path)
+    stat = path.stat() if path.exists() else None
+    for p in inputs:
+        if _same_file(os.fspath(p), real, stat):
+            raise ConfigError(f"--output {path} is also an input ({p}); writing there would destroy it: "
+                              f"choose another --output")
+    if stat is not None and not os.access(path, os.W_OK):
+        raise ConfigError(f"--output {path} is read-only; " + _LEAVE_IT.format(path=path))
+    folder = Path(os.path.abspath(real)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--output {path}: {folder} is a file, not a folder; choose another --output")
+    if (stat is None or fmt != "jsonl") and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {path}: cannot write in {folder} (no permission, or a read-only file "
+                          f"system); choose another --output")
+    if contents:
+        check_contents(path, fmt)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records already in a JSON-lines output, for resuming into it.
+
+    Only the torn last line of a killed run (the start of a record, without its newline) is ever
+    dropped (the file is truncated before it); a last record without its newline gets one. Any
+    other content is refused, the file untouched.
+
+    Returns:
+        The records, in file order ([] for a missing file).
+
+    Raises:
+        ConfigError: the file holds a line that is no vidcls record (see :func:`check_contents`).
+    """
+    path = Path(path)
+    if not path.exists():
         return []
-    records, good, bad = [], [], 0
-    offset = end_of_good = 0
-    for line in data.splitlines(keepends=True):
-        rec = None
-        if line.endswith(b"\n"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                rec = None
-        if isinstance(rec, dict) and isinstance(rec.get("input"), str):
-            records.append(rec)
-            good.append(line)
-            if not bad:
-                end_of_good = offset + len(line)
-        elif line.strip():
-            bad += 1
-        offset += len(line)
-    if bad and end_of_good == len(b"".join(good)):  # every bad line comes after the good ones
+    records, keep, last, problem = _scan_jsonl(path)
+    if problem is not None:
+        check_contents(path, "jsonl")  # names what the file holds
+        raise _refuse(path, f"holds data vidcls did not write ({problem})")
+    if last == "torn":
         with open(path, "r+b") as fh:
-            fh.truncate(end_of_good)
+            fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())
-    elif bad:
-        atomic_write_text(path, b"".join(good).decode("utf-8"))
+    elif last == "complete":
+        with open(path, "ab") as fh:
+            fh.write(b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
     return records
 
 
@@ -143,12 +313,28 @@ class JsonlAppender:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
         self.fh = open(path, "ab")
+        self.failed = False
+
+    def _named(self, exc: OSError) -> OSError:
+        """A failed write or fsync (disk full) names no file: name this one."""
+        if exc.filename is None and exc.errno is not None:
+            return OSError(exc.errno, exc.strerror, self.path)
+        return exc
 
     def write(self, record: dict) -> None:
-        self.fh.write((to_json(record) + "\n").encode("utf-8"))
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        try:
+            self.fh.write((to_json(record) + "\n").encode("utf-8"))
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        except OSError as exc:  # the lines before stay whole; a torn last one is dropped by a rerun
+            self.failed = True
+            raise self._named(exc) from exc
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError as exc:
+            if not self.failed:  # after a failed write, closing fails the same way: reported already
+                raise self._named(exc) from exc
