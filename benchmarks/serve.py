@@ -22,20 +22,21 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 
 
-def make_run(work: Path) -> Path:
+def make_run(work: Path, per_class: int = 6, epochs: int = 3) -> Path:
     from vidcls.cli import main
     from vidcls.features.democlips import write_demo_clips
 
     run = work / "run"
     if (run / "final.json").exists():
         return run
-    write_demo_clips(work / "videos", per_class=6)
+    write_demo_clips(work / "videos", per_class=per_class)
     assert main(["extract", str(work / "videos"), str(work / "features"), "--backbone", "resnet18",
                  "--weights", "none", "--image-size", "112", "--fps", "1", "--device", "cpu",
                  "--decode-workers", "1"]) == 0
-    assert main(["train", str(work / "features"), str(run), "--epochs", "3", "--members", "1",
+    assert main(["train", str(work / "features"), str(run), "--epochs", str(epochs), "--members", "1",
                  "--hidden-dim", "32", "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots",
                  "--device", "cpu"]) == 0
     return run
@@ -91,9 +92,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=200, help="feature requests per measurement (200)")
     p.add_argument("--uploads", type=int, default=40, help="clip uploads per measurement (40)")
     p.add_argument("--concurrency", type=int, default=8)
-    args = p.parse_args()
+    args = smoke_parse(p, {"requests": 6, "uploads": 2, "concurrency": 2, "frames": 8})
+    if args.smoke and args.work == Path("runs/bench-serve"):
+        args.work = scratch("serve")
     args.work.mkdir(parents=True, exist_ok=True)
-    run = args.run_dir or make_run(args.work)
+    run = args.run_dir or (make_run(args.work, 3, 1) if args.smoke else make_run(args.work))
     clip = args.clip
     if clip is None:
         from vidcls.features.democlips import clip_frames, write_video

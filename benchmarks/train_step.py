@@ -30,6 +30,7 @@ from vidcls.training.optim import param_groups
 from vidcls.training.speed import grad_scaler, wrap_model
 from vidcls.utils import dist as ddp
 from vidcls.utils.device import resolve_device
+from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 
 def parse() -> argparse.Namespace:
@@ -48,7 +49,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--modes", default="plain,bucket", help="comma-separated: plain, bucket")
-    return p.parse_args()
+    return smoke_parse(p, {"videos": 32, "dim": 16, "min_frames": 4, "max_frames": 12, "epochs": 1, "batch_size": 8,
+                     "hidden_dim": 16, "layers": 1, "heads": 2, "workers": 0})
 
 
 def time_mode(args, splits, device, dist, bucket: bool) -> tuple[float, float]:
