@@ -64,3 +64,52 @@ def test_a_directory_that_is_no_run_is_not_told_to_evaluate(tmp_path, capsys, co
     assert main([c.format(d=tmp_path) for c in command]) == 2
     err = capsys.readouterr().err
     assert "holds no run (no config.yaml)" in err and "vidcls evaluate" not in err
+
+
+# ---------------------------------------------------------------- .npy inputs (API and CLI alike)
+
+def _npy_cases(tmp_path, dim: int) -> dict:
+    """{name: (path, what the message must say)}: a valid file and the ways one goes wrong."""
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(5, dim)).astype(np.float32))
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(1).bytes(300))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "huge.npy", np.full((5, dim), 1e6, dtype=np.float32))  # over float16
+    return {"random": (tmp_path / "random.npy", "is not a .npy array file"),
+            "objects": (tmp_path / "objects.npy", "holds Python objects, not numbers"),
+            "huge": (tmp_path / "huge.npy", "features overflow float16"),
+            "missing": (tmp_path / "missing.npy", "no such file")}
+
+
+def test_the_api_reads_a_npy_path_as_features_like_the_cli(clip_run, tmp_path):
+    import vidcls
+
+    run = clip_run[2]
+    model = vidcls.load(run, device="cpu")
+    cases = _npy_cases(tmp_path, model.feature_dim_)
+    expected = model.predict_proba(np.load(tmp_path / "ok.npy"))
+    np.testing.assert_allclose(model.predict_proba(str(tmp_path / "ok.npy")), expected, rtol=1e-6)
+    records = model.predict_records([str(p) for p, _ in cases.values()])
+    for (name, (path, says)), rec in zip(cases.items(), records):
+        assert rec["label"] is None and rec["input"] == str(path)
+        err = rec["error"]
+        assert err.startswith(f"{path}: ") and says in err, (name, err)
+        assert "FFmpeg" not in err and "allow_pickle" not in err and "features[" not in err, (name, err)
+
+
+def test_the_cli_names_the_npy_file_in_every_error(clip_run, tmp_path, capsys):
+    import json
+
+    import vidcls
+
+    run = clip_run[2]
+    dim = vidcls.load(run, device="cpu").feature_dim_
+    cases = _npy_cases(tmp_path, dim)
+    paths = [str(p) for p, _ in cases.values() if p.exists()]
+    assert main(["predict", str(run), str(tmp_path / "ok.npy"), *paths, "--format", "jsonl"]) == 0
+    records = {r["input"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert records[str(tmp_path / "ok.npy")]["label"] is not None
+    for name, (path, says) in cases.items():
+        if not path.exists():
+            continue
+        err = records[str(path)]["error"]
+        assert says in err and str(path) in err and "allow_pickle" not in err and "features[" not in err, (name, err)

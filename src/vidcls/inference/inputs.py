@@ -27,6 +27,29 @@ def as_list(x) -> list:
         return list(x)
     raise ConfigError(f"cannot predict a {type(x).__name__}: give a video path, a (T, D) array or a list")
 
+FEATURE_SUFFIX = ".npy"  # a path ending so is read as one video's (T, D) features, as by `vidcls predict`
+
+
+def load_npy(path) -> np.ndarray:
+    """The array of a .npy file, for :func:`check_features`.
+
+    Raises:
+        ConfigError: not a readable .npy of numbers (missing, a folder, no NumPy header, Python objects).
+    """
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a .npy file") from None
+    except (OSError, ValueError, EOFError) as err:
+        with open(path, "rb") as f:
+            header = f.read(6) == b"\x93NUMPY"
+        why = ("holds Python objects, not numbers" if header and "allow_pickle" in str(err)
+               else f"is damaged ({err})" if header else "is not a .npy array file (no NumPy header)")
+        raise ConfigError(f"{path}: {why}; write the (T, D) features with numpy.save(path, features)") from None
+
+
 def check_features(a, name: str, feature_dim: int, store_dtype) -> np.ndarray:
     """A (T, D) input as float32, rounded to the store's precision.
 
@@ -51,7 +74,8 @@ def check_features(a, name: str, feature_dim: int, store_dtype) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ConfigError(f"{name}: features hold NaN or Inf")
     if store_dtype is not None:
-        a = a.astype(store_dtype)
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            a = a.astype(store_dtype)
         if not np.isfinite(a).all():
             raise ConfigError(f"{name}: features overflow {store_dtype}, the precision the run's "
                               f"features were stored in; they cannot come from the run's extractor")
@@ -86,12 +110,13 @@ def gather(x, *, check, encode, strict: bool) -> list[dict]:
     out: list[dict] = []
     for i, item in enumerate(items):
         is_path = isinstance(item, (str, os.PathLike))
-        out.append({"input": str(item) if is_path else f"features[{i}]", "path": item if is_path else None,
+        is_npy = is_path and str(item).lower().endswith(FEATURE_SUFFIX)  # features, not a video
+        out.append({"input": str(item) if is_path else f"features[{i}]", "path": item if is_path and not is_npy else None,
                     "features": None, "timestamps_ms": None, "error": None,
                     "decode_s": 0.0, "features_s": 0.0})
-        if not is_path:
+        if not is_path or is_npy:
             try:
-                out[-1]["features"] = check(item, out[-1]["input"])
+                out[-1]["features"] = check(load_npy(item) if is_npy else item, out[-1]["input"])
             except VidclsError as err:
                 if strict:
                     raise
