@@ -269,6 +269,17 @@ def _read_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
     """Parse the labels CSV into (video_id, label, split) rows, checking every line."""
     if not path.exists():
         raise StoreError(f"labels CSV {path} does not exist; check the LABELS.csv path")
+    if not path.is_file():
+        raise StoreError(f"labels CSV {path} is not a file; give the CSV itself")
+    try:
+        return _parse_labels_csv(path, npy_dir)
+    except UnicodeDecodeError as err:
+        raise StoreError(f"{path} is not UTF-8 text (byte {err.start}); save it as a UTF-8 CSV") from None
+    except csv.Error as err:
+        raise StoreError(f"{path} is not a readable CSV ({err}); save it as a plain UTF-8 CSV") from None
+
+
+def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate an Excel BOM
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -299,6 +310,9 @@ def _read_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
 
 def _check_video_id(vid: str, npy_dir: Path, where: str) -> None:
     """Refuse an id whose .npy would lie outside ``npy_dir`` (absolute, ``..``, symlinked out)."""
+    if any(ord(c) < 32 for c in vid):
+        raise StoreError(f"{where}: video_id {vid!r} holds a control character (NUL, tab, ...); "
+                         f"ids are file names inside NPY_DIR {npy_dir} without '.npy'")
     rel = PurePath(vid)
     if rel.is_absolute() or rel.anchor or ".." in rel.parts:
         raise StoreError(f"{where}: video_id {vid!r} is an absolute path or contains '..'; ids "

@@ -8,11 +8,15 @@ per-class offset; a temporal model can read the order. Classes are imbalanced li
 """
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..errors import ConfigError
+from .reader import SPLITS
 from .split import stratified_split
 from .writer import write_store
 
@@ -49,6 +53,34 @@ def _video(rng, label, n_frames, scenes, signatures, base) -> np.ndarray:
     return frames.astype(np.float32)
 
 
+GENERATOR = "vidcls synth"
+
+
+def _check_room(out: Path, size: float) -> None:
+    """Refuse sizes that cannot fit on the disk before any allocation (a typo of --videos, say)."""
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(parent).free if parent.is_dir() else float("inf")
+    if size > free:
+        raise ConfigError(f"the store would take about {size / 2**30:.1f} GiB but {parent} has "
+                          f"{free / 2**30:.1f} GiB free; lower --videos, --dim or --max-frames")
+
+
+def _check_not_real(out: Path) -> None:
+    """A split file there that synth did not write (extracted or imported features) is never replaced."""
+    for split in SPLITS:
+        path = out / f"{split}.h5"
+        if not path.exists():
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                generator = json.loads(f.attrs.get("extractor", "{}")).get("generator")
+        except (OSError, ValueError, AttributeError):
+            generator = None
+        if generator != GENERATOR:
+            raise ConfigError(f"{path} holds features vidcls synth did not write; they are left alone: "
+                              f"choose another OUT_DIR for the synthetic store")
+
+
 def make_synthetic(out_dir, *, videos: int = 600, classes: int = 4, dim: int = 1280, min_frames: int = 16,
                    max_frames: int = 96, seed: int = 0, val_fraction: float = 0.15,
                    test_fraction: float = 0.15) -> dict:
@@ -65,6 +97,9 @@ def make_synthetic(out_dir, *, videos: int = 600, classes: int = 4, dim: int = 1
         raise ConfigError(f"need 1 <= --min-frames <= --max-frames, got {min_frames}, {max_frames}")
     if dim < 2:
         raise ConfigError(f"--dim must be >= 2, got {dim}")
+    out = Path(out_dir)
+    _check_room(out, videos * (min_frames + max_frames) / 2 * dim * 2)  # float16 frames
+    _check_not_real(out)
     rng = np.random.default_rng(seed)
     names, shares = class_layout(classes)
     n_pairs = (classes + 1) // 2
@@ -77,8 +112,7 @@ def make_synthetic(out_dir, *, videos: int = 600, classes: int = 4, dim: int = 1
     rest_idx, test_idx = stratified_split(labels, test_fraction, seed)
     train_idx, val_idx = stratified_split(labels[rest_idx], val_fraction / (1 - test_fraction), seed + 1)
     parts = {"train": rest_idx[train_idx], "val": rest_idx[val_idx], "test": test_idx}
-    extractor = {"backbone": "synthetic", "weights": None, "generator": "vidcls synth", "seed": seed}
-    out = Path(out_dir)
+    extractor = {"backbone": "synthetic", "weights": None, "generator": GENERATOR, "seed": seed}
     paths = {}
     for split, idx in parts.items():
         def gen(idx=idx, split=split):
