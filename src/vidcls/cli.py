@@ -146,6 +146,10 @@ def _add_serving_parsers(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
     p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest request body in MB (500)")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting or running; more get 503 (8)")
+    p.add_argument("--max-uploads", type=int, default=8,
+                   help="uploads being received at once, apart from --max-queue; more get 503 (8)")
+    p.add_argument("--body-timeout", default="30", metavar="SECONDS",
+                   help="a request body from which nothing arrives for this long gets 408 (30)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="the encoder weights of the run's extractor (.pth, .pt, .safetensors), when the recorded "
@@ -373,7 +377,8 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.run_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_queue=args.max_queue, device=args.device, weights=args.weights)
+          max_queue=args.max_queue, device=args.device, weights=args.weights,
+          max_uploads=args.max_uploads, body_timeout=args.body_timeout)
     return 0
 
 

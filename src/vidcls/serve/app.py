@@ -3,18 +3,19 @@
 Endpoints: ``GET /health``; ``GET /v1/model``; ``POST /v1/predict`` (multipart, one video in the file
 field ``file``) -> the record of ``Predictor.predict_records`` (the JSON of ``vidcls predict --format
 json``) with ``input`` set to the uploaded file name, plus ``thumbnails`` (data URIs, one per frame)
-with ``?thumbnails=1``; ``POST /v1/predict/features`` ({"features": T x D}); ``GET /`` the page;
-OpenAPI at ``/docs``.
+with ``?thumbnails=1``; ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``GET /`` the page;
+OpenAPI at ``/docs`` (:mod:`vidcls.serve.pages`).
 
 Every error response is ``{"error": message}`` (a failed video: its record, whose ``error`` says why);
 an unexpected exception is logged here and answered with a bare 500. Uploads are streamed to a
-temporary file that is removed on every path; limits are in :mod:`vidcls.serve.limits`.
+temporary file (:mod:`vidcls.serve.uploads`) that is removed on every path, and received before the
+request takes its place in the inference queue: a slow or stalled upload holds only one of the
+``max_uploads`` places of uploads in transfer, and is given up (408) once idle for ``body_timeout_s``.
+Limits are in :mod:`vidcls.serve.limits`; stale uploads of a killed server are removed at start.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -22,13 +23,12 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
@@ -37,14 +37,20 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..errors import ConfigError, VidclsError
 from ..features.video import VideoSkip, open_video
-from .limits import BodyLimit, InferenceQueue, receive_upload
+from .limits import BodyLimit, InferenceQueue, UploadSlots
+from .pages import add_docs, add_page_routes
 from .thumbnails import frame_thumbnails
+from .uploads import receive_upload, sweep_stale_uploads
 
 log = logging.getLogger("vidcls.serve")
 
 API_KEY_ENV = "VIDCLS_API_KEY"
 API_KEY_HEADER = "X-API-Key"
 UPLOAD_FIELD = "file"
+FEATURES_PATH = "/v1/predict/features"
+FEATURES_MAX_MB = 32.0  # a features body is parsed in memory (about 10x its size) on the event loop
+FEATURES_ADVICE = ("for frame features; send fewer frames (a sequence longer than the run's max_frames "
+                   "is thinned to it anyway)")
 NOT_A_VIDEO = {"cannot_open", "no_video_stream"}  # VideoSkip codes answered with 415
 
 
@@ -52,7 +58,9 @@ NOT_A_VIDEO = {"cannot_open", "no_video_stream"}  # VideoSkip codes answered wit
 class ServeSettings:
     """How the service runs. ``api_key``: required in X-API-Key on /v1/* when set. ``tmp_dir``: where
     uploads are streamed (None: the system's, i.e. $TMPDIR). ``run_dir``: where summary.json and
-    calibration.json are read for /v1/model (None: no metrics)."""
+    calibration.json are read for /v1/model (None: no metrics). ``max_uploads``: uploads being received
+    at once (apart from ``max_queue``); ``body_timeout_s``: a request body from which nothing arrives
+    for this long gets 408 (a number, or its text as given on the command line)."""
 
     max_upload_mb: float = 500.0
     max_queue: int = 8
@@ -60,18 +68,42 @@ class ServeSettings:
     tmp_dir: str | None = None
     run_dir: str | None = None
     workers: int = 1
+    max_uploads: int = 8
+    body_timeout_s: float = 30.0
 
     def __post_init__(self):
         if not (self.max_upload_mb > 0 and math.isfinite(self.max_upload_mb)):
             raise ConfigError(f"--max-upload-mb must be a positive number, got {self.max_upload_mb}")
         if int(self.max_queue) < 1:
             raise ConfigError(f"--max-queue must be >= 1, got {self.max_queue}")
+        if int(self.max_uploads) < 1:
+            raise ConfigError(f"--max-uploads must be >= 1, got {self.max_uploads}")
+        self.body_timeout_s = check_body_timeout(self.body_timeout_s)
         if self.tmp_dir is not None and not Path(self.tmp_dir).is_dir():
             raise ConfigError(f"upload directory {self.tmp_dir} does not exist")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2 ** 20)
+
+    @property
+    def max_features_bytes(self) -> int:
+        return min(self.max_upload_bytes, int(FEATURES_MAX_MB * 2 ** 20))
+
+
+def check_body_timeout(value) -> float:
+    """``--body-timeout`` as a positive, finite number of seconds.
+
+    Raises:
+        ConfigError: anything else (checked before the run is loaded).
+    """
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"--body-timeout must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def is_loopback(host: str) -> bool:
@@ -154,7 +186,9 @@ def model_info(predictor, settings: ServeSettings) -> dict:
             "metrics": {"val": summary.get("val"), "test": summary.get("test")},
             "calibration": calibration,
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_queue": settings.max_queue,
-                       "upload_field": UPLOAD_FIELD}}
+                       "upload_field": UPLOAD_FIELD, "max_uploads": settings.max_uploads,
+                       "body_timeout_s": settings.body_timeout_s,
+                       "max_features_mb": round(settings.max_features_bytes / 2 ** 20, 3)}}
 
 
 class ApiKeyGuard:
@@ -171,20 +205,6 @@ class ApiKeyGuard:
                                   {"WWW-Authenticate": API_KEY_HEADER})
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
-
-
-def _page() -> tuple[str, str]:
-    """The page's HTML (CSS and JS inlined) and its Content-Security-Policy (hashes of both)."""
-    files = resources.files("vidcls.serve") / "static"
-    css, js = (files / "page.css").read_text(), (files / "page.js").read_text()
-
-    def digest(text):
-        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-    html = (files / "page.html").read_text().replace("/*CSS*/", css).replace("/*JS*/", js)
-    csp = (f"default-src 'none'; connect-src 'self'; img-src data:; style-src {digest(css)}; "
-           f"script-src {digest(js)}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-    return html, csp
 
 
 def _error(status: int, message: str, headers=None) -> JSONResponse:
@@ -256,19 +276,23 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        sweep_stale_uploads(settings.tmp_dir)
         yield
         queue.close()
 
     app = FastAPI(title="vidcls", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Video classification with a trained vidcls run. /v1/* needs the X-API-Key "
                               "header when the server has a key.")
-    app.state.queue, app.state.settings = queue, settings
+    uploads = UploadSlots(settings.max_uploads)
+    app.state.queue, app.state.uploads, app.state.settings = queue, uploads, settings
     app.add_middleware(ApiKeyGuard, api_key=settings.api_key)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)  # the outermost: see its docstring
+    features_limit = (settings.max_features_bytes, FEATURES_ADVICE)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout_s=settings.body_timeout_s,
+                       path_limits={FEATURES_PATH: features_limit})  # the outermost: see its docstring
     _add_error_handlers(app)
-    _add_page_routes(app)
-    _add_docs(app)
-    app.include_router(_v1_router(predictor, settings, queue))
+    add_page_routes(app)
+    add_docs(app)
+    app.include_router(_v1_router(predictor, settings, queue, uploads))
     return app
 
 
@@ -293,38 +317,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error (logged on the server)")
 
 
-def _add_page_routes(app: FastAPI) -> None:
-    """``GET /health`` and the upload page ``GET /`` (outside /v1: no API key)."""
-    page, csp = _page()
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index():
-        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
-                                           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+def _json_body(request: Request) -> None:
+    """A features request must say that its body is JSON (else FastAPI takes it as bytes: a puzzling 422)."""
+    mime = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not (mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))):
+        raise HTTPException(415, 'send the frame features as JSON, {"features": [[...], ...]}, with the header '
+                                 'Content-Type: application/json')
 
 
-def _add_docs(app: FastAPI) -> None:
-    """``GET /docs``: Swagger UI served from the installed swagger-ui-bundle, not FastAPI's default CDN,
-    so the API documentation works on machines without internet access."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="vidcls API",
-                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-static/swagger-ui.css",
-                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
-
-
-def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue) -> APIRouter:
+def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue, uploads: UploadSlots) -> APIRouter:
     """``/v1/model``, ``/v1/predict`` and ``/v1/predict/features``."""
     info = model_info(predictor, settings)
     n_classes = len(predictor.classes_)
@@ -342,16 +343,18 @@ def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue) -> API
     async def predict(request: Request, top_k: int = top_k_query,
                       thumbnails: bool = Query(False, description="add frame thumbnails (data URIs)")):
         """Classify one uploaded video (multipart field ``file``)."""
-        async with queue.slot():
+        queue.check()  # a full queue refuses before the body is received, not after
+        with uploads.slot():  # the body arrives outside the inference queue
             upload = await receive_upload(request, UPLOAD_FIELD, settings.tmp_dir)
-            try:
+        try:
+            async with queue.slot():
                 status, body = await queue.run(_predict_upload, predictor, upload.path, upload.filename,
                                                min(top_k, n_classes), thumbnails)
-            finally:
-                upload.path.unlink(missing_ok=True)
+        finally:
+            upload.path.unlink(missing_ok=True)
         return JSONResponse(body, status)
 
-    @v1.post("/predict/features")
+    @v1.post("/predict/features", dependencies=[Depends(_json_body)])
     async def predict_features(body: FeaturesRequest, top_k: int = top_k_query):
         """Classify one video given as its frame features (T x D, from the run's extractor)."""
         x = features_array(body.features, info["feature_dim"])
@@ -363,7 +366,8 @@ def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue) -> API
 
 
 def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 500.0,
-          max_queue: int = 8, device: str = "auto", weights: str | None = None, log_level: str = "info") -> None:
+          max_queue: int = 8, device: str = "auto", weights: str | None = None, log_level: str = "info",
+          max_uploads: int = 8, body_timeout: float | str = 30.0) -> None:
     """Load the run and serve it until interrupted (``vidcls serve``).
 
     Raises:
@@ -372,7 +376,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
     port = check_port(port)
     api_key = resolve_api_key(host)
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_queue=max_queue, api_key=api_key,
-                             run_dir=str(run_dir))
+                             run_dir=str(run_dir), max_uploads=max_uploads, body_timeout_s=body_timeout)
     import uvicorn  # after the checks: a refused start does not wait for torch
 
     from ..inference.predictor import load

@@ -1,46 +1,47 @@
-"""Request limits of the HTTP service: body size, the inference queue, and uploads streamed to disk.
+"""Request limits of the HTTP service: body size, body idle time, uploads in transfer, the inference queue.
 
 - ``BodyLimit`` (ASGI middleware): a request whose Content-Length is over the limit gets 413 before
   any of its body is stored; a body without one (chunked) is counted as it arrives and stopped with
-  413 as soon as it passes the limit; an early answer waits until the client's body is read (and
-  discarded), so that the client gets it.
-- ``receive_upload``: parses a multipart/form-data body as it streams in and writes the one file field
-  to a temporary file in chunks; nothing holds the whole body in memory, and the file is removed on
-  every error path.
+  413 as soon as it passes the limit; a body from which nothing arrives for ``timeout_s`` gets 408 and
+  the connection is closed; an early answer waits until the client's body is read (and discarded),
+  so that the client gets it, but never longer than the body keeps arriving.
+- ``UploadSlots``: at most ``max_uploads`` uploads being received at once, apart from the inference
+  queue (slow or stalled uploads never hold a place that feature requests need); one more gets 503.
 - ``InferenceQueue``: at most ``max_queue`` requests waiting for or running inference; one more is
   refused with 503 and a Retry-After estimate. Inference runs on a bounded thread pool, off the event
   loop.
+
+The multipart upload itself (streamed to a temporary file) is in :mod:`vidcls.serve.uploads`.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
-import os
-import re
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from ..features.video import VIDEO_EXTENSIONS
+from .uploads import UPLOAD_PREFIX, Upload, clean_filename, receive_upload  # noqa: F401  (their old home)
 
-UPLOAD_PREFIX = "vidcls-upload-"
-MAX_FILENAME = 255
 DRAIN_MAX = 256 * 2 ** 20  # a refused body is read and discarded up to this size (see _drain)
+UPLOAD_ADVICE = "(--max-upload-mb); send a shorter or more compressed video"
+UPLOADS_RETRY_S = 5  # Retry-After of a refused upload: uploads in transfer end at unknown times
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self, max_bytes: int):
-        super().__init__(413, f"the request body is larger than the limit of {_mb(max_bytes)} "
-                              f"(--max-upload-mb); send a shorter or more compressed video",
+    def __init__(self, max_bytes: int, advice: str = UPLOAD_ADVICE):
+        super().__init__(413, f"the request body is larger than the limit of {_mb(max_bytes)} {advice}",
+                         headers={"Connection": "close"})
+
+
+class BodyTimeout(HTTPException):
+    def __init__(self, timeout_s: float):
+        super().__init__(408, f"no part of the request body arrived for {timeout_s:g} s (--body-timeout); "
+                              f"the request was given up: send the body without pauses",
                          headers={"Connection": "close"})
 
 
@@ -50,188 +51,139 @@ class QueueFull(HTTPException):
                               f"retry in {retry_after} s", headers={"Retry-After": str(retry_after)})
 
 
+class UploadsFull(HTTPException):
+    def __init__(self, max_uploads: int):
+        super().__init__(503, f"the server is busy receiving {max_uploads} other uploads (--max-uploads); "
+                              f"retry in {UPLOADS_RETRY_S} s", headers={"Retry-After": str(UPLOADS_RETRY_S)})
+
+
 def _mb(n: int) -> str:
     return f"{n / 2 ** 20:.3g} MB"
 
 
-async def _drain(receive, most: int) -> None:
-    """Read and discard the rest of a request body (at most ``most`` bytes)."""
+async def _drain(receive, most: int, timeout_s: float) -> bool:
+    """Read and discard the rest of a request body: True once it has ended; False when given up, past
+    ``most`` bytes or after ``timeout_s`` without any of it arriving (the connection is then closed)."""
     seen = 0
     while seen <= most:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
         if message["type"] != "http.request" or not message.get("more_body", False):
-            return
+            return True
         seen += len(message.get("body", b""))
+    return False
+
+
+def _closing(message: dict) -> dict:
+    """A response start with ``Connection: close`` (uvicorn then closes the connection after it)."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+    return {**message, "headers": headers + [(b"connection", b"close")]}
 
 
 class BodyLimit:
-    """ASGI middleware: the size limit of request bodies, and no answer before the body is read.
+    """ASGI middleware: the size limit and the idle timeout of request bodies, no answer before the body
+    is read.
 
-    - a Content-Length over ``max_bytes`` gets 413 before the app runs; a body without one (chunked)
-      is counted as the app reads it, and reading past the limit raises ``BodyTooLarge`` (413);
+    - a Content-Length over the limit (``max_bytes``, or that of the path in ``path_limits``: path ->
+      (bytes, advice)) gets 413 before the app runs; a body without one (chunked) is counted as the
+      app reads it, and reading past the limit raises ``BodyTooLarge`` (413);
+    - a body from which nothing arrives for ``timeout_s`` seconds while the app waits for it raises
+      ``BodyTimeout`` (408, the connection closed), so a stalled client holds nothing for longer;
     - answering before the client has sent its whole body (413, 401, 415, 503 ...) and then closing
       makes the kernel reset the connection, and most clients lose the answer: the rest of the body
-      is read and discarded first (never stored), up to DRAIN_MAX bytes, past which the connection is
-      simply closed. A client that sent ``Expect: 100-continue`` (curl does for large bodies) and whose
-      body was not asked for yet gets the answer at once, without sending the body.
+      is read and discarded first (never stored), up to DRAIN_MAX bytes and while it keeps arriving
+      (``timeout_s``), past which the answer goes out with ``Connection: close``. A client that sent
+      ``Expect: 100-continue`` (curl does for large bodies) and whose body was not asked for yet gets
+      the answer at once, without sending the body.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, int(max_bytes)
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, path_limits: dict | None = None):
+        self.app, self.max_bytes, self.timeout_s = app, int(max_bytes), float(timeout_s)
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        limit, advice = self.path_limits.get(scope["path"], (self.max_bytes, UPLOAD_ADVICE))
         state = {"seen": 0, "done": False, "asked": False,
                  "expect": headers.get(b"expect", b"").lower() == b"100-continue"}
 
         async def counted():
             state["asked"] = True
-            message = await receive()
+            if state["done"]:  # the body has ended: a wait for the disconnect is no stalled body
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                state["done"] = True  # nothing to drain: the 408 goes out at once, and the connection closes
+                raise BodyTimeout(self.timeout_s) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 state["done"] = True
             if message["type"] == "http.request":
                 state["seen"] += len(message.get("body", b""))
-                if state["seen"] > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if state["seen"] > limit:
+                    raise BodyTooLarge(limit, advice)
             return message
 
         async def answer(message):
             if message["type"] == "http.response.start" and not state["done"] \
                     and not (state["expect"] and not state["asked"]):
                 state["done"] = True
-                await _drain(receive, DRAIN_MAX)
+                if not await _drain(receive, DRAIN_MAX, self.timeout_s):
+                    message = _closing(message)
             await send(message)
 
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                return await JSONResponse({"error": "invalid Content-Length header"}, 400)(scope, receive, answer)
-            if declared == 0:
-                state["done"] = True
-            if declared > self.max_bytes:
-                exc = BodyTooLarge(self.max_bytes)
-                if declared > DRAIN_MAX:
-                    state["done"] = True  # not worth reading: the connection is closed after the answer
-                return await JSONResponse({"error": exc.detail}, 413, headers=exc.headers)(scope, receive, answer)
-        elif b"transfer-encoding" not in headers:
-            state["done"] = True  # no body
+        refusal = self._refusal(headers, state, limit, advice)
+        if refusal is not None:
+            return await refusal(scope, receive, answer)
         return await self.app(scope, counted, answer)
 
-
-@dataclass
-class Upload:
-    path: Path
-    filename: str
-    size: int
-
-
-def clean_filename(raw: str | None) -> str:
-    """The base name of a client's file name, without control characters, at most 255 characters."""
-    name = re.split(r"[\\/]", raw or "")[-1]
-    name = "".join(ch for ch in name if ch.isprintable())
-    return name[:MAX_FILENAME] or "upload"
-
-
-def _suffix(filename: str) -> str:
-    """The upload's extension when it is a video one (FFmpeg takes it as a hint), else .mp4."""
-    ext = Path(filename).suffix.lower()
-    return ext if ext in VIDEO_EXTENSIONS else ".mp4"
-
-
-class _FilePart:
-    """python-multipart callbacks that write the first part named ``field`` to a temporary file."""
-
-    def __init__(self, field: str, tmp_dir: str | None):
-        self.field, self.tmp_dir = field, tmp_dir
-        self.fields_seen: list[str] = []
-        self.upload: Upload | None = None
-        self._file = None
-        self._headers: dict[bytes, bytes] = {}
-        self._name = self._value = b""
-        self._writing = False
-
-    def callbacks(self) -> dict:
-        return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
-                "on_header_end": self._hend, "on_headers_finished": self._headers_done,
-                "on_part_data": self._data, "on_part_end": self._end}
-
-    def _begin(self):
-        self._headers, self._name, self._value = {}, b"", b""
-
-    def _hfield(self, data, start, end):
-        self._name += data[start:end]
-
-    def _hvalue(self, data, start, end):
-        self._value += data[start:end]
-
-    def _hend(self):
-        self._headers[self._name.strip().lower()] = self._value.strip()
-        self._name = self._value = b""
-
-    def _headers_done(self):
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        self.fields_seen.append(name)
-        self._writing = name == self.field and self.upload is None and b"filename" in options
-        if self._writing:
-            filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
-            fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=_suffix(filename), dir=self.tmp_dir)
-            self._file = os.fdopen(fd, "wb")
-            self.upload = Upload(Path(path), filename, 0)
-
-    def _data(self, data, start, end):
-        if self._writing:
-            self._file.write(data[start:end])
-            self.upload.size += end - start
-
-    def _end(self):
-        if self._writing:
-            self._file.close()
-            self._writing = False
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self.upload is not None:
-            self.upload.path.unlink(missing_ok=True)
+    @staticmethod
+    def _refusal(headers: dict, state: dict, limit: int, advice: str) -> JSONResponse | None:
+        """The answer to a request refused on its headers alone (bad or too large Content-Length)."""
+        length = headers.get(b"content-length")
+        if length is None:
+            if b"transfer-encoding" not in headers:
+                state["done"] = True  # no body
+            return None
+        try:
+            declared = int(length)
+        except ValueError:
+            return JSONResponse({"error": "invalid Content-Length header"}, 400)
+        if declared == 0:
+            state["done"] = True
+        if declared <= limit:
+            return None
+        exc = BodyTooLarge(limit, advice)
+        if declared > DRAIN_MAX:
+            state["done"] = True  # not worth reading: the connection is closed after the answer
+        return JSONResponse({"error": exc.detail}, 413, headers=exc.headers)
 
 
-async def receive_upload(request, field: str = "file", tmp_dir: str | None = None) -> Upload:
-    """Stream the multipart body of ``request`` and store its file field ``field`` in ``tmp_dir``.
+class UploadSlots:
+    """At most ``max_uploads`` uploads being received at once; one more is refused at once (503)."""
 
-    The caller removes ``Upload.path``; on any error here it is already removed.
+    def __init__(self, max_uploads: int):
+        self.max_uploads = int(max_uploads)
+        self.held = 0  # only touched on the event loop
 
-    Raises:
-        HTTPException: 415 not multipart/form-data, 400 a malformed body, 422 no such file field;
-            413 (from ``BodyLimit``) a body over the limit.
-    """
-    ctype, options = parse_options_header(request.headers.get("content-type", ""))
-    boundary = options.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise HTTPException(415, f"send the video as multipart/form-data with a file field named '{field}'")
-    part = _FilePart(field, tmp_dir)
-    parser = MultipartParser(boundary, part.callbacks())
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-        if part.upload is None:
-            seen = ", ".join(repr(n) for n in part.fields_seen) or "none"
-            raise HTTPException(422, f"no file field named '{field}' in the form (fields sent: {seen}); "
-                                     f"send the video as {field}=@VIDEO")
-        if part._writing:
-            raise HTTPException(400, "the multipart body ends inside the file; the upload is incomplete")
-        return part.upload
-    except MultipartParseError as err:
-        part.discard()
-        raise HTTPException(400, f"malformed multipart/form-data body ({err})") from None
-    except BaseException:
-        part.discard()
-        raise
+    @contextlib.contextmanager
+    def slot(self):
+        """Hold one of the ``max_uploads`` places while the body arrives.
+
+        Raises:
+            UploadsFull: all places are taken (503 with Retry-After).
+        """
+        if self.held >= self.max_uploads:
+            raise UploadsFull(self.max_uploads)
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
 
 
 class InferenceQueue:
@@ -246,6 +198,12 @@ class InferenceQueue:
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self._mean_s * self.held / self.workers))
+
+    def check(self) -> None:
+        """Refuse now (QueueFull) when every place is taken: an upload is then not received in vain."""
+        with self._lock:
+            if self.held >= self.max_queue:
+                raise QueueFull(self.retry_after(), self.max_queue)
 
     @contextlib.asynccontextmanager
     async def slot(self):
