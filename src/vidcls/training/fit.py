@@ -40,6 +40,19 @@ def holds_run(run_dir) -> bool:
     return any(Path(run_dir).glob("members/*/checkpoints/*.pt"))
 
 
+def check_run_dir(run_dir, features_dir) -> None:
+    """A run directory must not be (or hold) a feature store: the run's files would mix with the data.
+
+    Raises:
+        ConfigError: RUN_DIR is the features directory or holds a split file (train.h5, ...).
+    """
+    run, feats = Path(run_dir), Path(features_dir)
+    same = run.exists() and feats.exists() and run.resolve() == feats.resolve()
+    if same or any((run / f"{split}.h5").exists() for split in ("train", "val", "test")):
+        raise ConfigError(f"RUN_DIR {run_dir} is a feature directory (it holds the .h5 stores); give the run "
+                          f"its own directory, e.g. runs/<name>")
+
+
 def resolve_config(run_dir, config_path=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
     """The config of a new run, or of a resumed one: the saved config with the explicit options on top.
 
@@ -82,6 +95,7 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
         RunLockedError: another process is using ``run_dir``.
     """
     cfg.validate()  # callers of the Python API get the CLI's checks before anything is written
+    check_run_dir(run_dir, cfg.features_dir)
     t_start = time.time()
     run_dir = Path(run_dir)
     dist = ddp.env_dist()
