@@ -49,7 +49,7 @@ def start_server(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if k != "VIDCLS_API_KEY"}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "vidcls", "serve", str(run), "--port", str(port),
-                                 "--device", "cpu", "--max-queue", "64"], stdout=out, stderr=subprocess.STDOUT,
+                                 "--device", "cpu", "--max-queue", "64", "--max-uploads", "64"], stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
