@@ -113,3 +113,16 @@ def test_the_cli_names_the_npy_file_in_every_error(clip_run, tmp_path, capsys):
             continue
         err = records[str(path)]["error"]
         assert says in err and str(path) in err and "allow_pickle" not in err and "features[" not in err, (name, err)
+
+
+def test_a_weights_file_that_is_no_state_dict_is_named_in_a_few_words(tmp_path):
+    from vidcls.errors import BackboneError
+    from vidcls.features.weights import read_state_dict
+
+    path = tmp_path / "clip.pth"
+    path.write_bytes(b"\x00\x00\x00 ftypisom not torch at all" * 20)
+    with pytest.raises(BackboneError) as info:
+        read_state_dict(path)
+    msg = str(info.value)
+    assert msg.startswith(f"--weights {path}: not a loadable state dict") and "torch.save" in msg
+    assert "In PyTorch 2.6" not in msg and len(msg) < 300

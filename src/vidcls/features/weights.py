@@ -44,6 +44,14 @@ def weights_kind(weights) -> tuple[str, Path | None]:
     return "name", None
 
 
+def _load_failure(err: Exception) -> str:
+    """Why a weights file did not load, in a few words (torch's own text runs to a paragraph)."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" in text:  # a pickle of more than tensors, or not a torch file at all
+        return "torch.load with weights_only=True refused it: not a PyTorch file, or it holds Python objects"
+    return f"{type(err).__name__}: {text[:160]}"
+
+
 def read_state_dict(path: Path) -> dict:
     """The tensors of a local weights file, unwrapped (``{"state_dict": ...}``, ``module.`` prefixes).
 
@@ -59,9 +67,8 @@ def read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip, safetensors and torch errors all mean the same to the user
-        raise BackboneError(f"--weights {path}: not a loadable state dict ({type(err).__name__}: "
-                            f"{str(err)[:200]}); save one with torch.save(model.state_dict(), path) or "
-                            f"safetensors.torch.save_file") from None
+        raise BackboneError(f"--weights {path}: not a loadable state dict ({_load_failure(err)}); save one "
+                            f"with torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]  # a training checkpoint that wraps the state dict
