@@ -338,7 +338,7 @@ def test_cli_predict_end_to_end_resumable_with_timelines(video_run, run_cli, cap
     assert set(records) == {"blue_new.mp4", "red_new.mp4", "broken.mp4", "feats.npy"}
     assert records["broken.mp4"]["label"] is None and records["broken.mp4"]["error"]
     clip = records["red_new.mp4"]
-    assert set(clip) == RECORD_KEYS and len(clip["top_k"]) == 2 and clip["label"] in ("red", "blue")
+    assert set(clip) == RECORD_KEYS | {"ood"} and len(clip["top_k"]) == 2 and clip["label"] in ("red", "blue")
     assert len(clip["frames"]) == 4 and all(f["timestamp_ms"] is not None for f in clip["frames"])
     assert sum(f["attention"] for f in clip["frames"]) == pytest.approx(1.0, abs=1e-4)
     assert records["feats.npy"]["error"] is None

@@ -12,9 +12,10 @@ import pytest
 
 from vidcls.cli import main
 from vidcls.errors import ConfigError
-from vidcls.inference.trust import (as_4d, calibration_score, energy_score, expected_calibration_error,
-                                    fit_temperature, load_calibration, max_softmax_score, nll, ood_score,
-                                    ood_threshold, served_probs, trust_verdict)
+from vidcls.inference.trust import (NOT_CALIBRATED, as_4d, calibration_score, energy_score,
+                                    expected_calibration_error, fit_temperature, load_calibration,
+                                    max_softmax_score, nll, ood_score, ood_threshold, served_probs,
+                                    trust_verdict)
 
 TINY = ["--epochs", "3", "--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
         "--device", "cpu", "--no-plots", "--model", "mean_mlp"]
@@ -142,7 +143,7 @@ def test_trust_verdict():
     assert "1.230" in reason and "2.340" in reason and "95 % of validation videos pass" in reason
     assert trust_verdict(2.34, cal) == (True, "within the validation range")
     assert trust_verdict(5.0, cal) == (True, "within the validation range")
-    assert trust_verdict(-100.0, None) == (True, "not calibrated")
+    assert trust_verdict(-100.0, None) == (None, NOT_CALIBRATED)  # unknown: nothing was checked
     assert calibration_score(np.zeros((2, 3)), None) is None
     np.testing.assert_allclose(calibration_score(np.zeros((2, 3)), cal), 1.5 * math.log(3))
 

@@ -90,6 +90,8 @@ def test_bad_uploads_get_4xx_with_a_message_and_leave_no_file(fake, serve_app, c
     big = data * (300_000 // len(data) + 1)
     cases = {
         "text file": ({"files": {"file": ("notes.txt", b"just some text\n" * 50, "text/plain")}}, {415}, "FFmpeg"),
+        "features file": ({"files": {"file": ("x.npy", b"\x93NUMPY" + b"\0" * 90, "application/octet-stream")}},
+                          {415}, "x.npy: a .npy file holds features, not a video; send them as JSON"),
         "truncated mp4": ({"files": {"file": ("cut.mp4", data[:len(data) // 3], "video/mp4")}}, {415, 422}, "cut.mp4"),
         "empty": ({"files": {"file": ("empty.mp4", b"", "video/mp4")}}, {422}, "empty"),
         "wrong field": ({"files": {"video": ("clip.mp4", data, "video/mp4")}}, {422}, "field named 'file'"),

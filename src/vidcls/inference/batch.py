@@ -246,7 +246,8 @@ class PredictSummary:
     skipped: int = 0  # already in the output file
     predicted: int = 0  # predicted now, errors included
     errors: int = 0  # of those, inputs that could not be used
-    untrusted: int = 0
+    untrusted: int = 0  # usable records with trusted false
+    unknown: int = 0  # usable records with trusted null: the run is not calibrated
     timelines: int = 0
     output: Path | None = None
     seconds: float = 0.0
@@ -265,6 +266,8 @@ class PredictSummary:
             parts.append(f"{self.errors} could not be used (see their \"error\")")
         if self.untrusted:
             parts.append(f"{self.untrusted} not trusted")
+        if self.unknown:
+            parts.append(f"{self.unknown} of unknown trust (not calibrated)")
         if self.timelines:
             parts.append(f"{self.timelines} timelines")
         where = f"; written: {self.output}" if self.output else ""
@@ -411,7 +414,8 @@ def run_predict(predictor, inputs: Sequence[Path], options: PredictOptions | Non
                                 decode_workers=options.decode_workers):
             out.predicted += 1
             out.errors += bool(rec.get("error"))
-            out.untrusted += not rec.get("error") and not rec.get("trusted", True)
+            out.untrusted += not rec.get("error") and rec.get("trusted", True) is False
+            out.unknown += not rec.get("error") and rec.get("trusted", True) is None
             if timelines is not None and not rec.get("error"):
                 out.timelines += timelines.write(rec)
             _emit(rec, options.fmt, appender, stdout, out)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
+from .verdict import csv_cell, table_cells
 
 FORMATS = ("table", "json", "jsonl", "csv")
 CSV_FIELDS = ("input", "label", "prob", "trusted", "trust_reason", "top_k", "error")
@@ -50,7 +51,7 @@ def _csv_row(r: dict) -> dict:
     prob = _prob(r)
     return {"input": r["input"], "label": r.get("label") or "",
             "prob": "" if prob is None else f"{prob:.6f}",
-            "trusted": "" if r.get("error") else str(bool(r.get("trusted"))).lower(),
+            "trusted": csv_cell(r),  # true / false, empty when unknown (not calibrated) or not predicted
             "trust_reason": r.get("trust_reason") or "",
             "top_k": ";".join(f"{t['class']}:{float(t['probability']):.6f}" for t in r.get("top_k") or []),
             "error": r.get("error") or ""}
@@ -64,8 +65,7 @@ def _table(records: list[dict]) -> str:
             rows.append((r["input"], "ERROR", "", "", r["error"]))
         else:
             rows.append((r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}",
-                         "yes" if r.get("trusted") else "no",
-                         "" if r.get("trusted") else str(r.get("trust_reason") or "")))
+                         *table_cells(r)))  # yes / no / unknown; every OOD score against its threshold
     head = TABLE_HEAD
     width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(4)]
     width[0] = min(width[0], 80)

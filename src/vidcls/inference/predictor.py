@@ -25,6 +25,7 @@ Inputs ``x`` everywhere: a video path (str / Path), a ``(T, D)`` float array, or
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -41,13 +42,14 @@ from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
 from .evaluate import TTA_SETTINGS, checkpoint_path, load_final_choice
 from .inputs import as_list, check_features, encode_videos, error_record, finite, gather, stamps
-from . import trust
+from . import trust, verdict
 from .temperature import served_probs
 from .tta import tta_batch
 
 __all__ = ["Predictor", "load", "served_probs"]
 
 ORIGINAL = "original"
+log = logging.getLogger(__name__)
 # extractor records written by this vidcls carry this rule (features/extract.py FRAME_RULE)
 _FRAME_RULE_KEY = "frame_rule"
 
@@ -84,7 +86,8 @@ class Predictor:
         batch_size_, batch_frames_: the frame-budget batching of the run.
         calibration_: ``RUN_DIR/calibration.json`` as a dict, or None: not calibrated, or calibrated for
             other members or views than served (``tta`` forced, final.json changed since); then
-            ``calibration_note_`` says so and every prediction is trusted with that reason.
+            ``calibration_note_`` says why, every prediction has ``trusted`` None (unknown: nothing was
+            checked) with that reason, and loading logs a warning that says to run ``vidcls calibrate``.
         run_dir: the run directory. device: the torch device.
     """
 
@@ -117,24 +120,26 @@ class Predictor:
         dtype = self.extractor_.get("dtype")
         self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
         calibration = trust.load_calibration(self.run_dir)
-        self.calibration_, self.calibration_note_ = self._usable(calibration)
+        self.calibration_, self.calibration_note_, warning = self._usable(calibration)
+        if warning:
+            log.warning("%s", warning)  # once per load; stderr unless the application set up logging
         self._typicality = trust.typicality_stats(self.run_dir, self.calibration_) if self.calibration_ else None
         self._encoder = None
         self._selection = None
         self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
 
     # ---- loading ----------------------------------------------------------------------------
-    def _usable(self, calibration: dict | None) -> tuple[dict | None, str]:
+    def _usable(self, calibration: dict | None) -> tuple[dict | None, str, str | None]:
         """(the calibration, or None when there is none or it was fitted on other members or views
-        than this predictor serves; the trust reason to give without one)."""
+        than this predictor serves; the trust reason to give without one; the warning to log then)."""
         if not calibration:
-            return None, "not calibrated"
+            return (None, *verdict.not_calibrated(self.run_dir))
         fitted = (calibration.get("members", self.members_), calibration.get("views", self.views_))
         if list(fitted[0]) != self.members_ or list(fitted[1]) != self.views_:
-            return None, (f"not calibrated: calibration.json was fitted for members {list(fitted[0])} with "
-                          f"views {list(fitted[1])}, this predictor serves members {self.members_} with views "
-                          f"{self.views_}; run `vidcls calibrate {self.run_dir}`")
-        return calibration, "not calibrated"
+            why = (f"calibration.json was fitted for members {list(fitted[0])} with views {list(fitted[1])}, "
+                   f"this predictor serves members {self.members_} with views {self.views_}")
+            return (None, *verdict.not_calibrated(self.run_dir, why))
+        return calibration, "", None
 
     def _load_members(self) -> tuple[list, list[dict]]:
         """The served models, each from the file ``final.json`` says its index means
@@ -303,10 +308,14 @@ class Predictor:
 
             {"input", "label", "top_k": [{"class", "probability"}], "probabilities": {class: p},
              "trusted", "trust_reason", "ood_score", "frames": [{"index", "timestamp_ms", "attention"}],
-             "timings": {"decode_s", "features_s", "model_s"}, "error", "ood_scores": {name: float | None}}
+             "timings": {"decode_s", "features_s", "model_s"}, "error", "ood_scores": {name: float | None},
+             "ood": {name: {"score", "threshold", "pass"}} | None}
 
-        "ood_score" is the calibration's logit score (energy); "ood_scores" every score the verdict
-        checked (energy and, for runs calibrated with it, the feature-space typicality; {} uncalibrated).
+        "trusted": True, False, or None (unknown: the run is not calibrated, see
+        :mod:`vidcls.inference.verdict`). "ood": every score the verdict checked (energy and, for runs
+        calibrated with it, the feature-space typicality) against its threshold, None uncalibrated;
+        "ood_score" is the calibration's logit score (energy) alone and "ood_scores" the scores without
+        their thresholds ({} uncalibrated).
 
         An input that cannot be used (a broken video, a bad array) gives ``error`` (the reason) with
         ``label`` None and never raises; a run that cannot handle videos at all (weights missing,
@@ -326,32 +335,42 @@ class Predictor:
         records = []
         for r in items:
             if r["error"] is not None:
-                records.append(error_record(r["input"], r["error"], r["decode_s"], r["features_s"]))
+                failed = error_record(r["input"], r["error"], r["decode_s"], r["features_s"])
+                records.append({**failed, "ood": failed.get("ood")})
                 continue
             j = done[id(r)]
-            p = probs[j]
-            order = np.argsort(-p, kind="stable")[:int(top_k)]
-            times = stamps(r["timestamps_ms"], kept[j])
-            records.append({
-                "input": r["input"], "label": self.classes_[int(order[0])],
-                "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
-                "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
-                "trusted": bool(verdicts[j][0]), "trust_reason": str(verdicts[j][1]),
-                "ood_score": finite(scores[self.calibration_["ood"].get("score", "energy")][j])
-                if scores else None,
-                "ood_scores": {k: finite(v[j]) for k, v in (scores or {}).items()},
-                "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
-                           for i, s, a in zip(kept[j], times, attn[j])],
-                "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
-                            "model_s": round(model_s, 6)},
-                "error": None})
+            ood = {k: v[j] for k, v in scores.items()} if scores else None
+            records.append(self._record(r, probs[j], int(top_k), verdicts[j], ood, (kept[j], attn[j]), model_s))
         return records
 
-    def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool, str]]]:
-        """({score name: (N,)} or None, (trusted, reason) per video); ``seen``: the (T, D) features
-        the model saw (stored precision, thinned), for the feature-space scores."""
+    def _record(self, r: dict, p: np.ndarray, top_k: int, trusted: tuple, scores: dict | None, seen: tuple,
+                model_s: float) -> dict:
+        """The record of one usable input: ``p`` its served probabilities, ``trusted`` its (verdict, reason),
+        ``scores`` its OOD scores ({name: float}, None uncalibrated), ``seen`` (frame positions the model
+        saw, their attention)."""
+        order = np.argsort(-p, kind="stable")[:top_k]
+        kept, attn = seen
+        times = stamps(r["timestamps_ms"], kept)
+        primary = self.calibration_["ood"].get("score", "energy") if self.calibration_ else None
+        return {
+            "input": r["input"], "label": self.classes_[int(order[0])],
+            "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
+            "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
+            "trusted": None if trusted[0] is None else bool(trusted[0]), "trust_reason": str(trusted[1]),
+            "ood_score": finite(scores[primary]) if scores else None,
+            "ood_scores": {k: finite(v) for k, v in (scores or {}).items()},
+            "ood": verdict.ood_checks(scores, trust.ood_checks(self.calibration_)),
+            "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
+                       for i, s, a in zip(kept, times, attn)],
+            "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
+                        "model_s": round(model_s, 6)},
+            "error": None}
+
+    def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool | None, str]]]:
+        """({score name: (N,)} or None, (trusted, reason) per video: trusted None without a calibration);
+        ``seen``: the (T, D) features the model saw (stored precision, thinned), for the feature-space scores."""
         if not self.calibration_:
-            return None, [(True, self.calibration_note_)] * len(logits)
+            return None, [(None, self.calibration_note_)] * len(logits)
         scores = trust.calibration_scores(logits, self.calibration_, seen, self._typicality)
         return scores, [trust.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
                         for j in range(len(logits))]

@@ -5,8 +5,10 @@ members, TTA or not). Everything here takes the raw logits of exactly that: ``(N
 videos, M served members, V served views (the TTA modes when TTA is used, else the original
 sequence), C classes; ``(N, M, C)`` and ``(N, C)`` are read as one view / one member.
 
-* Temperature: one ``T > 0`` divides every logit before its softmax; it is fitted by minimising the
-  validation negative log-likelihood of the served probabilities (``fit_temperature``). Dividing
+* Temperature: one ``T > 0`` divides every logit before its softmax; it is the maximum a posteriori
+  fit of the validation negative log-likelihood of the served probabilities under a log-normal prior
+  centred on T = 1 (``fit_temperature``), so that a validation split the model separates perfectly
+  cannot drive T to its floor (every probability 1.000). Dividing
   every logit by the same T never changes a member's ranking of the classes, so a single member keeps
   its predicted class; calibration only makes the probabilities honest.
 * Out-of-distribution scores, higher is more in-distribution: the negative free energy
@@ -20,6 +22,7 @@ sequence), C classes; ``(N, M, C)`` and ``(N, C)`` are read as one view / one me
 ``calibrate_run`` does all of it for a finished run and writes ``RUN_DIR/calibration.json``::
 
     {"temperature", "ece_before", "ece_after", "nll_before", "nll_after",
+     "temperature_fit": {"method": "map_lognormal", "prior_sigma", "mle_temperature"},
      "ood": {"score": "energy", "threshold" (energy's), "val_pass_rate" (all scores together), "direction",
              "scores": ["energy", "typicality"], "thresholds": {name: float}, "pass_rates": {name: float},
              "typicality": {"file": "typicality.npz", ...}}, ...}
@@ -35,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .temperature import (ECE_BINS, T_BOUNDS, _logsumexp, as_4d, expected_calibration_error,  # noqa: F401
-                          fit_temperature, nll, served_probs)
+from .temperature import (ECE_BINS, T_BOUNDS, T_PRIOR_SIGMA, _logsumexp, as_4d,  # noqa: F401
+                          expected_calibration_error, fit_temperature, nll, served_probs)
 from .typicality import (TYPICALITY_FILE, TYPICALITY_METHOD, fit_typicality, save_typicality, seen_videos,
                          typicality_score, typicality_stats)  # noqa: F401 (typicality_stats: for callers)
 
@@ -47,6 +50,7 @@ OOD_SCORES = ("energy", "max_softmax")
 DEFAULT_OOD_SCORE = "energy"
 DIRECTION = "higher is more in-distribution"
 FEATURE_SCORES = ("typicality",)  # scores of the features, not the logits
+NOT_CALIBRATED = "not calibrated: the verdict is unknown; run `vidcls calibrate RUN_DIR`"
 
 
 # --- pure functions over logits ------------------------------------------------------------------
@@ -147,18 +151,19 @@ def joint_thresholds(val_scores: dict, pass_rate: float = VAL_PASS,
     return thresholds, float(passed.mean()), {k: float(np.mean(v >= thresholds[k])) for k, v in s.items()}
 
 
-def trust_verdict(score, calibration: dict | None) -> tuple[bool, str]:
+def trust_verdict(score, calibration: dict | None) -> tuple[bool | None, str]:
     """Whether to trust one prediction, and why. ``score``: ``{name: value}`` (``calibration_scores``
     of one video) or one number, the primary score (enough for a calibration of that score alone).
 
     Returns:
-        ``(True, "not calibrated")`` without a calibration; ``(False, reason naming every failing score
-        with its value and threshold)`` when one is below its validation threshold or not a finite
-        number; else ``(True, "within the validation range")``.
+        ``(None, NOT_CALIBRATED)`` without a calibration: unknown, nothing was checked (see
+        :mod:`vidcls.inference.verdict`); ``(False, reason naming every failing score with its value and
+        threshold)`` when one is below its validation threshold or not a finite number; else
+        ``(True, "within the validation range")``.
     """
     checks = ood_checks(calibration)
     if not checks:
-        return True, "not calibrated"
+        return None, NOT_CALIBRATED
     ood = calibration["ood"]
     values = score if isinstance(score, dict) else {ood.get("score", DEFAULT_OOD_SCORE): score}
     failed = []
@@ -188,6 +193,8 @@ def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dic
     return {"temperature": t,
             "ece_before": expected_calibration_error(before, y), "ece_after": expected_calibration_error(after, y),
             "nll_before": nll(before, y), "nll_after": nll(after, y),
+            "temperature_fit": {"method": "map_lognormal", "prior_sigma": T_PRIOR_SIGMA,
+                                "mle_temperature": fit_temperature(z, y, prior_sigma=None)},
             "ood": {"score": kind, "threshold": thresholds[kind], "val_pass_rate": passed, "direction": DIRECTION,
                     "scores": list(scores), "thresholds": thresholds, "pass_rates": rates},
             "val_videos": int(len(y)), "ece_bins": ECE_BINS}
@@ -284,7 +291,10 @@ def describe(record: dict) -> str:
     """One line on a calibration: temperature, ECE and NLL before/after, the OOD threshold."""
     ood = record["ood"]
     checks = ", ".join(f"{k} {v:.3f}" for k, v in ood_checks(record).items())
-    return (f"calibration: temperature {record['temperature']:.3f}; val ECE {record['ece_before']:.4f} -> "
+    fit = record.get("temperature_fit") or {}
+    how = (f" (log-normal prior, sd {fit['prior_sigma']:g} in log T; the NLL alone gives "
+           f"{fit['mle_temperature']:.3f})" if "mle_temperature" in fit and "prior_sigma" in fit else "")
+    return (f"calibration: temperature {record['temperature']:.3f}{how}; val ECE {record['ece_before']:.4f} -> "
             f"{record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}; "
             f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass")
 

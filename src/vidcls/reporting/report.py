@@ -28,6 +28,7 @@ from ..utils.fs import atomic_write_text
 from ..utils.lock import run_lock
 from . import figures as rp
 from .blocks import Cell, bar_cell, figure, na, num, num_cell, para, table
+from .calibration import calibration_body
 from .run_data import RunData, load_run
 
 log = logging.getLogger(__name__)
@@ -270,43 +271,6 @@ def _resources_body(run: RunData) -> list[dict]:
     return parts
 
 
-def _calibration(run: RunData) -> dict | None:
-    """The run's calibration: ``calibration.json`` (``vidcls calibrate`` rewrites it), else summary.json's copy."""
-    try:
-        record = json.loads((run.run_dir / "calibration.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict):
-        record = run.summary.get("calibration")
-    return record if isinstance(record, dict) else None
-
-
-def _calibration_body(run: RunData) -> list[dict]:
-    cal = _calibration(run)
-    if cal is None:
-        return [na("calibration not available (the run predates it); make one with `vidcls calibrate RUN_DIR`")]
-    ood = cal.get("ood") or {}
-    n = cal.get("val_videos")
-    on = f"{n} validation videos" if isinstance(n, int) else "the validation videos"
-    intro = (f"Temperature scaling fitted on {on}: every member's logits are divided by "
-             f"T = {num(cal.get('temperature'))} before the softmax. The predicted class does not change; "
-             f"the probabilities become honest. Expected calibration error uses "
-             f"{cal.get('ece_bins', 15)} equal-width confidence bins.")
-    rows = [["expected calibration error (ECE)", num_cell(num(cal.get("ece_before"), 4)),
-             num_cell(num(cal.get("ece_after"), 4), bold=True)],
-            ["negative log-likelihood", num_cell(num(cal.get("nll_before"), 4)),
-             num_cell(num(cal.get("nll_after"), 4), bold=True)]]
-    parts = [para(intro), table(["validation", "before", "after"], rows, table_id="calibration-table")]
-    if ood:
-        rate = ood.get("val_pass_rate")
-        share = f"{100 * rate:.1f} %" if isinstance(rate, (int, float)) else "-"
-        parts.append(para(f"Out-of-distribution check: {ood.get('score', '?')} score "
-                        f"({ood.get('direction', 'higher is more in-distribution')}), threshold "
-                        f"{num(ood.get('threshold'))}; {share} of validation videos pass. A video below "
-                        f"the threshold is predicted with trusted: false and the reason."))
-    return parts
-
-
 def _misclassified_body(run: RunData) -> list[dict]:
     if run.predictions is None:
         return [na("predictions (eval_test.json / eval_val.json) not available")]
@@ -335,7 +299,7 @@ SECTIONS = (  # (id, heading, builder): ids are a stable interface (tests, links
     ("confusion", "Confusion matrix", _confusion_body),
     ("ensemble", "Ensemble vs members", _ensemble_body),
     ("tta", "Test-time augmentation", _tta_body),
-    ("calibration", "Calibration and trust", _calibration_body),
+    ("calibration", "Calibration and trust", calibration_body),
     ("resources", "Resource use", _resources_body),
     ("misclassified", "Misclassified videos", _misclassified_body),
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from ..inference.verdict import NOT_TRUSTED, UNKNOWN, state
 from ..utils.fs import atomic_write_bytes
 from ..utils.sampling import uniform_indices
 from .plots import LITERAL, new_figure, to_png
@@ -119,8 +120,12 @@ def _seconds(t) -> str:
 def _title(record: dict) -> str:
     top = record.get("top_k") or []
     prob = f" ({float(top[0]['probability']):.1%})" if top else ""
-    verdict = "trusted" if record.get("trusted") else f"not trusted: {record.get('trust_reason') or '?'}"
-    return f"{record.get('input', '')}\n{record.get('label')}{prob}, {verdict}"
+    said = state(record.get("trusted"))
+    if said == UNKNOWN:
+        said = "trust unknown (not calibrated: run `vidcls calibrate RUN_DIR`)"
+    elif said == NOT_TRUSTED:
+        said = f"not trusted: {record.get('trust_reason') or '?'}"
+    return f"{record.get('input', '')}\n{record.get('label')}{prob}, {said}"
 
 
 def thumbnail_frames(record: dict) -> list[int]:

@@ -247,6 +247,9 @@ def _predict_upload(predictor, path: Path, filename: str, top_k: int, thumbnails
     def named(text: str) -> str:
         return str(text).replace(str(path), filename)
 
+    if filename.lower().endswith(".npy"):  # vidcls predict reads these as features; here they go as JSON
+        return 415, {"error": f"{filename}: a .npy file holds features, not a video; send them as JSON "
+                              f"{{\"features\": [[...], ...]}} (T rows of D numbers) to /v1/predict/features"}
     try:
         container, _ = open_video(path)
         container.close()

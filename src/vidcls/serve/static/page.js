@@ -32,8 +32,9 @@
       const m = await r.json();
       limitBytes = m.limits ? m.limits.max_upload_mb * 1048576 : null;
       const acc = m.metrics && m.metrics.test ? ", test accuracy " + m.metrics.test.accuracy.toFixed(3) : "";
+      const cal = m.calibration ? "" : "; not calibrated: every verdict is unknown (run vidcls calibrate RUN_DIR)";
       $("model").textContent = m.classes.length + " classes (" + m.classes.join(", ") + "), members " +
-        m.members.join(", ") + acc;
+        m.members.join(", ") + acc + cal;
     } catch (e) {
       $("model").textContent = "cannot reach the server";
     }
@@ -85,13 +86,31 @@
     });
   }
 
+  // record.trusted: true, false, or null: unknown (the run is not calibrated, nothing was checked)
+  function renderVerdict(record) {
+    const v = $("verdict");
+    const known = record.trusted === true || record.trusted === false;
+    v.className = !known ? "unknown" : (record.trusted ? "trusted" : "untrusted");
+    v.textContent = (!known ? "unknown: " : (record.trusted ? "trusted: " : "not trusted: ")) +
+      (record.trust_reason || "");
+    // every OOD score the verdict checked against its threshold: {name: {score, threshold, pass}}
+    const box = $("ood");
+    box.replaceChildren();
+    const checks = record.ood && typeof record.ood === "object" ? Object.entries(record.ood) : [];
+    checks.forEach(([name, c]) => {
+      const t = typeof c.threshold === "number" ? c.threshold.toFixed(3) : "?";
+      const s = typeof c.score === "number" ? c.score.toFixed(3) : "not a finite number";
+      const item = el("li", c.pass ? "ood-pass" : "ood-fail",
+        name + " score " + s + " (threshold " + t + "): " + (c.pass ? "pass" : "FAIL"));
+      box.appendChild(item);
+    });
+    box.hidden = checks.length === 0;
+  }
+
   function render(record) {
     $("filename").textContent = record.input;
     $("label").textContent = record.label;
-    const v = $("verdict");
-    v.className = record.trusted ? "trusted" : "untrusted";
-    const ood = typeof record.ood_score === "number" ? " (OOD score " + record.ood_score.toFixed(2) + ")" : "";
-    v.textContent = (record.trusted ? "trusted: " : "not trusted: ") + record.trust_reason + ood;
+    renderVerdict(record);
     renderBars(record);
     renderTimeline(record);
     const t = record.timings || {};
