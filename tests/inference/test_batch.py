@@ -229,7 +229,7 @@ def test_feature_files_are_inputs_and_bad_ones_are_error_records(tmp_path):
     assert records["f.npy"]["error"] is None
     assert "D=3" in records["b_wrong_dim.npy"]["error"]
     assert "(T, D)" in records["c_1d.npy"]["error"]
-    assert "not a readable" in records["d_garbage.npy"]["error"]
+    assert "is not a .npy array file" in records["d_garbage.npy"]["error"]
     assert "NaN" in records["e_nan.npy"]["error"]
 
 

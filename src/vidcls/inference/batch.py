@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..utils.fs import atomic_write_text
 from .collect import FEATURE_EXTENSIONS
-from .inputs import error_record
+from .inputs import error_record, load_npy
 from .outputs import FORMATS, JsonlAppender, check_output, format_records, read_jsonl, to_json
 
 __all__ = ["iter_records", "run_predict", "PredictOptions", "PredictSummary"]
@@ -47,9 +47,9 @@ __all__ = ["iter_records", "run_predict", "PredictOptions", "PredictSummary"]
 def _load_features(path: Path, feature_dim: int | None) -> np.ndarray:
     """A (T, D) float32 array from a .npy file; ValueError with the reason when unusable."""
     try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npy array ({err}); write it with numpy.save") from None
+        x = load_npy(path)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
     if x.ndim != 2 or not len(x):
         raise ValueError(f"{path}: features must be a (T, D) array with T >= 1, got shape {x.shape}")
     if np.issubdtype(x.dtype, np.complexfloating):  # a cast to float would drop the imaginary part
@@ -160,11 +160,16 @@ def _feature_records(predictor, paths, top_k, batch_size, feature_dim) -> Iterat
                 loaded.append((p, None, str(err), 0.0))
         ok = [item for item in loaded if item[1] is not None]
         records = iter(predictor.predict_records([x for _, x, _, _ in ok], top_k=top_k) if ok else [])
+        place = 0  # the array's index in the predictor's call, which its error messages name
         for p, x, err, load_s in loaded:
             if x is None:
                 yield error_record(str(p), err)
                 continue
             rec = next(records)
+            place += 1
+            if rec.get("error"):  # named by its place in the predictor's call: name the file instead
+                yield error_record(str(p), rec["error"].replace(f"features[{place - 1}]", str(p), 1), load_s)
+                continue
             rec["input"] = str(p)
             rec.setdefault("timings", {})["decode_s"] = round(load_s, 4)
             yield rec
