@@ -126,3 +126,13 @@ def test_a_weights_file_that_is_no_state_dict_is_named_in_a_few_words(tmp_path):
     msg = str(info.value)
     assert msg.startswith(f"--weights {path}: not a loadable state dict") and "torch.save" in msg
     assert "In PyTorch 2.6" not in msg and len(msg) < 300
+
+
+@pytest.mark.parametrize("n", [-1, 65, 100000])
+def test_decode_workers_out_of_range_are_refused_before_any_process_starts(tmp_path, capsys, n):
+    (tmp_path / "v" / "a").mkdir(parents=True)
+    (tmp_path / "v" / "a" / "clip.mp4").write_bytes(b"\0" * 64)
+    assert main(["predict", str(tmp_path), str(tmp_path / "v"), "--decode-workers", str(n)]) == 2
+    assert main(["extract", str(tmp_path / "v"), str(tmp_path / "f"), "--decode-workers", str(n)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--decode-workers must be an integer from 0") == 2 and not (tmp_path / "f").exists()

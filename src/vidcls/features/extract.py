@@ -37,6 +37,7 @@ from ..store.reader import SPLITS, FeatureStore
 from ..store.shards import (MultiFileStore, assign_shards, check_counts, check_output_dir,
                             extractor_differences, leftover_shards, load_shard_set, shard_name, write_merged)
 from ..store.writer import FeatureWriter
+from ..utils.device import check_decode_workers
 from ..utils.dist import Dist, env_dist
 from ..utils.fs import atomic_write_json
 from .backbone import FrameEncoder, keep_freed_memory
@@ -82,6 +83,7 @@ class ExtractOptions:
     quality: Quality = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        check_decode_workers(self.decode_workers)
         object.__setattr__(self, "sampling", Sampling(self.fps, self.frames, self.max_frames))
         object.__setattr__(self, "quality", Quality(self.min_brightness, self.min_sharpness))
 

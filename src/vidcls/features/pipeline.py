@@ -125,7 +125,7 @@ def decode_loader(paths: Sequence, sampling: Sampling, quality: Quality, preproc
     Returns:
         The DataLoader (one dict per video).
     """
-    workers = max(0, int(workers))
+    workers = min(max(0, int(workers)), len(paths))  # a worker without a video to decode only costs a start
     # Give each worker a fair share of the cores for FFmpeg's own threads, the CNN keeps one.
     threads = max(1, (os.cpu_count() or 1) // (workers + 1))
     dataset = _DecodeDataset(paths, sampling, quality, preprocess, threads)

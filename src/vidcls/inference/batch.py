@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..utils.device import check_decode_workers
 from ..utils.fs import atomic_write_text
 from .collect import FEATURE_EXTENSIONS
 from .inputs import error_record, load_npy
@@ -331,6 +332,7 @@ class PredictOptions:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
         if int(self.batch_size) < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_decode_workers(self.decode_workers)
 
 
 class _Timelines:

@@ -3,6 +3,20 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 
+MAX_DECODE_WORKERS = 64  # more processes than this only thrash: each holds FFmpeg buffers and frames
+
+
+def check_decode_workers(n) -> int:
+    """``--decode-workers`` as an int in 0..MAX_DECODE_WORKERS.
+
+    Raises:
+        ConfigError: not an integer, negative, or more than MAX_DECODE_WORKERS.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_DECODE_WORKERS:
+        raise ConfigError(f"--decode-workers must be an integer from 0 (decode in the main process) to "
+                          f"{MAX_DECODE_WORKERS}, got {n!r}")
+    return n
+
 
 def resolve_device(name: str):
     """``auto`` -> CUDA when present, else CPU; anything else is passed to torch (``cpu``, ``cuda:1``).
