@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 import torch
+from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 
 from vidcls.features.backbone import FrameEncoder, keep_freed_memory
 from vidcls.features.pipeline import decode_loader, iter_features
 from vidcls.features.quality import Quality
 from vidcls.features.video import VIDEO_EXTENSIONS, Sampling
-from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 
 
 def find_videos(root: Path) -> list[Path]:

@@ -16,12 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 from torch.utils.data import DataLoader, Dataset
 
 from vidcls.config import TrainConfig
 from vidcls.store import write_store
 from vidcls.training.data import class_weights, load_splits, make_loader, train_sampler
-from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 
 
 def make_data(out: Path, videos: int = 1000, dim: int = 1280, seed: int = 0) -> None:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 from vidcls.config import load_config
 from vidcls.inference.trust import OOD_SCORES, ood_score, ood_threshold
@@ -39,7 +40,6 @@ from vidcls.store import write_store
 from vidcls.store.reader import open_splits
 from vidcls.store.synth import make_synthetic
 from vidcls.training.fit import fit
-from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 SETS = ("val", "test_in", "heldout", "noise", "zeros", "constant")
 COMBOS = (*OOD_SCORES, "typicality", "energy+typicality")  # the last: the shipped verdict

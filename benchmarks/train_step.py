@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 from vidcls.config import TrainConfig
 from vidcls.models import build_model
@@ -30,7 +31,6 @@ from vidcls.training.optim import param_groups
 from vidcls.training.speed import grad_scaler, wrap_model
 from vidcls.utils import dist as ddp
 from vidcls.utils.device import resolve_device
-from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 
 def parse() -> argparse.Namespace:

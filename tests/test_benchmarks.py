@@ -30,7 +30,7 @@ def test_benchmark_smoke_mode(script, tmp_path):
            "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path)}
     cmd = (["bash", f"benchmarks/{script}", str(tmp_path / "out")] if script.endswith(".sh")
            else [sys.executable, f"benchmarks/{script}", "--smoke"])
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     if script.endswith(".sh"):  # its figures are in the step logs; it fails when a step does

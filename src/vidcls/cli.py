@@ -305,7 +305,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .store.importers import store_info
+    from .store.info import store_info
 
     print(store_info(args.file))
     return 0

@@ -11,7 +11,8 @@ import pytest
 
 from vidcls.errors import StoreError
 from vidcls.store import FeatureStore, open_splits, write_store
-from vidcls.store.importers import import_npy, import_padded_h5, store_info
+from vidcls.store.importers import import_npy, import_padded_h5
+from vidcls.store.info import store_info
 
 D = 6
 

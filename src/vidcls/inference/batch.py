@@ -38,7 +38,14 @@ from ..utils.device import check_decode_workers
 from ..utils.fs import atomic_write_text
 from .collect import FEATURE_EXTENSIONS
 from .inputs import error_record, load_npy
-from .outputs import FORMATS, JsonlAppender, check_output, format_records, read_jsonl, to_json
+from .outputs import (
+    FORMATS,
+    JsonlAppender,
+    check_output,
+    format_records,
+    read_jsonl,
+    to_json,
+)
 
 __all__ = ["iter_records", "run_predict", "PredictOptions", "PredictSummary"]
 
