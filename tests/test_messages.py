@@ -136,3 +136,17 @@ def test_decode_workers_out_of_range_are_refused_before_any_process_starts(tmp_p
     assert main(["extract", str(tmp_path / "v"), str(tmp_path / "f"), "--decode-workers", str(n)]) == 2
     err = capsys.readouterr().err
     assert err.count("--decode-workers must be an integer from 0") == 2 and not (tmp_path / "f").exists()
+
+
+def test_a_timeline_path_that_is_a_file_is_refused_before_the_run_is_loaded(tmp_path, capsys, monkeypatch):
+    import vidcls.inference.predictor as predictor_module
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the run was loaded before --timeline was checked")
+
+    monkeypatch.setattr(predictor_module, "load", must_not_load)
+    (tmp_path / "config.yaml").write_text("epochs: 1\n")
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["predict", str(tmp_path), str(tmp_path / "x.npy"), "--timeline", str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"

@@ -177,6 +177,8 @@ def cmd_predict(args) -> int:
                              timeline_dir=args.timeline)
     # an --output that is an input, a folder, unwritable or full of other data: refused before loading
     check_output(options.output, options.fmt, inputs)
+    if options.timeline_dir and not Path(options.timeline_dir).is_dir():  # a file there: refused now
+        Path(options.timeline_dir).mkdir(parents=True)
     from .inference.predictor import load
 
     predictor = load(args.run_dir, device=args.device, weights=args.weights, tta=args.tta)
