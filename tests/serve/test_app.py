@@ -255,3 +255,21 @@ def test_a_bad_port_or_an_unsendable_key_is_refused_before_loading(monkeypatch, 
     assert "HTTP header cannot carry" in capsys.readouterr().err
     assert service_url("::1", 8000) == "http://[::1]:8000/" and service_url("[::1]", 80) == "http://[::1]:80/"
     assert service_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+
+
+def test_a_port_in_use_or_a_foreign_address_is_refused_before_loading(monkeypatch, capsys, tmp_path):
+    """uvicorn would find these only after the run is loaded (and exit 3 with its own log line)."""
+    import socket
+
+    monkeypatch.setenv("VIDCLS_API_KEY", "a-long-enough-secret")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tmp_path / "no-run"), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1 port {port} (Address already in use)" in capsys.readouterr().err
+    for host, says in (("192.0.2.1", "choose an address of this machine"),  # TEST-NET-1: never ours
+                       ("no.such.host.invalid", "not an address or name this machine resolves")):
+        assert main(["serve", str(tmp_path / "no-run"), "--host", host, "--port", "8000"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err

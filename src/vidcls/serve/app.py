@@ -37,7 +37,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..errors import ConfigError, VidclsError
 from ..features.video import VideoSkip, open_video
-from .limits import BodyLimit, InferenceQueue, UploadSlots
+from .limits import BodyLimit, InferenceQueue, UploadSlots, check_bindable
 from .pages import add_docs, add_page_routes
 from .thumbnails import frame_thumbnails
 from .uploads import receive_upload, sweep_stale_uploads
@@ -378,6 +378,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
     """
     port = check_port(port)
     api_key = resolve_api_key(host)
+    check_bindable(host, port)
     settings = ServeSettings(max_upload_mb=max_upload_mb, max_queue=max_queue, api_key=api_key,
                              run_dir=str(run_dir), max_uploads=max_uploads, body_timeout_s=body_timeout)
     import uvicorn  # after the checks: a refused start does not wait for torch

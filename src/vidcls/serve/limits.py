@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import threading
 import time
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
+from ..errors import ConfigError
 from .uploads import UPLOAD_PREFIX, Upload, clean_filename, receive_upload  # noqa: F401  (their old home)
 
 DRAIN_MAX = 256 * 2 ** 20  # a refused body is read and discarded up to this size (see _drain)
@@ -235,3 +237,27 @@ class InferenceQueue:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Refuse a ``--host``/``--port`` this process cannot bind (in use, not an address of this machine)
+    before the run is loaded, rather than after. A free port may still be taken before uvicorn binds it.
+
+    Raises:
+        ConfigError: the address is in use or cannot be bound here.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigError(f"--host {host}: not an address or name this machine resolves ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as err:
+            hint = "another server (vidcls serve?) is using it: choose another --port" \
+                if err.errno == errno.EADDRINUSE else "choose an address of this machine or another --port"
+            raise ConfigError(f"cannot listen on {host} port {port} ({err.strerror}); {hint}") from None
