@@ -58,10 +58,15 @@ def test_info_on_a_bad_npy_says_what_is_wrong_without_numpy_jargon(tmp_path, cap
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", [["predict", "{d}", "{d}/x.npy"], ["serve", "{d}"]])
+@pytest.mark.parametrize("command", [["predict", "{d}", "{d}/x.npy"], ["serve", "{d}", "--port", "{port}"]])
 def test_a_directory_that_is_no_run_is_not_told_to_evaluate(tmp_path, capsys, command):
+    import socket
+
+    with socket.socket() as s:  # a port free now: serve checks it can listen before it loads the run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     np.save(tmp_path / "x.npy", np.zeros((4, 8), dtype=np.float32))
-    assert main([c.format(d=tmp_path) for c in command]) == 2
+    assert main([c.format(d=tmp_path, port=port) for c in command]) == 2
     err = capsys.readouterr().err
     assert "holds no run (no config.yaml)" in err and "vidcls evaluate" not in err
 
