@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_ARGS
 
 from vidcls.cli import main
 from vidcls.errors import ConfigError
@@ -30,6 +29,9 @@ from vidcls.inference.inputs import error_record
 from vidcls.inference.outputs import CSV_FIELDS, read_jsonl
 
 D = 8
+# tests/conftest.py's TINY_ARGS: importing it by the name "conftest" clashes with tests/serve/conftest.py
+TINY_ARGS = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
+             "--workers", "0", "--device", "cpu"]
 FORMATS = ("jsonl", "csv", "json", "table")
 
 
