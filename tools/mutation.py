@@ -50,6 +50,10 @@ SCOPE: dict[str, list[str] | None] = {
     # efficientnet_pytorch -> timm renaming of the demo's real Lite0 weights
     "vidcls.features.preprocess": None,
     "vidcls.features.lite0": ["to_timm", "_rename", "_source_name", "is_efficientnet_pytorch"],
+    # what a user reads as confidence and trust: the MAP temperature, the served probabilities and
+    # their NLL/ECE, and each OOD score against its threshold (the three verdict states)
+    "vidcls.inference.temperature": None,
+    "vidcls.inference.verdict": ["state", "ood_checks"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
