@@ -295,3 +295,13 @@ def test_fit_falls_back_to_the_grid_point_when_refinement_does_not_beat_it():
     # whole range lands beside it, so the grid point itself is kept
     z, y = three_to_one(LOG3)
     assert fit_temperature(z, y, bounds=(0.5, 2.0), grid=3) == 1.0
+
+
+def test_t_equal_1_wins_an_exact_tie():
+    """Margins so large that the NLL is exactly 0 at every T in the bounds: nothing beats T = 1, so the
+    fit returns 1.0 (the uncalibrated model), not the first grid point it happened to search."""
+    logits = np.zeros((8, 3))
+    labels = np.arange(8) % 3
+    logits[np.arange(8), labels] = 1000.0
+    assert fit_temperature(logits, labels, prior_sigma=None) == 1.0
+    assert fit_temperature(logits, labels) == 1.0  # the prior alone prefers T = 1 too

@@ -125,7 +125,7 @@ def fit_temperature(logits, labels, bounds: tuple = T_BOUNDS, grid: int = 41,
     best = _golden_min(loss, points[max(k - 1, 0)], points[min(k + 1, grid - 1)])
     if loss(best) > values[k]:
         best = float(points[k])
-    if loss(best) > loss(0.0):  # T = 1, the uncalibrated model, is always a candidate
+    if loss(best) >= loss(0.0):  # T = 1, the uncalibrated model, is always a candidate and wins ties
         return 1.0
     return float(math.exp(best))
 
