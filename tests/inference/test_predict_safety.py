@@ -403,3 +403,18 @@ def test_a_last_record_without_its_newline_is_kept_and_the_next_one_goes_on_a_li
     assert (summary.skipped, summary.predicted) == (1, 1)
     lines = out.read_text().splitlines()
     assert lines[0] == first and [json.loads(x)["input"] for x in lines] == [str(p) for p in inputs]
+
+
+def test_a_jsonl_output_another_run_is_writing_is_refused(tmp_path):
+    """Two runs appending to one file would each predict every input again: the second is refused."""
+    from vidcls.errors import RunLockedError
+    from vidcls.inference.outputs import JsonlAppender
+
+    out = tmp_path / "p.jsonl"
+    first = JsonlAppender(out)
+    try:
+        with pytest.raises(RunLockedError, match="is being written by another vidcls predict"):
+            JsonlAppender(out)
+    finally:
+        first.close()
+    JsonlAppender(out).close()  # free again once the first has closed it

@@ -162,10 +162,15 @@ class _Timelines:
 def _resume(inputs: Sequence[Path], output) -> tuple[list[Path], JsonlAppender]:
     """The inputs not yet in the JSON-lines ``output`` (as given or as absolute paths), and an
     appender to it."""
-    done = {r["input"] for r in read_jsonl(output)}
+    appender = JsonlAppender(Path(output))  # locked first: another run's lines cannot come in between
+    try:
+        done = {r["input"] for r in read_jsonl(output)}
+    except BaseException:
+        appender.close()
+        raise
     done |= {os.path.abspath(d) for d in done}
     todo = [p for p in inputs if str(p) not in done and os.path.abspath(p) not in done]
-    return todo, JsonlAppender(Path(output))
+    return todo, appender
 
 
 def _emit(record: dict, fmt: str, appender: JsonlAppender | None, stdout, out: PredictSummary) -> None:

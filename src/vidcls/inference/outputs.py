@@ -7,6 +7,8 @@ refused before any work, the file untouched (:func:`check_output`)."""
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
 import math
@@ -15,7 +17,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunLockedError
 from .verdict import csv_cell, table_cells
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -316,6 +318,15 @@ class JsonlAppender:
         self.path = str(path)
         self.fh = open(path, "ab")
         self.failed = False
+        try:  # one writer per file: two runs appending to it would each predict every input again
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.fh.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLockedError(f"--output {path} is being written by another vidcls predict; wait "
+                                     f"for it to finish (a rerun then skips what it wrote) or choose another "
+                                     f"--output") from None
+            raise
 
     def _named(self, exc: OSError) -> OSError:
         """A failed write or fsync (disk full) names no file: name this one."""
