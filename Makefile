@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench realdata mutation
+.PHONY: demo test lint install clean bench realdata mutation
 
 install: $(STAMP)
 
@@ -18,6 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff (lint rules and format check) and mypy (default, non-strict checks on src/vidcls): pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/loader.py runs/bench-features
