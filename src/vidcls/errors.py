@@ -3,6 +3,7 @@
 The CLI prints a ``VidclsError`` as one line and exits with status 2: it is something the user can
 fix (an option, a file, a directory). Any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

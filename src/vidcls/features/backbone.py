@@ -20,6 +20,7 @@ kernels may round differently for different batch sizes, but at a fixed size a f
 not depend on which other frames share its batch (tested), so features are reproducible whatever
 mix of videos a batch holds.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -43,8 +44,17 @@ __all__ = ["FrameEncoder", "Preprocess", "keep_freed_memory", "strip_classifier"
 
 # description keys that decide the features besides backbone and weights: a rebuilt encoder must match them
 # (the feature dimension is the caller's to check, against what its model was trained on)
-RECORD_KEYS = ("image_size", "resize_size", "interpolation", "antialias", "mean", "std", "crop_mode", "pooling",
-               "state_sha256")
+RECORD_KEYS = (
+    "image_size",
+    "resize_size",
+    "interpolation",
+    "antialias",
+    "mean",
+    "std",
+    "crop_mode",
+    "pooling",
+    "state_sha256",
+)
 
 
 class FrameEncoder:
@@ -60,8 +70,15 @@ class FrameEncoder:
     does): about 2.5x the throughput for efficientnet_v2_s at 384 px.
     """
 
-    def __init__(self, backbone: str = "efficientnet_v2_s", weights: str = "DEFAULT", *,
-                 image_size: int | str | None = None, device: str = "auto", batch_size: int = 32):
+    def __init__(
+        self,
+        backbone: str = "efficientnet_v2_s",
+        weights: str = "DEFAULT",
+        *,
+        image_size: int | str | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+    ):
         """Build the encoder.
 
         Args:
@@ -84,31 +101,46 @@ class FrameEncoder:
         family, name = split_spec(self.backbone)
         self.device = resolve_device(device)
         built = family_module(family).build(name, weights, image_size)
-        if weights_kind(weights)[0] in ("default", "name"):  # a local file was checked as read, by its own names
-            check_finite(built.model if built.weights_module is None else built.weights_module,
-                         f"the {weights} weights of {self.backbone}")
+        # a local file was checked as read, by its own names
+        if weights_kind(weights)[0] in ("default", "name"):
+            check_finite(
+                built.model if built.weights_module is None else built.weights_module,
+                f"the {weights} weights of {self.backbone}",
+            )
         self.preprocess = built.preprocess
         self.autocast = None
         if self.device.type == "cuda":
             self.autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         # channels_last: oneDNN's fast convolution layout on CPU (1.4x here), and tensor cores' on GPU
-        self.model = built.model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
+        self.model = (
+            built.model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
+        )
         self.feature_dim = self._probe_dim()
         fingerprint = {} if family == "torchvision" else {"state_sha256": state_sha256(self.model)}
-        self.description = {"backbone": self.backbone, "family": family, **built.info, **fingerprint,
-                            "feature_dim": self.feature_dim, **self.preprocess.describe(),
-                            "torch": torch.__version__, "torchvision": torchvision.__version__}
+        self.description = {
+            "backbone": self.backbone,
+            "family": family,
+            **built.info,
+            **fingerprint,
+            "feature_dim": self.feature_dim,
+            **self.preprocess.describe(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        }
 
     def _probe_dim(self) -> int:
         s = self.preprocess.crop_size
         try:
             out = self._forward(torch.zeros(1, 3, s, s, dtype=torch.uint8))
         except RuntimeError as err:
-            raise BackboneError(f"backbone {self.backbone} cannot run at image size {s} ({err}); "
-                                f"use --image-size AUTO") from None
+            raise BackboneError(
+                f"backbone {self.backbone} cannot run at image size {s} ({err}); use --image-size AUTO"
+            ) from None
         if out.ndim != 2:
-            raise BackboneError(f"backbone {self.backbone} gives outputs of shape {tuple(out.shape)}"
-                                f" after removing its classifier, not one vector per frame")
+            raise BackboneError(
+                f"backbone {self.backbone} gives outputs of shape {tuple(out.shape)}"
+                f" after removing its classifier, not one vector per frame"
+            )
         return int(out.shape[1])
 
     @property
@@ -135,21 +167,23 @@ class FrameEncoder:
         """
         s = self.preprocess.crop_size
         if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != (3, s, s):
-            raise ValueError(f"encode expects uint8 frames of shape (N, 3, {s}, {s}), got "
-                             f"{frames.dtype} {tuple(frames.shape)}; pass them through preprocess.geometry")
+            raise ValueError(
+                f"encode expects uint8 frames of shape (N, 3, {s}, {s}), got "
+                f"{frames.dtype} {tuple(frames.shape)}; pass them through preprocess.geometry"
+            )
         out = []
         for start in range(0, len(frames), self.batch_size):
-            chunk = frames[start:start + self.batch_size]
+            chunk = frames[start : start + self.batch_size]
             n = len(chunk)
             if n < self.batch_size:
                 chunk = torch.cat([chunk, chunk.new_zeros((self.batch_size - n, *chunk.shape[1:]))])
             out.append(self._forward(chunk)[:n])
         return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
 
-
     @classmethod
-    def from_record(cls, record: dict, weights: str | Path | None = None, *, device: str = "auto",
-                    batch_size: int = 32) -> "FrameEncoder":
+    def from_record(
+        cls, record: dict, weights: str | Path | None = None, *, device: str = "auto", batch_size: int = 32
+    ) -> FrameEncoder:
         """Rebuild exactly the encoder a feature store's ``extractor`` record describes.
 
         Args:
@@ -174,12 +208,16 @@ class FrameEncoder:
         family = family_of(record)
         backbone = record.get("backbone")
         if family is None:
-            raise BackboneError(f"the features were made by {backbone or 'an unrecorded extractor'!s}, not by a "
-                                f"frame encoder vidcls can run on videos; give feature arrays instead, "
-                                f"or train on features from `vidcls extract`")
+            raise BackboneError(
+                f"the features were made by {backbone or 'an unrecorded extractor'!s}, not by a "
+                f"frame encoder vidcls can run on videos; give feature arrays instead, "
+                f"or train on features from `vidcls extract`"
+            )
         spec = recorded_weights(record, weights)
         try:
-            encoder = cls(backbone, spec, image_size=record.get("image_size"), device=device, batch_size=batch_size)
+            encoder = cls(
+                backbone, spec, image_size=record.get("image_size"), device=device, batch_size=batch_size
+            )
         except BackboneError:
             hint = None  # torchvision's enum weights, neither cached nor downloadable: say where they go
             if weights is None and family == "torchvision" and record.get("weights") not in ("none", "file"):
@@ -187,13 +225,18 @@ class FrameEncoder:
             if hint is None:
                 raise
             raise BackboneError(hint) from None
-        diff = [f"{k}: {record[k]!r} recorded, {encoder.description.get(k)!r} rebuilt" for k in RECORD_KEYS
-                if k in record and plain(record[k]) != plain(encoder.description.get(k))]
+        diff = [
+            f"{k}: {record[k]!r} recorded, {encoder.description.get(k)!r} rebuilt"
+            for k in RECORD_KEYS
+            if k in record and plain(record[k]) != plain(encoder.description.get(k))
+        ]
         if diff:
-            raise BackboneError(f"the {backbone} encoder rebuilt from the extractor record does not match it "
-                                f"({'; '.join(diff)}); nothing is patched over: use the weights and the "
-                                f"library versions the features were extracted with "
-                                f"({_versions(record)})")
+            raise BackboneError(
+                f"the {backbone} encoder rebuilt from the extractor record does not match it "
+                f"({'; '.join(diff)}); nothing is patched over: use the weights and the "
+                f"library versions the features were extracted with "
+                f"({_versions(record)})"
+            )
         if encoder.device.type == "cuda":
             half = {"bfloat16": torch.bfloat16, "float16": torch.float16}
             encoder.autocast = half.get(str(record.get("precision", "float32")))
@@ -201,7 +244,9 @@ class FrameEncoder:
 
 
 def _versions(record: dict) -> str:
-    return ", ".join(f"{k} {record[k]}" for k in ("torch", "torchvision", "timm", "open_clip") if record.get(k))
+    return ", ".join(
+        f"{k} {record[k]}" for k in ("torch", "torchvision", "timm", "open_clip") if record.get(k)
+    )
 
 
 def keep_freed_memory() -> bool:

@@ -14,6 +14,7 @@
 Everything is numpy on small frames (160x120 at 10 fps by default): the demo's 120 clips take a few
 seconds. The same (class, index, seed) always gives the same pixels.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,13 @@ def _box_blur(img: np.ndarray, radius: int, times: int = 2) -> np.ndarray:
     k = 2 * radius + 1
     for _ in range(times):
         for axis in (0, 1):
-            c = np.cumsum(np.concatenate([out.take(range(-radius - 1, 0), axis=axis), out,
-                                          out.take(range(radius), axis=axis)], axis=axis), axis=axis)
+            c = np.cumsum(
+                np.concatenate(
+                    [out.take(range(-radius - 1, 0), axis=axis), out, out.take(range(radius), axis=axis)],
+                    axis=axis,
+                ),
+                axis=axis,
+            )
             n = out.shape[axis]
             out = (c.take(range(k, k + n), axis=axis) - c.take(range(n), axis=axis)) / k
     return out
@@ -62,8 +68,9 @@ def _dark(rng: np.random.Generator, high: float = 110) -> np.ndarray:
 
 
 # ---- the four classes ---------------------------------------------------------------------------
-def slides_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT,
-                  fps: int = FPS) -> np.ndarray:
+def slides_frames(
+    n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT, fps: int = FPS
+) -> np.ndarray:
     """Flat slides: pale background, dark title block, rows of word-like bars; a new slide every
     ~2 s, still in between."""
     per_slide = max(1, round(rng.uniform(1.6, 2.4) * fps))
@@ -77,7 +84,7 @@ def slides_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEI
         title_h = int(rng.integers(12, 20))
         f[:title_h] = accent  # title band
         tx = int(rng.integers(6, 20))
-        f[4:title_h - 4, tx:tx + int(rng.integers(50, w - 40))] = 245  # title text
+        f[4 : title_h - 4, tx : tx + int(rng.integers(50, w - 40))] = 245  # title text
         y = title_h + int(rng.integers(6, 12))
         line_h, gap = int(rng.integers(3, 5)), int(rng.integers(4, 7))
         while y + line_h < h - 6:
@@ -85,20 +92,21 @@ def slides_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEI
             end = int(rng.integers(w // 2, w - 8))
             while x < end:  # words
                 word = int(rng.integers(4, 16))
-                f[y:y + line_h, x:min(x + word, end)] = ink
+                f[y : y + line_h, x : min(x + word, end)] = ink
                 x += word + int(rng.integers(2, 4))
             y += line_h + gap
         if rng.random() < 0.4:  # a picture block on some slides
             bw, bh = int(rng.integers(30, 50)), int(rng.integers(25, 40))
             bx, by = w - bw - 6, title_h + 8
-            f[by:by + bh, bx:bx + bw] = _vivid(rng) * 0.8
+            f[by : by + bh, bx : bx + bw] = _vivid(rng) * 0.8
         slides.append(f)
     out = np.stack([slides[i // per_slide] for i in range(n)])
     return out.clip(0, 255).astype(np.uint8)
 
 
-def animation_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT,
-                     fps: int = FPS) -> np.ndarray:
+def animation_frames(
+    n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT, fps: int = FPS
+) -> np.ndarray:
     """Drawn animation: a flat vivid background (with a ground band) and 2-4 outlined shapes
     (circles and boxes) moving and bouncing off the edges."""
     yy, xx = _grid(h, w)
@@ -108,13 +116,21 @@ def animation_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = 
     base = np.empty((h, w, 3), np.float32)
     base[:] = bg
     base[ground_y:] = ground
-    base[ground_y - 2:ground_y] = 0  # outlined horizon
+    base[ground_y - 2 : ground_y] = 0  # outlined horizon
     shapes = []
     for _ in range(int(rng.integers(4, 8))):
         r = rng.uniform(12, 26)
-        shapes.append(dict(kind="circle" if rng.random() < 0.5 else "box", r=r, color=_vivid(rng),
-                           x=rng.uniform(r, w - r), y=rng.uniform(r, h - r),
-                           vx=rng.uniform(2, 7) * rng.choice([-1, 1]), vy=rng.uniform(1, 5) * rng.choice([-1, 1])))
+        shapes.append(
+            dict(
+                kind="circle" if rng.random() < 0.5 else "box",
+                r=r,
+                color=_vivid(rng),
+                x=rng.uniform(r, w - r),
+                y=rng.uniform(r, h - r),
+                vx=rng.uniform(2, 7) * rng.choice([-1, 1]),
+                vy=rng.uniform(1, 5) * rng.choice([-1, 1]),
+            )
+        )
     out = np.empty((n, h, w, 3), np.uint8)
     outline = rng.uniform(4.0, 5.5)
     for i in range(n):
@@ -126,7 +142,9 @@ def animation_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = 
                 d = np.maximum(np.abs(xx - s["x"]), np.abs(yy - s["y"]))
             f[d <= s["r"]] = 0
             f[d <= s["r"] - outline] = s["color"]
-            eye = (xx - s["x"] - s["r"] * 0.3) ** 2 + (yy - s["y"] + s["r"] * 0.3) ** 2 <= (s["r"] * 0.18) ** 2
+            eye = (xx - s["x"] - s["r"] * 0.3) ** 2 + (yy - s["y"] + s["r"] * 0.3) ** 2 <= (
+                s["r"] * 0.18
+            ) ** 2
             f[eye] = 0  # a cartoon eye
             s["x"] += s["vx"]
             s["y"] += s["vy"]
@@ -139,16 +157,19 @@ def animation_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = 
     return out
 
 
-def camera_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT,
-                  fps: int = FPS) -> np.ndarray:
+def camera_frames(
+    n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT, fps: int = FPS
+) -> np.ndarray:
     """Camera-like footage: a wide blurred landscape (sky gradient, textured greens and browns)
     panning slowly, with sensor noise, a soft vignette and exposure flicker."""
     speed = rng.uniform(0.8, 2.5) * rng.choice([-1, 1])  # pixels per frame
     wide = w + int(abs(speed) * n) + 8
     yy, xx = _grid(h, wide)
     horizon = rng.uniform(0.3, 0.55) * h + 8 * np.sin(xx[0] / rng.uniform(15, 40) + rng.uniform(0, 6))
-    sky_top, sky_low = np.array([rng.uniform(70, 130), rng.uniform(130, 180), rng.uniform(200, 245)]), \
-        np.array([rng.uniform(170, 220), rng.uniform(190, 225), rng.uniform(215, 245)])
+    sky_top, sky_low = (
+        np.array([rng.uniform(70, 130), rng.uniform(130, 180), rng.uniform(200, 245)]),
+        np.array([rng.uniform(170, 220), rng.uniform(190, 225), rng.uniform(215, 245)]),
+    )
     t = (yy / h)[..., None]
     sky = sky_top * (1 - t) + sky_low * t
     land_a = np.array([rng.uniform(50, 110), rng.uniform(90, 150), rng.uniform(30, 70)])  # greens
@@ -166,14 +187,15 @@ def camera_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEI
     gain0 = rng.uniform(0.9, 1.1)
     for i in range(n):
         x = round(x0 + speed * i)
-        f = img[:, x:x + w] * vignette * (gain0 + 0.05 * np.sin(i / 3.0))
+        f = img[:, x : x + w] * vignette * (gain0 + 0.05 * np.sin(i / 3.0))
         f = f + rng.normal(0, 6, (h, w, 1)) + rng.normal(0, 3, (h, w, 3))
         out[i] = f.clip(0, 255).astype(np.uint8)
     return out
 
 
-def game_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT,
-                fps: int = FPS) -> np.ndarray:
+def game_frames(
+    n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGHT, fps: int = FPS
+) -> np.ndarray:
     """Game-like scene: a scrolling tile world (grass, water, walls, grid lines), a sprite walking
     over it, and a HUD on top (health bar, score box)."""
     tile = int(rng.choice([8, 10, 12]))
@@ -183,14 +205,14 @@ def game_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGH
     world = palette[kinds].repeat(tile, 0).repeat(tile, 1).astype(np.float32)
     world[::tile] *= 0.3  # grid lines
     world[:, ::tile] *= 0.3
-    world[tile // 2::tile, tile // 2::tile] = 255  # a stud per tile
+    world[tile // 2 :: tile, tile // 2 :: tile] = 255  # a stud per tile
     sprite_size = int(rng.integers(10, 16))
     sprite = np.empty((sprite_size, sprite_size, 3), np.float32)
     sprite[:] = _vivid(rng)
     sprite[[0, -1]] = 0
     sprite[:, [0, -1]] = 0
-    sprite[sprite_size // 3, sprite_size // 4:sprite_size // 4 + 2] = 255  # eyes
-    sprite[sprite_size // 3, -sprite_size // 4 - 2:-sprite_size // 4] = 255
+    sprite[sprite_size // 3, sprite_size // 4 : sprite_size // 4 + 2] = 255  # eyes
+    sprite[sprite_size // 3, -sprite_size // 4 - 2 : -sprite_size // 4] = 255
     scroll = rng.uniform(1, 4)
     sx, sy = rng.uniform(20, w - 30), rng.uniform(30, h - 20)
     vx, vy = rng.uniform(2, 5) * rng.choice([-1, 1]), rng.uniform(1, 4) * rng.choice([-1, 1])
@@ -199,9 +221,9 @@ def game_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGH
     out = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
         x = int(scroll * i)
-        f = world[:h, x:x + w].copy()
+        f = world[:h, x : x + w].copy()
         px, py = int(sx), int(sy)
-        f[py:py + sprite_size, px:px + sprite_size] = sprite
+        f[py : py + sprite_size, px : px + sprite_size] = sprite
         sx += vx
         sy += vy
         if not 0 <= sx <= w - sprite_size - 1:
@@ -210,21 +232,33 @@ def game_frames(n: int, rng: np.random.Generator, w: int = WIDTH, h: int = HEIGH
             vy, sy = -vy, min(max(sy, 18), h - sprite_size - 1)
         f[:16] = 10  # HUD strip
         hp = max(0.05, health - 0.01 * i)
-        f[5:11, 20:20 + 50] = 60
-        f[5:11, 20:20 + int(50 * hp)] = (220, 40, 40) if hp < 0.3 else (40, 210, 60)
-        f[4:12, w - 56:w - 20] = hud_color
-        f[6:10, w - 52:w - 52 + 4 * (i // 5 % 8)] = 255  # a score ticking up
+        f[5:11, 20 : 20 + 50] = 60
+        f[5:11, 20 : 20 + int(50 * hp)] = (220, 40, 40) if hp < 0.3 else (40, 210, 60)
+        f[4:12, w - 56 : w - 20] = hud_color
+        f[6:10, w - 52 : w - 52 + 4 * (i // 5 % 8)] = 255  # a score ticking up
         out[i] = f.clip(0, 255).astype(np.uint8)
     return out
 
 
-MAKERS = {"animation": animation_frames, "camera": camera_frames, "game": game_frames,
-          "slides": slides_frames}
+MAKERS = {
+    "animation": animation_frames,
+    "camera": camera_frames,
+    "game": game_frames,
+    "slides": slides_frames,
+}
 
 
 # ---- clips --------------------------------------------------------------------------------------
-def clip_frames(class_name: str, index: int, *, seed: int = 0, w: int = WIDTH, h: int = HEIGHT,
-                fps: int = FPS, seconds: tuple[float, float] = (3.0, 6.0)) -> np.ndarray:
+def clip_frames(
+    class_name: str,
+    index: int,
+    *,
+    seed: int = 0,
+    w: int = WIDTH,
+    h: int = HEIGHT,
+    fps: int = FPS,
+    seconds: tuple[float, float] = (3.0, 6.0),
+) -> np.ndarray:
     """The frames (n, h, w, 3) uint8 of clip ``index`` of ``class_name``; n = 3-6 s at ``fps``."""
     rng = np.random.default_rng([seed, CLASSES.index(class_name), index])
     n = round(rng.uniform(*seconds) * fps)
@@ -251,8 +285,16 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = FPS) -> 
     return path
 
 
-def write_demo_clips(root: str | os.PathLike, per_class: int = 30, *, seed: int = 0,
-                     classes=CLASSES, w: int = WIDTH, h: int = HEIGHT, fps: int = FPS) -> list[Path]:
+def write_demo_clips(
+    root: str | os.PathLike,
+    per_class: int = 30,
+    *,
+    seed: int = 0,
+    classes=CLASSES,
+    w: int = WIDTH,
+    h: int = HEIGHT,
+    fps: int = FPS,
+) -> list[Path]:
     """Write ``per_class`` clips of each class to ``root/<class>/<class>_NNN.mp4``; clips already
     there are kept (a rerun only adds what is missing). Returns every clip's path."""
     root = Path(root)

@@ -18,14 +18,15 @@ share and resumes it) into ``<split>-0000I-of-0000K.h5`` and ``extract_report-00
 The processes never talk to each other (no process group). Training reads the shards as they are;
 ``merge`` (``vidcls merge``) turns them into the files one process would have written.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,21 +35,46 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import ConfigError, ExtractError, StoreError
 from ..store.reader import SPLITS, FeatureStore
-from ..store.shards import (MultiFileStore, assign_shards, check_counts, check_output_dir,
-                            extractor_differences, leftover_shards, load_shard_set, shard_name, write_merged)
+from ..store.shards import (
+    MultiFileStore,
+    assign_shards,
+    check_counts,
+    check_output_dir,
+    extractor_differences,
+    leftover_shards,
+    load_shard_set,
+    shard_name,
+    write_merged,
+)
 from ..store.writer import FeatureWriter
 from ..utils.device import check_decode_workers
 from ..utils.dist import Dist, env_dist
 from ..utils.fs import atomic_write_json
 from .backbone import FrameEncoder, keep_freed_memory
 from .folders import VideoSet, scan_videos
-from .pipeline import VideoResult, decode_loader, decode_video, encode_video, iter_features
+from .pipeline import (
+    VideoResult,
+    decode_loader,
+    decode_video,
+    encode_video,
+    iter_features,
+)
 from .quality import Quality
 from .report import REPORT_NAME, ExtractReport, format_summary, merge_reports
 from .video import Sampling
 
-__all__ = ["ExtractError", "ExtractOptions", "VideoResult", "decode_video", "decode_loader",
-           "iter_features", "encode_video", "extract", "format_summary", "merge"]
+__all__ = [
+    "ExtractError",
+    "ExtractOptions",
+    "VideoResult",
+    "decode_video",
+    "decode_loader",
+    "iter_features",
+    "encode_video",
+    "extract",
+    "format_summary",
+    "merge",
+]
 
 # RUNTIME_KEYS (from vidcls.store.shards): extractor keys that may differ between a store and a
 # resumed run, or between shards (they do not change features)
@@ -98,8 +124,13 @@ class ExtractOptions:
         Raises:
             BackboneError: unknown backbone, bad weights, image size or batch size.
         """
-        return FrameEncoder(self.backbone, self.weights, image_size=self.image_size,
-                            device=device or self.device, batch_size=self.batch_size)
+        return FrameEncoder(
+            self.backbone,
+            self.weights,
+            image_size=self.image_size,
+            device=device or self.device,
+            batch_size=self.batch_size,
+        )
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -107,8 +138,15 @@ class _Writers:
     """One FeatureWriter per split, opened on the split's first video (no empty split files);
     a sharded run writes its own shard's files."""
 
-    def __init__(self, out_dir: Path, videos: VideoSet, feature_dim: int, extractor: dict, dtype: str,
-                 shard: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        videos: VideoSet,
+        feature_dim: int,
+        extractor: dict,
+        dtype: str,
+        shard: tuple[int, int] | None = None,
+    ):
         self.out_dir, self.layout, self.shard = out_dir, videos.layout, shard
         self.args = (videos.class_names, feature_dim, extractor)
         self.dtype = dtype
@@ -139,8 +177,9 @@ class _Writers:
             StoreError: the split file cannot be opened (locked by another run, unreadable).
         """
         if job.split not in self.writers:
-            self.writers[job.split] = FeatureWriter(self.path(job.split), *self.args,
-                                                    dtype=self.dtype, flush_every=1, resume=True)
+            self.writers[job.split] = FeatureWriter(
+                self.path(job.split), *self.args, dtype=self.dtype, flush_every=1, resume=True
+            )
         try:
             self.writers[job.split].append(job.video_id, features, job.label, timestamps_ms)
         except StoreError as err:  # this video's features (NaN/Inf): the file itself is fine
@@ -155,15 +194,22 @@ class _Writers:
 
 def _check_compatible(path: Path, store: FeatureStore, class_names: list, extractor: dict) -> None:
     if store.class_names != class_names:
-        raise ExtractError(f"{path} holds classes {store.class_names} but the videos now have "
-                           f"{class_names}; use another FEATURES_DIR, or move {path.parent} away "
-                           f"to start over")
-    diff = [f"{k}: {store.extractor.get(k)!r} in the store, {extractor.get(k)!r} now"
-            for k in extractor_differences(store.extractor, extractor)]
+        raise ExtractError(
+            f"{path} holds classes {store.class_names} but the videos now have "
+            f"{class_names}; use another FEATURES_DIR, or move {path.parent} away "
+            f"to start over"
+        )
+    diff = [
+        f"{k}: {store.extractor.get(k)!r} in the store, {extractor.get(k)!r} now"
+        for k in extractor_differences(store.extractor, extractor)
+    ]
     if diff:
-        raise ExtractError(f"{path} was extracted with other settings; resuming would mix "
-                           "features. Differences:\n  " + "\n  ".join(diff) +
-                           "\nRe-run with the store's settings, or use another FEATURES_DIR")
+        raise ExtractError(
+            f"{path} was extracted with other settings; resuming would mix "
+            "features. Differences:\n  "
+            + "\n  ".join(diff)
+            + "\nRe-run with the store's settings, or use another FEATURES_DIR"
+        )
 
 
 # ---- sharding ---------------------------------------------------------------------------------
@@ -179,8 +225,7 @@ def parse_shard(shard) -> tuple[int, int]:
     except (TypeError, ValueError):
         index, count = -1, 0
     if not 0 <= index < count:
-        raise ConfigError(f"--shard must be I/K with 0 <= I < K (0-based: 0/4, 1/4, 2/4, 3/4), "
-                          f"got {shard!r}")
+        raise ConfigError(f"--shard must be I/K with 0 <= I < K (0-based: 0/4, 1/4, 2/4, 3/4), got {shard!r}")
     return index, count
 
 
@@ -194,9 +239,11 @@ def resolve_shard(shard, dist: Dist) -> tuple[int, int] | None:
     if not dist.active:
         return given
     if given is not None and given != (dist.rank, dist.world):
-        raise ConfigError(f"--shard {given[0]}/{given[1]} contradicts torchrun's RANK={dist.rank}, "
-                          f"WORLD_SIZE={dist.world}; under torchrun leave --shard out (each rank "
-                          f"extracts shard RANK/WORLD_SIZE)")
+        raise ConfigError(
+            f"--shard {given[0]}/{given[1]} contradicts torchrun's RANK={dist.rank}, "
+            f"WORLD_SIZE={dist.world}; under torchrun leave --shard out (each rank "
+            f"extracts shard RANK/WORLD_SIZE)"
+        )
     return dist.rank, dist.world
 
 
@@ -218,15 +265,26 @@ def take_share(videos: VideoSet, index: int, count: int) -> tuple[VideoSet, dict
     owners = assign_shards([job.size for job in videos.jobs], count)
     share = [job for job, owner in zip(videos.jobs, owners) if owner == index]
     listing = "\n".join(f"{j.split}\t{j.video_id}\t{j.size}" for j in videos.jobs)
-    record = {"index": index, "count": count, "videos": len(videos.jobs),
-              "scan": hashlib.sha256(listing.encode()).hexdigest()[:16]}
+    record = {
+        "index": index,
+        "count": count,
+        "videos": len(videos.jobs),
+        "scan": hashlib.sha256(listing.encode()).hexdigest()[:16],
+    }
     return replace(videos, jobs=share, skipped=videos.skipped if index == 0 else []), record
 
 
 # ---- the command ------------------------------------------------------------------------------
-def extract(video_root, features_dir, options: ExtractOptions | None = None, *,
-            shard: str | tuple[int, int] | None = None, progress: bool | None = None,
-            log: Callable = print, **settings) -> dict:
+def extract(
+    video_root,
+    features_dir,
+    options: ExtractOptions | None = None,
+    *,
+    shard: str | tuple[int, int] | None = None,
+    progress: bool | None = None,
+    log: Callable = print,
+    **settings,
+) -> dict:
     """Extract per-frame features of every video under ``video_root`` into ``features_dir``.
 
     Args:
@@ -251,16 +309,24 @@ def extract(video_root, features_dir, options: ExtractOptions | None = None, *,
     elif settings:
         raise TypeError(f"give either options or settings, not both (got {sorted(settings)})")
     dist = env_dist()
-    ex = _start(video_root, Path(features_dir), options, log, resolve_shard(shard, dist),
-                _rank_device(options.device, dist))
+    ex = _start(
+        video_root,
+        Path(features_dir),
+        options,
+        log,
+        resolve_shard(shard, dist),
+        _rank_device(options.device, dist),
+    )
     status, run = "failed", {}
     try:
         _run(ex, progress, run)
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
-        log(f"\ninterrupted: every finished video is stored in {ex.out_dir}; re-run the same "
-            f"command to continue")
+        log(
+            f"\ninterrupted: every finished video is stored in {ex.out_dir}; re-run the same "
+            f"command to continue"
+        )
         raise
     finally:
         ex.writers.close()
@@ -281,8 +347,14 @@ class _Extraction:
     todo: list  # the VideoJobs not in the store yet
 
 
-def _start(video_root, out_dir: Path, options: ExtractOptions, log: Callable,
-           shard: tuple[int, int] | None, device: str) -> _Extraction:
+def _start(
+    video_root,
+    out_dir: Path,
+    options: ExtractOptions,
+    log: Callable,
+    shard: tuple[int, int] | None,
+    device: str,
+) -> _Extraction:
     """Scan the videos, build the CNN, open the store and the report; nothing is extracted yet."""
     videos = scan_videos(video_root, split=options.split, seed=options.seed)
     check_output_dir(out_dir, None if shard is None else shard[1])
@@ -297,35 +369,60 @@ def _start(video_root, out_dir: Path, options: ExtractOptions, log: Callable,
     writers = _Writers(out_dir, videos, encoder.feature_dim, extractor, options.dtype, shard)
     report = ExtractReport(out_dir, videos, extractor, options.record(), writers.stored_in, shard=record)
     todo = [job for job in videos.jobs if writers.stored_in(job) is None]
-    part = "" if shard is None else (f"shard {shard[0]}/{shard[1]} of {found} videos "
-                                     f"({sum(j.size for j in videos.jobs) >> 20} MiB): ")
-    log(f"extract: {part}{len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
+    part = (
+        ""
+        if shard is None
+        else (
+            f"shard {shard[0]}/{shard[1]} of {found} videos ({sum(j.size for j in videos.jobs) >> 20} MiB): "
+        )
+    )
+    log(
+        f"extract: {part}{len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
         f"layout), {len(videos.jobs) - len(todo)} already stored, {len(todo)} to do; "
-        f"{options.backbone} ({extractor['weights']}) on {encoder.device}, {encoder.feature_dim}-d")
+        f"{options.backbone} ({extractor['weights']}) on {encoder.device}, {encoder.feature_dim}-d"
+    )
     if videos.skipped_links:
-        log(f"{len(videos.skipped_links)} folder link(s) not followed, e.g. "
-            f"{videos.skipped_links[0]['detail']}")
+        log(
+            f"{len(videos.skipped_links)} folder link(s) not followed, e.g. "
+            f"{videos.skipped_links[0]['detail']}"
+        )
     report.save(force=True)
     return _Extraction(options, out_dir, videos, encoder, writers, report, todo)
 
 
 def _describe(encoder: FrameEncoder, options: ExtractOptions) -> dict:
     """The extractor description stored with the features (a resumed run must match it)."""
-    return {**encoder.description, "sampling": options.sampling.describe(),
-            "quality": options.quality.describe(), "frame_rule": FRAME_RULE,
-            "dtype": str(options.dtype), "precision": encoder.precision, "vidcls_version": __version__}
+    return {
+        **encoder.description,
+        "sampling": options.sampling.describe(),
+        "quality": options.quality.describe(),
+        "frame_rule": FRAME_RULE,
+        "dtype": str(options.dtype),
+        "precision": encoder.precision,
+        "vidcls_version": __version__,
+    }
 
 
 def _run(ex: _Extraction, progress: bool | None, run: dict) -> None:
     """Extract ``ex.todo`` into the store; fill ``run`` with throughput figures (also when stopped)."""
     t0, stats = time.perf_counter(), {"cnn_s": 0.0}
     new_videos = new_frames = 0
-    bar = tqdm(total=len(ex.todo), unit="video", desc="extract", dynamic_ncols=True,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=len(ex.todo),
+        unit="video",
+        desc="extract",
+        dynamic_ncols=True,
+        disable=None if progress is None else not progress,
+    )
     try:
-        for r in iter_features([j.path for j in ex.todo], ex.encoder, ex.options.sampling,
-                               ex.options.quality, decode_workers=ex.options.decode_workers,
-                               stats=stats):
+        for r in iter_features(
+            [j.path for j in ex.todo],
+            ex.encoder,
+            ex.options.sampling,
+            ex.options.quality,
+            decode_workers=ex.options.decode_workers,
+            stats=stats,
+        ):
             stored = _store(ex, ex.todo[r.index], r)
             if stored is not None:
                 new_videos, new_frames = new_videos + 1, new_frames + stored
@@ -334,11 +431,15 @@ def _run(ex: _Extraction, progress: bool | None, run: dict) -> None:
     finally:
         bar.close()
         wall = time.perf_counter() - t0
-        run.update(new_videos=new_videos, new_frames=new_frames, wall_s=round(wall, 3),
-                   frames_per_s=round(new_frames / wall, 3) if wall > 0 else 0.0,
-                   cnn_s=round(stats["cnn_s"], 3),
-                   cnn_busy_share=round(min(1.0, stats["cnn_s"] / wall), 4) if wall > 0 else 0.0,
-                   decode_workers=ex.options.decode_workers)
+        run.update(
+            new_videos=new_videos,
+            new_frames=new_frames,
+            wall_s=round(wall, 3),
+            frames_per_s=round(new_frames / wall, 3) if wall > 0 else 0.0,
+            cnn_s=round(stats["cnn_s"], 3),
+            cnn_busy_share=round(min(1.0, stats["cnn_s"] / wall), 4) if wall > 0 else 0.0,
+            decode_workers=ex.options.decode_workers,
+        )
 
 
 def _store(ex: _Extraction, job, r: VideoResult) -> int | None:
@@ -384,15 +485,18 @@ def merge(features_dir, *, keep_shards: bool = False, log: Callable = print) -> 
         log(f"removed {len(left)} shard file(s) left behind by an earlier merge into {d}")
         return json.loads((d / REPORT_NAME).read_text())
     if shard_set is None:
-        raise StoreError(f"{d} holds no shards (<split>-0000I-of-0000K.h5 with "
-                         f"extract_report-0000I-of-0000K.json); nothing to merge")
+        raise StoreError(
+            f"{d} holds no shards (<split>-0000I-of-0000K.h5 with "
+            f"extract_report-0000I-of-0000K.json); nothing to merge"
+        )
     report = merge_reports(shard_set.reports, d)
     position = {(e["split"], e["video_id"]): n for n, e in enumerate(report["videos"])}
     for split, paths in shard_set.files.items():
         with MultiFileStore(paths, check_finite=False) as store:  # the writer checks every frame
             check_counts(store, shard_set, split)
-            order = sorted(range(len(store)), key=lambda i: (
-                position.get((split, store.video_ids[i]), len(position)), i))
+            order = sorted(
+                range(len(store)), key=lambda i: (position.get((split, store.video_ids[i]), len(position)), i)
+            )
             log(f"{split}.h5: {len(store)} videos from {len(paths)} shard file(s)")
             write_merged(store, d / f"{split}.h5", order)
     report["merged_from"] = [p.name for p in shard_set.paths()]

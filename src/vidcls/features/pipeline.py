@@ -9,13 +9,14 @@ with few cores, a decoder that preempts one of the CNN's threads stalls the whol
 so decoding is kept to the moments the CNN's threads leave a core idle (measured on 2 cores: better
 than nice +5); on a machine with spare cores it changes nothing.
 """
+
 from __future__ import annotations
 
 import os
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,8 +46,9 @@ class VideoResult:
 
 
 # ---- decoding (runs in the worker processes) --------------------------------------------------
-def decode_video(path, sampling: Sampling, quality: Quality, preprocess: Preprocess,
-                 threads: int = 1) -> dict:
+def decode_video(
+    path, sampling: Sampling, quality: Quality, preprocess: Preprocess, threads: int = 1
+) -> dict:
     """Decode, quality-filter and resize/crop one video's sampled frames.
 
     Args:
@@ -72,18 +74,37 @@ def decode_video(path, sampling: Sampling, quality: Quality, preprocess: Preproc
         sharp = [q[1] for q, _ in d.items] if quality.min_sharpness > 0 else None
         keep, counts = quality.select(np.asarray(bright), sharp)
         frames = torch.stack([x for (_, x), k in zip(d.items, keep) if k])
-        info = {"duration_s": round(d.duration_s, 3), "frames_sampled": len(d.items),
-                "frames_kept": int(keep.sum()), **counts, "decoded_frames": d.decoded_frames,
-                "seeks": d.seeks, "decode_errors": len(d.decode_errors),
-                "decode_s": round(time.perf_counter() - t0, 4), **({"notes": d.notes} if d.notes else {})}
-        return {"status": "ok", "frames": frames, "info": info,
-                "timestamps_ms": np.asarray(d.timestamps_ms, np.float64)[keep]}
+        info = {
+            "duration_s": round(d.duration_s, 3),
+            "frames_sampled": len(d.items),
+            "frames_kept": int(keep.sum()),
+            **counts,
+            "decoded_frames": d.decoded_frames,
+            "seeks": d.seeks,
+            "decode_errors": len(d.decode_errors),
+            "decode_s": round(time.perf_counter() - t0, 4),
+            **({"notes": d.notes} if d.notes else {}),
+        }
+        return {
+            "status": "ok",
+            "frames": frames,
+            "info": info,
+            "timestamps_ms": np.asarray(d.timestamps_ms, np.float64)[keep],
+        }
     except VideoSkip as skip:
-        return {"status": "skipped", "reason": skip.code, "detail": str(skip),
-                "info": {"decode_s": round(time.perf_counter() - t0, 4)}}
+        return {
+            "status": "skipped",
+            "reason": skip.code,
+            "detail": str(skip),
+            "info": {"decode_s": round(time.perf_counter() - t0, 4)},
+        }
     except Exception as err:  # a worker must never die on one video: report it and go on
-        return {"status": "skipped", "reason": "error", "info": {},
-                "detail": f"{path}: unexpected {type(err).__name__}: {err}; please report it"}
+        return {
+            "status": "skipped",
+            "reason": "error",
+            "info": {},
+            "detail": f"{path}: unexpected {type(err).__name__}: {err}; please report it",
+        }
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -113,8 +134,14 @@ def _worker_init(_worker_id: int) -> None:
             pass
 
 
-def decode_loader(paths: Sequence, sampling: Sampling, quality: Quality, preprocess: Preprocess,
-                  workers: int = 2, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def decode_loader(
+    paths: Sequence,
+    sampling: Sampling,
+    quality: Quality,
+    preprocess: Preprocess,
+    workers: int = 2,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
     """A DataLoader yielding ``decode_video`` results for ``paths``, in order.
 
     Args:
@@ -130,9 +157,15 @@ def decode_loader(paths: Sequence, sampling: Sampling, quality: Quality, preproc
     threads = max(1, (os.cpu_count() or 1) // (workers + 1))
     dataset = _DecodeDataset(paths, sampling, quality, preprocess, threads)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-        worker_init_fn=_worker_init if workers else None, pin_memory=pin_memory,
-        prefetch_factor=PREFETCH if workers else None)
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_identity,
+        worker_init_fn=_worker_init if workers else None,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH if workers else None,
+    )
 
 
 # ---- batching frames of several videos through the CNN ----------------------------------------
@@ -148,10 +181,16 @@ class _Pending:
     def result(self) -> VideoResult:
         item = self.item
         if item["status"] != "ok":
-            return VideoResult(self.index, "skipped", reason=item["reason"], detail=item["detail"],
-                               info=item["info"])
-        return VideoResult(self.index, "ok", self.features, item["timestamps_ms"],
-                           info={**item["info"], "cnn_s": round(self.cnn_s, 4)})
+            return VideoResult(
+                self.index, "skipped", reason=item["reason"], detail=item["detail"], info=item["info"]
+            )
+        return VideoResult(
+            self.index,
+            "ok",
+            self.features,
+            item["timestamps_ms"],
+            info={**item["info"], "cnn_s": round(self.cnn_s, 4)},
+        )
 
 
 class _Batcher:
@@ -183,7 +222,7 @@ class _Batcher:
         while need and self.waiting:
             p = self.waiting[0]
             take = min(need, p.total - p.next)
-            pieces.append(p.frames[p.next:p.next + take])
+            pieces.append(p.frames[p.next : p.next + take])
             owners.append((p, p.next, take))
             p.next += take
             need -= take
@@ -197,7 +236,7 @@ class _Batcher:
         self.n_waiting -= len(x)
         offset = 0
         for p, start, n in owners:
-            p.features[start:start + n] = y[offset:offset + n]
+            p.features[start : start + n] = y[offset : offset + n]
             offset += n
             p.done += n
             p.cnn_s += dt * n / len(x)
@@ -211,8 +250,15 @@ class _Batcher:
         return out
 
 
-def iter_features(paths: Sequence, encoder: FrameEncoder, sampling: Sampling, quality: Quality,
-                  *, decode_workers: int = 2, stats: dict | None = None) -> Iterator[VideoResult]:
+def iter_features(
+    paths: Sequence,
+    encoder: FrameEncoder,
+    sampling: Sampling,
+    quality: Quality,
+    *,
+    decode_workers: int = 2,
+    stats: dict | None = None,
+) -> Iterator[VideoResult]:
     """Features of each video in ``paths``, in order; broken videos come out as skips.
 
     Decoding runs in ``decode_workers`` processes while this process runs the CNN.
@@ -232,8 +278,9 @@ def iter_features(paths: Sequence, encoder: FrameEncoder, sampling: Sampling, qu
     """
     if not len(paths):
         return
-    loader = decode_loader(paths, sampling, quality, encoder.preprocess, decode_workers,
-                           pin_memory=encoder.device.type == "cuda")
+    loader = decode_loader(
+        paths, sampling, quality, encoder.preprocess, decode_workers, pin_memory=encoder.device.type == "cuda"
+    )
     batcher = _Batcher(encoder)
     it = iter(loader)
     for index in range(len(paths)):
@@ -242,11 +289,13 @@ def iter_features(paths: Sequence, encoder: FrameEncoder, sampling: Sampling, qu
         except RuntimeError as err:
             if "DataLoader worker" not in str(err):
                 raise
-            near = ", ".join(str(p) for p in paths[index:index + 2 * max(1, decode_workers) * PREFETCH])
-            raise ExtractError(f"a decode worker died ({err}) while decoding one of: {near}. Every "
-                               f"finished video is stored: re-run the same command to continue. "
-                               f"Out of shared memory (/dev/shm, small in containers)? Raise it or "
-                               f"use --decode-workers 0. Again on the same files? Move them away") from None
+            near = ", ".join(str(p) for p in paths[index : index + 2 * max(1, decode_workers) * PREFETCH])
+            raise ExtractError(
+                f"a decode worker died ({err}) while decoding one of: {near}. Every "
+                f"finished video is stored: re-run the same command to continue. "
+                f"Out of shared memory (/dev/shm, small in containers)? Raise it or "
+                f"use --decode-workers 0. Again on the same files? Move them away"
+            ) from None
         yield from batcher.add(_Pending(index, item, encoder.feature_dim))
         if stats is not None:
             stats["cnn_s"] = batcher.cnn_s

@@ -9,6 +9,7 @@ uint8 tensors (torchvision's tensor resize, antialiased), not on PIL images: on 
 features agree with the libraries' own PIL transforms to cosine > 0.999 (tested), and decoding
 workers never convert frames to PIL and back.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ class Preprocess:
     crop_mode: str = "center"
 
     @classmethod
-    def from_weights(cls, entry, image_size: int | str | None = None) -> "Preprocess":
+    def from_weights(cls, entry, image_size: int | str | None = None) -> Preprocess:
         """The preset of a torchvision weights entry; ``image_size`` rescales crop and resize.
 
         Args:
@@ -65,11 +66,17 @@ class Preprocess:
         size = parse_image_size(image_size)
         if size is not None:
             crop, resize = size, int(round(size * resize / crop))
-        return cls(crop, resize, tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std),
-                   InterpolationMode(t.interpolation).value, bool(t.antialias))
+        return cls(
+            crop,
+            resize,
+            tuple(float(v) for v in t.mean),
+            tuple(float(v) for v in t.std),
+            InterpolationMode(t.interpolation).value,
+            bool(t.antialias),
+        )
 
     @classmethod
-    def from_timm(cls, config: dict, name: str) -> "Preprocess":
+    def from_timm(cls, config: dict, name: str) -> Preprocess:
         """timm's eval transform (``transforms_imagenet_eval``) for a resolved data config.
 
         Raises:
@@ -78,15 +85,23 @@ class Preprocess:
         _, height, width = config["input_size"]
         mode = config.get("crop_mode") or "center"
         if height != width or mode not in CROP_MODES:
-            raise BackboneError(f"timm:{name} expects {height}x{width} inputs with crop mode {mode!r}; vidcls "
-                                f"feeds square frames (crop mode center or squash): give --image-size N")
+            raise BackboneError(
+                f"timm:{name} expects {height}x{width} inputs with crop mode {mode!r}; vidcls "
+                f"feeds square frames (crop mode center or squash): give --image-size N"
+            )
         crop_pct = float(config.get("crop_pct") or 0.875)
-        return cls(int(height), math.floor(height / crop_pct), tuple(float(v) for v in config["mean"]),
-                   tuple(float(v) for v in config["std"]), _interpolation(config.get("interpolation")),
-                   True, mode)
+        return cls(
+            int(height),
+            math.floor(height / crop_pct),
+            tuple(float(v) for v in config["mean"]),
+            tuple(float(v) for v in config["std"]),
+            _interpolation(config.get("interpolation")),
+            True,
+            mode,
+        )
 
     @classmethod
-    def from_open_clip(cls, config: dict, name: str) -> "Preprocess":
+    def from_open_clip(cls, config: dict, name: str) -> Preprocess:
         """open_clip's eval transform (``image_transform_v2`` with is_train False).
 
         Raises:
@@ -96,24 +111,34 @@ class Preprocess:
         height, width = (size, size) if isinstance(size, int) else size
         mode = {"shortest": "center", "squash": "squash"}.get(config.get("resize_mode") or "shortest")
         if height != width or mode is None:
-            raise BackboneError(f"open_clip:{name} expects {height}x{width} inputs resized by "
-                                f"{config.get('resize_mode')!r}; vidcls feeds square centre crops: choose "
-                                f"another model or --image-size N")
-        return cls(int(height), int(height), tuple(float(v) for v in config["mean"]),
-                   tuple(float(v) for v in config["std"]), _interpolation(config.get("interpolation")),
-                   True, mode)
+            raise BackboneError(
+                f"open_clip:{name} expects {height}x{width} inputs resized by "
+                f"{config.get('resize_mode')!r}; vidcls feeds square centre crops: choose "
+                f"another model or --image-size N"
+            )
+        return cls(
+            int(height),
+            int(height),
+            tuple(float(v) for v in config["mean"]),
+            tuple(float(v) for v in config["std"]),
+            _interpolation(config.get("interpolation")),
+            True,
+            mode,
+        )
 
     def geometry(self, frames: torch.Tensor) -> torch.Tensor:
         """Resize (short side, or both with squash) and centre-crop: uint8 (..., 3, H, W) -> (..., 3, S, S)."""
         size = [self.resize_size] if self.crop_mode == "center" else [self.resize_size, self.resize_size]
-        frames = F.resize(frames, size, interpolation=InterpolationMode(self.interpolation),
-                          antialias=self.antialias)
+        frames = F.resize(
+            frames, size, interpolation=InterpolationMode(self.interpolation), antialias=self.antialias
+        )
         return F.center_crop(frames, [self.crop_size])
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> float32, scaled to [0, 1] and normalised by mean/std."""
-        return F.normalize(F.convert_image_dtype(frames, torch.float), mean=list(self.mean),
-                           std=list(self.std))
+        return F.normalize(
+            F.convert_image_dtype(frames, torch.float), mean=list(self.mean), std=list(self.std)
+        )
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.geometry(frames))
@@ -121,9 +146,14 @@ class Preprocess:
     def describe(self) -> dict:
         """The preprocessing keys of the extractor record (crop_mode only when not the centre crop, so a
         torchvision record reads as the previous release wrote it)."""
-        out = {"image_size": self.crop_size, "resize_size": self.resize_size,
-               "interpolation": self.interpolation, "antialias": self.antialias,
-               "mean": list(self.mean), "std": list(self.std)}
+        out = {
+            "image_size": self.crop_size,
+            "resize_size": self.resize_size,
+            "interpolation": self.interpolation,
+            "antialias": self.antialias,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
         return out if self.crop_mode == "center" else {**out, "crop_mode": self.crop_mode}
 
 

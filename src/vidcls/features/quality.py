@@ -5,6 +5,7 @@ cheaper than the full frame and makes ``--min-sharpness`` mean the same at every
 
 Nothing here imports torch: this module runs in the decode worker processes.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,9 +60,11 @@ class Quality:
             score = self._score(bright, sharp)
             k = max(1, int(math.ceil(FALLBACK_KEEP_SHARE * len(keep))))
             keep[np.argsort(-score, kind="stable")[:k]] = True
-        return keep, {"frames_dropped_dark": int((dark & ~keep).sum()),
-                      "frames_dropped_blurry": int((blurry & ~keep).sum()),
-                      "quality_fallback": fallback}
+        return keep, {
+            "frames_dropped_dark": int((dark & ~keep).sum()),
+            "frames_dropped_blurry": int((blurry & ~keep).sum()),
+            "quality_fallback": fallback,
+        }
 
     def _score(self, bright: np.ndarray, sharp) -> np.ndarray:
         # Each enabled criterion as a share of its threshold; a frame is as good as its worst one.

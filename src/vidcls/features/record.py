@@ -1,5 +1,6 @@
 """Reading a store's ``extractor`` record back: the weights to rebuild the frame encoder with (checked
 against the recorded file, torchvision enum or weights fingerprint), and the frame sampling and quality filter."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,16 +29,21 @@ def recorded_weights(record: dict, weights) -> str:
     backbone, recorded = record["backbone"], record.get("weights")
     given = None if weights is None else Path(weights)
     if given is not None and not given.is_file():
-        raise BackboneError(f"--weights {given}: no such file; give the weights file the features were "
-                            f"extracted with")
+        raise BackboneError(
+            f"--weights {given}: no such file; give the weights file the features were extracted with"
+        )
     if recorded == "none":
         if given is not None:
-            raise BackboneError(f"the features were extracted with a randomly initialised {backbone} "
-                                f"(--weights none); there are no weights to give, drop --weights {given}")
+            raise BackboneError(
+                f"the features were extracted with a randomly initialised {backbone} "
+                f"(--weights none); there are no weights to give, drop --weights {given}"
+            )
         seed = record.get("random_init_seed", RANDOM_INIT_SEED)
         if seed != RANDOM_INIT_SEED:
-            raise BackboneError(f"the features were extracted with a random {backbone} of seed {seed}; this "
-                                f"vidcls builds seed {RANDOM_INIT_SEED}: use the vidcls version that extracted them")
+            raise BackboneError(
+                f"the features were extracted with a random {backbone} of seed {seed}; this "
+                f"vidcls builds seed {RANDOM_INIT_SEED}: use the vidcls version that extracted them"
+            )
         return "none"
     if recorded == "file":
         return str(_recorded_file(record, given))
@@ -55,13 +61,17 @@ def _recorded_file(record: dict, given: Path | None) -> Path:
         at = Path(str(record.get("weights_path") or ""))
         if record.get("weights_path") and at.is_file() and sha and sha256_file(at) == sha:
             return at  # still where the features were extracted from, same bytes
-        raise BackboneError(f"the features were extracted with {backbone} weights from {wanted}, which "
-                            f"is not given here; pass --weights PATH (Python: weights=PATH) with that file")
+        raise BackboneError(
+            f"the features were extracted with {backbone} weights from {wanted}, which "
+            f"is not given here; pass --weights PATH (Python: weights=PATH) with that file"
+        )
     got = sha256_file(given)
     if sha and got != sha:
-        raise BackboneError(f"--weights {given} has sha256 {got[:16]}... but the features were extracted "
-                            f"with {wanted}; other weights give other features, meaningless to the "
-                            f"run's model: pass --weights PATH with the same file")
+        raise BackboneError(
+            f"--weights {given} has sha256 {got[:16]}... but the features were extracted "
+            f"with {wanted}; other weights give other features, meaningless to the "
+            f"run's model: pass --weights PATH with the same file"
+        )
     return given
 
 
@@ -73,12 +83,16 @@ def selection_from_record(record: dict) -> tuple[Sampling, Quality]:
     """
     s, q = record.get("sampling"), record.get("quality")
     if not isinstance(s, dict) or not isinstance(q, dict):
-        raise BackboneError("the extractor record holds no frame sampling / quality settings; the features "
-                            "were not made by `vidcls extract`, so videos cannot be turned into the same features")
+        raise BackboneError(
+            "the extractor record holds no frame sampling / quality settings; the features "
+            "were not made by `vidcls extract`, so videos cannot be turned into the same features"
+        )
     share = q.get("fallback_keep_share", FALLBACK_KEEP_SHARE)
     if share != FALLBACK_KEEP_SHARE:
-        raise BackboneError(f"the features kept the best {share:.0%} of frames when all failed the quality "
-                            f"test; this vidcls keeps {FALLBACK_KEEP_SHARE:.0%}: use the version that extracted them")
+        raise BackboneError(
+            f"the features kept the best {share:.0%} of frames when all failed the quality "
+            f"test; this vidcls keeps {FALLBACK_KEEP_SHARE:.0%}: use the version that extracted them"
+        )
     max_frames = int(s.get("max_frames", 64))
     if s.get("mode") == "frames":
         sampling = Sampling(frames=int(s["frames"]), max_frames=max_frames)

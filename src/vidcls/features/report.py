@@ -18,6 +18,7 @@ with its share's entries (shard 0 also lists the files rejected before decoding)
 record (index, count, and the number and fingerprint of all videos found, which must agree across
 shards); ``merge_reports`` turns the K of them into the report one process would have written.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ def _key(split, video_id) -> tuple:
 class ExtractReport:
     """The report of one ``extract`` run (see the module docstring)."""
 
-    def __init__(self, features_dir, videos, extractor: dict, options: dict, stored_in, *,
-                 shard: dict | None = None):
+    def __init__(
+        self, features_dir, videos, extractor: dict, options: dict, stored_in, *, shard: dict | None = None
+    ):
         """Start the report.
 
         Args:
@@ -65,18 +67,35 @@ class ExtractReport:
             entry = _base(job, where or job.split)
             if where:
                 old = previous.get(_key(where, job.video_id), {})
-                entry.update(old if old.get("status") == "ok" else
-                             {"status": "ok", "detail": "in the store from an earlier run"})
+                entry.update(
+                    old
+                    if old.get("status") == "ok"
+                    else {"status": "ok", "detail": "in the store from an earlier run"}
+                )
             self.entries[_key(entry["split"], job.video_id)] = entry
         for job, code, message in videos.skipped:
-            self.entries[_key(job.split, job.video_id)] = {**_base(job, job.split), "status": "skipped",
-                                                          "reason": code, "detail": message}
-        self.data = {"vidcls_version": __version__, "video_root": str(videos.root),
-                     "features_dir": str(Path(features_dir)), "layout": videos.layout,
-                     "class_names": videos.class_names, "options": options, "extractor": extractor,
-                     "status": "running", "started": _now(), "finished": None, "run": {},
-                     "duplicates": videos.duplicates, "ignored": videos.ignored,
-                     "skipped_links": videos.skipped_links}
+            self.entries[_key(job.split, job.video_id)] = {
+                **_base(job, job.split),
+                "status": "skipped",
+                "reason": code,
+                "detail": message,
+            }
+        self.data = {
+            "vidcls_version": __version__,
+            "video_root": str(videos.root),
+            "features_dir": str(Path(features_dir)),
+            "layout": videos.layout,
+            "class_names": videos.class_names,
+            "options": options,
+            "extractor": extractor,
+            "status": "running",
+            "started": _now(),
+            "finished": None,
+            "run": {},
+            "duplicates": videos.duplicates,
+            "ignored": videos.ignored,
+            "skipped_links": videos.skipped_links,
+        }
         if shard is not None:
             self.data[SHARD_KEY] = shard
         self._saved_at = 0.0
@@ -87,8 +106,9 @@ class ExtractReport:
 
     def skip(self, job, code: str, message: str, info: dict | None = None) -> None:
         """Record a skipped video with its reason code and message."""
-        self.entries[_key(job.split, job.video_id)].update(status="skipped", reason=code,
-                                                           detail=message, **(info or {}))
+        self.entries[_key(job.split, job.video_id)].update(
+            status="skipped", reason=code, detail=message, **(info or {})
+        )
 
     def save(self, *, force: bool = False) -> None:
         """Write the report atomically (at most every SAVE_EVERY_S seconds unless forced)."""
@@ -122,12 +142,14 @@ def merge_reports(reports: list[dict], features_dir) -> dict:
         reports: the shard reports, in shard order. features_dir: where the merged report goes.
     """
     entries = sorted((e for r in reports for e in r["videos"]), key=_order)
-    data = {k: v for k, v in reports[0].items()
-            if k not in (SHARD_KEY, "totals", "skip_reasons", "videos")}
-    data.update(features_dir=str(Path(features_dir)), status="complete",
-                started=min(r["started"] for r in reports),
-                finished=max(r.get("finished") or r["started"] for r in reports),
-                run=_merged_run([r.get("run") or {} for r in reports]))
+    data = {k: v for k, v in reports[0].items() if k not in (SHARD_KEY, "totals", "skip_reasons", "videos")}
+    data.update(
+        features_dir=str(Path(features_dir)),
+        status="complete",
+        started=min(r["started"] for r in reports),
+        finished=max(r.get("finished") or r["started"] for r in reports),
+        run=_merged_run([r.get("run") or {} for r in reports]),
+    )
     return {**data, **totals(entries), "videos": entries}
 
 
@@ -135,16 +157,28 @@ def _merged_run(runs: list[dict]) -> dict:
     new_videos, new_frames = (sum(int(r.get(k, 0)) for r in runs) for k in ("new_videos", "new_frames"))
     wall = max(float(r.get("wall_s", 0.0)) for r in runs)
     busy = [float(r.get("cnn_busy_share", 0.0)) for r in runs]
-    return {"new_videos": new_videos, "new_frames": new_frames, "wall_s": wall,
-            "frames_per_s": round(new_frames / wall, 3) if wall > 0 else 0.0,
-            "cnn_s": round(sum(float(r.get("cnn_s", 0.0)) for r in runs), 3),
-            "cnn_busy_share": round(sum(busy) / len(busy), 4),
-            "decode_workers": runs[0].get("decode_workers"), "shards": runs}
+    return {
+        "new_videos": new_videos,
+        "new_frames": new_frames,
+        "wall_s": wall,
+        "frames_per_s": round(new_frames / wall, 3) if wall > 0 else 0.0,
+        "cnn_s": round(sum(float(r.get("cnn_s", 0.0)) for r in runs), 3),
+        "cnn_busy_share": round(sum(busy) / len(busy), 4),
+        "decode_workers": runs[0].get("decode_workers"),
+        "shards": runs,
+    }
 
 
 def _base(job, split) -> dict:
-    return {"video_id": job.video_id, "split": split, "class": job.class_name, "path": job.rel,
-            "status": "pending", "reason": None, "detail": None}
+    return {
+        "video_id": job.video_id,
+        "split": split,
+        "class": job.class_name,
+        "path": job.rel,
+        "status": "pending",
+        "reason": None,
+        "detail": None,
+    }
 
 
 def _order(entry: dict) -> tuple:
@@ -178,8 +212,10 @@ def totals(entries: list[dict]) -> dict:
                 row[c] += int(e.get(c) or 0)
     reasons = Counter(e["reason"] for e in entries if e["status"] == "skipped")
     keys = ("videos", "ok", "skipped", "pending", *_COUNTS, "quality_fallback")
-    return {"totals": {name: {k: int(row[k]) for k in keys} for name, row in rows.items()},
-            "skip_reasons": dict(sorted(reasons.items()))}
+    return {
+        "totals": {name: {k: int(row[k]) for k in keys} for name, row in rows.items()},
+        "skip_reasons": dict(sorted(reasons.items())),
+    }
 
 
 def format_summary(report: dict) -> str:
@@ -193,8 +229,10 @@ def format_summary(report: dict) -> str:
             continue
         if name == "all":
             lines.append("-" * len(head))
-        lines.append(f"{name:<12}{r['videos']:>8}{r['ok']:>7}{r['skipped']:>9}{r['frames_kept']:>9}"
-                     f"{r['frames_dropped_dark']:>7}{r['frames_dropped_blurry']:>8}")
+        lines.append(
+            f"{name:<12}{r['videos']:>8}{r['ok']:>7}{r['skipped']:>9}{r['frames_kept']:>9}"
+            f"{r['frames_dropped_dark']:>7}{r['frames_dropped_blurry']:>8}"
+        )
     reasons = report.get("skip_reasons") or {}
     if reasons:
         lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
@@ -202,18 +240,24 @@ def format_summary(report: dict) -> str:
     lines += _link_lines(report.get("skipped_links") or [])
     fallback = tot.get("all", {}).get("quality_fallback", 0)
     if fallback:
-        lines.append(f"{fallback} video(s) had no frame passing the quality thresholds; their best "
-                     f"frames were kept (quality_fallback in the report)")
+        lines.append(
+            f"{fallback} video(s) had no frame passing the quality thresholds; their best "
+            f"frames were kept (quality_fallback in the report)"
+        )
     run = report.get("run") or {}
     if run.get("new_videos"):
-        lines.append(f"this run: {run['new_videos']} videos, {run['new_frames']} frames in "
-                     f"{run['wall_s']:.1f} s = {run['frames_per_s']:.2f} frames/s "
-                     f"(CNN busy {100 * run['cnn_busy_share']:.0f} % of the time)")
+        lines.append(
+            f"this run: {run['new_videos']} videos, {run['new_frames']} frames in "
+            f"{run['wall_s']:.1f} s = {run['frames_per_s']:.2f} frames/s "
+            f"(CNN busy {100 * run['cnn_busy_share']:.0f} % of the time)"
+        )
     lines.append(f"report: {Path(report['features_dir']) / report_name(report.get(SHARD_KEY))}")
     if report.get(SHARD_KEY) and report.get("status") == "complete":
         shard = report[SHARD_KEY]
-        lines.append(f"shard {shard['index']} of {shard['count']} complete; training reads the shards "
-                     f"once all {shard['count']} are, or merge them: vidcls merge {report['features_dir']}")
+        lines.append(
+            f"shard {shard['index']} of {shard['count']} complete; training reads the shards "
+            f"once all {shard['count']} are, or merge them: vidcls merge {report['features_dir']}"
+        )
     return "\n".join(lines)
 
 

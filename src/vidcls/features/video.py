@@ -21,13 +21,15 @@ shortcuts keep it cheap (on a small machine decoding shares the CPU with the CNN
 
 Nothing here imports torch: this module runs in the decode worker processes.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -35,8 +37,25 @@ import numpy as np
 from ..errors import ConfigError
 from ..utils.sampling import uniform_indices
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg",
-                              ".wmv", ".flv", ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mov",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".flv",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".3gp",
+        ".ogv",
+    }
+)
 SKIP_REASONS = {  # code -> what it means; every skipped video in the report carries one
     "not_video": "the file name does not have a video extension",
     "empty": "the file has 0 bytes",
@@ -187,15 +206,21 @@ def open_video(path: str | os.PathLike):
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as err:
-        raise VideoSkip("cannot_open", f"{path}: FFmpeg cannot open it ({_ffmpeg_msg(err)}); the "
-                                       f"file is corrupt, truncated or not a video: re-download "
-                                       f"or re-encode it") from None
+        raise VideoSkip(
+            "cannot_open",
+            f"{path}: FFmpeg cannot open it ({_ffmpeg_msg(err)}); the "
+            f"file is corrupt, truncated or not a video: re-download "
+            f"or re-encode it",
+        ) from None
     streams = [s for s in container.streams.video if not _is_cover_art(s)]
     if not streams:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
-        raise VideoSkip("no_video_stream", f"{path}: no video stream (streams: {', '.join(kinds)});"
-                                           f" audio-only files cannot be classified, remove it")
+        raise VideoSkip(
+            "no_video_stream",
+            f"{path}: no video stream (streams: {', '.join(kinds)});"
+            f" audio-only files cannot be classified, remove it",
+        )
     return container, streams[0]
 
 
@@ -211,9 +236,15 @@ def _ffmpeg_msg(err: Exception) -> str:
     return getattr(err, "strerror", None) or str(err)
 
 
-def read_frames(path: str | os.PathLike, sampling: Sampling,
-                on_frame: Callable[[np.ndarray], Any] = lambda rgb: rgb, *, threads: int = 1,
-                seek: bool = True, skip_unused: bool = True) -> DecodedVideo:
+def read_frames(
+    path: str | os.PathLike,
+    sampling: Sampling,
+    on_frame: Callable[[np.ndarray], Any] = lambda rgb: rgb,
+    *,
+    threads: int = 1,
+    seek: bool = True,
+    skip_unused: bool = True,
+) -> DecodedVideo:
     """Decode the frames at ``sampling``'s times and pass each, as RGB, to ``on_frame``.
 
     Args:
@@ -241,8 +272,7 @@ def read_frames(path: str | os.PathLike, sampling: Sampling,
             raise VideoSkip("too_short", f"{path}: the video stream holds no frames; remove it")
         keyframes = _keyframe_times(stream, clock) if seek else None
         out = DecodedVideo(duration_s=float(duration), duration_trusted=trusted)
-        _Picker(container, stream, clock, times, keyframes, on_frame, out, Path(path),
-                skip_unused).run()
+        _Picker(container, stream, clock, times, keyframes, on_frame, out, Path(path), skip_unused).run()
         return out
     finally:
         container.close()
@@ -345,8 +375,10 @@ class _Picker:
                 self.out.decode_errors.append(f"demux: {_ffmpeg_msg(err)}")
                 return
             if self.skip_unused:
-                far = packet.pts is not None and \
-                    self.clock.seconds(packet.pts, None) < self.target - 2 * self.clock.frame_s
+                far = (
+                    packet.pts is not None
+                    and self.clock.seconds(packet.pts, None) < self.target - 2 * self.clock.frame_s
+                )
                 if far != (mode == "NONREF"):
                     mode = "NONREF" if far else "DEFAULT"
                     ctx.skip_frame = mode
@@ -370,8 +402,9 @@ class _Picker:
         if j < 0 or self.keyframes[j] <= max(t + SEEK_MIN_GAIN_FRAMES * fs, self.seek_floor):
             return False
         self.seek_floor = self.keyframes[j]
-        self.container.seek(self.clock.pts(self.keyframes[j] + 2 * fs), backward=True,
-                            any_frame=False, stream=self.stream)
+        self.container.seek(
+            self.clock.pts(self.keyframes[j] + 2 * fs), backward=True, any_frame=False, stream=self.stream
+        )
         self.out.seeks += 1
         return True
 
@@ -387,22 +420,31 @@ class _Picker:
         times, out, path = self.times, self.out, self.path
         if prev is None and not out.items:
             if out.decode_errors:
-                raise VideoSkip("corrupt", f"{path}: no frame could be decoded ({out.decode_errors[0]});"
-                                           f" the file is damaged: re-download or re-encode it")
+                raise VideoSkip(
+                    "corrupt",
+                    f"{path}: no frame could be decoded ({out.decode_errors[0]});"
+                    f" the file is damaged: re-download or re-encode it",
+                )
             raise VideoSkip("too_short", f"{path}: the video stream holds no frames; remove it")
         if i >= len(times):
             return
         end = prev[0] + self.clock.frame_s if prev else out.timestamps_ms[-1] / 1000.0
         missing = out.duration_s - end
-        if times[-1] > end + 0.5 * self.clock.frame_s and \
-                missing > max(TRUNCATED_MIN_S, TRUNCATED_MIN_SHARE * out.duration_s):
+        if times[-1] > end + 0.5 * self.clock.frame_s and missing > max(
+            TRUNCATED_MIN_S, TRUNCATED_MIN_SHARE * out.duration_s
+        ):
             errors = f", decoder: {out.decode_errors[-1]}" if out.decode_errors else ""
             if out.duration_trusted:
-                raise VideoSkip("truncated", f"{path}: frames stop at {end:.2f} s but the video "
-                                             f"stream declares {out.duration_s:.2f} s (an interrupted"
-                                             f" download?{errors}); re-download or re-encode it")
+                raise VideoSkip(
+                    "truncated",
+                    f"{path}: frames stop at {end:.2f} s but the video "
+                    f"stream declares {out.duration_s:.2f} s (an interrupted"
+                    f" download?{errors}); re-download or re-encode it",
+                )
             # only the container's duration is known, and its audio may simply be longer
-            out.notes.append(f"frames stop at {end:.2f} s, the file declares {out.duration_s:.2f} s "
-                             f"(a longer audio track, or a truncated file{errors})")
+            out.notes.append(
+                f"frames stop at {end:.2f} s, the file declares {out.duration_s:.2f} s "
+                f"(a longer audio track, or a truncated file{errors})"
+            )
         if prev is not None:  # the declared end is a little past the last frame: it stays on screen
             self._use(*prev)

@@ -7,6 +7,7 @@ training diverges); ``check_finite`` does the same for a built network (download
 ``state_sha256`` fingerprints the weights *as loaded*: the same for a hub download and a local copy of it, different for any changed tensor, so an
 encoder rebuilt for prediction can be checked against the one that extracted the features.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,10 @@ def weights_kind(weights) -> tuple[str, Path | None]:
     path = Path(w).expanduser()
     if path.suffix.lower() in WEIGHT_SUFFIXES or path.exists() or "/" in w:
         if not path.is_file():
-            raise BackboneError(f"--weights {w}: no such file; give a state dict file "
-                                f"({', '.join(WEIGHT_SUFFIXES)}), DEFAULT or none")
+            raise BackboneError(
+                f"--weights {w}: no such file; give a state dict file "
+                f"({', '.join(WEIGHT_SUFFIXES)}), DEFAULT or none"
+            )
         return "file", path
     return "name", None
 
@@ -67,22 +70,28 @@ def read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip, safetensors and torch errors all mean the same to the user
-        raise BackboneError(f"--weights {path}: not a loadable state dict ({_load_failure(err)}); save one "
-                            f"with torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
+        raise BackboneError(
+            f"--weights {path}: not a loadable state dict ({_load_failure(err)}); save one "
+            f"with torch.save(model.state_dict(), path) or safetensors.torch.save_file"
+        ) from None
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]  # a training checkpoint that wraps the state dict
             break
     if not isinstance(state, dict) or not state:
-        raise BackboneError(f"--weights {path}: holds a {type(state).__name__}"
-                            f"{' (empty)' if isinstance(state, dict) else ''}, not a state dict")
+        raise BackboneError(
+            f"--weights {path}: holds a {type(state).__name__}"
+            f"{' (empty)' if isinstance(state, dict) else ''}, not a state dict"
+        )
     odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if odd:
         raise BackboneError(f"--weights {path}: entries {odd[:3]} are not tensors; give a plain state dict")
     for name, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise BackboneError(f"--weights {path}: tensor {name!r} holds NaN or Inf values; the file is damaged "
-                                f"or was saved from a diverged training run: use other weights")
+            raise BackboneError(
+                f"--weights {path}: tensor {name!r} holds NaN or Inf values; the file is damaged "
+                f"or was saved from a diverged training run: use other weights"
+            )
     return {str(k).removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
 
 
@@ -94,8 +103,10 @@ def check_finite(model: nn.Module, label: str) -> None:
     """
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise BackboneError(f"{label}: tensor {name!r} holds NaN or Inf values; the file is damaged "
-                                f"or was saved from a diverged training run: use other weights")
+            raise BackboneError(
+                f"{label}: tensor {name!r} holds NaN or Inf values; the file is damaged "
+                f"or was saved from a diverged training run: use other weights"
+            )
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -117,12 +128,19 @@ def load_exactly(module: nn.Module, state: dict, label: str, name: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in {name}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in {name}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected:
-        raise BackboneError(f"{label} does not fit {name}: {len(missing)} missing keys {missing[:3]}, "
-                            f"{len(unexpected)} unexpected keys {unexpected[:3]}; is it a state dict of {name}?")
+        raise BackboneError(
+            f"{label} does not fit {name}: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}; is it a state dict of {name}?"
+        )
     if shapes:
-        raise BackboneError(f"{label} does not fit {name}: {len(shapes)} tensor(s) of another shape, "
-                            f"e.g. {shapes[0]}; is it a state dict of {name} (same variant)?")
+        raise BackboneError(
+            f"{label} does not fit {name}: {len(shapes)} tensor(s) of another shape, "
+            f"e.g. {shapes[0]}; is it a state dict of {name} (same variant)?"
+        )
     module.load_state_dict(state, strict=True)

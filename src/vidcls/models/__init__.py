@@ -1,16 +1,37 @@
 """Temporal models, created by name (timm-style): ``build_model("bilstm_attn", feature_dim=1280, n_classes=4)``."""
+
 from __future__ import annotations
 
 import torch.nn as nn
 
 from ..errors import ConfigError
 from .inception import InceptionTime
-from .layers import (AttentionPooling, ClassifierHead, InputProjection, Standardized, length_mask,
-                     sinusoidal_encoding)
+from .layers import (
+    AttentionPooling,
+    ClassifierHead,
+    InputProjection,
+    Standardized,
+    length_mask,
+    sinusoidal_encoding,
+)
 from .temporal import BiLSTMAttention, MeanMLP, TemporalTransformer
 
-__all__ = ["MODELS", "AttentionPooling", "BiLSTMAttention", "ClassifierHead", "InceptionTime", "InputProjection",
-           "MeanMLP", "Standardized", "TemporalTransformer", "build_model", "build_from_spec", "list_models", "length_mask", "sinusoidal_encoding"]
+__all__ = [
+    "MODELS",
+    "AttentionPooling",
+    "BiLSTMAttention",
+    "ClassifierHead",
+    "InceptionTime",
+    "InputProjection",
+    "MeanMLP",
+    "Standardized",
+    "TemporalTransformer",
+    "build_model",
+    "build_from_spec",
+    "list_models",
+    "length_mask",
+    "sinusoidal_encoding",
+]
 
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -26,9 +47,17 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, *, feature_dim: int, n_classes: int,
-                hidden_dim: int = 768, layers: int = 4, heads: int = 12,
-                dropout: float = 0.4, standardize: bool = False) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    feature_dim: int,
+    n_classes: int,
+    hidden_dim: int = 768,
+    layers: int = 4,
+    heads: int = 12,
+    dropout: float = 0.4,
+    standardize: bool = False,
+) -> nn.Module:
     """Create a registered model by name.
 
     Args:
@@ -49,8 +78,14 @@ def build_model(name: str, *, feature_dim: int, n_classes: int,
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    model = MODELS[name](feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
-                         layers=layers, heads=heads, dropout=dropout)
+    model = MODELS[name](
+        feature_dim=feature_dim,
+        n_classes=n_classes,
+        hidden_dim=hidden_dim,
+        layers=layers,
+        heads=heads,
+        dropout=dropout,
+    )
     return Standardized(model, feature_dim) if standardize else model
 
 

@@ -8,6 +8,7 @@ what it would read if its batch were cut at the row's length (where the convolut
 padding and the pool's own -inf padding begin), so in eval mode a video's logits do not depend on
 how much padding its batch has.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,16 +21,18 @@ from .layers import check_input, check_sizes, length_mask
 
 # The paper's kernel sizes 10, 20, 40 made odd, so 'same' padding is symmetric (k // 2 each side).
 KERNEL_SIZES = (9, 19, 39)
-BRANCHES = len(KERNEL_SIZES) + 1          # + the max-pool -> 1x1 conv branch
-RESIDUAL_EVERY = 3                        # the paper's shortcut period
+BRANCHES = len(KERNEL_SIZES) + 1  # + the max-pool -> 1x1 conv branch
+RESIDUAL_EVERY = 3  # the paper's shortcut period
 
 
 def check_width(hidden_dim: int) -> None:
     """Raise ConfigError unless hidden_dim splits evenly over the four branches."""
     if hidden_dim % BRANCHES != 0:
-        raise ConfigError(f"hidden_dim ({hidden_dim}) must be divisible by {BRANCHES}: inception_time "
-                          f"concatenates {BRANCHES} branches of hidden_dim // {BRANCHES} filters; "
-                          f"change hidden_dim")
+        raise ConfigError(
+            f"hidden_dim ({hidden_dim}) must be divisible by {BRANCHES}: inception_time "
+            f"concatenates {BRANCHES} branches of hidden_dim // {BRANCHES} filters; "
+            f"change hidden_dim"
+        )
 
 
 class ChannelNorm(nn.Module):
@@ -45,7 +48,7 @@ class ChannelNorm(nn.Module):
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.norm(h.transpose(1, 2)).transpose(1, 2)               # (B, C, T)
+        return self.norm(h.transpose(1, 2)).transpose(1, 2)  # (B, C, T)
 
 
 class InceptionModule(nn.Module):
@@ -59,11 +62,9 @@ class InceptionModule(nn.Module):
         super().__init__()
         # Bias-free, as in the paper: a bias would turn the zero padded steps into non-zero
         # values that the wide convolutions would then read.
-        self.bottleneck = (nn.Conv1d(in_channels, nf, 1, bias=False) if in_channels > 1
-                           else nn.Identity())
+        self.bottleneck = nn.Conv1d(in_channels, nf, 1, bias=False) if in_channels > 1 else nn.Identity()
         mid = nf if in_channels > 1 else in_channels
-        self.convs = nn.ModuleList(nn.Conv1d(mid, nf, k, padding=k // 2, bias=False)
-                                   for k in KERNEL_SIZES)
+        self.convs = nn.ModuleList(nn.Conv1d(mid, nf, k, padding=k // 2, bias=False) for k in KERNEL_SIZES)
         self.pool_conv = nn.Conv1d(in_channels, nf, 1, bias=False)
         self.norm = ChannelNorm(BRANCHES * nf)
 
@@ -76,7 +77,7 @@ class InceptionModule(nn.Module):
         pooled = F.max_pool1d(h.masked_fill(pad, float("-inf")), 3, stride=1, padding=1)
         pooled = pooled.masked_fill(pad, 0.0)
         out = torch.cat([conv(z) for conv in self.convs] + [self.pool_conv(pooled)], dim=1)
-        return F.relu(self.norm(out)).masked_fill(pad, 0.0)               # (B, 4 nf, T)
+        return F.relu(self.norm(out)).masked_fill(pad, 0.0)  # (B, 4 nf, T)
 
 
 class Shortcut(nn.Module):
@@ -84,9 +85,11 @@ class Shortcut(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.proj = (nn.Sequential(nn.Conv1d(in_channels, out_channels, 1, bias=False),
-                                   ChannelNorm(out_channels))
-                     if in_channels != out_channels else nn.Identity())
+        self.proj = (
+            nn.Sequential(nn.Conv1d(in_channels, out_channels, 1, bias=False), ChannelNorm(out_channels))
+            if in_channels != out_channels
+            else nn.Identity()
+        )
 
     def forward(self, block_in: Tensor, block_out: Tensor, pad: Tensor) -> Tensor:
         return F.relu(block_out + self.proj(block_in)).masked_fill(pad, 0.0)
@@ -110,38 +113,53 @@ class InceptionTime(nn.Module):
     enters a statistic. The pooling weights (``attn``) are uniform over the valid frames.
     """
 
-    def __init__(self, feature_dim: int, n_classes: int, hidden_dim: int = 768, layers: int = 4,
-                 heads: int = 12, dropout: float = 0.4):
+    def __init__(
+        self,
+        feature_dim: int,
+        n_classes: int,
+        hidden_dim: int = 768,
+        layers: int = 4,
+        heads: int = 12,
+        dropout: float = 0.4,
+    ):
         super().__init__()
-        check_sizes(feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
-                    dropout=dropout, layers=layers)
+        check_sizes(
+            feature_dim=feature_dim,
+            n_classes=n_classes,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            layers=layers,
+        )
         check_width(hidden_dim)
         self.feature_dim = feature_dim
         nf = hidden_dim // BRANCHES
-        widths = [feature_dim] + [hidden_dim] * layers                    # input width of module i
+        widths = [feature_dim] + [hidden_dim] * layers  # input width of module i
         self.inception = nn.ModuleList(InceptionModule(widths[i], nf) for i in range(layers))
         # shortcuts[j] spans modules 3j .. 3j+2, from the input of module 3j.
-        self.shortcuts = nn.ModuleList(Shortcut(widths[i - RESIDUAL_EVERY + 1], hidden_dim)
-                                       for i in range(layers) if i % RESIDUAL_EVERY == RESIDUAL_EVERY - 1)
+        self.shortcuts = nn.ModuleList(
+            Shortcut(widths[i - RESIDUAL_EVERY + 1], hidden_dim)
+            for i in range(layers)
+            if i % RESIDUAL_EVERY == RESIDUAL_EVERY - 1
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_dim, n_classes)
 
     def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
         check_input(x, lengths, self.feature_dim)
         T = x.shape[1]
-        mask = length_mask(lengths, T)                                     # (B, T)
-        pad = ~mask[:, None, :]                                            # (B, 1, T)
+        mask = length_mask(lengths, T)  # (B, T)
+        pad = ~mask[:, None, :]  # (B, 1, T)
         # Channels-first for Conv1d; masked_fill (not * mask) so inf/NaN junk in padding is dropped.
-        h = x.transpose(1, 2).masked_fill(pad, 0.0)                        # (B, D, T)
+        h = x.transpose(1, 2).masked_fill(pad, 0.0)  # (B, D, T)
         block_in = h
         for i, module in enumerate(self.inception):
-            h = module(h, pad)                                             # (B, H, T)
+            h = module(h, pad)  # (B, H, T)
             if i % RESIDUAL_EVERY == RESIDUAL_EVERY - 1:
                 h = self.shortcuts[i // RESIDUAL_EVERY](block_in, h, pad)
                 block_in = h
         # Global average pooling over valid steps, written as the shared pooling contract:
         # attn rows sum to 1 and are 0 on padding (padded h is already 0).
-        attn = mask.to(h.dtype) / lengths.to(h.dtype)[:, None]             # (B, T)
-        pooled = torch.bmm(h, attn.unsqueeze(2)).squeeze(2)                # (B, H)
-        logits = self.head(self.dropout(pooled))                           # (B, C)
+        attn = mask.to(h.dtype) / lengths.to(h.dtype)[:, None]  # (B, T)
+        pooled = torch.bmm(h, attn.unsqueeze(2)).squeeze(2)  # (B, H)
+        logits = self.head(self.dropout(pooled))  # (B, C)
         return (logits, attn) if return_attention else logits

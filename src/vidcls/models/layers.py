@@ -1,4 +1,5 @@
 """Building blocks shared by the temporal models: masks, input projection, pooling, head."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,7 @@ def length_mask(lengths: Tensor, T: int) -> Tensor:
         ValueError: lengths is not 1-D integer, or a length is outside [1, T].
     """
     if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be a 1-D integer tensor, got {tuple(lengths.shape)} "
-                         f"{lengths.dtype}")
+        raise ValueError(f"lengths must be a 1-D integer tensor, got {tuple(lengths.shape)} {lengths.dtype}")
     # One host sync per batch; a zero length would otherwise give NaN (softmax over no frames,
     # mean over no frames) far from its cause.
     lo, hi = int(lengths.min()), int(lengths.max())
@@ -41,9 +41,16 @@ def check_input(x: Tensor, lengths: Tensor, feature_dim: int) -> None:
         raise ValueError(f"lengths has {lengths.shape[0]} rows but x has {x.shape[0]}")
 
 
-def check_sizes(*, feature_dim: int, n_classes: int, hidden_dim: int, dropout: float,
-              layers: int | None = None, heads: int | None = None, even_hidden: bool = False
-              ) -> None:
+def check_sizes(
+    *,
+    feature_dim: int,
+    n_classes: int,
+    hidden_dim: int,
+    dropout: float,
+    layers: int | None = None,
+    heads: int | None = None,
+    even_hidden: bool = False,
+) -> None:
     """Raise ConfigError naming the option to change; ``None`` skips options a model lacks."""
     if feature_dim < 1:
         raise ConfigError(f"feature_dim must be >= 1, got {feature_dim}")
@@ -60,11 +67,14 @@ def check_sizes(*, feature_dim: int, n_classes: int, hidden_dim: int, dropout: f
         if heads < 1:
             raise ConfigError(f"heads must be >= 1, got {heads}")
         if hidden_dim % heads != 0:
-            raise ConfigError(f"hidden_dim ({hidden_dim}) must be divisible by heads ({heads}); "
-                             f"change hidden_dim or heads")
+            raise ConfigError(
+                f"hidden_dim ({hidden_dim}) must be divisible by heads ({heads}); change hidden_dim or heads"
+            )
     if even_hidden and hidden_dim % 2 != 0:
-        raise ConfigError(f"hidden_dim ({hidden_dim}) must be even: the BiLSTM gives each "
-                         f"direction hidden_dim // 2 units; change hidden_dim")
+        raise ConfigError(
+            f"hidden_dim ({hidden_dim}) must be even: the BiLSTM gives each "
+            f"direction hidden_dim // 2 units; change hidden_dim"
+        )
 
 
 class InputProjection(nn.Module):
@@ -96,20 +106,19 @@ class AttentionPooling(nn.Module):
 
     def forward(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Args: h (B, T, H), mask (B, T) True = valid. Returns: pooled (B, H), attn (B, T)."""
-        scores = self.score(h).squeeze(-1)                    # (B, T)
-        scores = scores.masked_fill(~mask, float("-inf"))     # every row has >= 1 valid step
-        attn = torch.softmax(scores, dim=-1)                  # (B, T), 0 on padding
+        scores = self.score(h).squeeze(-1)  # (B, T)
+        scores = scores.masked_fill(~mask, float("-inf"))  # every row has >= 1 valid step
+        attn = torch.softmax(scores, dim=-1)  # (B, T), 0 on padding
         # Zero padded features too: 0 * inf/NaN junk would still poison the sum.
         h = h.masked_fill(~mask[:, :, None], 0.0)
-        pooled = torch.bmm(attn.unsqueeze(1), h).squeeze(1)   # (B, H)
+        pooled = torch.bmm(attn.unsqueeze(1), h).squeeze(1)  # (B, H)
         return pooled, attn
 
 
 class ClassifierHead(nn.Module):
     """Linear(in -> mid) -> [LayerNorm] -> ReLU -> Dropout -> Linear(mid -> C)."""
 
-    def __init__(self, in_dim: int, mid_dim: int, n_classes: int, dropout: float,
-                 layer_norm: bool = True):
+    def __init__(self, in_dim: int, mid_dim: int, n_classes: int, dropout: float, layer_norm: bool = True):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(in_dim, mid_dim),
@@ -129,12 +138,13 @@ def sinusoidal_encoding(T: int, dim: int, device=None, dtype=None) -> Tensor:
     Returns:
         (T, dim) tensor.
     """
-    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]            # (T, 1)
+    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]  # (T, 1)
     half = (dim + 1) // 2
-    freq = torch.exp(torch.arange(half, device=device, dtype=torch.float32)
-                     * (-2.0 * math.log(10000.0) / dim))                          # (half,)
-    angles = pos * freq[None, :]                                                  # (T, half)
-    pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]    # (T, dim)
+    freq = torch.exp(
+        torch.arange(half, device=device, dtype=torch.float32) * (-2.0 * math.log(10000.0) / dim)
+    )  # (half,)
+    angles = pos * freq[None, :]  # (T, half)
+    pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]  # (T, dim)
     return pe.to(dtype) if dtype is not None else pe
 
 
@@ -162,6 +172,6 @@ class Standardized(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
         check_input(x, lengths, self.feature_dim)
-        mask = length_mask(lengths, x.shape[1])[:, :, None]                # (B, T, 1)
+        mask = length_mask(lengths, x.shape[1])[:, :, None]  # (B, T, 1)
         x = ((x - self.mean.to(x.dtype)) / self.std.to(x.dtype)).masked_fill(~mask, 0.0)
         return self.net(x, lengths, return_attention)

@@ -10,6 +10,7 @@ Models are created by name, timm-style::
 
     model = build_model("bilstm_attn", feature_dim=1280, n_classes=4)
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,15 +32,32 @@ class BiLSTMAttention(nn.Module):
     """Projection -> packed BiLSTM -> masked self-attention (+residual, LN) -> attention pooling
     -> classifier. The source architecture and the default model."""
 
-    def __init__(self, feature_dim: int, n_classes: int, hidden_dim: int = 768, layers: int = 4,
-                 heads: int = 12, dropout: float = 0.4):
+    def __init__(
+        self,
+        feature_dim: int,
+        n_classes: int,
+        hidden_dim: int = 768,
+        layers: int = 4,
+        heads: int = 12,
+        dropout: float = 0.4,
+    ):
         super().__init__()
-        check_sizes(feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
-                  dropout=dropout, layers=layers, heads=heads, even_hidden=True)
+        check_sizes(
+            feature_dim=feature_dim,
+            n_classes=n_classes,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            layers=layers,
+            heads=heads,
+            even_hidden=True,
+        )
         self.feature_dim = feature_dim
         self.proj = InputProjection(feature_dim, hidden_dim, dropout / 2)
         self.lstm = nn.LSTM(
-            hidden_dim, hidden_dim // 2, num_layers=layers, batch_first=True,
+            hidden_dim,
+            hidden_dim // 2,
+            num_layers=layers,
+            batch_first=True,
             bidirectional=True,
             dropout=dropout if layers > 1 else 0.0,  # nn.LSTM warns on dropout with 1 layer
         )
@@ -51,18 +69,19 @@ class BiLSTMAttention(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
         check_input(x, lengths, self.feature_dim)
         B, T, _ = x.shape
-        mask = length_mask(lengths, T)                                     # (B, T)
-        h = self.proj(x)                                                   # (B, T, H)
+        mask = length_mask(lengths, T)  # (B, T)
+        h = self.proj(x)  # (B, T, H)
         # Packing makes the backward direction start at each row's last valid frame, not at
         # the padding; that is what keeps logits independent of the padded length.
         packed = nn.utils.rnn.pack_padded_sequence(
-            h, lengths.detach().cpu().long(), batch_first=True, enforce_sorted=False)
+            h, lengths.detach().cpu().long(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.lstm(packed)
         h, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, H)
-        a, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)     # (B, T, H)
-        h = self.attn_norm(h + a)                                          # (B, T, H)
-        pooled, attn = self.pool(h, mask)                                  # (B, H), (B, T)
-        logits = self.head(pooled)                                         # (B, C)
+        a, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)  # (B, T, H)
+        h = self.attn_norm(h + a)  # (B, T, H)
+        pooled, attn = self.pool(h, mask)  # (B, H), (B, T)
+        logits = self.head(pooled)  # (B, C)
         return (logits, attn) if return_attention else logits
 
 
@@ -70,34 +89,53 @@ class TemporalTransformer(nn.Module):
     """Projection + sinusoidal positions -> pre-LN Transformer encoder (padding masked) ->
     attention pooling -> classifier."""
 
-    def __init__(self, feature_dim: int, n_classes: int, hidden_dim: int = 768, layers: int = 4,
-                 heads: int = 12, dropout: float = 0.4):
+    def __init__(
+        self,
+        feature_dim: int,
+        n_classes: int,
+        hidden_dim: int = 768,
+        layers: int = 4,
+        heads: int = 12,
+        dropout: float = 0.4,
+    ):
         super().__init__()
-        check_sizes(feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
-                  dropout=dropout, layers=layers, heads=heads)
+        check_sizes(
+            feature_dim=feature_dim,
+            n_classes=n_classes,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            layers=layers,
+            heads=heads,
+        )
         self.feature_dim = feature_dim
         self.hidden_dim = hidden_dim
         self.proj = InputProjection(feature_dim, hidden_dim, dropout / 2)
         layer = nn.TransformerEncoderLayer(
-            hidden_dim, heads, dim_feedforward=2 * hidden_dim, dropout=dropout,
-            batch_first=True, norm_first=True)
+            hidden_dim,
+            heads,
+            dim_feedforward=2 * hidden_dim,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         # Pre-LN leaves the residual stream un-normalised, hence the final norm. Nested tensors
         # are off so eval and train take the same, plainly masked, path.
-        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(hidden_dim),
-                                             enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(hidden_dim), enable_nested_tensor=False
+        )
         self.pool = AttentionPooling(hidden_dim)
         self.head = ClassifierHead(hidden_dim, hidden_dim // 2, n_classes, dropout)
 
     def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
         check_input(x, lengths, self.feature_dim)
         B, T, _ = x.shape
-        mask = length_mask(lengths, T)                                     # (B, T)
-        h = self.proj(x)                                                   # (B, T, H)
+        mask = length_mask(lengths, T)  # (B, T)
+        h = self.proj(x)  # (B, T, H)
         # Sinusoidal rather than learned: works for any T, including longer than seen in training.
         h = h + sinusoidal_encoding(T, self.hidden_dim, h.device, h.dtype)[None]  # (B, T, H)
-        h = self.encoder(h, src_key_padding_mask=~mask)                    # (B, T, H)
-        pooled, attn = self.pool(h, mask)                                  # (B, H), (B, T)
-        logits = self.head(pooled)                                         # (B, C)
+        h = self.encoder(h, src_key_padding_mask=~mask)  # (B, T, H)
+        pooled, attn = self.pool(h, mask)  # (B, H), (B, T)
+        logits = self.head(pooled)  # (B, C)
         return (logits, attn) if return_attention else logits
 
 
@@ -107,22 +145,28 @@ class MeanMLP(nn.Module):
     ``layers`` and ``heads`` are accepted for a uniform constructor and ignored.
     """
 
-    def __init__(self, feature_dim: int, n_classes: int, hidden_dim: int = 768, layers: int = 4,
-                 heads: int = 12, dropout: float = 0.4):
+    def __init__(
+        self,
+        feature_dim: int,
+        n_classes: int,
+        hidden_dim: int = 768,
+        layers: int = 4,
+        heads: int = 12,
+        dropout: float = 0.4,
+    ):
         super().__init__()
-        check_sizes(feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim,
-                  dropout=dropout)
+        check_sizes(feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim, dropout=dropout)
         self.feature_dim = feature_dim
         self.head = ClassifierHead(feature_dim, hidden_dim, n_classes, dropout, layer_norm=False)
 
     def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
         check_input(x, lengths, self.feature_dim)
         B, T, _ = x.shape
-        mask = length_mask(lengths, T)                                     # (B, T)
+        mask = length_mask(lengths, T)  # (B, T)
         # Uniform weights over valid frames make the mean an instance of the shared pooling
         # contract: attn rows sum to 1 and are 0 on padding.
-        attn = mask.to(x.dtype) / lengths.to(x.dtype)[:, None]             # (B, T)
+        attn = mask.to(x.dtype) / lengths.to(x.dtype)[:, None]  # (B, T)
         x = x.masked_fill(~mask[:, :, None], 0.0)
-        pooled = torch.bmm(attn.unsqueeze(1), x).squeeze(1)                # (B, D)
-        logits = self.head(pooled)                                         # (B, C)
+        pooled = torch.bmm(attn.unsqueeze(1), x).squeeze(1)  # (B, D)
+        logits = self.head(pooled)  # (B, C)
         return (logits, attn) if return_attention else logits

@@ -13,6 +13,7 @@
 
 The multipart upload itself (streamed to a temporary file) is in :mod:`vidcls.serve.uploads`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,38 +30,51 @@ from starlette.responses import JSONResponse
 from ..errors import ConfigError
 from .uploads import UPLOAD_PREFIX, Upload, clean_filename, receive_upload  # noqa: F401  (their old home)
 
-DRAIN_MAX = 256 * 2 ** 20  # a refused body is read and discarded up to this size (see _drain)
+DRAIN_MAX = 256 * 2**20  # a refused body is read and discarded up to this size (see _drain)
 UPLOAD_ADVICE = "(--max-upload-mb); send a shorter or more compressed video"
 UPLOADS_RETRY_S = 5  # Retry-After of a refused upload: uploads in transfer end at unknown times
 
 
 class BodyTooLarge(HTTPException):
     def __init__(self, max_bytes: int, advice: str = UPLOAD_ADVICE):
-        super().__init__(413, f"the request body is larger than the limit of {_mb(max_bytes)} {advice}",
-                         headers={"Connection": "close"})
+        super().__init__(
+            413,
+            f"the request body is larger than the limit of {_mb(max_bytes)} {advice}",
+            headers={"Connection": "close"},
+        )
 
 
 class BodyTimeout(HTTPException):
     def __init__(self, timeout_s: float):
-        super().__init__(408, f"no part of the request body arrived for {timeout_s:g} s (--body-timeout); "
-                              f"the request was given up: send the body without pauses",
-                         headers={"Connection": "close"})
+        super().__init__(
+            408,
+            f"no part of the request body arrived for {timeout_s:g} s (--body-timeout); "
+            f"the request was given up: send the body without pauses",
+            headers={"Connection": "close"},
+        )
 
 
 class QueueFull(HTTPException):
     def __init__(self, retry_after: int, max_queue: int):
-        super().__init__(503, f"the server is busy ({max_queue} requests waiting or running); "
-                              f"retry in {retry_after} s", headers={"Retry-After": str(retry_after)})
+        super().__init__(
+            503,
+            f"the server is busy ({max_queue} requests waiting or running); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 class UploadsFull(HTTPException):
     def __init__(self, max_uploads: int):
-        super().__init__(503, f"the server is busy receiving {max_uploads} other uploads (--max-uploads); "
-                              f"retry in {UPLOADS_RETRY_S} s", headers={"Retry-After": str(UPLOADS_RETRY_S)})
+        super().__init__(
+            503,
+            f"the server is busy receiving {max_uploads} other uploads (--max-uploads); "
+            f"retry in {UPLOADS_RETRY_S} s",
+            headers={"Retry-After": str(UPLOADS_RETRY_S)},
+        )
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2 ** 20:.3g} MB"
+    return f"{n / 2**20:.3g} MB"
 
 
 async def _drain(receive, most: int, timeout_s: float) -> bool:
@@ -110,8 +124,12 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         limit, advice = self.path_limits.get(scope["path"], (self.max_bytes, UPLOAD_ADVICE))
-        state = {"seen": 0, "done": False, "asked": False,
-                 "expect": headers.get(b"expect", b"").lower() == b"100-continue"}
+        state = {
+            "seen": 0,
+            "done": False,
+            "asked": False,
+            "expect": headers.get(b"expect", b"").lower() == b"100-continue",
+        }
 
         async def counted():
             state["asked"] = True
@@ -131,8 +149,11 @@ class BodyLimit:
             return message
 
         async def answer(message):
-            if message["type"] == "http.response.start" and not state["done"] \
-                    and not (state["expect"] and not state["asked"]):
+            if (
+                message["type"] == "http.response.start"
+                and not state["done"]
+                and not (state["expect"] and not state["asked"])
+            ):
                 state["done"] = True
                 if not await _drain(receive, DRAIN_MAX, self.timeout_s):
                     message = _closing(message)
@@ -226,6 +247,7 @@ class InferenceQueue:
 
     async def run(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` on the inference threads; awaits its result."""
+
         def timed():
             t0 = time.perf_counter()
             try:
@@ -251,13 +273,18 @@ def check_bindable(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise ConfigError(f"--host {host}: not an address or name this machine resolves ({err.strerror})") from None
+        raise ConfigError(
+            f"--host {host}: not an address or name this machine resolves ({err.strerror})"
+        ) from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             s.bind(address)
         except OSError as err:
-            hint = "another server (vidcls serve?) is using it: choose another --port" \
-                if err.errno == errno.EADDRINUSE else "choose an address of this machine or another --port"
+            hint = (
+                "another server (vidcls serve?) is using it: choose another --port"
+                if err.errno == errno.EADDRINUSE
+                else "choose an address of this machine or another --port"
+            )
             raise ConfigError(f"cannot listen on {host} port {port} ({err.strerror}); {hint}") from None

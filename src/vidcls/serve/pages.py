@@ -4,6 +4,7 @@ and the API documentation ``GET /docs``.
 ``/docs`` is Swagger UI 5 (it reads the OpenAPI 3.1 that FastAPI writes; Swagger UI 4 cannot) served
 from the files of the installed ``fastapi-offline`` package, never from a CDN: it works offline.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,8 +26,10 @@ def _page() -> tuple[str, str]:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
     html = (files / "page.html").read_text().replace("/*CSS*/", css).replace("/*JS*/", js)
-    csp = (f"default-src 'none'; connect-src 'self'; img-src data:; style-src {digest(css)}; "
-           f"script-src {digest(js)}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    csp = (
+        f"default-src 'none'; connect-src 'self'; img-src data:; style-src {digest(css)}; "
+        f"script-src {digest(js)}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
     return html, csp
 
 
@@ -40,8 +43,15 @@ def add_page_routes(app: FastAPI) -> None:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
-                                           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": csp,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
+        )
 
 
 def add_docs(app: FastAPI) -> None:
@@ -54,7 +64,10 @@ def add_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="vidcls API",
-                                   swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="vidcls API",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+        )

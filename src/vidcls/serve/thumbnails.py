@@ -1,4 +1,5 @@
 """Small JPEG thumbnails of a video's frames at given timestamps, as data URIs (for the page)."""
+
 from __future__ import annotations
 
 import base64

@@ -8,6 +8,7 @@ the temporary files that a killed server left behind.
 - ``sweep_stale_uploads``: at start, removes this module's own temporary files that a killed server
   left (``vidcls-upload-<pid>-XXXXXXXX.<video extension>``, older than this process); nothing else.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,9 +104,15 @@ class _FilePart:
         self._writing = False
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": self._begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
-                "on_header_end": self._hend, "on_headers_finished": self._headers_done,
-                "on_part_data": self._data, "on_part_end": self._end}
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._hfield,
+            "on_header_value": self._hvalue,
+            "on_header_end": self._hend,
+            "on_headers_finished": self._headers_done,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
 
     def _begin(self):
         self._headers, self._name, self._value = {}, b"", b""
@@ -129,13 +136,17 @@ class _FilePart:
             return
         self.files += 1
         if self.files > 1:
-            raise HTTPException(422, f"send one file per request: this form has a second file (in the field "
-                                     f"{name!r}); upload each video in its own request, as {self.field}=@VIDEO")
+            raise HTTPException(
+                422,
+                f"send one file per request: this form has a second file (in the field "
+                f"{name!r}); upload each video in its own request, as {self.field}=@VIDEO",
+            )
         self._writing = name == self.field
         if self._writing:
             filename = clean_filename(filename)
-            fd, path = tempfile.mkstemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", suffix=_suffix(filename),
-                                        dir=self.tmp_dir)
+            fd, path = tempfile.mkstemp(
+                prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", suffix=_suffix(filename), dir=self.tmp_dir
+            )
             self._file = os.fdopen(fd, "wb")
             self.upload = Upload(Path(path), filename, 0)
 
@@ -178,8 +189,11 @@ async def receive_upload(request, field: str = "file", tmp_dir: str | None = Non
         if part.upload is None:
             more = part.parts - len(part.fields_seen)
             seen = ", ".join(part.fields_seen + ([f"{more} more"] if more else [])) or "none"
-            raise HTTPException(422, f"no file field named '{field}' in the form (fields sent: {seen}); "
-                                     f"send the video as {field}=@VIDEO")
+            raise HTTPException(
+                422,
+                f"no file field named '{field}' in the form (fields sent: {seen}); "
+                f"send the video as {field}=@VIDEO",
+            )
         if part._writing:
             raise HTTPException(400, "the multipart body ends inside the file; the upload is incomplete")
         return part.upload

@@ -4,6 +4,7 @@
 * ``import_npy``: one ``<video_id>.npy`` (T, D) per video plus a labels CSV.
 * ``store_info``: a human-readable summary of one store file (``vidcls info``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,14 @@ _ID_DATASETS = ("video_ids", "video_names")  # where older files keep per-row na
 
 
 # ---- padded HDF5 ----------------------------------------------------------------------------
-def import_padded_h5(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
-                     block: int = 64, extractor: dict | None = None) -> Path:
+def import_padded_h5(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "float16",
+    block: int = 64,
+    extractor: dict | None = None,
+) -> Path:
     """Convert a padded HDF5 file into a ragged vidcls store, streaming ``block`` rows at a time.
 
     Source layout: ``features`` (N, max_frames, D), ``labels`` (N), ``num_frames`` (N), attribute
@@ -62,16 +69,25 @@ def import_padded_h5(src: str | os.PathLike, out: str | os.PathLike, *, dtype: s
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             # A temp file is never read mid-write: commit once per block, not per video.
-            with FeatureWriter(tmp, class_names, feats.shape[2], extractor, dtype=dtype,
-                               flush_every=max(1, block), resume=False) as w:
+            with FeatureWriter(
+                tmp,
+                class_names,
+                feats.shape[2],
+                extractor,
+                dtype=dtype,
+                flush_every=max(1, block),
+                resume=False,
+            ) as w:
                 _stream_rows(feats, labels, nframes, ids, w, max(1, int(block)))
             os.replace(tmp, out)  # only a complete, validated file replaces the old one
         except BaseException as err:
             tmp.unlink(missing_ok=True)
             if isinstance(err, H5_READ_ERRORS):  # a damaged chunk in the source
                 detail = " ".join(str(err).split())  # HDF5 messages can span lines
-                raise StoreError(f"{src}: cannot read 'features' ({detail}); the source file is "
-                                 f"damaged; {out} is unchanged") from None
+                raise StoreError(
+                    f"{src}: cannot read 'features' ({detail}); the source file is "
+                    f"damaged; {out} is unchanged"
+                ) from None
             if isinstance(err, StoreError):
                 raise StoreError(f"importing {src}: {err}; {out} is unchanged") from None
             raise
@@ -85,17 +101,23 @@ def _whole_numbers(values, src: Path, name: str) -> np.ndarray:
         return arr.astype(np.int64)
     if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
         return arr.astype(np.int64)
-    bad = [i for i, v in enumerate(arr.tolist()) if not (isinstance(v, (int, float)) and float(v).is_integer())]
-    raise StoreError(f"{src}: {name!r} must hold whole numbers, got {arr.dtype} with e.g. row "
-                     f"{bad[0] if bad else 0} = {arr[bad[0]] if bad else arr[:1]}; fix the source file")
+    bad = [
+        i for i, v in enumerate(arr.tolist()) if not (isinstance(v, (int, float)) and float(v).is_integer())
+    ]
+    raise StoreError(
+        f"{src}: {name!r} must hold whole numbers, got {arr.dtype} with e.g. row "
+        f"{bad[0] if bad else 0} = {arr[bad[0]] if bad else arr[:1]}; fix the source file"
+    )
 
 
 def _read_padded_header(f: h5py.File, src: Path):
     """Validate the padded layout and load the small per-row arrays (never ``features``)."""
     for name in ("features", "labels", "num_frames"):
         if name not in f:
-            raise StoreError(f"{src}: dataset {name!r} is missing; expected the padded layout "
-                             f"features (N, max_frames, D), labels (N), num_frames (N)")
+            raise StoreError(
+                f"{src}: dataset {name!r} is missing; expected the padded layout "
+                f"features (N, max_frames, D), labels (N), num_frames (N)"
+            )
     feats = f["features"]
     if feats.ndim != 3:
         raise StoreError(f"{src}: 'features' must be (N, max_frames, D), got shape {feats.shape}")
@@ -108,13 +130,17 @@ def _read_padded_header(f: h5py.File, src: Path):
     bad = np.flatnonzero((nframes < 1) | (nframes > max_frames))
     if len(bad):
         rows = ", ".join(f"row {i} ({nframes[i]})" for i in bad[:10])
-        raise StoreError(f"{src}: num_frames must be in [1, {max_frames}] (max_frames); bad: "
-                         f"{rows}{' ...' if len(bad) > 10 else ''}")
+        raise StoreError(
+            f"{src}: num_frames must be in [1, {max_frames}] (max_frames); bad: "
+            f"{rows}{' ...' if len(bad) > 10 else ''}"
+        )
     class_names = _class_names_from_mapping(f, src)
     bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
     if len(bad):
-        raise StoreError(f"{src}: labels outside [0, {len(class_names)}) (category_mapping) at "
-                         f"rows {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}")
+        raise StoreError(
+            f"{src}: labels outside [0, {len(class_names)}) (category_mapping) at "
+            f"rows {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}"
+        )
     return feats, labels, nframes, class_names, _row_ids(f, src, n)
 
 
@@ -126,11 +152,12 @@ def _class_names_from_mapping(f: h5py.File, src: Path) -> list[str]:
         mapping = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
         index = {int(v): str(k) for k, v in mapping.items()}
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
-        raise StoreError(f"{src}: 'category_mapping' is not a JSON {{name: index}} object "
-                         f"({err})") from None
+        raise StoreError(f"{src}: 'category_mapping' is not a JSON {{name: index}} object ({err})") from None
     if sorted(index) != list(range(len(mapping))):
-        raise StoreError(f"{src}: 'category_mapping' indices must be 0..{len(mapping) - 1} "
-                         f"without gaps or repeats, got {sorted(mapping.values())}")
+        raise StoreError(
+            f"{src}: 'category_mapping' indices must be 0..{len(mapping) - 1} "
+            f"without gaps or repeats, got {sorted(mapping.values())}"
+        )
     return [index[i] for i in range(len(index))]
 
 
@@ -162,13 +189,14 @@ def _stream_rows(feats: h5py.Dataset, labels, nframes, ids, w: FeatureWriter, bl
         rows = feats[start:stop, :t_max]  # skip the padding columns no row in the block needs
         for j in range(stop - start):
             i = start + j
-            w.append(ids[i], rows[j, :nframes[i]], int(labels[i]))
+            w.append(ids[i], rows[j, : nframes[i]], int(labels[i]))
 
 
 # ---- per-video .npy -------------------------------------------------------------------------
 @dataclass
 class _NpyImport:
     """What every split of one ``import npy`` shares."""
+
     npy_dir: Path
     class_names: list[str]
     feature_dim: int
@@ -176,9 +204,14 @@ class _NpyImport:
     extractor: dict | None
 
 
-def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-               out_dir: str | os.PathLike, *, dtype: str = "float16",
-               extractor: dict | None = None) -> dict[str, Path]:
+def import_npy(
+    npy_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "float16",
+    extractor: dict | None = None,
+) -> dict[str, Path]:
     """Build split stores from one ``<video_id>.npy`` (T, D) per video and a labels CSV.
 
     The CSV has a header with columns ``video_id,label`` and optionally ``split`` (train/val/test;
@@ -208,21 +241,29 @@ def import_npy(npy_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     if not npy_dir.is_dir():
         raise StoreError(f"npy directory {npy_dir} does not exist; check the NPY_DIR path")
     rows = _read_labels_csv(Path(labels_csv), npy_dir)
-    job = _NpyImport(npy_dir, sorted({label for _, label, _ in rows}),
-                     _check_npy_files(npy_dir, [vid for vid, _, _ in rows]), dtype, extractor)
+    job = _NpyImport(
+        npy_dir,
+        sorted({label for _, label, _ in rows}),
+        _check_npy_files(npy_dir, [vid for vid, _, _ in rows]),
+        dtype,
+        extractor,
+    )
     splits = [s for s in SPLITS if any(r[2] == s for r in rows)]
     # A leftover split file from an earlier import would be picked up by training next to the
     # new ones; refuse rather than silently mixing two imports.
     stale = [f"{s}.h5" for s in SPLITS if s not in splits and (out_dir / f"{s}.h5").exists()]
     if stale:
-        raise StoreError(f"{out_dir} already holds {stale}, which {Path(labels_csv).name} does "
-                         f"not produce; remove them or choose another OUT_DIR")
+        raise StoreError(
+            f"{out_dir} already holds {stale}, which {Path(labels_csv).name} does "
+            f"not produce; remove them or choose another OUT_DIR"
+        )
     by_split = {s: [(vid, label) for vid, label, sp in rows if sp == s] for s in splits}
     return _write_splits_atomically(job, by_split, out_dir)
 
 
-def _write_splits_atomically(job: _NpyImport, by_split: dict[str, list[tuple[str, str]]],
-                             out_dir: Path) -> dict[str, Path]:
+def _write_splits_atomically(
+    job: _NpyImport, by_split: dict[str, list[tuple[str, str]]], out_dir: Path
+) -> dict[str, Path]:
     """Write every split into a temp directory inside ``out_dir``, then rename them all in.
 
     The temp directory sits in ``out_dir`` so that the final renames stay on one file system
@@ -285,8 +326,9 @@ def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in ("video_id", "label") if c not in header]
         if missing:
-            raise StoreError(f"{path}: header must contain video_id,label[,split]; missing "
-                             f"{missing} (header is {header})")
+            raise StoreError(
+                f"{path}: header must contain video_id,label[,split]; missing {missing} (header is {header})"
+            )
         reader.fieldnames = header
         rows, seen = [], {}
         for line, rec in enumerate(reader, start=2):
@@ -296,11 +338,14 @@ def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
                 raise StoreError(f"{path} line {line}: empty video_id or label")
             _check_video_id(vid, npy_dir, f"{path} line {line}")
             if split not in SPLITS:
-                raise StoreError(f"{path} line {line}: split {split!r} for video {vid!r} is not "
-                                 f"one of {list(SPLITS)}")
+                raise StoreError(
+                    f"{path} line {line}: split {split!r} for video {vid!r} is not one of {list(SPLITS)}"
+                )
             if vid in seen:
-                raise StoreError(f"{path} line {line}: video {vid!r} already listed on line "
-                                 f"{seen[vid]}; each video may appear once")
+                raise StoreError(
+                    f"{path} line {line}: video {vid!r} already listed on line "
+                    f"{seen[vid]}; each video may appear once"
+                )
             seen[vid] = line
             rows.append((vid, label, split))
     if not rows:
@@ -311,25 +356,33 @@ def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
 def _check_video_id(vid: str, npy_dir: Path, where: str) -> None:
     """Refuse an id whose .npy would lie outside ``npy_dir`` (absolute, ``..``, symlinked out)."""
     if any(ord(c) < 32 for c in vid):
-        raise StoreError(f"{where}: video_id {vid!r} holds a control character (NUL, tab, ...); "
-                         f"ids are file names inside NPY_DIR {npy_dir} without '.npy'")
+        raise StoreError(
+            f"{where}: video_id {vid!r} holds a control character (NUL, tab, ...); "
+            f"ids are file names inside NPY_DIR {npy_dir} without '.npy'"
+        )
     rel = PurePath(vid)
     if rel.is_absolute() or rel.anchor or ".." in rel.parts:
-        raise StoreError(f"{where}: video_id {vid!r} is an absolute path or contains '..'; ids "
-                         f"are paths inside NPY_DIR {npy_dir} without '.npy' (e.g. 'cats/a' for "
-                         f"{npy_dir / 'cats' / 'a.npy'})")
+        raise StoreError(
+            f"{where}: video_id {vid!r} is an absolute path or contains '..'; ids "
+            f"are paths inside NPY_DIR {npy_dir} without '.npy' (e.g. 'cats/a' for "
+            f"{npy_dir / 'cats' / 'a.npy'})"
+        )
     target = (npy_dir / f"{vid}.npy").resolve()
     if not target.is_relative_to(npy_dir.resolve()):
-        raise StoreError(f"{where}: video_id {vid!r} resolves to {target}, outside NPY_DIR "
-                         f"{npy_dir} (a symlink?); copy the file into NPY_DIR")
+        raise StoreError(
+            f"{where}: video_id {vid!r} resolves to {target}, outside NPY_DIR "
+            f"{npy_dir} (a symlink?); copy the file into NPY_DIR"
+        )
 
 
 def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
     """Check every id has a 2-D .npy with the same D (reading headers only); return D."""
     missing = [v for v in ids if not (npy_dir / f"{v}.npy").is_file()]
     if missing:
-        raise StoreError(f"{npy_dir}: no .npy file for {len(missing)} video(s) in the CSV: "
-                         f"{name_ids(missing)}; expected <video_id>.npy")
+        raise StoreError(
+            f"{npy_dir}: no .npy file for {len(missing)} video(s) in the CSV: "
+            f"{name_ids(missing)}; expected <video_id>.npy"
+        )
     dim, first = None, None
     for v in ids:
         p = npy_dir / f"{v}.npy"
@@ -338,21 +391,23 @@ def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
         except (ValueError, OSError) as err:
             raise StoreError(f"{p}: not a readable .npy array ({err})") from None
         if len(shape) != 2 or shape[0] < 1:
-            raise StoreError(f"{p}: expected a (T, D) array with T >= 1, got shape {shape}; "
-                             f"save one feature row per frame")
+            raise StoreError(
+                f"{p}: expected a (T, D) array with T >= 1, got shape {shape}; save one feature row per frame"
+            )
         if dim is None:
             dim, first = shape[1], p
         elif shape[1] != dim:
-            raise StoreError(f"{p}: feature dim {shape[1]} differs from {dim} in {first}; "
-                             f"all videos must come from the same extractor")
+            raise StoreError(
+                f"{p}: feature dim {shape[1]} differs from {dim} in {first}; "
+                f"all videos must come from the same extractor"
+            )
     return int(dim)
 
 
 def _write_split(job: _NpyImport, rows: list[tuple[str, str]], out: Path) -> Path:
     index = {c: i for i, c in enumerate(job.class_names)}
     videos = ((vid, _load_npy(job, vid), index[label]) for vid, label in rows)
-    return write_store(out, videos, job.class_names, job.feature_dim, job.extractor,
-                       dtype=job.dtype)
+    return write_store(out, videos, job.class_names, job.feature_dim, job.extractor, dtype=job.dtype)
 
 
 def _load_npy(job: _NpyImport, vid: str):

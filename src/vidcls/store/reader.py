@@ -18,6 +18,7 @@ point leaves a file that opens (in SWMR-read mode) and holds a prefix of the app
 This module is the reader side; the writer (``FeatureWriter``, ``write_store``) lives in
 :mod:`vidcls.store.writer`; :mod:`vidcls.store` re-exports both.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,8 +26,8 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -67,8 +68,7 @@ def _detail(err: BaseException) -> str:
 
 def damaged_error(path: Path, err: BaseException) -> StoreError:
     """The error for a file h5py cannot open or read: truncated, overwritten, not HDF5 at all."""
-    return StoreError(f"{path} is damaged or is not a vidcls feature store ({_detail(err)}); "
-                      f"{REPAIR_HINT}")
+    return StoreError(f"{path} is damaged or is not a vidcls feature store ({_detail(err)}); {REPAIR_HINT}")
 
 
 def open_error(path: Path, err: OSError) -> StoreError:
@@ -79,8 +79,10 @@ def open_error(path: Path, err: OSError) -> StoreError:
     """
     code = getattr(err, "errno", None)
     if code in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(err):
-        return StoreLockedError(f"{path} is locked by another process (is a vidcls run still "
-                                f"writing or reading it?); wait for it to finish or stop it")
+        return StoreLockedError(
+            f"{path} is locked by another process (is a vidcls run still "
+            f"writing or reading it?); wait for it to finish or stop it"
+        )
     if code in (errno.EACCES, errno.EPERM):
         return StoreError(f"cannot open {path}: permission denied; check the file's permissions")
     if path.is_dir():
@@ -117,8 +119,7 @@ def _parse_json_attr(f: h5py.File, name: str, path: Path, default=None):
     if name not in f.attrs:
         if default is not None:
             return default
-        raise StoreError(f"{path}: attribute {name!r} is missing; not a vidcls feature file? "
-                         f"{CREATE_HINT}")
+        raise StoreError(f"{path}: attribute {name!r} is missing; not a vidcls feature file? {CREATE_HINT}")
     raw = f.attrs[name]
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
@@ -170,8 +171,10 @@ class FeatureStore:
         self._load_index(f, feats.shape[0])
         self._has_timestamps = "timestamps_ms" in f
         if self._has_timestamps and (n_ts := f["timestamps_ms"].shape[0]) < self.offsets[-1]:
-            raise StoreError(f"{self.path}: 'timestamps_ms' has {n_ts} entries but the videos "
-                             f"hold {self.offsets[-1]} frames; re-create the file")
+            raise StoreError(
+                f"{self.path}: 'timestamps_ms' has {n_ts} entries but the videos "
+                f"hold {self.offsets[-1]} frames; re-create the file"
+            )
         if check_finite:
             self._check_finite(feats)
 
@@ -180,26 +183,33 @@ class FeatureStore:
         p = self.path
         for name in ("features", "offsets", "labels", "video_ids"):
             if name not in f or not isinstance(f[name], h5py.Dataset):
-                raise StoreError(f"{p}: dataset {name!r} is missing; not a vidcls feature file "
-                                 f"(an old padded file? convert it with `vidcls import padded-h5`; "
-                                 f"otherwise {REPAIR_HINT})")
+                raise StoreError(
+                    f"{p}: dataset {name!r} is missing; not a vidcls feature file "
+                    f"(an old padded file? convert it with `vidcls import padded-h5`; "
+                    f"otherwise {REPAIR_HINT})"
+                )
         version = f.attrs.get("format_version")
         if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
             shown = version.item() if isinstance(version, np.generic) else version
-            raise StoreError(f"{p}: format_version {shown!r} is not supported (this vidcls reads "
-                             f"version {FORMAT_VERSION}); re-create the file with this vidcls")
+            raise StoreError(
+                f"{p}: format_version {shown!r} is not supported (this vidcls reads "
+                f"version {FORMAT_VERSION}); re-create the file with this vidcls"
+            )
         self.format_version = int(version)
         feats = f["features"]
         if feats.ndim != 2:
             raise StoreError(f"{p}: 'features' must be 2-D (frames, dim), got shape {feats.shape}")
         if np.dtype(feats.dtype).name not in ALLOWED_DTYPES:
-            raise StoreError(f"{p}: 'features' are stored as {feats.dtype}; features must be "
-                             f"{' or '.join(ALLOWED_DTYPES)}; {REPAIR_HINT}")
+            raise StoreError(
+                f"{p}: 'features' are stored as {feats.dtype}; features must be "
+                f"{' or '.join(ALLOWED_DTYPES)}; {REPAIR_HINT}"
+            )
         # A float index would be truncated silently on the int64 cast (label 1.7 -> class 1).
         for name in ("offsets", "labels"):
             if np.dtype(f[name].dtype).kind not in "iu":
-                raise StoreError(f"{p}: {name!r} are stored as {f[name].dtype}; {name} must be "
-                                 f"integers; {REPAIR_HINT}")
+                raise StoreError(
+                    f"{p}: {name!r} are stored as {f[name].dtype}; {name} must be integers; {REPAIR_HINT}"
+                )
         return feats
 
     def _load_attrs(self, f: h5py.File, feats: h5py.Dataset) -> None:
@@ -210,49 +220,64 @@ class FeatureStore:
         self.class_names = [str(c) for c in self.class_names]
         dups = sorted({c for c, k in Counter(self.class_names).items() if k > 1})
         if dups:  # two labels under one name would be merged in every report
-            raise StoreError(f"{p}: attribute 'class_names' lists {name_ids(dups)} more than once; "
-                             f"each class needs a unique name; {REPAIR_HINT}")
+            raise StoreError(
+                f"{p}: attribute 'class_names' lists {name_ids(dups)} more than once; "
+                f"each class needs a unique name; {REPAIR_HINT}"
+            )
         self.extractor = _parse_json_attr(f, "extractor", p, default={})
         self.feature_dim = int(f.attrs.get("feature_dim", -1))
         if self.feature_dim != feats.shape[1]:
-            raise StoreError(f"{p}: attribute feature_dim={self.feature_dim} but 'features' has "
-                             f"{feats.shape[1]} columns; the file is corrupt, re-create it")
+            raise StoreError(
+                f"{p}: attribute feature_dim={self.feature_dim} but 'features' has "
+                f"{feats.shape[1]} columns; the file is corrupt, re-create it"
+            )
 
     def _load_index(self, f: h5py.File, total_frames: int) -> None:
         """Load offsets/labels/ids and check them against each other; tails past N are ignored."""
         p = self.path
         offsets = np.asarray(f["offsets"][:], dtype=np.int64)
         if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0:
-            raise StoreError(f"{p}: 'offsets' must be 1-D and start at 0 "
-                             f"(got {offsets[:3].tolist()}...); the file is corrupt, re-create it")
+            raise StoreError(
+                f"{p}: 'offsets' must be 1-D and start at 0 "
+                f"(got {offsets[:3].tolist()}...); the file is corrupt, re-create it"
+            )
         n = len(offsets) - 1
         # Longer labels/ids/features than the offsets commit are an uncommitted tail from an
         # interrupted writer (see module docstring); shorter ones mean real corruption.
         for name in ("labels", "video_ids"):
             if f[name].shape[0] < n:
-                raise StoreError(f"{p}: {name!r} has {f[name].shape[0]} entries but 'offsets' "
-                                 f"describes {n} videos; the file is corrupt, re-create it")
-        self.video_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                          for v in f["video_ids"][:n]]
+                raise StoreError(
+                    f"{p}: {name!r} has {f[name].shape[0]} entries but 'offsets' "
+                    f"describes {n} videos; the file is corrupt, re-create it"
+                )
+        self.video_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in f["video_ids"][:n]]
         self.labels = np.asarray(f["labels"][:n], dtype=np.int64)
         self.offsets = offsets
         self.lengths = np.diff(offsets)
         bad = np.flatnonzero(self.lengths < 0)
         if len(bad):
-            raise StoreError(f"{p}: 'offsets' decrease at videos {name_ids(self._ids(bad))}; "
-                             f"the file is corrupt, re-create it")
+            raise StoreError(
+                f"{p}: 'offsets' decrease at videos {name_ids(self._ids(bad))}; "
+                f"the file is corrupt, re-create it"
+            )
         empty = np.flatnonzero(self.lengths == 0)
         if len(empty):
-            raise StoreError(f"{p}: zero-length videos (no frames) {name_ids(self._ids(empty))}; "
-                             f"re-extract them or drop them from the input")
+            raise StoreError(
+                f"{p}: zero-length videos (no frames) {name_ids(self._ids(empty))}; "
+                f"re-extract them or drop them from the input"
+            )
         if offsets[-1] > total_frames:
-            raise StoreError(f"{p}: offsets[-1]={offsets[-1]} but 'features' has only "
-                             f"{total_frames} frames; the file is truncated, re-create it")
+            raise StoreError(
+                f"{p}: offsets[-1]={offsets[-1]} but 'features' has only "
+                f"{total_frames} frames; the file is truncated, re-create it"
+            )
         k = len(self.class_names)
         bad = np.flatnonzero((self.labels < 0) | (self.labels >= k))
         if len(bad):
-            raise StoreError(f"{p}: labels outside [0, {k}) for videos {name_ids(self._ids(bad))}"
-                             f" (class_names has {k} entries)")
+            raise StoreError(
+                f"{p}: labels outside [0, {k}) for videos {name_ids(self._ids(bad))}"
+                f" (class_names has {k} entries)"
+            )
         self._check_duplicate_ids()
 
     def _ids(self, idx: Iterable[int]) -> list[str]:
@@ -261,8 +286,10 @@ class FeatureStore:
     def _check_duplicate_ids(self) -> None:
         dups = [v for v, c in Counter(self.video_ids).items() if c > 1]
         if dups:
-            raise StoreError(f"{self.path}: duplicate video ids {name_ids(sorted(dups))}; "
-                             f"each video may appear once per split")
+            raise StoreError(
+                f"{self.path}: duplicate video ids {name_ids(sorted(dups))}; "
+                f"each video may appear once per split"
+            )
 
     def _check_finite(self, feats: h5py.Dataset) -> None:
         """Scan committed frames for NaN/Inf in blocks; name the videos that contain them."""
@@ -270,15 +297,17 @@ class FeatureStore:
         step = max(1, min(_SCAN_BLOCK, _SCAN_BYTES // (self.feature_dim * self.dtype.itemsize)))
         bad_videos: set[int] = set()
         for start in range(0, total, step):
-            block = feats[start:min(start + step, total)]
+            block = feats[start : min(start + step, total)]
             bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
             if len(bad_rows):
                 vids = np.searchsorted(self.offsets, bad_rows + start, side="right") - 1
                 bad_videos.update(int(v) for v in vids)
         if bad_videos:
-            raise StoreError(f"{self.path}: NaN/Inf features in {len(bad_videos)} videos: "
-                             f"{name_ids(self._ids(sorted(bad_videos)))}; re-extract them "
-                             f"(float16 overflow? extract with dtype float32)")
+            raise StoreError(
+                f"{self.path}: NaN/Inf features in {len(bad_videos)} videos: "
+                f"{name_ids(self._ids(sorted(bad_videos)))}; re-extract them "
+                f"(float16 overflow? extract with dtype float32)"
+            )
 
     # ---- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -303,10 +332,12 @@ class FeatureStore:
 
     def _frames_of(self, name: str, j: int) -> np.ndarray:
         try:
-            return self._dataset(name)[self.offsets[j]:self.offsets[j + 1]]
+            return self._dataset(name)[self.offsets[j] : self.offsets[j + 1]]
         except H5_READ_ERRORS as err:  # a chunk damaged after the file was validated
-            raise StoreError(f"{self.path}: cannot read video {self.video_ids[j]!r} "
-                             f"({_detail(err)}); the file is damaged, {REPAIR_HINT}") from None
+            raise StoreError(
+                f"{self.path}: cannot read video {self.video_ids[j]!r} "
+                f"({_detail(err)}); the file is damaged, {REPAIR_HINT}"
+            ) from None
 
     def read(self, i: int) -> np.ndarray:
         """Return video ``i``'s features, shape (T, D), stored dtype, as one contiguous read.
@@ -329,7 +360,7 @@ class FeatureStore:
             self._file.close()
         self._file, self._datasets = None, {}
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -345,12 +376,15 @@ class FeatureStore:
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
-        return (f"FeatureStore({str(self.path)!r}, videos={len(self)}, "
-                f"classes={len(self.class_names)}, dim={self.feature_dim}, dtype={self.dtype})")
+        return (
+            f"FeatureStore({str(self.path)!r}, videos={len(self)}, "
+            f"classes={len(self.class_names)}, dim={self.feature_dim}, dtype={self.dtype})"
+        )
 
 
-def open_splits(features_dir: str | os.PathLike, *,
-                require: Sequence[str] = ("train",)) -> dict[str, FeatureStore]:
+def open_splits(
+    features_dir: str | os.PathLike, *, require: Sequence[str] = ("train",)
+) -> dict[str, FeatureStore]:
     """Open whichever of train/val/test exist in ``features_dir`` and check they agree.
 
     A split is one file (``train.h5``) or the shard files of a sharded extraction, read as one
@@ -380,10 +414,15 @@ def open_splits(features_dir: str | os.PathLike, *,
     missing = [s for s in require if s not in singles and s not in sharded]
     if missing:
         present = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
-        raise StoreError(f"{d}: required split file(s) {[f'{s}.h5' for s in missing]} missing; "
-                         f"the directory contains {present or 'nothing'}; {CREATE_HINT}")
-    stores = {s: sharded[s] if s in sharded else FeatureStore(d / f"{s}.h5")
-              for s in SPLITS if s in singles or s in sharded}
+        raise StoreError(
+            f"{d}: required split file(s) {[f'{s}.h5' for s in missing]} missing; "
+            f"the directory contains {present or 'nothing'}; {CREATE_HINT}"
+        )
+    stores = {
+        s: sharded[s] if s in sharded else FeatureStore(d / f"{s}.h5")
+        for s in SPLITS
+        if s in singles or s in sharded
+    }
     _check_across_splits(stores)
     return stores
 
@@ -395,11 +434,16 @@ def _check_across_splits(stores: dict[str, FeatureStore]) -> None:
     ref = next(iter(stores.values()), None)
     for s in stores.values():
         if s.feature_dim != ref.feature_dim:
-            raise StoreError(f"feature_dim differs: {ref.path} has {ref.feature_dim}, {s.path} has "
-                             f"{s.feature_dim}; extract all splits with the same backbone")
+            raise StoreError(
+                f"feature_dim differs: {ref.path} has {ref.feature_dim}, {s.path} has "
+                f"{s.feature_dim}; extract all splits with the same backbone"
+            )
         if s.class_names != ref.class_names:
-            raise StoreError(f"class_names differ: {ref.path} has {ref.class_names}, {s.path} has "
-                             f"{s.class_names}; write all splits with the same class list")
+            raise StoreError(
+                f"class_names differ: {ref.path} has {ref.class_names}, {s.path} has "
+                f"{s.class_names}; write all splits with the same class list"
+            )
         if ref.extractor and s.extractor and s.extractor != ref.extractor:
-            log.warning("extractor differs: %s has %s, %s has %s", ref.path, ref.extractor,
-                        s.path, s.extractor)
+            log.warning(
+                "extractor differs: %s has %s, %s has %s", ref.path, ref.extractor, s.path, s.extractor
+            )

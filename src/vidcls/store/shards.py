@@ -16,14 +16,15 @@ partial data set never trains silently.
 ``MultiFileStore`` reads a split's shard files as one store, concatenated in shard order.
 ``vidcls merge`` (:func:`vidcls.features.extract.merge`) turns them into single files.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -75,9 +76,12 @@ def shard_files(d: Path) -> list[Path]:
     """Every shard file and shard report in ``d`` (by name), sorted."""
     if not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir()
-                  if (SHARD_FILE_RE.match(p.name) and SHARD_FILE_RE.match(p.name)["split"] in SPLITS)
-                  or SHARD_REPORT_RE.match(p.name))
+    return sorted(
+        p
+        for p in d.iterdir()
+        if (SHARD_FILE_RE.match(p.name) and SHARD_FILE_RE.match(p.name)["split"] in SPLITS)
+        or SHARD_REPORT_RE.match(p.name)
+    )
 
 
 def shard_count(d: Path) -> int | None:
@@ -92,8 +96,10 @@ def shard_count(d: Path) -> int | None:
         counts.setdefault(int(m["count"]), []).append(p.name)
     if len(counts) > 1:
         shown = "; ".join(f"of {k}: {name_ids(v)}" for k, v in sorted(counts.items()))
-        raise StoreError(f"{d} holds shards of different sharded runs ({shown}); keep the files of "
-                         f"one run and remove the others")
+        raise StoreError(
+            f"{d} holds shards of different sharded runs ({shown}); keep the files of "
+            f"one run and remove the others"
+        )
     return next(iter(counts), None)
 
 
@@ -109,16 +115,22 @@ def check_output_dir(d: Path, count: int | None) -> None:
     singles = [f"{s}.h5" for s in SPLITS if (d / f"{s}.h5").exists()]
     found = shard_count(d)
     if count is None and found is not None:
-        raise StoreError(f"{d} holds the shards of a sharded extraction (of {found}); merge them "
-                         f"with `vidcls merge {d}` first, or continue that run with --shard I/{found}")
+        raise StoreError(
+            f"{d} holds the shards of a sharded extraction (of {found}); merge them "
+            f"with `vidcls merge {d}` first, or continue that run with --shard I/{found}"
+        )
     if count is not None and singles:
-        raise StoreError(f"{d} holds a single-file store ({', '.join(singles)}); shards would "
-                         f"store its videos a second time: use another FEATURES_DIR, or run "
-                         f"without --shard (and torchrun) to continue it")
+        raise StoreError(
+            f"{d} holds a single-file store ({', '.join(singles)}); shards would "
+            f"store its videos a second time: use another FEATURES_DIR, or run "
+            f"without --shard (and torchrun) to continue it"
+        )
     if count is not None and found not in (None, count):
-        raise StoreError(f"{d} holds the shards of a run of {found}, not {count}: finish that run "
-                         f"with --shard I/{found} (torchrun --nproc_per_node={found}), or use "
-                         f"another FEATURES_DIR")
+        raise StoreError(
+            f"{d} holds the shards of a run of {found}, not {count}: finish that run "
+            f"with --shard I/{found} (torchrun --nproc_per_node={found}), or use "
+            f"another FEATURES_DIR"
+        )
 
 
 @dataclass
@@ -159,17 +171,21 @@ def load_shard_set(d: str | os.PathLike, *, require_files: bool = True) -> Shard
     reports = [_read_report(d, i, count) for i in range(count)]
     scans = {(r[SHARD_KEY].get("videos"), r[SHARD_KEY].get("scan")) for r in reports}
     if len(scans) > 1:
-        raise StoreError(f"{d}: the {count} shard reports come from different scans of the videos "
-                         f"(VIDEO_ROOT changed between shard runs?); the shares may overlap or miss "
-                         f"videos: re-extract every shard from the same VIDEO_ROOT")
+        raise StoreError(
+            f"{d}: the {count} shard reports come from different scans of the videos "
+            f"(VIDEO_ROOT changed between shard runs?); the shares may overlap or miss "
+            f"videos: re-extract every shard from the same VIDEO_ROOT"
+        )
     out = ShardSet(d, count, reports)
     for split in SPLITS:
         paths = [d / shard_name(split, i, count) for i in range(count)]
         for i, (p, r) in enumerate(zip(paths, reports)):
             if not p.exists() and _ok_count(r, split) > 0:
-                raise StoreError(f"shard file {p} is missing: {shard_report_name(i, count)} says "
-                                 f"{_ok_count(r, split)} {split} videos were extracted into it; "
-                                 f"re-run `vidcls extract ... --shard {i}/{count}` to re-create it")
+                raise StoreError(
+                    f"shard file {p} is missing: {shard_report_name(i, count)} says "
+                    f"{_ok_count(r, split)} {split} videos were extracted into it; "
+                    f"re-run `vidcls extract ... --shard {i}/{count}` to re-create it"
+                )
         if any(p.exists() for p in paths):
             out.files[split] = [p for p in paths if p.exists()]
     return out
@@ -179,19 +195,21 @@ def _read_report(d: Path, i: int, count: int) -> dict:
     path = d / shard_report_name(i, count)
     rerun = f"run `vidcls extract VIDEO_ROOT {d} --shard {i}/{count}` (same options) to complete it"
     if not path.exists():
-        raise StoreError(f"shard {i} of {count} is missing: {path} does not exist; the data set "
-                         f"is incomplete without it; {rerun}")
+        raise StoreError(
+            f"shard {i} of {count} is missing: {path} does not exist; the data set "
+            f"is incomplete without it; {rerun}"
+        )
     try:
         report = json.loads(path.read_text())
         status, shard = report["status"], report[SHARD_KEY]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise StoreError(f"{path} is not a readable shard report ({err}); {rerun}") from None
     if status != "complete":
-        raise StoreError(f"shard {i} of {count} is not complete: {path} has status {status!r}; "
-                         f"{rerun}")
+        raise StoreError(f"shard {i} of {count} is not complete: {path} has status {status!r}; {rerun}")
     if not isinstance(shard, dict) or (shard.get("index"), shard.get("count")) != (i, count):
-        raise StoreError(f"{path} does not describe shard {i} of {count} (it says {shard!r}); "
-                         f"restore the file or {rerun}")
+        raise StoreError(
+            f"{path} does not describe shard {i} of {count} (it says {shard!r}); restore the file or {rerun}"
+        )
     return report
 
 
@@ -199,8 +217,9 @@ def _ok_count(report: dict, split: str) -> int:
     return int(((report.get("totals") or {}).get(split) or {}).get("ok", 0))
 
 
-def open_shard_splits(d: Path, singles: Sequence[str], *,
-                      check_finite: bool = True) -> dict[str, "MultiFileStore"]:
+def open_shard_splits(
+    d: Path, singles: Sequence[str], *, check_finite: bool = True
+) -> dict[str, MultiFileStore]:
     """The splits of ``d`` made of shard files, as MultiFileStores (``{}`` when there are none).
 
     Args:
@@ -213,9 +232,11 @@ def open_shard_splits(d: Path, singles: Sequence[str], *,
     for split in singles:
         sharded = sorted(p.name for p in d.glob(f"{split}-*-of-*.h5") if SHARD_FILE_RE.match(p.name))
         if sharded:
-            raise StoreError(f"{d} holds both {split}.h5 and its shards {name_ids(sharded)} (left "
-                             f"by `vidcls merge --keep-shards`?); a split must be one or the other: "
-                             f"run `vidcls merge {d}` again, or remove the one you do not want")
+            raise StoreError(
+                f"{d} holds both {split}.h5 and its shards {name_ids(sharded)} (left "
+                f"by `vidcls merge --keep-shards`?); a split must be one or the other: "
+                f"run `vidcls merge {d}` again, or remove the one you do not want"
+            )
     shard_set = load_shard_set(d)
     if shard_set is None:
         return {}
@@ -226,24 +247,26 @@ def open_shard_splits(d: Path, singles: Sequence[str], *,
     return stores
 
 
-def check_counts(store: "MultiFileStore", shard_set: ShardSet, split: str) -> None:
+def check_counts(store: MultiFileStore, shard_set: ShardSet, split: str) -> None:
     """Each shard file holds at least the videos its report says were extracted into it."""
     for part in store.parts:
         i = int(SHARD_FILE_RE.match(part.path.name)["index"])
         expected = _ok_count(shard_set.reports[i], split)
         if len(part) < expected:
-            raise StoreError(f"{part.path} holds {len(part)} videos but "
-                             f"{shard_report_name(i, shard_set.count)} says {expected} were "
-                             f"extracted; the file was replaced or cut; re-extract shard "
-                             f"{i}/{shard_set.count} into a fresh FEATURES_DIR")
+            raise StoreError(
+                f"{part.path} holds {len(part)} videos but "
+                f"{shard_report_name(i, shard_set.count)} says {expected} were "
+                f"extracted; the file was replaced or cut; re-extract shard "
+                f"{i}/{shard_set.count} into a fresh FEATURES_DIR"
+            )
 
 
-def write_merged(store: "MultiFileStore", path: Path, order: Sequence[int]) -> Path:
+def write_merged(store: MultiFileStore, path: Path, order: Sequence[int]) -> Path:
     """Write ``store``'s videos in ``order`` into one single-file store (temp name + rename)."""
-    videos = ((store.video_ids[i], store.read(i), int(store.labels[i]), store.timestamps(i))
-              for i in order)
-    return write_store(path, videos, store.class_names, store.feature_dim, store.extractor,
-                       dtype=str(store.dtype))
+    videos = ((store.video_ids[i], store.read(i), int(store.labels[i]), store.timestamps(i)) for i in order)
+    return write_store(
+        path, videos, store.class_names, store.feature_dim, store.extractor, dtype=str(store.dtype)
+    )
 
 
 def leftover_shards(d: Path, merged_report: Path) -> list[Path]:
@@ -296,11 +319,20 @@ class MultiFileStore:
         if not self.paths:
             raise StoreError("MultiFileStore needs at least one file")
         m = SHARD_FILE_RE.match(self.paths[0].name)
-        self.path = (self.paths[0].with_name(f"{m['split']}-*-of-{m['count']}.h5") if m else
-                     self.paths[0] if len(self.paths) == 1 else self.paths[0].parent)
+        self.path = (
+            self.paths[0].with_name(f"{m['split']}-*-of-{m['count']}.h5")
+            if m
+            else self.paths[0]
+            if len(self.paths) == 1
+            else self.paths[0].parent
+        )
         self.parts = [FeatureStore(p, check_finite=check_finite) for p in self.paths]
         first = self.parts[0]
-        self.class_names, self.feature_dim, self.extractor = first.class_names, first.feature_dim, first.extractor
+        self.class_names, self.feature_dim, self.extractor = (
+            first.class_names,
+            first.feature_dim,
+            first.extractor,
+        )
         self.dtype, self.format_version = first.dtype, first.format_version
         self._check_parts()
         self.labels = np.concatenate([s.labels for s in self.parts])
@@ -314,20 +346,26 @@ class MultiFileStore:
         for s in self.parts[1:]:
             for name in ("class_names", "feature_dim", "dtype"):
                 if getattr(s, name) != getattr(ref, name):
-                    raise StoreError(f"{s.path} has {name} {getattr(s, name)} but {ref.path} has "
-                                     f"{getattr(ref, name)}; the files of one split must come from "
-                                     f"one extraction: re-extract {s.path.name} with its options")
+                    raise StoreError(
+                        f"{s.path} has {name} {getattr(s, name)} but {ref.path} has "
+                        f"{getattr(ref, name)}; the files of one split must come from "
+                        f"one extraction: re-extract {s.path.name} with its options"
+                    )
             if not same_extractor(ref.extractor, s.extractor):
-                raise StoreError(f"{s.path} was extracted with other settings than {ref.path} "
-                                 f"({s.extractor} vs {ref.extractor}); re-extract it with the "
-                                 f"same options")
+                raise StoreError(
+                    f"{s.path} was extracted with other settings than {ref.path} "
+                    f"({s.extractor} vs {ref.extractor}); re-extract it with the "
+                    f"same options"
+                )
         where: dict[str, Path] = {}
         for s in self.parts:
             for vid in s.video_ids:  # repeats within one file: FeatureStore refuses them
                 if vid in where:
-                    raise StoreError(f"video id {vid!r} is in both {where[vid]} and {s.path}; "
-                                     f"each video may appear once per split: remove the stray "
-                                     f"file or re-extract the shards from one scan")
+                    raise StoreError(
+                        f"video id {vid!r} is in both {where[vid]} and {s.path}; "
+                        f"each video may appear once per split: remove the stray "
+                        f"file or re-extract the shards from one scan"
+                    )
                 where[vid] = s.path
 
     def __len__(self) -> int:
@@ -356,12 +394,14 @@ class MultiFileStore:
         for s in self.parts:
             s.close()
 
-    def __enter__(self) -> "MultiFileStore":
+    def __enter__(self) -> MultiFileStore:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"MultiFileStore({str(self.path)!r}, files={len(self.parts)}, videos={len(self)}, "
-                f"classes={len(self.class_names)}, dim={self.feature_dim}, dtype={self.dtype})")
+        return (
+            f"MultiFileStore({str(self.path)!r}, files={len(self.parts)}, videos={len(self)}, "
+            f"classes={len(self.class_names)}, dim={self.feature_dim}, dtype={self.dtype})"
+        )

@@ -1,11 +1,11 @@
 """Seeded, stratified carving of a validation (or test) share from a list of labels."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def stratified_split(labels: np.ndarray, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices per class into train/val, deterministically for a seed.
 
     Each class c sends round(fraction * n_c) examples to val, clamped so that a class with >= 2

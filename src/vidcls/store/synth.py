@@ -6,6 +6,7 @@ natural C->D, flat D->C), with the switch point anywhere between 30 % and 70 % o
 order-blind model sees the same frame distribution for both classes of a pair and can only use a weak
 per-class offset; a temporal model can read the order. Classes are imbalanced like the real data.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,10 @@ def _check_room(out: Path, size: float) -> None:
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
     free = shutil.disk_usage(parent).free if parent.is_dir() else float("inf")
     if size > free:
-        raise ConfigError(f"the store would take about {size / 2**30:.1f} GiB but {parent} has "
-                          f"{free / 2**30:.1f} GiB free; lower --videos, --dim or --max-frames")
+        raise ConfigError(
+            f"the store would take about {size / 2**30:.1f} GiB but {parent} has "
+            f"{free / 2**30:.1f} GiB free; lower --videos, --dim or --max-frames"
+        )
 
 
 def _check_not_real(out: Path) -> None:
@@ -77,13 +80,24 @@ def _check_not_real(out: Path) -> None:
         except (OSError, ValueError, AttributeError):
             generator = None
         if generator != GENERATOR:
-            raise ConfigError(f"{path} holds features vidcls synth did not write; they are left alone: "
-                              f"choose another OUT_DIR for the synthetic store")
+            raise ConfigError(
+                f"{path} holds features vidcls synth did not write; they are left alone: "
+                f"choose another OUT_DIR for the synthetic store"
+            )
 
 
-def make_synthetic(out_dir, *, videos: int = 600, classes: int = 4, dim: int = 1280, min_frames: int = 16,
-                   max_frames: int = 96, seed: int = 0, val_fraction: float = 0.15,
-                   test_fraction: float = 0.15) -> dict:
+def make_synthetic(
+    out_dir,
+    *,
+    videos: int = 600,
+    classes: int = 4,
+    dim: int = 1280,
+    min_frames: int = 16,
+    max_frames: int = 96,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> dict:
     """Write ``train.h5``, ``val.h5``, ``test.h5`` (stratified 70/15/15) into ``out_dir``.
 
     Returns:
@@ -115,10 +129,15 @@ def make_synthetic(out_dir, *, videos: int = 600, classes: int = 4, dim: int = 1
     extractor = {"backbone": "synthetic", "weights": None, "generator": GENERATOR, "seed": seed}
     paths = {}
     for split, idx in parts.items():
+
         def gen(idx=idx, split=split):
             for i in sorted(idx):
                 n_frames = int(rng.integers(min_frames, max_frames + 1))
-                yield f"{split}_{i:05d}", _video(rng, int(labels[i]), n_frames, scenes, signatures, base), \
-                    int(labels[i])
+                yield (
+                    f"{split}_{i:05d}",
+                    _video(rng, int(labels[i]), n_frames, scenes, signatures, base),
+                    int(labels[i]),
+                )
+
         paths[split] = write_store(out / f"{split}.h5", gen(), names, dim, extractor)
     return paths

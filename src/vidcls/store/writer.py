@@ -3,12 +3,13 @@
 The file layout and the crash-safety protocol are described in :mod:`vidcls.store.reader`;
 :mod:`vidcls.store` re-exports ``FeatureWriter`` and ``write_store``.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import h5py
 
@@ -20,8 +21,16 @@ import numpy as np
 
 # ``log`` is the store's logger, so writer messages keep the "vidcls.store" logger name.
 from ..errors import StoreError
-from .reader import (ALLOWED_DTYPES, FORMAT_VERSION, H5_READ_ERRORS, FeatureStore, StoreLockedError,
-                     damaged_error, log, open_error)
+from .reader import (
+    ALLOWED_DTYPES,
+    FORMAT_VERSION,
+    H5_READ_ERRORS,
+    FeatureStore,
+    StoreLockedError,
+    damaged_error,
+    log,
+    open_error,
+)
 
 
 class FeatureWriter:
@@ -31,9 +40,16 @@ class FeatureWriter:
         path: target file. video_ids: set of ids already in the file or pending (skip-on-rerun).
     """
 
-    def __init__(self, path: str | os.PathLike, class_names: list[str], feature_dim: int,
-                 extractor: dict | None = None, dtype: str = "float16", flush_every: int = 1,
-                 resume: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        class_names: list[str],
+        feature_dim: int,
+        extractor: dict | None = None,
+        dtype: str = "float16",
+        flush_every: int = 1,
+        resume: bool = True,
+    ):
         """Create ``path`` or (``resume=True``) continue an existing file.
 
         Args:
@@ -76,13 +92,16 @@ class FeatureWriter:
         f = _open_h5_write(self.path, "w")
         d = self.feature_dim
         # ~256 frames per chunk keeps chunk size moderate (256*2048*2 B = 1 MiB) for typical D.
-        f.create_dataset("features", shape=(0, d), maxshape=(None, d),
-                         chunks=(max(1, min(256, (1 << 20) // (d * self.dtype.itemsize))), d),
-                         dtype=self.dtype)
+        f.create_dataset(
+            "features",
+            shape=(0, d),
+            maxshape=(None, d),
+            chunks=(max(1, min(256, (1 << 20) // (d * self.dtype.itemsize))), d),
+            dtype=self.dtype,
+        )
         f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,))
         f.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
-        f.create_dataset("video_ids", shape=(0,), maxshape=(None,), chunks=(1024,),
-                         dtype=h5py.string_dtype())
+        f.create_dataset("video_ids", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=h5py.string_dtype())
         f.attrs["class_names"] = json.dumps(self.class_names)
         f.attrs["feature_dim"] = d
         f.attrs["extractor"] = self._extractor_json
@@ -97,13 +116,13 @@ class FeatureWriter:
         except StoreLockedError as err:  # deleting a file another process holds is no fix
             raise StoreLockedError(f"cannot resume {self.path}: {err}") from None
         except StoreError as err:
-            raise StoreError(f"cannot resume {self.path}: {err} (or pass resume=False to start "
-                             f"over)") from None
+            raise StoreError(
+                f"cannot resume {self.path}: {err} (or pass resume=False to start over)"
+            ) from None
         self._check_matches(existing)
         if existing._left_open:  # killed writer left status flags: rewrite the committed prefix
             os.close(_lock_or_raise(self.path))  # ...unless a live writer still has it open
-            log.warning("%s was not closed cleanly; recovering %d committed videos",
-                        self.path, len(existing))
+            log.warning("%s was not closed cleanly; recovering %d committed videos", self.path, len(existing))
             _copy_committed(existing, self.path)
         f = _open_h5_write(self.path, "r+")
         n, frames = len(existing), int(existing.offsets[-1])
@@ -120,17 +139,24 @@ class FeatureWriter:
     def _check_matches(self, existing: FeatureStore) -> None:
         p = self.path
         if existing.class_names != self.class_names:
-            raise StoreError(f"cannot resume {p}: it has class_names {existing.class_names}, "
-                             f"not {self.class_names}; use another output or resume=False")
+            raise StoreError(
+                f"cannot resume {p}: it has class_names {existing.class_names}, "
+                f"not {self.class_names}; use another output or resume=False"
+            )
         if existing.feature_dim != self.feature_dim:
-            raise StoreError(f"cannot resume {p}: it has feature_dim {existing.feature_dim}, not "
-                             f"{self.feature_dim}; use another output or resume=False")
+            raise StoreError(
+                f"cannot resume {p}: it has feature_dim {existing.feature_dim}, not "
+                f"{self.feature_dim}; use another output or resume=False"
+            )
         if existing.dtype != self.dtype:
-            raise StoreError(f"cannot resume {p}: it stores {existing.dtype}, not {self.dtype}; "
-                             f"pass dtype={str(existing.dtype)!r} or resume=False")
+            raise StoreError(
+                f"cannot resume {p}: it stores {existing.dtype}, not {self.dtype}; "
+                f"pass dtype={str(existing.dtype)!r} or resume=False"
+            )
         if existing.extractor and self.extractor and existing.extractor != self.extractor:
-            log.warning("resuming %s: extractor %s differs from the file's %s", p,
-                        self.extractor, existing.extractor)
+            log.warning(
+                "resuming %s: extractor %s differs from the file's %s", p, self.extractor, existing.extractor
+            )
 
     def _start_swmr(self) -> None:
         # No datasets can be created once SWMR is on, so this waits until the structure is final.
@@ -139,8 +165,7 @@ class FeatureWriter:
             self._file.swmr_mode = True
         except (ValueError, OSError, RuntimeError) as err:  # e.g. a file in the pre-1.10 format
             # HDF5 then keeps its own exclusive lock, so a second writer is still kept out.
-            log.warning("%s: SWMR unavailable (%s); a crash mid-write may corrupt it",
-                        self.path, err)
+            log.warning("%s: SWMR unavailable (%s); a crash mid-write may corrupt it", self.path, err)
             return
         # HDF5 drops its own file lock in SWMR mode; hold ours so that a second writer cannot
         # mistake this live file for one left behind by a killed writer.
@@ -152,8 +177,9 @@ class FeatureWriter:
             raise
 
     # ---- appending --------------------------------------------------------------------------
-    def append(self, video_id: str, features: np.ndarray, label: int,
-               timestamps_ms: np.ndarray | None = None) -> None:
+    def append(
+        self, video_id: str, features: np.ndarray, label: int, timestamps_ms: np.ndarray | None = None
+    ) -> None:
         """Queue one video; it is committed at the next flush (automatic every ``flush_every``).
 
         Args:
@@ -189,13 +215,17 @@ class FeatureWriter:
         has = ts is not None
         if self._has_ts is not None and has != self._has_ts:
             state = "has" if self._has_ts else "has no"
-            raise StoreError(f"video {vid!r} (writing {self.path}): the file {state} timestamps_ms;"
-                             f" pass timestamps for every video or for none")
+            raise StoreError(
+                f"video {vid!r} (writing {self.path}): the file {state} timestamps_ms;"
+                f" pass timestamps for every video or for none"
+            )
         if has:
             ts = np.asarray(ts, dtype=np.float64)
             if ts.shape != (n_frames,):
-                raise StoreError(f"video {vid!r} (writing {self.path}): timestamps_ms shape "
-                                 f"{ts.shape} does not match {n_frames} frames")
+                raise StoreError(
+                    f"video {vid!r} (writing {self.path}): timestamps_ms shape "
+                    f"{ts.shape} does not match {n_frames} frames"
+                )
         self._has_ts = has  # the first valid video decides for the whole file
         return ts
 
@@ -206,8 +236,9 @@ class FeatureWriter:
         f = self._file
         if not self._final:
             if self._has_ts and "timestamps_ms" not in f:
-                f.create_dataset("timestamps_ms", shape=(self._frames,), maxshape=(None,),
-                                 chunks=(4096,), dtype=np.float64)
+                f.create_dataset(
+                    "timestamps_ms", shape=(self._frames,), maxshape=(None,), chunks=(4096,), dtype=np.float64
+                )
             self._start_swmr()
         batch, self._pending = self._pending, []
         feats = np.concatenate([b[1] for b in batch]) if len(batch) > 1 else batch[0][1]
@@ -239,7 +270,7 @@ class FeatureWriter:
     def __len__(self) -> int:
         return self._n + len(self._pending)
 
-    def __enter__(self) -> "FeatureWriter":
+    def __enter__(self) -> FeatureWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -261,17 +292,21 @@ def check_features(features, feature_dim: int, dtype: np.dtype, where: str) -> n
     """
     arr = np.asarray(features)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != feature_dim:
-        raise StoreError(f"{where}: features must have shape (T>=1, {feature_dim}), "
-                         f"got {arr.shape}")
+        raise StoreError(f"{where}: features must have shape (T>=1, {feature_dim}), got {arr.shape}")
     # Integer arrays are pixels, indices or counts saved by mistake, not CNN features.
     if arr.dtype.kind != "f":
-        raise StoreError(f"{where}: features are {arr.dtype}; features must be floating point "
-                         f"(stored as {' or '.join(ALLOWED_DTYPES)})")
+        raise StoreError(
+            f"{where}: features are {arr.dtype}; features must be floating point "
+            f"(stored as {' or '.join(ALLOWED_DTYPES)})"
+        )
     with np.errstate(over="ignore"):  # overflow is reported below, with a hint
         cast = arr.astype(dtype, copy=False)
     if not np.isfinite(cast).all():
-        hint = (" (finite before the cast: values exceed the float16 range; use dtype float32)"
-                if np.isfinite(arr).all() else "")
+        hint = (
+            " (finite before the cast: values exceed the float16 range; use dtype float32)"
+            if np.isfinite(arr).all()
+            else ""
+        )
         raise StoreError(f"{where}: features contain NaN/Inf{hint}")
     return np.ascontiguousarray(cast)
 
@@ -320,15 +355,17 @@ def _lock_or_raise(path: Path) -> int:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise StoreLockedError(f"{path} is being written by another process (another vidcls "
-                               f"run?); wait for it to finish or stop it") from None
+        raise StoreLockedError(
+            f"{path} is being written by another process (another vidcls "
+            f"run?); wait for it to finish or stop it"
+        ) from None
     return fd
 
 
 def _extend(ds: h5py.Dataset, start: int, data: np.ndarray) -> None:
     """Grow ``ds`` along axis 0 to ``start + len(data)`` and write ``data`` there."""
     ds.resize(start + len(data), axis=0)
-    ds[start:start + len(data)] = data
+    ds[start : start + len(data)] = data
 
 
 def _check_class_names(class_names) -> list[str]:
@@ -343,18 +380,26 @@ def _check_class_names(class_names) -> list[str]:
 
 def _copy_committed(store: FeatureStore, path: Path) -> None:
     """Rewrite ``path`` with only the committed videos of ``store`` (atomic rename)."""
-    videos = ((store.video_ids[i], store.read(i), int(store.labels[i]), store.timestamps(i))
-              for i in range(len(store)))
+    videos = (
+        (store.video_ids[i], store.read(i), int(store.labels[i]), store.timestamps(i))
+        for i in range(len(store))
+    )
     try:
-        write_store(path, videos, store.class_names, store.feature_dim, store.extractor,
-                    dtype=str(store.dtype))
+        write_store(
+            path, videos, store.class_names, store.feature_dim, store.extractor, dtype=str(store.dtype)
+        )
     finally:
         store.close()
 
 
-def write_store(path: str | os.PathLike, videos: Iterable[tuple],
-                class_names: list[str], feature_dim: int, extractor: dict | None = None,
-                dtype: str = "float16") -> Path:
+def write_store(
+    path: str | os.PathLike,
+    videos: Iterable[tuple],
+    class_names: list[str],
+    feature_dim: int,
+    extractor: dict | None = None,
+    dtype: str = "float16",
+) -> Path:
     """Write a whole split file through a temp name, then rename it into place atomically.
 
     Args:
@@ -373,8 +418,9 @@ def write_store(path: str | os.PathLike, videos: Iterable[tuple],
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         # A temp file is never read mid-write, so commit in batches rather than per video.
-        with FeatureWriter(tmp, class_names, feature_dim, extractor, dtype=dtype,
-                           flush_every=64, resume=False) as w:
+        with FeatureWriter(
+            tmp, class_names, feature_dim, extractor, dtype=dtype, flush_every=64, resume=False
+        ) as w:
             for video in videos:
                 w.append(*video)
         os.replace(tmp, path)

@@ -1,4 +1,5 @@
 """Device choice shared by training, scoring and extraction."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -13,8 +14,10 @@ def check_decode_workers(n) -> int:
         ConfigError: not an integer, negative, or more than MAX_DECODE_WORKERS.
     """
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_DECODE_WORKERS:
-        raise ConfigError(f"--decode-workers must be an integer from 0 (decode in the main process) to "
-                          f"{MAX_DECODE_WORKERS}, got {n!r}")
+        raise ConfigError(
+            f"--decode-workers must be an integer from 0 (decode in the main process) to "
+            f"{MAX_DECODE_WORKERS}, got {n!r}"
+        )
     return n
 
 

@@ -5,6 +5,7 @@ torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (and ``MASTER_ADDR``/`
 worker's environment; a plain ``vidcls`` run has none of them and is world 1, rank 0, with no process
 group at all. NCCL on CUDA, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,10 @@ def env_dist() -> Dist:
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise ConfigError(f"WORLD_SIZE/RANK/LOCAL_RANK must be integers (torchrun sets them); got "
-                          f"{os.environ.get('WORLD_SIZE')!r}/{os.environ.get('RANK')!r}") from None
+        raise ConfigError(
+            f"WORLD_SIZE/RANK/LOCAL_RANK must be integers (torchrun sets them); got "
+            f"{os.environ.get('WORLD_SIZE')!r}/{os.environ.get('RANK')!r}"
+        ) from None
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"RANK={rank} is not in [0, WORLD_SIZE={world}); launch with torchrun")
     return Dist(rank, world, local)
@@ -67,15 +70,20 @@ def init(dist: Dist, device: torch.device, timeout_s: float) -> torch.device:
     if device.type == "cuda":
         gpus, local_world = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
         if local_world > gpus:  # two ranks on one GPU: NCCL refuses it later, with a less clear message
-            raise ConfigError(f"torchrun starts {local_world} processes on this machine but it has {gpus} "
-                              f"GPU(s); use --nproc_per_node={gpus} (one process per GPU) or --device cpu")
+            raise ConfigError(
+                f"torchrun starts {local_world} processes on this machine but it has {gpus} "
+                f"GPU(s); use --nproc_per_node={gpus} (one process per GPU) or --device cpu"
+            )
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         with lost_ranks(dist, timeout_s, "the same command once every node can start"):
-            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                     timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+            tdist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo",
+                timeout=datetime.timedelta(seconds=timeout_s),
+                **kwargs,
+            )
     return device
 
 
@@ -122,6 +130,8 @@ def lost_ranks(dist: Dist, timeout_s: float, resume_hint: str):
         if not dist.active or not (isinstance(exc, tdist.DistError) or any(s in text for s in _LOST_PEER)):
             raise
         first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
-        raise RankLostError(f"rank {dist.rank}: the other ranks stopped answering ({first}); one died or hung "
-                            f"for more than --dist-timeout {timeout_s:g} s, so the job stops. Continue it with "
-                            f"{resume_hint}") from None
+        raise RankLostError(
+            f"rank {dist.rank}: the other ranks stopped answering ({first}); one died or hung "
+            f"for more than --dist-timeout {timeout_s:g} s, so the job stops. Continue it with "
+            f"{resume_hint}"
+        ) from None

@@ -3,6 +3,7 @@
 Every writer goes to a temporary file in the same directory, fsyncs it, then renames it over the
 target; rename is atomic on POSIX, so the target is always either the old or the new version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _read_umask() -> int:

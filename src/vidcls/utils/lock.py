@@ -8,6 +8,7 @@ file that another process has already opened would let two processes lock two di
 Within one process the lock is re-entrant (``fit`` holds it and calls ``write_report``, which takes
 it too): a per-process registry counts the nested holds of each directory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import RunLockedError
 
@@ -81,8 +82,9 @@ def _acquire(directory: Path, key: str, command: str) -> None:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunLockedError(f"{directory} is in use by {_holder(directory)}; wait for it to finish "
-                                 f"or use another RUN_DIR") from None
+            raise RunLockedError(
+                f"{directory} is in use by {_holder(directory)}; wait for it to finish or use another RUN_DIR"
+            ) from None
         raise
     try:
         # written in place, not atomically: replacing the file would give it a new, unlocked inode

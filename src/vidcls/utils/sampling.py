@@ -3,6 +3,7 @@
 
 Pure numpy, no video or torch imports: the decode workers and the DataLoader workers both use it.
 """
+
 from __future__ import annotations
 
 import numpy as np

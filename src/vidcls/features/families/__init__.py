@@ -6,6 +6,7 @@ part of the extractor record) and ``rebuild_weights(record, weights) -> str`` (t
 argument that rebuilds a recorded encoder, checked against the record). A backbone spec names its
 family: ``timm:NAME``, ``open_clip:ARCH/TAG``, or a plain torchvision model name.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -53,9 +54,11 @@ def split_spec(backbone: str) -> tuple[str, str]:
         family, name = "torchvision", spec
     family = {"tv": "torchvision", "openclip": "open_clip", "open-clip": "open_clip"}.get(family, family)
     if family not in FAMILIES:
-        raise BackboneError(f"--backbone {spec!r}: unknown family {family!r}; use a torchvision name "
-                            f"(efficientnet_v2_s), timm:NAME (timm:convnext_tiny) or open_clip:ARCH/TAG "
-                            f"(open_clip:ViT-B-32/openai)")
+        raise BackboneError(
+            f"--backbone {spec!r}: unknown family {family!r}; use a torchvision name "
+            f"(efficientnet_v2_s), timm:NAME (timm:convnext_tiny) or open_clip:ARCH/TAG "
+            f"(open_clip:ViT-B-32/openai)"
+        )
     if not name:
         raise BackboneError(f"--backbone {spec!r}: no model name after {family}:")
     return family, name

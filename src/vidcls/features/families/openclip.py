@@ -8,6 +8,7 @@ interpolation, mean/std). ``--weights DEFAULT`` is TAG's download (open_clip's h
 a seeded random network, a path a local state dict of the whole CLIP model (``visual.*`` keys) or
 of the image tower alone, filled exactly.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -35,8 +36,9 @@ def import_open_clip():
     try:
         import open_clip
     except ImportError:
-        raise BackboneError(f"open_clip backbones need the optional open_clip package, which is not "
-                            f"installed: {INSTALL}") from None
+        raise BackboneError(
+            f"open_clip backbones need the optional open_clip package, which is not installed: {INSTALL}"
+        ) from None
     return open_clip
 
 
@@ -51,12 +53,16 @@ def split_name(name: str) -> tuple[str, str | None]:
     known = oc.list_models()
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=6, cutoff=0.5)
-        raise BackboneError(f"open_clip has no architecture {arch!r}" +
-                            (f"; close matches: {', '.join(close)}" if close else "") +
-                            "; list them with python -c \"import open_clip; print(open_clip.list_models())\"")
+        raise BackboneError(
+            f"open_clip has no architecture {arch!r}"
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + '; list them with python -c "import open_clip; print(open_clip.list_models())"'
+        )
     if tag and tag not in oc.list_pretrained_tags_by_model(arch):
         tags = oc.list_pretrained_tags_by_model(arch)
-        raise BackboneError(f"open_clip:{arch} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}")
+        raise BackboneError(
+            f"open_clip:{arch} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
+        )
     return arch, tag or None
 
 
@@ -91,26 +97,34 @@ def build(name: str, weights: str, image_size=None) -> Built:
     arch, tag = split_name(name)
     kind, path = weights_kind(weights)
     if kind == "name":
-        raise BackboneError(f"--weights {weights!r} for open_clip:{name}: use DEFAULT (TAG's download), none, "
-                            f"or the path of a .pth / .pt / .safetensors state dict")
+        raise BackboneError(
+            f"--weights {weights!r} for open_clip:{name}: use DEFAULT (TAG's download), none, "
+            f"or the path of a .pth / .pt / .safetensors state dict"
+        )
     size = parse_image_size(image_size)
     kwargs = {"force_image_size": size} if size is not None else {}
     if kind == "default":
         if tag is None:
-            raise BackboneError(f"--weights DEFAULT for open_clip:{arch} needs a pretrained tag: "
-                                f"open_clip:{arch}/TAG with TAG one of "
-                                f"{', '.join(oc.list_pretrained_tags_by_model(arch)) or 'none (use --weights PATH)'}")
+            raise BackboneError(
+                f"--weights DEFAULT for open_clip:{arch} needs a pretrained tag: "
+                f"open_clip:{arch}/TAG with TAG one of "
+                f"{', '.join(oc.list_pretrained_tags_by_model(arch)) or 'none (use --weights PATH)'}"
+            )
         try:
             model = oc.create_model(arch, pretrained=tag, **kwargs)
         except Exception as err:  # hub and network errors of every kind
-            raise BackboneError(f"cannot get the {tag} weights of open_clip:{arch} ({type(err).__name__}: "
-                                f"{str(err)[:160]}). Without internet pass --weights PATH with a copy of "
-                                f"them, or --weights none for a random network") from None
+            raise BackboneError(
+                f"cannot get the {tag} weights of open_clip:{arch} ({type(err).__name__}: "
+                f"{str(err)[:160]}). Without internet pass --weights PATH with a copy of "
+                f"them, or --weights none for a random network"
+            ) from None
     else:
         with seeded_init(), _quiet():
             model = oc.create_model(arch, pretrained=None, **kwargs)
-    info = {"weights": {"default": "DEFAULT"}.get(kind, kind),
-            "pretrained_tag": f"{arch}/{tag}" if tag else None}
+    info = {
+        "weights": {"default": "DEFAULT"}.get(kind, kind),
+        "pretrained_tag": f"{arch}/{tag}" if tag else None,
+    }
     if kind == "none":
         info["random_init_seed"] = RANDOM_INIT_SEED
     elif kind == "file":
@@ -122,8 +136,11 @@ def build(name: str, weights: str, image_size=None) -> Built:
     cfg.setdefault("mean", oc.OPENAI_DATASET_MEAN)
     cfg.setdefault("std", oc.OPENAI_DATASET_STD)
     del model  # the text tower is not needed for frames
-    info["preprocess_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
-                                 if k in ("size", "mean", "std", "interpolation", "resize_mode")}
+    info["preprocess_config"] = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in cfg.items()
+        if k in ("size", "mean", "std", "interpolation", "resize_mode")
+    }
     info.update(pooling="encode_image", embedding="projected", open_clip=oc.__version__)
     return Built(ImageTower(visual), Preprocess.from_open_clip(cfg, name), info, visual)
 
@@ -136,8 +153,13 @@ def _load_file(oc, model: nn.Module, path: Path, arch: str) -> dict:
             try:  # open_clip's own resampling to --image-size
                 oc.model.resize_pos_embed(state, model)
             except Exception as err:
-                raise BackboneError(f"{label} does not fit open_clip:{arch} ({type(err).__name__}: "
-                                    f"{str(err)[:160]})") from None
+                raise BackboneError(
+                    f"{label} does not fit open_clip:{arch} ({type(err).__name__}: {str(err)[:160]})"
+                ) from None
         state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     load_exactly(model.visual, state, label, f"the image tower of open_clip:{arch}")
-    return {"weights_file": path.name, "weights_sha256": sha256_file(path), "weights_path": str(path.resolve())}
+    return {
+        "weights_file": path.name,
+        "weights_sha256": sha256_file(path),
+        "weights_path": str(path.resolve()),
+    }

@@ -14,6 +14,7 @@ conversions, e.g. original DINOv2 / OpenAI CLIP files), or efficientnet_pytorch'
 EfficientNet-Lite (:mod:`vidcls.features.lite0`). A file must fill every tensor of the model
 exactly (its classifier excepted): nothing is loaded partially.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -57,13 +58,17 @@ def check_name(name: str) -> None:
         words = [w for w in arch.replace("-", "_").split("_") if len(w) > 2]
         pattern = [m for w in words[:2] for m in timm.list_models(f"*{w}*")]
         close = difflib.get_close_matches(arch, sorted(set(pattern)) or timm.list_models(), n=6, cutoff=0.4)
-        raise BackboneError(f"timm has no model {name!r}" + (f"; close matches: {', '.join(close)}" if close else "")
-                            + "; list them with python -c \"import timm; print(timm.list_models('*vit*'))\"")
+        raise BackboneError(
+            f"timm has no model {name!r}"
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + "; list them with python -c \"import timm; print(timm.list_models('*vit*'))\""
+        )
     if tag:
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
         if tag not in tags:
-            raise BackboneError(f"timm:{arch} has no pretrained tag {tag!r}; its tags: "
-                                f"{', '.join(tags) or 'none'}")
+            raise BackboneError(
+                f"timm:{arch} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}"
+            )
 
 
 def build(name: str, weights: str, image_size=None) -> Built:
@@ -77,17 +82,20 @@ def build(name: str, weights: str, image_size=None) -> Built:
     check_name(name)
     kind, path = weights_kind(weights)
     if kind == "name":
-        raise BackboneError(f"--weights {weights!r} for timm:{name}: use DEFAULT (the pretrained tag's "
-                            f"download), none, or the path of a .pth / .pt / .safetensors state dict")
+        raise BackboneError(
+            f"--weights {weights!r} for timm:{name}: use DEFAULT (the pretrained tag's "
+            f"download), none, or the path of a .pth / .pt / .safetensors state dict"
+        )
     size = parse_image_size(image_size)
     if kind == "default":
         try:
             model = _create(name, True, size)
         except Exception as err:  # hub and network errors of every kind
-            raise BackboneError(f"cannot get the pretrained weights of timm:{name} ({type(err).__name__}: "
-                                f"{str(err)[:160]}). Without internet pass --weights PATH (.pth / .pt / "
-                                f".safetensors) with a copy of them, or --weights none for a random network"
-                                ) from None
+            raise BackboneError(
+                f"cannot get the pretrained weights of timm:{name} ({type(err).__name__}: "
+                f"{str(err)[:160]}). Without internet pass --weights PATH (.pth / .pt / "
+                f".safetensors) with a copy of them, or --weights none for a random network"
+            ) from None
         model.reset_classifier(0)
     else:
         with seeded_init():
@@ -103,7 +111,9 @@ def build(name: str, weights: str, image_size=None) -> Built:
     data = timm.data.resolve_model_data_config(model)
     if size is not None:
         data["input_size"] = (3, size, size)
-    info["data_config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items() if k in DATA_KEYS}
+    info["data_config"] = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items() if k in DATA_KEYS
+    }
     info.update(pooling="pre_logits", timm=timm.__version__)
     return Built(PreLogits(model), Preprocess.from_timm(data, name), info, model)
 
@@ -133,8 +143,10 @@ def _load_file(model: nn.Module, path: Path, name: str) -> dict:
     fmt = "timm"
     if lite0.is_efficientnet_pytorch(state):
         if "efficientnet_lite" not in type(model).__name__.lower() + name:
-            raise BackboneError(f"{label} holds an efficientnet_pytorch EfficientNet-Lite; vidcls maps those "
-                                f"names onto timm:tf_efficientnet_lite0 (or _lite1 ... _lite4), not timm:{name}")
+            raise BackboneError(
+                f"{label} holds an efficientnet_pytorch EfficientNet-Lite; vidcls maps those "
+                f"names onto timm:tf_efficientnet_lite0 (or _lite1 ... _lite4), not timm:{name}"
+            )
         state, fmt = lite0.to_timm(state, model, label, f"timm:{name}"), "efficientnet_pytorch"
     else:
         filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
@@ -142,14 +154,20 @@ def _load_file(model: nn.Module, path: Path, name: str) -> dict:
             try:  # timm's own conversion of the architecture's other layouts (and position embeddings)
                 state = filter_fn(state, model)
             except Exception as err:
-                raise BackboneError(f"{label} does not fit timm:{name}: timm cannot convert it "
-                                    f"({type(err).__name__}: {str(err)[:160]})") from None
+                raise BackboneError(
+                    f"{label} does not fit timm:{name}: timm cannot convert it "
+                    f"({type(err).__name__}: {str(err)[:160]})"
+                ) from None
     heads = _classifier_prefixes(model)
     model.reset_classifier(0)
     state = {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in heads)}
     load_exactly(model, state, label, f"timm:{name}")
-    return {"weights_file": path.name, "weights_sha256": sha256_file(path), "weights_path": str(path.resolve()),
-            "weights_format": fmt}
+    return {
+        "weights_file": path.name,
+        "weights_sha256": sha256_file(path),
+        "weights_path": str(path.resolve()),
+        "weights_format": fmt,
+    }
 
 
 def _classifier_prefixes(model: nn.Module) -> list[str]:

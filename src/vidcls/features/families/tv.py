@@ -1,5 +1,6 @@
 """torchvision classification models as frame encoders: the classifier removed, the weights preset
 as preprocessing, weights from torchvision's enum (a download), a local file or a seeded random init."""
+
 from __future__ import annotations
 
 import re
@@ -31,14 +32,19 @@ def build(name: str, weights: str, image_size=None) -> Built:
         import difflib
 
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        raise BackboneError(f"unknown backbone {name!r}" + (f"; close torchvision names: {', '.join(close)}"
-                            if close else "") + "; timm models are timm:NAME, open_clip ones open_clip:ARCH/TAG "
-                            "(vidcls extract --help lists recommended ones)")
+        raise BackboneError(
+            f"unknown backbone {name!r}"
+            + (f"; close torchvision names: {', '.join(close)}" if close else "")
+            + "; timm models are timm:NAME, open_clip ones open_clip:ARCH/TAG "
+            "(vidcls extract --help lists recommended ones)"
+        )
     enum = torchvision.models.get_model_weights(name)
     kind, path = weights_kind(weights)
     if kind == "name" and str(weights) not in enum.__members__:
-        raise BackboneError(f"--weights {weights!r} for {name}: use DEFAULT, none, one of "
-                            f"{', '.join(enum.__members__)} or the path of a .pth state dict")
+        raise BackboneError(
+            f"--weights {weights!r} for {name}: use DEFAULT, none, one of "
+            f"{', '.join(enum.__members__)} or the path of a .pth state dict"
+        )
     entry = enum[str(weights)] if kind == "name" else enum.DEFAULT
     model, info = _model(name, kind, entry, path)
     return Built(model, Preprocess.from_weights(entry, image_size), info)
@@ -54,7 +60,8 @@ def _model(name: str, kind: str, entry, path: Path | None) -> tuple[nn.Module, d
                 raise BackboneError(
                     f"cannot get the {entry} weights of {name} ({err}). Without internet, copy "
                     f"the file into the torch hub cache ({torch.hub.get_dir()}/checkpoints), or pass"
-                    f" --weights PATH.pth, or --weights none for a random network") from None
+                    f" --weights PATH.pth, or --weights none for a random network"
+                ) from None
             strip_classifier(model)
             return model, {"weights": f"{type(entry).__name__}.{entry.name}"}
         with seeded_init():
@@ -66,8 +73,12 @@ def _model(name: str, kind: str, entry, path: Path | None) -> tuple[nn.Module, d
     state = read_state_dict(path)
     state = {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in removed)}
     load_exactly(model, state, f"--weights {path}", name)
-    return model, {"weights": "file", "weights_file": path.name, "weights_sha256": sha256_file(path),
-                   "weights_path": str(path.resolve())}
+    return model, {
+        "weights": "file",
+        "weights_file": path.name,
+        "weights_sha256": sha256_file(path),
+        "weights_path": str(path.resolve()),
+    }
 
 
 def strip_classifier(model: nn.Module) -> list[str]:
@@ -82,8 +93,10 @@ def strip_classifier(model: nn.Module) -> list[str]:
     children = dict(model.named_children())
     heads = [n for n in children if n in HEAD_ATTRS]
     if not heads:
-        raise BackboneError(f"cannot find the classifier of {type(model).__name__} (no child "
-                            f"named {', '.join(HEAD_ATTRS)}); choose another backbone")
+        raise BackboneError(
+            f"cannot find the classifier of {type(model).__name__} (no child "
+            f"named {', '.join(HEAD_ATTRS)}); choose another backbone"
+        )
     name = heads[-1]
     head = children[name]
     if isinstance(head, nn.Linear):
@@ -99,8 +112,10 @@ def strip_classifier(model: nn.Module) -> list[str]:
         if cut is not None:
             setattr(model, name, nn.Sequential(OrderedDict(items[:cut] + tail)))
             return [f"{name}.{n}" for n, _ in items[cut:]]
-    raise BackboneError(f"cannot remove the classifier of {type(model).__name__} ({name} is a "
-                        f"{type(head).__name__}); choose another backbone")
+    raise BackboneError(
+        f"cannot remove the classifier of {type(model).__name__} ({name} is a "
+        f"{type(head).__name__}); choose another backbone"
+    )
 
 
 def rebuild_weights(record: dict, given: Path | None) -> str:
@@ -109,16 +124,20 @@ def rebuild_weights(record: dict, given: Path | None) -> str:
     enum_name, _, member = str(recorded).partition(".")
     enum = torchvision.models.get_model_weights(backbone)
     if enum_name != enum.__name__ or member not in enum.__members__:
-        raise BackboneError(f"the extractor record names weights {recorded!r}, unknown to this torchvision "
-                            f"for {backbone}; use the versions that extracted the features "
-                            f"({record.get('torchvision')}) or pass --weights PATH.pth")
+        raise BackboneError(
+            f"the extractor record names weights {recorded!r}, unknown to this torchvision "
+            f"for {backbone}; use the versions that extracted the features "
+            f"({record.get('torchvision')}) or pass --weights PATH.pth"
+        )
     if given is None:
         return member  # torchvision's cache (or a download); offline without it the error names --weights
     prefix = re.search(r"-([0-9a-f]{6,})\.pth?$", enum[member].url)
     got = sha256_file(given)
     if prefix and not got.startswith(prefix.group(1)):
-        raise BackboneError(f"--weights {given} (sha256 {got[:16]}...) is not {recorded} (published file "
-                            f"{enum[member].url.rsplit('/', 1)[-1]}); pass --weights PATH.pth with that file")
+        raise BackboneError(
+            f"--weights {given} (sha256 {got[:16]}...) is not {recorded} (published file "
+            f"{enum[member].url.rsplit('/', 1)[-1]}); pass --weights PATH.pth with that file"
+        )
     return str(given)
 
 
@@ -129,6 +148,8 @@ def download_hint(record: dict) -> str | None:
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     if (cache / name).is_file():
         return None  # the weights are there: something else failed
-    return (f"the features were extracted with the {record.get('weights')} weights of {record['backbone']}, "
-            f"which are not on this machine and could not be downloaded; copy {name} into {cache} or pass "
-            f"--weights PATH.pth (Python: weights=PATH) with that file")
+    return (
+        f"the features were extracted with the {record.get('weights')} weights of {record['backbone']}, "
+        f"which are not on this machine and could not be downloaded; copy {name} into {cache} or pass "
+        f"--weights PATH.pth (Python: weights=PATH) with that file"
+    )
