@@ -37,7 +37,7 @@ from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 from vidcls.config import load_config
 from vidcls.inference.trust import OOD_SCORES, ood_score, ood_threshold
 from vidcls.store import write_store
-from vidcls.store.reader import open_splits
+from vidcls.store.directory import open_splits
 from vidcls.store.synth import make_synthetic
 from vidcls.training.fit import fit
 

@@ -21,7 +21,7 @@ from vidcls.models import build_model
 from vidcls.training.data import FeatureDataset, collate, make_loader, train_sampler
 from vidcls.training.losses import FocalLoss
 from vidcls.training.speed import rank_loss
-from vidcls.store.reader import open_splits
+from vidcls.store.directory import open_splits
 from vidcls.utils import dist as ddp
 
 

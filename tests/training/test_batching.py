@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vidcls.store.synth import make_synthetic
-from vidcls.store.reader import open_splits
+from vidcls.store.directory import open_splits
 from vidcls.training.batching import BUCKET_WINDOW_BATCHES, FILLER, FrameBudgetBatches, filler, padded_frames
 from vidcls.training.data import EpochSampler, FeatureDataset, collate, make_loader
 

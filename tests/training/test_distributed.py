@@ -23,7 +23,7 @@ import torch
 
 from vidcls.inference.metrics import validate
 from vidcls.models import build_from_spec, build_model
-from vidcls.store.reader import open_splits
+from vidcls.store.directory import open_splits
 from vidcls.training.batching import FILLER
 from vidcls.training.data import FeatureDataset, collate, make_loader, train_sampler
 from vidcls.training.losses import FocalLoss

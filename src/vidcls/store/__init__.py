@@ -1,9 +1,11 @@
 """The feature store: one ragged HDF5 file per split (format + reader, writer, importers, synthetic data).
 
-A split may also be several shard files read as one (:mod:`vidcls.store.shards`).
+A split may also be several shard files read as one (:mod:`vidcls.store.shards`); ``open_splits``
+opens a features directory either way (:mod:`vidcls.store.directory`).
 """
 
-from .reader import FORMAT_VERSION, SPLITS, FeatureStore, StoreLockedError, open_splits
+from .directory import SplitStore, open_splits
+from .reader import FORMAT_VERSION, SPLITS, FeatureStore, StoreLockedError
 from .shards import MultiFileStore
 from .split import stratified_split
 from .writer import FeatureWriter, write_store
@@ -14,6 +16,7 @@ __all__ = [
     "FeatureStore",
     "FeatureWriter",
     "MultiFileStore",
+    "SplitStore",
     "StoreLockedError",
     "open_splits",
     "stratified_split",

@@ -23,7 +23,8 @@ from torch.utils.data import (DataLoader, Dataset, Sampler, WeightedRandomSample
                               get_worker_info)
 
 from ..errors import ConfigError, StoreError
-from ..store.reader import FeatureStore, open_splits
+from ..store.directory import open_splits
+from ..store.reader import FeatureStore
 from ..store.split import stratified_split
 from ..utils.sampling import uniform_indices
 from .batching import FILLER, FrameBudgetBatches
