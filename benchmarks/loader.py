@@ -20,8 +20,8 @@ from smoke import scratch, smoke_parse  # benchmarks/smoke.py: --smoke
 from torch.utils.data import DataLoader, Dataset
 
 from vidcls.config import TrainConfig
+from vidcls.data.dataset import class_weights, load_splits, make_loader, train_sampler
 from vidcls.store import write_store
-from vidcls.training.data import class_weights, load_splits, make_loader, train_sampler
 
 
 def make_data(out: Path, videos: int = 1000, dim: int = 1280, seed: int = 0) -> None:

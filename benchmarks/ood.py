@@ -9,7 +9,7 @@ on the rest (``fit``, which calibrates at its end); the loaded run (``vidcls.loa
   (the store's mean frame repeated),
 
 with each score alone ("energy", "max_softmax" of the logits, "typicality" of the features:
-``vidcls.inference.typicality``), thresholded at its own 5th validation percentile, and with the
+``vidcls.engine.typicality``), thresholded at its own 5th validation percentile, and with the
 shipped verdict ("energy+typicality": ``trusted`` of ``predict_records``, thresholds from the run's
 calibration.json, about 95 % of validation passing both). The flag rate is the share not passing;
 AUROC(val vs held-out) compares a score without a threshold.
@@ -35,7 +35,8 @@ import numpy as np
 from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 from vidcls.config import load_config
-from vidcls.inference.trust import OOD_SCORES, ood_score, ood_threshold
+from vidcls.evaluation.calibrate import ood_score, ood_threshold
+from vidcls.run.calibration import OOD_SCORES
 from vidcls.store import write_store
 from vidcls.store.directory import open_splits
 from vidcls.store.synth import make_synthetic
@@ -78,7 +79,7 @@ def feature_stats(features_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def inputs(features_dir: Path, held: list, cfg, rng) -> dict:
     """The feature sequences of every scored set (see the module docstring)."""
-    from vidcls.training.data import load_splits
+    from vidcls.data.dataset import load_splits
 
     splits = load_splits(features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
                          max_frames=cfg.max_frames)
@@ -145,7 +146,7 @@ def _scores(records: list, name: str) -> np.ndarray:
 
 
 def _val_labels(data: Path, cfg) -> np.ndarray:
-    from vidcls.training.data import load_splits
+    from vidcls.data.dataset import load_splits
 
     return load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False).val.labels
 

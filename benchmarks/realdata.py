@@ -207,8 +207,8 @@ def main(argv=None) -> None:
                      "peers": peers})
     (work / "runs" / a.tag / "table.json").write_text(json.dumps(rows, indent=1))
     cpu = sum(r["cpu"] for row in rows for r in row["runs"])
-    print(f"acc: mean ± sd of the test accuracy over seeds; member: mean single-member test accuracy; CPU s: "
-          f"per run (one thread)")
+    print("acc: mean ± sd of the test accuracy over seeds; member: mean single-member test accuracy; CPU s: "
+          "per run (one thread)")
     print(f"total CPU {cpu / 60:.1f} min over {len(a.sets) * len(a.seeds)} runs; wall {time.time() - t0:.0f} s "
           f"with --jobs {a.jobs} (runs read back cost nothing)")
     print(f"mean_gap_to_best_peer={np.mean(gaps) if gaps else float('nan'):.4f}")

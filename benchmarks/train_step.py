@@ -21,10 +21,10 @@ import torch
 from smoke import smoke_parse  # benchmarks/smoke.py: --smoke
 
 from vidcls.config import TrainConfig
+from vidcls.data.batching import padded_frames
+from vidcls.data.dataset import class_weights, load_splits, make_loader, train_sampler
 from vidcls.models import build_model
 from vidcls.store.synth import make_synthetic
-from vidcls.training.batching import padded_frames
-from vidcls.training.data import class_weights, load_splits, make_loader, train_sampler
 from vidcls.training.loop import train_one_epoch
 from vidcls.training.losses import FocalLoss
 from vidcls.training.optim import param_groups

@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 
-from vidcls.config import RUNTIME_ONLY, TrainConfig, config_diff, config_from_dict, dump_yaml, load_config
+from vidcls.config import (
+    RUNTIME_ONLY,
+    TrainConfig,
+    config_diff,
+    config_from_dict,
+    dump_yaml,
+    load_config,
+)
 from vidcls.errors import ConfigError
 from vidcls.models import build_model, list_models
 

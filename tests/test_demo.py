@@ -11,7 +11,14 @@ import pytest
 
 from vidcls.cli import main
 from vidcls.demo import format_predictions, run_demo, run_synthetic_demo
-from vidcls.features.democlips import CLASSES, FPS, HEIGHT, WIDTH, clip_frames, write_demo_clips
+from vidcls.features.democlips import (
+    CLASSES,
+    FPS,
+    HEIGHT,
+    WIDTH,
+    clip_frames,
+    write_demo_clips,
+)
 from vidcls.store.reader import FeatureStore
 
 

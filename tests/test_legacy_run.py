@@ -1,4 +1,4 @@
-"""A run trained by vidcls 0.1.0 before the code was reorganised (tests/data/legacy_run, see its README)
+"""A run trained by vidcls 0.1.0 before the code was reorganised (tests/assets/legacy_run, see its README)
 still evaluates, predicts and serves with the same numbers: the run directory's files and the checkpoint
 format are a contract with users' existing runs, not an internal detail."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import vidcls
 from vidcls.cli import main
 from vidcls.serve.app import create_app
 
-LEGACY = Path(__file__).parent / "data" / "legacy_run"
+LEGACY = Path(__file__).parent / "assets" / "legacy_run"
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_decode_workers_out_of_range_are_refused_before_any_process_starts(tmp_p
 
 
 def test_a_timeline_path_that_is_a_file_is_refused_before_the_run_is_loaded(tmp_path, capsys, monkeypatch):
-    import vidcls.inference.predictor as predictor_module
+    import vidcls.predict.predictor as predictor_module
 
     def must_not_load(*a, **k):
         raise AssertionError("the run was loaded before --timeline was checked")

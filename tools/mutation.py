@@ -38,22 +38,22 @@ DOC = ROOT / "docs" / "mutation.md"
 # serve this tool. _empty_batch is left out on purpose: it allocates the batch buffer that collate
 # then fills and zero-pads itself.
 SCOPE: dict[str, list[str] | None] = {
-    "vidcls.inference.policy": None,
-    "vidcls.inference.tta": None,
+    "vidcls.evaluation.policy": None,
+    "vidcls.engine.views": None,
     "vidcls.training.losses": None,
     "vidcls.training.schedule": None,
-    "vidcls.training.data": ["augment_sequence", "collate", "class_weights"],
+    "vidcls.data.dataset": ["augment_sequence", "collate", "class_weights"],
     "vidcls.models.layers": ["length_mask", "AttentionPooling.forward"],
     # which videos share a batch, on which rank: bucketing, the frame budget, rank shares and fillers
-    "vidcls.training.batching": None,
+    "vidcls.data.batching": None,
     # what the encoder is fed and with which weights: each family's resize/crop/normalise, and the
     # efficientnet_pytorch -> timm renaming of the demo's real Lite0 weights
     "vidcls.features.preprocess": None,
     "vidcls.features.lite0": ["to_timm", "_rename", "_source_name", "is_efficientnet_pytorch"],
     # what a user reads as confidence and trust: the MAP temperature, the served probabilities and
     # their NLL/ECE, and each OOD score against its threshold (the three verdict states)
-    "vidcls.inference.temperature": None,
-    "vidcls.inference.verdict": ["state", "ood_checks"],
+    "vidcls.evaluation.temperature": None,
+    "vidcls.predict.verdict": ["state", "ood_checks"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 

@@ -16,9 +16,9 @@ _API = {
     "fit": "vidcls.training.fit",
     "build_model": "vidcls.models",
     "list_models": "vidcls.models",
-    "evaluate_run": "vidcls.inference.evaluate",
-    "load": "vidcls.inference.predictor",
-    "Predictor": "vidcls.inference.predictor",
+    "evaluate_run": "vidcls.evaluation.evaluate",
+    "load": "vidcls.predict.predictor",
+    "Predictor": "vidcls.predict.predictor",
 }
 __all__ = ["__version__", *_API]
 

@@ -94,7 +94,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .inference.evaluate import evaluate_saved_run
+    from .evaluation.evaluate import evaluate_saved_run
 
     out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device, features_dir=args.features_dir)
     e = out["ensemble"]
@@ -110,7 +110,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .inference.trust import calibrate_run
+    from .evaluation.calibrate import calibrate_run
 
     calibrate_run(args.run_dir, args.device, log=print, features_dir=args.features_dir)
     print(f"written: {Path(args.run_dir) / 'calibration.json'} (refresh report.html with `vidcls report`)")
@@ -165,9 +165,9 @@ def cmd_merge(args) -> int:
 
 def cmd_predict(args) -> int:
     from .errors import ConfigError
-    from .inference.batch import PredictOptions, run_predict
-    from .inference.collect import collect_inputs
-    from .inference.outputs import check_output, format_for
+    from .predict.batch import PredictOptions, run_predict
+    from .predict.collect import collect_inputs
+    from .predict.outputs import check_output, format_for
 
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
@@ -179,7 +179,7 @@ def cmd_predict(args) -> int:
     check_output(options.output, options.fmt, inputs)
     if options.timeline_dir and not Path(options.timeline_dir).is_dir():  # a file there: refused now
         Path(options.timeline_dir).mkdir(parents=True)
-    from .inference.predictor import load
+    from .predict.predictor import load
 
     predictor = load(args.run_dir, device=args.device, weights=args.weights, tta=args.tta)
     summary = run_predict(predictor, inputs, options)

@@ -176,6 +176,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 
 TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
+TTA_SETTINGS = ("auto", "on", "off")  # --tta: the run's choice on validation, forced on, forced off
 
 
 def _check_choices(cfg: TrainConfig) -> None:
@@ -184,7 +185,7 @@ def _check_choices(cfg: TrainConfig) -> None:
     _choice(cfg, "standardize", ("feature", "none"))
     _choice(cfg, "select", ("val_acc", "val_f1_macro"))
     _choice(cfg, "amp", ("none", "bf16", "fp16"))
-    _choice(cfg, "tta", ("auto", "on", "off"))
+    _choice(cfg, "tta", TTA_SETTINGS)
     unknown = [m for m in cfg.tta_modes if m not in TTA_MODES]
     if unknown or not cfg.tta_modes:
         raise ConfigError(f"--tta-modes must be a non-empty, comma-separated list of {', '.join(TTA_MODES)}; "

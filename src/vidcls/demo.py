@@ -129,7 +129,7 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
         "serve_command", "wall_s", "timings_s" {step: seconds}}.
     """
     from .features.extract import extract
-    from .inference.predictor import load
+    from .predict.predictor import load
 
     st = replace(settings or DemoSettings(), **overrides)
     t0 = time.time()

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import videos as V
 
 av = pytest.importorskip("av")

@@ -20,12 +20,12 @@ import torch
 import videos as V
 
 from vidcls.cli import main
+from vidcls.data.dataset import load_splits
 from vidcls.errors import ConfigError, StoreError, VidclsError
 from vidcls.features.extract import _rank_device, extract, merge, take_share
 from vidcls.features.folders import scan_videos
 from vidcls.store import FeatureStore, MultiFileStore, open_splits
 from vidcls.store.shards import shard_report_name
-from vidcls.training.data import load_splits
 from vidcls.utils.dist import Dist
 
 SMALL = dict(backbone="resnet18", weights="none", image_size="32", batch_size=4, device="cpu", frames=3,

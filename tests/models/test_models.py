@@ -6,7 +6,13 @@ import torch
 import torch.nn as nn
 
 from vidcls.errors import ConfigError
-from vidcls.models import MODELS, build_model, length_mask, list_models, sinusoidal_encoding
+from vidcls.models import (
+    MODELS,
+    build_model,
+    length_mask,
+    list_models,
+    sinusoidal_encoding,
+)
 
 NAMES = ["bilstm_attn", "transformer", "mean_mlp", "inception_time"]
 D, C = 6, 3

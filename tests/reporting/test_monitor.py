@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from vidcls.reporting import monitor
-from vidcls.reporting.monitor import FIELDS, ResourceMonitor, load_log, sample, summarize
+from vidcls.reporting.monitor import (
+    FIELDS,
+    ResourceMonitor,
+    load_log,
+    sample,
+    summarize,
+)
 
 SRC = Path(monitor.__file__).resolve().parents[1]  # .../src, for the subprocess' sys.path
 

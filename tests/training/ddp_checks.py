@@ -16,12 +16,12 @@ import sys
 import torch
 from torch import nn
 
-from vidcls.inference.metrics import validate
+from vidcls.data.dataset import FeatureDataset, collate, make_loader, train_sampler
+from vidcls.evaluation.metrics import validate
 from vidcls.models import build_model
-from vidcls.training.data import FeatureDataset, collate, make_loader, train_sampler
+from vidcls.store.directory import open_splits
 from vidcls.training.losses import FocalLoss
 from vidcls.training.speed import rank_loss
-from vidcls.store.directory import open_splits
 from vidcls.utils import dist as ddp
 
 

@@ -16,16 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 import torch
 
-from vidcls.inference.metrics import validate
+from vidcls.data.batching import FILLER
+from vidcls.data.dataset import FeatureDataset, collate, make_loader, train_sampler
+from vidcls.evaluation.metrics import validate
 from vidcls.models import build_from_spec, build_model
 from vidcls.store.directory import open_splits
-from vidcls.training.batching import FILLER
-from vidcls.training.data import FeatureDataset, collate, make_loader, train_sampler
 from vidcls.training.losses import FocalLoss
 
 HERE = Path(__file__).parent
@@ -174,7 +173,7 @@ def test_a_killed_rank_ends_the_job_and_resume_completes_it(tiny_features, tmp_p
     assert 1 <= done_epochs < 500
     done = _torchrun("-m", "vidcls", "train", tiny_features, run, *TINY, "--epochs", done_epochs + 2, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resumed from" in done.stdout
+    assert "resumed from" in done.stdout
     history = json.loads((run / "members/0/history.json").read_text())
     assert [r["epoch"] for r in history] == list(range(1, done_epochs + 3))
     assert (run / "summary.json").is_file()

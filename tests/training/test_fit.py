@@ -16,11 +16,11 @@ import yaml
 
 from vidcls.cli import main
 from vidcls.config import TrainConfig
-from vidcls.inference.metrics import classification_metrics
+from vidcls.data.dataset import collate
+from vidcls.evaluation.metrics import classification_metrics
 from vidcls.models import build_from_spec, build_model
+from vidcls.run.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.store import write_store
-from vidcls.training.checkpoint import load_checkpoint, save_checkpoint
-from vidcls.training.data import collate
 from vidcls.training.loop import train_one_epoch
 
 TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",

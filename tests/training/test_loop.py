@@ -12,9 +12,9 @@ import torch
 import yaml
 from torch import nn
 
+from vidcls.run.checkpoint import load_checkpoint
 from vidcls.store import write_store
 from vidcls.training import loop
-from vidcls.training.checkpoint import load_checkpoint
 
 
 def checkpoint_epoch(path: Path) -> int | None:

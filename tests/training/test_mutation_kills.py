@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidcls.training.data import class_weights
+from vidcls.data.dataset import class_weights
 
 
 def test_class_weights_accept_whole_number_float_labels():

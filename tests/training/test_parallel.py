@@ -15,10 +15,15 @@ from vidcls.cli import main
 from vidcls.config import TrainConfig
 from vidcls.errors import CheckpointError, ConfigError, StoreError
 from vidcls.reporting.monitor import ResourceMonitor
+from vidcls.run.checkpoint import load_checkpoint
 from vidcls.training import parallel
-from vidcls.training.checkpoint import load_checkpoint
 from vidcls.training.fit import load_data
-from vidcls.training.parallel import check_parallel, member_device, train_members, worker_threads
+from vidcls.training.parallel import (
+    check_parallel,
+    member_device,
+    train_members,
+    worker_threads,
+)
 
 TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
         "--device", "cpu", "--no-plots"]

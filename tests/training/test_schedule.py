@@ -7,10 +7,15 @@ import pytest
 import torch
 
 from vidcls.config import TrainConfig
-from vidcls.training.data import collate
+from vidcls.data.dataset import collate
 from vidcls.training.loop import train_one_epoch
-from vidcls.training.schedule import cycle_ends, epoch_draws, fractional_epoch, lr_at, stop_at_cycle_end
-
+from vidcls.training.schedule import (
+    cycle_ends,
+    epoch_draws,
+    fractional_epoch,
+    lr_at,
+    stop_at_cycle_end,
+)
 
 # ---------------------------------------------------------------- fractional_epoch
 

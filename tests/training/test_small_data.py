@@ -1,4 +1,4 @@
-"""A real set of a few dozen items leaves chance: ArrowHead (UCR archive, tests/data/README.md), 30 training
+"""A real set of a few dozen items leaves chance: ArrowHead (UCR archive, tests/assets/README.md), 30 training
 series after carving validation, 3 classes. With the spec's batch of 48 an epoch would be one optimiser step
 and the model stayed at chance (test 0.457 over the full recipe); ``--min-steps`` makes an epoch draw the set
 several times over instead."""
@@ -12,7 +12,7 @@ import pytest
 
 from vidcls.store import write_store
 
-DATA = Path(__file__).parent.parent / "data" / "arrowhead.npz"
+DATA = Path(__file__).parent.parent / "assets" / "arrowhead.npz"
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,7 @@ def _predict_upload(predictor, path: Path, filename: str, top_k: int, thumbnails
 
 
 def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``predictor`` (a :class:`vidcls.inference.predictor.Predictor`, or any
+    """The FastAPI app serving ``predictor`` (a :class:`vidcls.predict.predictor.Predictor`, or any
     object with ``classes_`` and ``predict_records``)."""
     settings = settings or ServeSettings()
     queue = InferenceQueue(settings.max_queue, settings.workers)
@@ -383,7 +383,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
                              run_dir=str(run_dir), max_uploads=max_uploads, body_timeout_s=body_timeout)
     import uvicorn  # after the checks: a refused start does not wait for torch
 
-    from ..inference.predictor import load
+    from ..predict.predictor import load
 
     predictor = load(run_dir, device=device, weights=weights)
     try:

@@ -1,1 +1,1 @@
-"""The spec's training recipe: data and augmentation, focal loss, checkpoints, the epoch loop and ``fit``."""
+"""The spec's training recipe: focal loss, the schedule, the epoch loop, parallel members and ``fit``."""

@@ -16,21 +16,29 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import RUNTIME_ONLY, TrainConfig, auto_model, config_diff, dump_yaml, load_config, read_yaml
+from ..config import (
+    RUNTIME_ONLY,
+    TrainConfig,
+    auto_model,
+    config_diff,
+    dump_yaml,
+    load_config,
+    read_yaml,
+)
+from ..data.dataset import class_weights, feature_stats, load_splits
 from ..errors import ConfigError
-from ..inference.evaluate import checkpoint_member, evaluate_run, write_final_choice, write_run_tables
-from ..inference.policy import brief_mean, score
-from ..inference.trust import calibrate_run
+from ..evaluation.calibrate import calibrate_run
+from ..evaluation.evaluate import evaluate_run, write_final_choice, write_run_tables
+from ..evaluation.policy import brief_mean, score
 from ..reporting.monitor import ResourceMonitor, rank_log_path, summarize
 from ..reporting.report import write_report
+from ..run.final import checkpoint_member
 from ..utils import dist as ddp
 from ..utils.device import resolve_device
 from ..utils.fs import atomic_write_json, atomic_write_text
 from ..utils.lock import run_lock
-from .data import class_weights, feature_stats, load_splits
-from .speed import check_amp
 from .parallel import check_parallel, train_members
-
+from .speed import check_amp
 
 RESOURCE_LOG = Path("results") / "resource_utilization_log.json"  # every rank's records, field "rank"
 

@@ -28,18 +28,30 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import TrainConfig, auto_model
+from ..data.dataset import (
+    EpochSampler,
+    close_loader,
+    item_seed,
+    make_loader,
+    train_sampler,
+)
 from ..errors import CheckpointError, ConfigError
-from ..inference.metrics import validate
+from ..evaluation.metrics import validate
 from ..models import build_from_spec
 from ..reporting.plots import save_epoch_plots
+from ..run.checkpoint import (
+    load_resume_state,
+    prune_periodic,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ..utils.dist import SINGLE, Dist, broadcast
 from ..utils.fs import atomic_write_json, atomic_write_text
-from .checkpoint import load_resume_state, prune_periodic, rng_state, save_checkpoint, set_rng_state
-from .data import EpochSampler, close_loader, item_seed, make_loader, train_sampler
-from .speed import autocast, grad_scaler, rank_loss, sum_over_ranks, wrap_model
 from .losses import FocalLoss
 from .optim import param_groups
 from .schedule import cycle_ends, epoch_draws, fractional_epoch, stop_at_cycle_end
+from .speed import autocast, grad_scaler, rank_loss, sum_over_ranks, wrap_model
 
 # A tie on the selected score goes to the lower validation loss only when it is lower by more than this
 # share: a difference in the 5th digit is float noise (or a bias moving by 1e-12), not a better model.

@@ -1,0 +1,41 @@
+"""Softmax with temperature: the one place a run's logits become its served probabilities.
+
+Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(N, M, C)`` and
+``(N, C)`` are read as one view / one member.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_4d(logits) -> np.ndarray:
+    """``logits`` as float64 ``(N, M, V, C)``: ``(N, C)`` is one member and one view, ``(N, M, C)`` one view.
+
+    Raises:
+        ValueError: any other number of dimensions, or no class axis.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2:
+        z = z[:, None, None, :]
+    elif z.ndim == 3:
+        z = z[:, :, None, :]
+    if z.ndim != 4 or z.shape[-1] < 1:
+        raise ValueError(f"logits must be (N, C), (N, M, C) or (N, M, V, C); got shape {np.shape(logits)}")
+    return z
+
+
+def _logsumexp(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(z, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(z - m), axis=axis))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def served_probs(logits, temperature: float = 1.0) -> np.ndarray:
+    """The run's served probabilities ``(N, C)``: the mean over members and views of ``softmax(logits / T)``."""
+    z = as_4d(logits)
+    return _softmax(z / float(temperature)).mean(axis=(1, 2))

@@ -1,0 +1,1 @@
+"""What a run decides after training: metrics, the member/TTA/ensemble policy, scoring a saved run, calibration."""

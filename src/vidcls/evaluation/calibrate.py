@@ -1,0 +1,221 @@
+"""When not to trust a prediction: temperature scaling and an out-of-distribution score, both set on validation.
+
+A run serves the mean softmax of some members, each over some views (the recorded final choice:
+members, TTA or not). Everything here takes the raw logits of exactly that: ``(N, M, V, C)`` for N
+videos, M served members, V served views (the TTA modes when TTA is used, else the original
+sequence), C classes; ``(N, M, C)`` and ``(N, C)`` are read as one view / one member.
+
+* Temperature: one ``T > 0`` divides every logit before its softmax; it is the maximum a posteriori
+  fit of the validation negative log-likelihood of the served probabilities under a log-normal prior
+  centred on T = 1 (``fit_temperature``), so that a validation split the model separates perfectly
+  cannot drive T to its floor (every probability 1.000). Dividing
+  every logit by the same T never changes a member's ranking of the classes, so a single member keeps
+  its predicted class; calibration only makes the probabilities honest.
+* Out-of-distribution scores, higher is more in-distribution: the negative free energy
+  ``T * logsumexp(logits / T)`` averaged over the served members and views (``energy_score``), or the
+  largest served probability (``max_softmax_score``); and a feature-space typicality
+  (:mod:`vidcls.engine.typicality`, statistics of the training split in ``RUN_DIR/typicality.npz``)
+  that catches what logits cannot (constant, zero, noise sequences). A video is trusted only when every
+  score passes its threshold; the thresholds share one validation quantile, chosen so that about 95 %
+  of validation videos pass them all (``joint_thresholds``).
+
+``calibrate_run`` does all of it for a finished run and writes ``RUN_DIR/calibration.json``::
+
+    {"temperature", "ece_before", "ece_after", "nll_before", "nll_after",
+     "temperature_fit": {"method": "map_lognormal", "prior_sigma", "mle_temperature"},
+     "ood": {"score": "energy", "threshold" (energy's), "val_pass_rate" (all scores together), "direction",
+             "scores": ["energy", "typicality"], "thresholds": {name: float}, "pass_rates": {name: float},
+             "typicality": {"file": "typicality.npz", ...}}, ...}
+
+A calibration without "scores" (written before typicality) is read as energy alone.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.probs import as_4d, served_probs
+from ..engine.scores import ood_score
+from ..engine.typicality import (
+    TYPICALITY_METHOD,
+    fit_typicality,
+    seen_videos,
+    typicality_score,
+)
+from ..errors import ConfigError
+from ..run.calibration import (
+    CALIBRATION_FILE,
+    CALIBRATION_FORMAT,
+    DEFAULT_OOD_SCORE,
+    DIRECTION,
+    TYPICALITY_FILE,
+    VAL_PASS,
+    ood_checks,
+    save_typicality,
+)
+from .temperature import (
+    ECE_BINS,
+    T_PRIOR_SIGMA,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+)
+
+# --- pure functions over logits ------------------------------------------------------------------
+
+
+def ood_threshold(val_scores, pass_rate: float = VAL_PASS) -> tuple[float, float]:
+    """``(threshold, share of val_scores >= threshold)``: the ``1 - pass_rate`` quantile of the
+    validation scores (the lower neighbour, so at least ``pass_rate`` of them pass).
+
+    Raises:
+        ValueError: no finite validation score.
+    """
+    s = np.asarray(val_scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise ValueError("no finite validation OOD score to set a threshold on")
+    threshold = float(np.quantile(s, 1.0 - pass_rate, method="lower"))
+    return threshold, float(np.mean(s >= threshold))
+
+
+def joint_thresholds(val_scores: dict, pass_rate: float = VAL_PASS,
+                     steps: int = 200) -> tuple[dict, float, dict]:
+    """Thresholds for several scores judged together (a video passes when it passes them all):
+    every score at the same quantile ``q`` of its validation scores, the largest ``q <= 1 - pass_rate``
+    with which at least ``pass_rate`` of the validation videos pass them all.
+
+    Returns:
+        ``({name: threshold}, share passing all, {name: share passing that one})``.
+    Raises:
+        ValueError: a score without any finite validation value.
+    """
+    s = {k: np.asarray(v, dtype=np.float64) for k, v in val_scores.items()}
+    for q in np.linspace(1.0 - pass_rate, 0.0, steps + 1):
+        thresholds = {k: ood_threshold(v, 1.0 - q)[0] for k, v in s.items()}
+        passed = np.all([v >= thresholds[k] for k, v in s.items()], axis=0)
+        if passed.mean() >= pass_rate or q == 0.0:
+            break
+    return thresholds, float(passed.mean()), {k: float(np.mean(v >= thresholds[k])) for k, v in s.items()}
+
+
+def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dict | None = None) -> dict:
+    """Everything ``calibration.json`` holds that follows from validation logits and labels, and the
+    ``extra`` validation scores (``{"typicality": (N,)}``) judged together with ``kind``."""
+    z, y = as_4d(logits), np.asarray(labels, dtype=np.int64)
+    t = fit_temperature(z, y)
+    before, after = served_probs(z, 1.0), served_probs(z, t)
+    scores = {kind: ood_score(z, t, kind), **(extra or {})}
+    thresholds, passed, rates = joint_thresholds(scores)
+    return {"temperature": t,
+            "ece_before": expected_calibration_error(before, y), "ece_after": expected_calibration_error(after, y),
+            "nll_before": nll(before, y), "nll_after": nll(after, y),
+            "temperature_fit": {"method": "map_lognormal", "prior_sigma": T_PRIOR_SIGMA,
+                                "mle_temperature": fit_temperature(z, y, prior_sigma=None)},
+            "ood": {"score": kind, "threshold": thresholds[kind], "val_pass_rate": passed, "direction": DIRECTION,
+                    "scores": list(scores), "thresholds": thresholds, "pass_rates": rates},
+            "val_videos": int(len(y)), "ece_bins": ECE_BINS}
+
+
+# --- a run's calibration -------------------------------------------------------------------------
+
+def val_logits(run_dir, choice, dataset, batch_size: int, batch_frames, device) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits ``(N, M, V, C)`` of the served members and views of ``choice`` on ``dataset``
+    (a ``FeatureDataset``, in its order), and its labels ``(N,)``."""
+    import torch
+
+    from ..data.dataset import make_loader
+    from ..engine.views import tta_batch
+    from .evaluate import load_member
+
+    views = list(choice.tta_modes) if choice.tta_used else ["original"]
+    loader = make_loader(dataset, batch_size, batch_frames=batch_frames, workers=0)
+    per_member = []
+    for m in choice.members:
+        model = load_member(run_dir, m, device, [dataset.store], choice)  # the file final.json says m is
+        out, positions = [], []
+        with torch.inference_mode():
+            for x, lengths, _, pos in loader:
+                x = x.to(device).float()
+                per_view = []
+                for mode in views:
+                    xm, lm = tta_batch(x, lengths, mode)
+                    per_view.append(model(xm, lm.to(device)).float().double().cpu())
+                out.append(torch.stack(per_view, dim=1))  # (B, V, C)
+                positions.append(pos)
+        order = torch.cat(positions).argsort()
+        per_member.append(torch.cat(out)[order].numpy())
+        del model
+    return np.stack(per_member, axis=1), np.asarray(dataset.labels, dtype=np.int64)
+
+
+def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None,
+                  features_dir=None) -> dict:
+    """Fit the temperature and the OOD thresholds of a finished run on its validation split, the
+    typicality statistics on its training split (``RUN_DIR/typicality.npz``), and write
+    ``RUN_DIR/calibration.json`` (atomically). ``summary.json``, when there, gets it under "calibration".
+
+    The validation split is the one training used (``load_splits`` with the run's ``val_fraction``,
+    ``seed`` and ``max_frames``); the logits are those of the recorded final choice (``final.json``).
+
+    Returns:
+        The calibration record (see the module docstring).
+    Raises:
+        ConfigError / StoreError / CheckpointError: no run there, no final choice, features moved.
+        RunLockedError: another process is using ``run_dir`` (``fit``'s own call passes).
+    """
+    from ..config import load_config
+    from ..data.dataset import load_splits
+    from ..run.rundir import run_features_dir
+    from ..run.final import load_final_choice
+    from ..utils.device import resolve_device
+    from ..utils.fs import atomic_write_json
+    from ..utils.lock import run_lock
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); train one with `vidcls train`")
+    with run_lock(run_dir, "calibrate"):
+        cfg = load_config(run_dir / "config.yaml", saved_run=True)
+        choice = load_final_choice(run_dir)
+        splits = load_splits(run_features_dir(run_dir, cfg.features_dir, features_dir), val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
+                             max_frames=cfg.max_frames)
+        logits, labels = val_logits(run_dir, choice, splits.val, cfg.batch_size, cfg.batch_frames,
+                                    resolve_device(device))
+        stats = fit_typicality(seen_videos(splits.train), splits.train.labels, len(splits.class_names))
+        save_typicality(run_dir / TYPICALITY_FILE, stats)  # before the calibration that refers to it
+        typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
+        record = {"format": CALIBRATION_FORMAT, "version": 2, **calibration_record(logits, labels, kind, typ),
+                  "members": list(choice.members), "tta_used": bool(choice.tta_used),
+                  "views": list(choice.tta_modes) if choice.tta_used else ["original"],
+                  "val_source": splits.val_source}
+        record["ood"]["typicality"] = {"file": TYPICALITY_FILE, "train_videos": len(splits.train),
+                                       "method": TYPICALITY_METHOD}
+        atomic_write_json(run_dir / CALIBRATION_FILE, record)
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except (OSError, ValueError):
+                summary = None
+            if isinstance(summary, dict):
+                atomic_write_json(summary_path, {**summary, "calibration": record})
+    if log:
+        log(describe(record))
+    return record
+
+
+def describe(record: dict) -> str:
+    """One line on a calibration: temperature, ECE and NLL before/after, the OOD threshold."""
+    ood = record["ood"]
+    checks = ", ".join(f"{k} {v:.3f}" for k, v in ood_checks(record).items())
+    fit = record.get("temperature_fit") or {}
+    how = (f" (log-normal prior, sd {fit['prior_sigma']:g} in log T; the NLL alone gives "
+           f"{fit['mle_temperature']:.3f})" if "mle_temperature" in fit and "prior_sigma" in fit else "")
+    return (f"calibration: temperature {record['temperature']:.3f}{how}; val ECE {record['ece_before']:.4f} -> "
+            f"{record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}; "
+            f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass")
+
+

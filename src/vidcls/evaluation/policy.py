@@ -1,0 +1,268 @@
+"""The ensemble policy: which members, TTA or not, ensemble or one member, made on validation data only.
+
+The source system averaged every ensemble member, including collapsed ones, and always applied TTA.
+Here a member far below the others is excluded (with the reason recorded), and TTA is used for a
+member or the ensemble only when it improved that model's validation metric (``--tta auto``).
+A single member replaces the ensemble only when it is better on validation by more than noise: a
+higher score and a significant exact McNemar test on the paired per-video correctness.
+
+Every step is a small function over metrics or per-view softmax, in the order ``combine`` runs them:
+``member_rows`` -> ``collapsed_members`` -> ``ensemble_view`` -> ``choose_final`` -> ``final_predictions``.
+A member's predictions come as ``{split: {"original": (N, C), <mode>: (N, C), ..., "labels": (N,)}}``:
+"without TTA" is always the ``original`` view, "with TTA" the mean over exactly the listed modes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ..config import TTA_MODES
+from ..engine.views import tta_mean
+from ..run.final import FinalChoice
+from .metrics import classification_metrics
+
+COLLAPSE_MARGIN = 0.10  # a member this far below the members' median validation score is excluded
+BRIEF = ("accuracy", "f1_weighted", "f1_macro", "worst_class_f1")
+MCNEMAR_ALPHA = 0.05  # a member must beat the ensemble at this significance level to be served alone
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the choices are made: ``select`` (val_acc | val_f1_macro), ``tta`` (auto | on | off), and the
+    TTA ``modes`` averaged "with TTA"."""
+
+    select: str = "val_acc"
+    tta: str = "auto"
+    modes: tuple = TTA_MODES
+
+
+def score(metrics: dict, select: str) -> float:
+    """The validation number a choice is made on: accuracy or macro F1."""
+    return metrics["accuracy"] if select == "val_acc" else metrics["f1_macro"]
+
+
+def collapse_reason(cm: np.ndarray, member_score: float, median: float, select: str,
+                    margin: float = COLLAPSE_MARGIN) -> str | None:
+    """Why a member with validation confusion matrix ``cm`` (rows: true class) should be left out of
+    the ensemble, or None to keep it: one class predicted for every video (of a split holding several
+    classes), balanced accuracy (mean recall) at chance (<= 1/C), or a score more than ``margin`` below
+    the members' ``median``."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    # exact fractions: a member exactly at chance (recalls .4, .3, .3 of 1/3) must not be saved by rounding
+    recalls = [Fraction(int(cm[c, c]), int(support[c])) for c in range(len(cm)) if support[c] > 0]
+    balanced = sum(recalls) / len(recalls)
+    if len(recalls) > 1 and np.count_nonzero(cm.sum(axis=0)) == 1:
+        return f"predicts a single class for all {int(cm.sum())} validation videos"
+    if balanced <= Fraction(1, len(cm)):
+        return f"validation balanced accuracy {float(balanced):.3f} is at chance (1/{len(cm)})"
+    if member_score < median - margin:
+        return (f"validation {select} {member_score:.3f} is more than {margin:.2f} below the members' "
+                f"median {median:.3f}")
+    return None
+
+
+def collapsed_members(val_metrics: list[dict], select: str, margin: float = COLLAPSE_MARGIN) -> list[dict]:
+    """Members to leave out of the ensemble, each ``{"member": i, "reason": ...}`` (see
+    ``collapse_reason``). The best member (the first, on a tie) always stays in.
+    """
+    scores = [score(m, select) for m in val_metrics]
+    median, best = float(np.median(scores)), int(np.argmax(scores))
+    out = []
+    for i, m in enumerate(val_metrics):
+        reason = collapse_reason(m["confusion_matrix"], scores[i], median, select, margin)
+        if i != best and reason is not None:
+            out.append({"member": i, "reason": reason})
+    return out
+
+
+def decide_tta(val_off: dict, val_on: dict, select: str, tta: str) -> bool:
+    """Whether to use TTA: ``on``/``off`` as asked; ``auto`` only if it improved the validation score
+    (a tie keeps the cheaper original view)."""
+    if tta in ("on", "off"):
+        return tta == "on"
+    return score(val_on, select) > score(val_off, select)
+
+
+def view_probs(mode_probs: dict, modes, tta_used: bool) -> np.ndarray:
+    """One member's (N, C) prediction: the mean over ``modes`` with TTA, else the original sequence."""
+    return tta_mean(mode_probs, modes) if tta_used else mode_probs["original"]
+
+
+def ensemble_probs(member_probs: list[dict], members: list, split: str, modes, tta_used: bool) -> np.ndarray:
+    """Mean softmax (N, C) over ``members`` on ``split``, every member seen the same way."""
+    return np.mean([view_probs(member_probs[i][split], modes, tta_used) for i in members], axis=0)
+
+
+def _metrics(member_probs: list[dict], split: str, probs: np.ndarray, names: list) -> dict:
+    return classification_metrics(member_probs[0][split]["labels"], probs, names)
+
+
+def member_rows(member_probs: list[dict], names: list, policy: Policy) -> list[dict]:
+    """Per member: ``{"member": i, <split>: metrics without TTA, "<split>_tta": with TTA, ...,
+    "tta_used": bool}`` for every split of ``member_probs`` ("val" must be one)."""
+    rows = []
+    for i, views in enumerate(member_probs):
+        row = {"member": i}
+        for split in views:
+            for suffix, tta_used in (("", False), ("_tta", True)):
+                probs = view_probs(views[split], policy.modes, tta_used)
+                row[split + suffix] = _metrics(member_probs, split, probs, names)
+        row["tta_used"] = decide_tta(row["val"], row["val_tta"], policy.select, policy.tta)
+        rows.append(row)
+    return rows
+
+
+def ensemble_view(member_probs: list[dict], names: list, used: list, policy: Policy) -> dict:
+    """The ensemble of ``used``: ``{"members_used", "without_tta": {split: metrics}, "with_tta": {...},
+    "tta_used"}``; TTA is decided on its validation metrics."""
+    view = {"members_used": list(used)}
+    for key, tta_used in (("without_tta", False), ("with_tta", True)):
+        view[key] = {s: _metrics(member_probs, s, ensemble_probs(member_probs, used, s, policy.modes, tta_used),
+                                 names) for s in member_probs[0]}
+    view["tta_used"] = decide_tta(view["without_tta"]["val"], view["with_tta"]["val"], policy.select, policy.tta)
+    return view
+
+
+def served(row: dict, split: str = "val") -> dict:
+    """A member's metrics on ``split`` as it would be served: with TTA if its TTA was chosen."""
+    return row[f"{split}_tta" if row["tta_used"] else split]
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs: under "both models are
+    equally good" each discordant video goes either way with probability 1/2, so
+    ``p = min(1, 2 * P(X <= min(b, c)))`` for ``X ~ Binomial(b + c, 1/2)``; 1 when ``b + c == 0``."""
+    if b < 0 or c < 0:
+        raise ValueError(f"McNemar counts must be >= 0; got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    # exact integer tail: no float rounding at the 0.05 boundary
+    tail = Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2 ** n)
+    return float(min(Fraction(1), 2 * tail))
+
+
+def discordant_counts(member: np.ndarray, ensemble: np.ndarray, labels) -> tuple[int, int]:
+    """McNemar's ``(b, c)`` from two (N, C) predictions of the same videos: ``b`` videos only the
+    member gets right (argmax == label), ``c`` videos only the ensemble gets right."""
+    labels = np.asarray(labels)
+    member_ok = np.asarray(member).argmax(axis=1) == labels
+    ensemble_ok = np.asarray(ensemble).argmax(axis=1) == labels
+    return int(np.sum(member_ok & ~ensemble_ok)), int(np.sum(~member_ok & ensemble_ok))
+
+
+def mcnemar_record(member_probs: list[dict], row: dict, ensemble: dict, policy: Policy) -> dict:
+    """The test of member ``row`` against ``ensemble`` on validation, each as it would be served (its
+    own TTA choice): ``{"member", "b", "c", "p_value", "alpha"}``."""
+    val = member_probs[row["member"]]["val"]
+    mine = view_probs(val, policy.modes, row["tta_used"])
+    theirs = ensemble_probs(member_probs, ensemble["members_used"], "val", policy.modes, ensemble["tta_used"])
+    b, c = discordant_counts(mine, theirs, val["labels"])
+    return {"member": row["member"], "b": b, "c": c, "p_value": mcnemar_exact(b, c), "alpha": MCNEMAR_ALPHA}
+
+
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def choose_final(member_probs: list[dict], members: list[dict], ensemble: dict, excluded: list,
+                 policy: Policy) -> FinalChoice:
+    """The ensemble, unless its best member (an ensemble member, with its own TTA choice; the first of
+    equals) is better on validation by more than noise: a strictly higher ``select`` score AND an
+    exact McNemar test on the paired per-video correctness with ``p < MCNEMAR_ALPHA``. A tie, a
+    higher but not significant score, or a one-member ensemble keeps the ensemble; an excluded
+    (collapsed) member is never served alone.
+
+    Args:
+        member_probs: per-view softmax (as for ``combine``); members: ``member_rows``;
+        ensemble: ``ensemble_view``; excluded: ``collapsed_members``.
+    """
+    used = list(ensemble["members_used"])
+    ens_score = score(ensemble["with_tta" if ensemble["tta_used"] else "without_tta"]["val"], policy.select)
+    record = {"tta_modes": list(policy.modes), "select": policy.select, "tta": policy.tta,
+              "ensemble_members": list(used), "ensemble_tta_used": ensemble["tta_used"],
+              "member_tta_used": [m["tta_used"] for m in members], "excluded": list(excluded)}
+    keep = {"source": "ensemble", "members": used, "tta_used": ensemble["tta_used"], "val_score": ens_score}
+    if len(used) == 1:  # the ensemble of one is that member, as it would be served alone
+        return FinalChoice(**keep, reason=f"the ensemble has a single member ({used[0]}): it is served",
+                           **record)
+    best = max((m for m in members if m["member"] in used), key=lambda m: score(served(m), policy.select))
+    i, best_score = best["member"], score(served(best), policy.select)
+    test = mcnemar_record(member_probs, best, ensemble, policy)
+    stats = f"McNemar b={test['b']}, c={test['c']}, p={_p(test['p_value'])}"
+    scores = f"({policy.select} {best_score:.4f} vs {ens_score:.4f})"
+    if best_score <= ens_score:
+        reason = (f"the ensemble of members {used} scored {policy.select} {ens_score:.4f} on validation, no "
+                  f"lower than the best single member (member {i}, {best_score:.4f}; {stats})")
+    elif test["p_value"] >= MCNEMAR_ALPHA:  # one or two videos either way on a small split is noise
+        reason = (f"member {i} scored higher on validation {scores} but not significantly ({stats} >= "
+                  f"{MCNEMAR_ALPHA:g}): the ensemble is served")
+    else:
+        return FinalChoice(source=f"member {i}", members=[i], tta_used=best["tta_used"], val_score=best_score,
+                           reason=f"member {i} scored higher on validation {scores} and significantly "
+                                  f"({stats} < {MCNEMAR_ALPHA:g}): member {i} alone is served",
+                           mcnemar=test, **record)
+    return FinalChoice(**keep, reason=reason, mcnemar=test, **record)
+
+
+def final_predictions(member_probs: list[dict], choice: FinalChoice) -> dict:
+    """``{split: (N, C)}``: what ``choice`` predicts on every split of ``member_probs``."""
+    return {s: ensemble_probs(member_probs, choice.members, s, choice.tta_modes, choice.tta_used)
+            for s in member_probs[0]}
+
+
+def score_choice(member_probs: list[dict], choice: FinalChoice, names: list) -> tuple[dict, dict]:
+    """``choice`` scored on every split: ``({split: probs (N, C)}, {"source", "tta_used", "reason",
+    <split>: metrics, ...})``."""
+    predictions = final_predictions(member_probs, choice)
+    final = {"source": choice.source, "tta_used": choice.tta_used, "reason": choice.reason,
+             **{s: _metrics(member_probs, s, p, names) for s, p in predictions.items()}}
+    return predictions, final
+
+
+def combine(member_probs: list[dict], names: list, policy: Policy = Policy()) -> dict:
+    """Every member with and without TTA, the ensemble, and the choices, from per-view softmax.
+
+    Args:
+        member_probs: per member ``{split: {"original": (N, C), <mode>: (N, C), "labels": (N,)}}`` with
+            every mode of ``policy.modes``; "val" must be one of the splits.
+    Returns:
+        ``{"members": [...], "ensemble": {...}, "tta": {...}, "final": {...}, "choice": FinalChoice,
+        "predictions": {split: probs}}``. ``final`` is what the run serves (``choose_final``).
+    """
+    members = member_rows(member_probs, names, policy)
+    excluded = collapsed_members([m["val"] for m in members], policy.select)
+    out = {e["member"] for e in excluded}
+    used = [m["member"] for m in members if m["member"] not in out]
+    ens = ensemble_view(member_probs, names, used, policy)
+    choice = choose_final(member_probs, members, ens, excluded, policy)
+    predictions, final = score_choice(member_probs, choice, names)
+    splits = list(member_probs[0])
+    chosen = ens["with_tta" if ens["tta_used"] else "without_tta"]
+    per_mode = {mode: {s: brief(_metrics(member_probs, s, ensemble_probs(member_probs, used, s, (mode,), True),
+                                         names)) for s in splits} for mode in policy.modes}
+    return {
+        "members": members,
+        "ensemble": {"members_used": used, "excluded": excluded, "tta_used": ens["tta_used"], **chosen,
+                     "without_tta": {s: brief(ens["without_tta"][s]) for s in splits},
+                     "with_tta": {s: brief(ens["with_tta"][s]) for s in splits}},
+        "tta": {"mode": policy.tta, "modes": list(policy.modes), "used": ens["tta_used"], "per_mode": per_mode,
+                **ens["with_tta"]},
+        "final": final,
+        "choice": choice,
+        "predictions": predictions,
+    }
+
+
+def brief(m: dict) -> dict:
+    """The headline metrics of a full metrics dict."""
+    return {k: m[k] for k in BRIEF}
+
+
+def brief_mean(metrics: list[dict]) -> dict:
+    """Mean over members of the headline metrics."""
+    return {k: float(np.mean([m[k] for m in metrics])) for k in BRIEF}

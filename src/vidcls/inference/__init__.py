@@ -1,1 +1,0 @@
-"""Using trained members: metrics, test-time augmentation, the ensemble policy, scoring a saved run."""

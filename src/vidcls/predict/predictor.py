@@ -1,0 +1,390 @@
+"""Using a trained run on new videos: ``vidcls.load(RUN_DIR)`` -> a scikit-learn style ``Predictor``.
+
+The predictor serves exactly what the run chose on validation (``RUN_DIR/final.json``, see
+:func:`vidcls.evaluation.evaluate.load_final_choice`): the mean softmax of the chosen members, each
+over the TTA views when the choice uses TTA, else over the original sequence. The members are loaded
+once. A feature sequence goes through what training and ``vidcls evaluate`` applied to it:
+
+1. rounded to the precision the features were stored in (float16 unless the store says otherwise),
+   as the model only ever saw stored features;
+2. thinned uniformly to the checkpoint's ``max_frames`` (:func:`vidcls.utils.sampling.uniform_indices`);
+3. cut into frame-budget batches (``batch_size`` videos, ``batch_frames`` padded frames, the run's
+   own settings) in input order, each view built by :func:`vidcls.engine.views.tta_batch`;
+4. softmax per member and view, averaged (``policy.ensemble_probs``'s rule); with a calibration
+   (``RUN_DIR/calibration.json``, :mod:`vidcls.evaluation.calibrate`) every logit is first divided by its
+   temperature, and an out-of-distribution score below the validation threshold marks a prediction
+   as not to be trusted.
+
+A video is first turned into features by exactly the extractor recorded with the run's features
+(:meth:`vidcls.features.backbone.FrameEncoder.from_record`: backbone, weights, image size and
+normalisation, frame sampling, quality filter), built on the first video input. Weights that are not
+on this machine, or other weights, or another feature dimension are errors naming what to provide
+(``--weights PATH.pth``); nothing is ever patched over.
+
+Inputs ``x`` everywhere: a video path (str / Path), a ``(T, D)`` float array, or a list of them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TTA_SETTINGS
+from ..data.dataset import FrameBudgetBatches
+from ..engine.members import _check_same
+from ..engine.views import tta_batch
+from ..errors import BackboneError, CheckpointError, ConfigError
+from ..engine.probs import served_probs
+from ..engine.scores import calibration_scores
+from ..models import build_from_spec
+from ..run.checkpoint import load_checkpoint
+from ..run.calibration import load_calibration, ood_checks, typicality_stats
+from ..run.final import checkpoint_path, load_final_choice
+from ..utils.device import resolve_device
+from ..utils.sampling import uniform_indices
+from . import verdict
+from .inputs import (
+    as_list,
+    check_features,
+    encode_videos,
+    error_record,
+    finite,
+    gather,
+    stamps,
+)
+
+__all__ = ["Predictor", "load", "served_probs"]
+
+ORIGINAL = "original"
+log = logging.getLogger(__name__)
+# extractor records written by this vidcls carry this rule (features/extract.py FRAME_RULE)
+_FRAME_RULE_KEY = "frame_rule"
+
+
+def load(run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0) -> Predictor:
+    """Load a finished run for prediction (its recorded final choice, members loaded once).
+
+    Args:
+        run_dir: a run trained with ``vidcls train`` (``final.json`` and the checkpoints it names).
+        device: auto | cpu | cuda | cuda:N.
+        weights: a local .pth for the frame CNN the features were extracted with (only needed for
+            video inputs, when those weights are not on this machine).
+        tta: auto (what the run chose) | on | off (force TTA over the run's modes, or the original view).
+        decode_workers: processes decoding videos beside the CNN when several videos are given at once.
+
+    Raises:
+        ConfigError: no run, no/damaged final.json, bad ``tta``.
+        CheckpointError: a served member's checkpoint is missing, damaged or inconsistent.
+    """
+    return Predictor(run_dir, device=device, weights=weights, tta=tta, decode_workers=decode_workers)
+
+
+class Predictor:
+    """A loaded run. Build it with :func:`load`.
+
+    Attributes:
+        classes_: class names, in the order of the probability columns.
+        feature_dim_: D of the feature sequences the run was trained on.
+        extractor_: the extractor record of those features (what a video goes through).
+        members_: the served members. source_: "ensemble" or "member <i>".
+        tta_used_: whether the served choice averages TTA views. tta_modes_: the run's TTA modes.
+        views_: the views averaged per member (``tta_modes_`` with TTA, else ``["original"]``).
+        max_frames_: longer sequences are thinned uniformly to this many frames.
+        batch_size_, batch_frames_: the frame-budget batching of the run.
+        calibration_: ``RUN_DIR/calibration.json`` as a dict, or None: not calibrated, or calibrated for
+            other members or views than served (``tta`` forced, final.json changed since); then
+            ``calibration_note_`` says why, every prediction has ``trusted`` None (unknown: nothing was
+            checked) with that reason, and loading logs a warning that says to run ``vidcls calibrate``.
+        run_dir: the run directory. device: the torch device.
+    """
+
+    def __init__(self, run_dir, *, device: str = "auto", weights=None, tta: str = "auto",
+                 decode_workers: int = 0):
+        if tta not in TTA_SETTINGS:
+            raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir} is not a run directory; train one with `vidcls train`")
+        self.device = resolve_device(device)
+        self.weights = None if weights is None else Path(weights)
+        self.decode_workers = max(0, int(decode_workers))
+        choice = load_final_choice(self.run_dir)
+        self.choice_ = choice
+        self.source_ = choice.source
+        self.members_ = list(choice.members)
+        self.tta_modes_ = list(choice.tta_modes)
+        self.tta_used_ = bool(choice.tta_used) if tta == "auto" else tta == "on"
+        self.views_ = list(self.tta_modes_) if self.tta_used_ else [ORIGINAL]
+        self._models, ckpts = self._load_members()
+        first = ckpts[0]
+        self.classes_ = list(first["class_names"])
+        self.feature_dim_ = int(first["feature_dim"])
+        self.extractor_ = dict(first.get("extractor") or {})
+        cfg = first.get("config") or {}
+        self.max_frames_ = first.get("max_frames", cfg.get("max_frames"))
+        self.batch_size_ = int(cfg.get("batch_size") or 48)
+        self.batch_frames_ = cfg.get("batch_frames")
+        dtype = self.extractor_.get("dtype")
+        self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
+        calibration = load_calibration(self.run_dir)
+        self.calibration_, self.calibration_note_, warning = self._usable(calibration)
+        if warning:
+            log.warning("%s", warning)  # once per load; stderr unless the application set up logging
+        self._typicality = typicality_stats(self.run_dir, self.calibration_) if self.calibration_ else None
+        self._encoder = None
+        self._selection = None
+        self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
+
+    # ---- loading ----------------------------------------------------------------------------
+    def _usable(self, calibration: dict | None) -> tuple[dict | None, str, str | None]:
+        """(the calibration, or None when there is none or it was fitted on other members or views
+        than this predictor serves; the trust reason to give without one; the warning to log then)."""
+        if not calibration:
+            return (None, *verdict.not_calibrated(self.run_dir))
+        fitted = (calibration.get("members", self.members_), calibration.get("views", self.views_))
+        if list(fitted[0]) != self.members_ or list(fitted[1]) != self.views_:
+            why = (f"calibration.json was fitted for members {list(fitted[0])} with views {list(fitted[1])}, "
+                   f"this predictor serves members {self.members_} with views {self.views_}")
+            return (None, *verdict.not_calibrated(self.run_dir, why))
+        return calibration, "", None
+
+    def _load_members(self) -> tuple[list, list[dict]]:
+        """The served models, each from the file ``final.json`` says its index means
+        (``evaluate.checkpoint_path``: a member's best.pt, or a snapshot with ``--snapshots``)."""
+        models, ckpts = [], []
+        paths = [checkpoint_path(self.run_dir, self.choice_, m) for m in self.members_]
+        for path in paths:
+            ckpt = load_checkpoint(path, self.device)
+            for key in ("model", "model_state", "class_names", "feature_dim"):
+                if key not in ckpt:
+                    raise CheckpointError(f"{path} has no {key!r}; it is not a finished member checkpoint")
+            if ckpts:
+                _check_same(ckpts[0], ckpt, paths[0], path)
+            model = build_from_spec(ckpt["model"])
+            model.load_state_dict(ckpt["model_state"])
+            models.append(model.to(self.device).eval())
+            ckpts.append({k: v for k, v in ckpt.items() if k != "model_state"})
+        return models, ckpts
+
+    @property
+    def encoder_(self):
+        """The frame CNN of the run's extractor (built on first use).
+
+        Raises:
+            BackboneError: the recorded weights are not on this machine (pass ``weights=PATH.pth`` /
+                ``--weights PATH.pth``), other weights were given, or the features were not made by a CNN.
+            CheckpointError: the encoder gives features of another dimension than the run's.
+        """
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = self._build_encoder()
+        return self._encoder
+
+    def _build_encoder(self):
+        from ..features.backbone import FrameEncoder
+        from ..features.extract import FRAME_RULE
+
+        rule = self.extractor_.get(_FRAME_RULE_KEY)
+        if rule is not None and rule != FRAME_RULE:
+            raise BackboneError(f"the run's features took frames by the rule {rule!r}; this vidcls "
+                                f"takes {FRAME_RULE!r}: use the vidcls version that extracted them")
+        encoder = FrameEncoder.from_record(self.extractor_, self.weights, device=str(self.device))
+        if encoder.feature_dim != self.feature_dim_:
+            raise CheckpointError(f"the run was trained on {self.feature_dim_}-dimensional features but its "
+                                  f"recorded extractor ({self.extractor_.get('backbone')}) gives "
+                                  f"{encoder.feature_dim}-dimensional ones; nothing is patched over: "
+                                  f"predict from the run's own kind of features")
+        return encoder
+
+    @property
+    def sampling_(self):
+        """The recorded frame sampling (``Sampling``)."""
+        return self._frame_selection()[0]
+
+    @property
+    def quality_(self):
+        """The recorded frame quality filter (``Quality``)."""
+        return self._frame_selection()[1]
+
+    def _frame_selection(self):
+        if self._selection is None:
+            from ..features.record import selection_from_record
+
+            self._selection = selection_from_record(self.extractor_)
+        return self._selection
+
+    def describe(self) -> dict:
+        """What this predictor serves, JSON-able (for a model endpoint or a log line)."""
+        return {"run_dir": str(self.run_dir), "classes": list(self.classes_), "source": self.source_,
+                "members": list(self.members_), "tta_used": self.tta_used_, "views": list(self.views_),
+                "tta_modes": list(self.tta_modes_), "max_frames": self.max_frames_,
+                "feature_dim": self.feature_dim_, "extractor": dict(self.extractor_),
+                "calibration": self.calibration_,
+                **({} if self.calibration_ else {"calibration_note": self.calibration_note_}),
+                "device": str(self.device)}
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def _check(self, a, name: str) -> np.ndarray:
+        return check_features(a, name, self.feature_dim_, self._store_dtype)
+
+    def _encode(self, paths: list) -> list[dict]:
+        return encode_videos(paths, self.encoder_, self.sampling_, self.quality_, self.decode_workers)
+
+    def _thin(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features the model sees, their positions in ``a``): the max_frames rule of training."""
+        keep = np.arange(len(a)) if not self.max_frames_ else uniform_indices(len(a), int(self.max_frames_))
+        return a[keep], keep
+
+    # ---- the models -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, arrays: Sequence[np.ndarray], attention: bool) -> tuple[np.ndarray, list, list]:
+        """Logits ``(N, M, V, C)`` float64 of the served members and views, and per video the
+        positions of the frames the model saw and (with ``attention``) the mean over members of the
+        original view's attention on them."""
+        thinned = [self._thin(a) for a in arrays]
+        n, n_members, n_views = len(thinned), len(self._models), len(self.views_)
+        logits = np.zeros((n, n_members, n_views, len(self.classes_)), np.float64)
+        attn: list = [None] * n
+        if not n:
+            return logits, [t[1] for t in thinned], attn
+        lengths = np.array([len(t[0]) for t in thinned], np.int64)
+        views = list(self.views_) + ([ORIGINAL] if attention and ORIGINAL not in self.views_ else [])
+        for batch in FrameBudgetBatches(list(range(n)), lengths, self.batch_size_, self.batch_frames_):
+            lens = torch.from_numpy(lengths[batch])
+            x = torch.zeros(len(batch), int(lens.max()), self.feature_dim_)
+            for b, i in enumerate(batch):
+                x[b, :lengths[i]] = torch.from_numpy(thinned[i][0])
+            x = x.to(self.device)
+            weights = np.zeros((len(batch), int(lens.max())), np.float64)
+            for m, model in enumerate(self._models):
+                for mode in views:
+                    xm, lm = tta_batch(x, lens, mode)
+                    out, a = model(xm, lm.to(self.device), return_attention=True)
+                    if mode in self.views_:
+                        logits[batch, m, self.views_.index(mode)] = out.float().double().cpu().numpy()
+                    if attention and mode == ORIGINAL:
+                        weights += a.float().double().cpu().numpy()
+            for b, i in enumerate(batch):
+                attn[i] = weights[b, :lengths[i]] / n_members
+        return logits, [t[1] for t in thinned], attn
+
+    def _probs(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
+        if calibrated and self.calibration_:
+            return served_probs(logits, float(self.calibration_["temperature"]))
+        return served_probs(logits)
+
+    # ---- the public API ---------------------------------------------------------------------
+    def logits_features(self, arrays) -> np.ndarray:
+        """Raw logits ``(N, M, V, C)`` float64 of ``arrays`` ((T, D) features): per served member M
+        (``members_``) and per served view V (``views_``). The served probabilities are the mean over
+        M and V of ``softmax(logits / T)`` (T = 1 uncalibrated).
+
+        Raises:
+            ConfigError / CheckpointError: an input that is not a (T, D) array of the run's D.
+        """
+        feats = [self._check(a, f"features[{i}]") for i, a in enumerate(as_list(arrays))]
+        return self._forward(feats, attention=False)[0]
+
+    def predict_proba(self, x, calibrated: bool = True) -> np.ndarray:
+        """``(N, C)`` served probabilities (columns: ``classes_``), temperature-scaled when the run has
+        a calibration and ``calibrated``.
+
+        Raises:
+            ExtractError: a video that cannot be decoded (``predict_records`` reports it instead).
+            BackboneError / CheckpointError / ConfigError: see the module docstring and ``encoder_``.
+        """
+        items = gather(x, check=self._check, encode=self._encode, strict=True)
+        logits = self._forward([r["features"] for r in items], attention=False)[0]
+        return self._probs(logits, calibrated)
+
+    def predict(self, x) -> list[str]:
+        """The most probable class of each input."""
+        return [self.classes_[int(i)] for i in self.predict_proba(x).argmax(axis=1)]
+
+    def explain(self, x) -> list[dict]:
+        """Per input, the frames the model saw: ``{"attention": [float], "timestamps_ms": [float | None],
+        "index": [int]}`` (attention of the original view, mean over served members; ``index``: the
+        frame's position in the input sequence, after ``max_frames`` thinning)."""
+        items = gather(x, check=self._check, encode=self._encode, strict=True)
+        _, kept, attn = self._forward([r["features"] for r in items], attention=True)
+        return [{"attention": [float(a) for a in w], "timestamps_ms": stamps(r["timestamps_ms"], k),
+                 "index": [int(i) for i in k]} for r, k, w in zip(items, kept, attn)]
+
+    def predict_records(self, x, top_k: int = 3) -> list[dict]:
+        """One JSON-able record per input (the output of ``vidcls predict`` and the HTTP service)::
+
+            {"input", "label", "top_k": [{"class", "probability"}], "probabilities": {class: p},
+             "trusted", "trust_reason", "ood_score", "frames": [{"index", "timestamp_ms", "attention"}],
+             "timings": {"decode_s", "features_s", "model_s"}, "error", "ood_scores": {name: float | None},
+             "ood": {name: {"score", "threshold", "pass"}} | None}
+
+        "trusted": True, False, or None (unknown: the run is not calibrated, see
+        :mod:`vidcls.predict.verdict`). "ood": every score the verdict checked (energy and, for runs
+        calibrated with it, the feature-space typicality) against its threshold, None uncalibrated;
+        "ood_score" is the calibration's logit score (energy) alone and "ood_scores" the scores without
+        their thresholds ({} uncalibrated).
+
+        An input that cannot be used (a broken video, a bad array) gives ``error`` (the reason) with
+        ``label`` None and never raises; a run that cannot handle videos at all (weights missing,
+        another feature dimension) raises BackboneError / CheckpointError; ``top_k`` below 1 raises
+        ConfigError (as ``--top-k`` and the service refuse it).
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ConfigError(f"top_k must be an integer >= 1 (the classes listed per input), got {top_k!r}")
+        items = gather(x, check=self._check, encode=self._encode, strict=False)
+        ok = [r for r in items if r["error"] is None]
+        t0 = time.perf_counter()
+        logits, kept, attn = self._forward([r["features"] for r in ok], attention=True)
+        probs = self._probs(logits, calibrated=True)
+        scores, verdicts = self._trust_of(logits, [r["features"][k] for r, k in zip(ok, kept)])
+        model_s = (time.perf_counter() - t0) / max(1, len(ok))
+        done = {id(r): j for j, r in enumerate(ok)}
+        records = []
+        for r in items:
+            if r["error"] is not None:
+                failed = error_record(r["input"], r["error"], r["decode_s"], r["features_s"])
+                records.append({**failed, "ood": failed.get("ood")})
+                continue
+            j = done[id(r)]
+            ood = {k: v[j] for k, v in scores.items()} if scores else None
+            records.append(self._record(r, probs[j], int(top_k), verdicts[j], ood, (kept[j], attn[j]), model_s))
+        return records
+
+    def _record(self, r: dict, p: np.ndarray, top_k: int, trusted: tuple, scores: dict | None, seen: tuple,
+                model_s: float) -> dict:
+        """The record of one usable input: ``p`` its served probabilities, ``trusted`` its (verdict, reason),
+        ``scores`` its OOD scores ({name: float}, None uncalibrated), ``seen`` (frame positions the model
+        saw, their attention)."""
+        order = np.argsort(-p, kind="stable")[:top_k]
+        kept, attn = seen
+        times = stamps(r["timestamps_ms"], kept)
+        primary = self.calibration_["ood"].get("score", "energy") if self.calibration_ else None
+        return {
+            "input": r["input"], "label": self.classes_[int(order[0])],
+            "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
+            "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
+            "trusted": None if trusted[0] is None else bool(trusted[0]), "trust_reason": str(trusted[1]),
+            "ood_score": finite(scores[primary]) if scores else None,
+            "ood_scores": {k: finite(v) for k, v in (scores or {}).items()},
+            "ood": verdict.ood_checks(scores, ood_checks(self.calibration_)),
+            "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
+                       for i, s, a in zip(kept, times, attn)],
+            "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
+                        "model_s": round(model_s, 6)},
+            "error": None}
+
+    def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool | None, str]]]:
+        """({score name: (N,)} or None, (trusted, reason) per video: trusted None without a calibration);
+        ``seen``: the (T, D) features the model saw (stored precision, thinned), for the feature-space scores."""
+        if not self.calibration_:
+            return None, [(None, self.calibration_note_)] * len(logits)
+        scores = calibration_scores(logits, self.calibration_, seen, self._typicality)
+        return scores, [verdict.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
+                        for j in range(len(logits))]
+
+

@@ -1,0 +1,217 @@
+"""Attention timelines: one PNG per predicted video, frame thumbnails along time.
+
+The picture shows, left to right, up to ``MAX_THUMBS`` of the frames the model saw (spread over the
+video, always including the frame with the highest attention), each with its attention weight as a
+bar under it and its timestamp; below them, the attention of every frame against time. The title
+gives the input, the label with its probability and the trust verdict. Frames are decoded again
+from the video at the record's timestamps (the frame on screen at each, as extraction picks them).
+Inputs without a video (feature files), or a video that cannot be decoded again, get the attention
+strip alone.
+
+Class names and paths are drawn literally (no mathtext), and the figure never touches pyplot.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from ..reporting.plots import LITERAL, new_figure, to_png
+from ..utils.fs import atomic_write_bytes
+from ..utils.sampling import uniform_indices
+from .verdict import NOT_TRUSTED, UNKNOWN, state
+
+__all__ = ["MAX_THUMBS", "TIMELINE_SIZE", "timeline_name", "frame_thumbnails", "thumbnail_frames", "timeline_png",
+           "write_timeline"]
+
+MAX_THUMBS = 12
+TIMELINE_SIZE = (15.0, 5.0)  # inches; at plots.DPI (80): 1200 x 400 px, the same for every video
+THUMB_PX = (160, 120)  # the largest thumbnail kept in memory, (w, h)
+MAX_NAME = 120  # characters of the file name taken from the input path
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def timeline_name(input_name: str, taken: set | None = None) -> str:
+    """A file name (``.png``) for ``input_name``, safe on every file system and unique in ``taken``.
+
+    The path's separators and unsafe characters become ``_``; a name that would be too long, or
+    that ``taken`` already holds, gets a short hash of the full input so that it stays unique (and
+    the same on every run). The name returned is added to ``taken``.
+    """
+    base = _UNSAFE.sub("_", str(input_name).replace("\\", "/").strip("/").replace("/", "__"))
+    base = base.strip("._") or "input"
+    digest = hashlib.sha1(str(input_name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    if len(base) > MAX_NAME:
+        base = f"{base[-MAX_NAME:].lstrip('._')}-{digest}"
+    name = f"{base}.png"
+    if taken is not None:
+        if name.lower() in taken:  # case-insensitive file systems: Clip.mp4 vs clip.mp4
+            name = f"{base}-{digest}.png"
+            n = 2
+            while name.lower() in taken:
+                name = f"{base}-{digest}-{n}.png"
+                n += 1
+        taken.add(name.lower())
+    return name
+
+
+class _AtTimes:
+    """A sampling of exactly the given times (seconds), for ``read_frames``."""
+
+    def __init__(self, seconds):
+        self.seconds = np.asarray(sorted(seconds), np.float64)
+
+    def times(self, duration_s):
+        return self.seconds
+
+
+def frame_thumbnails(path: str | os.PathLike, timestamps_ms) -> list[np.ndarray | None]:
+    """The frames of video ``path`` at ``timestamps_ms``, as small RGB arrays (None where missing).
+
+    Raises:
+        vidcls.features.video.VideoSkip: the video cannot be decoded.
+    """
+    from PIL import Image
+
+    from ..features.video import read_frames
+
+    wanted = [float(t) for t in timestamps_ms]
+    if not wanted:
+        return []
+
+    def small(rgb: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(rgb)
+        img.thumbnail(THUMB_PX)
+        return np.asarray(img)
+
+    decoded = read_frames(path, _AtTimes([t / 1000.0 for t in wanted]), small)
+    got = np.asarray(decoded.timestamps_ms, np.float64)
+    out: list[np.ndarray | None] = []
+    for t in wanted:
+        if not len(got):
+            out.append(None)
+            continue
+        j = int(np.argmin(np.abs(got - t)))
+        out.append(decoded.items[j] if abs(got[j] - t) <= 1.0 else None)
+    return out
+
+
+def _pick(attention: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` frame positions spread over the video, the most attended one included."""
+    n = len(attention)
+    picks = [int(i) for i in uniform_indices(n, k)] if n else []
+    if n > k:
+        top = int(np.argmax(attention))
+        if top not in picks:
+            nearest = min(range(len(picks)), key=lambda i: abs(picks[i] - top))
+            picks[nearest] = top
+            picks.sort()
+    return picks
+
+
+def _seconds(t) -> str:
+    return "?" if t is None else f"{float(t) / 1000.0:.1f} s"
+
+
+def _title(record: dict) -> str:
+    top = record.get("top_k") or []
+    prob = f" ({float(top[0]['probability']):.1%})" if top else ""
+    said = state(record.get("trusted"))
+    if said == UNKNOWN:
+        said = "trust unknown (not calibrated: run `vidcls calibrate RUN_DIR`)"
+    elif said == NOT_TRUSTED:
+        said = f"not trusted: {record.get('trust_reason') or '?'}"
+    return f"{record.get('input', '')}\n{record.get('label')}{prob}, {said}"
+
+
+def thumbnail_frames(record: dict) -> list[int]:
+    """Positions in ``record["frames"]`` the timeline shows as thumbnails."""
+    att = np.asarray([float(f.get("attention") or 0.0) for f in record.get("frames") or []])
+    return _pick(att, MAX_THUMBS)
+
+
+def timeline_png(record: dict, thumbnails: dict | None = None) -> bytes:
+    """The timeline PNG of a prediction record.
+
+    Args:
+        record: a ``predict_records`` record (``frames`` with ``attention`` and ``timestamp_ms``).
+        thumbnails: {position in ``frames``: RGB array or None} for the positions of
+            ``thumbnail_frames(record)``, or None for the attention strip alone.
+
+    Returns:
+        PNG bytes, always ``TIMELINE_SIZE`` at ``plots.DPI``.
+    """
+    frames = record.get("frames") or []
+    att = np.asarray([float(f.get("attention") or 0.0) for f in frames], np.float64)
+    times = [f.get("timestamp_ms") for f in frames]
+    fig = new_figure(*TIMELINE_SIZE)
+    fig.suptitle(_title(record), fontsize=10, y=0.985, **LITERAL)
+    has_thumbs = bool(thumbnails) and any(t is not None for t in thumbnails.values())
+    strip_top = 0.42 if has_thumbs else 0.78
+    if has_thumbs:
+        picks = thumbnail_frames(record)
+        width = 0.92 / MAX_THUMBS
+        left0 = 0.04 + (MAX_THUMBS - len(picks)) * width / 2  # centred when fewer
+        peak = float(att.max()) if len(att) and att.max() > 0 else 1.0
+        for slot, i in enumerate(picks):
+            left = left0 + slot * width
+            ax = fig.add_axes((left + 0.004, 0.58, width - 0.008, 0.26))
+            ax.set_axis_off()
+            if thumbnails.get(i) is not None:
+                ax.imshow(thumbnails[i], aspect="auto", interpolation="bilinear")
+            else:
+                ax.text(0.5, 0.5, "not decoded", ha="center", va="center", fontsize=7,
+                        transform=ax.transAxes)
+            bar = fig.add_axes((left + 0.004, 0.50, width - 0.008, 0.07))
+            bar.barh([0], [att[i] / peak], color="tab:orange", height=0.8)
+            bar.set_xlim(0, 1)
+            bar.set_ylim(-0.5, 0.5)
+            bar.set_xticks([])
+            bar.set_yticks([])
+            bar.set_title(f"{_seconds(times[i])}   {att[i]:.3f}", fontsize=7, y=-0.9)
+    ax = fig.add_axes((0.06, 0.10, 0.9, strip_top - 0.10))
+    if len(att):
+        known = all(t is not None for t in times)
+        x = np.asarray([float(t) / 1000.0 for t in times]) if known else np.arange(len(att))
+        width = float(np.min(np.diff(x))) * 0.8 if len(x) > 1 and np.all(np.diff(x) > 0) else 0.8
+        shown = set(thumbnail_frames(record)) if has_thumbs else set()
+        colors = ["tab:red" if i in shown else "tab:orange" for i in range(len(att))]
+        ax.bar(x, att, width=width, color=colors)
+        ax.set_xlabel("time (s), thumbnails in red" if shown else ("time (s)" if known else "frame"))
+        if not known:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.text(0.5, 0.5, "no frames", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("attention")
+    ax.grid(True, axis="y", alpha=0.3)
+    return to_png(fig)
+
+
+def write_timeline(record: dict, out_dir: str | os.PathLike, *, names: set | None = None,
+                   label: str | None = None) -> Path:
+    """Write the timeline PNG of ``record`` into ``out_dir``; returns its path.
+
+    The input's frames are decoded again when it is a video file (the attention strip alone when
+    it is not, or when it cannot be decoded). The file is named after ``label`` (default: the
+    input path; see ``timeline_name``); ``names`` holds the names already written in this run.
+    """
+    import av
+
+    from ..features.video import VIDEO_EXTENSIONS, VideoSkip
+
+    name = str(record.get("input", "input"))
+    thumbs = None
+    frames = record.get("frames") or []
+    stamps = [f.get("timestamp_ms") for f in frames]
+    if Path(name).suffix.lower() in VIDEO_EXTENSIONS and frames and all(t is not None for t in stamps):
+        picks = thumbnail_frames(record)
+        try:
+            thumbs = dict(zip(picks, frame_thumbnails(name, [stamps[i] for i in picks])))
+        except (VideoSkip, OSError, av.FFmpegError):  # a file that decoded once may fail now
+            thumbs = None
+    path = Path(out_dir) / timeline_name(label or name, names)
+    return atomic_write_bytes(path, timeline_png(record, thumbs))

@@ -1,0 +1,158 @@
+"""The final choice a run records in ``RUN_DIR/final.json`` (what it serves), and which checkpoint file
+each model index means.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import TTA_MODES
+from ..errors import ConfigError
+from ..utils.fs import atomic_write_json
+from .layout import BEST, CHECKPOINT_RE, CONFIG_FILE, FINAL_FILE, SNAPSHOT_RE, checkpoint_member, checkpoint_rel  # noqa: F401
+
+
+@dataclass(frozen=True)
+class FinalChoice:
+    """What a run serves: the mean softmax of ``members``, each seen with TTA (mean over ``tta_modes``)
+    when ``tta_used``, else on the original sequence. One member is an ensemble of one.
+
+    ``source`` is "ensemble" or "member <i>"; ``val_score`` is its validation ``select`` metric. The
+    rest records how the choice came about: the ensemble's members and TTA decision, each member's
+    TTA decision, the excluded members with their reasons, the TTA setting, and ``mcnemar``: the
+    test of the best member against the ensemble, ``{"member", "b", "c", "p_value", "alpha"}`` (empty
+    when the ensemble has a single member, and in records written before the test existed).
+
+    Every index names a model: ``checkpoints[m]`` is model m's checkpoint file relative to the run
+    directory (``evaluate.model_checkpoints``: a member's best.pt, or with ``--snapshots`` one of its
+    cycle-end snapshots). Empty (records written before the list existed): model m is member m's
+    ``best.pt``. ``evaluate.checkpoint_path`` applies this rule.
+    """
+
+    source: str
+    members: list
+    tta_used: bool
+    tta_modes: list
+    select: str
+    reason: str
+    val_score: float
+    ensemble_members: list = field(default_factory=list)
+    ensemble_tta_used: bool = False
+    member_tta_used: list = field(default_factory=list)
+    excluded: list = field(default_factory=list)
+    tta: str = "auto"
+    mcnemar: dict = field(default_factory=dict)
+    checkpoints: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+
+
+
+
+
+
+FINAL_FORMAT = "vidcls-final-choice"
+
+
+def best_checkpoint(member: int) -> str:
+    """``members/<member>/checkpoints/best.pt``: a seed member's best checkpoint, relative to the run."""
+    return checkpoint_rel(member, BEST)
+
+
+def model_checkpoints(run_dir, cfg) -> list[str]:
+    """The run's models, in order, as checkpoint paths relative to ``run_dir``; model index m is the
+    m-th path.
+
+    Without ``cfg.snapshots``: ``best.pt`` of members ``0 .. cfg.members - 1``. With it: for each
+    member in turn, its ``snapshot_<epoch>.pt`` (one per finished warm-restart cycle) by increasing
+    epoch; a member without any (trained for fewer than ``t0`` epochs) contributes its ``best.pt``.
+    """
+    out = []
+    for i in range(cfg.members):
+        ckpt_dir = Path(run_dir) / checkpoint_rel(i, "")
+        snaps = []
+        if cfg.snapshots and ckpt_dir.is_dir():
+            found = (SNAPSHOT_RE.fullmatch(p.name) for p in ckpt_dir.iterdir())
+            snaps = sorted((int(m.group(1)), m.group(0)) for m in found if m)  # by epoch, as a number
+        out.extend([checkpoint_rel(i, name) for _, name in snaps] or [best_checkpoint(i)])
+    return out
+
+
+def checkpoint_path(run_dir, choice, m: int) -> Path:
+    """The file of model index ``m``: entry ``m`` of the recorded checkpoints (``choice``: a
+    ``FinalChoice`` or its ``checkpoints`` list), or, when none are recorded (a final.json older than
+    the list), ``members/<m>/checkpoints/best.pt``.
+
+    Raises:
+        ConfigError: ``m`` is not an index of the recorded list.
+    """
+    checkpoints = list(choice.checkpoints if isinstance(choice, FinalChoice) else choice or [])
+    if not checkpoints:
+        return Path(run_dir) / best_checkpoint(m)
+    if not 0 <= m < len(checkpoints):
+        raise ConfigError(f"model {m} is not one of the {len(checkpoints)} checkpoints {FINAL_FILE} records; "
+                          f"re-create it with `vidcls evaluate {run_dir} --split val`")
+    return Path(run_dir) / checkpoints[m]
+
+
+def write_final_choice(run_dir, choice: FinalChoice) -> Path:
+    """Record what the run serves in ``RUN_DIR/final.json`` (atomically)."""
+    return atomic_write_json(Path(run_dir) / FINAL_FILE, {"format": FINAL_FORMAT, "version": 1,
+                                                         **choice.to_dict()})
+
+
+def _recorded_choice(run_dir: Path) -> tuple[FinalChoice | None, str]:
+    """The recorded final choice, or None when final.json is missing or damaged (evaluate re-makes
+    and rewrites it then), and why it was set aside ("" when it was not)."""
+    if not (run_dir / FINAL_FILE).is_file():
+        return None, ""
+    try:
+        return load_final_choice(run_dir), ""
+    except ConfigError:
+        return None, f"{run_dir / FINAL_FILE} was damaged or not a final choice"
+
+
+def load_final_choice(run_dir) -> FinalChoice:
+    """The final choice ``fit`` recorded for ``run_dir``: which members, TTA or not, which modes.
+
+    Raises:
+        ConfigError: no ``final.json`` (training unfinished, or a run older than the file) or a damaged one;
+            the message says how to (re)create it.
+    """
+    path = Path(run_dir) / FINAL_FILE
+    if not path.is_file() and not (Path(run_dir) / CONFIG_FILE).is_file():  # not a run at all
+        raise ConfigError(f"{run_dir} holds no run (no {CONFIG_FILE}); give the RUN_DIR of `vidcls train`")
+    redo = (f"record it with `vidcls evaluate {run_dir} --split val` (it makes the choice training makes, "
+            f"on validation)")
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: the run has no recorded final choice (training has not "
+                          f"finished, or the run predates final.json); {redo}")
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(FinalChoice)}
+        choice = FinalChoice(**{k: v for k, v in data.items() if k in known})
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); {redo}") from None
+    members_ok = (isinstance(choice.members, list) and choice.members
+                  and all(isinstance(m, int) and m >= 0 for m in choice.members))
+    modes_ok = (isinstance(choice.tta_modes, list) and choice.tta_modes
+                and all(m in TTA_MODES for m in choice.tta_modes))
+    if data.get("format") != FINAL_FORMAT or not members_ok or not modes_ok \
+            or not isinstance(choice.tta_used, bool) or not _checkpoints_ok(choice):
+        raise ConfigError(f"{path} is not a valid vidcls final choice (format, members, tta_used, "
+                          f"tta_modes or checkpoints); {redo}")
+    return choice
+
+
+def _checkpoints_ok(choice: FinalChoice) -> bool:
+    """Recorded checkpoints are empty (an older record) or ``members/<i>/checkpoints/<name>.pt`` paths,
+    one for every model index the choice names; nothing outside the run directory."""
+    ckpts = choice.checkpoints
+    if not isinstance(ckpts, list) or not all(isinstance(c, str) and CHECKPOINT_RE.fullmatch(c) for c in ckpts):
+        return False
+    return not ckpts or all(m < len(ckpts) for m in choice.members)
