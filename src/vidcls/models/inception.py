@@ -144,7 +144,9 @@ class InceptionTime(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_dim, n_classes)
 
-    def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
+    def forward(
+        self, x: Tensor, lengths: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         check_input(x, lengths, self.feature_dim)
         T = x.shape[1]
         mask = length_mask(lengths, T)  # (B, T)

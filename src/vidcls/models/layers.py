@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -132,7 +133,9 @@ class ClassifierHead(nn.Module):
         return self.net(x)  # (B, in) -> (B, C)
 
 
-def sinusoidal_encoding(T: int, dim: int, device=None, dtype=None) -> Tensor:
+def sinusoidal_encoding(
+    T: int, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
     """Fixed sin/cos position table ("Attention Is All You Need"), any T, any dim.
 
     Returns:
@@ -156,6 +159,9 @@ class Standardized(nn.Module):
     They start as the identity (0, 1); training sets them from the train split (``set_stats``).
     """
 
+    mean: Tensor  # buffers (register_buffer), typed for the checker
+    std: Tensor
+
     def __init__(self, net: nn.Module, feature_dim: int):
         super().__init__()
         self.net = net
@@ -163,14 +169,16 @@ class Standardized(nn.Module):
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("std", torch.ones(feature_dim))
 
-    def set_stats(self, mean, std) -> None:
+    def set_stats(self, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> None:
         mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
         if mean.shape != (self.feature_dim,) or std.shape != (self.feature_dim,) or not bool((std > 0).all()):
             raise ValueError(f"input statistics must be two ({self.feature_dim},) vectors with std > 0")
         self.mean.copy_(mean)
         self.std.copy_(std)
 
-    def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
+    def forward(
+        self, x: Tensor, lengths: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         check_input(x, lengths, self.feature_dim)
         mask = length_mask(lengths, x.shape[1])[:, :, None]  # (B, T, 1)
         x = ((x - self.mean.to(x.dtype)) / self.std.to(x.dtype)).masked_fill(~mask, 0.0)

@@ -66,7 +66,9 @@ class BiLSTMAttention(nn.Module):
         self.pool = AttentionPooling(hidden_dim)
         self.head = ClassifierHead(hidden_dim, hidden_dim // 2, n_classes, dropout)
 
-    def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
+    def forward(
+        self, x: Tensor, lengths: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         check_input(x, lengths, self.feature_dim)
         B, T, _ = x.shape
         mask = length_mask(lengths, T)  # (B, T)
@@ -126,7 +128,9 @@ class TemporalTransformer(nn.Module):
         self.pool = AttentionPooling(hidden_dim)
         self.head = ClassifierHead(hidden_dim, hidden_dim // 2, n_classes, dropout)
 
-    def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
+    def forward(
+        self, x: Tensor, lengths: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         check_input(x, lengths, self.feature_dim)
         B, T, _ = x.shape
         mask = length_mask(lengths, T)  # (B, T)
@@ -159,7 +163,9 @@ class MeanMLP(nn.Module):
         self.feature_dim = feature_dim
         self.head = ClassifierHead(feature_dim, hidden_dim, n_classes, dropout, layer_norm=False)
 
-    def forward(self, x: Tensor, lengths: Tensor, return_attention: bool = False):
+    def forward(
+        self, x: Tensor, lengths: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         check_input(x, lengths, self.feature_dim)
         B, T, _ = x.shape
         mask = length_mask(lengths, T)  # (B, T)

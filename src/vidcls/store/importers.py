@@ -17,6 +17,7 @@ from pathlib import Path, PurePath
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import StoreError
 from .reader import H5_READ_ERRORS, SPLITS, name_ids
@@ -62,39 +63,45 @@ def import_padded_h5(
     except OSError as err:
         raise StoreError(f"{src} is not a readable HDF5 file ({err})") from None
     with f:
-        feats, labels, nframes, class_names, ids = _read_padded_header(f, src)
-        if extractor is None:
-            extractor = _source_extractor(f)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # A temp file is never read mid-write: commit once per block, not per video.
-            with FeatureWriter(
-                tmp,
-                class_names,
-                feats.shape[2],
-                extractor,
-                dtype=dtype,
-                flush_every=max(1, block),
-                resume=False,
-            ) as w:
-                _stream_rows(feats, labels, nframes, ids, w, max(1, int(block)))
-            os.replace(tmp, out)  # only a complete, validated file replaces the old one
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, H5_READ_ERRORS):  # a damaged chunk in the source
-                detail = " ".join(str(err).split())  # HDF5 messages can span lines
-                raise StoreError(
-                    f"{src}: cannot read 'features' ({detail}); the source file is "
-                    f"damaged; {out} is unchanged"
-                ) from None
-            if isinstance(err, StoreError):
-                raise StoreError(f"importing {src}: {err}; {out} is unchanged") from None
-            raise
+        _convert_padded(f, src, out, dtype=dtype, block=block, extractor=extractor)
     return out
 
 
-def _whole_numbers(values, src: Path, name: str) -> np.ndarray:
+def _convert_padded(
+    f: h5py.File, src: Path, out: Path, *, dtype: str, block: int, extractor: dict | None
+) -> None:
+    """``import_padded_h5`` on the open source: write a temp file next to ``out``, rename it over ``out``."""
+    feats, labels, nframes, class_names, ids = _read_padded_header(f, src)
+    if extractor is None:
+        extractor = _source_extractor(f)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # A temp file is never read mid-write: commit once per block, not per video.
+        with FeatureWriter(
+            tmp,
+            class_names,
+            feats.shape[2],
+            extractor,
+            dtype=dtype,
+            flush_every=max(1, block),
+            resume=False,
+        ) as w:
+            _stream_rows(feats, labels, nframes, ids, w, max(1, int(block)))
+        os.replace(tmp, out)  # only a complete, validated file replaces the old one
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, H5_READ_ERRORS):  # a damaged chunk in the source
+            detail = " ".join(str(err).split())  # HDF5 messages can span lines
+            raise StoreError(
+                f"{src}: cannot read 'features' ({detail}); the source file is damaged; {out} is unchanged"
+            ) from None
+        if isinstance(err, StoreError):
+            raise StoreError(f"importing {src}: {err}; {out} is unchanged") from None
+        raise
+
+
+def _whole_numbers(values: npt.ArrayLike, src: Path, name: str) -> np.ndarray:
     """Integers as int64; floats only when every value is whole (1.0, never 1.7, which would be truncated)."""
     arr = np.asarray(values).reshape(-1)
     if arr.dtype.kind in "iu":
@@ -110,7 +117,9 @@ def _whole_numbers(values, src: Path, name: str) -> np.ndarray:
     )
 
 
-def _read_padded_header(f: h5py.File, src: Path):
+def _read_padded_header(
+    f: h5py.File, src: Path
+) -> tuple[h5py.Dataset, np.ndarray, np.ndarray, list[str], list[str]]:
     """Validate the padded layout and load the small per-row arrays (never ``features``)."""
     for name in ("features", "labels", "num_frames"):
         if name not in f:
@@ -180,7 +189,9 @@ def _source_extractor(f: h5py.File) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _stream_rows(feats: h5py.Dataset, labels, nframes, ids, w: FeatureWriter, block: int) -> None:
+def _stream_rows(
+    feats: h5py.Dataset, labels: np.ndarray, nframes: np.ndarray, ids: list[str], w: FeatureWriter, block: int
+) -> None:
     """Append every row, reading only ``block`` rows x the frames they use at a time."""
     n = feats.shape[0]
     for start in range(0, n, block):
@@ -330,7 +341,8 @@ def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
                 f"{path}: header must contain video_id,label[,split]; missing {missing} (header is {header})"
             )
         reader.fieldnames = header
-        rows, seen = [], {}
+        rows: list[tuple[str, str, str]] = []
+        seen: dict[str, int] = {}  # video id -> its line
         for line, rec in enumerate(reader, start=2):
             vid, label = (rec.get("video_id") or "").strip(), (rec.get("label") or "").strip()
             split = (rec.get("split") or "").strip() if "split" in header else "train"
@@ -376,7 +388,7 @@ def _check_video_id(vid: str, npy_dir: Path, where: str) -> None:
 
 
 def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
-    """Check every id has a 2-D .npy with the same D (reading headers only); return D."""
+    """Check every id (there is at least one) has a 2-D .npy with the same D (reading headers only); return D."""
     missing = [v for v in ids if not (npy_dir / f"{v}.npy").is_file()]
     if missing:
         raise StoreError(
@@ -401,6 +413,7 @@ def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
                 f"{p}: feature dim {shape[1]} differs from {dim} in {first}; "
                 f"all videos must come from the same extractor"
             )
+    assert dim is not None  # ids is not empty: the CSV has at least one row
     return int(dim)
 
 
@@ -410,7 +423,7 @@ def _write_split(job: _NpyImport, rows: list[tuple[str, str]], out: Path) -> Pat
     return write_store(out, videos, job.class_names, job.feature_dim, job.extractor, dtype=job.dtype)
 
 
-def _load_npy(job: _NpyImport, vid: str):
+def _load_npy(job: _NpyImport, vid: str) -> np.ndarray:
     """Load and check one video's array; errors name the .npy file and the video id."""
     p = job.npy_dir / f"{vid}.npy"
     try:

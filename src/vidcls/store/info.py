@@ -72,7 +72,7 @@ def store_info(path: str | os.PathLike) -> str:
     counts = np.bincount(s.labels, minlength=len(s.class_names))
     lines = [f"path:           {s.path}", f"videos:         {n}", f"classes:        {len(s.class_names)}"]
     width = max(len(c) for c in s.class_names)
-    for name, c in zip(s.class_names, counts):
+    for name, c in zip(s.class_names, counts, strict=False):  # counts: at least one per class
         pct = 100.0 * c / n if n else 0.0
         lines.append(f"  {name:<{width}}: {int(c)} ({pct:.1f}%)")
     if n:

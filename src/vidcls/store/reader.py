@@ -28,6 +28,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -114,7 +115,7 @@ def _open_h5_read(path: Path) -> tuple[h5py.File, bool]:
         raise open_error(path, err) from None
 
 
-def _parse_json_attr(f: h5py.File, name: str, path: Path, default=None):
+def _parse_json_attr(f: h5py.File, name: str, path: Path, default: Any = None) -> Any:
     """Read a JSON-encoded string attribute, or return ``default`` when it is absent."""
     if name not in f.attrs:
         if default is not None:
@@ -363,7 +364,7 @@ class FeatureStore:
     def __enter__(self) -> FeatureStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __getstate__(self) -> dict:

@@ -79,8 +79,7 @@ def shard_files(d: Path) -> list[Path]:
     return sorted(
         p
         for p in d.iterdir()
-        if (SHARD_FILE_RE.match(p.name) and SHARD_FILE_RE.match(p.name)["split"] in SPLITS)
-        or SHARD_REPORT_RE.match(p.name)
+        if ((m := SHARD_FILE_RE.match(p.name)) and m["split"] in SPLITS) or SHARD_REPORT_RE.match(p.name)
     )
 
 
@@ -93,6 +92,7 @@ def shard_count(d: Path) -> int | None:
     counts: dict[int, list[str]] = {}
     for p in shard_files(d):
         m = SHARD_FILE_RE.match(p.name) or SHARD_REPORT_RE.match(p.name)
+        assert m is not None  # shard_files lists only names that match one of the two
         counts.setdefault(int(m["count"]), []).append(p.name)
     if len(counts) > 1:
         shown = "; ".join(f"of {k}: {name_ids(v)}" for k, v in sorted(counts.items()))
@@ -179,7 +179,7 @@ def load_shard_set(d: str | os.PathLike, *, require_files: bool = True) -> Shard
     out = ShardSet(d, count, reports)
     for split in SPLITS:
         paths = [d / shard_name(split, i, count) for i in range(count)]
-        for i, (p, r) in enumerate(zip(paths, reports)):
+        for i, (p, r) in enumerate(zip(paths, reports, strict=True)):  # one of each per shard
             if not p.exists() and _ok_count(r, split) > 0:
                 raise StoreError(
                     f"shard file {p} is missing: {shard_report_name(i, count)} says "
@@ -248,9 +248,14 @@ def open_shard_splits(
 
 
 def check_counts(store: MultiFileStore, shard_set: ShardSet, split: str) -> None:
-    """Each shard file holds at least the videos its report says were extracted into it."""
+    """Each shard file holds at least the videos its report says were extracted into it.
+
+    ``store`` reads the files of ``shard_set.files[split]``, all named by ``shard_name``.
+    """
     for part in store.parts:
-        i = int(SHARD_FILE_RE.match(part.path.name)["index"])
+        m = SHARD_FILE_RE.match(part.path.name)
+        assert m is not None  # a shard set's files all have shard names
+        i = int(m["index"])
         expected = _ok_count(shard_set.reports[i], split)
         if len(part) < expected:
             raise StoreError(
@@ -397,7 +402,7 @@ class MultiFileStore:
     def __enter__(self) -> MultiFileStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -10,7 +10,9 @@ per-class offset; a temporal model can read the order. Classes are imbalanced li
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -40,7 +42,14 @@ def class_layout(n_classes: int) -> tuple[list[str], np.ndarray]:
     return names, shares / shares.sum()
 
 
-def _video(rng, label, n_frames, scenes, signatures, base) -> np.ndarray:
+def _video(
+    rng: np.random.Generator,
+    label: int,
+    n_frames: int,
+    scenes: np.ndarray,
+    signatures: np.ndarray,
+    base: np.ndarray,
+) -> np.ndarray:
     pair = label // 2 % (len(scenes) // 2)
     first, second = scenes[2 * pair], scenes[2 * pair + 1]
     if label % 2:  # the odd class of each pair plays the scenes in reverse order
@@ -87,7 +96,7 @@ def _check_not_real(out: Path) -> None:
 
 
 def make_synthetic(
-    out_dir,
+    out_dir: str | os.PathLike,
     *,
     videos: int = 600,
     classes: int = 4,
@@ -97,7 +106,7 @@ def make_synthetic(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-) -> dict:
+) -> dict[str, Path]:
     """Write ``train.h5``, ``val.h5``, ``test.h5`` (stratified 70/15/15) into ``out_dir``.
 
     Returns:
@@ -127,10 +136,10 @@ def make_synthetic(
     train_idx, val_idx = stratified_split(labels[rest_idx], val_fraction / (1 - test_fraction), seed + 1)
     parts = {"train": rest_idx[train_idx], "val": rest_idx[val_idx], "test": test_idx}
     extractor = {"backbone": "synthetic", "weights": None, "generator": GENERATOR, "seed": seed}
-    paths = {}
+    paths: dict[str, Path] = {}
     for split, idx in parts.items():
 
-        def gen(idx=idx, split=split):
+        def gen(idx: np.ndarray = idx, split: str = split) -> Iterator[tuple[str, np.ndarray, int]]:
             for i in sorted(idx):
                 n_frames = int(rng.integers(min_frames, max_frames + 1))
                 yield (

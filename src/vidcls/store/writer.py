@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 import numpy as np
+import numpy.typing as npt
 
-# ``log`` is the store's logger, so writer messages keep the "vidcls.store" logger name.
+if sys.platform != "win32":  # Windows has no POSIX record locks
+    import fcntl
+
 from ..errors import StoreError
+
+# ``log`` is the reader's logger, so writer messages keep the "vidcls.store.reader" logger name.
 from .reader import (
     ALLOWED_DTYPES,
     FORMAT_VERSION,
@@ -46,6 +47,7 @@ class FeatureWriter:
         class_names: list[str],
         feature_dim: int,
         extractor: dict | None = None,
+        *,
         dtype: str = "float16",
         flush_every: int = 1,
         resume: bool = True,
@@ -107,7 +109,8 @@ class FeatureWriter:
         f.attrs["extractor"] = self._extractor_json
         f.attrs["format_version"] = FORMAT_VERSION
         f.flush()
-        self._file, self._n, self._frames, self.video_ids = f, 0, 0, set()
+        self._file, self._n, self._frames = f, 0, 0
+        self.video_ids: set[str] = set()
 
     def _open_existing(self) -> None:
         """Reopen a file for appending after checking it matches; drop any uncommitted tail."""
@@ -160,6 +163,7 @@ class FeatureWriter:
 
     def _start_swmr(self) -> None:
         # No datasets can be created once SWMR is on, so this waits until the structure is final.
+        assert self._file is not None  # called on an open file only
         self._final = True
         try:
             self._file.swmr_mode = True
@@ -211,7 +215,7 @@ class FeatureWriter:
             raise StoreError(f"{where}: label {label} outside [0, {len(self.class_names)})")
         return check_features(features, self.feature_dim, self.dtype, where)
 
-    def _validate_timestamps(self, vid: str, ts, n_frames: int) -> np.ndarray | None:
+    def _validate_timestamps(self, vid: str, ts: npt.ArrayLike | None, n_frames: int) -> np.ndarray | None:
         has = ts is not None
         if self._has_ts is not None and has != self._has_ts:
             state = "has" if self._has_ts else "has no"
@@ -219,15 +223,16 @@ class FeatureWriter:
                 f"video {vid!r} (writing {self.path}): the file {state} timestamps_ms;"
                 f" pass timestamps for every video or for none"
             )
+        times = None
         if has:
-            ts = np.asarray(ts, dtype=np.float64)
-            if ts.shape != (n_frames,):
+            times = np.asarray(ts, dtype=np.float64)
+            if times.shape != (n_frames,):
                 raise StoreError(
                     f"video {vid!r} (writing {self.path}): timestamps_ms shape "
-                    f"{ts.shape} does not match {n_frames} frames"
+                    f"{times.shape} does not match {n_frames} frames"
                 )
         self._has_ts = has  # the first valid video decides for the whole file
-        return ts
+        return times
 
     def flush(self) -> None:
         """Write queued videos and commit them by extending ``offsets`` last."""
@@ -273,11 +278,11 @@ class FeatureWriter:
     def __enter__(self) -> FeatureWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def check_features(features, feature_dim: int, dtype: np.dtype, where: str) -> np.ndarray:
+def check_features(features: npt.ArrayLike, feature_dim: int, dtype: np.dtype, where: str) -> np.ndarray:
     """Check one video's (T, D) features and cast them to the stored ``dtype``.
 
     Args:
@@ -349,7 +354,7 @@ def _lock_or_raise(path: Path) -> int:
         StoreError: another process holds the lock (it is writing the file right now).
     """
     fd = os.open(path, os.O_RDWR)  # an exclusive record lock needs a writable descriptor
-    if fcntl is None:  # no POSIX locks on this platform: rely on HDF5's own checks
+    if sys.platform == "win32":  # no POSIX locks on this platform: rely on HDF5's own checks
         return fd
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -368,7 +373,7 @@ def _extend(ds: h5py.Dataset, start: int, data: np.ndarray) -> None:
     ds[start : start + len(data)] = data
 
 
-def _check_class_names(class_names) -> list[str]:
+def _check_class_names(class_names: Iterable[object]) -> list[str]:
     names = [str(c) for c in class_names]
     if not names:
         raise StoreError("class_names is empty; a store needs at least one class")

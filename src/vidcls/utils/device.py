@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a device is made: the config itself needs no torch
+    import torch
 
 MAX_DECODE_WORKERS = 64  # more processes than this only thrash: each holds FFmpeg buffers and frames
 
 
-def check_decode_workers(n) -> int:
+def check_decode_workers(n: object) -> int:
     """``--decode-workers`` as an int in 0..MAX_DECODE_WORKERS.
 
     Raises:
@@ -21,7 +26,7 @@ def check_decode_workers(n) -> int:
     return n
 
 
-def resolve_device(name: str):
+def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; anything else is passed to torch (``cpu``, ``cuda:1``).
 
     Raises:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 
 from ..errors import ConfigError, RankLostError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,12 +81,12 @@ def init(dist: Dist, device: torch.device, timeout_s: float) -> torch.device:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        cuda = device.type == "cuda"
         with lost_ranks(dist, timeout_s, "the same command once every node can start"):
             tdist.init_process_group(
-                "nccl" if device.type == "cuda" else "gloo",
+                "nccl" if cuda else "gloo",
                 timeout=datetime.timedelta(seconds=timeout_s),
-                **kwargs,
+                device_id=device if cuda else None,  # None: init_process_group's default
             )
     return device
 
@@ -92,7 +96,7 @@ def shutdown() -> None:
         tdist.destroy_process_group()
 
 
-def broadcast(obj, dist: Dist):
+def broadcast(obj: T, dist: Dist) -> T:
     """Rank 0's ``obj`` on every rank."""
     if not dist.active:
         return obj
@@ -101,11 +105,11 @@ def broadcast(obj, dist: Dist):
     return box[0]
 
 
-def gather(obj, dist: Dist) -> list:
+def gather(obj: T, dist: Dist) -> list[T]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not dist.active:
         return [obj]
-    out = [None] * dist.world
+    out: list[Any] = [None] * dist.world
     tdist.all_gather_object(out, obj)
     return out
 
@@ -120,7 +124,7 @@ _LOST_PEER = ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed ou
 
 
 @contextlib.contextmanager
-def lost_ranks(dist: Dist, timeout_s: float, resume_hint: str):
+def lost_ranks(dist: Dist, timeout_s: float, resume_hint: str) -> Iterator[None]:
     """Turn a collective that failed because another rank died or hung (no answer within ``timeout_s``)
     into one line naming this rank (torchrun then stops the job and names the rank that died)."""
     try:

@@ -39,8 +39,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> Path:
     """Call ``write(fh)`` on a temp file next to ``path``, fsync, then rename it to ``path``.
+
+    What ``write`` returns is ignored.
 
     Returns:
         The final path.
