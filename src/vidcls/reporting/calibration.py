@@ -3,7 +3,6 @@ validation before and after it, and every out-of-distribution check with its thr
 of validation videos it passes (energy and, for runs calibrated with it, the feature-space typicality)."""
 from __future__ import annotations
 
-import json
 import math
 
 from .blocks import na, num, num_cell, para, table
@@ -19,10 +18,7 @@ SCORE_MEANING = {  # what each OOD score measures, for the table
 
 def run_calibration(run: RunData) -> dict | None:
     """The run's calibration: ``calibration.json`` (``vidcls calibrate`` rewrites it), else summary.json's copy."""
-    try:
-        record = json.loads((run.run_dir / "calibration.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        record = None
+    record = run.calibration
     if not isinstance(record, dict):
         record = run.summary.get("calibration")
     return record if isinstance(record, dict) else None

@@ -16,16 +16,14 @@ import json
 import logging
 import math
 import os
-import re
 from datetime import datetime
 from pathlib import Path
 
 import jinja2
 
 from .. import __version__
-from ..errors import ConfigError
-from ..utils.fs import atomic_write_text
-from ..utils.lock import run_lock
+from ..run.layout import CHECKPOINT_RE, SNAPSHOT_RE, checkpoint_member
+from ..run.rundir import RunDir
 from . import figures as rp
 from .blocks import Cell, bar_cell, figure, na, num, num_cell, para, table
 from .calibration import calibration_body
@@ -78,8 +76,8 @@ def _data_body(run: RunData) -> list[dict]:
 def _seed_member(row: dict):
     """The seed member a summary row belongs to: the ``<i>`` of its ``members/<i>/checkpoints/...``
     (with ``--snapshots`` a member has several rows), else its index (summaries without checkpoints)."""
-    parts = str(row.get("checkpoint") or "").split("/")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "members" and parts[1].isdigit() else row.get("member")
+    path = str(row.get("checkpoint") or "")
+    return checkpoint_member(path) if CHECKPOINT_RE.fullmatch(path) else row.get("member")
 
 
 def _model_fact(s: dict, run: RunData) -> str:
@@ -172,7 +170,7 @@ def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
         i = m.get("member")
         status = f"excluded: {excluded[i]}" if i in excluded else "used"
         label, epoch = f"member {i}", m.get("best_epoch", "-")
-        snapshot = re.fullmatch(r"snapshot_(\d+)\.pt", str(m.get("checkpoint") or "").split("/")[-1])
+        snapshot = SNAPSHOT_RE.fullmatch(str(m.get("checkpoint") or "").split("/")[-1])
         if snapshot:  # --snapshots: a model is one cycle end of a member, not the member's best epoch
             label, epoch = f"member {i} ({m['checkpoint']})", int(snapshot.group(1))
         rows.append([label, epoch, "yes" if m.get("tta_used") else "no"]
@@ -318,8 +316,9 @@ def _header(run: RunData) -> dict:
     s = run.summary
     m, label = _final_metrics(run)
     finished = ""
-    if (run.run_dir / "summary.json").exists():
-        finished = datetime.fromtimestamp((run.run_dir / "summary.json").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    summary = RunDir(run.run_dir).summary
+    if summary.exists():
+        finished = datetime.fromtimestamp(summary.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     wall = s.get("wall_seconds")
     facts = [("run dir", str(run.run_dir)), ("finished", finished or "not finished / unknown"),
              ("report written", datetime.now().strftime("%Y-%m-%d %H:%M")),
@@ -378,7 +377,6 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(errno.ENOENT, "run directory does not exist", str(run_dir))
-    if not (run_dir / "config.yaml").is_file():  # checked before the lock: nothing is written there
-        raise ConfigError(f"{run_dir} holds no run (no config.yaml); give the RUN_DIR of `vidcls train`")
-    with run_lock(run_dir, "report"):
-        return atomic_write_text(run_dir / "report.html", render_report(run_dir))
+    run = RunDir(run_dir).require("give the RUN_DIR of `vidcls train`")  # before the lock: nothing written
+    with run.lock("report"):
+        return run.write_report(render_report(run_dir))

@@ -1,16 +1,17 @@
-"""The files of a run directory that the report reads, loaded once and leniently.
+"""The files of a run directory that the report reads, loaded once and leniently
+(through ``RunDir``'s strict readers, a damaged file read as absent).
 
 A run that is still going, was killed, or predates a file is still worth a report, so every file is
 optional here: absent, half-written or malformed files load as ``None`` or empty, never an error.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import read_yaml
 from ..errors import ConfigError
+from ..run.rundir import RunDir
 
 
 @dataclass
@@ -22,6 +23,7 @@ class RunData:
     histories: list = field(default_factory=list)  # per member: list of per-epoch dicts
     resources: list | None = None
     predictions: list | None = None
+    calibration: dict | None = None  # calibration.json when it is a valid calibration
     pred_split: str = "test"
 
     @property
@@ -34,18 +36,13 @@ class RunData:
         return [str(c) for c in names] if isinstance(names, list) else []
 
 
-def _read_json(path: Path):
+def _lenient(read, default):
+    """``read()``, or ``default`` when its file is damaged (a live run may be half-way through a write)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # absent, half-written by a live run, or not JSON
-        return None
-
-
-def _member_dirs(run_dir: Path) -> list[Path]:
-    root = run_dir / "members"
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        value = read()
+    except ConfigError:
+        return default
+    return default if value is None else value
 
 
 def load_run(run_dir: Path) -> RunData:
@@ -57,18 +54,18 @@ def load_run(run_dir: Path) -> RunData:
     Returns:
         A :class:`RunData`; each missing or unreadable file leaves its field ``None`` or empty.
     """
-    summary = _read_json(run_dir / "summary.json")
-    run = RunData(run_dir, summary=summary if isinstance(summary, dict) else {})  # a hand-edited list: none
+    rd = RunDir(run_dir)
+    run = RunData(run_dir, summary=_lenient(rd.read_summary, {}))
     try:
-        run.config = read_yaml(run_dir / "config.yaml")
+        run.config = read_yaml(rd.config)
     except ConfigError:
         run.config = None
-    run.histories = [_read_json(d / "history.json") or [] for d in _member_dirs(run_dir)]
-    logged = _read_json(run_dir / "results" / "resource_utilization_log.json")
-    run.resources = logged if isinstance(logged, list) else None
+    run.histories = [_lenient(lambda i=i: rd.read_history(i), []) for i in rd.member_indices()]
+    run.resources = _lenient(rd.read_resource_log, None)
+    run.calibration = _lenient(rd.read_calibration, None)
     # The test split is the honest one; validation predictions stand in only when there is none.
     for split in ("test", "val"):
-        record = _read_json(run_dir / f"eval_{split}.json")
+        record = _lenient(lambda s=split: rd.read_eval(s), None)
         if isinstance(record, dict) and isinstance(record.get("predictions"), list):
             run.predictions, run.pred_split = record["predictions"], split
             break

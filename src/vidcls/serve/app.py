@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..errors import ConfigError, VidclsError
 from ..features.video import VideoSkip, open_video
+from ..run.rundir import RunDir
 from .limits import BodyLimit, InferenceQueue, UploadSlots, check_bindable
 from .pages import add_docs, add_page_routes
 from .thumbnails import frame_thumbnails
@@ -158,21 +158,21 @@ class FeaturesRequest(BaseModel):
         json_schema_extra={"examples": [[[0.1, 0.2], [0.3, 0.4]]]})
 
 
-def _read_json(path: Path) -> dict | None:
+def _read(read, default):
+    """A run file for /v1/model through its strict reader; a damaged one is left out with a warning."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        log.warning("cannot read %s (%s); /v1/model leaves it out", path, err)
-        return None
+        value = read()
+    except ConfigError as err:
+        log.warning("%s; /v1/model leaves it out", err)
+        return default
+    return default if value is None else value
 
 
 def model_info(predictor, settings: ServeSettings) -> dict:
     """What GET /v1/model answers: the served model, its metrics and calibration, the limits."""
-    run = Path(settings.run_dir) if settings.run_dir else None
-    summary = (_read_json(run / "summary.json") if run else None) or {}
-    calibration = _read_json(run / "calibration.json") if run else None
+    run = RunDir(settings.run_dir) if settings.run_dir else None
+    summary = _read(run.read_summary, {}) if run else {}
+    calibration = _read(run.read_calibration, None) if run else None
     if calibration is None:
         calibration = getattr(predictor, "calibration_", None)
     return {"vidcls_version": __version__, "classes": list(predictor.classes_),
