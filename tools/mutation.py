@@ -53,6 +53,7 @@ SCOPE: dict[str, list[str] | None] = {
     # what a user reads as confidence and trust: the MAP temperature, the served probabilities and
     # their NLL/ECE, and each OOD score against its threshold (the three verdict states)
     "vidcls.evaluation.temperature": None,
+    "vidcls.engine.probs": None,  # as_4d and the served probabilities: the one softmax with temperature
     "vidcls.predict.verdict": ["state", "ood_checks"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
