@@ -214,9 +214,9 @@ class FrameEncoder:
                 f"or train on features from `vidcls extract`"
             )
         spec = recorded_weights(record, weights)
-        try:
+        try:  # str(): __init__ makes the backbone a str anyway
             encoder = cls(
-                backbone, spec, image_size=record.get("image_size"), device=device, batch_size=batch_size
+                str(backbone), spec, image_size=record.get("image_size"), device=device, batch_size=batch_size
             )
         except BackboneError:
             hint = None  # torchvision's enum weights, neither cached nor downloadable: say where they go
@@ -225,22 +225,27 @@ class FrameEncoder:
             if hint is None:
                 raise
             raise BackboneError(hint) from None
-        diff = [
-            f"{k}: {record[k]!r} recorded, {encoder.description.get(k)!r} rebuilt"
-            for k in RECORD_KEYS
-            if k in record and plain(record[k]) != plain(encoder.description.get(k))
-        ]
-        if diff:
-            raise BackboneError(
-                f"the {backbone} encoder rebuilt from the extractor record does not match it "
-                f"({'; '.join(diff)}); nothing is patched over: use the weights and the "
-                f"library versions the features were extracted with "
-                f"({_versions(record)})"
-            )
+        _check_rebuilt(record, encoder)
         if encoder.device.type == "cuda":
             half = {"bfloat16": torch.bfloat16, "float16": torch.float16}
             encoder.autocast = half.get(str(record.get("precision", "float32")))
         return encoder
+
+
+def _check_rebuilt(record: dict, encoder: FrameEncoder) -> None:
+    """Refuse an encoder rebuilt from ``record`` whose description differs from it: nothing is patched over."""
+    diff = [
+        f"{k}: {record[k]!r} recorded, {encoder.description.get(k)!r} rebuilt"
+        for k in RECORD_KEYS
+        if k in record and plain(record[k]) != plain(encoder.description.get(k))
+    ]
+    if diff:
+        raise BackboneError(
+            f"the {record.get('backbone')} encoder rebuilt from the extractor record does not match it "
+            f"({'; '.join(diff)}); nothing is patched over: use the weights and the "
+            f"library versions the features were extracted with "
+            f"({_versions(record)})"
+        )
 
 
 def _versions(record: dict) -> str:

@@ -18,6 +18,7 @@ seconds. The same (class, index, seed) always gives the same pixels.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,7 +30,8 @@ WIDTH, HEIGHT, FPS = 160, 120, 10
 
 # ---- drawing helpers ----------------------------------------------------------------------------
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return yy, xx
 
 
 def _box_blur(img: np.ndarray, radius: int, times: int = 2) -> np.ndarray:
@@ -290,7 +292,7 @@ def write_demo_clips(
     per_class: int = 30,
     *,
     seed: int = 0,
-    classes=CLASSES,
+    classes: Sequence[str] = CLASSES,
     w: int = WIDTH,
     h: int = HEIGHT,
     fps: int = FPS,

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ from ..utils.device import check_decode_workers
 from ..utils.dist import Dist, env_dist
 from ..utils.fs import atomic_write_json
 from .backbone import FrameEncoder, keep_freed_memory
-from .folders import VideoSet, scan_videos
+from .folders import VideoJob, VideoSet, scan_videos
 from .pipeline import (
     VideoResult,
     decode_loader,
@@ -108,7 +110,7 @@ class ExtractOptions:
     sampling: Sampling = field(init=False, repr=False, compare=False)
     quality: Quality = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_decode_workers(self.decode_workers)
         object.__setattr__(self, "sampling", Sampling(self.fps, self.frames, self.max_frames))
         object.__setattr__(self, "quality", Quality(self.min_brightness, self.min_sharpness))
@@ -160,9 +162,10 @@ class _Writers:
                 self.stored[split] = set(store.video_ids)
                 store.close()
 
-    def stored_in(self, job) -> str | None:
+    def stored_in(self, job: VideoJob) -> str | None:
         """The split already holding ``job`` (class layout: any split), or None."""
         if self.layout == "splits":
+            assert job.split is not None  # the splits layout names every video's split
             return job.split if job.video_id in self.stored[job.split] else None
         return next((s for s in SPLITS if job.video_id in self.stored[s]), None)
 
@@ -170,21 +173,23 @@ class _Writers:
         name = f"{split}.h5" if self.shard is None else shard_name(split, *self.shard)
         return self.out_dir / name
 
-    def append(self, job, features: np.ndarray, timestamps_ms: np.ndarray) -> str | None:
+    def append(self, job: VideoJob, features: np.ndarray, timestamps_ms: np.ndarray | None) -> str | None:
         """Store one video (committed at once); returns why it was refused, or None.
 
         Raises:
             StoreError: the split file cannot be opened (locked by another run, unreadable).
         """
-        if job.split not in self.writers:
-            self.writers[job.split] = FeatureWriter(
-                self.path(job.split), *self.args, dtype=self.dtype, flush_every=1, resume=True
+        split = job.split
+        assert split is not None  # scan_videos gives every video it keeps a split
+        if split not in self.writers:
+            self.writers[split] = FeatureWriter(
+                self.path(split), *self.args, dtype=self.dtype, flush_every=1, resume=True
             )
         try:
-            self.writers[job.split].append(job.video_id, features, job.label, timestamps_ms)
+            self.writers[split].append(job.video_id, features, job.label, timestamps_ms)
         except StoreError as err:  # this video's features (NaN/Inf): the file itself is fine
             return str(err)
-        self.stored[job.split].add(job.video_id)
+        self.stored[split].add(job.video_id)
         return None
 
     def close(self) -> None:
@@ -213,7 +218,7 @@ def _check_compatible(path: Path, store: FeatureStore, class_names: list, extrac
 
 
 # ---- sharding ---------------------------------------------------------------------------------
-def parse_shard(shard) -> tuple[int, int]:
+def parse_shard(shard: str | Sequence[int | str]) -> tuple[int, int]:
     """``"1/4"`` (or (1, 4)) -> (1, 4): shard 1 (0-based) of 4.
 
     Raises:
@@ -229,7 +234,7 @@ def parse_shard(shard) -> tuple[int, int]:
     return index, count
 
 
-def resolve_shard(shard, dist: Dist) -> tuple[int, int] | None:
+def resolve_shard(shard: str | Sequence[int | str] | None, dist: Dist) -> tuple[int, int] | None:
     """This process's shard: RANK/WORLD_SIZE under torchrun, else ``shard``, else None (whole run).
 
     Raises:
@@ -263,7 +268,7 @@ def take_share(videos: VideoSet, index: int, count: int) -> tuple[VideoSet, dict
     shards of one data set must agree on it.
     """
     owners = assign_shards([job.size for job in videos.jobs], count)
-    share = [job for job, owner in zip(videos.jobs, owners) if owner == index]
+    share = [job for job, owner in zip(videos.jobs, owners, strict=True) if owner == index]  # one owner each
     listing = "\n".join(f"{j.split}\t{j.video_id}\t{j.size}" for j in videos.jobs)
     record = {
         "index": index,
@@ -276,14 +281,14 @@ def take_share(videos: VideoSet, index: int, count: int) -> tuple[VideoSet, dict
 
 # ---- the command ------------------------------------------------------------------------------
 def extract(
-    video_root,
-    features_dir,
+    video_root: str | os.PathLike,
+    features_dir: str | os.PathLike,
     options: ExtractOptions | None = None,
     *,
     shard: str | tuple[int, int] | None = None,
     progress: bool | None = None,
     log: Callable = print,
-    **settings,
+    **settings: Any,
 ) -> dict:
     """Extract per-frame features of every video under ``video_root`` into ``features_dir``.
 
@@ -317,7 +322,8 @@ def extract(
         resolve_shard(shard, dist),
         _rank_device(options.device, dist),
     )
-    status, run = "failed", {}
+    status = "failed"
+    run: dict[str, Any] = {}  # throughput figures, filled by _run (also when stopped)
     try:
         _run(ex, progress, run)
         status = "complete"
@@ -348,7 +354,7 @@ class _Extraction:
 
 
 def _start(
-    video_root,
+    video_root: str | os.PathLike,
     out_dir: Path,
     options: ExtractOptions,
     log: Callable,
@@ -442,23 +448,26 @@ def _run(ex: _Extraction, progress: bool | None, run: dict) -> None:
         )
 
 
-def _store(ex: _Extraction, job, r: VideoResult) -> int | None:
+def _store(ex: _Extraction, job: VideoJob, r: VideoResult) -> int | None:
     """Store one video's result and record it in the report; returns its frame count, or None
     when it was skipped."""
     stored = None
     if r.status != "ok":
+        assert r.reason is not None and r.detail is not None  # a skip always says why
         ex.report.skip(job, r.reason, r.detail, r.info)
-    elif refused := ex.writers.append(job, r.features, r.timestamps_ms):
-        ex.report.skip(job, "bad_features", refused, r.info)
     else:
-        ex.report.ok(job, r.info)
-        stored = len(r.features)
+        assert r.features is not None  # an ok video has at least one frame's features
+        if refused := ex.writers.append(job, r.features, r.timestamps_ms):
+            ex.report.skip(job, "bad_features", refused, r.info)
+        else:
+            ex.report.ok(job, r.info)
+            stored = len(r.features)
     ex.report.save()
     return stored
 
 
 # ---- merging shards ---------------------------------------------------------------------------
-def merge(features_dir, *, keep_shards: bool = False, log: Callable = print) -> dict:
+def merge(features_dir: str | os.PathLike, *, keep_shards: bool = False, log: Callable = print) -> dict:
     """``vidcls merge``: the shards of a sharded extraction -> train.h5 / val.h5 / test.h5.
 
     The merged files hold what one process would have written (same videos, features and order:

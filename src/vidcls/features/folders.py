@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class VideoSet:
     skipped_links: list[dict] = field(default_factory=list)
 
 
-def parse_split(split) -> tuple[float, float, float]:
+def parse_split(split: str | Sequence[float | str]) -> tuple[float, float, float]:
     """``"70,20,10"`` (or a sequence) -> train/val/test shares summing to 1.
 
     Raises:
@@ -103,11 +104,16 @@ def parse_split(split) -> tuple[float, float, float]:
             f"positive train share, got {split!r}"
         )
     total = sum(values)
-    return tuple(v / total for v in values)
+    train, val, test = (v / total for v in values)
+    return train, val, test
 
 
 def scan_videos(
-    root: str | os.PathLike, *, split="70,20,10", seed: int = 42, find_duplicates: bool = True
+    root: str | os.PathLike,
+    *,
+    split: str | Sequence[float | str] = "70,20,10",
+    seed: int = 42,
+    find_duplicates: bool = True,
 ) -> VideoSet:
     """Find the videos under ``root``, give them ids, labels and splits, and drop duplicates.
 
@@ -135,6 +141,25 @@ def scan_videos(
         raise ExtractError(
             f"no video files under {root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}); {LAYOUT_HINT}"
         )
+    candidates = _label_and_check(vs, jobs)
+    _assign_ids(jobs)
+    groups = _identical_groups(candidates) if find_duplicates else []
+    candidates = _drop_duplicates(vs, candidates, groups)
+    if layout == "classes":
+        _split_stratified(candidates, shares, seed)
+    rank = {s: i for i, s in enumerate(SPLITS)}
+
+    def order(job: VideoJob) -> tuple[int, str]:
+        assert job.split is not None  # every kept video has its split by now
+        return rank[job.split], job.rel
+
+    vs.jobs = sorted(candidates, key=order)
+    return vs
+
+
+def _label_and_check(vs: VideoSet, jobs: list[VideoJob]) -> list[VideoJob]:
+    """Label every job; the ones that cannot be videos (unreadable, other extension, empty) go to
+    ``vs.skipped``, the others are returned."""
     labels = {c: i for i, c in enumerate(vs.class_names)}
     candidates = []
     for job in jobs:
@@ -152,7 +177,7 @@ def scan_videos(
                     job,
                     "not_video",
                     f"{job.path}: not a video file name (extension "
-                    f"{job.path.suffix or 'none'}); move it out of {root}",
+                    f"{job.path.suffix or 'none'}); move it out of {vs.root}",
                 )
             )
         elif job.size == 0:
@@ -161,14 +186,7 @@ def scan_videos(
             )
         else:
             candidates.append(job)
-    _assign_ids(jobs)
-    groups = _identical_groups(candidates) if find_duplicates else []
-    candidates = _drop_duplicates(vs, candidates, groups)
-    if layout == "classes":
-        _split_stratified(candidates, shares, seed)
-    rank = {s: i for i, s in enumerate(SPLITS)}
-    vs.jobs = sorted(candidates, key=lambda j: (rank[j.split], j.rel))
-    return vs
+    return candidates
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -199,7 +217,8 @@ class _Walker:
         if real in self.seen:
             self._skip(class_dir, real, "link_seen")
             return []
-        files, links = [], []
+        files: list[Path] = []
+        links: list[Path] = []
         self._walk(class_dir, files, links)
         while links:
             link = links.pop(0)
@@ -213,7 +232,7 @@ class _Walker:
                 self._walk(link, files, links)
         return files
 
-    def _walk(self, top: Path, files: list, links: list) -> None:
+    def _walk(self, top: Path, files: list[Path], links: list[Path]) -> None:
         """Add the files under ``top`` to ``files`` and the folder links found to ``links``."""
         for dirpath, dirnames, filenames in os.walk(top):  # does not follow links below top
             self.seen[os.path.realpath(dirpath)] = self._rel(Path(dirpath))
@@ -235,6 +254,7 @@ class _Walker:
     def _skip(self, path: Path, target: str, reason: str, class_dir: Path | None = None) -> None:
         rel = self._rel(path)
         if reason == "link_outside_class":
+            assert class_dir is not None  # given with this reason
             detail = (
                 f"{rel} links to {target}, outside its class folder {self._rel(class_dir)}, "
                 f"so its videos would be labelled {class_dir.name}: not followed. Move or copy "
@@ -321,20 +341,24 @@ def _identical_groups(jobs: list[VideoJob]) -> list[tuple[str, list[VideoJob]]]:
     return groups
 
 
-def _drop_duplicates(vs: VideoSet, jobs: list[VideoJob], groups) -> list[VideoJob]:
+def _drop_duplicates(
+    vs: VideoSet, jobs: list[VideoJob], groups: list[tuple[str, list[VideoJob]]]
+) -> list[VideoJob]:
     """Keep each group's first file (earliest split, then path); drop copies in other splits
     (with the class layout, before splitting: every other copy). Record every group."""
-    rank = {s: i for i, s in enumerate(SPLITS)}
+    rank: dict[str | None, int] = {s: i for i, s in enumerate(SPLITS)}  # split None: not split yet
     dropped: set[int] = set()
     for sha, group in groups:
         group = sorted(group, key=lambda j: (rank.get(j.split, -1), j.rel))
         keep = group[0]
-        entry = {"sha256": sha, "kept": keep.rel, "dropped": [], "also_kept": []}
+        gone: list[str] = []
+        also_kept: list[str] = []
+        entry = {"sha256": sha, "kept": keep.rel, "dropped": gone, "also_kept": also_kept}
         for job in group[1:]:
             if vs.layout == "splits" and job.split == keep.split:
-                entry["also_kept"].append(job.rel)  # a copy within one split is no leakage
+                also_kept.append(job.rel)  # a copy within one split is no leakage
                 continue
-            entry["dropped"].append(job.rel)
+            gone.append(job.rel)
             dropped.add(id(job))
             conflict = (
                 f"; note the classes differ ({keep.class_name} vs {job.class_name})"
@@ -353,7 +377,7 @@ def _drop_duplicates(vs: VideoSet, jobs: list[VideoJob], groups) -> list[VideoJo
     return [j for j in jobs if id(j) not in dropped]
 
 
-def _split_stratified(jobs: list[VideoJob], shares: tuple, seed: int) -> None:
+def _split_stratified(jobs: list[VideoJob], shares: tuple[float, float, float], seed: int) -> None:
     """Assign train/val/test per class with ``stratified_split`` (test first, then val)."""
     _, val_share, test_share = shares
     labels = np.array([j.label for j in jobs], np.int64)

@@ -70,7 +70,8 @@ def to_timm(state: dict, model: nn.Module, label: str, name: str) -> dict:
         BackboneError: a key no rule maps, a block index beyond timm's blocks, or a result whose keys or
             shapes are not exactly the model's; keys are named as the file names them.
     """
-    blocks = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    stages = model.get_submodule("blocks").children()  # timm: a Sequential of stages of blocks
+    blocks = [(s, i) for s, stage in enumerate(stages) for i in range(len(list(stage.children())))]
     expanded = {int(m.group(1)) for m in map(BLOCK_KEY.match, state) if m and m.group(2) == "_expand_conv"}
     own = model.state_dict()
     out, source = {}, {}
@@ -101,7 +102,9 @@ def _source_name(timm_key: str, blocks: list, model: nn.Module) -> str:
     parts = timm_key.split(".")
     if parts[0] == "blocks" and len(parts) > 4:
         stage, index = int(parts[1]), int(parts[2])
-        roles = EXPANDED if hasattr(model.blocks[stage][index], "conv_pwl") else UNEXPANDED
+        roles = (
+            EXPANDED if hasattr(model.get_submodule(f"blocks.{stage}.{index}"), "conv_pwl") else UNEXPANDED
+        )
         inverse = {v: k for k, v in roles.items()}
         return (
             f"_blocks.{blocks.index((stage, index))}.{inverse.get(parts[3], parts[3])}.{'.'.join(parts[4:])}"

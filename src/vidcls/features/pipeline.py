@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from .quality import Quality
 from .video import Sampling, VideoSkip, read_frames
 
 __all__ = ["VideoResult", "decode_video", "decode_loader", "iter_features", "encode_video"]
+
+T = TypeVar("T")
 
 PREFETCH = 4  # videos decoded ahead per worker
 WORKER_NICE = 19  # where SCHED_IDLE is not available
@@ -47,7 +50,7 @@ class VideoResult:
 
 # ---- decoding (runs in the worker processes) --------------------------------------------------
 def decode_video(
-    path, sampling: Sampling, quality: Quality, preprocess: Preprocess, threads: int = 1
+    path: str | os.PathLike, sampling: Sampling, quality: Quality, preprocess: Preprocess, threads: int = 1
 ) -> dict:
     """Decode, quality-filter and resize/crop one video's sampled frames.
 
@@ -63,7 +66,7 @@ def decode_video(
     """
     t0 = time.perf_counter()
 
-    def on_frame(rgb: np.ndarray):
+    def on_frame(rgb: np.ndarray) -> tuple[tuple[float, float | None], torch.Tensor]:
         # quality is measured on what the CNN will see: cheaper, and resolution-independent
         x = preprocess.geometry(torch.from_numpy(rgb).permute(2, 0, 1))
         return quality.measure(x.numpy()), x
@@ -73,7 +76,7 @@ def decode_video(
         bright = [q[0] for q, _ in d.items]
         sharp = [q[1] for q, _ in d.items] if quality.min_sharpness > 0 else None
         keep, counts = quality.select(np.asarray(bright), sharp)
-        frames = torch.stack([x for (_, x), k in zip(d.items, keep) if k])
+        frames = torch.stack([x for (_, x), k in zip(d.items, keep, strict=True) if k])  # a flag per frame
         info = {
             "duration_s": round(d.duration_s, 3),
             "frames_sampled": len(d.items),
@@ -108,7 +111,14 @@ def decode_video(
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
-    def __init__(self, paths, sampling, quality, preprocess, threads):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        sampling: Sampling,
+        quality: Quality,
+        preprocess: Preprocess,
+        threads: int,
+    ):
         self.paths, self.sampling, self.quality = list(paths), sampling, quality
         self.preprocess, self.threads = preprocess, threads
 
@@ -119,7 +129,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return decode_video(self.paths[i], self.sampling, self.quality, self.preprocess, self.threads)
 
 
-def _identity(item):
+def _identity(item: T) -> T:
     return item
 
 
@@ -221,6 +231,7 @@ class _Batcher:
         pieces, owners, need = [], [], self.encoder.batch_size
         while need and self.waiting:
             p = self.waiting[0]
+            assert p.frames is not None  # a waiting video still has its frames
             take = min(need, p.total - p.next)
             pieces.append(p.frames[p.next : p.next + take])
             owners.append((p, p.next, take))
@@ -236,6 +247,7 @@ class _Batcher:
         self.n_waiting -= len(x)
         offset = 0
         for p, start, n in owners:
+            assert p.features is not None  # allocated for every video with frames
             p.features[start : start + n] = y[offset : offset + n]
             offset += n
             p.done += n
@@ -304,7 +316,9 @@ def iter_features(
         stats["cnn_s"] = batcher.cnn_s
 
 
-def encode_video(path, encoder: FrameEncoder, sampling: Sampling, quality: Quality) -> VideoResult:
+def encode_video(
+    path: str | os.PathLike, encoder: FrameEncoder, sampling: Sampling, quality: Quality
+) -> VideoResult:
     """Features of one video, exactly as ``extract`` computes them (for prediction).
 
     Returns:

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torchvision.models import WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
@@ -24,7 +25,7 @@ from ..errors import BackboneError
 CROP_MODES = ("center", "squash")  # center: short side to resize_size, centre crop; squash: both sides
 
 
-def parse_image_size(image_size) -> int | None:
+def parse_image_size(image_size: int | str | None) -> int | None:
     """``--image-size``: an integer >= 8, or None for AUTO (the encoder's own).
 
     Raises:
@@ -54,7 +55,7 @@ class Preprocess:
     crop_mode: str = "center"
 
     @classmethod
-    def from_weights(cls, entry, image_size: int | str | None = None) -> Preprocess:
+    def from_weights(cls, entry: WeightsEnum, image_size: int | str | None = None) -> Preprocess:
         """The preset of a torchvision weights entry; ``image_size`` rescales crop and resize.
 
         Args:
@@ -157,7 +158,7 @@ class Preprocess:
         return out if self.crop_mode == "center" else {**out, "crop_mode": self.crop_mode}
 
 
-def _interpolation(name) -> str:
+def _interpolation(name: object) -> str:
     name = str(name or "bicubic").lower()
     if name not in ("bilinear", "bicubic", "nearest"):
         name = "bicubic"  # timm's "random" (training only) and unknown modes: its eval default

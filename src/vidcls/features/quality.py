@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ConfigError
 
@@ -29,7 +30,7 @@ class Quality:
     min_brightness: float = 25.0
     min_sharpness: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("min_brightness", "min_sharpness"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -39,7 +40,7 @@ class Quality:
         """(brightness, sharpness) of one (3, H, W) uint8 frame; sharpness only if it is used."""
         return brightness(chw), (sharpness(chw) if self.min_sharpness > 0 else None)
 
-    def select(self, bright: np.ndarray, sharp: np.ndarray | None) -> tuple[np.ndarray, dict]:
+    def select(self, bright: npt.ArrayLike, sharp: npt.ArrayLike | None) -> tuple[np.ndarray, dict]:
         """Which frames to keep. Never none: if all fail, the best ``FALLBACK_KEEP_SHARE`` stay.
 
         Args:
@@ -66,7 +67,7 @@ class Quality:
             "quality_fallback": fallback,
         }
 
-    def _score(self, bright: np.ndarray, sharp) -> np.ndarray:
+    def _score(self, bright: np.ndarray, sharp: npt.ArrayLike | None) -> np.ndarray:
         # Each enabled criterion as a share of its threshold; a frame is as good as its worst one.
         parts = []
         if self.min_brightness > 0:

@@ -3,6 +3,7 @@ against the recorded file, torchvision enum or weights fingerprint), and the fra
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import BackboneError
@@ -14,12 +15,12 @@ from .video import Sampling
 __all__ = ["RANDOM_INIT_SEED", "plain", "recorded_weights", "selection_from_record"]
 
 
-def plain(value):
+def plain(value: object) -> object:
     """A description value as JSON gives it back (tuples as lists)."""
     return list(value) if isinstance(value, tuple) else value
 
 
-def recorded_weights(record: dict, weights) -> str:
+def recorded_weights(record: dict, weights: str | os.PathLike | None) -> str:
     """The ``weights`` argument that rebuilds the record's weights (see ``FrameEncoder.from_record``).
 
     Raises:

@@ -22,15 +22,17 @@ shards); ``merge_reports`` turns the K of them into the report one process would
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
 from ..store.reader import SPLITS
 from ..store.shards import SHARD_KEY, shard_report_name
 from ..utils.fs import atomic_write_json
-from .folders import LINK_REASONS
+from .folders import LINK_REASONS, VideoJob, VideoSet
 from .video import SKIP_REASONS
 
 REPORT_NAME = "extract_report.json"
@@ -39,7 +41,7 @@ _COUNTS = ("frames_kept", "frames_dropped_dark", "frames_dropped_blurry")
 SUMMARY_LINKS = 5  # folder links listed on the console (all of them are in the report)
 
 
-def _key(split, video_id) -> tuple:
+def _key(split: str | None, video_id: str) -> tuple[str, str]:
     return (split or "", video_id)
 
 
@@ -47,7 +49,14 @@ class ExtractReport:
     """The report of one ``extract`` run (see the module docstring)."""
 
     def __init__(
-        self, features_dir, videos, extractor: dict, options: dict, stored_in, *, shard: dict | None = None
+        self,
+        features_dir: str | os.PathLike,
+        videos: VideoSet,
+        extractor: dict,
+        options: dict,
+        stored_in: Callable[[VideoJob], str | None],
+        *,
+        shard: dict | None = None,
     ):
         """Start the report.
 
@@ -100,11 +109,11 @@ class ExtractReport:
             self.data[SHARD_KEY] = shard
         self._saved_at = 0.0
 
-    def ok(self, job, info: dict) -> None:
+    def ok(self, job: VideoJob, info: dict) -> None:
         """Record an extracted video."""
         self.entries[_key(job.split, job.video_id)].update(status="ok", **info)
 
-    def skip(self, job, code: str, message: str, info: dict | None = None) -> None:
+    def skip(self, job: VideoJob, code: str, message: str, info: dict | None = None) -> None:
         """Record a skipped video with its reason code and message."""
         self.entries[_key(job.split, job.video_id)].update(
             status="skipped", reason=code, detail=message, **(info or {})
@@ -131,7 +140,7 @@ def report_name(shard: dict | None) -> str:
     return REPORT_NAME if shard is None else shard_report_name(shard["index"], shard["count"])
 
 
-def merge_reports(reports: list[dict], features_dir) -> dict:
+def merge_reports(reports: list[dict], features_dir: str | os.PathLike) -> dict:
     """The report a single-process run would have written, from K complete shard reports.
 
     Entries, totals and status equal the single run's (entries in its order); the timings differ:
@@ -169,7 +178,7 @@ def _merged_run(runs: list[dict]) -> dict:
     }
 
 
-def _base(job, split) -> dict:
+def _base(job: VideoJob, split: str | None) -> dict:
     return {
         "video_id": job.video_id,
         "split": split,

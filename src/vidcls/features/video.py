@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
+import av.container
 import numpy as np
 
 from ..errors import ConfigError
@@ -99,7 +100,7 @@ class Sampling:
     frames: int | None = None
     max_frames: int = 64
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.fps is None and self.frames is None:
             object.__setattr__(self, "fps", 1.0)
         if self.fps is not None and self.frames is not None:
@@ -125,12 +126,14 @@ class Sampling:
         if self.frames is not None:
             n = min(int(self.frames), int(self.max_frames))
             return (np.arange(n) + 0.5) * (duration_s / n)
+        assert self.fps is not None  # __post_init__ sets it when frames is None
         n = max(1, int(math.ceil(duration_s * self.fps - 1e-9)))  # k / fps < duration
         return uniform_indices(n, int(self.max_frames)) / self.fps  # thinned over the whole video
 
     def describe(self) -> dict:
         if self.frames is not None:
             return {"mode": "frames", "frames": int(self.frames), "max_frames": int(self.max_frames)}
+        assert self.fps is not None  # __post_init__ sets it when frames is None
         return {"mode": "fps", "fps": float(self.fps), "max_frames": int(self.max_frames)}
 
 
@@ -159,7 +162,8 @@ class DecodedVideo:
 class _Clock:
     """Presentation time in seconds of a frame or index entry, from the stream start."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: av.VideoStream):
+        assert stream.time_base is not None  # FFmpeg sets it on every demuxed stream
         self.tb = float(stream.time_base)
         self.start = stream.start_time or 0
         rate = stream.average_rate or stream.guessed_rate
@@ -185,7 +189,7 @@ def _unreadable_fix(err: OSError) -> str:
     return f"cannot be read ({err.strerror or err}); check the disk or copy the file elsewhere"
 
 
-def open_video(path: str | os.PathLike):
+def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open ``path`` with FFmpeg and pick its video stream.
 
     Returns:
@@ -214,7 +218,7 @@ def open_video(path: str | os.PathLike):
         ) from None
     streams = [s for s in container.streams.video if not _is_cover_art(s)]
     if not streams:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
         raise VideoSkip(
             "no_video_stream",
@@ -224,7 +228,7 @@ def open_video(path: str | os.PathLike):
     return container, streams[0]
 
 
-def _is_cover_art(stream) -> bool:
+def _is_cover_art(stream: av.VideoStream) -> bool:
     """An attached picture (album art in an audio file) shows up as a one-frame video stream."""
     try:
         return bool(stream.disposition & av.stream.Disposition.attached_pic)
@@ -270,15 +274,28 @@ def read_frames(
         times = sampling.times(duration)
         if not len(times):
             raise VideoSkip("too_short", f"{path}: the video stream holds no frames; remove it")
+        assert duration is not None  # no duration gives no sampled times
         keyframes = _keyframe_times(stream, clock) if seek else None
         out = DecodedVideo(duration_s=float(duration), duration_trusted=trusted)
-        _Picker(container, stream, clock, times, keyframes, on_frame, out, Path(path), skip_unused).run()
+        _Picker(
+            container,
+            stream,
+            clock,
+            times,
+            keyframes=keyframes,
+            on_frame=on_frame,
+            out=out,
+            path=Path(path),
+            skip_unused=skip_unused,
+        ).run()
         return out
     finally:
         container.close()
 
 
-def _duration(container, stream, clock: _Clock, path) -> tuple[float | None, bool]:
+def _duration(
+    container: av.container.InputContainer, stream: av.VideoStream, clock: _Clock, path: str | os.PathLike
+) -> tuple[float | None, bool]:
     """(seconds, trusted): the video stream's duration (header, or Matroska's DURATION tag), else
     the container's, else the last packet's end. The container's is not trusted to be the video's
     when there is an audio stream: a longer soundtrack sets it."""
@@ -292,7 +309,7 @@ def _duration(container, stream, clock: _Clock, path) -> tuple[float | None, boo
     return _scan_duration(path, stream, clock), True
 
 
-def _parse_hms(text) -> float | None:
+def _parse_hms(text: object) -> float | None:
     """'01:02:03.5' -> 3723.5 seconds; None if not in that form."""
     try:
         h, m, sec = str(text).split(":")
@@ -301,7 +318,7 @@ def _parse_hms(text) -> float | None:
         return None
 
 
-def _scan_duration(path, stream, clock: _Clock) -> float | None:
+def _scan_duration(path: str | os.PathLike, stream: av.VideoStream, clock: _Clock) -> float | None:
     """The end of the last video packet (for streams without any duration in their headers)."""
     end = None
     with av.open(str(path), metadata_errors="ignore") as scan:  # no header duration (raw streams)
@@ -318,7 +335,7 @@ def _scan_duration(path, stream, clock: _Clock) -> float | None:
     return end
 
 
-def _keyframe_times(stream, clock: _Clock) -> np.ndarray | None:
+def _keyframe_times(stream: av.VideoStream, clock: _Clock) -> np.ndarray | None:
     """Keyframe times from the container index (None without a usable index)."""
     try:
         entries = stream.index_entries
@@ -331,7 +348,19 @@ def _keyframe_times(stream, clock: _Clock) -> np.ndarray | None:
 class _Picker:
     """The decode loop of ``read_frames``: forward decoding, optional seeks, end-of-stream rules."""
 
-    def __init__(self, container, stream, clock, times, keyframes, on_frame, out, path, skip_unused):
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.VideoStream,
+        clock: _Clock,
+        times: np.ndarray,
+        *,
+        keyframes: np.ndarray | None,
+        on_frame: Callable[[np.ndarray], Any],
+        out: DecodedVideo,
+        path: Path,
+        skip_unused: bool,
+    ):
         self.container, self.stream, self.clock = container, stream, clock
         self.skip_unused, self.target = skip_unused, times[0]  # target: the next sampled time
         self.times, self.keyframes, self.on_frame = times, keyframes, on_frame
@@ -361,10 +390,11 @@ class _Picker:
                 frames, prev = self._frames(), None
         self._finish(i, prev)
 
-    def _frames(self):
+    def _frames(self) -> Iterator[av.VideoFrame]:
         """Decoded frames in presentation order; undecodable packets are counted and skipped."""
         packets = self.container.demux(self.stream)
-        ctx, mode = self.stream.codec_context, "DEFAULT"
+        ctx = self.stream.codec_context
+        mode: Literal["DEFAULT", "NONREF"] = "DEFAULT"
         ctx.skip_frame = mode
         while True:
             try:
@@ -408,14 +438,14 @@ class _Picker:
         self.out.seeks += 1
         return True
 
-    def _use(self, t: float, frame) -> None:
+    def _use(self, t: float, frame: av.VideoFrame) -> None:
         if self.last_used is not None and abs(t - self.last_used) <= _EPS_S:
             return  # the same frame serves two sampled times: use it once
         self.out.items.append(self.on_frame(to_rgb(frame)))
         self.out.timestamps_ms.append(t * 1000.0)
         self.last_used = t
 
-    def _finish(self, i: int, prev) -> None:
+    def _finish(self, i: int, prev: tuple[float, av.VideoFrame] | None) -> None:
         """The stream ended with sampled times left: use the last frame, or call it truncated."""
         times, out, path = self.times, self.out, self.path
         if prev is None and not out.items:

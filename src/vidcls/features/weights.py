@@ -11,6 +11,7 @@ encoder rebuilt for prediction can be checked against the one that extracted the
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module")
 
 
-def weights_kind(weights) -> tuple[str, Path | None]:
+def weights_kind(weights: str | os.PathLike) -> tuple[str, Path | None]:
     """``--weights`` as ("default" | "none" | "file" | "name", path or None).
 
     "name" is anything else (a torchvision enum member); a string that looks like a file (a weight
@@ -62,6 +63,7 @@ def read_state_dict(path: Path) -> dict:
         BackboneError: unreadable, not a state dict, or holding non-tensor values.
     """
     path = Path(path)
+    state: object  # whatever the file holds, until checked below
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file

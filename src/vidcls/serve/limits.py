@@ -22,10 +22,13 @@ import errno
 import math
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigError
 from .uploads import UPLOAD_PREFIX, Upload, clean_filename, receive_upload  # noqa: F401  (their old home)
@@ -33,6 +36,8 @@ from .uploads import UPLOAD_PREFIX, Upload, clean_filename, receive_upload  # no
 DRAIN_MAX = 256 * 2**20  # a refused body is read and discarded up to this size (see _drain)
 UPLOAD_ADVICE = "(--max-upload-mb); send a shorter or more compressed video"
 UPLOADS_RETRY_S = 5  # Retry-After of a refused upload: uploads in transfer end at unknown times
+
+T = TypeVar("T")
 
 
 class BodyTooLarge(HTTPException):
@@ -77,7 +82,7 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.3g} MB"
 
 
-async def _drain(receive, most: int, timeout_s: float) -> bool:
+async def _drain(receive: Receive, most: int, timeout_s: float) -> bool:
     """Read and discard the rest of a request body: True once it has ended; False when given up, past
     ``most`` bytes or after ``timeout_s`` without any of it arriving (the connection is then closed)."""
     seen = 0
@@ -92,7 +97,7 @@ async def _drain(receive, most: int, timeout_s: float) -> bool:
     return False
 
 
-def _closing(message: dict) -> dict:
+def _closing(message: Message) -> Message:
     """A response start with ``Connection: close`` (uvicorn then closes the connection after it)."""
     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
     return {**message, "headers": headers + [(b"connection", b"close")]}
@@ -115,11 +120,17 @@ class BodyLimit:
       the answer at once, without sending the body.
     """
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, path_limits: dict | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        path_limits: dict[str, tuple[int, str]] | None = None,
+    ):
         self.app, self.max_bytes, self.timeout_s = app, int(max_bytes), float(timeout_s)
         self.path_limits = dict(path_limits or {})
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -131,7 +142,7 @@ class BodyLimit:
             "expect": headers.get(b"expect", b"").lower() == b"100-continue",
         }
 
-        async def counted():
+        async def counted() -> Message:
             state["asked"] = True
             if state["done"]:  # the body has ended: a wait for the disconnect is no stalled body
                 return await receive()
@@ -148,7 +159,7 @@ class BodyLimit:
                     raise BodyTooLarge(limit, advice)
             return message
 
-        async def answer(message):
+        async def answer(message: Message) -> None:
             if (
                 message["type"] == "http.response.start"
                 and not state["done"]
@@ -194,7 +205,7 @@ class UploadSlots:
         self.held = 0  # only touched on the event loop
 
     @contextlib.contextmanager
-    def slot(self):
+    def slot(self) -> Iterator[None]:
         """Hold one of the ``max_uploads`` places while the body arrives.
 
         Raises:
@@ -229,7 +240,7 @@ class InferenceQueue:
                 raise QueueFull(self.retry_after(), self.max_queue)
 
     @contextlib.asynccontextmanager
-    async def slot(self):
+    async def slot(self) -> AsyncIterator[None]:
         """Hold one of the ``max_queue`` places while the request waits and runs.
 
         Raises:
@@ -245,10 +256,10 @@ class InferenceQueue:
             with self._lock:
                 self.held -= 1
 
-    async def run(self, fn, *args, **kwargs):
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the inference threads; awaits its result."""
 
-        def timed():
+        def timed() -> T:
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)

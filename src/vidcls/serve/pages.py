@@ -22,7 +22,7 @@ def _page() -> tuple[str, str]:
     files = resources.files("vidcls.serve") / "static"
     css, js = (files / "page.css").read_text(), (files / "page.js").read_text()
 
-    def digest(text):
+    def digest(text: str) -> str:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
     html = (files / "page.html").read_text().replace("/*CSS*/", css).replace("/*JS*/", js)

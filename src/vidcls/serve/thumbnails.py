@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+from collections.abc import Sequence
 
 import av
+import av.container
 import numpy as np
 
 from ..features.video import open_video, to_rgb
@@ -20,13 +23,15 @@ def _jpeg_uri(rgb: np.ndarray, height: int) -> str:
 
     img = Image.fromarray(rgb)
     width = max(1, round(img.width * height / max(1, img.height)))
-    img = img.resize((width, height), Image.BILINEAR)
+    img = img.resize((width, height), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=75)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def frame_thumbnails(path, timestamps_ms: list, height: int = THUMB_HEIGHT) -> list:
+def frame_thumbnails(
+    path: str | os.PathLike, timestamps_ms: Sequence[float | None], height: int = THUMB_HEIGHT
+) -> list[str | None]:
     """One data URI per timestamp: the frame on screen at that time (the last one at or before it).
 
     Args:
@@ -38,7 +43,7 @@ def frame_thumbnails(path, timestamps_ms: list, height: int = THUMB_HEIGHT) -> l
         A list as long as ``timestamps_ms``; None where no frame was found. Never raises on a
         broken video: thumbnails are a convenience, the prediction does not depend on them.
     """
-    out: list = [None] * len(timestamps_ms)
+    out: list[str | None] = [None] * len(timestamps_ms)
     wanted = sorted((t / 1000.0, i) for i, t in enumerate(timestamps_ms) if t is not None)
     if not wanted:
         return out
@@ -55,14 +60,21 @@ def frame_thumbnails(path, timestamps_ms: list, height: int = THUMB_HEIGHT) -> l
     return out
 
 
-def _fill(container, stream, wanted, out, height) -> None:
+def _fill(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    wanted: list[tuple[float, int]],
+    out: list[str | None],
+    height: int,
+) -> None:
     """Decode forward, seeking ahead when the next wanted time is over SEEK_GAP_S away. Each seek
     target lies beyond the previous one, so the loop ends."""
+    assert stream.time_base is not None  # FFmpeg sets it on every demuxed stream
     tb = float(stream.time_base)
     start = stream.start_time or 0
     k, last = 0, None
 
-    def take_until(t_frame):
+    def take_until(t_frame: float) -> None:
         nonlocal k
         while k < len(wanted) and wanted[k][0] < t_frame - _EPS_S:  # ``last`` is on screen then
             if last is not None:

@@ -18,14 +18,19 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 import psutil
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from ..features.video import VIDEO_EXTENSIONS
+
+if TYPE_CHECKING:  # a TypedDict python-multipart defines for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger("vidcls.serve")
 
@@ -98,12 +103,12 @@ class _FilePart:
         self.fields_seen: list[str] = []  # the first FIELDS_LISTED of the ``parts``
         self.parts = self.files = 0
         self.upload: Upload | None = None
-        self._file = None
+        self._file: IO[bytes] | None = None
         self._headers: dict[bytes, bytes] = {}
         self._name = self._value = b""
         self._writing = False
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": self._hfield,
@@ -114,20 +119,20 @@ class _FilePart:
             "on_part_end": self._end,
         }
 
-    def _begin(self):
+    def _begin(self) -> None:
         self._headers, self._name, self._value = {}, b"", b""
 
-    def _hfield(self, data, start, end):
+    def _hfield(self, data: bytes, start: int, end: int) -> None:
         self._name += data[start:end]
 
-    def _hvalue(self, data, start, end):
+    def _hvalue(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]  # python-multipart caps a part's headers (about 4 KB)
 
-    def _hend(self):
+    def _hend(self) -> None:
         self._headers[self._name.strip().lower()] = self._value.strip()
         self._name = self._value = b""
 
-    def _headers_done(self):
+    def _headers_done(self) -> None:
         name, filename = disposition(self._headers.get(b"content-disposition", b""))
         self.parts += 1
         if len(self.fields_seen) < FIELDS_LISTED:
@@ -150,13 +155,15 @@ class _FilePart:
             self._file = os.fdopen(fd, "wb")
             self.upload = Upload(Path(path), filename, 0)
 
-    def _data(self, data, start, end):
+    def _data(self, data: bytes, start: int, end: int) -> None:
         if self._writing:
+            assert self._file is not None and self.upload is not None  # opened when writing began
             self._file.write(data[start:end])
             self.upload.size += end - start
 
-    def _end(self):
+    def _end(self) -> None:
         if self._writing:
+            assert self._file is not None  # opened when writing began
             self._file.close()
             self._writing = False
 
@@ -167,7 +174,7 @@ class _FilePart:
             self.upload.path.unlink(missing_ok=True)
 
 
-async def receive_upload(request, field: str = "file", tmp_dir: str | None = None) -> Upload:
+async def receive_upload(request: Request, field: str = "file", tmp_dir: str | None = None) -> Upload:
     """Stream the multipart body of ``request`` and store its file field ``field`` in ``tmp_dir``.
 
     The caller removes ``Upload.path``; on any error here it is already removed.

@@ -9,8 +9,10 @@ family: ``timm:NAME``, ``open_clip:ARCH/TAG``, or a plain torchvision model name
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ class Built:
 
 
 @contextmanager
-def seeded_init():
+def seeded_init() -> Iterator[None]:
     """Initialise a network from RANDOM_INIT_SEED without touching the caller's RNG stream."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
@@ -83,12 +85,16 @@ def family_of(record: dict) -> str | None:
     return family
 
 
-def family_module(family: str):
+def family_module(family: str) -> ModuleType:
     """The module implementing ``family`` (imported on demand: open_clip is optional)."""
     if family == "timm":
-        from . import timm_hub as module
-    elif family == "open_clip":
-        from . import openclip as module
-    else:
-        from . import tv as module
-    return module
+        from . import timm_hub
+
+        return timm_hub
+    if family == "open_clip":
+        from . import openclip
+
+        return openclip
+    from . import tv
+
+    return tv

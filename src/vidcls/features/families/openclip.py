@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import torch
 from torch import nn
 
 from ...errors import BackboneError
@@ -27,7 +31,7 @@ from . import RANDOM_INIT_SEED, Built, seeded_init
 INSTALL = "pip install 'vidcls[clip]' (or pip install open_clip_torch)"
 
 
-def import_open_clip():
+def import_open_clip() -> ModuleType:
     """The open_clip module.
 
     Raises:
@@ -67,7 +71,7 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 
 @contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """Silence open_clip's root-logger warning that a model built without weights is random: asked for."""
     logging.disable(logging.WARNING)
     try:
@@ -83,11 +87,11 @@ class ImageTower(nn.Module):
         super().__init__()
         self.visual = visual
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual(x)
 
 
-def build(name: str, weights: str, image_size=None) -> Built:
+def build(name: str, weights: str, image_size: int | str | None = None) -> Built:
     """The image tower of an open_clip model (see the module docstring).
 
     Raises:
@@ -121,7 +125,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
     else:
         with seeded_init(), _quiet():
             model = oc.create_model(arch, pretrained=None, **kwargs)
-    info = {
+    info: dict[str, Any] = {
         "weights": {"default": "DEFAULT"}.get(kind, kind),
         "pretrained_tag": f"{arch}/{tag}" if tag else None,
     }
@@ -145,7 +149,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
     return Built(ImageTower(visual), Preprocess.from_open_clip(cfg, name), info, visual)
 
 
-def _load_file(oc, model: nn.Module, path: Path, arch: str) -> dict:
+def _load_file(oc: ModuleType, model: nn.Module, path: Path, arch: str) -> dict:
     label = f"--weights {path}"
     state = read_state_dict(path)
     if any(k.startswith("visual.") for k in state):  # the whole CLIP model: take its image tower
@@ -157,7 +161,7 @@ def _load_file(oc, model: nn.Module, path: Path, arch: str) -> dict:
                     f"{label} does not fit open_clip:{arch} ({type(err).__name__}: {str(err)[:160]})"
                 ) from None
         state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    load_exactly(model.visual, state, label, f"the image tower of open_clip:{arch}")
+    load_exactly(model.get_submodule("visual"), state, label, f"the image tower of open_clip:{arch}")
     return {
         "weights_file": path.name,
         "weights_sha256": sha256_file(path),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,14 +33,17 @@ from ..weights import load_exactly, read_state_dict, weights_kind
 from . import RANDOM_INIT_SEED, Built, seeded_init
 
 DATA_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+# A timm model: an nn.Module with reset_classifier, forward_features and forward_head, methods that
+# nn.Module's typing (attributes are Tensor | Module) cannot see.
+TimmModel = Any
 
 
 class PreLogits(nn.Module):
     """A timm model's pre-logits features: (N, 3, S, S) -> (N, head_hidden_size)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: TimmModel):
         super().__init__()
-        self.model = model
+        self.model: TimmModel = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
@@ -71,7 +75,7 @@ def check_name(name: str) -> None:
             )
 
 
-def build(name: str, weights: str, image_size=None) -> Built:
+def build(name: str, weights: str, image_size: int | str | None = None) -> Built:
     """A frozen-ready timm encoder (see the module docstring).
 
     Raises:
@@ -101,7 +105,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
         with seeded_init():
             model = _create(name, False, size)
     # the tag gives the data config, and with DEFAULT the weights too
-    info = {"weights": {"default": "DEFAULT"}.get(kind, kind), "pretrained_tag": _tag(model)}
+    info: dict[str, Any] = {"weights": {"default": "DEFAULT"}.get(kind, kind), "pretrained_tag": _tag(model)}
     if kind == "none":
         model.reset_classifier(0)
         info["random_init_seed"] = RANDOM_INIT_SEED
@@ -118,7 +122,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
     return Built(PreLogits(model), Preprocess.from_timm(data, name), info, model)
 
 
-def _create(name: str, pretrained: bool, size: int | None) -> nn.Module:
+def _create(name: str, pretrained: bool, size: int | None) -> TimmModel:
     """timm.create_model, at ``size`` for architectures built for one input size (ViTs, EVA ...)."""
     import timm
 
@@ -136,7 +140,7 @@ def _tag(model: nn.Module) -> str | None:
     return f"{arch}.{tag}" if arch and tag else arch
 
 
-def _load_file(model: nn.Module, path: Path, name: str) -> dict:
+def _load_file(model: TimmModel, path: Path, name: str) -> dict:
     """Load a local state dict into ``model`` (whose classifier is then removed); the record part."""
     label = f"--weights {path}"
     state = read_state_dict(path)

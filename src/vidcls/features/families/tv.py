@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import WeightsEnum
 
 from ...errors import BackboneError
 from ...utils.fs import sha256_file
@@ -21,7 +22,7 @@ from . import RANDOM_INIT_SEED, Built, seeded_init
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
 
 
-def build(name: str, weights: str, image_size=None) -> Built:
+def build(name: str, weights: str, image_size: int | str | None = None) -> Built:
     """A classifier-less torchvision model (see :mod:`vidcls.features.families`).
 
     Raises:
@@ -50,7 +51,7 @@ def build(name: str, weights: str, image_size=None) -> Built:
     return Built(model, Preprocess.from_weights(entry, image_size), info)
 
 
-def _model(name: str, kind: str, entry, path: Path | None) -> tuple[nn.Module, dict]:
+def _model(name: str, kind: str, entry: WeightsEnum, path: Path | None) -> tuple[nn.Module, dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # googlenet/inception warn about their default init
         if kind in ("default", "name"):
