@@ -25,7 +25,8 @@ import torch
 from ..errors import ExtractError
 from .backbone import FrameEncoder, Preprocess
 from .quality import Quality
-from .video import Sampling, VideoSkip, read_frames
+from .sampling import Sampling
+from .video import VideoSkip, read_frames
 
 __all__ = ["VideoResult", "decode_video", "decode_loader", "iter_features", "encode_video"]
 

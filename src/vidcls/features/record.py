@@ -10,7 +10,7 @@ from ..errors import BackboneError
 from ..utils.fs import sha256_file
 from .families import RANDOM_INIT_SEED, family_module, family_of
 from .quality import FALLBACK_KEEP_SHARE, Quality
-from .video import Sampling
+from .sampling import Sampling
 
 __all__ = ["RANDOM_INIT_SEED", "plain", "recorded_weights", "selection_from_record"]
 

@@ -14,7 +14,7 @@ file with at least that many videos. Anything else is a ``StoreError`` naming th
 partial data set never trains silently.
 
 ``MultiFileStore`` reads a split's shard files as one store, concatenated in shard order.
-``vidcls merge`` (:func:`vidcls.features.extract.merge`) turns them into single files.
+``vidcls merge`` (:func:`vidcls.features.sharding.merge`) turns them into single files.
 """
 
 from __future__ import annotations

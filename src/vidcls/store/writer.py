@@ -32,6 +32,7 @@ from .reader import (
     log,
     open_error,
 )
+from .validate import check_class_names, check_features
 
 
 class FeatureWriter:
@@ -68,7 +69,7 @@ class FeatureWriter:
             StoreError: bad arguments, or an existing file that does not match / cannot be resumed.
         """
         self.path = Path(path)
-        self.class_names = _check_class_names(class_names)
+        self.class_names = check_class_names(class_names)
         self.feature_dim = int(feature_dim)
         if self.feature_dim < 1:
             raise StoreError(f"feature_dim must be >= 1, got {feature_dim}")
@@ -282,40 +283,6 @@ class FeatureWriter:
         self.close()
 
 
-def check_features(features: npt.ArrayLike, feature_dim: int, dtype: np.dtype, where: str) -> np.ndarray:
-    """Check one video's (T, D) features and cast them to the stored ``dtype``.
-
-    Args:
-        features: the array as given. feature_dim: required D. dtype: the stored dtype.
-        where: names the video (and its source file) at the start of every error message.
-
-    Returns:
-        A C-contiguous (T, D) array of ``dtype``.
-
-    Raises:
-        StoreError: wrong shape, not floating point, or NaN/Inf after the cast.
-    """
-    arr = np.asarray(features)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != feature_dim:
-        raise StoreError(f"{where}: features must have shape (T>=1, {feature_dim}), got {arr.shape}")
-    # Integer arrays are pixels, indices or counts saved by mistake, not CNN features.
-    if arr.dtype.kind != "f":
-        raise StoreError(
-            f"{where}: features are {arr.dtype}; features must be floating point "
-            f"(stored as {' or '.join(ALLOWED_DTYPES)})"
-        )
-    with np.errstate(over="ignore"):  # overflow is reported below, with a hint
-        cast = arr.astype(dtype, copy=False)
-    if not np.isfinite(cast).all():
-        hint = (
-            " (finite before the cast: values exceed the float16 range; use dtype float32)"
-            if np.isfinite(arr).all()
-            else ""
-        )
-        raise StoreError(f"{where}: features contain NaN/Inf{hint}")
-    return np.ascontiguousarray(cast)
-
-
 def _open_h5_write(path: Path, mode: str) -> h5py.File:
     """Open ``path`` for writing ("w" create/overwrite, "r+" append) in the SWMR-capable format."""
     try:
@@ -371,16 +338,6 @@ def _extend(ds: h5py.Dataset, start: int, data: np.ndarray) -> None:
     """Grow ``ds`` along axis 0 to ``start + len(data)`` and write ``data`` there."""
     ds.resize(start + len(data), axis=0)
     ds[start : start + len(data)] = data
-
-
-def _check_class_names(class_names: Iterable[object]) -> list[str]:
-    names = [str(c) for c in class_names]
-    if not names:
-        raise StoreError("class_names is empty; a store needs at least one class")
-    dups = sorted({c for c in names if names.count(c) > 1})
-    if dups:
-        raise StoreError(f"class_names has duplicates {dups}; each class needs a unique name")
-    return names
 
 
 def _copy_committed(store: FeatureStore, path: Path) -> None:

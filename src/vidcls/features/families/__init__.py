@@ -5,43 +5,21 @@ that maps normalised frames (N, 3, S, S) to features (N, D), its preprocessing, 
 part of the extractor record) and ``rebuild_weights(record, weights) -> str`` (the ``weights``
 argument that rebuilds a recorded encoder, checked against the record). A backbone spec names its
 family: ``timm:NAME``, ``open_clip:ARCH/TAG``, or a plain torchvision model name.
+
+What the family modules share (``Built``, ``seeded_init``, ``RANDOM_INIT_SEED``) lives in :mod:`.base`,
+so that they never import this package, whose ``family_module`` imports them on demand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import ModuleType
 
-import torch
-from torch import nn
-
 from ...errors import BackboneError
-from ..preprocess import Preprocess
+from .base import RANDOM_INIT_SEED, Built, seeded_init
+
+__all__ = ["FAMILIES", "RANDOM_INIT_SEED", "Built", "family_module", "family_of", "seeded_init", "split_spec"]
 
 FAMILIES = ("torchvision", "timm", "open_clip")
-RANDOM_INIT_SEED = 0  # --weights none: every process builds the same random network
-
-
-@dataclass
-class Built:
-    """A family's encoder: ``model`` (normalised (N, 3, S, S) -> (N, D)), ``preprocess``, ``info``
-    (the weights and family part of the extractor record), ``weights_module`` (the part of ``model``
-    whose state-dict names are those of a weights file, for messages; None: ``model`` itself)."""
-
-    model: nn.Module
-    preprocess: Preprocess
-    info: dict = field(default_factory=dict)
-    weights_module: nn.Module | None = None
-
-
-@contextmanager
-def seeded_init() -> Iterator[None]:
-    """Initialise a network from RANDOM_INIT_SEED without touching the caller's RNG stream."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        yield
 
 
 def split_spec(backbone: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from ...errors import BackboneError
 from ...utils.fs import sha256_file
 from ..preprocess import Preprocess, parse_image_size
 from ..weights import load_exactly, read_state_dict, weights_kind
-from . import RANDOM_INIT_SEED, Built, seeded_init
+from .base import RANDOM_INIT_SEED, Built, seeded_init
 
 INSTALL = "pip install 'vidcls[clip]' (or pip install open_clip_torch)"
 

@@ -30,7 +30,7 @@ from ...utils.fs import sha256_file
 from .. import lite0
 from ..preprocess import Preprocess, parse_image_size
 from ..weights import load_exactly, read_state_dict, weights_kind
-from . import RANDOM_INIT_SEED, Built, seeded_init
+from .base import RANDOM_INIT_SEED, Built, seeded_init
 
 DATA_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 # A timm model: an nn.Module with reset_classifier, forward_features and forward_head, methods that

@@ -17,7 +17,7 @@ from ...errors import BackboneError
 from ...utils.fs import sha256_file
 from ..preprocess import Preprocess
 from ..weights import load_exactly, read_state_dict, weights_kind
-from . import RANDOM_INIT_SEED, Built, seeded_init
+from .base import RANDOM_INIT_SEED, Built, seeded_init
 
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
 
