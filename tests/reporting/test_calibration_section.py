@@ -1,18 +1,33 @@
 """report.html's calibration section shows every OOD check (energy AND typicality) with its threshold
 and validation pass rate, how the temperature was fitted, and what a missing calibration means."""
+
 from __future__ import annotations
 
 import json
 
 from vidcls.reporting.report import write_report
 
-CAL = {"format": "vidcls-calibration", "version": 2, "temperature": 0.5744, "ece_before": 0.0994,
-       "ece_after": 0.0096, "nll_before": 0.1046, "nll_after": 0.0097, "val_videos": 40, "ece_bins": 15,
-       "temperature_fit": {"method": "map_lognormal", "prior_sigma": 0.5, "mle_temperature": 0.0581},
-       "ood": {"score": "energy", "threshold": 2.0664, "val_pass_rate": 0.95,
-               "direction": "higher is more in-distribution", "scores": ["energy", "typicality"],
-               "thresholds": {"energy": 2.0664, "typicality": -4.0347},
-               "pass_rates": {"energy": 0.975, "typicality": 0.9625}}}
+CAL = {
+    "format": "vidcls-calibration",
+    "version": 2,
+    "temperature": 0.5744,
+    "ece_before": 0.0994,
+    "ece_after": 0.0096,
+    "nll_before": 0.1046,
+    "nll_after": 0.0097,
+    "val_videos": 40,
+    "ece_bins": 15,
+    "temperature_fit": {"method": "map_lognormal", "prior_sigma": 0.5, "mle_temperature": 0.0581},
+    "ood": {
+        "score": "energy",
+        "threshold": 2.0664,
+        "val_pass_rate": 0.95,
+        "direction": "higher is more in-distribution",
+        "scores": ["energy", "typicality"],
+        "thresholds": {"energy": 2.0664, "typicality": -4.0347},
+        "pass_rates": {"energy": 0.975, "typicality": 0.9625},
+    },
+}
 
 
 def section(run_dir) -> str:

@@ -1,5 +1,6 @@
 """The report's charts (vidcls.reporting.figures): PNG bytes for hand-made inputs, and text from the
 run's data (class names, log tags) drawn literally, never parsed as mathtext."""
+
 from __future__ import annotations
 
 import io
@@ -22,12 +23,24 @@ def _image(png: bytes):
 
 
 def _history(n_epochs: int) -> list[dict]:
-    return [{"epoch": e, "lr": 1e-3 / e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_acc": 0.5 + 0.1 * e,
-             "val_acc": 0.4 + 0.1 * e, "val_f1_macro": 0.3 + 0.1 * e} for e in range(1, n_epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "lr": 1e-3 / e,
+            "train_loss": 1.0 / e,
+            "val_loss": 1.2 / e,
+            "train_acc": 0.5 + 0.1 * e,
+            "val_acc": 0.4 + 0.1 * e,
+            "val_f1_macro": 0.3 + 0.1 * e,
+        }
+        for e in range(1, n_epochs + 1)
+    ]
 
 
 def test_per_class_with_dollar_names():
-    _image(figures.per_class_png(DOLLAR_NAMES, [0.1, 0.9, 0.5, 0.7], [0.2, 0.8, 0.5, 0.6], [0.1, 1.0, 0.4, 0.8]))
+    _image(
+        figures.per_class_png(DOLLAR_NAMES, [0.1, 0.9, 0.5, 0.7], [0.2, 0.8, 0.5, 0.6], [0.1, 1.0, 0.4, 0.8])
+    )
 
 
 @pytest.mark.parametrize("normalised", [False, True])
@@ -38,8 +51,16 @@ def test_confusion_with_dollar_names(normalised):
 
 
 def test_resources_with_dollar_tag():
-    records = [{"timestamp": f"2024-01-01T00:0{i}:00", "cpu_percent": 50.0 + i, "ram_used_gb": 2.0 + i,
-                "ram_total_gb": 16.0, "tag": "member $5_to_$10 start" if i == 1 else None} for i in range(4)]
+    records = [
+        {
+            "timestamp": f"2024-01-01T00:0{i}:00",
+            "cpu_percent": 50.0 + i,
+            "ram_used_gb": 2.0 + i,
+            "ram_total_gb": 16.0,
+            "tag": "member $5_to_$10 start" if i == 1 else None,
+        }
+        for i in range(4)
+    ]
     _image(figures.resources_png(records))
 
 

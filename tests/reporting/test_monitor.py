@@ -1,4 +1,5 @@
 """Tests for vidcls.reporting.monitor: record contents, periodic thread, resume, corruption, SIGKILL safety."""
+
 from __future__ import annotations
 
 import json

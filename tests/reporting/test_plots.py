@@ -1,4 +1,5 @@
 """Tests for vidcls.reporting.plots: PNG output, sizes, file naming, no figure leaks."""
+
 from __future__ import annotations
 
 import gc

@@ -1,5 +1,6 @@
 """The HTML run report: sections, embedded PNGs, no external references, tables that match the run,
 runs without a test split, missing optional files, escaping, and (when chromium exists) rendering."""
+
 from __future__ import annotations
 
 import base64
@@ -17,10 +18,40 @@ from vidcls.reporting import figures
 from vidcls.reporting.report import SECTIONS, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTION_IDS = ["config", "data", "curves", "lr", "per-class", "confusion", "ensemble", "tta", "calibration",
-               "resources", "misclassified"]
-TINY = ["--epochs", "3", "--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
-        "--device", "cpu", "--no-plots", "--model", "mean_mlp"]
+SECTION_IDS = [
+    "config",
+    "data",
+    "curves",
+    "lr",
+    "per-class",
+    "confusion",
+    "ensemble",
+    "tta",
+    "calibration",
+    "resources",
+    "misclassified",
+]
+TINY = [
+    "--epochs",
+    "3",
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "8",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-plots",
+    "--model",
+    "mean_mlp",
+]
 
 
 class Page(HTMLParser):
@@ -187,8 +218,16 @@ def test_a_directory_that_is_no_run_is_refused_and_left_alone(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no report.html, no .lock
 
 
-@pytest.mark.parametrize("summary", ['[1, 2]', '"text"', '{"final": "x"}', '{"test": [1], "classes": 5}',
-                                     '{"members": [1, "a"], "wall_seconds": "x", "final": {"source": [1]}}'])
+@pytest.mark.parametrize(
+    "summary",
+    [
+        "[1, 2]",
+        '"text"',
+        '{"final": "x"}',
+        '{"test": [1], "classes": 5}',
+        '{"members": [1, "a"], "wall_seconds": "x", "final": {"source": [1]}}',
+    ],
+)
 def test_a_summary_of_the_wrong_shape_degrades_the_page(run, tmp_path, summary):
     """A hand-edited summary.json of the wrong shape: the report is still written, the header says
     what is wrong with the file, and the sections that need it say "not available" or why not."""
@@ -256,7 +295,7 @@ def test_user_strings_are_escaped_and_drawn(run, tmp_path):
     assert len(page.imgs) == 6  # curves, lr, per-class, two confusion heatmaps, resources
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "vid&#34;&amp;&lt;&gt;" in text and ODD_VIDEO not in text
-    assert 'run&#34;&amp;&lt;&gt;' in text and 'run"&<>' not in text
+    assert "run&#34;&amp;&lt;&gt;" in text and 'run"&<>' not in text
     assert "/data/&lt;i&gt;it&#39;s&lt;/i&gt;" in text and "<i>" not in text
     # the parsed page shows each string exactly as it was written
     for sid in ("data", "per-class", "misclassified"):
@@ -291,9 +330,22 @@ def test_failing_figure_leaves_a_note_and_the_rest(run, tmp_path, monkeypatch, c
 def test_renders_in_headless_chromium(run, tmp_path):
     path = write_report(run)
     shot = tmp_path / "report.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,4000", path.resolve().as_uri()],
-                   check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1280,4000",
+            path.resolve().as_uri(),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     data = shot.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 50_000
     from PIL import Image  # pillow comes with matplotlib

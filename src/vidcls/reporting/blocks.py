@@ -1,11 +1,14 @@
 """The blocks a report section is made of: plain data (paragraphs, tables, inline images, formatted
 cells) that the Jinja2 template escapes and lays out; no HTML is built here."""
+
 from __future__ import annotations
 
 import base64
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("vidcls.reporting.report")
 
@@ -13,13 +16,14 @@ log = logging.getLogger("vidcls.reporting.report")
 @dataclass(frozen=True)
 class Cell:
     """A table cell with formatting; plain strings and numbers in a row are cells too."""
+
     parts: tuple = ()  # (text, bold) runs: "0.810 / 0.830" with the variant in use bold
     cls: str = ""  # "num" or "bar" (right-aligned numbers)
     bar: float | None = None  # 0..100: a light bar behind the value, so a column reads like a chart
     code: bool = False  # monospace (config values)
 
 
-def num(value, digits: int = 3, signed: bool = False) -> str:
+def num(value: object, digits: int = 3, signed: bool = False) -> str:
     """Metric formatting: fixed decimals, '-' for missing or NaN (JSON null, absent split)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -32,7 +36,7 @@ def num_cell(text: str, bold: bool = False) -> Cell:
     return Cell(((text, bold),), cls="num")
 
 
-def bar_cell(value) -> Cell | str:
+def bar_cell(value: object) -> Cell | str:
     """A 0..1 metric with a bar behind it; '-' when missing."""
     if not isinstance(value, (int, float)) or math.isnan(value):
         return "-"
@@ -49,14 +53,20 @@ def na(text: str = "not available") -> dict:
     return para(text, cls="na")
 
 
-def table(headers: list, rows: list, *, table_id: str, row_classes: list | None = None,
-           scroll: bool = False) -> dict:
+def table(
+    headers: list, rows: list, *, table_id: str, row_classes: list | None = None, scroll: bool = False
+) -> dict:
     classes = row_classes or [""] * len(rows)
-    return {"kind": "table", "id": table_id, "headers": list(headers), "scroll": scroll,
-            "rows": [{"cls": c, "cells": list(r)} for r, c in zip(rows, classes)]}
+    return {
+        "kind": "table",
+        "id": table_id,
+        "headers": list(headers),
+        "scroll": scroll,
+        "rows": [{"cls": c, "cells": list(r)} for r, c in zip(rows, classes, strict=False)],
+    }
 
 
-def figure(alt: str, draw, *args, **kwargs) -> dict:
+def figure(alt: str, draw: Callable[..., bytes | None], *args: Any, **kwargs: Any) -> dict:
     """``draw(*args, **kwargs)`` (PNG bytes) as an image; a note in its place if it has nothing or fails."""
     try:
         png = draw(*args, **kwargs)
@@ -65,4 +75,8 @@ def figure(alt: str, draw, *args, **kwargs) -> dict:
         return na(f"{alt}: figure could not be drawn ({type(exc).__name__}: {exc})")
     if not png:
         return na(f"{alt}: not available")
-    return {"kind": "img", "alt": alt, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+    return {
+        "kind": "img",
+        "alt": alt,
+        "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+    }

@@ -1,6 +1,7 @@
 """The report's calibration section: the temperature (and how it was fitted), ECE and NLL on
 validation before and after it, and every out-of-distribution check with its threshold and the share
 of validation videos it passes (energy and, for runs calibrated with it, the feature-space typicality)."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ SCORE_MEANING = {  # what each OOD score measures, for the table
     "energy": "logits: the negative free energy T * logsumexp(logits / T) of the served members and views",
     "max_softmax": "logits: the largest served probability",
     "typicality": "features: how typical the frames are of the training videos (distance to the nearest "
-                  "class prototype)",
+    "class prototype)",
 }
 
 
@@ -24,31 +25,44 @@ def run_calibration(run: RunData) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _share(rate) -> str:
-    ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate)
-    return f"{100 * rate:.1f} %" if ok else "-"
+def _share(rate: object) -> str:
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate):
+        return f"{100 * rate:.1f} %"
+    return "-"
 
 
 def _temperature_text(cal: dict, on: str) -> str:
-    fit = cal.get("temperature_fit") if isinstance(cal.get("temperature_fit"), dict) else {}
+    fit = cal.get("temperature_fit")
+    if not isinstance(fit, dict):
+        fit = {}
     how = "by minimising the validation negative log-likelihood"
     if "prior_sigma" in fit:
-        how = (f"as the maximum a posteriori fit of the validation negative log-likelihood under a "
-               f"log-normal prior centred on T = 1 (sd {num(fit.get('prior_sigma'), 2)} in log T), so that "
-               f"a validation split the model separates perfectly cannot drive T to its floor; the "
-               f"likelihood alone would give T = {num(fit.get('mle_temperature'))}")
-    return (f"Temperature scaling fitted on {on} {how}: every member's logits are divided by "
-            f"T = {num(cal.get('temperature'))} before the softmax. The predicted class does not change; "
-            f"the probabilities become honest. Expected calibration error uses "
-            f"{cal.get('ece_bins', 15)} equal-width confidence bins.")
+        how = (
+            f"as the maximum a posteriori fit of the validation negative log-likelihood under a "
+            f"log-normal prior centred on T = 1 (sd {num(fit.get('prior_sigma'), 2)} in log T), so that "
+            f"a validation split the model separates perfectly cannot drive T to its floor; the "
+            f"likelihood alone would give T = {num(fit.get('mle_temperature'))}"
+        )
+    return (
+        f"Temperature scaling fitted on {on} {how}: every member's logits are divided by "
+        f"T = {num(cal.get('temperature'))} before the softmax. The predicted class does not change; "
+        f"the probabilities become honest. Expected calibration error uses "
+        f"{cal.get('ece_bins', 15)} equal-width confidence bins."
+    )
 
 
 def ood_rows(ood: dict) -> list[list]:
     """One row per OOD check: score, what it reads, threshold, validation pass rate."""
     kind = ood.get("score", "energy")
-    names = ood.get("scores") if isinstance(ood.get("scores"), list) else [kind]
-    thresholds = ood.get("thresholds") if isinstance(ood.get("thresholds"), dict) else {}
-    rates = ood.get("pass_rates") if isinstance(ood.get("pass_rates"), dict) else {}
+    names = ood.get("scores")
+    if not isinstance(names, list):
+        names = [kind]
+    thresholds = ood.get("thresholds")
+    if not isinstance(thresholds, dict):
+        thresholds = {}
+    rates = ood.get("pass_rates")
+    if not isinstance(rates, dict):
+        rates = {}
     rows = []
     for name in names:
         threshold = thresholds.get(name, ood.get("threshold") if name == kind else None)
@@ -60,25 +74,44 @@ def ood_rows(ood: dict) -> list[list]:
 def calibration_body(run: RunData) -> list[dict]:
     cal = run_calibration(run)
     if cal is None:
-        return [na("calibration not available: predictions of this run are given trusted: null (unknown); "
-                   "make one with `vidcls calibrate RUN_DIR`")]
+        return [
+            na(
+                "calibration not available: predictions of this run are given trusted: null (unknown); "
+                "make one with `vidcls calibrate RUN_DIR`"
+            )
+        ]
     ood = cal.get("ood") or {}
     n = cal.get("val_videos")
     on = f"{n} validation videos" if isinstance(n, int) else "the validation videos"
-    rows = [["expected calibration error (ECE)", num_cell(num(cal.get("ece_before"), 4)),
-             num_cell(num(cal.get("ece_after"), 4), bold=True)],
-            ["negative log-likelihood", num_cell(num(cal.get("nll_before"), 4)),
-             num_cell(num(cal.get("nll_after"), 4), bold=True)]]
-    parts = [para(_temperature_text(cal, on)),
-             table(["validation", "before", "after"], rows, table_id="calibration-table")]
+    rows = [
+        [
+            "expected calibration error (ECE)",
+            num_cell(num(cal.get("ece_before"), 4)),
+            num_cell(num(cal.get("ece_after"), 4), bold=True),
+        ],
+        [
+            "negative log-likelihood",
+            num_cell(num(cal.get("nll_before"), 4)),
+            num_cell(num(cal.get("nll_after"), 4), bold=True),
+        ],
+    ]
+    parts = [
+        para(_temperature_text(cal, on)),
+        table(["validation", "before", "after"], rows, table_id="calibration-table"),
+    ]
     if ood:
         checks = ood_rows(ood)
         both = " and ".join(str(r[0]) for r in checks)
-        parts.append(para(f"Out-of-distribution checks ({ood.get('direction', 'higher is more in-distribution')}): "
-                          f"a video is trusted only when it passes every one ({both}); "
-                          f"{_share(ood.get('val_pass_rate'))} of validation videos pass them all. A video "
-                          f"below a threshold is predicted with trusted: false and the reason; every "
-                          f"prediction record lists each score against its threshold under \"ood\"."))
-        parts.append(table(["score", "reads", "threshold", "validation videos passing"], checks,
-                           table_id="ood-table"))
+        parts.append(
+            para(
+                f"Out-of-distribution checks ({ood.get('direction', 'higher is more in-distribution')}): "
+                f"a video is trusted only when it passes every one ({both}); "
+                f"{_share(ood.get('val_pass_rate'))} of validation videos pass them all. A video "
+                f"below a threshold is predicted with trusted: false and the reason; every "
+                f'prediction record lists each score against its threshold under "ood".'
+            )
+        )
+        parts.append(
+            table(["score", "reads", "threshold", "validation videos passing"], checks, table_id="ood-table")
+        )
     return parts

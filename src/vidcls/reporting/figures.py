@@ -5,22 +5,27 @@ Agg canvas, never registered with pyplot, so rendering is headless and leaks no 
 Every function returns PNG bytes; the report embeds them as base64 data URIs. Text that comes
 from the run's data (class names, log tags) is drawn literally (:data:`~vidcls.reporting.plots.LITERAL`).
 """
+
 from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 from .plots import LITERAL, MAX_NAMED_CLASSES, _series, epoch_axis, new_figure, to_png
 
 MAX_ANNOTATED_CELLS = 30  # above this many classes, numbers in confusion cells become unreadable
 
 
-def _mark_best(ax, epochs: list[int], best_epoch) -> None:
+def _mark_best(ax: Axes, epochs: list[int], best_epoch: int | None) -> None:
     if best_epoch is not None and best_epoch in epochs:
         ax.axvline(best_epoch, color="red", linestyle="--", alpha=0.6, label=f"best epoch {best_epoch}")
 
 
-def _member_curves(loss_ax, acc_ax, title: str, hist: list[dict], best) -> None:
+def _member_curves(loss_ax: Axes, acc_ax: Axes, title: str, hist: list[dict], best: int | None) -> None:
     """One member's row: loss on the left, accuracy and macro F1 on the right, best epoch marked."""
     if not hist:
         loss_ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=loss_ax.transAxes)
@@ -43,7 +48,7 @@ def _member_curves(loss_ax, acc_ax, title: str, hist: list[dict], best) -> None:
         acc_ax.scatter([best], [val_acc[epochs.index(best)]], marker="*", s=160, color="red", zorder=5)
 
 
-def curves_png(histories: list[list[dict]], best_epochs: list) -> bytes:
+def curves_png(histories: list[list[dict]], best_epochs: list[int | None]) -> bytes:
     """Loss and accuracy per member (one row each), with each member's best epoch marked.
 
     Args:
@@ -57,9 +62,10 @@ def curves_png(histories: list[list[dict]], best_epochs: list) -> bytes:
     height = 3.0 * n + 0.6
     fig = new_figure(13.0, height)
     axes = fig.subplots(n, 2, squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.6 / height + 0.04, top=1 - 0.5 / height,
-                        hspace=0.55, wspace=0.18)
-    for i, (hist, best) in enumerate(zip(histories, best_epochs)):
+    fig.subplots_adjust(
+        left=0.06, right=0.98, bottom=0.6 / height + 0.04, top=1 - 0.5 / height, hspace=0.55, wspace=0.18
+    )
+    for i, (hist, best) in enumerate(zip(histories, best_epochs, strict=False)):
         _member_curves(axes[i][0], axes[i][1], f"member {i}", hist, best)
     return to_png(fig)
 
@@ -96,19 +102,25 @@ def per_class_png(names: list[str], f1: list[float], precision: list[float], rec
     Horizontal bars keep class names readable at any class count; the height grows with it.
     """
     n = len(names)
-    order = sorted(range(n), key=lambda i: (f1[i], i))  # worst first (ties in class order): the ones worth reading
+    order = sorted(
+        range(n), key=lambda i: (f1[i], i)
+    )  # worst first (ties in class order): the ones worth reading
     height = max(2.6, 0.32 * n + 1.2)
     fig = new_figure(11.0, height)
     ax = fig.subplots()
     fig.subplots_adjust(left=0.22, right=0.97, bottom=0.6 / height + 0.03, top=1 - 0.45 / height)
     ys = list(range(n))
     ax.barh(ys, [f1[i] for i in order], color="tab:blue", alpha=0.8, label="F1")
-    ax.scatter([precision[i] for i in order], ys, marker="|", s=160, color="tab:orange", zorder=5,
-               label="precision")
+    ax.scatter(
+        [precision[i] for i in order], ys, marker="|", s=160, color="tab:orange", zorder=5, label="precision"
+    )
     ax.scatter([recall[i] for i in order], ys, marker="x", s=40, color="tab:green", zorder=5, label="recall")
     ax.set_yticks(ys)
-    ax.set_yticklabels([names[i] for i in order] if n <= 4 * MAX_NAMED_CLASSES else [str(i) for i in order],
-                       fontsize=max(6.0, min(10.0, 400.0 / max(n, 1))), **LITERAL)
+    ax.set_yticklabels(
+        [names[i] for i in order] if n <= 4 * MAX_NAMED_CLASSES else [str(i) for i in order],
+        fontsize=max(6.0, min(10.0, 400.0 / max(n, 1))),
+        **LITERAL,
+    )
     ax.invert_yaxis()  # worst class at the top
     ax.set_xlim(0.0, 1.05)
     ax.set_ylim(n - 0.5, -0.5)
@@ -118,7 +130,7 @@ def per_class_png(names: list[str], f1: list[float], precision: list[float], rec
     return to_png(fig)
 
 
-def _annotate_cells(ax, matrix: list[list[float]], *, normalised: bool, vmax: float) -> None:
+def _annotate_cells(ax: Axes, matrix: list[list[float]], *, normalised: bool, vmax: float) -> None:
     n = len(matrix)
     size = max(5.0, min(11.0, 180.0 / n))
     for r, row in enumerate(matrix):
@@ -127,8 +139,15 @@ def _annotate_cells(ax, matrix: list[list[float]], *, normalised: bool, vmax: fl
                 continue
             text = f"{v:.2f}" if normalised else f"{int(v)}"
             # white on dark cells, black on light ones, so every number stays legible
-            ax.text(c, r, text, ha="center", va="center", fontsize=size,
-                    color="white" if v > 0.55 * vmax else "black")
+            ax.text(
+                c,
+                r,
+                text,
+                ha="center",
+                va="center",
+                fontsize=size,
+                color="white" if v > 0.55 * vmax else "black",
+            )
 
 
 def confusion_png(matrix: list[list[float]], names: list[str], *, normalised: bool, title: str) -> bytes:
@@ -147,8 +166,9 @@ def confusion_png(matrix: list[list[float]], names: list[str], *, normalised: bo
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
     tick_size = max(5.0, min(10.0, 250.0 / max(n, 1)))
-    ax.set_xticklabels(labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=tick_size,
-                       **LITERAL)
+    ax.set_xticklabels(
+        labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=tick_size, **LITERAL
+    )
     ax.set_yticklabels(labels, fontsize=tick_size, **LITERAL)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -157,7 +177,7 @@ def confusion_png(matrix: list[list[float]], names: list[str], *, normalised: bo
     return to_png(fig)
 
 
-def _parse_time(stamp: str) -> datetime | None:
+def _parse_time(stamp: object) -> datetime | None:
     try:  # Python 3.10's fromisoformat does not accept a trailing "Z"
         return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
     except ValueError:
@@ -166,16 +186,24 @@ def _parse_time(stamp: str) -> datetime | None:
 
 def _elapsed(records: list[dict]) -> tuple[list[float], list[dict], str]:
     """Records with a readable timestamp, their time since the first one, and the unit of that time."""
-    points = [(t, r) for r in records if isinstance(r, dict) and (t := _parse_time(r.get("timestamp"))) is not None]
+    points = [
+        (t, r) for r in records if isinstance(r, dict) and (t := _parse_time(r.get("timestamp"))) is not None
+    ]
     if not points:
         return [], [], ""
     secs = [(t - points[0][0]).total_seconds() for t, _ in points]
     # minutes for short runs, hours for the multi-hour runs the monitor was built for
-    scale, unit = (3600.0, "hours") if secs[-1] > 3 * 3600 else (60.0, "minutes") if secs[-1] > 120 else (1.0, "seconds")
+    scale, unit = (
+        (3600.0, "hours")
+        if secs[-1] > 3 * 3600
+        else (60.0, "minutes")
+        if secs[-1] > 120
+        else (1.0, "seconds")
+    )
     return [s / scale for s in secs], [r for _, r in points], unit
 
 
-def _cpu_lines(ax, xs: list[float], rows: list[dict], marker) -> None:
+def _cpu_lines(ax: Axes, xs: list[float], rows: list[dict], marker: str | None) -> None:
     cpu = _series(rows, "cpu_percent")
     ax.plot(xs, cpu, marker=marker, ms=3, color="tab:red", label="CPU %")
     ax.set_ylabel("CPU %")
@@ -183,11 +211,15 @@ def _cpu_lines(ax, xs: list[float], rows: list[dict], marker) -> None:
     ax.set_ylim(0.0, max([105.0] + [v + 5.0 for v in cpu if not math.isnan(v)]))
 
 
-def _memory_lines(ax, xs: list[float], rows: list[dict], marker) -> None:
+def _memory_lines(ax: Axes, xs: list[float], rows: list[dict], marker: str | None) -> None:
     total = max((v for v in _series(rows, "ram_total_gb") if not math.isnan(v)), default=math.nan)
     ram_label = f"RAM used (of {total:.1f} GB)" if not math.isnan(total) else "RAM used"
-    for key, label in (("ram_used_gb", ram_label), ("gpu_allocated_gb", "GPU allocated"),
-                       ("gpu_reserved_gb", "GPU reserved"), ("gpu_max_allocated_gb", "GPU max allocated")):
+    for key, label in (
+        ("ram_used_gb", ram_label),
+        ("gpu_allocated_gb", "GPU allocated"),
+        ("gpu_reserved_gb", "GPU reserved"),
+        ("gpu_max_allocated_gb", "GPU max allocated"),
+    ):
         ys = _series(rows, key)
         # A CPU-only run logs GPU zeros; four lines stacked on 0 only add legend noise.
         if key != "ram_used_gb" and not any(v > 0 for v in ys if not math.isnan(v)):
@@ -197,15 +229,23 @@ def _memory_lines(ax, xs: list[float], rows: list[dict], marker) -> None:
     ax.set_ylabel("GB")
 
 
-def _mark_member_starts(cpu_ax, mem_ax, xs: list[float], rows: list[dict]) -> None:
-    for x, r in zip(xs, rows):
+def _mark_member_starts(cpu_ax: Axes, mem_ax: Axes, xs: list[float], rows: list[dict]) -> None:
+    for x, r in zip(xs, rows, strict=True):
         tag = str(r.get("tag") or "")
         if tag.startswith("member ") and tag.endswith(" start"):
             for ax in (cpu_ax, mem_ax):
                 ax.axvline(x, color="gray", linestyle="--", alpha=0.7)
             # above the axes, where the label cannot sit on a CPU line pinned at 100 %
-            cpu_ax.annotate(tag[:-len(" start")], (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
-                            textcoords="offset points", fontsize=8, color="dimgray", **LITERAL)
+            cpu_ax.annotate(
+                tag[: -len(" start")],
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, 2),
+                textcoords="offset points",
+                fontsize=8,
+                color="dimgray",
+                **LITERAL,
+            )
 
 
 def resources_png(records: list[dict]) -> bytes | None:

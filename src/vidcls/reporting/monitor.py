@@ -4,6 +4,7 @@ The log (``RUN_DIR/results/resource_utilization_log.json``) is always a complete
 every record rewrites the whole file through :func:`vidcls.fsutil.atomic_write_json`, so a run
 killed at any moment leaves the previous valid version behind, never a truncated one.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -226,7 +228,7 @@ class ResourceMonitor:
             except Exception as exc:  # e.g. disk full: keep monitoring, the next write may work
                 log.warning("resource monitor could not record: %s", exc)
 
-    def start(self) -> "ResourceMonitor":
+    def start(self) -> ResourceMonitor:
         """Record ``"start"`` and launch the periodic daemon thread (no-op if already running).
 
         Returns:
@@ -254,7 +256,7 @@ class ResourceMonitor:
         self._thread.join()
         self.record("end")
 
-    def absorb(self, paths) -> None:
+    def absorb(self, paths: Iterable[str | os.PathLike]) -> None:
         """Merge other ranks' logs (``rank_log_path``) into this one, in time order, and delete them.
         Called by rank 0 once every rank has stopped its monitor: the job's one resource log."""
         found = [Path(p) for p in paths if Path(p).is_file()]
@@ -271,7 +273,7 @@ class ResourceMonitor:
         for p in found:
             p.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ResourceMonitor":
+    def __enter__(self) -> ResourceMonitor:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -296,9 +298,7 @@ def summarize(records: list[dict]) -> dict:
             # bool is an int subclass but not a measurement
             if isinstance(val, (int, float)) and not isinstance(val, bool):
                 values.setdefault(key, []).append(float(val))
-    return {
-        key: {"mean": sum(v) / len(v), "min": min(v), "max": max(v)} for key, v in values.items()
-    }
+    return {key: {"mean": sum(v) / len(v), "min": min(v), "max": max(v)} for key, v in values.items()}
 
 
 def rank_log_path(path: str | os.PathLike, rank: int) -> Path:

@@ -4,6 +4,7 @@ Figures are built with :class:`matplotlib.figure.Figure` and never registered wi
 GUI backend is touched (works headless, whatever ``MPLBACKEND`` says), no global figure list
 grows over a 150-epoch run, and rendering is safe from a background thread.
 """
+
 from __future__ import annotations
 
 import io
@@ -11,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -18,12 +20,15 @@ from matplotlib.ticker import MaxNLocator
 
 from ..utils.fs import atomic_write_bytes
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 FIGSIZE = (15.0, 8.0)  # inches
 DPI = 80  # 1200 x 640 px: readable, and small enough to render in well under 0.5 s
 MAX_NAMED_CLASSES = 40  # above this the per-class panel shows class indices, not names
 # Text properties for strings that come from data (class names, tags, titles): drawn as written.
 # Without them a "$" starts matplotlib mathtext, and a class named "$5_to_$10" fails the whole figure.
-LITERAL = {"usetex": False, "parse_math": False}
+LITERAL: dict[str, Any] = {"usetex": False, "parse_math": False}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -41,7 +46,7 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def epoch_axis(ax, epochs: list[int]) -> None:
+def epoch_axis(ax: Axes, epochs: list[int]) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.96" ticks
     ax.grid(True, alpha=0.3)
@@ -51,7 +56,7 @@ def epoch_axis(ax, epochs: list[int]) -> None:
 
 def _series(history: list[dict], key: str) -> list[float]:
     # A missing or None value becomes NaN so matplotlib leaves a gap instead of failing.
-    out = []
+    out: list[float] = []
     for h in history:
         v = h.get(key)
         out.append(float(v) if v is not None else math.nan)
@@ -59,7 +64,7 @@ def _series(history: list[dict], key: str) -> list[float]:
 
 
 def _argmax(values: list[float]) -> int | None:
-    best = None
+    best: int | None = None
     for i, v in enumerate(values):
         if not math.isnan(v) and (best is None or v > values[best]):
             best = i
@@ -69,6 +74,7 @@ def _argmax(values: list[float]) -> int | None:
 @dataclass
 class _Dash:
     """What every dashboard panel reads: the history, its epochs and the class names."""
+
     history: list[dict]
     class_names: list[str]
 
@@ -97,25 +103,32 @@ def _check_history(history: list[dict], class_names: list[str]) -> None:
             )
 
 
-def _loss_panel(ax, d: _Dash) -> None:
+def _loss_panel(ax: Axes, d: _Dash) -> None:
     ax.plot(d.epochs, d.series("train_loss"), marker=d.marker, label="train")
     ax.plot(d.epochs, d.series("val_loss"), marker=d.marker, label="val")
     ax.set_title("Loss")
 
 
-def _accuracy_panel(ax, d: _Dash) -> None:
+def _accuracy_panel(ax: Axes, d: _Dash) -> None:
     epochs, val_acc = d.epochs, d.series("val_acc")
     ax.plot(epochs, d.series("train_acc"), marker=d.marker, label="train")
     ax.plot(epochs, val_acc, marker=d.marker, label="val")
     best = _argmax(val_acc)
     if best is not None:
-        ax.scatter([epochs[best]], [val_acc[best]], marker="*", s=180, color="red", zorder=5,
-                   label=f"best val {val_acc[best]:.3f} (ep {epochs[best]})")
+        ax.scatter(
+            [epochs[best]],
+            [val_acc[best]],
+            marker="*",
+            s=180,
+            color="red",
+            zorder=5,
+            label=f"best val {val_acc[best]:.3f} (ep {epochs[best]})",
+        )
     ax.set_title("Accuracy")
     ax.set_ylim(0.0, 1.02)
 
 
-def _f1_panel(ax, d: _Dash) -> None:
+def _f1_panel(ax: Axes, d: _Dash) -> None:
     ax.plot(d.epochs, d.series("val_f1_weighted"), marker=d.marker, label="weighted")
     ax.plot(d.epochs, d.series("val_f1_macro"), marker=d.marker, label="macro")
     ax.plot(d.epochs, d.series("val_f1_worst"), marker=d.marker, label="worst class")
@@ -123,7 +136,7 @@ def _f1_panel(ax, d: _Dash) -> None:
     ax.set_ylim(0.0, 1.02)
 
 
-def _lr_panel(ax, d: _Dash) -> None:
+def _lr_panel(ax: Axes, d: _Dash) -> None:
     lrs = d.series("lr")
     ax.plot(d.epochs, lrs, marker=d.marker, color="tab:purple")
     # Log scale needs positive values; a schedule that hits 0 would otherwise blank the panel.
@@ -132,7 +145,7 @@ def _lr_panel(ax, d: _Dash) -> None:
     ax.set_title("Learning rate")
 
 
-def _class_axis(ax, d: _Dash, f1: list[float]) -> None:
+def _class_axis(ax: Axes, d: _Dash, f1: list[float]) -> None:
     """Class names under the bars, or indices plus the worst names when there are too many to read."""
     n_cls = len(d.class_names)
     xs = list(range(n_cls))
@@ -146,11 +159,19 @@ def _class_axis(ax, d: _Dash, f1: list[float]) -> None:
     ax.set_xlabel("class index")
     worst = sorted(xs, key=lambda i: f1[i])[:5]
     # Below the axis label, where it cannot collide with the bars or the legend.
-    ax.text(0.5, -0.2, "worst: " + ", ".join(f"{d.class_names[i]} {f1[i]:.2f}" for i in worst),
-            transform=ax.transAxes, va="top", ha="center", fontsize=7, **LITERAL)
+    ax.text(
+        0.5,
+        -0.2,
+        "worst: " + ", ".join(f"{d.class_names[i]} {f1[i]:.2f}" for i in worst),
+        transform=ax.transAxes,
+        va="top",
+        ha="center",
+        fontsize=7,
+        **LITERAL,
+    )
 
 
-def _per_class_panel(ax, d: _Dash) -> None:
+def _per_class_panel(ax: Axes, d: _Dash) -> None:
     last = d.epochs[-1]
     latest = d.history[-1].get("val_f1_per_class")
     n_cls = len(d.class_names)
@@ -160,16 +181,23 @@ def _per_class_panel(ax, d: _Dash) -> None:
         ax.bar(xs, f1, color="tab:blue", label=f"epoch {last}")
         best = _argmax(d.series("val_f1_weighted"))
         best_pc = d.history[best].get("val_f1_per_class") if best is not None else None
-        if best_pc is not None and best != len(d.history) - 1:
-            ax.scatter(xs, [float(v) for v in best_pc], marker="_", s=200, color="red", zorder=5,
-                       label=f"best weighted F1 (ep {d.epochs[best]})")
+        if best is not None and best_pc is not None and best != len(d.history) - 1:
+            ax.scatter(
+                xs,
+                [float(v) for v in best_pc],
+                marker="_",
+                s=200,
+                color="red",
+                zorder=5,
+                label=f"best weighted F1 (ep {d.epochs[best]})",
+            )
         _class_axis(ax, d, f1)
         ax.set_xlim(-0.6, n_cls - 0.4)
     ax.set_title(f"Per-class val F1 (epoch {last})")
     ax.set_ylim(0.0, 1.05)
 
 
-def _epoch_time_panel(ax, d: _Dash) -> None:
+def _epoch_time_panel(ax: Axes, d: _Dash) -> None:
     secs = d.series("epoch_seconds")
     # width=1 with no edges: 150 thin bars otherwise alias into an uneven comb at 80 dpi.
     ax.bar(d.epochs, secs, width=1.0, linewidth=0, color="tab:gray")
@@ -187,8 +215,8 @@ def _render_png(history: list[dict], class_names: list[str], title: str | None) 
     axes = fig.subplots(2, 3)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.22, hspace=0.38)
     fig.suptitle(title or f"Training dashboard - epoch {d.epochs[-1]}", fontsize=14, **LITERAL)
-    for row, panels in zip(axes, _PANELS):
-        for ax, draw in zip(row, panels):
+    for row, panels in zip(axes, _PANELS, strict=True):
+        for ax, draw in zip(row, panels, strict=True):
             draw(ax, d)
             per_class = draw is _per_class_panel
             # Vertical grid lines would draw one line per class tick in the per-class panel.
@@ -200,8 +228,9 @@ def _render_png(history: list[dict], class_names: list[str], title: str | None) 
     return to_png(fig)
 
 
-def plot_dashboard(history: list[dict], class_names: list[str], out_path: str | os.PathLike, *,
-                   title: str | None = None) -> Path:
+def plot_dashboard(
+    history: list[dict], class_names: list[str], out_path: str | os.PathLike, *, title: str | None = None
+) -> Path:
     """Render the training dashboard to a PNG (written atomically).
 
     Args:

@@ -9,38 +9,38 @@ The sections below build plain data (paragraphs, tables, images); ``templates/re
 turns it into HTML with autoescaping on, so class names, video ids, paths and config values from
 the run are always shown as text, never interpreted as markup.
 """
+
 from __future__ import annotations
 
 import errno
 import json
 import logging
-import math
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import jinja2
 
 from .. import __version__
-from ..run.layout import CHECKPOINT_RE, SNAPSHOT_RE, checkpoint_member
+from ..run.layout import CHECKPOINT_RE, checkpoint_member
 from ..run.rundir import RunDir
 from . import figures as rp
-from .blocks import Cell, bar_cell, figure, na, num, num_cell, para, table
+from .blocks import Cell, bar_cell, figure, na, num, para, table
 from .calibration import calibration_body
+from .results import METRICS, confusion_body, ensemble_body, final_metrics, per_class_body, tta_body
 from .run_data import RunData, load_run
 
 log = logging.getLogger(__name__)
 
-METRICS = (("accuracy", "acc"), ("f1_macro", "macro F1"), ("worst_class_f1", "worst-class F1"))
-
-
 # --- sections ------------------------------------------------------------------------------------
+
 
 def _config_body(run: RunData) -> list[dict]:
     if run.config is None:
         return [na("config.yaml not available")]
 
-    def show(v):
+    def show(v: object) -> str:
         if isinstance(v, (list, tuple)):
             return ", ".join(str(x) for x in v)
         if isinstance(v, dict):
@@ -55,14 +55,16 @@ def _data_body(run: RunData) -> list[dict]:
     s = run.summary
     counts = s.get("class_counts") or {}
     splits = [sp for sp in ("train", "val", "test") if counts.get(sp)]
-    parts = [para(f"validation source: {s.get('val_source', 'not available')}"),
-             para("features dir: ", code=str(s.get("features_dir", "not available")))]
+    parts = [
+        para(f"validation source: {s.get('val_source', 'not available')}"),
+        para("features dir: ", code=str(s.get("features_dir", "not available"))),
+    ]
     if not splits:
         return parts + [na("class counts not available")]
     names = run.classes or sorted({c for sp in splits for c in counts[sp]})
     totals = {sp: sum(counts[sp].values()) for sp in splits}
 
-    def cell(sp, c):
+    def cell(sp: str, c: str) -> str:
         n = counts[sp].get(c, 0)
         return f"{n} ({100.0 * n / totals[sp]:.0f}%)" if totals[sp] else str(n)
 
@@ -70,10 +72,12 @@ def _data_body(run: RunData) -> list[dict]:
     rows.append(["total"] + [str(totals[sp]) for sp in splits])
     if "test" not in splits:
         parts.append(na("no test split in this run"))
-    return [table(["class"] + splits, rows, table_id="data-table", row_classes=[""] * len(names) + ["total"])] + parts
+    return [
+        table(["class"] + splits, rows, table_id="data-table", row_classes=[""] * len(names) + ["total"])
+    ] + parts
 
 
-def _seed_member(row: dict):
+def _seed_member(row: dict) -> int | None:
     """The seed member a summary row belongs to: the ``<i>`` of its ``members/<i>/checkpoints/...``
     (with ``--snapshots`` a member has several rows), else its index (summaries without checkpoints)."""
     path = str(row.get("checkpoint") or "")
@@ -81,16 +85,16 @@ def _seed_member(row: dict):
 
 
 def _model_fact(s: dict, run: RunData) -> str:
-    """"<model> x N member(s)", and the number of models when --snapshots gave members several."""
+    """ "<model> x N member(s)", and the number of models when --snapshots gave members several."""
     rows = s.get("members") or []
     n = len({_seed_member(r) for r in rows}) if rows else len(run.histories)
     more = f" ({len(rows)} snapshot models)" if len(rows) > n else ""
     return f"{s.get('model', '?')} x {n} member(s){more}"
 
 
-def _best_epochs(run: RunData) -> list:
+def _best_epochs(run: RunData) -> list[int | None]:
     """Per seed member (one history each), its best epoch: from the first summary row of that member."""
-    best = {}
+    best: dict[int | None, int | None] = {}
     for row in run.summary.get("members") or []:
         best.setdefault(_seed_member(row), row.get("best_epoch"))
     return [best.get(i) for i in range(len(run.histories))]
@@ -99,8 +103,10 @@ def _best_epochs(run: RunData) -> list:
 def _curves_body(run: RunData) -> list[dict]:
     if not any(run.histories):
         return [na("training history (members/*/history.json) not available")]
-    return [para("Dashed red line and star: the epoch whose checkpoint the member uses (best validation score)."),
-            figure("training curves per member", rp.curves_png, run.histories, _best_epochs(run))]
+    return [
+        para("Dashed red line and star: the epoch whose checkpoint the member uses (best validation score)."),
+        figure("training curves per member", rp.curves_png, run.histories, _best_epochs(run)),
+    ]
 
 
 def _lr_body(run: RunData) -> list[dict]:
@@ -109,158 +115,19 @@ def _lr_body(run: RunData) -> list[dict]:
     return [figure("learning-rate schedule", rp.lr_png, run.histories)]
 
 
-def _final_metrics(run: RunData) -> tuple[dict | None, str]:
-    """The served model's metrics on test, or on validation (labelled so) when there is no test split."""
-    if run.has_test:
-        return run.summary["test"], "test"
-    return run.summary.get("val"), "validation (no test split)"
-
-
-def _per_class_body(run: RunData) -> list[dict]:
-    m, label = _final_metrics(run)
-    if not m or not m.get("f1_per_class"):
-        return [na("per-class metrics not available")]
-    names = list(m["f1_per_class"])
-    col = {k: [m.get(k, {}).get(c, math.nan) for c in names]
-           for k in ("precision_per_class", "recall_per_class", "f1_per_class")}
-    support = m.get("support_per_class", {})
-    rows = [[c, bar_cell(col["precision_per_class"][i]), bar_cell(col["recall_per_class"][i]),
-             bar_cell(col["f1_per_class"][i]), support.get(c, "-")] for i, c in enumerate(names)]
-    return [para(f"Final model on {label}."),
-            table(["class", "precision", "recall", "F1", "support"], rows, table_id="per-class-table"),
-            figure("per-class F1", rp.per_class_png, names, col["f1_per_class"], col["precision_per_class"],
-                    col["recall_per_class"])]
-
-
-def _confusion_body(run: RunData) -> list[dict]:
-    m, label = _final_metrics(run)
-    cm = (m or {}).get("confusion_matrix")
-    if not cm:
-        return [na("confusion matrix not available")]
-    names = list(m.get("f1_per_class") or {}) or run.classes or [str(i) for i in range(len(cm))]
-    normed = [[v / sum(row) if sum(row) else 0.0 for v in row] for row in cm]
-    figs = [figure("confusion matrix counts", rp.confusion_png, cm, names, normalised=False,
-                    title=f"Counts ({label})"),
-            figure("confusion matrix row-normalised", rp.confusion_png, normed, names, normalised=True,
-                    title="Row-normalised (recall per class)")]
-    # side by side while small; past a dozen classes each needs the full width to stay legible
-    return [para(f"Final model on {label}; rows are the true class, columns the prediction."),
-            {"kind": "group", "cls": "pair" if len(names) <= 12 else "stack", "blocks": figs}]
-
-
-def _pair(plain: dict | None, tta: dict | None, key: str, tta_used: bool) -> Cell:
-    """'plain / TTA' in one cell, the variant actually used in bold."""
-    a, b = num((plain or {}).get(key)), num((tta or {}).get(key))
-    return Cell(((a, not tta_used), (" / ", False), (b, tta_used)), cls="num")
-
-
-def _metric_cells(results: dict, splits: list[str], tta_used: bool) -> list:
-    """``results`` maps "val", "val_tta", "test", "test_tta" to metric dicts (entries may be missing)."""
-    return [_pair(results.get(sp), results.get(f"{sp}_tta"), k, tta_used) for sp in splits for k, _ in METRICS]
-
-
-def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
-    """One row per model (a member, or with --snapshots one of its snapshots); the class marks excluded
-    models and the one the run serves."""
-    rows, classes = [], []
-    ens = run.summary.get("ensemble") or {}
-    excluded = {e.get("member"): e.get("reason", "") for e in ens.get("excluded") or []}
-    final = (run.summary.get("final") or {}).get("source")
-    for m in run.summary.get("members") or []:
-        i = m.get("member")
-        status = f"excluded: {excluded[i]}" if i in excluded else "used"
-        label, epoch = f"member {i}", m.get("best_epoch", "-")
-        snapshot = SNAPSHOT_RE.fullmatch(str(m.get("checkpoint") or "").split("/")[-1])
-        if snapshot:  # --snapshots: a model is one cycle end of a member, not the member's best epoch
-            label, epoch = f"member {i} ({m['checkpoint']})", int(snapshot.group(1))
-        rows.append([label, epoch, "yes" if m.get("tta_used") else "no"]
-                    + _metric_cells(m, splits, bool(m.get("tta_used"))) + [status])
-        classes.append("member" + (" excluded" if i in excluded else "") + (" final" if final == f"member {i}" else ""))
-    return rows, classes
-
-
-def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
-    """Mean of members, the ensemble, and the ensemble's test gains, in the member table's columns."""
-    s, rows, classes = run.summary, [], []
-    ens = s.get("ensemble") or {}
-    blank = ["-"] * len(METRICS)  # the val columns of test-only rows
-    several = len(s.get("members") or []) > 1  # with one member, mean and gains are the member itself
-    mean = s.get("mean_member_test")
-    if mean and "test" in splits and several:
-        rows.append(["mean of members", "", "no"] + blank
-                    + [num_cell(num(mean.get(k))) for k, _ in METRICS] + [""])
-        classes.append("agg")
-    if ens:
-        wo, wi = ens.get("without_tta") or {}, ens.get("with_tta") or {}
-        both = {**wo, **{f"{sp}_tta": v for sp, v in wi.items()}}
-        rows.append(["ensemble", "", "yes" if ens.get("tta_used") else "no"]
-                    + _metric_cells(both, splits, bool(ens.get("tta_used")))
-                    + [f"members {', '.join(str(x) for x in ens.get('members_used') or [])}"])
-        classes.append("agg final" if (s.get("final") or {}).get("source") == "ensemble" else "agg")
-    for key, label in (("gain_vs_mean_member", "gain vs mean member"),
-                       ("gain_vs_best_val_member", "gain vs best-val member")):
-        if ens.get(key) and "test" in splits and several:
-            rows.append([label, "", ""] + blank
-                        + [num_cell(num(ens[key].get(k), signed=True)) for k, _ in METRICS]
-                        + ["ensemble test minus that"])
-            classes.append("gain")
-    return rows, classes
-
-
-def _ensemble_body(run: RunData) -> list[dict]:
-    s = run.summary
-    if not s.get("members"):
-        return [na("member results not available (summary.json missing or incomplete)")]
-    splits = ["val", "test"] if run.has_test else ["val"]  # no empty test columns without a test split
-    rows, classes = _member_rows(run, splits)
-    more_rows, more_classes = _aggregate_rows(run, splits)
-    rows, classes = rows + more_rows, classes + more_classes
-    headers = ["", "best epoch", "TTA used"] + [f"{sp} {n}" for sp in splits for _, n in METRICS] + ["ensemble"]
-    parts = [para("Each cell: without TTA / with TTA; the variant the row actually uses is bold. "
-                "Green row: the model the run serves."),
-             table(headers, rows, table_id="member-table", row_classes=classes)]
-    final = s.get("final")
-    if final:
-        fm, label = _final_metrics(run)
-        line = (f"Final choice: {final.get('source', '?')} (TTA {'on' if final.get('tta_used') else 'off'})"
-                f" - {label} accuracy {num((fm or {}).get('accuracy'))}, macro F1 {num((fm or {}).get('f1_macro'))}.")
-        if final.get("reason"):
-            line += f" Reason: {final['reason']}"
-        elif str(final.get("source", "")).startswith("member") and len(s["members"]) > 1:
-            # the rule in inference.policy.choose_final: a single member that beats the ensemble on validation is served
-            line += " Reason: this member scored higher on validation than the ensemble."
-        parts.append(para(line, cls="choice"))
-    return parts
-
-
-def _tta_body(run: RunData) -> list[dict]:
-    tta = run.summary.get("tta") or {}
-    per_mode = tta.get("per_mode") or {}
-    if not per_mode:
-        return [na("TTA results not available")]
-    splits = [sp for sp in ("val", "test") if any(sp in v for v in per_mode.values())]
-    keys = (("accuracy", "acc"), ("f1_weighted", "weighted F1"), ("f1_macro", "macro F1"),
-            ("worst_class_f1", "worst F1"))
-    headers = ["mode"] + [f"{sp} {n}" for sp in splits for _, n in keys]
-    by_mode = {mode: [(res.get(sp) or {}).get(k) for sp in splits for k, _ in keys] for mode, res in per_mode.items()}
-    by_mode["mean of all modes (TTA)"] = [(tta.get(sp) or {}).get(k) for sp in splits for k, _ in keys]
-    best = [max((v[j] for v in by_mode.values() if isinstance(v[j], (int, float))), default=None)
-            for j in range(len(headers) - 1)]
-    # bold the best value of each column: the mode worth looking at stands out
-    rows = [[mode] + [num_cell(num(v), bold=v is not None and v == best[j]) for j, v in enumerate(vals)]
-            for mode, vals in by_mode.items()]
-    intro = (f"TTA setting: {tta.get('mode', '?')}; used by the ensemble: {'yes' if tta.get('used') else 'no'}. "
-             "Rows: the ensemble scored on each single augmentation, then on their mean; best per column in bold.")
-    return [para(intro), table(headers, rows, table_id="tta-table", row_classes=[""] * len(per_mode) + ["agg"])]
-
-
 def _resources_body(run: RunData) -> list[dict]:
-    parts = [figure("resource use over time", rp.resources_png, run.resources) if run.resources
-             else na("resource log not available")]
+    parts = [
+        figure("resource use over time", rp.resources_png, run.resources)
+        if run.resources
+        else na("resource log not available")
+    ]
     res = run.summary.get("resources")
     if res:
-        rows = [[name, num(v.get("mean"), 2), num(v.get("min"), 2), num(v.get("max"), 2)]
-                for name, v in res.items() if isinstance(v, dict)]
+        rows = [
+            [name, num(v.get("mean"), 2), num(v.get("min"), 2), num(v.get("max"), 2)]
+            for name, v in res.items()
+            if isinstance(v, dict)
+        ]
         parts.append(table(["field", "mean", "min", "max"], rows, table_id="resources-table"))
     else:
         parts.append(na("resource summary not available"))
@@ -278,14 +145,31 @@ def _misclassified_body(run: RunData) -> list[dict]:
     split = "test" if run.pred_split == "test" else "validation"
     intro = f"{len(wrong)} of {n} {split} videos misclassified, most confident mistakes first."
     if run.pred_split != "test":
-        intro = ("No test split: these are validation videos, which also chose checkpoints and TTA, "
-                 "so they flatter the model. " + intro)
+        intro = (
+            "No test split: these are validation videos, which also chose checkpoints and TTA, "
+            "so they flatter the model. " + intro
+        )
     if not wrong:
         return [para(intro)]
-    rows = [[i + 1, p.get("video_id", "?"), p.get("label", "?"), p.get("pred", "?"), bar_cell(p.get("confidence"))]
-            for i, p in enumerate(wrong)]
-    return [para(intro), table(["#", "video", "true", "predicted", "confidence"], rows,
-                              table_id="misclassified-table", scroll=True)]
+    rows = [
+        [
+            i + 1,
+            p.get("video_id", "?"),
+            p.get("label", "?"),
+            p.get("pred", "?"),
+            bar_cell(p.get("confidence")),
+        ]
+        for i, p in enumerate(wrong)
+    ]
+    return [
+        para(intro),
+        table(
+            ["#", "video", "true", "predicted", "confidence"],
+            rows,
+            table_id="misclassified-table",
+            scroll=True,
+        ),
+    ]
 
 
 SECTIONS = (  # (id, heading, builder): ids are a stable interface (tests, links)
@@ -293,17 +177,17 @@ SECTIONS = (  # (id, heading, builder): ids are a stable interface (tests, links
     ("data", "Data", _data_body),
     ("curves", "Training curves", _curves_body),
     ("lr", "Learning-rate schedule", _lr_body),
-    ("per-class", "Per-class metrics", _per_class_body),
-    ("confusion", "Confusion matrix", _confusion_body),
-    ("ensemble", "Ensemble vs members", _ensemble_body),
-    ("tta", "Test-time augmentation", _tta_body),
+    ("per-class", "Per-class metrics", per_class_body),
+    ("confusion", "Confusion matrix", confusion_body),
+    ("ensemble", "Ensemble vs members", ensemble_body),
+    ("tta", "Test-time augmentation", tta_body),
     ("calibration", "Calibration and trust", calibration_body),
     ("resources", "Resource use", _resources_body),
     ("misclassified", "Misclassified videos", _misclassified_body),
 )
 
 
-def _section(run: RunData, sid: str, title: str, build) -> dict:
+def _section(run: RunData, sid: str, title: str, build: Callable[[RunData], list[dict]]) -> dict:
     try:
         blocks = build(run)
     except Exception as exc:  # noqa: BLE001 - one odd input must not cost the rest of the report
@@ -314,21 +198,28 @@ def _section(run: RunData, sid: str, title: str, build) -> dict:
 
 def _header(run: RunData) -> dict:
     s = run.summary
-    m, label = _final_metrics(run)
+    m, label = final_metrics(run)
     finished = ""
     summary = RunDir(run.run_dir).summary
     if summary.exists():
         finished = datetime.fromtimestamp(summary.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     wall = s.get("wall_seconds")
-    facts = [("run dir", str(run.run_dir)), ("finished", finished or "not finished / unknown"),
-             ("report written", datetime.now().strftime("%Y-%m-%d %H:%M")),
-             ("vidcls", f"{s.get('vidcls_version', '?')} (report {__version__})"),
-             ("model", _model_fact(s, run)),
-             ("classes", str(len(run.classes)) if run.classes else "?"),
-             ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "-"),
-             ("final model", (s.get("final") or {}).get("source", "?"))]
-    return {"name": run.run_dir.name, "facts": facts, "label": label,
-            "cards": [(num((m or {}).get(k)), n) for k, n in METRICS]}
+    facts = [
+        ("run dir", str(run.run_dir)),
+        ("finished", finished or "not finished / unknown"),
+        ("report written", datetime.now().strftime("%Y-%m-%d %H:%M")),
+        ("vidcls", f"{s.get('vidcls_version', '?')} (report {__version__})"),
+        ("model", _model_fact(s, run)),
+        ("classes", str(len(run.classes)) if run.classes else "?"),
+        ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "-"),
+        ("final model", (s.get("final") or {}).get("source", "?")),
+    ]
+    return {
+        "name": run.run_dir.name,
+        "facts": facts,
+        "label": label,
+        "cards": [(num((m or {}).get(k)), n) for k, n in METRICS],
+    }
 
 
 def _safe_header(run: RunData) -> dict:
@@ -338,13 +229,22 @@ def _safe_header(run: RunData) -> dict:
     except Exception as exc:  # noqa: BLE001 - as for a section: the rest of the report still renders
         log.warning("report: the header could not be rendered (%s: %s)", type(exc).__name__, exc)
         why = f"summary.json has an unexpected shape ({type(exc).__name__}: {exc})"
-        return {"name": run.run_dir.name, "facts": [("run dir", str(run.run_dir)), ("summary", why)],
-                "label": "not available", "cards": [(num(None), n) for _, n in METRICS]}
+        return {
+            "name": run.run_dir.name,
+            "facts": [("run dir", str(run.run_dir)), ("summary", why)],
+            "label": "not available",
+            "cards": [(num(None), n) for _, n in METRICS],
+        }
 
 
 # Autoescape on for every template, whatever its file name: the page shows strings from the run.
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("vidcls.reporting", "templates"), autoescape=True,
-                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("vidcls.reporting", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 _ENV.tests["cell"] = lambda value: isinstance(value, Cell)
 
 

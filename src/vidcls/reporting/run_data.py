@@ -4,19 +4,27 @@
 A run that is still going, was killed, or predates a file is still worth a report, so every file is
 optional here: absent, half-written or malformed files load as ``None`` or empty, never an error.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from ..config import read_yaml
 from ..errors import ConfigError
 from ..run.rundir import RunDir
 
+T = TypeVar("T")
+D = TypeVar("D")
+
 
 @dataclass
 class RunData:
     """Everything the report reads, loaded once; ``None``/empty where a file is absent."""
+
     run_dir: Path
     summary: dict = field(default_factory=dict)
     config: dict | None = None
@@ -36,7 +44,7 @@ class RunData:
         return [str(c) for c in names] if isinstance(names, list) else []
 
 
-def _lenient(read, default):
+def _lenient(read: Callable[[], T | None], default: D) -> T | D:
     """``read()``, or ``default`` when its file is damaged (a live run may be half-way through a write)."""
     try:
         value = read()
@@ -60,12 +68,12 @@ def load_run(run_dir: Path) -> RunData:
         run.config = read_yaml(rd.config)
     except ConfigError:
         run.config = None
-    run.histories = [_lenient(lambda i=i: rd.read_history(i), []) for i in rd.member_indices()]
+    run.histories = [_lenient(partial(rd.read_history, i), []) for i in rd.member_indices()]
     run.resources = _lenient(rd.read_resource_log, None)
     run.calibration = _lenient(rd.read_calibration, None)
     # The test split is the honest one; validation predictions stand in only when there is none.
     for split in ("test", "val"):
-        record = _lenient(lambda s=split: rd.read_eval(s), None)
+        record = _lenient(partial(rd.read_eval, split), None)
         if isinstance(record, dict) and isinstance(record.get("predictions"), list):
             run.predictions, run.pred_split = record["predictions"], split
             break
