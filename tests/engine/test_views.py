@@ -1,20 +1,13 @@
-"""Test-time augmentation: the views of a sequence, their batched form, and the per-view softmax."""
+"""Test-time augmentation: the views of a sequence and their batched form (the models' pass over them is
+tests/engine/test_forward.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from vidcls.data.dataset import collate
-from vidcls.engine.views import (
-    predict_modes,
-    tta_batch,
-    tta_indices,
-    tta_mean,
-    views_to_predict,
-)
+from vidcls.engine.views import tta_batch, tta_indices, views_to_predict
 from vidcls.errors import ConfigError
-from vidcls.models import build_model
 
 
 @pytest.mark.parametrize("n,mode,want", [
@@ -46,14 +39,6 @@ def test_views_to_predict_always_holds_the_original_sequence(modes, want):
     assert views_to_predict(modes) == want
 
 
-def test_tta_mean_averages_exactly_the_listed_modes():
-    views = {"original": np.array([[1.0, 0.0]]), "reverse": np.array([[0.5, 0.5]]),
-             "speed_up": np.array([[0.0, 1.0]])}
-    np.testing.assert_allclose(tta_mean(views, ("reverse", "speed_up")), [[0.25, 0.75]])
-    np.testing.assert_allclose(tta_mean(views, ("original", "reverse", "speed_up")), [[0.5, 0.5]])
-    np.testing.assert_allclose(tta_mean(views, ("speed_up",)), [[0.0, 1.0]])
-
-
 def test_tta_batch_applies_each_row_its_own_view():
     a = torch.arange(12.0)[:, None].repeat(1, 2)  # frame t holds value t
     b = torch.arange(4.0)[:, None].repeat(1, 2) + 100
@@ -69,38 +54,3 @@ def test_tta_batch_applies_each_row_its_own_view():
     assert ld.tolist() == [18, 4] and xd.shape == (2, 18, 2)
     xo, lo = tta_batch(x, lengths, "original")
     assert xo is x and lo is lengths  # the original view costs no copy
-
-
-def _model(dropout=0.0):
-    torch.manual_seed(0)
-    return build_model("bilstm_attn", feature_dim=3, n_classes=3, hidden_dim=8, layers=1, heads=2, dropout=dropout)
-
-
-def test_predict_modes_matches_one_video_at_a_time_in_dataset_order():
-    model = _model().eval()
-    vids = [torch.randn(n, 3) for n in (13, 7, 4)]
-    # two batches, positions out of order: the result must come back in dataset order
-    loader = [collate([(vids[2], 2, 2), (vids[0], 0, 0)]), collate([(vids[1], 1, 1)])]
-    out = predict_modes(model, loader, torch.device("cpu"))
-    assert set(out) == {"original", "reverse", "speed_up", "speed_down", "labels"}
-    assert out["labels"].tolist() == [0, 1, 2]
-    for i, v in enumerate(vids):
-        for mode in ("original", "reverse", "speed_up", "speed_down"):
-            view = v[tta_indices(len(v), mode)]
-            want = torch.softmax(model(view[None], torch.tensor([len(view)])), 1)[0].detach().numpy()
-            np.testing.assert_allclose(out[mode][i], want, atol=1e-6)
-            assert out[mode].dtype == np.float64
-
-
-def test_predict_modes_without_original_still_predicts_it_and_runs_in_eval_mode():
-    model = _model(dropout=0.5).train()  # dropout on: predictions would be random in train mode
-    vids = [torch.randn(n, 3) for n in (12, 6)]
-    loader = [collate([(v, i, i) for i, v in enumerate(vids)])]
-    out = predict_modes(model, loader, torch.device("cpu"), ("reverse", "speed_up"))
-    assert set(out) == {"original", "reverse", "speed_up", "labels"}
-    assert not model.training
-    for i, v in enumerate(vids):
-        want = torch.softmax(model(v[None], torch.tensor([len(v)])), 1)[0].detach().numpy()
-        np.testing.assert_allclose(out["original"][i], want, atol=1e-6)
-    again = predict_modes(model.train(), loader, torch.device("cpu"), ("reverse", "speed_up"))
-    np.testing.assert_array_equal(again["reverse"], out["reverse"])

@@ -1,13 +1,16 @@
 """The choices made on validation data, from hand-made softmax and metrics.
 
 Every expected number is worked out by hand in the comments (accuracy = correct / N, F1 from the
-counts); each scenario makes exactly one rule decide the outcome.
+counts); each scenario makes exactly one rule decide the outcome. The softmax is written per member,
+split and view (``views``); ``outputs`` turns it into the ``{split: Outputs}`` the policy reads, with
+logits ``log(p)`` (whose softmax is ``p`` again).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from vidcls.engine.forward import Outputs
 from vidcls.evaluation.policy import (
     COLLAPSE_MARGIN,
     MCNEMAR_ALPHA,
@@ -28,6 +31,7 @@ from vidcls.evaluation.policy import (
     member_rows,
     score,
     served,
+    view_names,
     view_probs,
 )
 
@@ -43,6 +47,18 @@ def P(*rows) -> np.ndarray:
 def views(labels, original, reverse=None, **more) -> dict:
     return {"original": P(*original), "reverse": P(*(reverse or original)),
             **{k: P(*v) for k, v in more.items()}, "labels": np.array(labels)}
+
+
+def outputs(member_probs: list[dict]) -> dict:
+    """``{split: Outputs}`` from per member ``{split: {view: (N, C) softmax, "labels": (N,)}}``: logits
+    ``log(p)``, models ``0 .. M - 1``, the views of member 0 in its order."""
+    out = {}
+    for split, first in member_probs[0].items():
+        names = [v for v in first if v != "labels"]
+        with np.errstate(divide="ignore"):  # log(0) = -inf: softmax gives 0 back
+            z = np.stack([np.stack([np.log(m[split][v]) for v in names], axis=1) for m in member_probs], axis=1)
+        out[split] = Outputs(z, range(len(member_probs)), names, first["labels"])
+    return out
 
 
 def onehot(pred, n_classes=3, conf=0.8) -> np.ndarray:
@@ -71,12 +87,26 @@ def test_decide_tta_auto_needs_a_strict_gain_and_on_off_force():
 def test_view_and_ensemble_probs():
     m0 = {"v": views([0, 1], [[.9, .1], [.2, .8]], [[.5, .5], [.4, .6]], speed_up=[[.1, .9], [.0, 1.]])}
     m1 = {"v": views([0, 1], [[.7, .3], [.6, .4]], [[.3, .7], [.2, .8]], speed_up=[[.3, .7], [.2, .8]])}
-    np.testing.assert_allclose(view_probs(m0["v"], ("reverse", "speed_up"), False), [[.9, .1], [.2, .8]])
-    np.testing.assert_allclose(view_probs(m0["v"], ("reverse", "speed_up"), True), [[.3, .7], [.2, .8]])
+    out = outputs([m0, m1])
+    np.testing.assert_allclose(view_probs(out, 0, "v", ("reverse", "speed_up"), False), [[.9, .1], [.2, .8]])
+    np.testing.assert_allclose(view_probs(out, 0, "v", ("reverse", "speed_up"), True), [[.3, .7], [.2, .8]])
+    np.testing.assert_allclose(view_probs(out, 1, "v", ("speed_up",), True), [[.3, .7], [.2, .8]])
+    np.testing.assert_allclose(view_probs(out, 1, "v", ("speed_up",), False), [[.7, .3], [.6, .4]])
     # without TTA: (m0 original + m1 original) / 2; with TTA over reverse only: (m0 rev + m1 rev) / 2
-    np.testing.assert_allclose(ensemble_probs([m0, m1], [0, 1], "v", REV, False), [[.8, .2], [.4, .6]])
-    np.testing.assert_allclose(ensemble_probs([m0, m1], [0, 1], "v", REV, True), [[.4, .6], [.3, .7]])
-    np.testing.assert_allclose(ensemble_probs([m0, m1], [1], "v", REV, True), [[.3, .7], [.2, .8]])
+    np.testing.assert_allclose(ensemble_probs(out, [0, 1], "v", REV, False), [[.8, .2], [.4, .6]])
+    np.testing.assert_allclose(ensemble_probs(out, [0, 1], "v", REV, True), [[.4, .6], [.3, .7]])
+    np.testing.assert_allclose(ensemble_probs(out, [1], "v", REV, True), [[.3, .7], [.2, .8]])
+    # over members and views at once: (m0 rev + m0 speed_up + m1 rev + m1 speed_up) / 4
+    np.testing.assert_allclose(ensemble_probs(out, [1, 0], "v", ("reverse", "speed_up"), True),
+                               [[.3, .7], [.2, .8]])
+    np.testing.assert_allclose(ensemble_probs(out, [0, 1], "v", ("original", "reverse"), True),
+                               [[.6, .4], [.35, .65]])
+
+
+def test_view_names_original_without_tta_else_exactly_the_modes():
+    assert view_names(("reverse", "speed_up"), False) == ("original",)
+    assert view_names(("reverse", "speed_up"), True) == ("reverse", "speed_up")
+    assert view_names(["speed_up"], True) == ("speed_up",)
 
 
 # ---------------------------------------------------------------- collapse
@@ -158,8 +188,8 @@ def test_combine_excludes_by_the_select_metric():
     def member(pred):
         return {"val": {"original": onehot(pred), "reverse": onehot(pred), "labels": np.array(y)}}
     members = [member(y), member(y), member(y[:-1] + [0])]
-    by_acc = combine(members, ABC, Policy("val_acc", "auto", REV))
-    by_f1 = combine(members, ABC, Policy("val_f1_macro", "auto", REV))
+    by_acc = combine(outputs(members), ABC, Policy("val_acc", "auto", REV))
+    by_f1 = combine(outputs(members), ABC, Policy("val_f1_macro", "auto", REV))
     assert by_acc["members"][2]["val"]["f1_macro"] == pytest.approx(69 / 105)
     assert by_acc["ensemble"]["members_used"] == [0, 1, 2] and by_acc["ensemble"]["excluded"] == []
     assert by_f1["ensemble"]["members_used"] == [0, 1]
@@ -182,7 +212,7 @@ def tta_helps_member_0_not_the_ensemble():
 
 
 def test_tta_helps_a_member_but_not_the_ensemble():
-    res = combine(tta_helps_member_0_not_the_ensemble(), AB, Policy("val_acc", "auto", REV))
+    res = combine(outputs(tta_helps_member_0_not_the_ensemble()), AB, Policy("val_acc", "auto", REV))
     m0, m1 = res["members"]
     assert (m0["val"]["accuracy"], m0["val_tta"]["accuracy"], m0["tta_used"]) == (0.75, 1.0, True)
     assert (m1["val"]["accuracy"], m1["val_tta"]["accuracy"], m1["tta_used"]) == (0.75, 0.5, False)
@@ -210,7 +240,7 @@ def test_tta_helps_the_ensemble_but_no_member():
           "test": views(yt, [[.6, .4], [.6, .4]], [[.6, .4], [.2, .8]])}
     m1 = {"val": views(Y4, [[.9, .1], [.9, .1], [.1, .9], [.8, .2]], [[.9, .1], [.9, .1], [.1, .9], [.55, .45]]),
           "test": views(yt, [[.6, .4], [.6, .4]], [[.7, .3], [.4, .6]])}
-    res = combine([m0, m1], AB, Policy("val_acc", "auto", REV))
+    res = combine(outputs([m0, m1]), AB, Policy("val_acc", "auto", REV))
     assert [r["tta_used"] for r in res["members"]] == [False, False]
     assert [(r["val"]["accuracy"], r["val_tta"]["accuracy"]) for r in res["members"]] == [(.75, .75)] * 2
     assert res["ensemble"]["tta_used"] is True and res["tta"]["used"] is True
@@ -237,7 +267,7 @@ def three_members(m0_val, m0_rev=None):
 def test_one_video_better_on_four_is_noise():
     """Member 0 right on all four at .6: 4/4. Ensemble: v0 (.6+.1+.1)/3 = .27 a -> wrong: 3/4. Member 0
     scores higher, but on one video: b = 1 (v0), c = 0, p = min(1, 2 * C(1,0)/2) = 1: the ensemble stays."""
-    res = combine(three_members([[.6, .4], [.6, .4], [.4, .6], [.4, .6]]), AB, Policy("val_acc", "auto", REV))
+    res = combine(outputs(three_members([[.6, .4], [.6, .4], [.4, .6], [.4, .6]])), AB, Policy("val_acc", "auto", REV))
     assert res["ensemble"]["members_used"] == [0, 1, 2] and res["ensemble"]["val"]["accuracy"] == 0.75
     assert res["members"][0]["val"]["accuracy"] == 1.0
     assert res["final"]["source"] == "ensemble" and res["final"]["val"]["accuracy"] == 0.75
@@ -261,7 +291,7 @@ def test_one_video_better_on_45_videos_keeps_the_ensemble():
     def member(wrong):
         p = onehot(flip(Y45, wrong), 2, .9)
         return {"val": {"original": p, "reverse": p, "labels": np.array(Y45)}}
-    res = combine([member(range(5)), member(range(5)), member(range(2, 6))], AB, Policy("val_acc", "auto", REV))
+    res = combine(outputs([member(range(5)), member(range(5)), member(range(2, 6))]), AB, Policy("val_acc", "auto", REV))
     assert res["ensemble"]["members_used"] == [0, 1, 2] and res["ensemble"]["excluded"] == []
     assert res["members"][2]["val"]["accuracy"] == pytest.approx(41 / 45)
     c = res["choice"]
@@ -293,7 +323,7 @@ def twenty_videos(m0_original, m0_reverse):
 def test_a_significantly_better_member_is_served():
     """Member 0 right on all 20: 1.0. Ensemble: videos 0-7 (.6+.1+.1)/3 = .27 for the truth -> wrong,
     elsewhere (.6+.9+.9)/3 right: 12/20. b = 8, c = 0: p = 2 * (1/2)^8 = 1/128 = .0078 < .05."""
-    res = combine(twenty_videos(Y20, Y20), AB, Policy("val_acc", "auto", REV))
+    res = combine(outputs(twenty_videos(Y20, Y20)), AB, Policy("val_acc", "auto", REV))
     assert res["ensemble"]["members_used"] == [0, 1, 2] and res["ensemble"]["val"]["accuracy"] == 0.6
     assert res["final"]["source"] == "member 0" and res["final"]["tta_used"] is False
     assert res["final"]["val"]["accuracy"] == 1.0
@@ -312,7 +342,7 @@ def test_the_served_member_keeps_its_own_tta_choice():
     used. The ensemble is 12/20 both ways (video 19 (.4+.9+.9)/3 = .73 b, right): no TTA. Compared as
     served, member 0 reversed: b = 8, c = 0 (its unused original view would give c = 1, video 19).
     Served: its test predictions are its reverse view, a .6, b .7 -> 2/2."""
-    res = combine(twenty_videos(flip(Y20, [19]), Y20), AB, Policy("val_acc", "auto", REV))
+    res = combine(outputs(twenty_videos(flip(Y20, [19]), Y20)), AB, Policy("val_acc", "auto", REV))
     assert res["members"][0]["tta_used"] is True and res["ensemble"]["tta_used"] is False
     assert res["final"]["source"] == "member 0" and res["final"]["tta_used"] is True
     assert res["final"]["val"]["accuracy"] == 1.0 and res["final"]["test"]["accuracy"] == 1.0
@@ -329,7 +359,7 @@ def test_the_served_member_keeps_its_own_tta_choice():
     ("off", [False, False], False, "ensemble", 1.0),
 ])
 def test_tta_on_and_off_force_every_decision(tta, member_tta, ens_tta, source, val_acc):
-    res = combine(tta_helps_member_0_not_the_ensemble(), AB, Policy("val_acc", tta, REV))
+    res = combine(outputs(tta_helps_member_0_not_the_ensemble()), AB, Policy("val_acc", tta, REV))
     assert [r["tta_used"] for r in res["members"]] == member_tta
     assert res["ensemble"]["tta_used"] is ens_tta
     assert res["ensemble"]["val"]["accuracy"] == (0.5 if ens_tta else 1.0)
@@ -344,8 +374,8 @@ def test_select_changes_the_tta_choice():
     y = [0, 0, 0, 0, 1, 2]
     mp = [{"val": {"original": onehot([0, 0, 0, 0, 0, 2]), "reverse": onehot([0, 0, 1, 2, 1, 2]),
                    "labels": np.array(y)}}]
-    by_acc = combine(mp, ABC, Policy("val_acc", "auto", REV))
-    by_f1 = combine(mp, ABC, Policy("val_f1_macro", "auto", REV))
+    by_acc = combine(outputs(mp), ABC, Policy("val_acc", "auto", REV))
+    by_f1 = combine(outputs(mp), ABC, Policy("val_f1_macro", "auto", REV))
     row = by_acc["members"][0]
     assert row["val"]["accuracy"] == pytest.approx(5 / 6) and row["val_tta"]["accuracy"] == pytest.approx(4 / 6)
     assert row["val"]["f1_macro"] == pytest.approx(17 / 27) and row["val_tta"]["f1_macro"] == pytest.approx(2 / 3)
@@ -366,7 +396,7 @@ def test_collapsed_member_is_left_out_of_the_average():
     good1 = member([0, 1, 2, 0, 1, 1], [0, 1, 2, 1])
     good2 = member([0, 1, 2, 0, 2, 2], [0, 1, 1, 2])
     collapsed = member([0] * 6, [0] * 4)
-    res = combine([good1, good2, collapsed], ABC, Policy("val_acc", "off", REV))
+    res = combine(outputs([good1, good2, collapsed]), ABC, Policy("val_acc", "off", REV))
     assert res["ensemble"]["members_used"] == [0, 1]
     assert res["ensemble"]["excluded"] == [
         {"member": 2, "reason": "predicts a single class for all 6 validation videos"}]
@@ -394,9 +424,9 @@ def ens_view(val_off, val_on, tta_used, used=(0, 1)):
 
 
 def val_probs(*members):
-    """``member_probs`` on Y10 from ``(original predictions, reverse predictions, confidence)`` per member."""
-    return [{"val": {"original": onehot(o, 2, conf), "reverse": onehot(r, 2, conf), "labels": np.array(Y10)}}
-            for o, r, conf in members]
+    """The outputs on Y10 from ``(original predictions, reverse predictions, confidence)`` per member."""
+    return outputs([{"val": {"original": onehot(o, 2, conf), "reverse": onehot(r, 2, conf), "labels": np.array(Y10)}}
+                    for o, r, conf in members])
 
 
 # member 0 wrong at .9 on videos 0-5, member(s) right at .6 on all: the ensemble's truth on 0-5 is
@@ -493,7 +523,7 @@ def test_choose_final_serves_a_member_only_below_alpha(b, c, source):
     Member 1 scores higher (.9 against .8) in every case; only the test decides."""
     y = np.array(Y20)
     m0, m1 = onehot(flip(Y20, range(b)), 2, .9), onehot(flip(Y20, range(b, b + c)), 2, .6)
-    probs = [{"val": {"original": p, "reverse": p, "labels": y}} for p in (m0, m1)]
+    probs = outputs([{"val": {"original": p, "reverse": p, "labels": y}} for p in (m0, m1)])
     members = [row(0, {"accuracy": 0.7}, {}, False), row(1, {"accuracy": 0.9}, {}, False)]
     choice = choose_final(probs, members, ens_view({"accuracy": 0.8}, {}, False), [], Policy("val_acc", "auto", REV))
     assert choice.source == source and (choice.mcnemar["b"], choice.mcnemar["c"]) == (b, c)

@@ -2,6 +2,7 @@
 hand computation, then calibration.json at the end of a tiny train, `vidcls calibrate` and the report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -230,24 +231,56 @@ def test_calibration_logits_are_the_served_ones(run):
     import vidcls
     from vidcls.config import load_config
     from vidcls.data.dataset import load_splits
-    from vidcls.evaluation.calibrate import val_logits
+    from vidcls.evaluation.calibrate import calibration_record, served_outputs
     from vidcls.run.final import load_final_choice
     from vidcls.utils.device import resolve_device
 
     cfg = load_config(run / "config.yaml")
     val = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
                       max_frames=cfg.max_frames).val
-    logits, labels = val_logits(run, load_final_choice(run), val, cfg.batch_size, cfg.batch_frames,
-                                resolve_device("cpu"))
+    out = served_outputs(run, load_final_choice(run), val, cfg=cfg, device=resolve_device("cpu"))
+    logits, labels = out.logits, out.labels
     np.testing.assert_array_equal(labels, val.labels)
     predictor = vidcls.load(run, device="cpu")
     served = predictor.logits_features([val.store.read(int(i)) for i in val.indices])
     np.testing.assert_allclose(served, logits, rtol=1e-5, atol=1e-5)
     cal = load_calibration(run)
+    assert cal["temperature"] == pytest.approx(calibration_record(logits, labels)["temperature"])
     records = predictor.predict_records([val.store.read(int(i)) for i in val.indices])
     passed = np.mean([r["trusted"] for r in records])
     # the video at the threshold may flip on the last bit of a float
     assert passed == pytest.approx(cal["ood"]["val_pass_rate"], abs=1.01 / len(records))
+
+
+
+def test_calibrate_reuses_the_validation_outputs_it_is_given(run, tmp_path, monkeypatch):
+    """``fit`` hands calibration the validation outputs its evaluation computed: with them no model is
+    loaded or run again, and the record is the one a fresh pass gives; outputs of other videos are refused."""
+    import torch
+
+    from vidcls.config import load_config
+    from vidcls.data.dataset import load_splits
+    from vidcls.evaluation import calibrate
+    from vidcls.evaluation.evaluate import model_outputs
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_config(copy / "config.yaml")
+    val = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
+                      max_frames=cfg.max_frames).val
+    every = model_outputs(cfg, copy, {"val": val}, device=torch.device("cpu"), modes=cfg.tta_modes)["val"]
+    fresh = calibrate.calibrate_run(copy, device="cpu")
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("calibration ran the models again")
+
+    monkeypatch.setattr(calibrate, "forward", no_forward)
+    monkeypatch.setattr(calibrate, "load_members", no_forward)
+    reused = calibrate.calibrate_run(copy, device="cpu", outputs=every)
+    assert reused == fresh == json.loads((copy / "calibration.json").read_text())
+    other = dataclasses.replace(every, labels=(every.labels + 1) % len(val.store.class_names))
+    with pytest.raises(ValueError, match="not those of the run's validation split"):
+        calibrate.calibrate_run(copy, device="cpu", outputs=other)
 
 
 # ------------------------------------------------------------------------- feature-space typicality

@@ -20,7 +20,7 @@ from vidcls.engine.probs import served_probs
 from vidcls.engine.scores import calibration_score
 from vidcls.errors import BackboneError, CheckpointError, ExtractError
 from vidcls.evaluation.calibrate import calibrate_run
-from vidcls.evaluation.evaluate import predict_members
+from vidcls.evaluation.evaluate import model_outputs
 from vidcls.evaluation.policy import final_predictions
 from vidcls.predict.verdict import trust_verdict
 from vidcls.run.calibration import typicality_stats
@@ -73,9 +73,9 @@ def evaluate_probs(run: Path, split: str = "test") -> tuple[np.ndarray, list]:
                          max_frames=cfg.max_frames)
     ds = getattr(splits, split)
     choice = load_final_choice(run)
-    member_probs = predict_members(cfg, run, {split: ds}, torch.device("cpu"), cfg.tta_modes)
+    outputs = model_outputs(cfg, run, {split: ds}, device=torch.device("cpu"), modes=cfg.tta_modes)
     arrays = [ds.store.read(int(i)) for i in ds.indices]
-    return final_predictions(member_probs, choice)[split], arrays
+    return final_predictions(outputs, choice)[split], arrays
 
 
 def rewrite_extractor(run: Path, extractor: dict) -> None:

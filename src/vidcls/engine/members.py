@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
 from ..models import build_from_spec
 from ..run.checkpoint import load_checkpoint
-from ..run.final import checkpoint_path
+from ..run.rundir import RunDir
 
 
 def _names(names) -> str:
@@ -42,20 +41,43 @@ def check_checkpoint_matches(ckpt: dict, path: Path, store) -> None:
                               f"features; {hint}")
 
 
-def load_member(run_dir: Path, member: int, device: torch.device, stores=(), checkpoints=()) -> nn.Module:
-    """Rebuild model ``member`` from its checkpoint (``checkpoint_path`` over ``checkpoints``: a
-    ``FinalChoice`` or a list; empty: ``best.pt``), in eval mode on ``device``.
+REQUIRED = ("model", "model_state", "class_names", "feature_dim")  # what a finished member checkpoint holds
 
+
+def load_members(run, checkpoints, model_indices, device, stores=()) -> tuple[list[nn.Module], list[dict]]:
+    """Rebuild the models ``model_indices`` of a run, each from the file its index means
+    (``RunDir.model_checkpoint`` over ``checkpoints``: a ``FinalChoice`` or its list of recorded
+    checkpoint paths; empty: member m's ``best.pt``), in eval mode on ``device``.
+
+    Args:
+        run: the run directory (a ``RunDir`` or a path).
+        stores: FeatureStores the models are to score: every checkpoint is checked against each, in
+            that order (``check_checkpoint_matches``).
+    Returns:
+        ``(models, metadata)``: per model its checkpoint without ``model_state`` (config, class names,
+        feature dimension, extractor, max_frames, ...).
     Raises:
-        CheckpointError: missing or damaged, or not trained on the features of ``stores``.
+        CheckpointError: a file missing, damaged or not a finished member checkpoint; members trained
+            on other features than each other (``_check_same``) or than ``stores``.
     """
-    path = checkpoint_path(run_dir, checkpoints, member)
-    ckpt = load_checkpoint(path, device)
-    for store in stores:
-        check_checkpoint_matches(ckpt, path, store)
-    model = build_from_spec(ckpt["model"])
-    model.load_state_dict(ckpt["model_state"])
-    return model.to(device).eval()
+    run = RunDir(run)
+    models, metadata, paths = [], [], []
+    for m in model_indices:
+        path = run.model_checkpoint(checkpoints, int(m))
+        ckpt = load_checkpoint(path, device)
+        missing = [key for key in REQUIRED if key not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path} has no {missing[0]!r}; it is not a finished member checkpoint")
+        if metadata:
+            _check_same(metadata[0], ckpt, paths[0], path)
+        for store in stores:
+            check_checkpoint_matches(ckpt, path, store)
+        model = build_from_spec(ckpt["model"])
+        model.load_state_dict(ckpt["model_state"])
+        models.append(model.to(device).eval())
+        metadata.append({k: v for k, v in ckpt.items() if k != "model_state"})
+        paths.append(path)
+    return models, metadata
 
 
 def _check_same(first: dict, other: dict, first_path: Path, path: Path) -> None:

@@ -1,9 +1,8 @@
-"""Test-time augmentation: views of a feature sequence (time reversed, faster, slower) and their softmax."""
+"""Test-time augmentation: views of a feature sequence (time reversed, faster, slower), one sequence or a
+padded batch (``engine.forward`` runs the models over them)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
-from torch import nn
 
 from ..config import TTA_MODES
 from ..errors import ConfigError
@@ -53,33 +52,3 @@ def tta_batch(x: torch.Tensor, lengths: torch.Tensor, mode: str) -> tuple[torch.
     for b, i in enumerate(idx):
         out[b, : len(i)] = x[b, i.to(x.device)]
     return out, new_len
-
-
-@torch.inference_mode()
-def predict_modes(model: nn.Module, loader, device: torch.device, modes=TTA_MODES) -> dict:
-    """Softmax of ``model`` for every video of a sequential ``loader`` on the original sequence and
-    under each TTA mode of ``modes``.
-
-    Returns:
-        ``{view: (N, C) float64}`` for ``original`` and every mode, in dataset order, plus
-        ``"labels"``: (N,).
-    """
-    model.eval()
-    probs = {m: [] for m in views_to_predict(modes)}
-    labels, positions = [], []
-    for x, lengths, y, pos in loader:
-        x = x.to(device).float()
-        for mode in probs:
-            xm, lm = tta_batch(x, lengths, mode)
-            probs[mode].append(torch.softmax(model(xm, lm.to(device)).float(), dim=1).double().cpu())
-        labels.append(y)
-        positions.append(pos)
-    order = torch.cat(positions).argsort()
-    out = {m: torch.cat(p)[order].numpy() for m, p in probs.items()}
-    out["labels"] = torch.cat(labels)[order].numpy()
-    return out
-
-
-def tta_mean(mode_probs: dict, modes) -> np.ndarray:
-    """Average (N, C) of the softmax over exactly ``modes`` (a ``predict_modes`` result holding them)."""
-    return np.mean([mode_probs[m] for m in modes], axis=0)

@@ -31,11 +31,10 @@ A calibration without "scores" (written before typicality) is read as energy alo
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
+from ..engine.forward import Outputs, forward
+from ..engine.members import load_members
 from ..engine.probs import as_4d, served_probs
 from ..engine.scores import ood_score
 from ..engine.typicality import (
@@ -44,17 +43,15 @@ from ..engine.typicality import (
     seen_videos,
     typicality_score,
 )
-from ..errors import ConfigError
 from ..run.calibration import (
-    CALIBRATION_FILE,
     CALIBRATION_FORMAT,
     DEFAULT_OOD_SCORE,
     DIRECTION,
-    TYPICALITY_FILE,
     VAL_PASS,
     ood_checks,
     save_typicality,
 )
+from ..run.rundir import RunDir
 from .temperature import (
     ECE_BINS,
     T_PRIOR_SIGMA,
@@ -121,44 +118,39 @@ def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dic
 
 # --- a run's calibration -------------------------------------------------------------------------
 
-def val_logits(run_dir, choice, dataset, batch_size: int, batch_frames, device) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits ``(N, M, V, C)`` of the served members and views of ``choice`` on ``dataset``
-    (a ``FeatureDataset``, in its order), and its labels ``(N,)``."""
-    import torch
+def served_views(choice) -> list:
+    """The views ``choice`` (a ``FinalChoice``) averages per member: its TTA modes, else the original."""
+    return list(choice.tta_modes) if choice.tta_used else ["original"]
 
-    from ..data.dataset import make_loader
-    from ..engine.views import tta_batch
-    from .evaluate import load_member
 
-    views = list(choice.tta_modes) if choice.tta_used else ["original"]
-    loader = make_loader(dataset, batch_size, batch_frames=batch_frames, workers=0)
-    per_member = []
-    for m in choice.members:
-        model = load_member(run_dir, m, device, [dataset.store], choice)  # the file final.json says m is
-        out, positions = [], []
-        with torch.inference_mode():
-            for x, lengths, _, pos in loader:
-                x = x.to(device).float()
-                per_view = []
-                for mode in views:
-                    xm, lm = tta_batch(x, lengths, mode)
-                    per_view.append(model(xm, lm.to(device)).float().double().cpu())
-                out.append(torch.stack(per_view, dim=1))  # (B, V, C)
-                positions.append(pos)
-        order = torch.cat(positions).argsort()
-        per_member.append(torch.cat(out)[order].numpy())
-        del model
-    return np.stack(per_member, axis=1), np.asarray(dataset.labels, dtype=np.int64)
+def served_outputs(run_dir, choice, dataset, *, cfg, device, outputs: Outputs | None = None) -> Outputs:
+    """The ``Outputs`` of the served members and views of ``choice`` on ``dataset`` (a
+    ``FeatureDataset``, in its order, with its labels): selected from ``outputs`` when given (those of
+    every model on ``dataset``, as ``evaluate_run`` computed them), else one ``forward`` of the files
+    ``final.json`` says the members are, checked against the dataset's store.
+
+    Raises:
+        ValueError: ``outputs`` of other videos than ``dataset``'s (their labels differ).
+    """
+    if outputs is not None:
+        if outputs.labels is None or not np.array_equal(outputs.labels, dataset.labels):
+            raise ValueError("the outputs given to calibrate are not those of the run's validation split")
+        return outputs.select(members=choice.members, views=served_views(choice))
+    models, _ = load_members(run_dir, choice, choice.members, device, [dataset.store])
+    return forward(models, served_views(choice), dataset, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames,
+                   device=device, members=choice.members)
 
 
 def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None,
-                  features_dir=None) -> dict:
+                  features_dir=None, outputs: Outputs | None = None) -> dict:
     """Fit the temperature and the OOD thresholds of a finished run on its validation split, the
     typicality statistics on its training split (``RUN_DIR/typicality.npz``), and write
     ``RUN_DIR/calibration.json`` (atomically). ``summary.json``, when there, gets it under "calibration".
 
     The validation split is the one training used (``load_splits`` with the run's ``val_fraction``,
-    ``seed`` and ``max_frames``); the logits are those of the recorded final choice (``final.json``).
+    ``seed`` and ``max_frames``); the logits are those of the recorded final choice (``final.json``):
+    selected from ``outputs`` (every model's validation ``Outputs``, as ``evaluate_run`` returns them
+    under ``"outputs"``) when given, else computed (``served_outputs``).
 
     Returns:
         The calibration record (see the module docstring).
@@ -166,42 +158,26 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
         ConfigError / StoreError / CheckpointError: no run there, no final choice, features moved.
         RunLockedError: another process is using ``run_dir`` (``fit``'s own call passes).
     """
-    from ..config import load_config
     from ..data.dataset import load_splits
-    from ..run.rundir import run_features_dir
-    from ..run.final import load_final_choice
     from ..utils.device import resolve_device
-    from ..utils.fs import atomic_write_json
-    from ..utils.lock import run_lock
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} holds no run (no config.yaml); train one with `vidcls train`")
-    with run_lock(run_dir, "calibrate"):
-        cfg = load_config(run_dir / "config.yaml", saved_run=True)
-        choice = load_final_choice(run_dir)
-        splits = load_splits(run_features_dir(run_dir, cfg.features_dir, features_dir), val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                             max_frames=cfg.max_frames)
-        logits, labels = val_logits(run_dir, choice, splits.val, cfg.batch_size, cfg.batch_frames,
-                                    resolve_device(device))
+    run = RunDir(run_dir).require()
+    with run.lock("calibrate"):
+        cfg = run.read_config()
+        choice = run.read_final()
+        splits = load_splits(run.features_dir(cfg.features_dir, features_dir), val_fraction=cfg.val_fraction,
+                             seed=cfg.seed, augment=False, max_frames=cfg.max_frames)
+        val = served_outputs(run, choice, splits.val, cfg=cfg, device=resolve_device(device), outputs=outputs)
         stats = fit_typicality(seen_videos(splits.train), splits.train.labels, len(splits.class_names))
-        save_typicality(run_dir / TYPICALITY_FILE, stats)  # before the calibration that refers to it
+        save_typicality(run.typicality, stats)  # before the calibration that refers to it
         typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
-        record = {"format": CALIBRATION_FORMAT, "version": 2, **calibration_record(logits, labels, kind, typ),
+        record = {"format": CALIBRATION_FORMAT, "version": 2, **calibration_record(val.logits, val.labels, kind, typ),
                   "members": list(choice.members), "tta_used": bool(choice.tta_used),
-                  "views": list(choice.tta_modes) if choice.tta_used else ["original"],
-                  "val_source": splits.val_source}
-        record["ood"]["typicality"] = {"file": TYPICALITY_FILE, "train_videos": len(splits.train),
+                  "views": served_views(choice), "val_source": splits.val_source}
+        record["ood"]["typicality"] = {"file": run.typicality.name, "train_videos": len(splits.train),
                                        "method": TYPICALITY_METHOD}
-        atomic_write_json(run_dir / CALIBRATION_FILE, record)
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            try:
-                summary = json.loads(summary_path.read_text())
-            except (OSError, ValueError):
-                summary = None
-            if isinstance(summary, dict):
-                atomic_write_json(summary_path, {**summary, "calibration": record})
+        run.write_calibration(record)
+        run.add_to_summary("calibration", record)
     if log:
         log(describe(record))
     return record

@@ -4,7 +4,8 @@ Two callers. ``fit`` (its last step, ``evaluate_run``) makes the choices on val,
 and records the choice in ``RUN_DIR/final.json`` (``write_final_choice``). ``vidcls evaluate``
 (``evaluate_saved_run``) reads that record (``load_final_choice``) and scores exactly that choice;
 members, ensemble and TTA views are reported beside it for information. Writes
-``RUN_DIR/eval_<split>.json`` and ``metrics_all.csv``.
+``RUN_DIR/eval_<split>.json`` and ``metrics_all.csv``. The models' outputs come from one
+``engine.forward.forward`` per split, over every model and every view the policy reads.
 """
 from __future__ import annotations
 
@@ -16,39 +17,38 @@ from pathlib import Path
 import torch
 
 from ..config import TTA_SETTINGS
-from ..data.dataset import make_loader
-from ..engine.members import load_member
-from ..engine.views import predict_modes
+from ..engine.forward import Outputs, forward
+from ..engine.members import load_members
+from ..engine.views import views_to_predict
 from ..errors import ConfigError
-from ..run.final import (
-    FINAL_FILE,
+from ..run import layout as L
+from ..run.final import (  # noqa: F401  (model_checkpoints, write_final_choice: re-exported for fit and tests)
     FinalChoice,
     _recorded_choice,
     best_checkpoint,
     model_checkpoints,
     write_final_choice,
 )
-from ..utils.fs import atomic_write_json, atomic_write_text
+from ..run.rundir import RunDir
+from ..utils.fs import atomic_write_text
 from .metrics import classification_metrics
 from .policy import Policy, combine, decide_tta, ensemble_probs, score_choice
 
-# --- which file each model index means ---------------------------------------------------------
+# --- the models' outputs -------------------------------------------------------------------------
 
 
-def predict_members(cfg, run_dir, datasets: dict, device: torch.device, modes, checkpoints=None) -> list[dict]:
-    """Per model of ``checkpoints`` (default: ``model_checkpoints(run_dir, cfg)``) ``{split: {"original":
-    (N, C), <mode>: (N, C), "labels": (N,)}}`` for ``datasets`` (``{split: FeatureDataset}``); every
-    checkpoint is first checked against the stores, in that order."""
-    checkpoints = model_checkpoints(run_dir, cfg) if checkpoints is None else list(checkpoints)
-    loaders = {s: make_loader(ds, cfg.batch_size, batch_frames=cfg.batch_frames, workers=0)
-               for s, ds in datasets.items()}
+def model_outputs(cfg, run_dir, datasets: dict, *, device: torch.device, modes,
+                  checkpoints=None) -> dict[str, Outputs]:
+    """``{split: Outputs}`` of every model of ``checkpoints`` (default: ``RunDir.model_checkpoints``)
+    on ``views_to_predict(modes)`` of ``datasets`` (``{split: FeatureDataset}``), with their labels.
+    Every checkpoint is first checked against the stores, in that order."""
+    run = RunDir(run_dir)
+    checkpoints = run.model_checkpoints(cfg) if checkpoints is None else list(checkpoints)
     stores = list({id(ds.store): ds.store for ds in datasets.values()}.values())
-    member_probs = []
-    for i in range(len(checkpoints)):
-        model = load_member(run_dir, i, device, stores, checkpoints)
-        member_probs.append({s: predict_modes(model, ld, device, modes) for s, ld in loaders.items()})
-        del model
-    return member_probs
+    models, _ = load_members(run, checkpoints, range(len(checkpoints)), device, stores)
+    views = views_to_predict(modes)
+    return {s: forward(models, views, ds, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames, device=device)
+            for s, ds in datasets.items()}
 
 
 def _with_checkpoints(results: dict, checkpoints: list[str]) -> dict:
@@ -67,15 +67,18 @@ def evaluate_run(cfg, run_dir, splits, device: torch.device) -> dict:
     ``cfg.snapshots`` its cycle-end snapshots). Every choice (excluded models, TTA, ensemble or one
     model) is made on val; test is only scored. Writes ``RUN_DIR/eval_<split>.json`` for each split and
     returns ``policy.combine``'s result, each member row with its ``"checkpoint"``; its ``"choice"``
-    (what ``write_final_choice`` records) lists the checkpoints its indices mean.
+    (what ``write_final_choice`` records) lists the checkpoints its indices mean, and ``"outputs"``
+    holds the ``{split: Outputs}`` it was made from (every model, every view; calibration reuses them).
     """
+    run = RunDir(run_dir)
     datasets = {"val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
-    checkpoints = model_checkpoints(run_dir, cfg)
-    member_probs = predict_members(cfg, run_dir, datasets, device, cfg.tta_modes, checkpoints)
-    results = combine(member_probs, splits.class_names, Policy(cfg.select, cfg.tta, tuple(cfg.tta_modes)))
+    checkpoints = run.model_checkpoints(cfg)
+    outputs = model_outputs(cfg, run, datasets, device=device, modes=cfg.tta_modes, checkpoints=checkpoints)
+    results = combine(outputs, splits.class_names, Policy(cfg.select, cfg.tta, tuple(cfg.tta_modes)))
     _with_checkpoints(results, checkpoints)
     for split, ds in datasets.items():
-        atomic_write_json(Path(run_dir) / f"eval_{split}.json", _eval_record(split, ds, results))
+        run.write_eval(split, _eval_record(split, ds, results))
+    results["outputs"] = outputs
     return results
 
 
@@ -107,17 +110,17 @@ def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict
 def write_run_tables(run_dir, cfg, splits, results) -> Path:
     """``RUN_DIR/metrics_all.csv``: every seed member's per-epoch metrics in one table (column ``member``:
     the seed member, also with ``--snapshots``, whose models are checkpoints of these same epochs)."""
+    run = RunDir(run_dir)
     out = io.StringIO()
     writer = None
     for i in range(cfg.members):
-        path = Path(run_dir) / "members" / str(i) / "metrics.csv"
-        with open(path, newline="") as fh:
+        with open(run.member_metrics(i), newline="") as fh:
             for row in csv.DictReader(fh):
                 if writer is None:
                     writer = csv.DictWriter(out, ["member", *row])
                     writer.writeheader()
                 writer.writerow({"member": i, **row})
-    return atomic_write_text(Path(run_dir) / "metrics_all.csv", out.getvalue())
+    return atomic_write_text(run.metrics_all, out.getvalue())
 
 
 # --- the recorded final choice -------------------------------------------------------------------
@@ -128,11 +131,11 @@ def _saved_checkpoints(run_dir, cfg, recorded: FinalChoice | None) -> list[str]:
     when the choice was made; for a record older than the list the members' best.pt (the rule then);
     without a record, the run's models now (``model_checkpoints``)."""
     if recorded is None:
-        return model_checkpoints(run_dir, cfg)
+        return RunDir(run_dir).model_checkpoints(cfg)
     return list(recorded.checkpoints) or [best_checkpoint(i) for i in range(cfg.members)]
 
 
-def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, member_probs: list[dict],
+def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, outputs: dict[str, Outputs],
                    names: list, tta: str) -> tuple[FinalChoice, str | None]:
     """The choice ``vidcls evaluate`` scores, and a note when it is not exactly the recorded one.
 
@@ -140,22 +143,63 @@ def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, member_p
     ``recorded.tta``: TTA of the recorded members is then forced (on/off) or decided on val (auto).
     """
     if recorded is None:
-        return computed, (f"the run has no {FINAL_FILE} (it predates the file): the final choice was "
+        return computed, (f"the run has no {L.FINAL_FILE} (it predates the file): the final choice was "
                           f"recomputed on validation")
-    if any(m >= len(member_probs) for m in recorded.members):
-        raise ConfigError(f"{FINAL_FILE} names members {recorded.members} but the run has "
-                          f"{len(member_probs)}; re-create it with `vidcls train ... --resume`")
+    n_models = len(outputs["val"].members)
+    if any(m >= n_models for m in recorded.members):
+        raise ConfigError(f"{L.FINAL_FILE} names members {recorded.members} but the run has "
+                          f"{n_models}; re-create it with `vidcls train ... --resume`")
     if tta == recorded.tta:
         return recorded, None
     val = {used: classification_metrics(
-        member_probs[0]["val"]["labels"],
-        ensemble_probs(member_probs, recorded.members, "val", recorded.tta_modes, used), names)
+        outputs["val"].labels, ensemble_probs(outputs, recorded.members, "val", recorded.tta_modes, used), names)
         for used in (False, True)}
     tta_used = decide_tta(val[False], val[True], recorded.select, tta)
     note = (f"--tta {tta}: the run's final choice ({recorded.source}, members {recorded.members}) scored "
             f"with TTA {'on' if tta_used else 'off'}; the run chose {'on' if recorded.tta_used else 'off'} "
             f"under --tta {recorded.tta}")
     return dataclasses.replace(recorded, tta_used=tta_used, tta=tta), note
+
+
+def _saved_splits(run: RunDir, cfg, split: str, features_dir):
+    """The splits of a saved run as training made them, from where its features are now.
+
+    Raises:
+        ConfigError: ``split`` is test and the features have none; the features are not found.
+    """
+    from ..data.dataset import load_splits
+
+    features = run.features_dir(cfg.features_dir, features_dir)
+    splits = load_splits(features, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
+                         max_frames=cfg.max_frames)
+    if split == "test" and splits.test is None:
+        raise ConfigError(f"{features} has no test.h5; use --split val")
+    return splits
+
+
+def _rescore(run: RunDir, cfg, splits, *, split: str, tta: str, device) -> tuple[dict, str | None, str]:
+    """``combine``'s result on ``split`` (and val, where every choice is made) with the choice
+    ``vidcls evaluate`` scores (``_served_choice``) in ``"choice"``, recorded in final.json when the run
+    had none and ``tta`` is the run's own setting; the note on it (None: exactly the recorded choice);
+    and the run's own --tta setting (the recorded one, else the config's)."""
+    recorded, damaged = _recorded_choice(run.root)
+    datasets = {split: getattr(splits, split), "val": splits.val}  # the scored split's store is checked first
+    modes = tuple(dict.fromkeys([*cfg.tta_modes, *(recorded.tta_modes if recorded else [])]))
+    checkpoints = _saved_checkpoints(run, cfg, recorded)
+    outputs = model_outputs(cfg, run, datasets, device=device, modes=modes, checkpoints=checkpoints)
+    results = combine(outputs, splits.class_names, Policy(cfg.select, tta, tuple(cfg.tta_modes)))
+    _with_checkpoints(results, checkpoints)
+    choice, note = _served_choice(recorded, results["choice"], outputs, splits.class_names, tta)
+    results["predictions"], results["final"] = score_choice(outputs, choice, splits.class_names)
+    results["choice"] = choice
+    run_tta = recorded.tta if recorded else cfg.tta
+    if recorded is None and tta == run_tta:
+        # a run older than final.json: record the choice fit would have made, so prediction can use it
+        run.write_final(choice)
+        note = f"{note}; recorded in {run.final}" if note else note
+        if damaged:
+            note = f"{damaged}: the final choice was recomputed on validation; recorded in {run.final}"
+    return results, note, run_tta
 
 
 def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, device: str = "auto",
@@ -176,45 +220,19 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
             run was trained on, bad checkpoints or final.json.
         RunLockedError: another process (a train) is using ``run_dir``.
     """
-    from ..config import load_config
-    from ..data.dataset import load_splits
-    from ..run.rundir import run_features_dir
     from ..utils.device import resolve_device
-    from ..utils.lock import run_lock
 
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir} holds no run (no config.yaml); train one with `vidcls train`")
-    with run_lock(run_dir, "evaluate"):  # not while a train (or another evaluate) writes this run
-        cfg = load_config(cfg_path, saved_run=True)
+    run = RunDir(run_dir).require()
+    with run.lock("evaluate"):  # not while a train (or another evaluate) writes this run
+        cfg = run.read_config()
         tta = tta or cfg.tta
         if tta not in TTA_SETTINGS:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
-        features = run_features_dir(run_dir, cfg.features_dir, features_dir)
-        splits = load_splits(features, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                             max_frames=cfg.max_frames)
-        if split == "test" and splits.test is None:
-            raise ConfigError(f"{features} has no test.h5; use --split val")
-        recorded, damaged = _recorded_choice(run_dir)
-        datasets = {split: getattr(splits, split), "val": splits.val}  # the scored split's store is checked first
-        modes = tuple(dict.fromkeys([*cfg.tta_modes, *(recorded.tta_modes if recorded else [])]))
-        checkpoints = _saved_checkpoints(run_dir, cfg, recorded)
-        member_probs = predict_members(cfg, run_dir, datasets, resolve_device(device), modes, checkpoints)
-        results = combine(member_probs, splits.class_names, Policy(cfg.select, tta, tuple(cfg.tta_modes)))
-        _with_checkpoints(results, checkpoints)
-        choice, note = _served_choice(recorded, results["choice"], member_probs, splits.class_names, tta)
-        results["predictions"], results["final"] = score_choice(member_probs, choice, splits.class_names)
-        results["choice"] = choice
-        run_tta = recorded.tta if recorded else cfg.tta
-        if recorded is None and tta == run_tta:
-            # a run older than final.json: record the choice fit would have made, so prediction can use it
-            write_final_choice(run_dir, choice)
-            note = f"{note}; recorded in {run_dir / FINAL_FILE}" if note else note
-            if damaged:
-                note = f"{damaged}: the final choice was recomputed on validation; recorded in {run_dir / FINAL_FILE}"
-        name = f"eval_{split}.json" if tta == run_tta else f"eval_{split}.tta-{tta}.json"
-        path = atomic_write_json(run_dir / name, _eval_record(split, datasets[split], results, note))
+        splits = _saved_splits(run, cfg, split, features_dir)
+        results, note, run_tta = _rescore(run, cfg, splits, split=split, tta=tta, device=resolve_device(device))
+        record = _eval_record(split, getattr(splits, split), results, note)
+        path = run.write_eval(split, record, None if tta == run_tta else tta)
+    choice = results["choice"]
     if note:
         log(f"note: {note}")
     m = results["final"][split]

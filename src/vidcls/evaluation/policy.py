@@ -6,10 +6,12 @@ member or the ensemble only when it improved that model's validation metric (``-
 A single member replaces the ensemble only when it is better on validation by more than noise: a
 higher score and a significant exact McNemar test on the paired per-video correctness.
 
-Every step is a small function over metrics or per-view softmax, in the order ``combine`` runs them:
+Every step is a small function over metrics or the models' outputs, in the order ``combine`` runs them:
 ``member_rows`` -> ``collapsed_members`` -> ``ensemble_view`` -> ``choose_final`` -> ``final_predictions``.
-A member's predictions come as ``{split: {"original": (N, C), <mode>: (N, C), ..., "labels": (N,)}}``:
-"without TTA" is always the ``original`` view, "with TTA" the mean over exactly the listed modes.
+The outputs come as ``{split: engine.forward.Outputs}``, each with the raw logits of every model
+(indices ``0 .. M - 1``) on every view of ``views_to_predict(modes)`` and the split's labels. A model
+or an ensemble predicts the mean over its members and views of the softmax (``Outputs.probs``):
+"without TTA" is always the ``original`` view, "with TTA" exactly the listed modes.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..config import TTA_MODES
-from ..engine.views import tta_mean
+from ..engine.forward import Outputs
 from ..run.final import FinalChoice
 from .metrics import classification_metrics
 
@@ -87,42 +89,48 @@ def decide_tta(val_off: dict, val_on: dict, select: str, tta: str) -> bool:
     return score(val_on, select) > score(val_off, select)
 
 
-def view_probs(mode_probs: dict, modes, tta_used: bool) -> np.ndarray:
-    """One member's (N, C) prediction: the mean over ``modes`` with TTA, else the original sequence."""
-    return tta_mean(mode_probs, modes) if tta_used else mode_probs["original"]
+def view_names(modes, tta_used: bool) -> tuple:
+    """The views a model is seen through: exactly ``modes`` with TTA, else the original sequence."""
+    return tuple(modes) if tta_used else ("original",)
 
 
-def ensemble_probs(member_probs: list[dict], members: list, split: str, modes, tta_used: bool) -> np.ndarray:
-    """Mean softmax (N, C) over ``members`` on ``split``, every member seen the same way."""
-    return np.mean([view_probs(member_probs[i][split], modes, tta_used) for i in members], axis=0)
+def ensemble_probs(outputs: dict[str, Outputs], members: list, split: str, modes, tta_used: bool) -> np.ndarray:
+    """Mean softmax (N, C) over ``members`` (model indices) on ``split``, every member seen the same
+    way: the mean over them and over their views (``view_names``)."""
+    return outputs[split].select(members=members, views=view_names(modes, tta_used)).probs()
 
 
-def _metrics(member_probs: list[dict], split: str, probs: np.ndarray, names: list) -> dict:
-    return classification_metrics(member_probs[0][split]["labels"], probs, names)
+def view_probs(outputs: dict[str, Outputs], member: int, split: str, modes, tta_used: bool) -> np.ndarray:
+    """One member's (N, C) prediction on ``split``: the mean over ``modes`` with TTA, else the original sequence."""
+    return ensemble_probs(outputs, [member], split, modes, tta_used)
 
 
-def member_rows(member_probs: list[dict], names: list, policy: Policy) -> list[dict]:
-    """Per member: ``{"member": i, <split>: metrics without TTA, "<split>_tta": with TTA, ...,
-    "tta_used": bool}`` for every split of ``member_probs`` ("val" must be one)."""
+def _metrics(outputs: dict[str, Outputs], split: str, probs: np.ndarray, names: list) -> dict:
+    return classification_metrics(outputs[split].labels, probs, names)
+
+
+def member_rows(outputs: dict[str, Outputs], names: list, policy: Policy) -> list[dict]:
+    """Per model: ``{"member": i, <split>: metrics without TTA, "<split>_tta": with TTA, ...,
+    "tta_used": bool}`` for every split of ``outputs`` ("val" must be one)."""
     rows = []
-    for i, views in enumerate(member_probs):
+    for i in outputs["val"].members:
         row = {"member": i}
-        for split in views:
+        for split in outputs:
             for suffix, tta_used in (("", False), ("_tta", True)):
-                probs = view_probs(views[split], policy.modes, tta_used)
-                row[split + suffix] = _metrics(member_probs, split, probs, names)
+                probs = view_probs(outputs, i, split, policy.modes, tta_used)
+                row[split + suffix] = _metrics(outputs, split, probs, names)
         row["tta_used"] = decide_tta(row["val"], row["val_tta"], policy.select, policy.tta)
         rows.append(row)
     return rows
 
 
-def ensemble_view(member_probs: list[dict], names: list, used: list, policy: Policy) -> dict:
+def ensemble_view(outputs: dict[str, Outputs], names: list, used: list, policy: Policy) -> dict:
     """The ensemble of ``used``: ``{"members_used", "without_tta": {split: metrics}, "with_tta": {...},
     "tta_used"}``; TTA is decided on its validation metrics."""
     view = {"members_used": list(used)}
     for key, tta_used in (("without_tta", False), ("with_tta", True)):
-        view[key] = {s: _metrics(member_probs, s, ensemble_probs(member_probs, used, s, policy.modes, tta_used),
-                                 names) for s in member_probs[0]}
+        view[key] = {s: _metrics(outputs, s, ensemble_probs(outputs, used, s, policy.modes, tta_used), names)
+                     for s in outputs}
     view["tta_used"] = decide_tta(view["without_tta"]["val"], view["with_tta"]["val"], policy.select, policy.tta)
     return view
 
@@ -155,13 +163,12 @@ def discordant_counts(member: np.ndarray, ensemble: np.ndarray, labels) -> tuple
     return int(np.sum(member_ok & ~ensemble_ok)), int(np.sum(~member_ok & ensemble_ok))
 
 
-def mcnemar_record(member_probs: list[dict], row: dict, ensemble: dict, policy: Policy) -> dict:
+def mcnemar_record(outputs: dict[str, Outputs], row: dict, ensemble: dict, policy: Policy) -> dict:
     """The test of member ``row`` against ``ensemble`` on validation, each as it would be served (its
     own TTA choice): ``{"member", "b", "c", "p_value", "alpha"}``."""
-    val = member_probs[row["member"]]["val"]
-    mine = view_probs(val, policy.modes, row["tta_used"])
-    theirs = ensemble_probs(member_probs, ensemble["members_used"], "val", policy.modes, ensemble["tta_used"])
-    b, c = discordant_counts(mine, theirs, val["labels"])
+    mine = view_probs(outputs, row["member"], "val", policy.modes, row["tta_used"])
+    theirs = ensemble_probs(outputs, ensemble["members_used"], "val", policy.modes, ensemble["tta_used"])
+    b, c = discordant_counts(mine, theirs, outputs["val"].labels)
     return {"member": row["member"], "b": b, "c": c, "p_value": mcnemar_exact(b, c), "alpha": MCNEMAR_ALPHA}
 
 
@@ -169,7 +176,7 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def choose_final(member_probs: list[dict], members: list[dict], ensemble: dict, excluded: list,
+def choose_final(outputs: dict[str, Outputs], members: list[dict], ensemble: dict, excluded: list,
                  policy: Policy) -> FinalChoice:
     """The ensemble, unless its best member (an ensemble member, with its own TTA choice; the first of
     equals) is better on validation by more than noise: a strictly higher ``select`` score AND an
@@ -178,7 +185,7 @@ def choose_final(member_probs: list[dict], members: list[dict], ensemble: dict, 
     (collapsed) member is never served alone.
 
     Args:
-        member_probs: per-view softmax (as for ``combine``); members: ``member_rows``;
+        outputs: the models' outputs (as for ``combine``); members: ``member_rows``;
         ensemble: ``ensemble_view``; excluded: ``collapsed_members``.
     """
     used = list(ensemble["members_used"])
@@ -192,7 +199,7 @@ def choose_final(member_probs: list[dict], members: list[dict], ensemble: dict, 
                            **record)
     best = max((m for m in members if m["member"] in used), key=lambda m: score(served(m), policy.select))
     i, best_score = best["member"], score(served(best), policy.select)
-    test = mcnemar_record(member_probs, best, ensemble, policy)
+    test = mcnemar_record(outputs, best, ensemble, policy)
     stats = f"McNemar b={test['b']}, c={test['c']}, p={_p(test['p_value'])}"
     scores = f"({policy.select} {best_score:.4f} vs {ens_score:.4f})"
     if best_score <= ens_score:
@@ -209,42 +216,41 @@ def choose_final(member_probs: list[dict], members: list[dict], ensemble: dict, 
     return FinalChoice(**keep, reason=reason, mcnemar=test, **record)
 
 
-def final_predictions(member_probs: list[dict], choice: FinalChoice) -> dict:
-    """``{split: (N, C)}``: what ``choice`` predicts on every split of ``member_probs``."""
-    return {s: ensemble_probs(member_probs, choice.members, s, choice.tta_modes, choice.tta_used)
-            for s in member_probs[0]}
+def final_predictions(outputs: dict[str, Outputs], choice: FinalChoice) -> dict:
+    """``{split: (N, C)}``: what ``choice`` predicts on every split of ``outputs``."""
+    return {s: ensemble_probs(outputs, choice.members, s, choice.tta_modes, choice.tta_used) for s in outputs}
 
 
-def score_choice(member_probs: list[dict], choice: FinalChoice, names: list) -> tuple[dict, dict]:
+def score_choice(outputs: dict[str, Outputs], choice: FinalChoice, names: list) -> tuple[dict, dict]:
     """``choice`` scored on every split: ``({split: probs (N, C)}, {"source", "tta_used", "reason",
     <split>: metrics, ...})``."""
-    predictions = final_predictions(member_probs, choice)
+    predictions = final_predictions(outputs, choice)
     final = {"source": choice.source, "tta_used": choice.tta_used, "reason": choice.reason,
-             **{s: _metrics(member_probs, s, p, names) for s, p in predictions.items()}}
+             **{s: _metrics(outputs, s, p, names) for s, p in predictions.items()}}
     return predictions, final
 
 
-def combine(member_probs: list[dict], names: list, policy: Policy = Policy()) -> dict:
-    """Every member with and without TTA, the ensemble, and the choices, from per-view softmax.
+def combine(outputs: dict[str, Outputs], names: list, policy: Policy = Policy()) -> dict:
+    """Every member with and without TTA, the ensemble, and the choices, from the models' outputs.
 
     Args:
-        member_probs: per member ``{split: {"original": (N, C), <mode>: (N, C), "labels": (N,)}}`` with
-            every mode of ``policy.modes``; "val" must be one of the splits.
+        outputs: ``{split: Outputs}`` of every model ``0 .. M - 1`` in order, each on ``original`` and
+            every mode of ``policy.modes``, with the split's labels; "val" must be one of the splits.
     Returns:
         ``{"members": [...], "ensemble": {...}, "tta": {...}, "final": {...}, "choice": FinalChoice,
         "predictions": {split: probs}}``. ``final`` is what the run serves (``choose_final``).
     """
-    members = member_rows(member_probs, names, policy)
+    members = member_rows(outputs, names, policy)
     excluded = collapsed_members([m["val"] for m in members], policy.select)
     out = {e["member"] for e in excluded}
     used = [m["member"] for m in members if m["member"] not in out]
-    ens = ensemble_view(member_probs, names, used, policy)
-    choice = choose_final(member_probs, members, ens, excluded, policy)
-    predictions, final = score_choice(member_probs, choice, names)
-    splits = list(member_probs[0])
+    ens = ensemble_view(outputs, names, used, policy)
+    choice = choose_final(outputs, members, ens, excluded, policy)
+    predictions, final = score_choice(outputs, choice, names)
+    splits = list(outputs)
     chosen = ens["with_tta" if ens["tta_used"] else "without_tta"]
-    per_mode = {mode: {s: brief(_metrics(member_probs, s, ensemble_probs(member_probs, used, s, (mode,), True),
-                                         names)) for s in splits} for mode in policy.modes}
+    per_mode = {mode: {s: brief(_metrics(outputs, s, ensemble_probs(outputs, used, s, (mode,), True), names))
+                       for s in splits} for mode in policy.modes}
     return {
         "members": members,
         "ensemble": {"members_used": used, "excluded": excluded, "tta_used": ens["tta_used"], **chosen,

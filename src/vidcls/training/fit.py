@@ -152,8 +152,9 @@ def _record_run(cfg: TrainConfig, run_dir: Path, splits, states, results, record
     """final.json, calibration.json, summary.json, the tables and the report of a trained run."""
     # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
     write_final_choice(run_dir, results["choice"])
-    # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json
-    calibration = calibrate_run(run_dir, cfg.device, log=log)
+    # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json,
+    # from the validation outputs the evaluation computed (no second forward pass)
+    calibration = calibrate_run(run_dir, cfg.device, log=log, outputs=results["outputs"]["val"])
     summary = _summary(cfg, splits, states, results, records, wall)
     summary["calibration"] = calibration
     atomic_write_json(run_dir / "summary.json", summary)
