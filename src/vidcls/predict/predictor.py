@@ -1,16 +1,18 @@
 """Using a trained run on new videos: ``vidcls.load(RUN_DIR)`` -> a scikit-learn style ``Predictor``.
 
 The predictor serves exactly what the run chose on validation (``RUN_DIR/final.json``, see
-:func:`vidcls.evaluation.evaluate.load_final_choice`): the mean softmax of the chosen members, each
+:func:`vidcls.run.final.load_final_choice`): the mean softmax of the chosen members, each
 over the TTA views when the choice uses TTA, else over the original sequence. The members are loaded
-once. A feature sequence goes through what training and ``vidcls evaluate`` applied to it:
+once (``engine.members.load_members``, as ``vidcls evaluate`` loads them). A feature sequence goes
+through what training and ``vidcls evaluate`` applied to it:
 
 1. rounded to the precision the features were stored in (float16 unless the store says otherwise),
    as the model only ever saw stored features;
 2. thinned uniformly to the checkpoint's ``max_frames`` (:func:`vidcls.utils.sampling.uniform_indices`);
-3. cut into frame-budget batches (``batch_size`` videos, ``batch_frames`` padded frames, the run's
-   own settings) in input order, each view built by :func:`vidcls.engine.views.tta_batch`;
-4. softmax per member and view, averaged (``policy.ensemble_probs``'s rule); with a calibration
+3. one :func:`vidcls.engine.forward.forward` over the served members and views: frame-budget batches
+   (``batch_size`` videos, ``batch_frames`` padded frames, the run's own settings) in input order, each
+   view built by :func:`vidcls.engine.views.tta_batch`;
+4. softmax per member and view, averaged (``engine.probs.served_probs``); with a calibration
    (``RUN_DIR/calibration.json``, :mod:`vidcls.evaluation.calibrate`) every logit is first divided by its
    temperature, and an out-of-distribution score below the validation threshold marks a prediction
    as not to be trusted.
@@ -32,19 +34,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..config import TTA_SETTINGS
-from ..data.dataset import FrameBudgetBatches
-from ..engine.members import _check_same
-from ..engine.views import tta_batch
-from ..errors import BackboneError, CheckpointError, ConfigError
+from ..config import TTA_SETTINGS, TrainConfig
+from ..engine.forward import Outputs, forward
+from ..engine.members import load_members
 from ..engine.probs import served_probs
 from ..engine.scores import calibration_scores
-from ..models import build_from_spec
-from ..run.checkpoint import load_checkpoint
-from ..run.calibration import load_calibration, ood_checks, typicality_stats
-from ..run.final import checkpoint_path, load_final_choice
+from ..errors import BackboneError, CheckpointError, ConfigError
+from ..run.calibration import ood_checks
+from ..run.rundir import RunDir
 from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
 from . import verdict
@@ -113,29 +111,31 @@ class Predictor:
         self.device = resolve_device(device)
         self.weights = None if weights is None else Path(weights)
         self.decode_workers = max(0, int(decode_workers))
-        choice = load_final_choice(self.run_dir)
+        run = RunDir(self.run_dir)
+        choice = run.read_final()
         self.choice_ = choice
         self.source_ = choice.source
         self.members_ = list(choice.members)
         self.tta_modes_ = list(choice.tta_modes)
         self.tta_used_ = bool(choice.tta_used) if tta == "auto" else tta == "on"
         self.views_ = list(self.tta_modes_) if self.tta_used_ else [ORIGINAL]
-        self._models, ckpts = self._load_members()
+        # each served model from the file final.json says its index means (a best.pt, or a snapshot)
+        self._models, ckpts = load_members(run, choice, self.members_, self.device)
         first = ckpts[0]
         self.classes_ = list(first["class_names"])
         self.feature_dim_ = int(first["feature_dim"])
         self.extractor_ = dict(first.get("extractor") or {})
         cfg = first.get("config") or {}
         self.max_frames_ = first.get("max_frames", cfg.get("max_frames"))
-        self.batch_size_ = int(cfg.get("batch_size") or 48)
+        self.batch_size_ = int(cfg.get("batch_size") or TrainConfig.batch_size)
         self.batch_frames_ = cfg.get("batch_frames")
         dtype = self.extractor_.get("dtype")
         self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
-        calibration = load_calibration(self.run_dir)
+        calibration = run.read_calibration()
         self.calibration_, self.calibration_note_, warning = self._usable(calibration)
         if warning:
             log.warning("%s", warning)  # once per load; stderr unless the application set up logging
-        self._typicality = typicality_stats(self.run_dir, self.calibration_) if self.calibration_ else None
+        self._typicality = run.read_typicality(self.calibration_) if self.calibration_ else None
         self._encoder = None
         self._selection = None
         self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
@@ -152,24 +152,6 @@ class Predictor:
                    f"this predictor serves members {self.members_} with views {self.views_}")
             return (None, *verdict.not_calibrated(self.run_dir, why))
         return calibration, "", None
-
-    def _load_members(self) -> tuple[list, list[dict]]:
-        """The served models, each from the file ``final.json`` says its index means
-        (``evaluate.checkpoint_path``: a member's best.pt, or a snapshot with ``--snapshots``)."""
-        models, ckpts = [], []
-        paths = [checkpoint_path(self.run_dir, self.choice_, m) for m in self.members_]
-        for path in paths:
-            ckpt = load_checkpoint(path, self.device)
-            for key in ("model", "model_state", "class_names", "feature_dim"):
-                if key not in ckpt:
-                    raise CheckpointError(f"{path} has no {key!r}; it is not a finished member checkpoint")
-            if ckpts:
-                _check_same(ckpts[0], ckpt, paths[0], path)
-            model = build_from_spec(ckpt["model"])
-            model.load_state_dict(ckpt["model_state"])
-            models.append(model.to(self.device).eval())
-            ckpts.append({k: v for k, v in ckpt.items() if k != "model_state"})
-        return models, ckpts
 
     @property
     def encoder_(self):
@@ -241,37 +223,15 @@ class Predictor:
         return a[keep], keep
 
     # ---- the models -------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _forward(self, arrays: Sequence[np.ndarray], attention: bool) -> tuple[np.ndarray, list, list]:
-        """Logits ``(N, M, V, C)`` float64 of the served members and views, and per video the
-        positions of the frames the model saw and (with ``attention``) the mean over members of the
-        original view's attention on them."""
+    def _forward(self, arrays: Sequence[np.ndarray], attention: bool) -> tuple[Outputs, list]:
+        """The served members' and views' ``Outputs`` of ``arrays`` (logits ``(N, M, V, C)`` float64;
+        with ``attention``, per video the mean over members of the original view's attention on the
+        frames seen), and per video the positions of those frames in its array."""
         thinned = [self._thin(a) for a in arrays]
-        n, n_members, n_views = len(thinned), len(self._models), len(self.views_)
-        logits = np.zeros((n, n_members, n_views, len(self.classes_)), np.float64)
-        attn: list = [None] * n
-        if not n:
-            return logits, [t[1] for t in thinned], attn
-        lengths = np.array([len(t[0]) for t in thinned], np.int64)
-        views = list(self.views_) + ([ORIGINAL] if attention and ORIGINAL not in self.views_ else [])
-        for batch in FrameBudgetBatches(list(range(n)), lengths, self.batch_size_, self.batch_frames_):
-            lens = torch.from_numpy(lengths[batch])
-            x = torch.zeros(len(batch), int(lens.max()), self.feature_dim_)
-            for b, i in enumerate(batch):
-                x[b, :lengths[i]] = torch.from_numpy(thinned[i][0])
-            x = x.to(self.device)
-            weights = np.zeros((len(batch), int(lens.max())), np.float64)
-            for m, model in enumerate(self._models):
-                for mode in views:
-                    xm, lm = tta_batch(x, lens, mode)
-                    out, a = model(xm, lm.to(self.device), return_attention=True)
-                    if mode in self.views_:
-                        logits[batch, m, self.views_.index(mode)] = out.float().double().cpu().numpy()
-                    if attention and mode == ORIGINAL:
-                        weights += a.float().double().cpu().numpy()
-            for b, i in enumerate(batch):
-                attn[i] = weights[b, :lengths[i]] / n_members
-        return logits, [t[1] for t in thinned], attn
+        out = forward(self._models, self.views_, [t[0] for t in thinned], batch_size=self.batch_size_,
+                      batch_frames=self.batch_frames_, device=self.device, attention=attention,
+                      members=self.members_, n_classes=len(self.classes_))
+        return out, [t[1] for t in thinned]
 
     def _probs(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
         if calibrated and self.calibration_:
@@ -288,7 +248,7 @@ class Predictor:
             ConfigError / CheckpointError: an input that is not a (T, D) array of the run's D.
         """
         feats = [self._check(a, f"features[{i}]") for i, a in enumerate(as_list(arrays))]
-        return self._forward(feats, attention=False)[0]
+        return self._forward(feats, attention=False)[0].logits
 
     def predict_proba(self, x, calibrated: bool = True) -> np.ndarray:
         """``(N, C)`` served probabilities (columns: ``classes_``), temperature-scaled when the run has
@@ -299,7 +259,7 @@ class Predictor:
             BackboneError / CheckpointError / ConfigError: see the module docstring and ``encoder_``.
         """
         items = gather(x, check=self._check, encode=self._encode, strict=True)
-        logits = self._forward([r["features"] for r in items], attention=False)[0]
+        logits = self._forward([r["features"] for r in items], attention=False)[0].logits
         return self._probs(logits, calibrated)
 
     def predict(self, x) -> list[str]:
@@ -311,9 +271,9 @@ class Predictor:
         "index": [int]}`` (attention of the original view, mean over served members; ``index``: the
         frame's position in the input sequence, after ``max_frames`` thinning)."""
         items = gather(x, check=self._check, encode=self._encode, strict=True)
-        _, kept, attn = self._forward([r["features"] for r in items], attention=True)
+        out, kept = self._forward([r["features"] for r in items], attention=True)
         return [{"attention": [float(a) for a in w], "timestamps_ms": stamps(r["timestamps_ms"], k),
-                 "index": [int(i) for i in k]} for r, k, w in zip(items, kept, attn)]
+                 "index": [int(i) for i in k]} for r, k, w in zip(items, kept, out.attention)]
 
     def predict_records(self, x, top_k: int = 3) -> list[dict]:
         """One JSON-able record per input (the output of ``vidcls predict`` and the HTTP service)::
@@ -339,7 +299,8 @@ class Predictor:
         items = gather(x, check=self._check, encode=self._encode, strict=False)
         ok = [r for r in items if r["error"] is None]
         t0 = time.perf_counter()
-        logits, kept, attn = self._forward([r["features"] for r in ok], attention=True)
+        out, kept = self._forward([r["features"] for r in ok], attention=True)
+        logits, attn = out.logits, out.attention
         probs = self._probs(logits, calibrated=True)
         scores, verdicts = self._trust_of(logits, [r["features"][k] for r, k in zip(ok, kept)])
         model_s = (time.perf_counter() - t0) / max(1, len(ok))
@@ -352,10 +313,11 @@ class Predictor:
                 continue
             j = done[id(r)]
             ood = {k: v[j] for k, v in scores.items()} if scores else None
-            records.append(self._record(r, probs[j], int(top_k), verdicts[j], ood, (kept[j], attn[j]), model_s))
+            records.append(self._record(r, probs[j], top_k=int(top_k), trusted=verdicts[j], scores=ood,
+                                        seen=(kept[j], attn[j]), model_s=model_s))
         return records
 
-    def _record(self, r: dict, p: np.ndarray, top_k: int, trusted: tuple, scores: dict | None, seen: tuple,
+    def _record(self, r: dict, p: np.ndarray, *, top_k: int, trusted: tuple, scores: dict | None, seen: tuple,
                 model_s: float) -> dict:
         """The record of one usable input: ``p`` its served probabilities, ``trusted`` its (verdict, reason),
         ``scores`` its OOD scores ({name: float}, None uncalibrated), ``seen`` (frame positions the model
