@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..engine.probs import served_probs
 from ..utils.dist import SINGLE, Dist, gather
 
 
@@ -16,22 +17,23 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
 
     Returns:
         ``{"probs": (N, C) float64, "labels": (N,) int64, "loss": mean criterion or None, "positions": (N,)
-        int64, "loss_sum"}``, rows in dataset order (sorted by the positions the loader's rows carry).
+        int64, "loss_sum"}``, rows in dataset order (sorted by the positions the loader's rows carry);
+        ``probs`` is the softmax of the logits (``engine.probs.served_probs``, as everywhere).
     """
     model.eval()
-    probs, labels, positions, loss_sum = [], [], [], 0.0
+    outs, labels, positions, loss_sum = [], [], [], 0.0
     for x, lengths, y, pos in loader:
         x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
         logits = model(x, lengths.to(device)).float()
         if criterion is not None:
             loss_sum += float(criterion(logits, y)) * len(y)
-        probs.append(torch.softmax(logits, dim=1).double().cpu())
+        outs.append(logits.double().cpu())
         labels.append(y.cpu())
         positions.append(pos)
     pos = torch.cat(positions)
     order = pos.argsort()
     n = int(order.numel())
-    return {"probs": torch.cat(probs)[order].numpy(), "labels": torch.cat(labels)[order].numpy(),
+    return {"probs": served_probs(torch.cat(outs)[order].numpy()), "labels": torch.cat(labels)[order].numpy(),
             "loss": loss_sum / max(n, 1) if criterion is not None else None,
             "positions": pos[order].numpy(), "loss_sum": loss_sum}
 
@@ -92,7 +94,7 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, class_n
     """One model's validation pass (the training loop's, every epoch): ``predict`` +
     ``classification_metrics``, plus ``loss`` (None without a criterion). Under torchrun each rank's
     loader holds its share of the videos and the metrics are those of all ranks' rows gathered.
-    Scoring a whole saved run is ``inference.evaluate``."""
+    Scoring a whole saved run is ``evaluation.evaluate``."""
     out = predict(model, loader, device, criterion)
     if dist.active:
         out = gather_predictions(out, dist)
