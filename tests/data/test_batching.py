@@ -1,4 +1,5 @@
 """Length bucketing and rank shares of ``FrameBudgetBatches``, against hand-counted draws and bounds."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -102,7 +103,9 @@ def test_evaluation_shares_cover_every_video_once(tmp_path):
 def test_every_batch_respects_both_bounds(world):
     sampler = _sampler(LENGTHS)
     for bucket in (False, True):
-        for batch in FrameBudgetBatches(sampler, LENGTHS, 16, 400, bucket=bucket, world=world).global_batches():
+        for batch in FrameBudgetBatches(
+            sampler, LENGTHS, 16, 400, bucket=bucket, world=world
+        ).global_batches():
             assert len(batch) <= 16
             assert -(-len(batch) // world) * max(LENGTHS[p] for p, _ in batch) <= 400 or len(batch) == 1
 

@@ -8,6 +8,7 @@ trips through the HDF5 store and the DataLoader.
 ``augment_sequence`` takes a (T, D) float32 torch tensor and a ``torch.Generator``; ``aug`` below
 is the one place that calls it with a seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,14 +78,15 @@ def decode(y: np.ndarray, T: int) -> dict:
         k = int(descents[0]) + 1  # where the increasing run starts after np.roll(., shift)
         shift = k if k <= len(idx) // 2 else k - len(idx)
         assert np.all(np.diff(np.roll(idx, -shift)) > 0)
-    return dict(kept=len(idx), shift=shift, noisy=bool(np.any(residual != 0)), residual=residual,
-                order=idx)
+    return dict(kept=len(idx), shift=shift, noisy=bool(np.any(residual != 0)), residual=residual, order=idx)
 
 
 def make_videos(lengths, labels, D, seed=0):
     rng = np.random.default_rng(seed)
-    return [(f"v{i:03d}", rng.normal(0, 1, (T, D)).astype(np.float32), int(y))
-            for i, (T, y) in enumerate(zip(lengths, labels))]
+    return [
+        (f"v{i:03d}", rng.normal(0, 1, (T, D)).astype(np.float32), int(y))
+        for i, (T, y) in enumerate(zip(lengths, labels))
+    ]
 
 
 def write(path, videos, class_names, D, dtype="float16"):
@@ -105,7 +107,7 @@ def f32(t: torch.Tensor) -> np.ndarray:
 def assert_close_f16(actual: np.ndarray, expected: np.ndarray):
     """Equal up to one float16 rounding (items may be cast back to the store dtype)."""
     assert actual.shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=2.0 ** -11, atol=2.0 ** -24)
+    np.testing.assert_allclose(actual, expected, rtol=2.0**-11, atol=2.0**-24)
 
 
 def within(count: int, n: int, p: float, k: float = 4.0) -> bool:
@@ -235,7 +237,7 @@ def test_dataset_items_are_stored_frames(small_store):
     store, videos = small_store
     ds = FeatureDataset(store)
     assert len(ds) == 4
-    for pos, (vid, arr, label) in enumerate(videos):
+    for pos, (_vid, arr, label) in enumerate(videos):
         for key in (pos, np.int64(pos)):
             x, y, p = ds[key]
             assert isinstance(x, torch.Tensor) and x.shape == arr.shape
@@ -305,8 +307,7 @@ def test_dataset_float32_store_exact(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_collate_pads_with_zeros(dtype):
     rng = np.random.default_rng(0)
-    feats = [(torch.from_numpy(rng.normal(size=(T, 4)).astype(np.float32)) + 5).to(dtype)
-             for T in (3, 7, 1)]
+    feats = [(torch.from_numpy(rng.normal(size=(T, 4)).astype(np.float32)) + 5).to(dtype) for T in (3, 7, 1)]
     batch = [(feats[0], 2, 10), (feats[1], 0, 11), (feats[2], 1, 4)]
     x, lengths, labels, positions = collate(batch)
     assert x.shape == (3, 7, 4) and x.dtype == dtype
@@ -373,13 +374,19 @@ def test_sampler_shuffle_is_permutation():
     assert orders[0] != list(range(n))
 
 
-@pytest.mark.parametrize("counts,clip,expected_shares", [
-    # 80/20: weights 100/160 = 0.625 and 100/40 = 2.5 -> each class carries 50 of the mass
-    ((80, 20), (0.5, 10.0), (0.5, 0.5)),
-    # 90/7/3: weights 0.370 -> 0.5 (clipped), 100/21, 11.1 -> 10 (clipped); masses 45, 33.33, 30
-    ((90, 7, 3), (0.5, 10.0), (45 / (45 + 100 / 3 + 30), (100 / 3) / (45 + 100 / 3 + 30),
-                               30 / (45 + 100 / 3 + 30))),
-])
+@pytest.mark.parametrize(
+    "counts,clip,expected_shares",
+    [
+        # 80/20: weights 100/160 = 0.625 and 100/40 = 2.5 -> each class carries 50 of the mass
+        ((80, 20), (0.5, 10.0), (0.5, 0.5)),
+        # 90/7/3: weights 0.370 -> 0.5 (clipped), 100/21, 11.1 -> 10 (clipped); masses 45, 33.33, 30
+        (
+            (90, 7, 3),
+            (0.5, 10.0),
+            (45 / (45 + 100 / 3 + 30), (100 / 3) / (45 + 100 / 3 + 30), 30 / (45 + 100 / 3 + 30)),
+        ),
+    ],
+)
 def test_sampler_weighted_class_frequencies(counts, clip, expected_shares):
     labels = np.repeat(np.arange(len(counts)), counts)
     labels = np.random.default_rng(0).permutation(labels)
@@ -418,7 +425,8 @@ def epoch_batches(loader, sampler, epoch):
 
 def same_batches(a, b) -> bool:
     return len(a) == len(b) and all(
-        len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y)) for x, y in zip(a, b))
+        len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y)) for x, y in zip(a, b)
+    )
 
 
 def test_loader_batches_independent_of_workers(tmp_path):
@@ -506,10 +514,10 @@ def test_class_weights_hand_computed():
 def test_class_weights_clipped_both_ends():
     labels = np.array([0] * 2 + [1] * 30 + [2] * 68)
     # raw: 100/6 = 16.67 -> 10, 100/90 = 1.111, 100/204 = 0.490 -> 0.5
-    torch.testing.assert_close(class_weights(labels, 3, (0.5, 10.0)),
-                               torch.tensor([10.0, 100 / 90, 0.5]))
-    torch.testing.assert_close(class_weights(labels, 3, (0.1, 100.0)),
-                               torch.tensor([100 / 6, 100 / 90, 100 / 204]))
+    torch.testing.assert_close(class_weights(labels, 3, (0.5, 10.0)), torch.tensor([10.0, 100 / 90, 0.5]))
+    torch.testing.assert_close(
+        class_weights(labels, 3, (0.1, 100.0)), torch.tensor([100 / 6, 100 / 90, 100 / 204])
+    )
     torch.testing.assert_close(class_weights(labels, 3, (1.0, 1.0)), torch.ones(3))
 
 
@@ -535,8 +543,7 @@ def write_split(d, split, counts, D=4, seed=0, names=NAMES):
     labels = np.repeat(np.arange(len(counts)), counts)
     labels = np.random.default_rng(seed).permutation(labels)
     lengths = np.random.default_rng(seed + 1).integers(3, 15, len(labels))
-    videos = [(f"{split}_{vid}", arr, y)
-              for vid, arr, y in make_videos(lengths, labels, D, seed=seed)]
+    videos = [(f"{split}_{vid}", arr, y) for vid, arr, y in make_videos(lengths, labels, D, seed=seed)]
     write_store(d / f"{split}.h5", videos, names, D)
     return labels
 
@@ -633,14 +640,17 @@ def exact_uniform(n: int, k: int) -> list[int]:
     return [round(Fraction(j * (n - 1), k - 1)) for j in range(k)]
 
 
-@pytest.mark.parametrize("n,k,expected", [
-    (10, 4, [0, 3, 6, 9]),
-    (30, 10, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]),  # step 29/9 = 3.22
-    (7, 5, [0, 2, 3, 4, 6]),  # step 1.5: 1.5 -> 2 and 4.5 -> 4 (halves round to even)
-    (5, 8, [0, 1, 2, 3, 4]),  # short videos are kept whole
-    (8, 8, list(range(8))),
-    (9, 1, [0]),
-])
+@pytest.mark.parametrize(
+    "n,k,expected",
+    [
+        (10, 4, [0, 3, 6, 9]),
+        (30, 10, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]),  # step 29/9 = 3.22
+        (7, 5, [0, 2, 3, 4, 6]),  # step 1.5: 1.5 -> 2 and 4.5 -> 4 (halves round to even)
+        (5, 8, [0, 1, 2, 3, 4]),  # short videos are kept whole
+        (8, 8, list(range(8))),
+        (9, 1, [0]),
+    ],
+)
 def test_uniform_indices_hand_computed(n, k, expected):
     idx = uniform_indices(n, k)
     assert idx.dtype == np.int64 and idx.tolist() == expected
@@ -768,8 +778,9 @@ def test_default_bounds_keep_todays_batches(tmp_path, weighted):
     for epoch in (0, 1):
         got, want = loader_batches(ours, ours_s, epoch), loader_batches(plain, plain_s, epoch)
         assert len(ours) == len(want) == math.ceil(200 / 48) and same_batches(got, want)
-    seq = make_loader(FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size,
-                      batch_frames=cfg.batch_frames)
+    seq = make_loader(
+        FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size, batch_frames=cfg.batch_frames
+    )
     # evaluation goes shortest first: the same order, in plain batches of 48
     plain_seq = DataLoader(FeatureDataset(store), 48, sampler=by_length(lengths), collate_fn=collate)
     assert same_batches(loader_batches(seq), loader_batches(plain_seq))
@@ -784,8 +795,9 @@ def test_30000_frame_video_gives_bounded_batches(tmp_path):
     ds = FeatureDataset(store, augment=True, max_frames=cfg.max_frames)
     sampler = train_sampler(ds, class_weights(ds.labels, 2), seed=1)
     train = make_loader(ds, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler)
-    val = make_loader(FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size,
-                      batch_frames=cfg.batch_frames)
+    val = make_loader(
+        FeatureDataset(store, max_frames=cfg.max_frames), cfg.batch_size, batch_frames=cfg.batch_frames
+    )
     shapes = []
     for epoch in range(3):
         sampler.set_epoch(epoch)
@@ -803,11 +815,14 @@ def test_30000_frame_video_gives_bounded_batches(tmp_path):
 
 # ---------------------------------------------------------------- input standardisation statistics
 
+
 def test_feature_stats_are_the_train_subset_frame_statistics(tmp_path):
     """Mean/std over every frame of the subset's videos (population std), nothing from other rows."""
-    videos = [("a", np.array([[1.0, 100.0], [3.0, 100.0]], np.float32), 0),     # 2 frames
-              ("b", np.array([[5.0, 100.0]], np.float32), 1),                   # 1 frame
-              ("c", np.array([[1000.0, -5.0]] * 4, np.float32), 1)]             # left out below
+    videos = [
+        ("a", np.array([[1.0, 100.0], [3.0, 100.0]], np.float32), 0),  # 2 frames
+        ("b", np.array([[5.0, 100.0]], np.float32), 1),  # 1 frame
+        ("c", np.array([[1000.0, -5.0]] * 4, np.float32), 1),
+    ]  # left out below
     store = write(tmp_path / "s.h5", videos, ["x", "y"], 2, dtype="float32")
     mean, std = feature_stats(FeatureDataset(store, [0, 1]))
     # feature 0: frames 1, 3, 5 -> mean 3, var ((4 + 0 + 4) / 3) -> std sqrt(8/3)
@@ -823,7 +838,7 @@ def test_epoch_sampler_draws_num_samples_passes_without_replacement():
     order = [pos for pos, _ in s]
     assert len(s) == 10 and len(order) == 10
     assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:8]) == [0, 1, 2, 3]  # two full passes
-    assert len(set(order[8:])) == 2                                                  # then 2 distinct
+    assert len(set(order[8:])) == 2  # then 2 distinct
     weighted = EpochSampler(4, np.ones(4), seed=2, num_samples=10)
     assert len([p for p, _ in weighted]) == 10 and len(weighted) == 10
 

@@ -1,5 +1,6 @@
 """RunDir: the paths of a run directory match the layout users' runs already have on disk, and every
 reader is strict (a damaged file is a ConfigError naming it, never a silent default)."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,20 @@ LEGACY = Path(__file__).resolve().parent.parent / "assets" / "legacy_run" / "run
 
 def test_paths_are_those_of_a_run_written_by_0_1_0():
     run = RunDir(LEGACY)
-    for path in (run.config, run.final, run.summary, run.calibration, run.typicality, run.metrics_all,
-                 run.eval_file("val"), run.eval_file("test"), run.best(0), run.last(1), run.history(1),
-                 run.member_metrics(0)):
+    for path in (
+        run.config,
+        run.final,
+        run.summary,
+        run.calibration,
+        run.typicality,
+        run.metrics_all,
+        run.eval_file("val"),
+        run.eval_file("test"),
+        run.best(0),
+        run.last(1),
+        run.history(1),
+        run.member_metrics(0),
+    ):
         assert path.is_file(), path
     assert run.member_indices() == [0, 1]
     assert run.eval_file("test", "off") == LEGACY / "eval_test.tta-off.json"
@@ -69,16 +81,19 @@ def copy(tmp_path) -> RunDir:
     return RunDir(tmp_path / "run")
 
 
-@pytest.mark.parametrize("name, read, text", [
-    ("summary.json", lambda r: r.read_summary(), "{half"),
-    ("summary.json", lambda r: r.read_summary(), "[1, 2]"),
-    ("eval_test.json", lambda r: r.read_eval("test"), "\x00\x01"),
-    ("eval_test.json", lambda r: r.read_eval("test"), '"a string"'),
-    ("members/0/history.json", lambda r: r.read_history(0), '{"epoch": 1}'),
-    ("results/resource_utilization_log.json", lambda r: r.read_resource_log(), '{"a": 1}'),
-    ("calibration.json", lambda r: r.read_calibration(), '{"temperature": -1}'),
-    ("final.json", lambda r: r.read_final(), '{"format": "other"}'),
-])
+@pytest.mark.parametrize(
+    "name, read, text",
+    [
+        ("summary.json", lambda r: r.read_summary(), "{half"),
+        ("summary.json", lambda r: r.read_summary(), "[1, 2]"),
+        ("eval_test.json", lambda r: r.read_eval("test"), "\x00\x01"),
+        ("eval_test.json", lambda r: r.read_eval("test"), '"a string"'),
+        ("members/0/history.json", lambda r: r.read_history(0), '{"epoch": 1}'),
+        ("results/resource_utilization_log.json", lambda r: r.read_resource_log(), '{"a": 1}'),
+        ("calibration.json", lambda r: r.read_calibration(), '{"temperature": -1}'),
+        ("final.json", lambda r: r.read_final(), '{"format": "other"}'),
+    ],
+)
 def test_every_reader_is_strict(copy, name, read, text):
     path = copy.root / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +107,9 @@ def test_add_to_summary_keeps_the_rest_and_skips_a_damaged_file(copy):
     copy.add_to_summary("calibration", {"temperature": 2.0})
     after = copy.read_summary()
     assert after["calibration"] == {"temperature": 2.0}
-    assert {k: v for k, v in after.items() if k != "calibration"} == \
-        {k: v for k, v in before.items() if k != "calibration"}
+    assert {k: v for k, v in after.items() if k != "calibration"} == {
+        k: v for k, v in before.items() if k != "calibration"
+    }
     copy.summary.write_text("{torn")
     assert copy.add_to_summary("calibration", {}) is None
     assert copy.summary.read_text() == "{torn"  # left for the next fit to rewrite

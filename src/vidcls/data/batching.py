@@ -7,9 +7,11 @@ groups videos of similar length first (``bucket``), and under torchrun hands eac
 every global batch. Which videos an epoch sees, and each video's augmentation seed, never depend on
 bucketing or on the number of ranks; only the grouping into batches does.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -25,8 +27,11 @@ BUCKET_WINDOW_BATCHES = 32
 # loss weighs 0. The dataset returns a filler's position as -(position + 1).
 FILLER = "filler"
 
+# A key the batches carry: a dataset position, ``(position, seed)``, or a filler ``(position, seed, FILLER)``.
+BatchKey: TypeAlias = "int | np.integer | tuple"
 
-def key_position(key) -> int:
+
+def key_position(key: BatchKey) -> int:
     """The dataset position of a batch key: an int, ``(position, seed)`` or a filler."""
     return int(key if isinstance(key, (int, np.integer)) else key[0])
 
@@ -49,8 +54,17 @@ class FrameBudgetBatches(Sampler):
     re-draws the epoch chosen by ``set_epoch``, so the loader's length is known before the epoch runs.
     """
 
-    def __init__(self, sampler, lengths: np.ndarray, batch_size: int, batch_frames: int | None = None, *,
-                 bucket: bool = False, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        sampler: Iterable[Any],
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        batch_frames: int | None = None,
+        *,
+        bucket: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.sampler, self.lengths = sampler, np.asarray(lengths, dtype=np.int64)
         self.batch_size, self.batch_frames = batch_size, batch_frames
         self.bucket, self.rank, self.world = bucket, rank, world
@@ -61,17 +75,21 @@ class FrameBudgetBatches(Sampler):
         if not self.bucket:
             return self._cut(keys)
         window = BUCKET_WINDOW_BATCHES * self.batch_size
-        batches = []
+        batches: list[list] = []
         for start in range(0, len(keys), window):
-            chunk = keys[start:start + window]
+            chunk = keys[start : start + window]
             chunk.sort(key=lambda k: int(self.lengths[key_position(k)]))  # stable: ties keep the draw's order
             batches += self._cut(chunk)
-        seed = (getattr(self.sampler, "seed", 0) * 1_000_033 + getattr(self.sampler, "epoch", 0)) % (2**63 - 1)
+        seed = (getattr(self.sampler, "seed", 0) * 1_000_033 + getattr(self.sampler, "epoch", 0)) % (
+            2**63 - 1
+        )
         order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
         return [batches[i] for i in order]
 
     def _cut(self, keys: list) -> list[list]:
-        batches, batch, longest = [], [], 0
+        batches: list[list] = []
+        batch: list = []
+        longest = 0
         for key in keys:
             n = int(self.lengths[key_position(key)])
             grown = max(longest, n)
@@ -91,7 +109,7 @@ class FrameBudgetBatches(Sampler):
         batches = self.global_batches()
         if self.world == 1:
             return batches
-        return [batch[self.rank::self.world] or [filler(batch[0])] for batch in batches]
+        return [batch[self.rank :: self.world] or [filler(batch[0])] for batch in batches]
 
     def __iter__(self) -> Iterator[list]:
         return iter(self._batches())
@@ -100,13 +118,13 @@ class FrameBudgetBatches(Sampler):
         return len(self.global_batches())
 
 
-def filler(key) -> tuple:
+def filler(key: BatchKey) -> tuple:
     """A stand-in for ``key`` that the loss ignores (see ``FILLER``)."""
     pos, seed = (key, 0) if isinstance(key, (int, np.integer)) else key[:2]
     return int(pos), int(seed), FILLER
 
 
-def padded_frames(batches: list[list], lengths) -> int:
+def padded_frames(batches: list[list], lengths: Sequence[int] | np.ndarray) -> int:
     """Frames the batches occupy once padded to their longest video (sum of videos x longest)."""
     lengths = np.asarray(lengths)
     return int(sum(len(b) * max(int(lengths[key_position(k)]) for k in b) for b in batches))

@@ -11,10 +11,12 @@ longest video: a video longer than ``max_frames`` is thinned uniformly (the rule
 ``batch_frames`` padded frames. Both depend only on the stored lengths and the draw, never on the
 augmentation, so the number of batches is known when an epoch starts.
 """
+
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +29,10 @@ from torch.utils.data import (
 )
 
 from ..errors import ConfigError, StoreError
-from ..store.directory import open_splits
-from ..store.reader import FeatureStore
+from ..store.directory import SplitStore, open_splits
 from ..store.split import stratified_split
 from ..utils.sampling import uniform_indices
-from .batching import FILLER, FrameBudgetBatches
+from .batching import FILLER, BatchKey, FrameBudgetBatches
 
 __all__ = ["FrameBudgetBatches"]  # re-exported: it lived here before batching.py
 
@@ -82,8 +83,14 @@ class FeatureDataset(Dataset):
     bytes through the workers' shared memory and to the GPU. The training loop casts to float32.
     """
 
-    def __init__(self, store: FeatureStore, indices: Sequence[int] | None = None, *, augment: bool = False,
-                 max_frames: int | None = None):
+    def __init__(
+        self,
+        store: SplitStore,
+        indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        augment: bool = False,
+        max_frames: int | None = None,
+    ):
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
         self.store = store
@@ -107,7 +114,7 @@ class FeatureDataset(Dataset):
     def video_ids(self) -> list[str]:
         return [self.store.video_ids[i] for i in self.indices]
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor, int, int]:
         """``key``: a position, ``(position, seed)``, or a filler (``batching.FILLER``), whose
         returned position is ``-(position + 1)`` so that the training loss can leave it out."""
         pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key[:2]
@@ -159,7 +166,9 @@ class EpochSampler(Sampler):
     defaults to ``n`` (one pass). Both depend only on ``(seed, epoch)``; call ``set_epoch`` before each epoch.
     """
 
-    def __init__(self, n: int, weights: np.ndarray | None = None, seed: int = 0, num_samples: int | None = None):
+    def __init__(
+        self, n: int, weights: np.ndarray | None = None, seed: int = 0, num_samples: int | None = None
+    ):
         self.n, self.seed, self.epoch = n, seed, 0
         self.num_samples = n if num_samples is None else num_samples
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
@@ -173,10 +182,19 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % (2**63 - 1))  # any int64 seed
         if self.weights is not None:
-            order = list(WeightedRandomSampler(self.weights, self.num_samples, replacement=True, generator=g))
+            # torch's stub says Sequence[float]; the sampler takes a tensor as it is (torch.as_tensor)
+            sampler = WeightedRandomSampler(
+                self.weights,  # type: ignore[arg-type]
+                self.num_samples,
+                replacement=True,
+                generator=g,
+            )
+            order = list(sampler)
         else:
             passes = -(-self.num_samples // self.n)
-            order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(passes)])[:self.num_samples].tolist()
+            order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(passes)])[
+                : self.num_samples
+            ].tolist()
         for k, pos in enumerate(order):
             yield int(pos), item_seed(self.seed, self.epoch, k)
 
@@ -188,7 +206,9 @@ def feature_stats(dataset: FeatureDataset) -> tuple[np.ndarray, np.ndarray]:
     feature (almost) constant in training -- a dead CNN channel -- would be blown up by 1/std at test
     time; its std is floored at 1% of the median std (and 1e-6).
     """
-    shift, total, sq, n = None, None, None, 0
+    shift: np.ndarray | None = None
+    total = sq = np.zeros(0)
+    n = 0
     for i in dataset.indices:
         x = dataset.store.read(int(i)).astype(np.float64)
         if shift is None:
@@ -198,14 +218,20 @@ def feature_stats(dataset: FeatureDataset) -> tuple[np.ndarray, np.ndarray]:
         total += d.sum(axis=0)
         sq += (d * d).sum(axis=0)
         n += len(x)
+    # the train split always has videos: load_splits refuses a class without one
+    assert shift is not None, "feature_stats needs at least one video"
     mean_d = total / n
-    std = np.sqrt(np.maximum(sq / n - mean_d ** 2, 0.0))
+    std = np.sqrt(np.maximum(sq / n - mean_d**2, 0.0))
     floor = max(1e-6, 0.01 * float(np.median(std)))
     return (shift + mean_d).astype(np.float32), np.maximum(std, floor).astype(np.float32)
 
 
-def class_weights(labels: np.ndarray, n_classes: int, clip: tuple = (0.5, 10.0),
-                  class_names: Sequence[str] | None = None) -> torch.Tensor:
+def class_weights(
+    labels: np.ndarray,
+    n_classes: int,
+    clip: tuple[float, float] = (0.5, 10.0),
+    class_names: Sequence[str] | None = None,
+) -> torch.Tensor:
     """Inverse-frequency class weights ``N / (C * n_c)`` clipped to ``clip``.
 
     Raises:
@@ -214,8 +240,10 @@ def class_weights(labels: np.ndarray, n_classes: int, clip: tuple = (0.5, 10.0),
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
     missing = [class_names[c] if class_names else str(c) for c in range(n_classes) if counts[c] == 0]
     if missing:
-        raise ValueError(f"class(es) {', '.join(missing)} have no training example; add videos of "
-                         f"those classes to the train split or remove them from class_names")
+        raise ValueError(
+            f"class(es) {', '.join(missing)} have no training example; add videos of "
+            f"those classes to the train split or remove them from class_names"
+        )
     w = len(labels) / (n_classes * counts.astype(np.float64))
     return torch.tensor(np.clip(w, clip[0], clip[1]), dtype=torch.float32)
 
@@ -227,14 +255,20 @@ class Splits:
     train: FeatureDataset
     val: FeatureDataset
     test: FeatureDataset | None
-    class_names: list
+    class_names: list[str]
     feature_dim: int
     extractor: dict
     val_source: str  # "val.h5" or "carved from train.h5 (15%)"
 
 
-def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, augment: bool = True,
-                max_frames: int | None = None) -> Splits:
+def load_splits(
+    features_dir: str | os.PathLike,
+    *,
+    val_fraction: float = 0.15,
+    seed: int = 42,
+    augment: bool = True,
+    max_frames: int | None = None,
+) -> Splits:
     """Open the stores of ``features_dir``; carve a stratified validation set when there is no val.h5.
 
     Every split's items are thinned to ``max_frames`` frames (None: no limit); see ``FeatureDataset``.
@@ -249,7 +283,11 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
         raise StoreError(f"{train.path}: only one class ({names}); a classifier needs at least two")
     if "val" in stores:
         # "val.h5", or "val-*-of-00004.h5" for a split in shard files
-        train_idx, val_ds, source = None, FeatureDataset(stores["val"], max_frames=max_frames), stores["val"].path.name
+        train_idx, val_ds, source = (
+            None,
+            FeatureDataset(stores["val"], max_frames=max_frames),
+            stores["val"].path.name,
+        )
     else:
         train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
         val_ds = FeatureDataset(train, val_idx, max_frames=max_frames)
@@ -257,15 +295,26 @@ def load_splits(features_dir, *, val_fraction: float = 0.15, seed: int = 42, aug
     train_ds = FeatureDataset(train, train_idx, augment=augment, max_frames=max_frames)
     absent = [names[c] for c in range(len(names)) if not np.any(train_ds.labels == c)]
     if absent:
-        raise StoreError(f"{train.path}: class(es) {', '.join(absent)} have no training video "
-                         f"(after carving validation); add some or drop the class")
+        raise StoreError(
+            f"{train.path}: class(es) {', '.join(absent)} have no training video "
+            f"(after carving validation); add some or drop the class"
+        )
     test = FeatureDataset(stores["test"], max_frames=max_frames) if "test" in stores else None
     return Splits(train_ds, val_ds, test, list(names), train.feature_dim, dict(train.extractor), source)
 
 
-def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int | None = None,
-                sampler: EpochSampler | None = None, workers: int = 0, pin_memory: bool = False,
-                bucket: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
+def make_loader(
+    dataset: FeatureDataset,
+    batch_size: int,
+    *,
+    batch_frames: int | None = None,
+    sampler: EpochSampler | None = None,
+    workers: int = 0,
+    pin_memory: bool = False,
+    bucket: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
     """The DataLoader used for training (with ``sampler``) and evaluation (``sampler`` None: every video
     once, shortest first, no augmentation; rows carry their dataset positions).
 
@@ -286,19 +335,28 @@ def make_loader(dataset: FeatureDataset, batch_size: int, *, batch_frames: int |
     # of the longest of a random mix (attention costs B x T^2 of padded steps too). Every consumer puts
     # the rows back in dataset order by the positions the collate returns.
     if sampler is not None:
-        batches = FrameBudgetBatches(sampler, dataset.lengths, batch_size, batch_frames, bucket=bucket,
-                                     rank=rank, world=world)
+        batches = FrameBudgetBatches(
+            sampler, dataset.lengths, batch_size, batch_frames, bucket=bucket, rank=rank, world=world
+        )
     else:
-        batches = FrameBudgetBatches(by_length(dataset.lengths)[rank::world], dataset.lengths, batch_size,
-                                     batch_frames)
+        batches = FrameBudgetBatches(
+            by_length(dataset.lengths)[rank::world], dataset.lengths, batch_size, batch_frames
+        )
     # A private generator: creating an iterator would otherwise draw a seed from torch's global RNG,
     # once per epoch without workers but once per run with persistent workers, so the dropout
     # stream (and the results) would depend on --workers.
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=workers > 0, generator=torch.Generator())
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        generator=torch.Generator(),
+    )
 
 
-def by_length(lengths) -> list[int]:
+def by_length(lengths: Sequence[int] | np.ndarray) -> list[int]:
     """Dataset positions ordered by length, shortest first (ties in dataset order)."""
     return np.argsort(np.asarray(lengths), kind="stable").tolist()
 
@@ -312,8 +370,9 @@ def close_loader(loader: DataLoader) -> None:
     loader._iterator = None
 
 
-def train_sampler(dataset: FeatureDataset, weights: torch.Tensor | None, seed: int,
-                  num_samples: int | None = None) -> EpochSampler:
+def train_sampler(
+    dataset: FeatureDataset, weights: torch.Tensor | None, seed: int, num_samples: int | None = None
+) -> EpochSampler:
     """Per-sample weights = class weight of the sample's label (``None`` = plain shuffle); ``num_samples``
     draws per epoch (default: one pass)."""
     per_sample = None if weights is None else weights.numpy()[dataset.labels]

@@ -62,7 +62,7 @@ def table(
         "id": table_id,
         "headers": list(headers),
         "scroll": scroll,
-        "rows": [{"cls": c, "cells": list(r)} for r, c in zip(rows, classes, strict=False)],
+        "rows": [{"cls": c, "cells": list(r)} for r, c in zip(rows, classes)],
     }
 
 

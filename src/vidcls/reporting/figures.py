@@ -65,7 +65,7 @@ def curves_png(histories: list[list[dict]], best_epochs: list[int | None]) -> by
     fig.subplots_adjust(
         left=0.06, right=0.98, bottom=0.6 / height + 0.04, top=1 - 0.5 / height, hspace=0.55, wspace=0.18
     )
-    for i, (hist, best) in enumerate(zip(histories, best_epochs, strict=False)):
+    for i, (hist, best) in enumerate(zip(histories, best_epochs)):
         _member_curves(axes[i][0], axes[i][1], f"member {i}", hist, best)
     return to_png(fig)
 
@@ -230,7 +230,7 @@ def _memory_lines(ax: Axes, xs: list[float], rows: list[dict], marker: str | Non
 
 
 def _mark_member_starts(cpu_ax: Axes, mem_ax: Axes, xs: list[float], rows: list[dict]) -> None:
-    for x, r in zip(xs, rows, strict=True):
+    for x, r in zip(xs, rows):
         tag = str(r.get("tag") or "")
         if tag.startswith("member ") and tag.endswith(" start"):
             for ax in (cpu_ax, mem_ax):

@@ -215,8 +215,8 @@ def _render_png(history: list[dict], class_names: list[str], title: str | None) 
     axes = fig.subplots(2, 3)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.22, hspace=0.38)
     fig.suptitle(title or f"Training dashboard - epoch {d.epochs[-1]}", fontsize=14, **LITERAL)
-    for row, panels in zip(axes, _PANELS, strict=True):
-        for ax, draw in zip(row, panels, strict=True):
+    for row, panels in zip(axes, _PANELS):
+        for ax, draw in zip(row, panels):
             draw(ax, d)
             per_class = draw is _per_class_panel
             # Vertical grid lines would draw one line per class tick in the per-class panel.

@@ -2,12 +2,15 @@
 :func:`vidcls.evaluation.calibrate.calibrate_run`) and its typicality statistics (``RUN_DIR/typicality.npz``):
 their strict readers, and the checks a calibration asks for.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,11 +18,10 @@ from ..errors import ConfigError
 from ..utils.fs import atomic_write_bytes
 from .layout import CALIBRATION_FILE, TYPICALITY_FILE  # noqa: F401
 
-
 CALIBRATION_FORMAT = "vidcls-calibration"
 
 
-def load_calibration(run_dir) -> dict | None:
+def load_calibration(run_dir: str | os.PathLike) -> dict | None:
     """``RUN_DIR/calibration.json``, or None when the run has none.
 
     Raises:
@@ -35,13 +37,20 @@ def load_calibration(run_dir) -> dict | None:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); {redo}") from None
     ood = data.get("ood") if isinstance(data, dict) else None
     t = data.get("temperature") if isinstance(data, dict) else None
-    ok = (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
-          and isinstance(ood, dict) and isinstance(ood.get("threshold"), (int, float))
-          and ood.get("score", DEFAULT_OOD_SCORE) in OOD_SCORES
-          and _checks_ok(data))
+    ok = (
+        isinstance(t, (int, float))
+        and not isinstance(t, bool)
+        and math.isfinite(t)
+        and t > 0
+        and isinstance(ood, dict)
+        and isinstance(ood.get("threshold"), (int, float))
+        and ood.get("score", DEFAULT_OOD_SCORE) in OOD_SCORES
+        and _checks_ok(data)
+    )
     if not ok:
-        raise ConfigError(f"{path} is not a valid vidcls calibration (temperature, ood.threshold, ood.score); "
-                          f"{redo}")
+        raise ConfigError(
+            f"{path} is not a valid vidcls calibration (temperature, ood.threshold, ood.score); {redo}"
+        )
     return data
 
 
@@ -58,7 +67,7 @@ def _checks_ok(data: dict) -> bool:
 TYPICALITY_KEYS = ("frame_mean", "frame_std", "prototypes", "variance")
 
 
-def typicality_stats(run_dir, calibration: dict | None) -> dict | None:
+def typicality_stats(run_dir: str | os.PathLike, calibration: dict | None) -> dict | None:
     """The typicality statistics a run's ``calibration`` refers to, or None when it checks no typicality
     (no calibration, or one written before typicality).
 
@@ -68,19 +77,21 @@ def typicality_stats(run_dir, calibration: dict | None) -> dict | None:
     ood = (calibration or {}).get("ood") or {}
     if "typicality" not in (ood.get("scores") or []):
         return None
-    name = Path(str((ood.get("typicality") or {}).get("file") or TYPICALITY_FILE)).name  # never outside the run
+    entry = (ood.get("typicality") or {}).get("file") or TYPICALITY_FILE
+    name = Path(str(entry)).name  # never outside the run
     return load_typicality(Path(run_dir) / name)
 
 
-def save_typicality(path, stats: dict) -> Path:
+def save_typicality(path: str | os.PathLike, stats: dict) -> Path:
     """Write ``stats`` to ``path`` (.npz, float32) atomically."""
 
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(stats[k], np.float32) for k in TYPICALITY_KEYS})
+    arrays: dict[str, Any] = {k: np.asarray(stats[k], np.float32) for k in TYPICALITY_KEYS}
+    np.savez(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_typicality(path) -> dict:
+def load_typicality(path: str | os.PathLike) -> dict:
     """The statistics in ``path``.
 
     Raises:
@@ -96,9 +107,14 @@ def load_typicality(path) -> dict:
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); {redo}") from None
     d = stats["frame_mean"].shape
-    ok = (len(d) == 1 and stats["frame_std"].shape == d and stats["prototypes"].ndim == 2
-          and stats["prototypes"].shape[1] == 2 * d[0] and stats["variance"].shape == (2 * d[0],)
-          and all(np.isfinite(v).all() for v in stats.values()))
+    ok = (
+        len(d) == 1
+        and stats["frame_std"].shape == d
+        and stats["prototypes"].ndim == 2
+        and stats["prototypes"].shape[1] == 2 * d[0]
+        and stats["variance"].shape == (2 * d[0],)
+        and all(np.isfinite(v).all() for v in stats.values())
+    )
     if not ok:
         raise ConfigError(f"{path} does not hold consistent typicality statistics; {redo}")
     return stats
@@ -123,8 +139,10 @@ def ood_checks(calibration: dict | None) -> dict:
         return {}
     kind = ood.get("score", DEFAULT_OOD_SCORE)
     thresholds = ood.get("thresholds") or {}
-    return {name: float(thresholds.get(name, ood["threshold"] if name == kind else math.nan))
-            for name in ood.get("scores", [kind])}
+    return {
+        name: float(thresholds.get(name, ood["threshold"] if name == kind else math.nan))
+        for name in ood.get("scores", [kind])
+    }
 
 
 VAL_PASS = 0.95  # share of validation videos above the OOD threshold

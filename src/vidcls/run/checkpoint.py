@@ -7,6 +7,7 @@ A checkpoint is a dict that can rebuild the model and refuse mismatched input on
 and the periodic ones also carry the optimiser, scheduler, epoch, early-stopping state, history and
 RNG states.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from .layout import LAST, PERIODIC_RE
 from ..utils.fs import atomic_write_bytes
+from .layout import LAST, PERIODIC_RE
 
 FORMAT = "vidcls-checkpoint"
 VERSION = 1
@@ -44,13 +45,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged zip/pickle
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}: {exc}); "
-                              f"delete it or restore it from a periodic checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}: {exc}); "
+            f"delete it or restore it from a periodic checkpoint"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vidcls checkpoint")
     if state.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer vidcls (checkpoint version "
-                              f"{state['version']}); upgrade vidcls to read it")
+        raise CheckpointError(
+            f"{path} was written by a newer vidcls (checkpoint version "
+            f"{state['version']}); upgrade vidcls to read it"
+        )
     return state
 
 
@@ -81,8 +86,9 @@ def load_resume_state(ckpt_dir: Path) -> tuple[dict, Path] | None:
             errors.append(str(exc))
             continue
         if errors:
-            warnings.warn(f"{errors[0]}; resuming from {path} (epoch {state.get('epoch')}) instead",
-                          stacklevel=2)
+            warnings.warn(
+                f"{errors[0]}; resuming from {path} (epoch {state.get('epoch')}) instead", stacklevel=2
+            )
         return state, path
     if errors:
         raise CheckpointError("no usable checkpoint to resume from: " + "; ".join(errors))
@@ -91,10 +97,14 @@ def load_resume_state(ckpt_dir: Path) -> tuple[dict, Path] | None:
 
 def rng_state() -> dict:
     """Every global RNG a training step may touch (dropout uses torch's)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_pos": random.getstate()[2],
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the global RandomState is MT19937: its legacy state is a tuple
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -1,17 +1,28 @@
 """The final choice a run records in ``RUN_DIR/final.json`` (what it serves), and which checkpoint file
 each model index means.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import TTA_MODES
+from ..config import TTA_MODES, TrainConfig
 from ..errors import ConfigError
 from ..utils.fs import atomic_write_json
-from .layout import BEST, CHECKPOINT_RE, CONFIG_FILE, FINAL_FILE, SNAPSHOT_RE, checkpoint_member, checkpoint_rel  # noqa: F401
+from .layout import (
+    BEST,
+    CHECKPOINT_RE,
+    CONFIG_FILE,
+    FINAL_FILE,
+    SNAPSHOT_RE,
+    checkpoint_member,  # noqa: F401 - re-exported: training.fit imports it from here
+    checkpoint_rel,
+)
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,6 @@ class FinalChoice:
         return asdict(self)
 
 
-
-
-
-
-
-
 FINAL_FORMAT = "vidcls-final-choice"
 
 
@@ -64,7 +69,7 @@ def best_checkpoint(member: int) -> str:
     return checkpoint_rel(member, BEST)
 
 
-def model_checkpoints(run_dir, cfg) -> list[str]:
+def model_checkpoints(run_dir: str | os.PathLike, cfg: TrainConfig) -> list[str]:
     """The run's models, in order, as checkpoint paths relative to ``run_dir``; model index m is the
     m-th path.
 
@@ -72,10 +77,10 @@ def model_checkpoints(run_dir, cfg) -> list[str]:
     member in turn, its ``snapshot_<epoch>.pt`` (one per finished warm-restart cycle) by increasing
     epoch; a member without any (trained for fewer than ``t0`` epochs) contributes its ``best.pt``.
     """
-    out = []
+    out: list[str] = []
     for i in range(cfg.members):
         ckpt_dir = Path(run_dir) / checkpoint_rel(i, "")
-        snaps = []
+        snaps: list[tuple[int, str]] = []
         if cfg.snapshots and ckpt_dir.is_dir():
             found = (SNAPSHOT_RE.fullmatch(p.name) for p in ckpt_dir.iterdir())
             snaps = sorted((int(m.group(1)), m.group(0)) for m in found if m)  # by epoch, as a number
@@ -83,7 +88,7 @@ def model_checkpoints(run_dir, cfg) -> list[str]:
     return out
 
 
-def checkpoint_path(run_dir, choice, m: int) -> Path:
+def checkpoint_path(run_dir: str | os.PathLike, choice: FinalChoice | Sequence[str] | None, m: int) -> Path:
     """The file of model index ``m``: entry ``m`` of the recorded checkpoints (``choice``: a
     ``FinalChoice`` or its ``checkpoints`` list), or, when none are recorded (a final.json older than
     the list), ``members/<m>/checkpoints/best.pt``.
@@ -95,15 +100,18 @@ def checkpoint_path(run_dir, choice, m: int) -> Path:
     if not checkpoints:
         return Path(run_dir) / best_checkpoint(m)
     if not 0 <= m < len(checkpoints):
-        raise ConfigError(f"model {m} is not one of the {len(checkpoints)} checkpoints {FINAL_FILE} records; "
-                          f"re-create it with `vidcls evaluate {run_dir} --split val`")
+        raise ConfigError(
+            f"model {m} is not one of the {len(checkpoints)} checkpoints {FINAL_FILE} records; "
+            f"re-create it with `vidcls evaluate {run_dir} --split val`"
+        )
     return Path(run_dir) / checkpoints[m]
 
 
-def write_final_choice(run_dir, choice: FinalChoice) -> Path:
+def write_final_choice(run_dir: str | os.PathLike, choice: FinalChoice) -> Path:
     """Record what the run serves in ``RUN_DIR/final.json`` (atomically)."""
-    return atomic_write_json(Path(run_dir) / FINAL_FILE, {"format": FINAL_FORMAT, "version": 1,
-                                                         **choice.to_dict()})
+    return atomic_write_json(
+        Path(run_dir) / FINAL_FILE, {"format": FINAL_FORMAT, "version": 1, **choice.to_dict()}
+    )
 
 
 def _recorded_choice(run_dir: Path) -> tuple[FinalChoice | None, str]:
@@ -117,7 +125,7 @@ def _recorded_choice(run_dir: Path) -> tuple[FinalChoice | None, str]:
         return None, f"{run_dir / FINAL_FILE} was damaged or not a final choice"
 
 
-def load_final_choice(run_dir) -> FinalChoice:
+def load_final_choice(run_dir: str | os.PathLike) -> FinalChoice:
     """The final choice ``fit`` recorded for ``run_dir``: which members, TTA or not, which modes.
 
     Raises:
@@ -127,25 +135,42 @@ def load_final_choice(run_dir) -> FinalChoice:
     path = Path(run_dir) / FINAL_FILE
     if not path.is_file() and not (Path(run_dir) / CONFIG_FILE).is_file():  # not a run at all
         raise ConfigError(f"{run_dir} holds no run (no {CONFIG_FILE}); give the RUN_DIR of `vidcls train`")
-    redo = (f"record it with `vidcls evaluate {run_dir} --split val` (it makes the choice training makes, "
-            f"on validation)")
+    redo = (
+        f"record it with `vidcls evaluate {run_dir} --split val` (it makes the choice training makes, "
+        f"on validation)"
+    )
     if not path.is_file():
-        raise ConfigError(f"{path} not found: the run has no recorded final choice (training has not "
-                          f"finished, or the run predates final.json); {redo}")
+        raise ConfigError(
+            f"{path} not found: the run has no recorded final choice (training has not "
+            f"finished, or the run predates final.json); {redo}"
+        )
     try:
         data = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(FinalChoice)}
         choice = FinalChoice(**{k: v for k, v in data.items() if k in known})
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); {redo}") from None
-    members_ok = (isinstance(choice.members, list) and choice.members
-                  and all(isinstance(m, int) and m >= 0 for m in choice.members))
-    modes_ok = (isinstance(choice.tta_modes, list) and choice.tta_modes
-                and all(m in TTA_MODES for m in choice.tta_modes))
-    if data.get("format") != FINAL_FORMAT or not members_ok or not modes_ok \
-            or not isinstance(choice.tta_used, bool) or not _checkpoints_ok(choice):
-        raise ConfigError(f"{path} is not a valid vidcls final choice (format, members, tta_used, "
-                          f"tta_modes or checkpoints); {redo}")
+    members_ok = (
+        isinstance(choice.members, list)
+        and choice.members
+        and all(isinstance(m, int) and m >= 0 for m in choice.members)
+    )
+    modes_ok = (
+        isinstance(choice.tta_modes, list)
+        and choice.tta_modes
+        and all(m in TTA_MODES for m in choice.tta_modes)
+    )
+    if (
+        data.get("format") != FINAL_FORMAT
+        or not members_ok
+        or not modes_ok
+        or not isinstance(choice.tta_used, bool)
+        or not _checkpoints_ok(choice)
+    ):
+        raise ConfigError(
+            f"{path} is not a valid vidcls final choice (format, members, tta_used, "
+            f"tta_modes or checkpoints); {redo}"
+        )
     return choice
 
 
@@ -153,6 +178,8 @@ def _checkpoints_ok(choice: FinalChoice) -> bool:
     """Recorded checkpoints are empty (an older record) or ``members/<i>/checkpoints/<name>.pt`` paths,
     one for every model index the choice names; nothing outside the run directory."""
     ckpts = choice.checkpoints
-    if not isinstance(ckpts, list) or not all(isinstance(c, str) and CHECKPOINT_RE.fullmatch(c) for c in ckpts):
+    if not isinstance(ckpts, list) or not all(
+        isinstance(c, str) and CHECKPOINT_RE.fullmatch(c) for c in ckpts
+    ):
         return False
     return not ckpts or all(m < len(ckpts) for m in choice.members)
