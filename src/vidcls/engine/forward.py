@@ -27,7 +27,7 @@ from .views import tta_batch
 ORIGINAL = "original"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: no field-wise ==
 class Outputs:
     """What :func:`forward` computed for N videos.
 
