@@ -1,4 +1,5 @@
 """The many-inputs runner behind ``vidcls predict``: inputs, formats, resume, broken files."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,19 @@ from vidcls.predict.collect import collect_inputs
 from vidcls.predict.inputs import error_record
 from vidcls.predict.outputs import CSV_FIELDS, format_records, read_jsonl
 
-RECORD_KEYS = {"input", "label", "top_k", "probabilities", "trusted", "trust_reason", "ood_score", "ood_scores",
-               "frames", "timings", "error"}
+RECORD_KEYS = {
+    "input",
+    "label",
+    "top_k",
+    "probabilities",
+    "trusted",
+    "trust_reason",
+    "ood_score",
+    "ood_scores",
+    "frames",
+    "timings",
+    "error",
+}
 
 
 class FakePredictor:
@@ -37,13 +49,19 @@ class FakePredictor:
         p = np.exp(logits) / np.exp(logits).sum()
         order = np.argsort(-p)
         att = np.full(frames, 1.0 / frames)
-        return {"input": name, "label": self.classes_[order[0]],
-                "top_k": [{"class": self.classes_[i], "probability": float(p[i])} for i in order[:self._k]],
-                "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
-                "trusted": seed % 2 == 0, "trust_reason": "in distribution" if seed % 2 == 0 else "low score",
-                "ood_score": float(seed), "ood_scores": {"energy": float(seed)},
-                "frames": [{"index": i, "timestamp_ms": None, "attention": float(a)} for i, a in enumerate(att)],
-                "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.001}, "error": None}
+        return {
+            "input": name,
+            "label": self.classes_[order[0]],
+            "top_k": [{"class": self.classes_[i], "probability": float(p[i])} for i in order[: self._k]],
+            "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
+            "trusted": seed % 2 == 0,
+            "trust_reason": "in distribution" if seed % 2 == 0 else "low score",
+            "ood_score": float(seed),
+            "ood_scores": {"energy": float(seed)},
+            "frames": [{"index": i, "timestamp_ms": None, "attention": float(a)} for i, a in enumerate(att)],
+            "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.001},
+            "error": None,
+        }
 
     def predict_records(self, x, top_k=3):
         self._k = top_k
@@ -86,8 +104,13 @@ def test_collect_inputs_recursive_sorted_and_links_kept_inside(tmp_path):
     assert [p.relative_to(root).as_posix() for p in got] == ["a/c.MOV", "a/z.mkv", "b.mp4", "feats/x.npy"]
     # a file named directly is taken whatever its extension; the same file twice counts once
     got = collect_inputs([root / "notes.txt", root / "b.mp4", root])
-    assert [p.relative_to(root).as_posix() for p in got] == ["notes.txt", "b.mp4", "a/c.MOV", "a/z.mkv",
-                                                             "feats/x.npy"]
+    assert [p.relative_to(root).as_posix() for p in got] == [
+        "notes.txt",
+        "b.mp4",
+        "a/c.MOV",
+        "a/z.mkv",
+        "feats/x.npy",
+    ]
 
 
 def test_collect_inputs_user_errors(tmp_path):
@@ -152,8 +175,13 @@ def test_output_file_written_whole_for_json_and_csv(tmp_path):
 def test_format_follows_the_output_extension_unless_given():
     from vidcls.predict.outputs import format_for
 
-    assert [format_for(o) for o in (None, "p.JSONL", "p.json", "p.csv", "p.txt")] == \
-        ["table", "jsonl", "json", "csv", "table"]
+    assert [format_for(o) for o in (None, "p.JSONL", "p.json", "p.csv", "p.txt")] == [
+        "table",
+        "jsonl",
+        "json",
+        "csv",
+        "table",
+    ]
     assert format_for("p.jsonl", "csv") == "csv"
 
 
@@ -204,8 +232,9 @@ def test_broken_files_in_a_folder_are_records_and_the_run_goes_on(tmp_path):
     _video(folder / "c.mp4")
     buf = io.StringIO()
     fake = FakePredictor()
-    summary = run_predict(fake, collect_inputs([folder]), fmt="jsonl", stdout=buf, batch_size=2,
-                          progress=False)
+    summary = run_predict(
+        fake, collect_inputs([folder]), fmt="jsonl", stdout=buf, batch_size=2, progress=False
+    )
     records = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [r["error"] is None for r in records] == [True, False, True]
     assert records[1]["label"] is None and records[1]["input"].endswith("b_broken.mp4")
@@ -278,14 +307,20 @@ def test_pipeline_path_keeps_order_fills_timestamps_and_survives_a_decoder_crash
         for i, p in enumerate(ps):
             if "crash" in p:
                 raise ExtractError(f"a decode worker died while decoding one of: {p}")
-            yield pipeline.VideoResult(i, "ok", np.full((3, 4), i, np.float32),
-                                       np.asarray([0.0, 500.0, 1000.0]), info={"decode_s": 0.5, "cnn_s": 0.25})
+            yield pipeline.VideoResult(
+                i,
+                "ok",
+                np.full((3, 4), i, np.float32),
+                np.asarray([0.0, 500.0, 1000.0]),
+                info={"decode_s": 0.5, "cnn_s": 0.25},
+            )
 
     monkeypatch.setattr(pipeline, "iter_features", fake_iter)
     monkeypatch.setattr(pipeline, "PREFETCH", 1)  # the window decoded one by one: 2 * workers * 1
     buf = io.StringIO()
-    run_predict(PipelineFake(), paths, fmt="jsonl", stdout=buf, batch_size=2, decode_workers=1,
-                progress=False)
+    run_predict(
+        PipelineFake(), paths, fmt="jsonl", stdout=buf, batch_size=2, decode_workers=1, progress=False
+    )
     records = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [Path(r["input"]).name for r in records] == names
     assert [r["error"] is None for r in records] == [True, True, False, True, True]
@@ -297,15 +332,30 @@ def test_pipeline_path_keeps_order_fills_timestamps_and_survives_a_decoder_crash
 
 
 # ---- end to end: clips -> extract -> train -> predict -------------------------------------------
-SMALL_EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",
-                 "--device", "cpu", "--frames", "4", "--decode-workers", "0", "--split", "50,25,25"]
+SMALL_EXTRACT = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--frames",
+    "4",
+    "--decode-workers",
+    "0",
+    "--split",
+    "50,25,25",
+]
 
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
     """A tiny run trained on features extracted from generated clips (random resnet18 at 32 px)."""
     import videos as V
-
     from vidcls.cli import main
 
     root = tmp_path_factory.mktemp("predict_e2e")
@@ -315,8 +365,22 @@ def video_run(tmp_path_factory):
             V.write_clip(root / "clips" / name / f"{name}{i}.mp4", V.shapes_frames(20, color=color, seed=i))
     assert main(["extract", str(root / "clips"), str(root / "feats"), *SMALL_EXTRACT]) == 0
     args = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0", "--device", "cpu"]
-    assert main(["train", str(root / "feats"), str(root / "run"), *args, "--epochs", "2",
-                 "--batch-size", "4", "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(root / "feats"),
+                str(root / "run"),
+                *args,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     new = root / "new"
     for name, color in colors.items():
         V.write_clip(new / f"{name}_new.mp4", V.shapes_frames(30, color=color, seed=9))
@@ -330,8 +394,24 @@ def test_cli_predict_end_to_end_resumable_with_timelines(video_run, run_cli, cap
 
     run, new = video_run / "run", video_run / "new"
     out, tl = video_run / "out" / "preds.jsonl", video_run / "timelines"
-    assert run_cli("predict", run, new, "--output", out, "--timeline", tl,  # jsonl from the extension
-                   "--device", "cpu", "--decode-workers", "1", "--top-k", "2") == 0
+    assert (
+        run_cli(
+            "predict",
+            run,
+            new,
+            "--output",
+            out,
+            "--timeline",
+            tl,  # jsonl from the extension
+            "--device",
+            "cpu",
+            "--decode-workers",
+            "1",
+            "--top-k",
+            "2",
+        )
+        == 0
+    )
     summary = capsys.readouterr().out
     assert "4 inputs: 3 predicted, 1 could not be used" in summary  # the broken one is not counted twice
     records = {Path(r["input"]).name: r for r in map(json.loads, out.read_text().splitlines())}

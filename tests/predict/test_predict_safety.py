@@ -9,6 +9,7 @@
 * A run trained on imported features (no extractor record) gives each video an error record and
   predicts the .npy inputs beside them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,22 @@ from vidcls.predict.outputs import CSV_FIELDS, read_jsonl
 
 D = 8
 # tests/conftest.py's TINY_ARGS: importing it by the name "conftest" clashes with tests/serve/conftest.py
-TINY_ARGS = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
-             "--workers", "0", "--device", "cpu"]
+TINY_ARGS = [
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 FORMATS = ("jsonl", "csv", "json", "table")
 
 
@@ -45,13 +60,29 @@ def imported_run(tmp_path_factory) -> Path:
     rows = ["video_id,label,split"]
     for i in range(36):
         label = ("a", "b")[i % 2]
-        x = rng.normal(size=(int(rng.integers(4, 10)), D)).astype(np.float32) + (2.0 if label == "a" else -2.0)
+        x = rng.normal(size=(int(rng.integers(4, 10)), D)).astype(np.float32) + (
+            2.0 if label == "a" else -2.0
+        )
         np.save(_mkdir(root / "npy") / f"v{i:02d}.npy", x)
         rows.append(f"v{i:02d},{label},{('train', 'train', 'val', 'test')[(i // 2) % 4]}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     assert main(["import", "npy", str(root / "npy"), str(root / "labels.csv"), str(root / "feats")]) == 0
-    assert main(["train", str(root / "feats"), str(root / "run"), "--epochs", "1", "--batch-size", "4",
-                 "--no-plots", *TINY_ARGS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(root / "feats"),
+                str(root / "run"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-plots",
+                *TINY_ARGS,
+            ]
+        )
+        == 0
+    )
     return root / "run"
 
 
@@ -69,8 +100,10 @@ def _npy(path: Path, t: int = 6, d: int = D, seed: int = 1) -> Path:
 @pytest.fixture
 def no_load(monkeypatch):
     """Loading the run is the first piece of work: a refusal must come before it."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the run was loaded although --output had to be refused first")
+
     monkeypatch.setattr(predictor_module, "load", refuse)
 
 
@@ -93,8 +126,17 @@ class Fake:
 
     def predict_records(self, x, top_k=3):
         self.calls.append(len(x))
-        return [{**error_record("?", "x"), "label": "a", "error": None, "trusted": True, "trust_reason": "ok",
-                 "top_k": [{"class": "a", "probability": 0.9}]} for _ in x]
+        return [
+            {
+                **error_record("?", "x"),
+                "label": "a",
+                "error": None,
+                "trusted": True,
+                "trust_reason": "ok",
+                "top_k": [{"class": "a", "probability": 0.9}],
+            }
+            for _ in x
+        ]
 
 
 # ---- 1. foreign content in the --output file ---------------------------------------------------
@@ -112,7 +154,12 @@ def test_foreign_lines_in_a_jsonl_output_are_refused_untouched(imported_run, tmp
 def test_a_csv_is_not_wiped_by_a_rerun_that_asks_for_json_lines(imported_run, tmp_path, capsys):
     out = tmp_path / "p.jsonl"
     n = _npy(tmp_path / "n.npy")
-    assert main(["predict", str(imported_run), str(n), "--output", str(out), "--format", "csv", "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["predict", str(imported_run), str(n), "--output", str(out), "--format", "csv", "--device", "cpu"]
+        )
+        == 0
+    )
     capsys.readouterr()
     written = out.read_bytes()
     assert written.startswith(",".join(CSV_FIELDS).encode())
@@ -167,7 +214,9 @@ def test_foreign_files_are_refused_in_every_format(tmp_path, fmt, content):
 
 @pytest.mark.parametrize("written", FORMATS)
 @pytest.mark.parametrize("asked", FORMATS)
-def test_vidcls_output_of_another_format_is_refused_the_same_format_is_replaced_or_resumed(tmp_path, written, asked):
+def test_vidcls_output_of_another_format_is_refused_the_same_format_is_replaced_or_resumed(
+    tmp_path, written, asked
+):
     out = tmp_path / "out.txt"
     inputs = [_npy(tmp_path / f"n{i}.npy", seed=i) for i in range(2)]
     run_predict(Fake(), inputs[:1], fmt=written, output=out, progress=False)
@@ -191,7 +240,10 @@ def test_an_empty_output_file_is_used(tmp_path):
     for fmt in FORMATS:
         out = tmp_path / f"empty.{fmt}"
         out.write_bytes(b"")
-        assert run_predict(Fake(), [_npy(tmp_path / "n.npy")], fmt=fmt, output=out, progress=False).predicted == 1
+        assert (
+            run_predict(Fake(), [_npy(tmp_path / "n.npy")], fmt=fmt, output=out, progress=False).predicted
+            == 1
+        )
 
 
 # ---- 2. --output that is an input, a directory, a device, unwritable ---------------------------
@@ -210,25 +262,32 @@ def test_output_naming_an_input_is_refused_before_loading(imported_run, tmp_path
     assert victim.read_bytes() == before
 
 
-def test_output_reaching_an_input_through_links_or_a_folder_is_refused(imported_run, tmp_path, capsys, no_load):
+def test_output_reaching_an_input_through_links_or_a_folder_is_refused(
+    imported_run, tmp_path, capsys, no_load
+):
     folder = tmp_path / "inputs"
     victim = _npy(folder / "sub" / "victim.npy")
     before = victim.read_bytes()
     (tmp_path / "link.csv").symlink_to(victim)
     os.link(victim, tmp_path / "hard.json")
-    cases = [([str(victim)], tmp_path / "link.csv"),            # a symbolic link to the input
-             ([str(victim)], tmp_path / "hard.json"),           # a hard link to it
-             ([str(folder)], victim),                           # a file found in an input folder
-             ([str(tmp_path / "link.csv")], victim),            # the input given through a link
-             ([str(folder)], folder / "sub" / ".." / "sub" / "victim.npy")]
+    cases = [
+        ([str(victim)], tmp_path / "link.csv"),  # a symbolic link to the input
+        ([str(victim)], tmp_path / "hard.json"),  # a hard link to it
+        ([str(folder)], victim),  # a file found in an input folder
+        ([str(tmp_path / "link.csv")], victim),  # the input given through a link
+        ([str(folder)], folder / "sub" / ".." / "sub" / "victim.npy"),
+    ]
     for inputs, output in cases:
-        assert main(["predict", str(imported_run), *inputs, "--output", str(output), "--format", "jsonl"]) == 2
+        assert (
+            main(["predict", str(imported_run), *inputs, "--output", str(output), "--format", "jsonl"]) == 2
+        )
         _one_line_error(capsys, "input")
         assert victim.read_bytes() == before
 
 
 def test_output_that_is_a_directory_a_device_or_under_a_file_is_refused_before_loading(
-        imported_run, tmp_path, capsys, no_load):
+    imported_run, tmp_path, capsys, no_load
+):
     n = _npy(tmp_path / "n.npy")
     (tmp_path / "afile").write_text("x")
     cases = [str(tmp_path), str(tmp_path / "afile" / "p.csv"), str(tmp_path / "afile" / "deeper" / "p.jsonl")]
@@ -243,7 +302,9 @@ def test_output_that_is_a_directory_a_device_or_under_a_file_is_refused_before_l
     assert (tmp_path / "afile").read_text() == "x"
 
 
-def test_a_read_only_output_or_folder_is_refused_before_loading(imported_run, tmp_path, capsys, no_load, monkeypatch):
+def test_a_read_only_output_or_folder_is_refused_before_loading(
+    imported_run, tmp_path, capsys, no_load, monkeypatch
+):
     n = _npy(tmp_path / "n.npy")
     ro = tmp_path / "ro.jsonl"
     ro.write_bytes(b"")
@@ -258,6 +319,7 @@ def test_a_read_only_output_or_folder_is_refused_before_loading(imported_run, tm
             if mode & os.W_OK and os.path.abspath(path) in (str(ro), str(locked)):
                 return False
             return real(path, mode, *args, **kwargs)
+
         monkeypatch.setattr(os, "access", access)
     try:
         for output in (ro, locked / "p.csv", locked / "new" / "p.jsonl"):
@@ -289,7 +351,9 @@ def test_imported_run_gives_videos_error_records_and_predicts_the_features(impor
     junk.write_bytes(b"not a video")
     out = tmp_path / "p.jsonl"
     inputs = [a, clip, b, junk]
-    assert main(["predict", str(imported_run), *map(str, inputs), "--output", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(["predict", str(imported_run), *map(str, inputs), "--output", str(out), "--device", "cpu"]) == 0
+    )
     assert "4 inputs: 2 predicted, 2 could not be used" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["input"] for r in records] == [str(p) for p in inputs]
@@ -308,10 +372,15 @@ def test_imported_run_gives_videos_error_records_and_predicts_the_features(impor
 # ---- hostile feature files and inputs ------------------------------------------------------------
 def test_bad_feature_arrays_are_error_records_with_a_right_count(imported_run, tmp_path, capsys):
     rng = np.random.default_rng(0)
-    bad = {"empty.npy": np.zeros((0, D), np.float32), "wide.npy": rng.normal(size=(5, D + 1)),
-           "flat.npy": rng.normal(size=D), "cube.npy": rng.normal(size=(2, 5, D)),
-           "nan.npy": np.full((3, D), np.nan), "complex.npy": rng.normal(size=(5, D)) + 1j,
-           "bool.npy": np.ones((5, D), bool)}
+    bad = {
+        "empty.npy": np.zeros((0, D), np.float32),
+        "wide.npy": rng.normal(size=(5, D + 1)),
+        "flat.npy": rng.normal(size=D),
+        "cube.npy": rng.normal(size=(2, 5, D)),
+        "nan.npy": np.full((3, D), np.nan),
+        "complex.npy": rng.normal(size=(5, D)) + 1j,
+        "bool.npy": np.ones((5, D), bool),
+    }
     for name, x in bad.items():
         np.save(tmp_path / name, x)
     good = _npy(tmp_path / "good.npy")
@@ -322,7 +391,9 @@ def test_bad_feature_arrays_are_error_records_with_a_right_count(imported_run, t
     assert set(records) == set(bad) and all(r["error"] and r["label"] is None for r in records.values())
     assert "complex" in records["complex.npy"]["error"]
     assert f"{len(bad)} inputs: 0 predicted, {len(bad)} could not be used" in captured.err
-    assert main(["predict", str(imported_run), *paths, str(good), "--format", "jsonl", "--device", "cpu"]) == 0
+    assert (
+        main(["predict", str(imported_run), *paths, str(good), "--format", "jsonl", "--device", "cpu"]) == 0
+    )
     assert f"{len(bad) + 1} inputs: 1 predicted, {len(bad)} could not be used" in capsys.readouterr().err
 
 
@@ -332,11 +403,25 @@ def test_same_input_twice_and_an_output_inside_the_input_folder(imported_run, tm
     _npy(folder / "b.npy", seed=4)
     out = folder / "preds.jsonl"
     monkeypatch.chdir(tmp_path)
-    args = ["predict", str(imported_run), "in/a.npy", "in/a.npy", "./in/a.npy", str(a), "in", "--output", str(out),
-            "--device", "cpu"]
+    args = [
+        "predict",
+        str(imported_run),
+        "in/a.npy",
+        "in/a.npy",
+        "./in/a.npy",
+        str(a),
+        "in",
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert "2 inputs: 2 predicted" in capsys.readouterr().out
-    assert sorted(Path(json.loads(x)["input"]).name for x in out.read_text().splitlines()) == ["a.npy", "b.npy"]
+    assert sorted(Path(json.loads(x)["input"]).name for x in out.read_text().splitlines()) == [
+        "a.npy",
+        "b.npy",
+    ]
     assert main(args) == 0  # the output file in the folder is not an input; the rerun skips both
     assert "2 inputs: 0 predicted, 2 already in" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 2
@@ -350,8 +435,9 @@ def test_an_empty_folder_and_an_unmatched_glob_are_one_line_errors(imported_run,
     _one_line_error(capsys, "no such file")
 
 
-def test_disk_full_in_the_middle_names_the_file_and_keeps_the_lines_before(imported_run, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_disk_full_in_the_middle_names_the_file_and_keeps_the_lines_before(
+    imported_run, tmp_path, capsys, monkeypatch
+):
     import errno
 
     from vidcls.predict import batch
@@ -365,7 +451,7 @@ def test_disk_full_in_the_middle_names_the_file_and_keeps_the_lines_before(impor
 
         def write(self, data):
             if len(data) > self.room:
-                self.fh.write(data[:self.room])
+                self.fh.write(data[: self.room])
                 self.room = 0
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.room -= len(data)
@@ -382,12 +468,26 @@ def test_disk_full_in_the_middle_names_the_file_and_keeps_the_lines_before(impor
     monkeypatch.setattr(batch, "JsonlAppender", FillingUp)
     inputs = [str(_npy(tmp_path / f"n{i}.npy", seed=i)) for i in range(6)]
     out = tmp_path / "p.jsonl"
-    assert main(["predict", str(imported_run), *inputs, "--output", str(out), "--device", "cpu",
-                 "--batch-size", "1"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(imported_run),
+                *inputs,
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = _one_line_error(capsys, str(out), "space")
     assert "Traceback" not in err
     written = read_jsonl(out)  # the whole lines stay; the torn one is dropped
-    assert 1 <= len(written) < 6 and [r["input"] for r in written] == inputs[:len(written)]
+    assert 1 <= len(written) < 6 and [r["input"] for r in written] == inputs[: len(written)]
     monkeypatch.setattr(batch, "JsonlAppender", JsonlAppender)
     assert main(["predict", str(imported_run), *inputs, "--output", str(out), "--device", "cpu"]) == 0
     assert f"{6 - len(written)} predicted, {len(written)} already in" in capsys.readouterr().out

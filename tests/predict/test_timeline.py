@@ -1,11 +1,11 @@
 """Attention timeline PNGs: file names, thumbnails decoded at the record's timestamps, sizes."""
+
 from __future__ import annotations
 
 import io
 
 import numpy as np
 from PIL import Image
-from videos import frame_index, shapes_frames, write_clip
 
 from vidcls.predict.timeline import (
     MAX_THUMBS,
@@ -17,6 +17,7 @@ from vidcls.predict.timeline import (
     write_timeline,
 )
 from vidcls.reporting.plots import DPI
+from videos import frame_index, shapes_frames, write_clip
 
 EXPECTED_PX = (int(TIMELINE_SIZE[0] * DPI), int(TIMELINE_SIZE[1] * DPI))
 
@@ -24,12 +25,21 @@ EXPECTED_PX = (int(TIMELINE_SIZE[0] * DPI), int(TIMELINE_SIZE[1] * DPI))
 def _record(name: str, n: int, step_ms: float | None = 100.0, label="$5_to_$10 <script>") -> dict:
     att = np.linspace(1, 2, n)
     att /= att.sum()
-    return {"input": name, "label": label, "top_k": [{"class": label, "probability": 0.9}],
-            "probabilities": {label: 0.9}, "trusted": False, "trust_reason": "energy below $x_1$",
-            "ood_score": 1.0, "error": None,
-            "frames": [{"index": i, "timestamp_ms": None if step_ms is None else i * step_ms,
-                        "attention": float(a)} for i, a in enumerate(att)],
-            "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.0}}
+    return {
+        "input": name,
+        "label": label,
+        "top_k": [{"class": label, "probability": 0.9}],
+        "probabilities": {label: 0.9},
+        "trusted": False,
+        "trust_reason": "energy below $x_1$",
+        "ood_score": 1.0,
+        "error": None,
+        "frames": [
+            {"index": i, "timestamp_ms": None if step_ms is None else i * step_ms, "attention": float(a)}
+            for i, a in enumerate(att)
+        ],
+        "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.0},
+    }
 
 
 def _size(path) -> tuple[int, int]:

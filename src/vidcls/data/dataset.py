@@ -229,7 +229,7 @@ def feature_stats(dataset: FeatureDataset) -> tuple[np.ndarray, np.ndarray]:
 def class_weights(
     labels: np.ndarray,
     n_classes: int,
-    clip: tuple[float, float] = (0.5, 10.0),
+    clip: Sequence[float] = (0.5, 10.0),
     class_names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Inverse-frequency class weights ``N / (C * n_c)`` clipped to ``clip``.

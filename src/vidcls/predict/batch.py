@@ -22,14 +22,16 @@ left untouched (:func:`vidcls.predict.outputs.check_output`).
 A run whose features were not made by a frame encoder vidcls runs (imported with ``vidcls import``,
 synthetic) reads only .npy features: each video gets an error record saying so.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import ConfigError
 from ..utils.device import check_decode_workers
@@ -42,10 +44,12 @@ from .outputs import (
     read_jsonl,
     to_json,
 )
-from .records import iter_records
+from .records import RecordPredictor, iter_records
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["iter_records", "run_predict", "PredictOptions", "PredictSummary"]
-
 
 
 @dataclass
@@ -63,6 +67,13 @@ class PredictSummary:
     seconds: float = 0.0
     records: list = field(default_factory=list, repr=False)
 
+    def count(self, record: dict) -> None:
+        """Count one record predicted now."""
+        self.predicted += 1
+        self.errors += bool(record.get("error"))
+        self.untrusted += not record.get("error") and record.get("trusted", True) is False
+        self.unknown += not record.get("error") and record.get("trusted", True) is None
+
     @property
     def usable(self) -> int:
         """Inputs predicted now with a label (the errors left out)."""
@@ -73,7 +84,7 @@ class PredictSummary:
         if self.skipped:
             parts.append(f"{self.skipped} already in {self.output}")
         if self.errors:
-            parts.append(f"{self.errors} could not be used (see their \"error\")")
+            parts.append(f'{self.errors} could not be used (see their "error")')
         if self.untrusted:
             parts.append(f"{self.untrusted} not trusted")
         if self.unknown:
@@ -99,7 +110,7 @@ def _relative(name: str, base: str | None) -> str:
     return name if rel.startswith("..") else rel
 
 
-def _progress(total: int, initial: int, enabled: bool | None):
+def _progress(total: int, initial: int, enabled: bool | None) -> tqdm | None:
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
@@ -129,7 +140,7 @@ class PredictOptions:
     decode_workers: int = 2
     timeline_dir: str | os.PathLike | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if int(self.top_k) < 1:
@@ -142,10 +153,12 @@ class PredictOptions:
 class _Timelines:
     """Writes one timeline PNG per usable record; one that fails is reported and the run goes on."""
 
-    def __init__(self, folder, inputs: Sequence[Path], writer: Callable | None):
+    def __init__(self, folder: str | os.PathLike, inputs: Sequence[Path], writer: Callable | None) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         if writer is None:
-            from .timeline import write_timeline as writer
+            from .timeline import write_timeline
+
+            writer = write_timeline
         self.folder, self.writer = folder, writer
         self.base = _common_folder(inputs)
         self.names: set[str] = set()  # the file names taken, so that equal labels do not collide
@@ -159,7 +172,7 @@ class _Timelines:
             return False
 
 
-def _resume(inputs: Sequence[Path], output) -> tuple[list[Path], JsonlAppender]:
+def _resume(inputs: Sequence[Path], output: str | os.PathLike) -> tuple[list[Path], JsonlAppender]:
     """The inputs not yet in the JSON-lines ``output`` (as given or as absolute paths), and an
     appender to it."""
     appender = JsonlAppender(Path(output))  # locked first: another run's lines cannot come in between
@@ -173,7 +186,9 @@ def _resume(inputs: Sequence[Path], output) -> tuple[list[Path], JsonlAppender]:
     return todo, appender
 
 
-def _emit(record: dict, fmt: str, appender: JsonlAppender | None, stdout, out: PredictSummary) -> None:
+def _emit(
+    record: dict, fmt: str, appender: JsonlAppender | None, stdout: TextIO, out: PredictSummary
+) -> None:
     """Write a JSON-lines record at once; keep the others for ``_write_all`` at the end."""
     if appender is not None:
         appender.write(record)
@@ -184,7 +199,16 @@ def _emit(record: dict, fmt: str, appender: JsonlAppender | None, stdout, out: P
         out.records.append(record)
 
 
-def _write_all(records: list[dict], options: PredictOptions, stdout) -> None:
+def _options(options: PredictOptions | None, settings: dict[str, Any]) -> PredictOptions:
+    """``options``, or PredictOptions made of the keyword ``settings`` (never both)."""
+    if options is None:
+        return PredictOptions(**settings)
+    if settings:
+        raise TypeError(f"give either options or settings, not both (got {sorted(settings)})")
+    return options
+
+
+def _write_all(records: list[dict], options: PredictOptions, stdout: TextIO) -> None:
     text = format_records(records, options.fmt)
     if options.output:  # through a link to the file it names, as the JSON-lines appender writes
         atomic_write_text(os.path.realpath(options.output), text)
@@ -193,9 +217,16 @@ def _write_all(records: list[dict], options: PredictOptions, stdout) -> None:
         stdout.flush()
 
 
-def run_predict(predictor, inputs: Sequence[Path], options: PredictOptions | None = None, *,
-                progress: bool | None = None, stdout=None, timeline: Callable | None = None,
-                **settings) -> PredictSummary:
+def run_predict(
+    predictor: RecordPredictor,
+    inputs: Sequence[Path],
+    options: PredictOptions | None = None,
+    *,
+    progress: bool | None = None,
+    stdout: TextIO | None = None,
+    timeline: Callable | None = None,
+    **settings: Any,
+) -> PredictSummary:
     """Predict ``inputs`` and write the records.
 
     Args:
@@ -210,10 +241,7 @@ def run_predict(predictor, inputs: Sequence[Path], options: PredictOptions | Non
     Returns:
         PredictSummary (its ``records`` are those predicted in this run, unless written as JSON lines).
     """
-    if options is None:
-        options = PredictOptions(**settings)
-    elif settings:
-        raise TypeError(f"give either options or settings, not both (got {sorted(settings)})")
+    options = _options(options, settings)
     t0 = time.perf_counter()
     stdout = stdout if stdout is not None else sys.stdout
     out = PredictSummary(total=len(inputs), output=Path(options.output) if options.output else None)
@@ -226,12 +254,14 @@ def run_predict(predictor, inputs: Sequence[Path], options: PredictOptions | Non
     timelines = None if options.timeline_dir is None else _Timelines(options.timeline_dir, inputs, timeline)
     bar = _progress(len(inputs), out.skipped, progress)
     try:
-        for rec in iter_records(predictor, todo, top_k=options.top_k, batch_size=options.batch_size,
-                                decode_workers=options.decode_workers):
-            out.predicted += 1
-            out.errors += bool(rec.get("error"))
-            out.untrusted += not rec.get("error") and rec.get("trusted", True) is False
-            out.unknown += not rec.get("error") and rec.get("trusted", True) is None
+        for rec in iter_records(
+            predictor,
+            todo,
+            top_k=options.top_k,
+            batch_size=options.batch_size,
+            decode_workers=options.decode_workers,
+        ):
+            out.count(rec)
             if timelines is not None and not rec.get("error"):
                 out.timelines += timelines.write(rec)
             _emit(rec, options.fmt, appender, stdout, out)

@@ -1,17 +1,20 @@
 """The inputs of ``vidcls predict``: video files and ``.npy`` feature files, and folders searched for
 them recursively; a folder link is followed only where it stays inside the folder given."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import ConfigError
 from ..features.video import VIDEO_EXTENSIONS
 
 FEATURE_EXTENSIONS = frozenset({".npy"})
-INPUT_HINT = (f"give video files ({', '.join(sorted(VIDEO_EXTENSIONS))}), .npy feature files "
-              f"(T, D) or folders holding them")
+INPUT_HINT = (
+    f"give video files ({', '.join(sorted(VIDEO_EXTENSIONS))}), .npy feature files "
+    f"(T, D) or folders holding them"
+)
 
 
 def _wanted(path: Path) -> bool:
@@ -50,8 +53,7 @@ def _scan_folder(top: Path, seen_dirs: set[str]) -> list[Path]:
                 else:
                     keep.append(name)
             dirnames[:] = keep
-            files.extend(Path(dirpath) / f for f in filenames
-                         if not f.startswith(".") and _wanted(Path(f)))
+            files.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and _wanted(Path(f)))
     return sorted(files, key=lambda p: p.as_posix())
 
 

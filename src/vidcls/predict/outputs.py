@@ -4,6 +4,7 @@ that makes a run resumable (read back with a torn last line dropped, appended wi
 An existing output file is only ever replaced (or, JSON lines, appended to) when it holds vidcls
 output of the same format: anything else (foreign lines, another format, an input of the run) is
 refused before any work, the file untouched (:func:`check_output`)."""
+
 from __future__ import annotations
 
 import csv
@@ -16,6 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 from ..errors import ConfigError, RunLockedError
 from .verdict import csv_cell, table_cells
@@ -25,7 +27,7 @@ CSV_FIELDS = ("input", "label", "prob", "trusted", "trust_reason", "top_k", "err
 TABLE_HEAD = ("input", "label", "prob", "trusted", "note")
 
 
-def _finite(obj):
+def _finite(obj: object) -> object:
     """``obj`` with NaN/Inf floats replaced by None (JSON has no such numbers)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -36,8 +38,8 @@ def _finite(obj):
     return obj
 
 
-def to_json(record: dict, indent: int | None = None) -> str:
-    """A record as strict JSON (a non-finite number becomes null)."""
+def to_json(record: dict | list[dict], indent: int | None = None) -> str:
+    """A record (or a list of them) as strict JSON (a non-finite number becomes null)."""
     try:
         return json.dumps(record, indent=indent, allow_nan=False)
     except ValueError:
@@ -51,12 +53,15 @@ def _prob(record: dict) -> float | None:
 
 def _csv_row(r: dict) -> dict:
     prob = _prob(r)
-    return {"input": r["input"], "label": r.get("label") or "",
-            "prob": "" if prob is None else f"{prob:.6f}",
-            "trusted": csv_cell(r),  # true / false, empty when unknown (not calibrated) or not predicted
-            "trust_reason": r.get("trust_reason") or "",
-            "top_k": ";".join(f"{t['class']}:{float(t['probability']):.6f}" for t in r.get("top_k") or []),
-            "error": r.get("error") or ""}
+    return {
+        "input": r["input"],
+        "label": r.get("label") or "",
+        "prob": "" if prob is None else f"{prob:.6f}",
+        "trusted": csv_cell(r),  # true / false, empty when unknown (not calibrated) or not predicted
+        "trust_reason": r.get("trust_reason") or "",
+        "top_k": ";".join(f"{t['class']}:{float(t['probability']):.6f}" for t in r.get("top_k") or []),
+        "error": r.get("error") or "",
+    }
 
 
 def _table(records: list[dict]) -> str:
@@ -66,15 +71,21 @@ def _table(records: list[dict]) -> str:
         if r.get("error"):
             rows.append((r["input"], "ERROR", "", "", r["error"]))
         else:
-            rows.append((r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}",
-                         *table_cells(r)))  # yes / no / unknown; every OOD score against its threshold
+            rows.append(
+                (r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}", *table_cells(r))
+            )  # yes / no / unknown; every OOD score against its threshold
     head = TABLE_HEAD
     width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(4)]
     width[0] = min(width[0], 80)
     lines = []
     for row in [head, *rows]:
-        cells = [row[0].ljust(width[0]), row[1].ljust(width[1]), row[2].rjust(width[2]),
-                 row[3].ljust(width[3]), row[4]]
+        cells = [
+            row[0].ljust(width[0]),
+            row[1].ljust(width[1]),
+            row[2].rjust(width[2]),
+            row[3].ljust(width[3]),
+            row[4],
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
 
@@ -96,7 +107,7 @@ def format_records(records: list[dict], fmt: str) -> str:
     raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
-def format_for(output, fmt: str | None = None) -> str:
+def format_for(output: str | os.PathLike | None, fmt: str | None = None) -> str:
     """``fmt`` when given, else the format the output file's extension names (.json, .jsonl,
     .csv), else ``table``."""
     if fmt:
@@ -115,11 +126,11 @@ _MAX_LINE = 64 << 20  # no record is that long: a longer "line" is no vidcls out
 _LEAVE_IT = "it is left untouched: choose another --output, or delete {path} to write there"
 
 
-def _is_record(obj) -> bool:
+def _is_record(obj: object) -> TypeGuard[dict]:
     return isinstance(obj, dict) and isinstance(obj.get("input"), str) and all(k in obj for k in _RECORD_KEYS)
 
 
-def _parse_line(line: bytes):
+def _parse_line(line: bytes) -> object:
     try:
         return json.loads(line)
     except ValueError:  # also UnicodeDecodeError
@@ -148,8 +159,9 @@ def _scan_jsonl(path: Path) -> tuple[list[dict], int, str, str | None]:
                 if _is_record(rec):
                     records.append(rec)
                     return records, keep + len(line), "complete", None
-                if rec is None and (not line.strip() or line.startswith(_RECORD_START)
-                                    or _RECORD_START.startswith(line)):
+                if rec is None and (
+                    not line.strip() or line.startswith(_RECORD_START) or _RECORD_START.startswith(line)
+                ):
                     return records, keep, "torn", None
                 return records, keep, "", f"its last line ({n}) is not a vidcls record"
             keep += len(line)
@@ -195,7 +207,7 @@ def _holds(path: Path) -> tuple[str | None, str]:
     return ("jsonl", "") if problem is None else (None, problem)
 
 
-def _refuse(path, why: str) -> ConfigError:
+def _refuse(path: str | os.PathLike, why: str) -> ConfigError:
     return ConfigError(f"--output {path} {why}; " + _LEAVE_IT.format(path=path))
 
 
@@ -220,7 +232,7 @@ def check_contents(path: str | os.PathLike, fmt: str) -> None:
     raise _refuse(path, f"holds vidcls {kind} output, not the {fmt} asked for")
 
 
-def _same_file(a: str, b_real: str, b_stat) -> bool:
+def _same_file(a: str, b_real: str, b_stat: os.stat_result | None) -> bool:
     if os.path.realpath(a) == b_real:
         return True
     if b_stat is None:
@@ -231,8 +243,13 @@ def _same_file(a: str, b_real: str, b_stat) -> bool:
         return False
 
 
-def check_output(output: str | os.PathLike | None, fmt: str, inputs: Sequence = (), *,
-                 contents: bool = True) -> None:
+def check_output(
+    output: str | os.PathLike | None,
+    fmt: str,
+    inputs: Sequence[str | os.PathLike] = (),
+    *,
+    contents: bool = True,
+) -> None:
     """Refuse an --output that cannot or must not be written, before any work.
 
     Refused: a directory, a device or other non-regular file (``/dev/full``), a link to nothing,
@@ -252,17 +269,23 @@ def check_output(output: str | os.PathLike | None, fmt: str, inputs: Sequence = 
         name = "predictions." + ("txt" if fmt == "table" else fmt)
         raise ConfigError(f"--output {path} is a directory; give a file name in it, e.g. {path / name}")
     if path.exists() and not path.is_file():
-        raise ConfigError(f"--output {path} is not a regular file (a device, pipe or socket); give a file, "
-                          f"or leave --output out to write to stdout")
+        raise ConfigError(
+            f"--output {path} is not a regular file (a device, pipe or socket); give a file, "
+            f"or leave --output out to write to stdout"
+        )
     if path.is_symlink() and not path.exists():
-        raise ConfigError(f"--output {path} is a link to {os.readlink(path)}, which does not exist; "
-                          f"choose another --output, or delete the link")
+        raise ConfigError(
+            f"--output {path} is a link to {os.readlink(path)}, which does not exist; "
+            f"choose another --output, or delete the link"
+        )
     real = os.path.realpath(path)
     stat = path.stat() if path.exists() else None
     for p in inputs:
         if _same_file(os.fspath(p), real, stat):
-            raise ConfigError(f"--output {path} is also an input ({p}); writing there would destroy it: "
-                              f"choose another --output")
+            raise ConfigError(
+                f"--output {path} is also an input ({p}); writing there would destroy it: "
+                f"choose another --output"
+            )
     if stat is not None and not os.access(path, os.W_OK):
         raise ConfigError(f"--output {path} is read-only; " + _LEAVE_IT.format(path=path))
     folder = Path(os.path.abspath(real)).parent
@@ -271,8 +294,10 @@ def check_output(output: str | os.PathLike | None, fmt: str, inputs: Sequence = 
     if not folder.is_dir():
         raise ConfigError(f"--output {path}: {folder} is a file, not a folder; choose another --output")
     if (stat is None or fmt != "jsonl") and not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {path}: cannot write in {folder} (no permission, or a read-only file "
-                          f"system); choose another --output")
+        raise ConfigError(
+            f"--output {path}: cannot write in {folder} (no permission, or a read-only file "
+            f"system); choose another --output"
+        )
     if contents:
         check_contents(path, fmt)
 
@@ -313,7 +338,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 class JsonlAppender:
     """Appends one record per line; each line is flushed and fsynced before the next input."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self.fh = open(path, "ab")
@@ -323,9 +348,11 @@ class JsonlAppender:
         except OSError as exc:
             self.fh.close()
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunLockedError(f"--output {path} is being written by another vidcls predict; wait "
-                                     f"for it to finish (a rerun then skips what it wrote) or choose another "
-                                     f"--output") from None
+                raise RunLockedError(
+                    f"--output {path} is being written by another vidcls predict; wait "
+                    f"for it to finish (a rerun then skips what it wrote) or choose another "
+                    f"--output"
+                ) from None
             raise
 
     def _named(self, exc: OSError) -> OSError:

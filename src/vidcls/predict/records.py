@@ -2,17 +2,27 @@
 models (:func:`vidcls.features.pipeline.iter_features`) when the predictor exposes its frame encoder,
 or given to ``predict_records`` in chunks. A broken input is an error record, never an exception.
 ``vidcls predict`` (:mod:`vidcls.predict.batch`) writes what :func:`iter_records` yields."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import ConfigError
 from .collect import FEATURE_EXTENSIONS
 from .inputs import error_record, load_npy
+
+
+class RecordPredictor(Protocol):
+    """What :func:`iter_records` needs of a predictor (``vidcls.load`` gives one): ``predict_records``.
+    The attributes ``feature_dim_``, ``extractor_``, ``encoder_``, ``sampling_`` and ``quality_`` are
+    read with ``getattr`` where the predictor has them."""
+
+    def predict_records(self, x: Any, top_k: int = 3) -> list[dict]: ...
 
 
 def _load_features(path: Path, feature_dim: int | None) -> np.ndarray:
@@ -26,20 +36,24 @@ def _load_features(path: Path, feature_dim: int | None) -> np.ndarray:
     if np.issubdtype(x.dtype, np.complexfloating):  # a cast to float would drop the imaginary part
         raise ValueError(f"{path}: features must be real numbers, got a complex array ({x.dtype})")
     if feature_dim is not None and x.shape[1] != int(feature_dim):
-        raise ValueError(f"{path}: features have D={x.shape[1]} but the run was trained on "
-                         f"D={feature_dim}; extract them with the run's extractor")
+        raise ValueError(
+            f"{path}: features have D={x.shape[1]} but the run was trained on "
+            f"D={feature_dim}; extract them with the run's extractor"
+        )
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
         raise ValueError(f"{path}: features hold NaN/Inf or are not numbers")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _pipeline_parts(predictor):
+def _pipeline_parts(predictor: RecordPredictor) -> tuple[Any, Any, Any] | None:
     """(encoder, sampling, quality) when the predictor exposes them, else None."""
-    parts = tuple(getattr(predictor, name, None) for name in ("encoder_", "sampling_", "quality_"))
-    return parts if all(p is not None for p in parts) else None
+    encoder, sampling, quality = (getattr(predictor, n, None) for n in ("encoder_", "sampling_", "quality_"))
+    if encoder is None or sampling is None or quality is None:
+        return None
+    return encoder, sampling, quality
 
 
-def _no_videos(predictor) -> str | None:
+def _no_videos(predictor: RecordPredictor) -> str | None:
     """Why the run cannot read any video (its features were not made by a frame encoder vidcls
     runs: imported, synthetic), or None."""
     record = getattr(predictor, "extractor_", None)
@@ -52,13 +66,17 @@ def _no_videos(predictor) -> str | None:
     if not record:
         made = "this run has no extractor record (it was trained on imported features)"
     else:
-        made = (f"this run's features were made by {record.get('backbone') or 'an unrecorded extractor'!s}, "
-                f"not by a frame encoder vidcls can run")
-    return (f"{made}, so it reads only .npy (T, D) feature files, not videos; extract this video's "
-            f"features the way the run's were made and give the .npy")
+        made = (
+            f"this run's features were made by {record.get('backbone') or 'an unrecorded extractor'!s}, "
+            f"not by a frame encoder vidcls can run"
+        )
+    return (
+        f"{made}, so it reads only .npy (T, D) feature files, not videos; extract this video's "
+        f"features the way the run's were made and give the .npy"
+    )
 
 
-def _with_frames(record: dict, timestamps_ms) -> dict:
+def _with_frames(record: dict, timestamps_ms: Sequence[float] | np.ndarray | None) -> dict:
     """Put the decoded frames' timestamps into a record predicted from their features."""
     if timestamps_ms is None:
         return record
@@ -71,11 +89,17 @@ def _with_frames(record: dict, timestamps_ms) -> dict:
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def iter_records(predictor, inputs: Sequence[Path], *, top_k: int = 3, batch_size: int = 16,
-                 decode_workers: int = 2) -> Iterator[dict]:
+def iter_records(
+    predictor: RecordPredictor,
+    inputs: Sequence[Path],
+    *,
+    top_k: int = 3,
+    batch_size: int = 16,
+    decode_workers: int = 2,
+) -> Iterator[dict]:
     """One record per input, in the order of ``inputs``.
 
     Args:
@@ -120,7 +144,9 @@ def iter_records(predictor, inputs: Sequence[Path], *, top_k: int = 3, batch_siz
                     yield rec
 
 
-def _feature_records(predictor, paths, top_k, batch_size, feature_dim) -> Iterator[dict]:
+def _feature_records(
+    predictor: RecordPredictor, paths: list[Path], top_k: int, batch_size: int, feature_dim: int | None
+) -> Iterator[dict]:
     for chunk in _chunks(paths, batch_size):
         loaded: list[tuple[Path, np.ndarray | None, str | None, float]] = []
         for p in chunk:
@@ -132,9 +158,9 @@ def _feature_records(predictor, paths, top_k, batch_size, feature_dim) -> Iterat
         ok = [item for item in loaded if item[1] is not None]
         records = iter(predictor.predict_records([x for _, x, _, _ in ok], top_k=top_k) if ok else [])
         place = 0  # the array's index in the predictor's call, which its error messages name
-        for p, x, err, load_s in loaded:
+        for p, x, reason, load_s in loaded:
             if x is None:
-                yield error_record(str(p), err)
+                yield error_record(str(p), str(reason))
                 continue
             rec = next(records)
             place += 1
@@ -146,7 +172,9 @@ def _feature_records(predictor, paths, top_k, batch_size, feature_dim) -> Iterat
             yield rec
 
 
-def _pipeline_records(predictor, paths, top_k, batch_size, decode_workers) -> Iterator[dict]:
+def _pipeline_records(
+    predictor: RecordPredictor, paths: list[Path], top_k: int, batch_size: int, decode_workers: int
+) -> Iterator[dict]:
     """Decode in worker processes, encode here, and run the temporal models on chunks.
 
     When a decode worker dies (FFmpeg crashing on some file), the videos that were in flight are
@@ -157,6 +185,7 @@ def _pipeline_records(predictor, paths, top_k, batch_size, decode_workers) -> It
     from ..features import pipeline
 
     parts = _pipeline_parts(predictor)  # (encoder, sampling, quality)
+    assert parts is not None  # iter_records comes here only when the predictor has them
     pending: list = []  # (path, VideoResult) waiting for the temporal models
     paths = list(paths)
     start = 0
@@ -172,7 +201,7 @@ def _pipeline_records(predictor, paths, top_k, batch_size, decode_workers) -> It
             if not decode_workers:
                 raise
             # the videos that may have been in flight: the window iter_features' ExtractError names
-            window = paths[start:start + 2 * max(1, int(decode_workers)) * pipeline.PREFETCH]
+            window = paths[start : start + 2 * max(1, int(decode_workers)) * pipeline.PREFETCH]
             for item in _decode_one_by_one(window, parts):
                 pending.append(item)
                 if len(pending) >= batch_size:
@@ -181,7 +210,7 @@ def _pipeline_records(predictor, paths, top_k, batch_size, decode_workers) -> It
     yield from _predict_pending(predictor, pending, top_k)
 
 
-def _predict_pending(predictor, pending: list, top_k: int) -> Iterator[dict]:
+def _predict_pending(predictor: RecordPredictor, pending: list, top_k: int) -> Iterator[dict]:
     """The records of the decoded ``pending`` (path, VideoResult) pairs, in order; empties ``pending``."""
     ok = [r for _, r in pending if r.status == "ok"]
     t0 = time.perf_counter()
@@ -193,14 +222,16 @@ def _predict_pending(predictor, pending: list, top_k: int) -> Iterator[dict]:
             continue
         rec = _with_frames(next(records), r.timestamps_ms)
         rec["input"] = str(path)
-        rec["timings"] = {"decode_s": round(float(r.info.get("decode_s", 0.0)), 6),
-                          "features_s": round(float(r.info.get("cnn_s", 0.0)), 6),
-                          "model_s": round(model_s, 6)}
+        rec["timings"] = {
+            "decode_s": round(float(r.info.get("decode_s", 0.0)), 6),
+            "features_s": round(float(r.info.get("cnn_s", 0.0)), 6),
+            "model_s": round(model_s, 6),
+        }
         yield rec
     pending.clear()
 
 
-def _decode_one_by_one(window, parts) -> Iterator[tuple]:
+def _decode_one_by_one(window: list[Path], parts: tuple[Any, Any, Any]) -> Iterator[tuple]:
     """(path, VideoResult) per video, each decoded by a worker of its own, so that a video that
     kills its worker costs only its own record."""
     from ..errors import ExtractError
@@ -210,5 +241,9 @@ def _decode_one_by_one(window, parts) -> Iterator[tuple]:
         try:
             yield path, next(pipeline.iter_features([str(path)], *parts, decode_workers=1))
         except ExtractError as err:
-            yield path, pipeline.VideoResult(0, "skipped", reason="error",
-                                             detail=f"{path}: the decoder crashed on it ({err})")
+            yield (
+                path,
+                pipeline.VideoResult(
+                    0, "skipped", reason="error", detail=f"{path}: the decoder crashed on it ({err})"
+                ),
+            )

@@ -10,23 +10,34 @@ strip alone.
 
 Class names and paths are drawn literally (no mathtext), and the figure never touches pyplot.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from ..features.sampling import Sampling
 from ..reporting.plots import LITERAL, new_figure, to_png
 from ..utils.fs import atomic_write_bytes
 from ..utils.sampling import uniform_indices
 from .verdict import NOT_TRUSTED, UNKNOWN, state
 
-__all__ = ["MAX_THUMBS", "TIMELINE_SIZE", "timeline_name", "frame_thumbnails", "thumbnail_frames", "timeline_png",
-           "write_timeline"]
+__all__ = [
+    "MAX_THUMBS",
+    "TIMELINE_SIZE",
+    "timeline_name",
+    "frame_thumbnails",
+    "thumbnail_frames",
+    "timeline_png",
+    "write_timeline",
+]
 
 MAX_THUMBS = 12
 TIMELINE_SIZE = (15.0, 5.0)  # inches; at plots.DPI (80): 1200 x 400 px, the same for every video
@@ -35,7 +46,7 @@ MAX_NAME = 120  # characters of the file name taken from the input path
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def timeline_name(input_name: str, taken: set | None = None) -> str:
+def timeline_name(input_name: str, taken: set[str] | None = None) -> str:
     """A file name (``.png``) for ``input_name``, safe on every file system and unique in ``taken``.
 
     The path's separators and unsafe characters become ``_``; a name that would be too long, or
@@ -59,17 +70,17 @@ def timeline_name(input_name: str, taken: set | None = None) -> str:
     return name
 
 
-class _AtTimes:
-    """A sampling of exactly the given times (seconds), for ``read_frames``."""
+@dataclass(frozen=True)
+class _AtTimes(Sampling):
+    """A sampling of exactly the given times (seconds), for ``read_frames``: only ``times`` is read."""
 
-    def __init__(self, seconds):
-        self.seconds = np.asarray(sorted(seconds), np.float64)
+    seconds: tuple[float, ...] = ()
 
-    def times(self, duration_s):
-        return self.seconds
+    def times(self, duration_s: float | None) -> np.ndarray:
+        return np.asarray(sorted(self.seconds), np.float64)
 
 
-def frame_thumbnails(path: str | os.PathLike, timestamps_ms) -> list[np.ndarray | None]:
+def frame_thumbnails(path: str | os.PathLike, timestamps_ms: Iterable[float]) -> list[np.ndarray | None]:
     """The frames of video ``path`` at ``timestamps_ms``, as small RGB arrays (None where missing).
 
     Raises:
@@ -88,7 +99,7 @@ def frame_thumbnails(path: str | os.PathLike, timestamps_ms) -> list[np.ndarray 
         img.thumbnail(THUMB_PX)
         return np.asarray(img)
 
-    decoded = read_frames(path, _AtTimes([t / 1000.0 for t in wanted]), small)
+    decoded = read_frames(path, _AtTimes(seconds=tuple(t / 1000.0 for t in wanted)), small)
     got = np.asarray(decoded.timestamps_ms, np.float64)
     out: list[np.ndarray | None] = []
     for t in wanted:
@@ -113,7 +124,7 @@ def _pick(attention: np.ndarray, k: int) -> list[int]:
     return picks
 
 
-def _seconds(t) -> str:
+def _seconds(t: float | None) -> str:
     return "?" if t is None else f"{float(t) / 1000.0:.1f} s"
 
 
@@ -150,7 +161,8 @@ def timeline_png(record: dict, thumbnails: dict | None = None) -> bytes:
     times = [f.get("timestamp_ms") for f in frames]
     fig = new_figure(*TIMELINE_SIZE)
     fig.suptitle(_title(record), fontsize=10, y=0.985, **LITERAL)
-    has_thumbs = bool(thumbnails) and any(t is not None for t in thumbnails.values())
+    thumbs = thumbnails or {}
+    has_thumbs = any(t is not None for t in thumbs.values())
     strip_top = 0.42 if has_thumbs else 0.78
     if has_thumbs:
         picks = thumbnail_frames(record)
@@ -161,11 +173,10 @@ def timeline_png(record: dict, thumbnails: dict | None = None) -> bytes:
             left = left0 + slot * width
             ax = fig.add_axes((left + 0.004, 0.58, width - 0.008, 0.26))
             ax.set_axis_off()
-            if thumbnails.get(i) is not None:
-                ax.imshow(thumbnails[i], aspect="auto", interpolation="bilinear")
+            if thumbs.get(i) is not None:
+                ax.imshow(thumbs[i], aspect="auto", interpolation="bilinear")
             else:
-                ax.text(0.5, 0.5, "not decoded", ha="center", va="center", fontsize=7,
-                        transform=ax.transAxes)
+                ax.text(0.5, 0.5, "not decoded", ha="center", va="center", fontsize=7, transform=ax.transAxes)
             bar = fig.add_axes((left + 0.004, 0.50, width - 0.008, 0.07))
             bar.barh([0], [att[i] / peak], color="tab:orange", height=0.8)
             bar.set_xlim(0, 1)
@@ -191,8 +202,9 @@ def timeline_png(record: dict, thumbnails: dict | None = None) -> bytes:
     return to_png(fig)
 
 
-def write_timeline(record: dict, out_dir: str | os.PathLike, *, names: set | None = None,
-                   label: str | None = None) -> Path:
+def write_timeline(
+    record: dict, out_dir: str | os.PathLike, *, names: set[str] | None = None, label: str | None = None
+) -> Path:
     """Write the timeline PNG of ``record`` into ``out_dir``; returns its path.
 
     The input's frames are decoded again when it is a video file (the attention strip alone when

@@ -13,9 +13,12 @@ the timeline).
 (``energy``, and ``typicality`` for runs calibrated with it; ``score`` None when not a finite number),
 or None without a calibration.
 """
+
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
 
 from ..run.calibration import DEFAULT_OOD_SCORE, VAL_PASS
 from ..run.calibration import ood_checks as calibration_checks
@@ -23,17 +26,19 @@ from ..run.calibration import ood_checks as calibration_checks
 TRUSTED, NOT_TRUSTED, UNKNOWN = "trusted", "not trusted", "unknown"
 
 
-def not_calibrated(run_dir, why: str = "no calibration.json") -> tuple[str, str]:
+def not_calibrated(run_dir: str | os.PathLike, why: str = "no calibration.json") -> tuple[str, str]:
     """``(trust_reason, warning)`` of a run without a usable calibration (``why``): the reason every
     prediction gives, and the warning ``vidcls predict`` prints and ``vidcls serve`` logs once at start."""
     fix = f"run `vidcls calibrate {run_dir}`"
     reason = f"not calibrated ({why}): the verdict is unknown; {fix}"
-    warning = (f"warning: {run_dir} is not calibrated ({why}): no prediction is checked for being out of "
-               f"distribution, every one is given trusted: null (unknown, not a verdict); {fix}")
+    warning = (
+        f"warning: {run_dir} is not calibrated ({why}): no prediction is checked for being out of "
+        f"distribution, every one is given trusted: null (unknown, not a verdict); {fix}"
+    )
     return reason, warning
 
 
-def state(trusted) -> str:
+def state(trusted: bool | None) -> str:
     """``trusted`` (True / False / None) as ``TRUSTED``, ``NOT_TRUSTED`` or ``UNKNOWN``."""
     if trusted is None:
         return UNKNOWN
@@ -89,7 +94,7 @@ def csv_cell(record: dict) -> str:
     return "true" if trusted else "false"
 
 
-def counts(records) -> dict:
+def counts(records: Iterable[dict]) -> dict[str, int]:
     """``{TRUSTED: n, NOT_TRUSTED: n, UNKNOWN: n}`` over the usable records (errors left out)."""
     out = {TRUSTED: 0, NOT_TRUSTED: 0, UNKNOWN: 0}
     for r in records:
@@ -101,7 +106,7 @@ def counts(records) -> dict:
 NOT_CALIBRATED = "not calibrated: the verdict is unknown; run `vidcls calibrate RUN_DIR`"
 
 
-def trust_verdict(score, calibration: dict | None) -> tuple[bool | None, str]:
+def trust_verdict(score: dict | float | None, calibration: dict | None) -> tuple[bool | None, str]:
     """Whether to trust one prediction, and why. ``score``: ``{name: value}`` (``calibration_scores``
     of one video) or one number, the primary score (enough for a calibration of that score alone).
 
@@ -114,6 +119,7 @@ def trust_verdict(score, calibration: dict | None) -> tuple[bool | None, str]:
     checks = calibration_checks(calibration)
     if not checks:
         return None, NOT_CALIBRATED
+    assert calibration is not None  # ood_checks found thresholds in it
     ood = calibration["ood"]
     values = score if isinstance(score, dict) else {ood.get("score", DEFAULT_OOD_SCORE): score}
     failed = []
@@ -128,5 +134,7 @@ def trust_verdict(score, calibration: dict | None) -> tuple[bool | None, str]:
         return True, "within the validation range"
     rate = ood.get("val_pass_rate")
     share = f"{100 * rate:.0f} %" if isinstance(rate, (int, float)) else f"{100 * VAL_PASS:.0f} %"
-    which = f"the {' and '.join(checks)} thresholds" if len(checks) > 1 else f"the {next(iter(checks))} threshold"
+    which = (
+        f"the {' and '.join(checks)} thresholds" if len(checks) > 1 else f"the {next(iter(checks))} threshold"
+    )
     return False, f"out-of-distribution: {'; '.join(failed)} ({share} of validation videos pass {which})"
