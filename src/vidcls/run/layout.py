@@ -44,6 +44,11 @@ def checkpoint_member(path: str) -> int:
     return int(PurePosixPath(path).parts[1])
 
 
+def checkpoint_glob(name: str = "*.pt") -> str:
+    """``members/*/checkpoints/<name>``, relative to the run: ``name`` (a glob itself) in every member."""
+    return f"{MEMBERS_DIR}/*/{CHECKPOINTS_DIR}/{name}"
+
+
 def snapshot_name(epoch: int) -> str:
     """``snapshot_<epoch>.pt``: the checkpoint of a warm-restart cycle's last epoch."""
     return f"snapshot_{epoch:03d}.pt"

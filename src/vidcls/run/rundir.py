@@ -116,6 +116,11 @@ class RunDir:
     def periodic(self, member: int, epoch: int) -> Path:
         return self.checkpoints_dir(member) / L.periodic_name(epoch)
 
+    def every_member(self, name: str = "*.pt") -> Path:
+        """``RUN_DIR/members/*/checkpoints/<name>``: a glob over every member's checkpoints (what a
+        message shows, e.g. where each member's last.pt is)."""
+        return self.root / L.checkpoint_glob(name)
+
     def model_checkpoints(self, cfg: TrainConfig) -> list[str]:
         """The run's models in order, as checkpoint paths relative to the run (``final.model_checkpoints``)."""
         return final.model_checkpoints(self.root, cfg)
@@ -139,6 +144,12 @@ class RunDir:
     def holds_run(self) -> bool:
         """Whether a run was started here (its config.yaml was written)."""
         return self.config.is_file()
+
+    def has_checkpoints(self) -> bool:
+        """Whether a member checkpoint was written here: training finished an epoch. A new run refuses
+        such a directory; one with a config.yaml but no checkpoint yet (a run stopped in its first
+        epoch) may be trained again from scratch."""
+        return any(self.root.glob(L.checkpoint_glob()))
 
     def require(self, hint: str = "train one with `vidcls train`") -> RunDir:
         """This run directory, or ConfigError when it holds no run (no config.yaml)."""
@@ -224,6 +235,13 @@ class RunDir:
         except ConfigError:
             summary = None
         return self.write_summary({**summary, key: value}) if summary is not None else None
+
+    def write_member_metrics(self, member: int, text: str) -> Path:
+        """A member's metrics.csv (rewritten whole each epoch: a kill never leaves a torn row)."""
+        return atomic_write_text(self.member_metrics(member), text)
+
+    def write_history(self, member: int, history: list) -> Path:
+        return atomic_write_json(self.history(member), history)
 
     def write_calibration(self, record: dict) -> Path:
         return atomic_write_json(self.calibration, record)
