@@ -408,6 +408,19 @@ def test_collapsed_member_is_left_out_of_the_average():
     assert res["members"][2]["test"]["accuracy"] == pytest.approx(1 / 4)
 
 
+def test_the_per_mode_figures_leave_the_collapsed_member_out_too():
+    """Members 0 and 1 right at .6 on every video, member 2 says a at .99 for all (excluded). Without
+    it, reversed: 4/4. With it, the b videos get a at (.4 + .4 + .99) / 3 = .597: 2/4."""
+    right = onehot(Y4, 2, .6)
+    member = [{"val": {"original": right, "reverse": right, "labels": np.array(Y4)}}] * 2
+    collapsed = {"val": {"original": onehot([0] * 4, 2, .99), "reverse": onehot([0] * 4, 2, .99),
+                         "labels": np.array(Y4)}}
+    res = combine(outputs(member + [collapsed]), AB, Policy("val_acc", "auto", REV))
+    assert res["ensemble"]["members_used"] == [0, 1]
+    assert res["tta"]["per_mode"]["reverse"]["val"]["accuracy"] == 1.0
+    assert res["tta"]["per_mode"]["reverse"] == res["ensemble"]["with_tta"]
+
+
 # ---------------------------------------------------------------- choose_final on hand-made metrics
 # The select scores come from the hand-made metric rows; the softmax only decides McNemar's b and c.
 
