@@ -73,7 +73,8 @@ def test_lr_follows_closed_form_at_fractional_epochs():
     iters = 3
     loss = torch.nn.CrossEntropyLoss()
     for epoch in range(150):
-        train_one_epoch(model, [batch] * iters, loss, opt, sched, epoch, cfg, torch.device("cpu"))
+        train_one_epoch(model, [batch] * iters, loss, opt, sched, epoch, device=torch.device("cpu"),
+                        epochs=cfg.epochs, grad_clip=cfg.grad_clip)
     want = [expected_lr(e + i / iters) for e in range(150) for i in range(iters)]
     np.testing.assert_allclose(seen, want, rtol=1e-9, atol=1e-15)
     # restarts: back to the base LR at epochs 20, 60 and 140 (cycles of 20, 40, 80 epochs), not every 20 batches
@@ -213,6 +214,19 @@ def test_resume_refuses_a_different_config_and_new_run_refuses_old_dir(feats, tm
     # more epochs is allowed, and only the flags given change: the rest comes from the saved config
     assert run_cli("train", feats, run, "--resume", "--epochs", 3) == 0
     assert len(metrics_rows(run)) == 3
+
+
+def test_a_run_stopped_before_its_first_checkpoint_may_be_started_again(feats, tmp_path, capsys):
+    """A config.yaml without any member checkpoint (a run stopped in its first epoch, or one whose loss
+    diverged there) holds no trained member: a new run, with other options, may take the directory.
+    One checkpoint later the directory is refused to a new run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("lr: 0.5\n")
+    assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *TINY) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == 0.001
+    assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *TINY) == 2
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
 
 
 def test_resume_accepts_the_features_dir_spelled_another_way(feats, tmp_path, monkeypatch, capsys):

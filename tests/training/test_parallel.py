@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import pickle
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +18,9 @@ from vidcls.config import TrainConfig
 from vidcls.errors import CheckpointError, ConfigError, StoreError
 from vidcls.reporting.monitor import ResourceMonitor
 from vidcls.run.checkpoint import load_checkpoint
+from vidcls.run.rundir import RunDir
 from vidcls.training import parallel
+from vidcls.training.context import TrainContext
 from vidcls.training.fit import load_data
 from vidcls.training.parallel import (
     check_parallel,
@@ -24,6 +28,7 @@ from vidcls.training.parallel import (
     train_members,
     worker_threads,
 )
+from vidcls.utils.dist import SINGLE, Dist, env_dist
 
 TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
         "--device", "cpu", "--no-plots"]
@@ -87,15 +92,15 @@ def test_a_failing_member_is_named_the_running_one_finishes_the_rest_is_skipped(
     cfg, splits, weights, stats = load_data(cfg, log=lambda line: None)
     device = torch.device("cpu")
     monitor = ResourceMonitor(tmp_path / "resources.json")
-    train_members(cfg, splits, weights, device, run, stats=stats, resume=False, log=lambda line: None,
-                  monitor=monitor)
+    train_members(TrainContext(cfg, splits, weights, stats, device, RunDir(run), log=lambda line: None,
+                               monitor=monitor))
     (run / "members/0/checkpoints/last.pt").write_bytes(b"not a checkpoint")
 
     lines = []
     cfg2 = TrainConfig(**{**cfg.to_dict(), "epochs": 2, "members": 3, "parallel_members": 2})
     with pytest.raises(CheckpointError, match=r"^member 0: no usable checkpoint") as err:
-        train_members(cfg2, splits, weights, device, run, stats=stats, resume=True, log=lines.append,
-                      monitor=monitor)
+        train_members(TrainContext(cfg2, splits, weights, stats, device, RunDir(run), resume=True,
+                                   log=lines.append, monitor=monitor))
     assert "members/0/checkpoints/last.pt" in str(err.value)
     assert any(line.startswith("[member 0] failed: CheckpointError") for line in lines)
     assert [r["epoch"] for r in json.loads((run / "members/1/history.json").read_text())] == [1, 2]
@@ -129,16 +134,38 @@ def test_sigint_stops_every_member_process(tiny_features, tmp_path, spawn_cli):
         assert load_checkpoint(run / f"members/{i}/checkpoints/last.pt")["epoch"] == epochs_done(run, i) >= 1
 
 
-def test_parallel_members_under_torchrun_is_refused(monkeypatch):
+def test_parallel_members_under_torchrun_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     cfg = TrainConfig(members=2, parallel_members=2)
+    ctx = TrainContext(cfg, None, None, None, torch.device("cpu"), RunDir(tmp_path / "run"), dist=env_dist())
     with pytest.raises(ConfigError) as err:  # refused before any data or process is touched
-        train_members(cfg, None, None, torch.device("cpu"), None, stats=None, resume=False, log=print,
-                      monitor=None)
+        train_members(ctx)
     assert str(err.value) == "--parallel-members and torchrun are two ways to use several processes; pick one"
-    check_parallel(TrainConfig(parallel_members=2), 1)  # a plain run
-    check_parallel(TrainConfig(parallel_members=1), 4)  # torchrun alone
+    assert not (tmp_path / "run").exists()
+    check_parallel(2, 1)  # a plain run
+    check_parallel(1, 4)  # torchrun alone
+
+
+def test_what_a_member_process_gets_is_picklable(tiny_features, tmp_path):
+    """The parent's context holds a closure for a log and a running monitor (a thread): neither can be
+    pickled. ``for_process`` is what each pool task is sent: the data, config and run directory, on the
+    member's device, as one process (no torchrun group); it pickles and arrives whole."""
+    cfg = TrainConfig(features_dir=str(tiny_features), device="cpu", members=2, parallel_members=2).validate()
+    cfg, splits, weights, stats = load_data(cfg, log=lambda line: None)
+    seen = []
+    with ResourceMonitor(tmp_path / "resources.json") as monitor:
+        ctx = TrainContext(cfg, splits, weights, stats, torch.device("cpu"), tmp_path / "run", resume=True,
+                           log=seen.append, monitor=monitor, dist=Dist(rank=0, world=1))
+        with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+            pickle.dumps(ctx)
+        sent = pickle.loads(pickle.dumps(ctx.for_process(torch.device("cpu", 0))))
+    assert isinstance(ctx.run, RunDir) and sent.run.root == tmp_path / "run"  # a path becomes a RunDir
+    assert sent.device == torch.device("cpu", 0) and sent.monitor is None and sent.dist == SINGLE
+    assert sent.cfg == cfg and sent.resume is True and torch.equal(sent.weights, weights)
+    assert all(np.array_equal(a, b) for a, b in zip(sent.stats, stats, strict=True))
+    assert sent.splits.class_names == splits.class_names and len(sent.splits.train) == len(splits.train)
+    assert torch.equal(sent.splits.train[0][0], splits.train[0][0])  # the store reopens its file there
 
 
 def test_member_devices_and_threads():

@@ -153,7 +153,8 @@ def test_train_one_epoch_steps_schedule_at_fractional_epochs():
     sched = RecordingScheduler()
     batch = collate([(torch.randn(5, 4), 0, 0), (torch.randn(3, 4), 1, 1)])
     cfg = TrainConfig(epochs=10)
-    train_one_epoch(model, [batch] * 3, torch.nn.CrossEntropyLoss(), opt, sched, 4, cfg, torch.device("cpu"))
+    train_one_epoch(model, [batch] * 3, torch.nn.CrossEntropyLoss(), opt, sched, 4, device=torch.device("cpu"),
+                    epochs=cfg.epochs, grad_clip=cfg.grad_clip)
     assert sched.steps == pytest.approx([4 + 1 / 3, 4 + 2 / 3, 5.0], abs=1e-12)
     assert sched.steps[-1] == 5.0
 

@@ -1,6 +1,7 @@
 """``fit``: the spec's recipe for a temporal model or a seed ensemble of them, in torchvision-reference
-order: data -> members (``loop.train_member``: model, loss, optimiser, schedule, resume, epochs) ->
-evaluation (choices on validation, test once) -> record. Everything a run produces lands in its run directory:
+order: data (with what else every member shares: one ``TrainContext``) -> members (``loop.train_member``:
+model, loss, optimiser, schedule, resume, epochs) -> evaluation (choices on validation, test once) ->
+record. Everything a run produces lands in its run directory (``RunDir``):
 
     RUN_DIR/config.yaml, final.json, calibration.json, summary.json, eval_{val,test}.json, metrics_all.csv,
     RUN_DIR/report.html,
@@ -32,20 +33,21 @@ from ..evaluation.evaluate import evaluate_run, write_final_choice, write_run_ta
 from ..evaluation.policy import brief_mean, score
 from ..reporting.monitor import ResourceMonitor, rank_log_path, summarize
 from ..reporting.report import write_report
+from ..run import layout as L
 from ..run.final import checkpoint_member
+from ..run.rundir import RunDir
 from ..utils import dist as ddp
 from ..utils.device import resolve_device
-from ..utils.fs import atomic_write_json, atomic_write_text
-from ..utils.lock import run_lock
+from .context import TrainContext
 from .parallel import check_parallel, train_members
 from .speed import check_amp
 
-RESOURCE_LOG = Path("results") / "resource_utilization_log.json"  # every rank's records, field "rank"
 
-
-def holds_run(run_dir) -> bool:
-    """Whether ``run_dir`` holds a training run (a member checkpoint)."""
-    return any(Path(run_dir).glob("members/*/checkpoints/*.pt"))
+def _refuse_new_run_in(run_dir) -> None:
+    """A new run into a directory whose members have checkpoints: ConfigError (pass --resume)."""
+    if RunDir(run_dir).has_checkpoints():
+        raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                          f"or choose another RUN_DIR")
 
 
 def check_run_dir(run_dir, features_dir) -> None:
@@ -54,9 +56,9 @@ def check_run_dir(run_dir, features_dir) -> None:
     Raises:
         ConfigError: RUN_DIR is the features directory or holds a split file (train.h5, ...).
     """
-    run, feats = Path(run_dir), Path(features_dir)
-    same = run.exists() and feats.exists() and run.resolve() == feats.resolve()
-    if same or any((run / f"{split}.h5").exists() for split in ("train", "val", "test")):
+    run, feats = RunDir(run_dir), Path(features_dir)
+    same = run.root.exists() and feats.exists() and run.root.resolve() == feats.resolve()
+    if same or run.is_feature_dir():
         raise ConfigError(f"RUN_DIR {run_dir} is a feature directory (it holds the .h5 stores); give the run "
                           f"its own directory, e.g. runs/<name>")
 
@@ -68,15 +70,13 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
         ConfigError: a new run into a directory that holds one, nothing to resume, or a resume that
             changes anything but the runtime-only options (the differences are listed).
     """
-    saved_path = Path(run_dir) / "config.yaml"
     if not resume:
-        if holds_run(run_dir):
-            raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
-                              f"or choose another RUN_DIR")
+        _refuse_new_run_in(run_dir)
         return load_config(config_path, overrides)
-    if not saved_path.is_file():
-        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml); drop --resume")
-    saved = load_config(saved_path, saved_run=True)
+    run = RunDir(run_dir)
+    if not run.holds_run():
+        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no {L.CONFIG_FILE}); drop --resume")
+    saved = run.read_config()
     explicit = dict(read_yaml(config_path)) if config_path else {}
     explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
     # the same features directory spelled another way (relative / absolute / via a symlink) is no change
@@ -106,58 +106,61 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     check_run_dir(run_dir, cfg.features_dir)
     t_start = time.time()
     run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     dist = ddp.env_dist()
-    check_parallel(cfg, dist.world)  # on every rank, before any of them waits for the others
+    check_parallel(cfg.parallel_members, dist.world)  # on every rank, before any of them waits for the others
     if cfg.batch_size < dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch, shared by the {dist.world} "
                           f"torchrun processes; give at least {dist.world} (one video per process)")
     device = ddp.init(dist, resolve_device(cfg.device), cfg.dist_timeout)
     check_amp(cfg.amp, device)  # before anything is written
     if not dist.main:
-        return _train_as_helper_rank(cfg, run_dir, dist, device, resume)
+        return _train_as_helper_rank(cfg, run, dist, device, resume)
 
     cfg, splits, weights, stats = load_data(cfg, log)  # shared by every member
     # One command at a time per RUN_DIR, for the whole run including its evaluation and report. Only
     # under the lock is "no run here yet" still true when the first file is written.
-    with run_lock(run_dir, "train", create=True):
-        if not resume and holds_run(run_dir):
-            raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
-                              f"or choose another RUN_DIR")
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    with run.lock("train", create=True):
+        if not resume:
+            _refuse_new_run_in(run_dir)
+        run.write_config(dump_yaml(cfg))
         ddp.broadcast(True, dist)  # the other ranks start once the run directory is ours
-        log(_describe_run(cfg, splits, device) + (f"; {dist.world} processes (torchrun)" if dist.active else ""))
+        log(_describe_run(splits, device, cfg.model, cfg.members)
+            + (f"; {dist.world} processes (torchrun)" if dist.active else ""))
 
-        monitor = ResourceMonitor(run_dir / RESOURCE_LOG, cfg.monitor_interval)
+        monitor = ResourceMonitor(run.resource_log, cfg.monitor_interval)
+        ctx = TrainContext(cfg, splits, weights, stats, device, run, resume=resume, log=log, monitor=monitor,
+                           dist=dist)
         monitor.start()
         ranks_joined = False
         states = []
         try:
-            with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg, run_dir)):
-                states = train_members(cfg, splits, weights, device, run_dir, stats=stats, resume=resume, log=log,
-                                       monitor=monitor, dist=dist)
+            with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg.features_dir, run_dir)):
+                states = train_members(ctx)
                 ranks_joined = _leave_group(dist)  # the other ranks are done: rank 0 evaluates alone
             results = evaluate_run(cfg, run_dir, splits, device)
         except KeyboardInterrupt:
-            log(f"\ninterrupted: the last finished epoch is kept in {run_dir}/members/*/checkpoints/last.pt; "
+            log(f"\ninterrupted: the last finished epoch is kept in {run.every_member(L.LAST)}; "
                 f"continue with\n  vidcls train {cfg.features_dir} {run_dir} --resume")
             raise
         finally:
             monitor.stop()
             if ranks_joined:  # every rank's resources, field "rank", in the one log
                 monitor.absorb(rank_log_path(monitor.path, r) for r in range(1, dist.world))
-        return _record_run(cfg, run_dir, splits, states, results, monitor.records, time.time() - t_start, log)
+        return _record_run(ctx, states, results, time.time() - t_start)
 
 
-def _record_run(cfg: TrainConfig, run_dir: Path, splits, states, results, records, wall, log) -> dict:
+def _record_run(ctx: TrainContext, states, results, wall) -> dict:
     """final.json, calibration.json, summary.json, the tables and the report of a trained run."""
+    cfg, run_dir, splits, log = ctx.cfg, ctx.run.root, ctx.splits, ctx.log
     # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
     write_final_choice(run_dir, results["choice"])
     # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json,
     # from the validation outputs the evaluation computed (no second forward pass)
     calibration = calibrate_run(run_dir, cfg.device, log=log, outputs=results["outputs"]["val"])
-    summary = _summary(cfg, splits, states, results, records, wall)
+    summary = _summary(cfg, splits, states, results, ctx.monitor.records, wall)
     summary["calibration"] = calibration
-    atomic_write_json(run_dir / "summary.json", summary)
+    ctx.run.write_summary(summary)
     write_run_tables(run_dir, cfg, splits, results)
     # --no-plots (tests, quick runs) skips the report's figures too; `vidcls report` makes it later
     if cfg.plots:
@@ -165,7 +168,7 @@ def _record_run(cfg: TrainConfig, run_dir: Path, splits, states, results, record
     return summary
 
 
-def _train_as_helper_rank(cfg: TrainConfig, run_dir: Path, dist, device, resume: bool) -> None:
+def _train_as_helper_rank(cfg: TrainConfig, run: RunDir, dist, device, resume: bool) -> None:
     """A rank > 0 under torchrun: train every member with rank 0 (it writes nothing of the run but its
     own resource records, which rank 0 absorbs into the run's log), then leave the group."""
     def quiet(*args, **kwargs):  # rank 0 says it all
@@ -173,20 +176,20 @@ def _train_as_helper_rank(cfg: TrainConfig, run_dir: Path, dist, device, resume:
 
     cfg, splits, weights, stats = load_data(cfg, quiet)
     ddp.broadcast(None, dist)  # wait for rank 0 to hold the run directory (it fails alone otherwise)
-    monitor = ResourceMonitor(rank_log_path(run_dir / RESOURCE_LOG, dist.rank), cfg.monitor_interval,
-                              rank=dist.rank)
+    monitor = ResourceMonitor(rank_log_path(run.resource_log, dist.rank), cfg.monitor_interval, rank=dist.rank)
+    ctx = TrainContext(cfg, splits, weights, stats, device, run, resume=resume, log=quiet, monitor=monitor,
+                       dist=dist)
     monitor.start()
-    with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg, run_dir)):
+    with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg.features_dir, run.root)):
         try:
-            train_members(cfg, splits, weights, device, run_dir, stats=stats, resume=resume, log=quiet,
-                          monitor=monitor, dist=dist)
+            train_members(ctx)
         finally:
             monitor.stop()  # before the barrier: rank 0 absorbs the complete log after it
         _leave_group(dist)
 
 
-def _resume_hint(cfg: TrainConfig, run_dir: Path) -> str:
-    return f"the same torchrun command with --resume (torchrun ... -m vidcls train {cfg.features_dir} {run_dir} --resume)"
+def _resume_hint(features_dir: str, run_dir: Path) -> str:
+    return f"the same torchrun command with --resume (torchrun ... -m vidcls train {features_dir} {run_dir} --resume)"
 
 
 def _leave_group(dist) -> bool:
@@ -218,11 +221,11 @@ def load_data(cfg: TrainConfig, log=print):
     return cfg, splits, weights, stats
 
 
-def _describe_run(cfg, splits, device) -> str:
+def _describe_run(splits, device, model: str, members: int) -> str:
     counts = np.bincount(splits.train.labels, minlength=len(splits.class_names))
     cls = ", ".join(f"{n} {c}" for n, c in zip(splits.class_names, counts))
     test = len(splits.test) if splits.test is not None else 0
-    return (f"vidcls {__version__}: {cfg.members} x {cfg.model} on {device}; train {len(splits.train)} ({cls}), "
+    return (f"vidcls {__version__}: {members} x {model} on {device}; train {len(splits.train)} ({cls}), "
             f"val {len(splits.val)} [{splits.val_source}], test {test}; dim {splits.feature_dim}")
 
 

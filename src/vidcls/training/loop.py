@@ -46,12 +46,13 @@ from ..run.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from ..run.rundir import RunDir
 from ..utils.dist import SINGLE, Dist, broadcast
-from ..utils.fs import atomic_write_json, atomic_write_text
+from .context import TrainContext
 from .losses import FocalLoss
 from .optim import param_groups
 from .schedule import cycle_ends, epoch_draws, fractional_epoch, stop_at_cycle_end
-from .speed import autocast, grad_scaler, rank_loss, sum_over_ranks, wrap_model
+from .speed import autocast, check_amp, grad_scaler, rank_loss, sum_over_ranks, wrap_model
 
 # A tie on the selected score goes to the lower validation loss only when it is lower by more than this
 # share: a difference in the 5th digit is float noise (or a bias moving by 1e-12), not a better model.
@@ -68,22 +69,23 @@ def seed_everything(seed: int) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, epoch: int, cfg: TrainConfig, device: torch.device, *, dist: Dist = SINGLE,
-                    scaler=None) -> dict:
-    """One pass over ``loader``. The LR schedule advances every batch by a fractional epoch, so the
-    warm restarts fall at epochs t0, t0(1+t_mult), ... whatever the number of batches. Under torchrun
-    ``model`` is the DDP-wrapped model and the returned loss/accuracy are over all ranks' videos."""
+                    scheduler, epoch: int, *, device: torch.device, epochs: int, amp: str = "none",
+                    grad_clip: float = 0.0, dist: Dist = SINGLE, scaler=None) -> dict:
+    """One pass over ``loader`` (epoch ``epoch`` of ``epochs``, 0-based). The LR schedule advances every
+    batch by a fractional epoch, so the warm restarts fall at epochs t0, t0(1+t_mult), ... whatever the
+    number of batches. ``amp``: --amp; ``grad_clip``: --grad-clip (0: off). Under torchrun ``model`` is the
+    DDP-wrapped model and the returned loss/accuracy are over all ranks' videos."""
     model.train()
     scaler = scaler or grad_scaler(device, "none")
     n_iters = len(loader)
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
                # one bar per job: not from ranks > 0, nor from --parallel-members' member processes
                disable=not sys.stderr.isatty() or not dist.main or mp.current_process().name != "MainProcess")
     for i, (x, lengths, y, pos) in enumerate(bar):
         x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
         real = (pos >= 0).to(device)  # False: a filler (torchrun), which the loss leaves out
-        with autocast(device, cfg.amp):
+        with autocast(device, amp):
             logits = model(x, lengths.to(device))
         loss, mean, n_real = rank_loss(criterion, logits.float(), y, real, dist)
         if not torch.isfinite(loss):
@@ -91,9 +93,9 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
                                      f"lower --lr or check the features for extreme values")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
+        if grad_clip > 0:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step(fractional_epoch(epoch, i, n_iters))  # sets the LR of the next batch
@@ -133,14 +135,15 @@ class MemberRun:
     device: torch.device
     class_names: list
     meta: dict  # what every checkpoint of this member carries besides weights and state
-    member_dir: Path
+    files: RunDir  # the run directory: this member writes its members/<member>/ files
+    member: int
     dist: Dist = SINGLE
     scaler: torch.amp.GradScaler | None = None
     plot_warned: bool = False  # a failing plot is reported once per member
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.member_dir / "checkpoints"
+        return self.files.checkpoints_dir(self.member)
 
 
 def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
@@ -151,14 +154,14 @@ def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
             "standardize": cfg.standardize == "feature"}
 
 
-def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, device: torch.device,
-                 run_dir: Path, *, stats=None, resume: bool = False, log=print, dist: Dist = SINGLE) -> TrainState:
+def train_member(ctx: TrainContext, member: int) -> TrainState:
     """Train ensemble member ``member`` (seed ``cfg.seed + member``) into ``RUN_DIR/members/<member>``,
-    continuing from its checkpoints when ``resume``; a finished member is not retrained. ``stats``:
-    the train split's per-feature (mean, std) when ``cfg.standardize`` is "feature". Under torchrun
-    (``dist``) every rank calls this; the ranks train one model together and only rank 0 writes."""
+    continuing from its checkpoints when ``ctx.resume``; a finished member is not retrained. Under
+    torchrun (``ctx.dist``) every rank calls this; the ranks train one model together and only rank 0
+    writes."""
+    cfg, splits, weights, device, dist, log = ctx.cfg, ctx.splits, ctx.weights, ctx.device, ctx.dist, ctx.log
+    check_amp(cfg.amp, device)
     seed = cfg.seed + member
-    member_dir = run_dir / "members" / str(member)
     seed_everything(seed)
     names, n_classes = splits.class_names, len(splits.class_names)
     draws = epoch_draws(len(splits.train), cfg.batch_size, cfg.min_steps)
@@ -174,7 +177,7 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     spec = model_spec(cfg, splits.feature_dim, n_classes)
     model = build_from_spec(spec)
     if spec["standardize"]:
-        model.set_stats(*stats)
+        model.set_stats(*ctx.stats)
     model = model.to(device)
     criterion = FocalLoss(alpha=weights if cfg.alpha == "inverse_freq" else None, gamma=cfg.gamma,
                           smoothing=cfg.smoothing).to(device)
@@ -184,12 +187,13 @@ def train_member(cfg: TrainConfig, member: int, splits, weights: torch.Tensor, d
     meta = {"config": cfg.to_dict(), "model": spec, "class_names": names, "feature_dim": splits.feature_dim,
             "extractor": splits.extractor, "max_frames": cfg.max_frames, "member": member, "seed": seed,
             "vidcls_version": __version__}
-    run = MemberRun(model, wrap_model(model, cfg, device, dist), criterion, optimizer, scheduler, train_loader,
-                    val_loader, sampler, device, names, meta, member_dir, dist, grad_scaler(device, cfg.amp))
+    run = MemberRun(model, wrap_model(model, device, dist, compile=cfg.compile), criterion, optimizer, scheduler,
+                    train_loader, val_loader, sampler, device, names, meta, ctx.run, member, dist,
+                    grad_scaler(device, cfg.amp))
 
     # resume
     state = TrainState()
-    if resume:
+    if ctx.resume:
         state = _restore(run, log)
     if state.stopped_early or state.epoch >= cfg.epochs:
         log(f"member {member}: finished earlier (epoch {state.epoch}, best {state.best:.4f}); not retrained")
@@ -221,7 +225,7 @@ def _epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log) -> Non
                 _save_epoch(cfg, run, state, val if improved else None)
             if cfg.plots:  # after the checkpoints: a plot that fails must never cost a resumable epoch
                 _save_plots(run, state)
-        log(_epoch_line(cfg, row, state))
+        log(_epoch_line(row, state, cfg.epochs))
         if state.stopped_early:
             log(f"early stop at the end of a warm-restart cycle: no better {cfg.select} (ties: lower val loss) "
                 f"in the last {cfg.patience_cycles} cycle(s) (best {state.best:.4f} at epoch {state.best_epoch})")
@@ -234,8 +238,9 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
     if run.dist.active:  # dropout: a stream per rank and epoch, so a resumed rank picks up the same one
         torch.manual_seed(item_seed(run.meta["seed"], epoch, -1 - run.dist.rank))
     lr = run.optimizer.param_groups[0]["lr"]
-    train_stats = train_one_epoch(run.net, run.train_loader, run.criterion, run.optimizer, run.scheduler,
-                                  epoch, cfg, run.device, dist=run.dist, scaler=run.scaler)
+    train_stats = train_one_epoch(run.net, run.train_loader, run.criterion, run.optimizer, run.scheduler, epoch,
+                                  device=run.device, epochs=cfg.epochs, amp=cfg.amp, grad_clip=cfg.grad_clip,
+                                  dist=run.dist, scaler=run.scaler)
     with autocast(run.device, cfg.amp):
         val = validate(run.model, run.val_loader, run.device, run.class_names, run.criterion, run.dist)
     row = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val["loss"], "val_acc": val["accuracy"],
@@ -269,21 +274,21 @@ def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
 def _save_epoch(cfg: TrainConfig, run: MemberRun, state: TrainState, best_val: dict | None) -> None:
     """best.pt (when ``best_val`` is given), the cycle-end snapshot, metrics.csv, history.json, last.pt and
     the periodic checkpoint."""
-    weights = run.model.state_dict()
+    files, member, weights = run.files, run.member, run.model.state_dict()
     if best_val is not None:
-        save_checkpoint(run.ckpt_dir / "best.pt", {**run.meta, "epoch": state.epoch, "model_state": weights,
-                                                   "val": best_val})
+        save_checkpoint(files.best(member), {**run.meta, "epoch": state.epoch, "model_state": weights,
+                                             "val": best_val})
     if state.epoch in cycle_ends(cfg.t0, cfg.t_mult, state.epoch):  # the snapshot ensemble's models
-        save_checkpoint(run.ckpt_dir / snapshot_name(state.epoch),
+        save_checkpoint(files.snapshot(member, state.epoch),
                         {**run.meta, "epoch": state.epoch, "model_state": weights})
-    _write_metrics(state, run.class_names, run.member_dir)
+    _write_metrics(run, state)
     full = {**run.meta, "epoch": state.epoch, "model_state": weights,
             "optimizer_state": run.optimizer.state_dict(), "scheduler_state": run.scheduler.state_dict(),
             "train_state": _state_dict(state), "rng": rng_state(),
             **({"scaler_state": run.scaler.state_dict()} if run.scaler.is_enabled() else {})}
-    save_checkpoint(run.ckpt_dir / "last.pt", full)
+    save_checkpoint(files.last(member), full)
     if state.epoch % cfg.checkpoint_every == 0:
-        save_checkpoint(run.ckpt_dir / f"epoch_{state.epoch:03d}.pt", full)
+        save_checkpoint(files.periodic(member, state.epoch), full)
         prune_periodic(run.ckpt_dir, cfg.keep_checkpoints)
 
 
@@ -303,21 +308,21 @@ def deferred_sigint():
         raise KeyboardInterrupt
 
 
-def _write_metrics(state: TrainState, names: list, member_dir: Path) -> None:
+def _write_metrics(run: MemberRun, state: TrainState) -> None:
     # rewritten whole (atomically) each epoch, so a kill never leaves a torn row behind
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(METRIC_COLUMNS + [f"val_f1_{n}" for n in names])
+    writer.writerow(METRIC_COLUMNS + [f"val_f1_{n}" for n in run.class_names])
     for row in state.history:
         writer.writerow([row[c] for c in METRIC_COLUMNS] + row["val_f1_per_class"])
-    atomic_write_text(member_dir / "metrics.csv", buf.getvalue())
-    atomic_write_json(member_dir / "history.json", state.history)
+    run.files.write_member_metrics(run.member, buf.getvalue())
+    run.files.write_history(run.member, state.history)
 
 
 def _save_plots(run: MemberRun, state: TrainState) -> None:
     """The epoch dashboard. Plots are optional output: a failure is a warning (once per member), and
     training goes on with its checkpoints and metrics already saved."""
-    plots_dir = run.member_dir / "plots"
+    plots_dir = run.files.plots_dir(run.member)
     try:
         save_epoch_plots(state.history, run.class_names, plots_dir)
     except Exception as exc:  # whatever matplotlib or the disk raises, the run outlives it
@@ -327,11 +332,6 @@ def _save_plots(run: MemberRun, state: TrainState) -> None:
                           f"{exc}); training goes on (checkpoints and metrics.csv are saved); later plot "
                           f"failures of this member are not reported; pass --no-plots to skip plotting",
                           RuntimeWarning, stacklevel=2)
-
-
-def snapshot_name(epoch: int) -> str:
-    """File name of the checkpoint saved at the end of the warm-restart cycle ending at ``epoch``."""
-    return f"snapshot_{epoch:03d}.pt"
 
 
 def _state_dict(state: TrainState) -> dict:
@@ -365,9 +365,9 @@ def _restore(run: MemberRun, log) -> TrainState:
     return state
 
 
-def _epoch_line(cfg: TrainConfig, row: dict, state: TrainState) -> str:
+def _epoch_line(row: dict, state: TrainState, epochs: int) -> str:
     star = " *" if state.best_epoch == row["epoch"] else ""
-    return (f"epoch {row['epoch']:3d}/{cfg.epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
+    return (f"epoch {row['epoch']:3d}/{epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
             f"f1w {row['val_f1_weighted']:.3f} f1m {row['val_f1_macro']:.3f} worst {row['val_f1_worst']:.3f} "
             f"| {row['epoch_seconds']:.1f}s{star}")

@@ -8,25 +8,28 @@ its own changes nothing but the wall time (tested: equal weights and histories).
 The parallel path is a ``ProcessPoolExecutor`` over ``spawn`` processes: fork after torch (or CUDA)
 is initialised is unsafe, and spawn gives every member a clean interpreter. Since Python 3.9 the
 pool's processes are not daemonic, so each may start its own ``--workers`` DataLoader workers.
-Splits travel pickled: a ``FeatureStore`` drops its HDF5 handle when pickled and reopens the file in
-the process that reads it.
+Each task is the run's ``TrainContext`` pickled (``for_process``: the member's device, without the
+parent's log, monitor and torchrun group) and the member's index; a ``FeatureStore`` of the splits
+drops its HDF5 handle when pickled and reopens the file in the process that reads it.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import gc
 import multiprocessing as mp
 import os
 import queue
 import signal
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ConfigError
-from ..utils.dist import Dist, env_dist
+from .context import TrainContext
 from .loop import TrainState, train_member
 
 TORCHRUN_CLASH = "--parallel-members and torchrun are two ways to use several processes; pick one"
@@ -36,13 +39,13 @@ TORCHRUN_CLASH = "--parallel-members and torchrun are two ways to use several pr
 INTERRUPT_GRACE_S = 1.0
 
 
-def check_parallel(cfg, world: int) -> None:
+def check_parallel(parallel_members: int, world: int) -> None:
     """Refuse ``--parallel-members`` > 1 inside a torchrun job of ``world`` > 1 processes.
 
     Raises:
         ConfigError: both asked for at once.
     """
-    if cfg.parallel_members > 1 and world > 1:
+    if parallel_members > 1 and world > 1:
         raise ConfigError(TORCHRUN_CLASH)
 
 
@@ -62,14 +65,13 @@ def worker_threads(k: int, cpus: int, current: int) -> int:
     return max(1, min(current, cpus // k))
 
 
-def train_members(cfg, splits, weights: torch.Tensor, device: torch.device, run_dir, *, stats, resume: bool,
-                  log, monitor, dist: Dist | None = None) -> list[TrainState]:
+def train_members(ctx: TrainContext) -> list[TrainState]:
     """Train members ``0 .. cfg.members - 1`` (seeds ``seed + i``), in ``cfg.parallel_members`` processes.
 
     Args:
-        monitor: the run's ``ResourceMonitor``; gets ``member i start`` / ``member i end`` records.
-        dist: this process's place in a torchrun job (None: read from the environment); the
-            sequential path hands it to ``train_member``.
+        ctx: what every member trains with; ``ctx.monitor`` (the run's ``ResourceMonitor``) gets
+            ``member i start`` / ``member i end`` records; the sequential path hands ``ctx.dist`` (the
+            torchrun job) to ``train_member``.
     Returns:
         Every member's ``TrainState``, in member order.
     Raises:
@@ -78,57 +80,53 @@ def train_members(cfg, splits, weights: torch.Tensor, device: torch.device, run_
         other members' finished epochs stay on disk for ``--resume``.
         KeyboardInterrupt: Ctrl-C, once every member process has stopped.
     """
-    dist = env_dist() if dist is None else dist
-    check_parallel(cfg, dist.world)
-    k = min(cfg.parallel_members, cfg.members)
+    check_parallel(ctx.cfg.parallel_members, ctx.dist.world)
+    k = min(ctx.cfg.parallel_members, ctx.cfg.members)
     if k <= 1:
-        return _train_sequential(cfg, splits, weights, device, run_dir, stats=stats, resume=resume, log=log,
-                                 monitor=monitor, dist=dist)
-    return _train_parallel(cfg, splits, weights, device, run_dir, k, stats=stats, resume=resume, log=log,
-                           monitor=monitor)
+        return _train_sequential(ctx)
+    return _train_parallel(ctx, k)
 
 
-def _train_sequential(cfg, splits, weights, device, run_dir, *, stats, resume, log, monitor,
-                      dist: Dist) -> list[TrainState]:
+def _train_sequential(ctx: TrainContext) -> list[TrainState]:
     states = []
-    for i in range(cfg.members):
-        monitor.record(f"member {i} start")
-        states.append(train_member(cfg, i, splits, weights, device, run_dir, stats=stats, resume=resume,
-                                   log=log, dist=dist))
+    for i in range(ctx.cfg.members):
+        ctx.monitor.record(f"member {i} start")
+        states.append(train_member(ctx, i))
         # the spec: without this, reserved GPU memory stays with the caching allocator between members
         gc.collect()
-        if device.type == "cuda":
+        if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
-        monitor.record(f"member {i} end")
+        ctx.monitor.record(f"member {i} end")
     return states
 
 
-def _train_parallel(cfg, splits, weights, device, run_dir, k, *, stats, resume, log, monitor) -> list[TrainState]:
+def _train_parallel(ctx: TrainContext, k: int) -> list[TrainState]:
     """One pool task per member, in member order; the parent relays the members' log lines."""
-    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    devices = [member_device(device, i, n_gpus) for i in range(cfg.members)]
+    members = ctx.cfg.members
+    n_gpus = torch.cuda.device_count() if ctx.device.type == "cuda" else 0
+    devices = [member_device(ctx.device, i, n_gpus) for i in range(members)]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = worker_threads(k, cpus, torch.get_num_threads())
     where = ", ".join(f"{i}: {d}" for i, d in enumerate(devices)) if n_gpus else f"cpu, {threads} threads each"
-    log(f"--parallel-members {k}: {cfg.members} members in {k} processes ({where})")
+    ctx.log(f"--parallel-members {k}: {members} members in {k} processes ({where})")
     # The parent trains nothing: the spec's gc.collect/empty_cache between members runs in the member processes.
 
-    ctx = mp.get_context("spawn")
-    lines, stop = ctx.Queue(), ctx.Event()
+    spawn = mp.get_context("spawn")
+    lines, stop = spawn.Queue(), spawn.Event()
     interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-    pool = cf.ProcessPoolExecutor(k, mp_context=ctx, initializer=_init_worker,
+    pool = cf.ProcessPoolExecutor(k, mp_context=spawn, initializer=_init_worker,
                                   initargs=(lines, stop, threads, interruptible, mp.get_start_method()))
-    futures = {pool.submit(_member_task, cfg, i, splits, weights, devices[i], run_dir, stats, resume): i
-               for i in range(cfg.members)}
-    members = _Members(futures, lines, stop, log, monitor)
+    # each task is pickled to its process: the context without the parent's log, monitor and group
+    futures = {pool.submit(_member_task, ctx.for_process(devices[i]), i): i for i in range(members)}
+    tasks = _Members(futures, lines, stop, ctx.log, ctx.monitor)
     try:
-        failure = members.wait()
+        failure = tasks.wait()
     except KeyboardInterrupt:
-        members.interrupt()
+        tasks.interrupt()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        members.drain(0.0)  # the workers have exited: their last lines are all in the queue now
+        tasks.drain(0.0)  # the workers have exited: their last lines are all in the queue now
         lines.close()
     if failure is not None:
         _raise_member_error(*failure)
@@ -217,8 +215,8 @@ def _raise_member_error(member: int, exc: BaseException):
     errno, say) is raised as it is, with a note naming the member."""
     if isinstance(exc, KeyboardInterrupt):
         raise KeyboardInterrupt
-    if isinstance(exc, cf.process.BrokenProcessPool):
-        raise cf.process.BrokenProcessPool(
+    if isinstance(exc, BrokenProcessPool):
+        raise BrokenProcessPool(
             f"member {member}: its process died without a Python error ({exc}); killed for memory? (lower "
             f"--parallel-members or --batch-size). A script that calls vidcls with parallel_members > 1 "
             f"must do so under `if __name__ == '__main__':` (spawn imports the script again). Finished "
@@ -261,11 +259,13 @@ def _interrupt_once(signum, frame):
     raise KeyboardInterrupt
 
 
-def _member_task(cfg, member, splits, weights, device, run_dir, stats, resume) -> TrainState | None:
-    """Train one member in this pool process; None when the parent has stopped the run before it began."""
+def _member_task(ctx: TrainContext, member: int) -> TrainState | None:
+    """Train one member in this pool process (``ctx``: ``TrainContext.for_process``); None when the parent
+    has stopped the run before it began."""
     if _STOP.is_set():
         return None
     _LINES.put(("start", member, os.getpid()))
+    device = ctx.device
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA work without an explicit device (handles, caches) goes there too
 
@@ -275,7 +275,7 @@ def _member_task(cfg, member, splits, weights, device, run_dir, stats, resume) -
     if _INTERRUPTIBLE:
         signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        return train_member(cfg, member, splits, weights, device, run_dir, stats=stats, resume=resume, log=log)
+        return train_member(dataclasses.replace(ctx, log=log), member)
     except BaseException:
         _STOP.set()  # at once, not when the parent notices: no further member starts after a failure
         raise

@@ -37,16 +37,17 @@ def check_amp(amp: str, device: torch.device) -> None:
         raise ConfigError(f"--amp fp16 needs a CUDA device (this run uses {device}); use --amp bf16 or none")
 
 
-def wrap_model(model: nn.Module, cfg, device: torch.device, dist: Dist = SINGLE) -> nn.Module:
+def wrap_model(model: nn.Module, device: torch.device, dist: Dist = SINGLE, *,
+               compile: bool = False) -> nn.Module:
     """The module the training step calls: ``model`` itself, DistributedDataParallel under torchrun
-    (gradients averaged over ranks after every backward), then ``torch.compile`` with ``--compile``.
-    Checkpoints always hold ``model``'s own state dict (no ``module.`` / ``_orig_mod.`` prefixes)."""
-    check_amp(cfg.amp, device)
+    (gradients averaged over ranks after every backward), then ``torch.compile`` with ``compile``
+    (``--compile``). Checkpoints always hold ``model``'s own state dict (no ``module.`` / ``_orig_mod.``
+    prefixes)."""
     net = model
     if dist.active:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+    if compile:
         # lengths vary from batch to batch: dynamic shapes avoid one recompilation per new length
         net = torch.compile(net, dynamic=True)
     return net
