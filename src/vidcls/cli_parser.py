@@ -7,12 +7,14 @@ from dataclasses import fields
 from typing import get_type_hints
 
 from . import __version__
-from .config import TrainConfig
+from .config import TTA_SETTINGS, TrainConfig
 
 # The train command's flags are made from the TrainConfig fields (one source of names, types,
 # defaults and help): --batch-size sets batch_size, bools get --x / --no-x.
 _POSITIONAL = ("features_dir",)
 _METAVARS = {int: "N", float: "X", str: "NAME"}
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto)"
+TTA_CHOICES = " | ".join(TTA_SETTINGS)
 
 
 def _shown(value) -> str:
@@ -81,7 +83,7 @@ def _add_extract_parser(sub) -> None:
                    help="crop size, or AUTO for the model's own (AUTO); DINOv2's own 518 px is 1,370 tokens a "
                         "frame: 224 on a CPU")
     p.add_argument("--batch-size", type=int, default=32, help="frames per encoder batch (32)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the CNN (2)")
     p.add_argument("--split", default="70,20,10", help="train,val,test shares without split folders (70,20,10)")
     p.add_argument("--seed", type=int, default=42, help="seed of that split (42)")
@@ -104,8 +106,8 @@ def _add_scoring_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--tta", choices=["auto", "on", "off"], default=None,
-                   help="auto | on | off (default: the run's own; another writes eval_<split>.tta-<x>.json)")
+    p.add_argument("--tta", choices=TTA_SETTINGS, default=None,
+                   help=f"{TTA_CHOICES} (default: the run's own; another writes eval_<split>.tta-<x>.json)")
     p.add_argument("--device", default="auto")
     p.add_argument("--features-dir", metavar="DIR", help=FEATURES_DIR_HELP)
 
@@ -123,10 +125,10 @@ def _add_predict_parser(sub) -> None:
                                                     "skips the inputs already written; a file holding anything "
                                                     "else (or an input) is refused, untouched")
     p.add_argument("--timeline", metavar="DIR", help="one PNG per video: thumbnails along time with attention")
-    p.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="auto: the run's own choice")
+    p.add_argument("--tta", choices=TTA_SETTINGS, default="auto", help="auto: the run's own choice")
     p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the models (2)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--weights", metavar="PATH", help="the encoder weights (.pth, .pt, .safetensors), where the "
                                                      "recorded file or download is not on this machine")
 
@@ -146,7 +148,7 @@ def _add_serving_parsers(sub) -> None:
                    help="uploads being received at once, apart from --max-queue; more get 503 (8)")
     p.add_argument("--body-timeout", default="30", metavar="SECONDS",
                    help="a request body from which nothing arrives for this long gets 408 (30)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="the encoder weights of the run's extractor (.pth, .pt, .safetensors), when the recorded "
                         "file or download is not on this machine")

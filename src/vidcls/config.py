@@ -18,6 +18,9 @@ import yaml
 
 from .errors import ConfigError
 
+TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
+TTA_SETTINGS = ("auto", "on", "off")  # --tta: the run's choice on validation, forced on, forced off
+
 
 def _opt(default: Any, help: str) -> Any:
     """A config field: its default and the help text of its ``vidcls train`` flag.
@@ -97,8 +100,7 @@ class TrainConfig:
         "snapshot ensemble: every member's checkpoints at the ends of its warm-restart cycles (always "
         "saved) are the ensemble's models, instead of each member's best checkpoint")
     tta: str = _opt("auto", "test-time augmentation: auto (only if it improves validation) | on | off")
-    tta_modes: list[str] = _opt(["original", "reverse", "speed_up", "speed_down"],
-        "comma-separated, distinct, any of original,reverse,speed_up,speed_down")
+    tta_modes: list[str] = _opt(list(TTA_MODES), f"comma-separated, distinct, any of {','.join(TTA_MODES)}")
     # runtime
     seed: int = _opt(42, "random seed, in [0, 2**63 - members]")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
@@ -118,7 +120,7 @@ class TrainConfig:
         "under torchrun: seconds a rank waits for the others in a collective before the job stops "
         "with an error naming the rank")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every option, before anything is written; returns self.
 
         Raises:
@@ -173,10 +175,6 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if len(cfg.weight_clip) != 2 or not 0 < cfg.weight_clip[0] <= cfg.weight_clip[1]:
         raise ConfigError(f"--weight-clip must be low,high with 0 < low <= high, got {cfg.weight_clip}")
-
-
-TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
-TTA_SETTINGS = ("auto", "on", "off")  # --tta: the run's choice on validation, forced on, forced off
 
 
 def _check_choices(cfg: TrainConfig) -> None:
