@@ -7,6 +7,8 @@ import itertools
 import pytest
 
 from vidcls.config import (
+    MAX_BATCH_SIZE,
+    MAX_MEMBERS,
     RUNTIME_ONLY,
     TrainConfig,
     config_diff,
@@ -169,6 +171,31 @@ def test_boundary_values_accepted():
     cfg = load_config(None, {"dropout": 0.0, "smoothing": 0.0, "weight_decay": 0, "workers": 0,
                              "patience_cycles": 0, "weight_clip": [1.0, 1.0], "val_fraction": 0.99})
     assert cfg.dropout == 0.0 and cfg.workers == 0 and cfg.weight_clip == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("option, bound", [("batch_size", MAX_BATCH_SIZE), ("members", MAX_MEMBERS)])
+def test_upper_bounds_of_batch_size_and_members(option, bound):
+    """The bound itself is accepted; one more is one ConfigError naming the option and the bound."""
+    assert (bound, option) in ((65_536, "batch_size"), (64, "members"))
+    assert getattr(load_config(None, {option: bound}), option) == bound
+    flag = "--" + option.replace("_", "-")
+    for value in (bound + 1, 10 * bound):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, {option: value})
+        assert str(err.value) == f"{flag} must be at most {bound:,}, got {value:,}"
+    with pytest.raises(ConfigError, match=f"^{flag} must be at most"):  # a config file is checked alike
+        TrainConfig(**{option: bound + 1}).validate()
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "65537"), ("--members", "65")])
+def test_an_option_over_its_bound_is_refused_before_anything_is_written(tmp_path, capsys, flag, value):
+    from vidcls.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "feats"), str(run), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be at most" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
 
 
 def test_config_diff_lists_changes_and_skips_runtime():

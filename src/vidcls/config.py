@@ -21,6 +21,11 @@ from .errors import ConfigError
 TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
 TTA_SETTINGS = ("auto", "on", "off")  # --tta: the run's choice on validation, forced on, forced off
 
+# Upper bounds of sizes nothing sensible exceeds: a typo (an extra zero or three) is refused, naming the
+# option, before anything is written, not found out as an out-of-memory error in the first epoch.
+MAX_BATCH_SIZE = 65_536  # videos per batch
+MAX_MEMBERS = 64  # seed-ensemble members: each one trains a model, is scored and is served
+
 
 def _opt(default: Any, help: str) -> Any:
     """A config field: its default and the help text of its ``vidcls train`` flag.
@@ -38,7 +43,7 @@ class TrainConfig:
     features_dir: str = _opt("", "directory with train.h5 [val.h5] [test.h5]")
     # optimisation (spec: AdamW 1e-3 / 5e-4, clip 1.0, 150 epochs, batch 48)
     epochs: int = _opt(150, "training epochs per member")
-    batch_size: int = _opt(48, "videos per batch")
+    batch_size: int = _opt(48, f"videos per batch, at most {MAX_BATCH_SIZE:,}")
     # A small training set must still get optimiser steps: with 36 videos, batch 48 makes an epoch one
     # step and 150 epochs leave the model at chance. An epoch draws max(N, min_steps x batch_size)
     # videos instead (a small set several times over); a set of >= that many keeps one pass per epoch.
@@ -95,7 +100,8 @@ class TrainConfig:
     checkpoint_every: int = _opt(20, "also save a checkpoint every this many epochs")
     keep_checkpoints: int = _opt(3, "how many of those periodic checkpoints to keep")
     # seed ensemble and test-time augmentation
-    members: int = _opt(1, "seed-ensemble members, trained one after another with seeds seed+i")
+    members: int = _opt(1, f"seed-ensemble members, trained one after another with seeds seed+i; at most "
+                           f"{MAX_MEMBERS}")
     snapshots: bool = _opt(False,
         "snapshot ensemble: every member's checkpoints at the ends of its warm-restart cycles (always "
         "saved) are the ensemble's models, instead of each member's best checkpoint")
@@ -157,6 +163,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     _positive(cfg, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
               "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members",
               "monitor_interval", "parallel_members", "dist_timeout")
+    _at_most(cfg, batch_size=MAX_BATCH_SIZE, members=MAX_MEMBERS)
     if cfg.batch_frames < cfg.max_frames:
         raise ConfigError(f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
                           f"a video of max_frames frames must fit in a batch; raise one or lower the other")
@@ -246,6 +253,13 @@ def _positive(cfg: TrainConfig, *names: str) -> None:
         value = getattr(cfg, name)
         if value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def _at_most(cfg: TrainConfig, **bounds: int) -> None:
+    for name, bound in bounds.items():
+        value = getattr(cfg, name)
+        if value > bound:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at most {bound:,}, got {value:,}")
 
 
 def _choice(cfg: TrainConfig, name: str, choices: tuple) -> None:
