@@ -3,6 +3,7 @@
 ``tests/videos.py`` (clip generators for extraction tests) is a helper module, not a test; this
 directory is on ``sys.path`` because it holds this conftest.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,16 +47,32 @@ def one_torch_thread():
 @pytest.fixture
 def run_cli():
     """``run_cli("train", ...)`` -> exit status of ``vidcls ...`` run in-process."""
+
     def run(*args) -> int:
         return main([str(a) for a in args])
+
     return run
 
 
 # A CPU-sized model for CLI runs: every option of the spec's recipe, only smaller and on CPU. --min-steps 1
 # keeps one pass per epoch on these 80-video stores (the default would draw 480 videos per epoch, 10x the
 # work for tests of mechanics); tests/training/test_small_data.py checks the default's rule.
-TINY_ARGS = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
-        "--device", "cpu"]
+TINY_ARGS = [
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture
@@ -72,9 +89,14 @@ def _default_sigint() -> None:
 def spawn_vidcls(*args) -> subprocess.Popen:
     """``python -m vidcls ...`` in a child process (stdout+stderr piped, SIGINT at its default)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vidcls", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vidcls", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 @pytest.fixture
@@ -97,8 +119,20 @@ def summary_core():
 
 
 # A frame CNN small enough for tests: resnet18 with random weights (fixed seed), 64 px, 4 frames a clip.
-CLIP_EXTRACT_ARGS = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", "--frames", "4",
-                     "--decode-workers", "0", "--device", "cpu"]
+CLIP_EXTRACT_ARGS = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "64",
+    "--frames",
+    "4",
+    "--decode-workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +147,31 @@ def clip_run(tmp_path_factory) -> tuple[Path, Path, Path]:
         for i in range(6):
             V.write_clip(videos / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
     assert main(["extract", str(videos), str(feats), *CLIP_EXTRACT_ARGS]) == 0
-    assert main(["train", str(feats), str(run), "--epochs", "1", "--batch-size", "4", "--hidden-dim", "16",
-                 "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(feats),
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--hidden-dim",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--workers",
+                "0",
+                "--no-plots",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return videos, feats, run
 
 

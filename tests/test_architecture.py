@@ -2,6 +2,7 @@
 imports a higher one, and modules and functions stay within the sizes the README promises.
 
 Every import counts, including those inside functions (a lazy import is still a dependency)."""
+
 from __future__ import annotations
 
 import ast
@@ -15,15 +16,20 @@ PACKAGE = SRC / "vidcls"
 # Stages from the bottom up. A module may import its own stage and stages of a lower rank only; two
 # stages of the same rank (training and predict) never import each other.
 RANKS = {
-    "vidcls": 0, "errors": 0,  # the package root imports its API lazily, by name
+    "vidcls": 0,
+    "errors": 0,  # the package root imports its API lazily, by name
     "utils": 1,
-    "store": 2, "models": 2,
+    "store": 2,
+    "models": 2,
     "config": 3,
-    "data": 4, "features": 4, "run": 4,
+    "data": 4,
+    "features": 4,
+    "run": 4,
     "engine": 5,
     "reporting": 6,
     "evaluation": 7,
-    "training": 8, "predict": 8,
+    "training": 8,
+    "predict": 8,
     "serve": 9,
     "cli": 10,  # cli.py, cli_parser.py, demo.py, __main__.py: the commands
 }
@@ -139,19 +145,40 @@ def allowed(here: str, there: str) -> bool:
 
 
 def test_no_stage_imports_a_higher_or_a_sibling_stage():
-    wrong = [f"{module} ({stage(module)}) imports {dep} ({stage(dep)})"
-             for module, deps in graph().items() for dep in deps if not allowed(stage(module), stage(dep))]
+    wrong = [
+        f"{module} ({stage(module)}) imports {dep} ({stage(dep)})"
+        for module, deps in graph().items()
+        for dep in deps
+        if not allowed(stage(module), stage(dep))
+    ]
     assert wrong == []
 
 
-@pytest.mark.parametrize("here, there, ok", [
-    ("training", "evaluation", True), ("predict", "engine", True), ("evaluation", "engine", True),
-    ("engine", "run", True), ("data", "store", True), ("serve", "predict", True), ("cli", "training", True),
-    ("evaluation", "training", False), ("predict", "training", False), ("training", "predict", False),
-    ("predict", "evaluation", False), ("serve", "training", False), ("engine", "evaluation", False), ("store", "data", False),
-    ("data", "training", False), ("run", "engine", False), ("models", "training", False),
-    ("utils", "store", False), ("reporting", "evaluation", False), ("serve", "cli", False),
-])
+@pytest.mark.parametrize(
+    "here, there, ok",
+    [
+        ("training", "evaluation", True),
+        ("predict", "engine", True),
+        ("evaluation", "engine", True),
+        ("engine", "run", True),
+        ("data", "store", True),
+        ("serve", "predict", True),
+        ("cli", "training", True),
+        ("evaluation", "training", False),
+        ("predict", "training", False),
+        ("training", "predict", False),
+        ("predict", "evaluation", False),
+        ("serve", "training", False),
+        ("engine", "evaluation", False),
+        ("store", "data", False),
+        ("data", "training", False),
+        ("run", "engine", False),
+        ("models", "training", False),
+        ("utils", "store", False),
+        ("reporting", "evaluation", False),
+        ("serve", "cli", False),
+    ],
+)
 def test_the_stage_rule(here, there, ok):
     assert allowed(here, there) is ok
 

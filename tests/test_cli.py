@@ -1,4 +1,5 @@
 """Tests for vidcls.cli: train flags made from TrainConfig, validation before writing, error policy."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +14,35 @@ from vidcls.config import TrainConfig
 from vidcls.errors import ConfigError, RunLockedError, StoreError
 
 # the flag names users and scripts already rely on
-EXISTING_FLAGS = ["--epochs", "--batch-size", "--lr", "--weight-decay", "--model", "--hidden-dim", "--layers",
-                  "--heads", "--dropout", "--patience-cycles", "--select", "--seed", "--device", "--workers",
-                  "--monitor-interval", "--val-fraction", "--sampler", "--alpha", "--gamma", "--smoothing",
-                  "--members", "--tta", "--tta-modes", "--no-augment", "--no-plots", "--resume", "--config"]
+EXISTING_FLAGS = [
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--weight-decay",
+    "--model",
+    "--hidden-dim",
+    "--layers",
+    "--heads",
+    "--dropout",
+    "--patience-cycles",
+    "--select",
+    "--seed",
+    "--device",
+    "--workers",
+    "--monitor-interval",
+    "--val-fraction",
+    "--sampler",
+    "--alpha",
+    "--gamma",
+    "--smoothing",
+    "--members",
+    "--tta",
+    "--tta-modes",
+    "--no-augment",
+    "--no-plots",
+    "--resume",
+    "--config",
+]
 
 
 def train_parser():
@@ -38,11 +64,28 @@ def test_every_option_is_a_flag_and_old_names_still_work():
 
 
 def test_flags_reach_the_config_with_their_types():
-    args = train_parser().parse_args(["F", "R", "--grad-clip", "2.5", "--t0", "7", "--weight-clip", "0.25,4",
-                                      "--tta-modes", "reverse", "--no-augment", "--plots", "--eta-min", "0"])
+    args = train_parser().parse_args(
+        [
+            "F",
+            "R",
+            "--grad-clip",
+            "2.5",
+            "--t0",
+            "7",
+            "--weight-clip",
+            "0.25,4",
+            "--tta-modes",
+            "reverse",
+            "--no-augment",
+            "--plots",
+            "--eta-min",
+            "0",
+        ]
+    )
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     assert overrides["batch_size"] is None and overrides["features_dir"] == "F"
     from vidcls.config import load_config
+
     cfg = load_config(None, overrides)
     assert (cfg.grad_clip, cfg.t0, cfg.weight_clip, cfg.tta_modes) == (2.5, 7, [0.25, 4.0], ["reverse"])
     assert cfg.augment is False and cfg.plots is True and cfg.eta_min == 0.0
@@ -53,11 +96,19 @@ def test_train_help_shows_the_dataclass_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
-    shown = {"epochs": "150", "batch_size": "48", "lr": "0.001", "weight_decay": "0.0005", "seed": "42",
-             "weight_clip": "0.5,10.0", "augment": "on", "monitor_interval": "1800.0",
-             "tta_modes": "original,reverse,speed_up,speed_down"}
+    shown = {
+        "epochs": "150",
+        "batch_size": "48",
+        "lr": "0.001",
+        "weight_decay": "0.0005",
+        "seed": "42",
+        "weight_clip": "0.5,10.0",
+        "augment": "on",
+        "monitor_interval": "1800.0",
+        "tta_modes": "original,reverse,speed_up,speed_down",
+    }
     for name, value in shown.items():
-        start = re.search(f"--{name.replace('_', '-')}[ ,]", text[text.index("options:"):]).start()
+        start = re.search(f"--{name.replace('_', '-')}[ ,]", text[text.index("options:") :]).start()
         start += text.index("options:")
         assert text[start:].split("(default: ", 1)[1].startswith(value + ")"), name
     assert "biases and LayerNorm weights" in text  # weight decay says where it applies
@@ -65,18 +116,22 @@ def test_train_help_shows_the_dataclass_defaults(capsys):
 
 # ------------------------------------------------------------------ validation before anything is written
 
-@pytest.mark.parametrize("flags,option", [
-    (["--monitor-interval", "0"], "--monitor-interval"),
-    (["--seed", str(2**63)], "--seed"),
-    (["--seed", "-1"], "--seed"),
-    (["--model", "lstm9000"], "--model"),
-    (["--hidden-dim", "15", "--heads", "5"], "hidden_dim"),  # bilstm_attn needs an even width
-    (["--hidden-dim", "16", "--heads", "3"], "heads"),
-    (["--model", "transformer", "--hidden-dim", "10", "--heads", "4"], "heads"),
-    (["--tta-modes", "reverse,reverse"], "--tta-modes"),
-    (["--tta-modes", ","], "--tta-modes"),
-    (["--tta-modes", "flip"], "--tta-modes"),
-])
+
+@pytest.mark.parametrize(
+    "flags,option",
+    [
+        (["--monitor-interval", "0"], "--monitor-interval"),
+        (["--seed", str(2**63)], "--seed"),
+        (["--seed", "-1"], "--seed"),
+        (["--model", "lstm9000"], "--model"),
+        (["--hidden-dim", "15", "--heads", "5"], "hidden_dim"),  # bilstm_attn needs an even width
+        (["--hidden-dim", "16", "--heads", "3"], "heads"),
+        (["--model", "transformer", "--hidden-dim", "10", "--heads", "4"], "heads"),
+        (["--tta-modes", "reverse,reverse"], "--tta-modes"),
+        (["--tta-modes", ","], "--tta-modes"),
+        (["--tta-modes", "flip"], "--tta-modes"),
+    ],
+)
 def test_invalid_options_exit_2_before_writing(tiny_features, tmp_path, capsys, tiny_args, flags, option):
     run = tmp_path / "run"
     assert cli.main(["train", str(tiny_features), str(run), "--epochs", "1", *tiny_args, *flags]) == 2
@@ -89,8 +144,15 @@ def test_invalid_options_exit_2_before_writing(tiny_features, tmp_path, capsys, 
 def test_fit_validates_a_config_from_the_python_api(tiny_features, tmp_path):
     from vidcls.training.fit import fit
 
-    cfg = dataclasses.replace(TrainConfig(), features_dir=str(tiny_features), model="bilstm_attn",
-                              hidden_dim=15, heads=5, device="cpu", workers=0)
+    cfg = dataclasses.replace(
+        TrainConfig(),
+        features_dir=str(tiny_features),
+        model="bilstm_attn",
+        hidden_dim=15,
+        heads=5,
+        device="cpu",
+        workers=0,
+    )
     with pytest.raises(ConfigError, match="hidden_dim"):
         fit(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -98,28 +160,50 @@ def test_fit_validates_a_config_from_the_python_api(tiny_features, tmp_path):
 
 # ------------------------------------------------------------------ error policy
 
+
 def raising(exc):
     def command(args):
         raise exc
+
     return command
 
 
-@pytest.mark.parametrize("exc", [ConfigError("--lr must be > 0"), StoreError("x.h5 is damaged"),
-                                 RunLockedError("run is in use by pid 7 (vidcls train)")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConfigError("--lr must be > 0"),
+        StoreError("x.h5 is damaged"),
+        RunLockedError("run is in use by pid 7 (vidcls train)"),
+    ],
+)
 def test_vidcls_errors_are_one_line_exit_2(monkeypatch, capsys, exc):
     monkeypatch.setitem(cli.COMMANDS, "report", raising(exc))
     assert cli.main(["report", "somewhere"]) == 2
     assert capsys.readouterr().err == f"vidcls report: error: {exc}\n"
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                                  errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EDQUOT])
+@pytest.mark.parametrize(
+    "code",
+    [
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENOENT,
+        errno.EDQUOT,
+    ],
+)
 def test_user_os_errors_name_the_path_exit_2(monkeypatch, capsys, code):
     exc = OSError(code, "some system text", "/data/runs/r1/members/0/checkpoints/last.pt")
     monkeypatch.setitem(cli.COMMANDS, "train", raising(exc))
     assert cli.main(["train", "F", "R"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("vidcls train: error: /data/runs/r1/members/0/checkpoints/last.pt: some system text")
+    assert err.startswith(
+        "vidcls train: error: /data/runs/r1/members/0/checkpoints/last.pt: some system text"
+    )
     assert err.count("\n") == 1
 
 
@@ -141,13 +225,24 @@ def test_disk_full_during_an_atomic_write_names_the_file(monkeypatch, capsys, tm
 
 
 def test_diverged_training_is_one_line_exit_2(monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "train", raising(FloatingPointError("training loss became nan; lower --lr")))
+    monkeypatch.setitem(
+        cli.COMMANDS, "train", raising(FloatingPointError("training loss became nan; lower --lr"))
+    )
     assert cli.main(["train", "F", "R"]) == 2
     assert capsys.readouterr().err == "vidcls train: error: training loss became nan; lower --lr\n"
 
 
-@pytest.mark.parametrize("exc", [ValueError("bug"), KeyError("bug"), RuntimeError("bug"), TypeError("bug"),
-                                 OSError(errno.EIO, "Input/output error", "/x"), OSError("no errno")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("bug"),
+        KeyError("bug"),
+        RuntimeError("bug"),
+        TypeError("bug"),
+        OSError(errno.EIO, "Input/output error", "/x"),
+        OSError("no errno"),
+    ],
+)
 def test_other_exceptions_are_bugs_and_propagate(monkeypatch, exc):
     monkeypatch.setitem(cli.COMMANDS, "evaluate", raising(exc))
     with pytest.raises(type(exc)):
@@ -179,6 +274,7 @@ def test_a_value_error_inside_a_command_propagates(monkeypatch, tiny_features, t
 
 # ------------------------------------------------------------------ info
 
+
 def test_info_on_a_directory_lists_its_h5_files(tiny_features, tmp_path, capsys):
     assert cli.main(["info", str(tiny_features)]) == 2
     err = capsys.readouterr().err
@@ -192,8 +288,22 @@ def test_info_on_a_directory_lists_its_h5_files(tiny_features, tmp_path, capsys)
 
 def test_the_largest_accepted_seed_trains(tiny_features, tmp_path, tiny_args):
     run = tmp_path / "run"
-    assert cli.main(["train", str(tiny_features), str(run), "--epochs", "1", "--no-plots", "--seed", str(2**63 - 1),
-                     *tiny_args]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                str(tiny_features),
+                str(run),
+                "--epochs",
+                "1",
+                "--no-plots",
+                "--seed",
+                str(2**63 - 1),
+                *tiny_args,
+            ]
+        )
+        == 0
+    )
     assert (run / "summary.json").is_file()
 
 
@@ -210,8 +320,12 @@ def test_a_closed_stdout_ends_a_command_quietly_with_sigpipes_status(tiny_featur
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "vidcls", "info", str(tiny_features / "train.h5")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidcls", "info", str(tiny_features / "train.h5")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.stdout.close()  # long before the interpreter has started and printed anything
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err

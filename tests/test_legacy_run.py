@@ -1,6 +1,7 @@
 """A run trained by vidcls 0.1.0 before the code was reorganised (tests/assets/legacy_run, see its README)
 still evaluates, predicts and serves with the same numbers: the run directory's files and the checkpoint
 format are a contract with users' existing runs, not an internal detail."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,10 @@ def assert_close(got, want, path="") -> None:
 
 def test_legacy_run_evaluates_to_the_saved_figures(legacy):
     (legacy / "run" / "eval_test.json").unlink()
-    assert main(["evaluate", str(legacy / "run"), "--split", "test", "--features-dir", str(legacy / "feats")]) == 0
+    assert (
+        main(["evaluate", str(legacy / "run"), "--split", "test", "--features-dir", str(legacy / "feats")])
+        == 0
+    )
     got = json.loads((legacy / "run" / "eval_test.json").read_text())
     assert_close(got, json.loads((legacy / "expected_eval_test.json").read_text()))
 

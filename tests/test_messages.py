@@ -1,5 +1,6 @@
 """Messages that must send the user the right way (issue 16 item 19): each names the file and a fix
 that matches what is actually wrong with it."""
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,13 @@ def test_info_describes_a_valid_npy_instead_of_calling_it_damaged(tmp_path, caps
     assert "delete it" not in out and "damaged" not in out
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"\x01\x02 not numpy at all" * 10, "is not a valid .npy file"),
-    (None, "holds Python objects, not numbers"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"\x01\x02 not numpy at all" * 10, "is not a valid .npy file"),
+        (None, "holds Python objects, not numbers"),
+    ],
+)
 def test_info_on_a_bad_npy_says_what_is_wrong_without_numpy_jargon(tmp_path, capsys, content, expected):
     path = tmp_path / "bad.npy"
     if content is None:
@@ -73,16 +77,19 @@ def test_a_directory_that_is_no_run_is_not_told_to_evaluate(tmp_path, capsys, co
 
 # ---------------------------------------------------------------- .npy inputs (API and CLI alike)
 
+
 def _npy_cases(tmp_path, dim: int) -> dict:
     """{name: (path, what the message must say)}: a valid file and the ways one goes wrong."""
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(5, dim)).astype(np.float32))
     (tmp_path / "random.npy").write_bytes(np.random.default_rng(1).bytes(300))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(tmp_path / "huge.npy", np.full((5, dim), 1e6, dtype=np.float32))  # over float16
-    return {"random": (tmp_path / "random.npy", "is not a .npy array file"),
-            "objects": (tmp_path / "objects.npy", "holds Python objects, not numbers"),
-            "huge": (tmp_path / "huge.npy", "features overflow float16"),
-            "missing": (tmp_path / "missing.npy", "no such file")}
+    return {
+        "random": (tmp_path / "random.npy", "is not a .npy array file"),
+        "objects": (tmp_path / "objects.npy", "holds Python objects, not numbers"),
+        "huge": (tmp_path / "huge.npy", "features overflow float16"),
+        "missing": (tmp_path / "missing.npy", "no such file"),
+    }
 
 
 def test_the_api_reads_a_npy_path_as_features_like_the_cli(clip_run, tmp_path):
@@ -117,7 +124,10 @@ def test_the_cli_names_the_npy_file_in_every_error(clip_run, tmp_path, capsys):
         if not path.exists():
             continue
         err = records[str(path)]["error"]
-        assert says in err and str(path) in err and "allow_pickle" not in err and "features[" not in err, (name, err)
+        assert says in err and str(path) in err and "allow_pickle" not in err and "features[" not in err, (
+            name,
+            err,
+        )
 
 
 def test_a_weights_file_that_is_no_state_dict_is_named_in_a_few_words(tmp_path):
@@ -153,5 +163,8 @@ def test_a_timeline_path_that_is_a_file_is_refused_before_the_run_is_loaded(tmp_
     (tmp_path / "config.yaml").write_text("epochs: 1\n")
     np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
     (tmp_path / "notes.txt").write_text("mine")
-    assert main(["predict", str(tmp_path), str(tmp_path / "x.npy"), "--timeline", str(tmp_path / "notes.txt")]) == 2
+    assert (
+        main(["predict", str(tmp_path), str(tmp_path / "x.npy"), "--timeline", str(tmp_path / "notes.txt")])
+        == 2
+    )
     assert "notes.txt" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"

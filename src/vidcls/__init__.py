@@ -7,6 +7,9 @@ The public API, imported lazily so that ``import vidcls`` (and folder scanning) 
     predictor = load("runs/exp")  # serves the run's recorded final choice
     labels = predictor.predict(["clip.mp4", "other.mkv"])
 """
+
+from typing import Any
+
 __version__ = "0.1.0"
 
 _API = {
@@ -23,7 +26,7 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib
 

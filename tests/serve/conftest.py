@@ -1,5 +1,6 @@
 """Fixtures of the HTTP service tests: a fake predictor, a real uvicorn on a loopback port, a tiny
 real run made from generated clips."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
-import videos as V
 
+import videos as V
 from vidcls.features.video import open_video
 
 
@@ -51,12 +52,18 @@ class FakePredictor:
         p[n % len(self.classes_)] = 0.5
         order = np.argsort(-p, kind="stable")[:top_k]
         att = np.full(n, 1.0 / n)
-        return {"input": name, "label": self.classes_[order[0]],
-                "top_k": [{"class": self.classes_[c], "probability": float(p[c])} for c in order],
-                "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
-                "trusted": True, "trust_reason": "not calibrated", "ood_score": None,
-                "frames": [{"index": j, "timestamp_ms": stamps[j], "attention": float(att[j])} for j in range(n)],
-                "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.0}, "error": None}
+        return {
+            "input": name,
+            "label": self.classes_[order[0]],
+            "top_k": [{"class": self.classes_[c], "probability": float(p[c])} for c in order],
+            "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
+            "trusted": True,
+            "trust_reason": "not calibrated",
+            "ood_score": None,
+            "frames": [{"index": j, "timestamp_ms": stamps[j], "attention": float(att[j])} for j in range(n)],
+            "timings": {"decode_s": 0.0, "features_s": 0.0, "model_s": 0.0},
+            "error": None,
+        }
 
 
 @contextlib.contextmanager
@@ -97,8 +104,20 @@ def clip(tmp_path_factory) -> Path:
     return V.write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", V.shapes_frames(20))
 
 
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", "--frames", "4",
-           "--decode-workers", "0", "--device", "cpu"]
+EXTRACT = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "64",
+    "--frames",
+    "4",
+    "--decode-workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The HTTP service on a real uvicorn (loopback port) with a fake predictor: every endpoint, bad
 uploads, limits, the queue, the API key, errors without tracebacks, no temporary file left."""
+
 from __future__ import annotations
 
 import threading
@@ -47,7 +48,9 @@ def test_endpoints(fake, serve_app, clip, tmp_path):
         assert rec["label"] in model["classes"] and len(rec["top_k"]) == 3 and "thumbnails" not in rec
 
         with open(clip, "rb") as f:
-            rec = c.post("/v1/predict", params={"thumbnails": 1, "top_k": 1}, files={"file": ("c.mp4", f)}).json()
+            rec = c.post(
+                "/v1/predict", params={"thumbnails": 1, "top_k": 1}, files={"file": ("c.mp4", f)}
+            ).json()
         assert len(rec["top_k"]) == 1 and len(rec["thumbnails"]) == len(rec["frames"]) == 10
         assert all(t.startswith("data:image/jpeg;base64,") for t in rec["thumbnails"])
 
@@ -56,29 +59,38 @@ def test_endpoints(fake, serve_app, clip, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"features": [[1.0, 2.0, 3.0]] * 4}, "D = 3, but the run was trained on D = 4"),
-    ({"features": []}, "no frames"),
-    ({"features": [[1.0, 2.0, 3.0, 4.0], [1.0]]}, "rows of different lengths"),
-    ({"features": [[1e39, 0, 0, 0]]}, "float32"),
-    ({"features": [["a", 0, 0, 0]]}, "features.0.0"),
-    ({"frames": [[0, 0, 0, 0]]}, "features: Field required"),
-    ('{"features": [[0, 0, 0, NaN]]}', "NaN or infinite"),
-    ("{not json", "JSON"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"features": [[1.0, 2.0, 3.0]] * 4}, "D = 3, but the run was trained on D = 4"),
+        ({"features": []}, "no frames"),
+        ({"features": [[1.0, 2.0, 3.0, 4.0], [1.0]]}, "rows of different lengths"),
+        ({"features": [[1e39, 0, 0, 0]]}, "float32"),
+        ({"features": [["a", 0, 0, 0]]}, "features.0.0"),
+        ({"frames": [[0, 0, 0, 0]]}, "features: Field required"),
+        ('{"features": [[0, 0, 0, NaN]]}', "NaN or infinite"),
+        ("{not json", "JSON"),
+    ],
+)
 def test_bad_feature_requests_get_422_with_a_message(fake, serve_app, body, message):
     with serve_app(create_app(fake())) as url:
         if isinstance(body, str):
-            r = httpx.post(url + "/v1/predict/features", content=body, headers={"content-type": "application/json"})
+            r = httpx.post(
+                url + "/v1/predict/features", content=body, headers={"content-type": "application/json"}
+            )
         else:
             r = httpx.post(url + "/v1/predict/features", json=body)
     assert r.status_code == 422 and message in r.json()["error"], r.text
 
 
 def multipart(field: str, filename: str, data: bytes, boundary: str = "vidclsboundary") -> tuple[bytes, dict]:
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), {
+        "content-type": f"multipart/form-data; boundary={boundary}"
+    }
 
 
 def test_bad_uploads_get_4xx_with_a_message_and_leave_no_file(fake, serve_app, clip, tmp_path):
@@ -89,14 +101,33 @@ def test_bad_uploads_get_4xx_with_a_message_and_leave_no_file(fake, serve_app, c
     app = create_app(pred, ServeSettings(max_upload_mb=0.25, tmp_dir=str(up)))
     big = data * (300_000 // len(data) + 1)
     cases = {
-        "text file": ({"files": {"file": ("notes.txt", b"just some text\n" * 50, "text/plain")}}, {415}, "FFmpeg"),
-        "features file": ({"files": {"file": ("x.npy", b"\x93NUMPY" + b"\0" * 90, "application/octet-stream")}},
-                          {415}, "x.npy: a .npy file holds features, not a video; send them as JSON"),
-        "truncated mp4": ({"files": {"file": ("cut.mp4", data[:len(data) // 3], "video/mp4")}}, {415, 422}, "cut.mp4"),
+        "text file": (
+            {"files": {"file": ("notes.txt", b"just some text\n" * 50, "text/plain")}},
+            {415},
+            "FFmpeg",
+        ),
+        "features file": (
+            {"files": {"file": ("x.npy", b"\x93NUMPY" + b"\0" * 90, "application/octet-stream")}},
+            {415},
+            "x.npy: a .npy file holds features, not a video; send them as JSON",
+        ),
+        "truncated mp4": (
+            {"files": {"file": ("cut.mp4", data[: len(data) // 3], "video/mp4")}},
+            {415, 422},
+            "cut.mp4",
+        ),
         "empty": ({"files": {"file": ("empty.mp4", b"", "video/mp4")}}, {422}, "empty"),
         "wrong field": ({"files": {"video": ("clip.mp4", data, "video/mp4")}}, {422}, "field named 'file'"),
-        "text field": ({"data": {"file": "not a file"}, "files": {"x": ("x.mp4", b"1")}}, {422}, "field named 'file'"),
-        "not multipart": ({"content": data, "headers": {"content-type": "video/mp4"}}, {415}, "multipart/form-data"),
+        "text field": (
+            {"data": {"file": "not a file"}, "files": {"x": ("x.mp4", b"1")}},
+            {422},
+            "field named 'file'",
+        ),
+        "not multipart": (
+            {"content": data, "headers": {"content-type": "video/mp4"}},
+            {415},
+            "multipart/form-data",
+        ),
         "oversize": ({"files": {"file": ("big.mp4", big, "video/mp4")}}, {413}, "limit of 0.25 MB"),
     }
     with serve_app(app) as url, httpx.Client(base_url=url, timeout=60) as c:
@@ -106,8 +137,11 @@ def test_bad_uploads_get_4xx_with_a_message_and_leave_no_file(fake, serve_app, c
             assert str(up) not in r.text, name  # the temporary path is not shown
         # a body without Content-Length (chunked) is stopped once it passes the limit
         body, headers = multipart("file", "big.mp4", big)
-        r = c.post("/v1/predict", content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]),
-                   headers=headers)
+        r = c.post(
+            "/v1/predict",
+            content=iter([body[i : i + 8192] for i in range(0, len(body), 8192)]),
+            headers=headers,
+        )
         assert r.status_code == 413 and "limit" in r.json()["error"]
         assert c.get("/health").status_code == 200  # still serving
     assert pred.calls == 0  # nothing broken reached the model
@@ -118,13 +152,20 @@ def test_load_of_feature_requests_and_uploads(fake, serve_app, clip, tmp_path):
     """200 feature requests and 24 uploads (a third of them broken), 8 at a time: no 5xx, no file left."""
     app = create_app(fake(), ServeSettings(max_queue=8, tmp_dir=str(tmp_path)))
     data = clip.read_bytes()
-    with serve_app(app) as url, httpx.Client(base_url=url, timeout=120,
-                                             limits=httpx.Limits(max_connections=8)) as c:
+    with (
+        serve_app(app) as url,
+        httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=8)) as c,
+    ):
+
         def features(i):
-            return c.post("/v1/predict/features", json={"features": [[i, 0.5, 0.25, 1.0]] * (1 + i % 7)}).status_code
+            return c.post(
+                "/v1/predict/features", json={"features": [[i, 0.5, 0.25, 1.0]] * (1 + i % 7)}
+            ).status_code
 
         def upload(i):
-            return c.post("/v1/predict", files={"file": (f"c{i}.mp4", data if i % 3 else data[:200])}).status_code
+            return c.post(
+                "/v1/predict", files={"file": (f"c{i}.mp4", data if i % 3 else data[:200])}
+            ).status_code
 
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(features, range(200))) + list(pool.map(upload, range(24)))
@@ -138,15 +179,19 @@ def test_full_queue_gets_503_with_retry_after(fake, serve_app, clip, tmp_path):
     app = create_app(fake(gate=gate), ServeSettings(max_queue=2, tmp_dir=str(tmp_path)))
     with serve_app(app) as url:
         with ThreadPoolExecutor(2) as pool:
-            busy = [pool.submit(httpx.post, url + "/v1/predict/features", json={"features": [[0, 0, 0, 0]]},
-                                timeout=60) for _ in range(2)]
+            busy = [
+                pool.submit(
+                    httpx.post, url + "/v1/predict/features", json={"features": [[0, 0, 0, 0]]}, timeout=60
+                )
+                for _ in range(2)
+            ]
             deadline = time.monotonic() + 30
             while app.state.queue.held < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             r = httpx.post(url + "/v1/predict/features", json={"features": [[0, 0, 0, 0]]})
             # refused before its body is read, which is still read to its end: the client gets the 503
-            r2 = httpx.post(url + "/v1/predict", files={"file": ("c.mp4", bytes(16 * 2 ** 20))}, timeout=60)
+            r2 = httpx.post(url + "/v1/predict", files={"file": ("c.mp4", bytes(16 * 2**20))}, timeout=60)
             gate.set()
             assert [f.result().status_code for f in busy] == [200, 200]
         assert httpx.get(url + "/health").status_code == 200
@@ -173,7 +218,7 @@ def test_api_key_guards_v1_only(fake, serve_app):
     app = create_app(fake(), ServeSettings(api_key="s3cret"))
     with serve_app(app) as url, httpx.Client(base_url=url) as c:
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
-        r = c.post("/v1/predict", files={"file": ("c.mp4", bytes(16 * 2 ** 20))})
+        r = c.post("/v1/predict", files={"file": ("c.mp4", bytes(16 * 2**20))})
         assert r.status_code == 401
         for headers in ({}, {"X-API-Key": "wrong"}):
             r = c.get("/v1/model", headers=headers)
@@ -182,7 +227,9 @@ def test_api_key_guards_v1_only(fake, serve_app):
             assert r.status_code == 401
         ok = {"X-API-Key": "s3cret"}
         assert c.get("/v1/model", headers=ok).status_code == 200
-        assert c.post("/v1/predict/features", json={"features": [[0, 0, 0, 0]]}, headers=ok).status_code == 200
+        assert (
+            c.post("/v1/predict/features", json={"features": [[0, 0, 0, 0]]}, headers=ok).status_code == 200
+        )
 
 
 def test_binding_beyond_loopback_needs_an_api_key(monkeypatch, capsys):
@@ -215,9 +262,9 @@ def test_thumbnails_show_the_frame_on_screen_at_each_time(tmp_path):
     import io
 
     import numpy as np
-    import videos as V
     from PIL import Image
 
+    import videos as V
     from vidcls.serve.thumbnails import frame_thumbnails
 
     def index_of(uri):
@@ -231,7 +278,10 @@ def test_thumbnails_show_the_frame_on_screen_at_each_time(tmp_path):
     # a long clip with keyframes every second: far times are reached by seeking
     long = V.write_clip(tmp_path / "long.mp4", V.shapes_frames(300), gop=10)
     assert [index_of(t) for t in frame_thumbnails(long, [25000.0, 100.0, 10000.0], height=V.H)] == [
-        250 % 32, 1, 100 % 32]
+        250 % 32,
+        1,
+        100 % 32,
+    ]
     assert frame_thumbnails(tmp_path / "missing.mp4", [0.0]) == [None]
 
 
@@ -268,8 +318,10 @@ def test_a_port_in_use_or_a_foreign_address_is_refused_before_loading(monkeypatc
         port = taken.getsockname()[1]
         assert main(["serve", str(tmp_path / "no-run"), "--port", str(port)]) == 2
         assert f"cannot listen on 127.0.0.1 port {port} (Address already in use)" in capsys.readouterr().err
-    for host, says in (("192.0.2.1", "choose an address of this machine"),  # TEST-NET-1: never ours
-                       ("no.such.host.invalid", "not an address or name this machine resolves")):
+    for host, says in (
+        ("192.0.2.1", "choose an address of this machine"),  # TEST-NET-1: never ours
+        ("no.such.host.invalid", "not an address or name this machine resolves"),
+    ):
         assert main(["serve", str(tmp_path / "no-run"), "--host", host, "--port", "8000"]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err

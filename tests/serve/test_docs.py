@@ -1,6 +1,7 @@
 """``/docs`` in a real headless Chromium (Debian chromium + chromium-driver): Swagger UI renders the
 OpenAPI 3.1 that FastAPI writes (Swagger UI 4 could not: "Unable to render this definition"), from
 files served by the service itself (no CDN), and without the API key, which only /v1/* needs."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,7 +14,10 @@ from vidcls.serve import ServeSettings, create_app
 
 @pytest.fixture(scope="module")
 def chromium():
-    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    browser, driver = (
+        shutil.which("chromium") or shutil.which("chromium-browser"),
+        shutil.which("chromedriver"),
+    )
     if not (browser and driver):
         pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
@@ -21,8 +25,15 @@ def chromium():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1200,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     d = webdriver.Chrome(service=Service(driver), options=opts)
@@ -52,7 +63,8 @@ def test_docs_list_the_operations_in_a_browser(chromium, fake, serve_app, api_ke
         assert httpx.get(url + "/openapi.json").json()["openapi"].startswith("3.1")
         chromium.get(url + "/docs")
         WebDriverWait(chromium, 60).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock") or "Unable to render" in d.page_source)
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock") or "Unable to render" in d.page_source
+        )
         body = chromium.find_element(By.TAG_NAME, "body").text
         assert "Unable to render" not in body and "Could not render" not in body
         paths = [e.text for e in chromium.find_elements(By.CSS_SELECTOR, ".opblock .opblock-summary-path")]

@@ -2,6 +2,7 @@
 stall (408 after --body-timeout, feature requests answered meanwhile), uploads in transfer bounded
 apart from the inference queue, multipart edge cases (two files, RFC 5987 ``filename*``), bodies
 without a JSON Content-Type, oversized bodies sent slowly, stale uploads of a killed server."""
+
 from __future__ import annotations
 
 import os
@@ -24,19 +25,30 @@ def port_of(url: str) -> int:
 
 
 def part(field: str, disposition_tail: str, data: bytes) -> bytes:
-    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"{disposition_tail}\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"{disposition_tail}\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+    )
 
 
 def form(*parts: bytes) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
-def stalled(port: int, path: str, content_type: str, declared: int, sent: bytes, headers: str = "") -> socket.socket:
+def stalled(
+    port: int, path: str, content_type: str, declared: int, sent: bytes, headers: str = ""
+) -> socket.socket:
     """A client that sends its headers and the first bytes of a ``declared``-byte body, then stops."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-              f"Content-Length: {declared}\r\n{headers}\r\n".encode() + sent)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {declared}\r\n{headers}\r\n".encode()
+        + sent
+    )
     return s
 
 
@@ -83,7 +95,9 @@ def test_stalled_uploads_get_408_and_feature_requests_are_answered_meanwhile(fak
         assert all(b"--body-timeout" in raw for _, raw in results)
         assert 1.9 < waited < 10
         with open(clip, "rb") as f:  # the service is whole again
-            assert httpx.post(url + "/v1/predict", files={"file": ("c.mp4", f)}, timeout=30).status_code == 200
+            assert (
+                httpx.post(url + "/v1/predict", files={"file": ("c.mp4", f)}, timeout=30).status_code == 200
+            )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -101,13 +115,17 @@ def test_a_refused_body_that_stalls_still_gets_its_answer(fake, serve_app):
     after --body-timeout, and the client gets the 401 rather than waiting forever."""
     app = create_app(fake(), ServeSettings(api_key="k3y", body_timeout_s=1.0))
     with serve_app(app) as url:
-        s = stalled(port_of(url), "/v1/predict", MULTIPART, 100_000, part("file", '; filename="a.mp4"', b"1" * 1024))
+        s = stalled(
+            port_of(url), "/v1/predict", MULTIPART, 100_000, part("file", '; filename="a.mp4"', b"1" * 1024)
+        )
         code, raw = status_of(s, timeout=15)
         assert code == 401 and b"X-API-Key" in raw
 
 
 def test_uploads_in_transfer_are_bounded_apart_from_the_queue(fake, serve_app, clip, tmp_path):
-    app = create_app(fake(), ServeSettings(tmp_dir=str(tmp_path), max_queue=8, max_uploads=2, body_timeout_s=3.0))
+    app = create_app(
+        fake(), ServeSettings(tmp_dir=str(tmp_path), max_queue=8, max_uploads=2, body_timeout_s=3.0)
+    )
     head = part("file", '; filename="stall.mp4"', b"\0" * 1024)
     with serve_app(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         clients = [stalled(port_of(url), "/v1/predict", MULTIPART, 100_000, head) for _ in range(2)]
@@ -126,7 +144,7 @@ def test_the_body_timeout_is_an_idle_timeout_not_a_deadline(fake, serve_app, cli
     """A body that keeps arriving, each piece within the timeout, is received however long it takes."""
     app = create_app(fake(), ServeSettings(tmp_dir=str(tmp_path), body_timeout_s=2.0))
     body = form(part("file", '; filename="slow.mp4"', clip.read_bytes()))
-    pieces = [body[i * len(body) // 6:(i + 1) * len(body) // 6] for i in range(6)]
+    pieces = [body[i * len(body) // 6 : (i + 1) * len(body) // 6] for i in range(6)]
 
     def slowly():
         for piece in pieces:
@@ -147,7 +165,7 @@ def test_an_oversized_upload_sent_slowly_gets_413_and_leaves_no_file(fake, serve
     def slowly():
         for i in range(0, len(body), 32768):
             time.sleep(0.02)
-            yield body[i:i + 32768]
+            yield body[i : i + 32768]
 
     with serve_app(app) as url:
         r = httpx.post(url + "/v1/predict", content=slowly(), headers={"content-type": MULTIPART}, timeout=30)
@@ -164,9 +182,11 @@ def test_an_oversized_upload_sent_slowly_gets_413_and_leaves_no_file(fake, serve
 def test_a_huge_content_length_on_features_is_refused_at_once(fake, serve_app):
     app = create_app(fake(), ServeSettings(body_timeout_s=5.0))
     with serve_app(app) as url:
-        for declared in (10 ** 19, 600 * 2 ** 20):  # (h11 itself answers 400 to 21 digits and more)
+        for declared in (10**19, 600 * 2**20):  # (h11 itself answers 400 to 21 digits and more)
             t0 = time.monotonic()
-            s = stalled(port_of(url), "/v1/predict/features", "application/json", declared, b'{"features": [[')
+            s = stalled(
+                port_of(url), "/v1/predict/features", "application/json", declared, b'{"features": [['
+            )
             code, raw = status_of(s)
             assert code == 413 and b"limit" in raw and time.monotonic() - t0 < 2
 
@@ -180,9 +200,13 @@ def test_a_features_body_over_its_own_limit_gets_413(fake, serve_app):
         limit = model["limits"]["max_features_mb"]
         assert 1 <= limit < 500
         row = "[" + ",".join(["0.1234567"] * 4) + "],"
-        body = '{"features": [' + row * int(limit * 2 ** 20 / len(row) + 10) + '[0,0,0,0]]}'
-        r = httpx.post(url + "/v1/predict/features", content=body, headers={"content-type": "application/json"},
-                       timeout=60)
+        body = '{"features": [' + row * int(limit * 2**20 / len(row) + 10) + "[0,0,0,0]]}"
+        r = httpx.post(
+            url + "/v1/predict/features",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
         assert r.status_code == 413 and "fewer frames" in r.json()["error"]
         assert httpx.post(url + "/v1/predict/features", json=FEATURES).status_code == 200
 
@@ -202,9 +226,11 @@ def test_two_files_in_one_upload_get_422(fake, serve_app, clip, tmp_path):
     app = create_app(pred, ServeSettings(tmp_dir=str(tmp_path)))
     data = clip.read_bytes()
     with serve_app(app) as url, httpx.Client(base_url=url, timeout=30) as c:
-        for files in ([("file", ("a.mp4", data)), ("file", ("b.mp4", data))],
-                      [("file", ("a.mp4", data)), ("other", ("b.mp4", data))],
-                      [("other", ("b.mp4", data)), ("file", ("a.mp4", data))]):
+        for files in (
+            [("file", ("a.mp4", data)), ("file", ("b.mp4", data))],
+            [("file", ("a.mp4", data)), ("other", ("b.mp4", data))],
+            [("other", ("b.mp4", data)), ("file", ("a.mp4", data))],
+        ):
             r = c.post("/v1/predict", files=files)
             assert r.status_code == 422 and "one file per request" in r.json()["error"], r.text
         # a text field beside the file is no second file
@@ -214,13 +240,16 @@ def test_two_files_in_one_upload_get_422(fake, serve_app, clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("tail, name", [
-    ("; filename*=UTF-8''na%C3%AFve%20clip.mp4", "naïve clip.mp4"),
-    ("; filename=\"fallback.mp4\"; filename*=UTF-8''pr%C3%A9f%C3%A9r%C3%A9.mp4", "préféré.mp4"),
-    ("; filename*=\"UTF-8''quoted.mp4\"", "quoted.mp4"),
-    ("; filename*=iso-8859-1'fr'%E9t%E9.mp4", "été.mp4"),
-    ("; filename=\"plain; filename*=no.mp4\"", "plain; filename*=no.mp4"),
-])
+@pytest.mark.parametrize(
+    "tail, name",
+    [
+        ("; filename*=UTF-8''na%C3%AFve%20clip.mp4", "naïve clip.mp4"),
+        ("; filename=\"fallback.mp4\"; filename*=UTF-8''pr%C3%A9f%C3%A9r%C3%A9.mp4", "préféré.mp4"),
+        ("; filename*=\"UTF-8''quoted.mp4\"", "quoted.mp4"),
+        ("; filename*=iso-8859-1'fr'%E9t%E9.mp4", "été.mp4"),
+        ('; filename="plain; filename*=no.mp4"', "plain; filename*=no.mp4"),
+    ],
+)
 def test_rfc5987_file_names_are_accepted(fake, serve_app, clip, tmp_path, tail, name):
     app = create_app(fake(), ServeSettings(tmp_dir=str(tmp_path)))
     body = form(part("file", tail, clip.read_bytes()))
@@ -260,13 +289,23 @@ def test_oversized_part_headers_and_endless_fields_are_refused_in_bounded_memory
 def test_stale_uploads_of_a_killed_server_are_swept_at_start(fake, serve_app, tmp_path):
     start = time.time()
     old = start - 3600
-    dead_pid = 2 ** 22 + 17  # above Linux's pid_max: no such process
-    ours_stale = ["vidcls-upload-abcd_123.mp4", "vidcls-upload-x9y8z7w6.webm", f"vidcls-upload-{dead_pid}-k2j3h4g5.mkv"]
-    kept = ["vidcls-upload-fresh123.mp4",  # written after this process started (mtime now)
-            f"vidcls-upload-{os.getppid()}-live1234.mp4",  # a running server's upload (its pid is alive)
-            "vidcls-upload-notes.txt", "vidcls-upload-abcd1234.mp4.part", "vidcls-upload-abcd1234.txt",
-            "my-vidcls-upload-abcd1234.mp4", "vidcls-upload-ABCD1234.mp4", "vidcls-upload-abc.mp4",
-            "vidcls-uploads-abcd1234.mp4"]
+    dead_pid = 2**22 + 17  # above Linux's pid_max: no such process
+    ours_stale = [
+        "vidcls-upload-abcd_123.mp4",
+        "vidcls-upload-x9y8z7w6.webm",
+        f"vidcls-upload-{dead_pid}-k2j3h4g5.mkv",
+    ]
+    kept = [
+        "vidcls-upload-fresh123.mp4",  # written after this process started (mtime now)
+        f"vidcls-upload-{os.getppid()}-live1234.mp4",  # a running server's upload (its pid is alive)
+        "vidcls-upload-notes.txt",
+        "vidcls-upload-abcd1234.mp4.part",
+        "vidcls-upload-abcd1234.txt",
+        "my-vidcls-upload-abcd1234.mp4",
+        "vidcls-upload-ABCD1234.mp4",
+        "vidcls-upload-abc.mp4",
+        "vidcls-uploads-abcd1234.mp4",
+    ]
     for name in ours_stale + kept:
         (tmp_path / name).write_bytes(b"x")
         if name != "vidcls-upload-fresh123.mp4":

@@ -1,13 +1,14 @@
 """The upload page in a real headless Chromium (Debian chromium + chromium-driver; `.ci/run` installs
 them): a clip uploaded through the page shows the class probabilities and the attention timeline,
 and class names and file names are shown as text, never run as markup."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
-import videos as V
 
+import videos as V
 from vidcls.serve import ServeSettings, create_app
 
 XSS_CLASS = "<script>alert(1)</script>"
@@ -30,8 +31,15 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1200,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
     driver.set_page_load_timeout(60)
@@ -75,7 +83,9 @@ def test_page_uploads_a_clip_and_shows_bars_and_timeline(browser, video_run, ser
         assert browser.find_element(By.ID, "filename").text == "red clip.mp4"
         assert browser.find_element(By.ID, "label").text in predictor.classes_
         rows = browser.find_elements(By.CSS_SELECTOR, "#bars .bar-row")
-        assert sorted(r.find_element(By.CLASS_NAME, "bar-name").text for r in rows) == sorted(predictor.classes_)
+        assert sorted(r.find_element(By.CLASS_NAME, "bar-name").text for r in rows) == sorted(
+            predictor.classes_
+        )
         widths = [r.find_element(By.CLASS_NAME, "bar-fill").value_of_css_property("width") for r in rows]
         assert float(widths[0].rstrip("px")) > 0
         frames = browser.find_elements(By.CSS_SELECTOR, "#timeline .frame")
@@ -101,4 +111,7 @@ def test_class_and_file_names_are_shown_as_text(browser, fake, serve_app, tmp_pa
         assert XSS_CLASS in browser.find_element(By.ID, "model").text
         assert len(browser.find_elements(By.TAG_NAME, "script")) == 1  # the page's own
         assert not browser.find_elements(By.CSS_SELECTOR, "#result img[src='x']")
-        assert browser.execute_script("return document.querySelectorAll('#result script, #model script').length") == 0
+        assert (
+            browser.execute_script("return document.querySelectorAll('#result script, #model script').length")
+            == 0
+        )

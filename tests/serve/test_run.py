@@ -1,6 +1,7 @@
 """``vidcls serve RUN_DIR`` as users start it (a subprocess on a loopback port) on a real tiny run
 whose features come from generated clips: the endpoints answer what the Python predictor answers,
 videos go through the run's extractor, a bounded load leaves no 5xx and no temporary file."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import videos as V
 
 import vidcls
+import videos as V
 
 
 def free_port() -> int:
@@ -34,9 +35,24 @@ def server(video_run, tmp_path_factory):
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
     env.pop("VIDCLS_API_KEY", None)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vidcls", "serve", str(video_run), "--port", str(port),
-                                 "--device", "cpu", "--max-queue", "8"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vidcls",
+                "serve",
+                str(video_run),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--max-queue",
+                "8",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -79,14 +95,19 @@ def test_served_run_answers_like_the_predictor(server, video_run, tmp_path):
         x = np.random.default_rng(0).normal(size=(7, predictor.feature_dim_)).astype(np.float32)
         r = c.post("/v1/predict/features", json={"features": x.tolist()})
         assert r.status_code == 200
-        assert r.json()["probabilities"] == pytest.approx(predictor.predict_records([x])[0]["probabilities"], abs=1e-6)
+        assert r.json()["probabilities"] == pytest.approx(
+            predictor.predict_records([x])[0]["probabilities"], abs=1e-6
+        )
         r = c.post("/v1/predict/features", json={"features": x[:, :16].tolist()})
         assert r.status_code == 422 and f"D = {predictor.feature_dim_}" in r.json()["error"]
 
         # a clip cut in the middle of its frames (index at the front): it opens, but decodes badly
         whole = V.write_clip(tmp_path / "whole.mp4", V.shapes_frames(40), faststart=True).read_bytes()
-        for name, data in (("cut.mp4", whole[:len(whole) // 2]), ("notes.txt", b"hello\n" * 100),
-                           ("empty.mp4", b"")):
+        for name, data in (
+            ("cut.mp4", whole[: len(whole) // 2]),
+            ("notes.txt", b"hello\n" * 100),
+            ("empty.mp4", b""),
+        ):
             r = c.post("/v1/predict", files={"file": (name, data)})
             assert r.status_code in (415, 422) and r.json()["error"], (name, r.text)
             assert str(tmp) not in r.text
@@ -102,8 +123,16 @@ def test_load_of_200_feature_requests_and_uploads(server, video_run):
     limits = httpx.Limits(max_connections=8)
     with httpx.Client(base_url=url, timeout=120, limits=limits) as c, ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda b: c.post("/v1/predict/features", json=b).status_code, bodies))
-        codes += list(pool.map(lambda i: c.post("/v1/predict", files={
-            "file": (f"v{i}.mp4", data if i % 2 else data[:300])}).status_code, range(12)))
+        codes += list(
+            pool.map(
+                lambda i: (
+                    c.post(
+                        "/v1/predict", files={"file": (f"v{i}.mp4", data if i % 2 else data[:300])}
+                    ).status_code
+                ),
+                range(12),
+            )
+        )
     assert codes[:200] == [200] * 200
     assert all(code < 500 for code in codes) and 200 in codes[200:]
     assert not os.listdir(tmp)

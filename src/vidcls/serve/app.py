@@ -13,16 +13,16 @@ request takes its place in the inference queue: a slow or stalled upload holds o
 ``max_uploads`` places of uploads in transfer, and is given up (408) once idle for ``body_timeout_s``.
 Limits are in :mod:`vidcls.serve.limits`; stale uploads of a killed server are removed at start.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import logging
-import math
 import os
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -32,6 +32,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import ConfigError, VidclsError
@@ -39,126 +40,69 @@ from ..features.video import VideoSkip, open_video
 from ..run.rundir import RunDir
 from .limits import BodyLimit, InferenceQueue, UploadSlots, check_bindable
 from .pages import add_docs, add_page_routes
+from .settings import (
+    API_KEY_HEADER,
+    ServeSettings,
+    check_body_timeout,
+    check_port,
+    resolve_api_key,
+    service_url,
+)
 from .thumbnails import frame_thumbnails
 from .uploads import receive_upload, sweep_stale_uploads
 
 log = logging.getLogger("vidcls.serve")
 
-API_KEY_ENV = "VIDCLS_API_KEY"
-API_KEY_HEADER = "X-API-Key"
 UPLOAD_FIELD = "file"
 FEATURES_PATH = "/v1/predict/features"
-FEATURES_MAX_MB = 32.0  # a features body is parsed in memory (about 10x its size) on the event loop
-FEATURES_ADVICE = ("for frame features; send fewer frames (a sequence longer than the run's max_frames "
-                   "is thinned to it anyway)")
+FEATURES_ADVICE = (
+    "for frame features; send fewer frames (a sequence longer than the run's max_frames "
+    "is thinned to it anyway)"
+)
 NOT_A_VIDEO = {"cannot_open", "no_video_stream"}  # VideoSkip codes answered with 415
 
 
-@dataclass
-class ServeSettings:
-    """How the service runs. ``api_key``: required in X-API-Key on /v1/* when set. ``tmp_dir``: where
-    uploads are streamed (None: the system's, i.e. $TMPDIR). ``run_dir``: where summary.json and
-    calibration.json are read for /v1/model (None: no metrics). ``max_uploads``: uploads being received
-    at once (apart from ``max_queue``); ``body_timeout_s``: a request body from which nothing arrives
-    for this long gets 408 (a number, or its text as given on the command line)."""
+def _upload_openapi() -> dict:
+    """POST /v1/predict's body in /docs (a fresh dict per app): the upload is read from the stream, not
+    declared as a parameter."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [UPLOAD_FIELD],
+                        "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    }
 
-    max_upload_mb: float = 500.0
-    max_queue: int = 8
-    api_key: str | None = None
-    tmp_dir: str | None = None
-    run_dir: str | None = None
-    workers: int = 1
-    max_uploads: int = 8
-    body_timeout_s: float = 30.0
 
-    def __post_init__(self):
-        if not (self.max_upload_mb > 0 and math.isfinite(self.max_upload_mb)):
-            raise ConfigError(f"--max-upload-mb must be a positive number, got {self.max_upload_mb}")
-        if int(self.max_queue) < 1:
-            raise ConfigError(f"--max-queue must be >= 1, got {self.max_queue}")
-        if int(self.max_uploads) < 1:
-            raise ConfigError(f"--max-uploads must be >= 1, got {self.max_uploads}")
-        self.body_timeout_s = check_body_timeout(self.body_timeout_s)
-        if self.tmp_dir is not None and not Path(self.tmp_dir).is_dir():
-            raise ConfigError(f"upload directory {self.tmp_dir} does not exist")
+T = TypeVar("T")
+D = TypeVar("D")
 
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 2 ** 20)
+
+class ServedPredictor(Protocol):
+    """What the service needs of a predictor: ``classes_`` and ``predict_records``; the other attributes
+    /v1/model shows (``members_``, ``feature_dim_``, ...) are read with ``getattr`` where it has them."""
 
     @property
-    def max_features_bytes(self) -> int:
-        return min(self.max_upload_bytes, int(FEATURES_MAX_MB * 2 ** 20))
+    def classes_(self) -> Sequence[str]: ...
 
-
-def check_body_timeout(value) -> float:
-    """``--body-timeout`` as a positive, finite number of seconds.
-
-    Raises:
-        ConfigError: anything else (checked before the run is loaded).
-    """
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if isinstance(value, bool) or not (seconds > 0 and math.isfinite(seconds)):
-        raise ConfigError(f"--body-timeout must be a positive number of seconds, got {value!r}")
-    return seconds
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_api_key(host: str, environ=os.environ) -> str | None:
-    """The API key /v1/* requires: $VIDCLS_API_KEY when set (None: open, loopback only).
-
-    Raises:
-        ConfigError: ``host`` is not a loopback address and no key is set.
-    """
-    key = environ.get(API_KEY_ENV) or None
-    if key is not None and not (key.isascii() and key.isprintable() and not any(c.isspace() for c in key)):
-        raise ConfigError(f"{API_KEY_ENV} holds characters an HTTP header cannot carry (non-ASCII, spaces or "
-                          f"control characters): browsers and most clients could never send it; use printable "
-                          f"ASCII, e.g. python -c \"import secrets; print(secrets.token_urlsafe(24))\"")
-    if key is None and not is_loopback(host):
-        raise ConfigError(f"--host {host} exposes the service beyond this machine: set {API_KEY_ENV} to a "
-                          f"secret first (clients send it in the {API_KEY_HEADER} header), or bind 127.0.0.1")
-    return key
-
-
-def check_port(port) -> int:
-    """``--port`` as an int in 1..65535.
-
-    Raises:
-        ConfigError: anything else (checked before the run is loaded).
-    """
-    try:
-        value = int(port)
-    except (TypeError, ValueError):
-        value = -1
-    if isinstance(port, bool) or not 1 <= value <= 65535 or str(value) != str(port).strip():
-        raise ConfigError(f"--port must be an integer from 1 to 65535, got {port!r}")
-    return value
-
-
-def service_url(host: str, port: int) -> str:
-    """The address to open: IPv6 hosts in brackets (``http://[::1]:8000/``)."""
-    return f"http://[{host.strip('[]')}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    def predict_records(self, x: Any, top_k: int = 3) -> list[dict]: ...
 
 
 class FeaturesRequest(BaseModel):
     features: list[list[float]] = Field(
         description="frame features of one video, T rows of D floats (D: the run's feature_dim)",
-        json_schema_extra={"examples": [[[0.1, 0.2], [0.3, 0.4]]]})
+        json_schema_extra={"examples": [[[0.1, 0.2], [0.3, 0.4]]]},
+    )
 
 
-def _read(read, default):
+def _read(read: Callable[[], T | None], default: D) -> T | D:
     """A run file for /v1/model through its strict reader; a damaged one is left out with a warning."""
     try:
         value = read()
@@ -168,46 +112,54 @@ def _read(read, default):
     return default if value is None else value
 
 
-def model_info(predictor, settings: ServeSettings) -> dict:
+def model_info(predictor: ServedPredictor, settings: ServeSettings) -> dict:
     """What GET /v1/model answers: the served model, its metrics and calibration, the limits."""
     run = RunDir(settings.run_dir) if settings.run_dir else None
     summary = _read(run.read_summary, {}) if run else {}
     calibration = _read(run.read_calibration, None) if run else None
     if calibration is None:
         calibration = getattr(predictor, "calibration_", None)
-    return {"vidcls_version": __version__, "classes": list(predictor.classes_),
-            "members": list(getattr(predictor, "members_", [])),
-            "tta_used": getattr(predictor, "tta_used_", None),
-            "tta_modes": list(getattr(predictor, "tta_modes_", None) or []),
-            "feature_dim": getattr(predictor, "feature_dim_", None),
-            "max_frames": getattr(predictor, "max_frames_", None),
-            "extractor": getattr(predictor, "extractor_", None),
-            "final": summary.get("final"),
-            "metrics": {"val": summary.get("val"), "test": summary.get("test")},
-            "calibration": calibration,
-            "limits": {"max_upload_mb": settings.max_upload_mb, "max_queue": settings.max_queue,
-                       "upload_field": UPLOAD_FIELD, "max_uploads": settings.max_uploads,
-                       "body_timeout_s": settings.body_timeout_s,
-                       "max_features_mb": round(settings.max_features_bytes / 2 ** 20, 3)}}
+    return {
+        "vidcls_version": __version__,
+        "classes": list(predictor.classes_),
+        "members": list(getattr(predictor, "members_", [])),
+        "tta_used": getattr(predictor, "tta_used_", None),
+        "tta_modes": list(getattr(predictor, "tta_modes_", None) or []),
+        "feature_dim": getattr(predictor, "feature_dim_", None),
+        "max_frames": getattr(predictor, "max_frames_", None),
+        "extractor": getattr(predictor, "extractor_", None),
+        "final": summary.get("final"),
+        "metrics": {"val": summary.get("val"), "test": summary.get("test")},
+        "calibration": calibration,
+        "limits": {
+            "max_upload_mb": settings.max_upload_mb,
+            "max_queue": settings.max_queue,
+            "upload_field": UPLOAD_FIELD,
+            "max_uploads": settings.max_uploads,
+            "body_timeout_s": settings.body_timeout_s,
+            "max_features_mb": round(settings.max_features_bytes / 2**20, 3),
+        },
+    }
 
 
 class ApiKeyGuard:
     """ASGI middleware: /v1/* answers 401 unless the X-API-Key header holds ``api_key`` (None: open)."""
 
-    def __init__(self, app, api_key: str | None):
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app, self.key = app, None if api_key is None else api_key.encode()
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.key is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
             given = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode(), b"")
             if not hmac.compare_digest(given, self.key):
-                response = _error(401, f"missing or wrong {API_KEY_HEADER} header",
-                                  {"WWW-Authenticate": API_KEY_HEADER})
+                response = _error(
+                    401, f"missing or wrong {API_KEY_HEADER} header", {"WWW-Authenticate": API_KEY_HEADER}
+                )
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
-def _error(status: int, message: str, headers=None) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status, headers=headers)
 
 
@@ -229,12 +181,16 @@ def features_array(rows: list, feature_dim: int | None) -> np.ndarray:
         raise HTTPException(422, "features: no frames; send T >= 1 rows of D floats")
     widths = {len(r) for r in rows}
     if len(widths) != 1:
-        raise HTTPException(422, f"features: rows of different lengths ({sorted(widths)[:5]}); every "
-                                 f"frame needs the same D")
+        raise HTTPException(
+            422, f"features: rows of different lengths ({sorted(widths)[:5]}); every frame needs the same D"
+        )
     x = np.asarray(rows, dtype=np.float64)
     if feature_dim is not None and x.shape[1] != feature_dim:
-        raise HTTPException(422, f"features: D = {x.shape[1]}, but the run was trained on D = "
-                                 f"{feature_dim} (features of its recorded extractor, see /v1/model)")
+        raise HTTPException(
+            422,
+            f"features: D = {x.shape[1]}, but the run was trained on D = "
+            f"{feature_dim} (features of its recorded extractor, see /v1/model)",
+        )
     if not np.isfinite(x).all():
         raise HTTPException(422, "features: NaN or infinite values; send finite numbers")
     if np.abs(x).max() > np.finfo(np.float32).max:
@@ -242,14 +198,19 @@ def features_array(rows: list, feature_dim: int | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _predict_upload(predictor, path: Path, filename: str, top_k: int, thumbnails: bool) -> tuple[int, dict]:
+def _predict_upload(
+    predictor: ServedPredictor, path: Path, filename: str, top_k: int, thumbnails: bool
+) -> tuple[int, dict]:
     """Runs on an inference thread: check the file is a video, predict it, add thumbnails."""
-    def named(text: str) -> str:
+
+    def named(text: object) -> str:
         return str(text).replace(str(path), filename)
 
     if filename.lower().endswith(".npy"):  # vidcls predict reads these as features; here they go as JSON
-        return 415, {"error": f"{filename}: a .npy file holds features, not a video; send them as JSON "
-                              f"{{\"features\": [[...], ...]}} (T rows of D numbers) to /v1/predict/features"}
+        return 415, {
+            "error": f"{filename}: a .npy file holds features, not a video; send them as JSON "
+            f'{{"features": [[...], ...]}} (T rows of D numbers) to /v1/predict/features'
+        }
     try:
         container, _ = open_video(path)
         container.close()
@@ -264,34 +225,47 @@ def _predict_upload(predictor, path: Path, filename: str, top_k: int, thumbnails
         return 503, {"error": f"this server cannot classify videos ({err}); /v1/predict/features works"}
     record["input"] = filename
     if record.get("error"):
-        record["error"], record["trust_reason"] = named(record["error"]), named(record.get("trust_reason", ""))
+        record["error"], record["trust_reason"] = (
+            named(record["error"]),
+            named(record.get("trust_reason", "")),
+        )
         return 422, record
     if thumbnails:
         record["thumbnails"] = frame_thumbnails(path, [f.get("timestamp_ms") for f in record["frames"]])
     return 200, record
 
 
-def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(predictor: ServedPredictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``predictor`` (a :class:`vidcls.predict.predictor.Predictor`, or any
     object with ``classes_`` and ``predict_records``)."""
     settings = settings or ServeSettings()
     queue = InferenceQueue(settings.max_queue, settings.workers)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweep_stale_uploads(settings.tmp_dir)
         yield
         queue.close()
 
-    app = FastAPI(title="vidcls", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Video classification with a trained vidcls run. /v1/* needs the X-API-Key "
-                              "header when the server has a key.")
+    app = FastAPI(
+        title="vidcls",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Video classification with a trained vidcls run. /v1/* needs the X-API-Key "
+        "header when the server has a key.",
+    )
     uploads = UploadSlots(settings.max_uploads)
     app.state.queue, app.state.uploads, app.state.settings = queue, uploads, settings
     app.add_middleware(ApiKeyGuard, api_key=settings.api_key)
     features_limit = (settings.max_features_bytes, FEATURES_ADVICE)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout_s=settings.body_timeout_s,
-                       path_limits={FEATURES_PATH: features_limit})  # the outermost: see its docstring
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_upload_bytes,
+        timeout_s=settings.body_timeout_s,
+        path_limits={FEATURES_PATH: features_limit},
+    )  # the outermost: see its docstring
     _add_error_handlers(app)
     add_page_routes(app)
     add_docs(app)
@@ -303,19 +277,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every error answered as ``{"error": message}``; an unexpected one is logged here first."""
 
     @app.exception_handler(HTTPException)
-    async def http_error(request, exc: HTTPException):
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc: RequestValidationError):
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
     @app.exception_handler(ClientDisconnect)
-    async def gone(request, exc):
+    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         return _error(400, "the client closed the connection during the upload")
 
     @app.exception_handler(Exception)
-    async def crashed(request, exc: Exception):
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error (logged on the server)")
 
@@ -324,11 +298,16 @@ def _json_body(request: Request) -> None:
     """A features request must say that its body is JSON (else FastAPI takes it as bytes: a puzzling 422)."""
     mime = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if not (mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))):
-        raise HTTPException(415, 'send the frame features as JSON, {"features": [[...], ...]}, with the header '
-                                 'Content-Type: application/json')
+        raise HTTPException(
+            415,
+            'send the frame features as JSON, {"features": [[...], ...]}, with the header '
+            "Content-Type: application/json",
+        )
 
 
-def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue, uploads: UploadSlots) -> APIRouter:
+def _v1_router(
+    predictor: ServedPredictor, settings: ServeSettings, queue: InferenceQueue, uploads: UploadSlots
+) -> APIRouter:
     """``/v1/model``, ``/v1/predict`` and ``/v1/predict/features``."""
     info = model_info(predictor, settings)
     n_classes = len(predictor.classes_)
@@ -336,29 +315,36 @@ def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue, upload
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))])
     top_k_query = Query(3, ge=1, description="how many classes in top_k")
 
-    @v1.get("/model")
-    async def model():
+    @v1.get("/model", response_model=None)  # none inferred from the annotation: info as it is
+    async def model() -> dict:
         return info
 
-    @v1.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": [UPLOAD_FIELD], "properties": {
-            UPLOAD_FIELD: {"type": "string", "format": "binary"}}}}}}})
-    async def predict(request: Request, top_k: int = top_k_query,
-                      thumbnails: bool = Query(False, description="add frame thumbnails (data URIs)")):
+    @v1.post("/predict", openapi_extra=_upload_openapi())
+    async def predict(
+        request: Request,
+        top_k: int = top_k_query,
+        thumbnails: bool = Query(False, description="add frame thumbnails (data URIs)"),
+    ) -> JSONResponse:
         """Classify one uploaded video (multipart field ``file``)."""
         queue.check()  # a full queue refuses before the body is received, not after
         with uploads.slot():  # the body arrives outside the inference queue
             upload = await receive_upload(request, UPLOAD_FIELD, settings.tmp_dir)
         try:
             async with queue.slot():
-                status, body = await queue.run(_predict_upload, predictor, upload.path, upload.filename,
-                                               min(top_k, n_classes), thumbnails)
+                status, body = await queue.run(
+                    _predict_upload,
+                    predictor,
+                    upload.path,
+                    upload.filename,
+                    min(top_k, n_classes),
+                    thumbnails,
+                )
         finally:
             upload.path.unlink(missing_ok=True)
         return JSONResponse(body, status)
 
     @v1.post("/predict/features", dependencies=[Depends(_json_body)])
-    async def predict_features(body: FeaturesRequest, top_k: int = top_k_query):
+    async def predict_features(body: FeaturesRequest, top_k: int = top_k_query) -> JSONResponse:
         """Classify one video given as its frame features (T x D, from the run's extractor)."""
         x = features_array(body.features, info["feature_dim"])
         async with queue.slot():
@@ -368,9 +354,19 @@ def _v1_router(predictor, settings: ServeSettings, queue: InferenceQueue, upload
     return v1
 
 
-def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 500.0,
-          max_queue: int = 8, device: str = "auto", weights: str | None = None, log_level: str = "info",
-          max_uploads: int = 8, body_timeout: float | str = 30.0) -> None:
+def serve(
+    run_dir: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: float = 500.0,
+    max_queue: int = 8,
+    device: str = "auto",
+    weights: str | None = None,
+    log_level: str = "info",
+    max_uploads: int = 8,
+    body_timeout: float | str = 30.0,
+) -> None:
     """Load the run and serve it until interrupted (``vidcls serve``).
 
     Raises:
@@ -379,19 +375,28 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
     port = check_port(port)
     api_key = resolve_api_key(host)
     check_bindable(host, port)
-    settings = ServeSettings(max_upload_mb=max_upload_mb, max_queue=max_queue, api_key=api_key,
-                             run_dir=str(run_dir), max_uploads=max_uploads, body_timeout_s=body_timeout)
+    settings = ServeSettings(
+        max_upload_mb=max_upload_mb,
+        max_queue=max_queue,
+        api_key=api_key,
+        run_dir=str(run_dir),
+        max_uploads=max_uploads,
+        body_timeout_s=check_body_timeout(body_timeout),
+    )
     import uvicorn  # after the checks: a refused start does not wait for torch
 
     from ..predict.predictor import load
 
     predictor = load(run_dir, device=device, weights=weights)
-    try:
-        _ = predictor.encoder_  # the frame CNN of the run's extractor, built now rather than on the first upload
+    try:  # the frame CNN of the run's extractor, built now rather than on the first upload
+        _ = predictor.encoder_
     except VidclsError as err:
         log.warning("video uploads will be refused: %s", err)
         print(f"warning: video uploads will be refused ({err}); /v1/predict/features works", flush=True)
     app = create_app(predictor, settings)
-    print(f"serving {run_dir} ({len(predictor.classes_)} classes) on {service_url(host, port)} "
-          f"(API key {'required' if api_key else 'not required'}; Ctrl-C stops)", flush=True)
+    print(
+        f"serving {run_dir} ({len(predictor.classes_)} classes) on {service_url(host, port)} "
+        f"(API key {'required' if api_key else 'not required'}; Ctrl-C stops)",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
