@@ -3,6 +3,7 @@
 Checkpoint paths are recorded relative to the run (``final.json``'s ``checkpoints``), as POSIX paths
 ``members/<i>/checkpoints/<name>.pt``, so a run directory can be moved or copied whole.
 """
+
 from __future__ import annotations
 
 import re
