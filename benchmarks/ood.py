@@ -22,6 +22,7 @@ reverse order (only the order tells them apart); "far" holds out ``class_4`` of 
 class using its two scenes. The last line is ``ood_flag_rate_heldout=<float>`` (the shipped verdict,
 mean over seeds, the last data set).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,17 +82,22 @@ def inputs(features_dir: Path, held: list, cfg, rng) -> dict:
     """The feature sequences of every scored set (see the module docstring)."""
     from vidcls.data.dataset import load_splits
 
-    splits = load_splits(features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                         max_frames=cfg.max_frames)
+    splits = load_splits(
+        features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False, max_frames=cfg.max_frames
+    )
     val = [splits.val.store.read(int(i)) for i in splits.val.indices]
     test = [splits.test.store.read(int(i)) for i in splits.test.indices] if splits.test is not None else []
     mean, std, lengths = feature_stats(features_dir)
     n = max(len(held), 50)
     lens = rng.choice(lengths, n)
-    return {"val": val, "test_in": test, "heldout": held,
-            "noise": [(mean + std * rng.standard_normal((t, len(mean)))).astype(np.float32) for t in lens],
-            "zeros": [np.zeros((t, len(mean)), np.float32) for t in lens[:20]],
-            "constant": [np.tile(mean.astype(np.float32), (t, 1)) for t in lens[:20]]}
+    return {
+        "val": val,
+        "test_in": test,
+        "heldout": held,
+        "noise": [(mean + std * rng.standard_normal((t, len(mean)))).astype(np.float32) for t in lens],
+        "zeros": [np.zeros((t, len(mean)), np.float32) for t in lens[:20]],
+        "constant": [np.tile(mean.astype(np.float32), (t, 1)) for t in lens[:20]],
+    }
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -106,8 +112,17 @@ def one_run(features_dir: Path, heldout: str, seed: int, work: Path, train_opts:
     data = work / f"data_{seed}"
     held = held_out_store(features_dir, data, heldout)
     run_dir = work / f"run_{seed}"
-    cfg = load_config(None, {"features_dir": str(data), "seed": seed, "plots": False, "device": "cpu",
-                             "workers": 0, **train_opts})
+    cfg = load_config(
+        None,
+        {
+            "features_dir": str(data),
+            "seed": seed,
+            "plots": False,
+            "device": "cpu",
+            "workers": 0,
+            **train_opts,
+        },
+    )
     t0 = time.time()
     fit(cfg, run_dir, log=lambda *_: None)
     cal = json.loads((run_dir / "calibration.json").read_text())
@@ -115,10 +130,17 @@ def one_run(features_dir: Path, heldout: str, seed: int, work: Path, train_opts:
     sets = inputs(data, held, cfg, np.random.default_rng(seed))
     logits = {k: predictor.logits_features(v) for k, v in sets.items() if len(v)}
     t = cal["temperature"]
-    out = {"seed": seed, "temperature": t, "ece_before": cal["ece_before"], "ece_after": cal["ece_after"],
-           "val_acc": float(np.mean(predictor.predict_proba(sets["val"]).argmax(1)
-                                    == np.asarray(_val_labels(data, cfg)))),
-           "sizes": {k: len(v) for k, v in sets.items()}, "seconds": time.time() - t0}
+    out = {
+        "seed": seed,
+        "temperature": t,
+        "ece_before": cal["ece_before"],
+        "ece_after": cal["ece_after"],
+        "val_acc": float(
+            np.mean(predictor.predict_proba(sets["val"]).argmax(1) == np.asarray(_val_labels(data, cfg)))
+        ),
+        "sizes": {k: len(v) for k, v in sets.items()},
+        "seconds": time.time() - t0,
+    }
     for kind in OOD_SCORES:  # each logit score alone, at its own 5th validation percentile
         scores = {k: ood_score(z, t, kind) for k, z in logits.items()}
         out[kind] = rates(scores)
@@ -142,7 +164,9 @@ def rates(scores: dict) -> dict:
 
 
 def _scores(records: list, name: str) -> np.ndarray:
-    return np.asarray([np.nan if r["ood_scores"].get(name) is None else r["ood_scores"][name] for r in records])
+    return np.asarray(
+        [np.nan if r["ood_scores"].get(name) is None else r["ood_scores"][name] for r in records]
+    )
 
 
 def _val_labels(data: Path, cfg) -> np.ndarray:
@@ -153,10 +177,12 @@ def _val_labels(data: Path, cfg) -> np.ndarray:
 
 def report(name: str, runs: list[dict]) -> dict:
     print(f"\n== {name}: {len(runs)} seed(s); sizes {runs[0]['sizes']}")
-    print(f"   val acc {np.mean([r['val_acc'] for r in runs]):.3f}; temperature "
-          f"{', '.join('%.2f' % r['temperature'] for r in runs)}; val ECE "
-          f"{np.mean([r['ece_before'] for r in runs]):.4f} -> {np.mean([r['ece_after'] for r in runs]):.4f}; "
-          f"calibrated val pass rate (both scores) {np.mean([r['val_pass_rate_calibrated'] for r in runs]):.3f}")
+    print(
+        f"   val acc {np.mean([r['val_acc'] for r in runs]):.3f}; temperature "
+        f"{', '.join(format(r['temperature'], '.2f') for r in runs)}; val ECE "
+        f"{np.mean([r['ece_before'] for r in runs]):.4f} -> {np.mean([r['ece_after'] for r in runs]):.4f}; "
+        f"calibrated val pass rate (both scores) {np.mean([r['val_pass_rate_calibrated'] for r in runs]):.3f}"
+    )
     head = f"   {'score':<18}" + "".join(f"{s:>10}" for s in SETS) + f"{'AUROC':>8}"
     print(head)
     means = {}
@@ -165,9 +191,14 @@ def report(name: str, runs: list[dict]) -> dict:
         m = {k: float(np.mean([r[kind].get(k, np.nan) for r in runs])) for k in keys}
         sd = {k: float(np.std([r[kind].get(k, np.nan) for r in runs])) for k in keys}
         means[kind] = m
-        print(f"   {kind:<18}" + "".join(f"{m[k]:>10.3f}" for k in SETS) + f"{m['auroc_val_vs_heldout']:>8.3f}")
-        print(f"   {'  (sd)':<18}" + "".join(f"{sd[k]:>10.3f}" for k in SETS)
-              + f"{sd['auroc_val_vs_heldout']:>8.3f}")
+        print(
+            f"   {kind:<18}" + "".join(f"{m[k]:>10.3f}" for k in SETS) + f"{m['auroc_val_vs_heldout']:>8.3f}"
+        )
+        print(
+            f"   {'  (sd)':<18}"
+            + "".join(f"{sd[k]:>10.3f}" for k in SETS)
+            + f"{sd['auroc_val_vs_heldout']:>8.3f}"
+        )
     return means
 
 
@@ -183,20 +214,30 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64, help="synthetic feature dimension")
     p.add_argument("--no-synthetic", action="store_true")
     args = smoke_parse(p, {"seeds": 1, "epochs": 1, "videos": 60, "dim": 8})
-    train_opts = {"epochs": args.epochs, "members": args.members, "model": args.model, "hidden_dim": 32,
-                  "layers": 1, "heads": 2, "tta": "auto"}  # early stopping: the default patience_cycles
+    train_opts = {
+        "epochs": args.epochs,
+        "members": args.members,
+        "model": args.model,
+        "hidden_dim": 32,
+        "layers": 1,
+        "heads": 2,
+        "tta": "auto",
+    }  # early stopping: the default patience_cycles
     results = {}
     with tempfile.TemporaryDirectory(prefix="vidcls-ood-") as tmp:
         work = Path(tmp)
         datasets = []
         if not args.no_synthetic:
-            for name, classes, heldout in (("synthetic near (gaming held out of 4)", 4, "gaming"),
-                                           ("synthetic far (class_4 held out of 5)", 5, "class_4")):
+            for name, classes, heldout in (
+                ("synthetic near (gaming held out of 4)", 4, "gaming"),
+                ("synthetic far (class_4 held out of 5)", 5, "class_4"),
+            ):
                 datasets.append((name, classes, heldout))
         if args.store is not None:
             names = open_splits(args.store, require=("train",))["train"].class_names
-            datasets.append((f"{args.store} ({args.heldout or names[-1]} held out)", None,
-                             args.heldout or names[-1]))
+            datasets.append(
+                (f"{args.store} ({args.heldout or names[-1]} held out)", None, args.heldout or names[-1])
+            )
         for k, (name, classes, heldout) in enumerate(datasets[-1:] if args.smoke else datasets):
             runs = []
             for seed in range(args.seeds):
@@ -204,8 +245,15 @@ def main() -> None:
                     src = args.store
                 else:
                     src = work / f"synth_{k}_{seed}"
-                    make_synthetic(src, videos=args.videos, classes=classes, dim=args.dim, min_frames=12,
-                                   max_frames=48, seed=seed)
+                    make_synthetic(
+                        src,
+                        videos=args.videos,
+                        classes=classes,
+                        dim=args.dim,
+                        min_frames=12,
+                        max_frames=48,
+                        seed=seed,
+                    )
                 runs.append(one_run(src, heldout, seed, work / f"d{k}", train_opts))
                 print(f"   [{name}] seed {seed} done in {runs[-1]['seconds']:.0f} s", file=sys.stderr)
             results[name] = report(name, runs)
@@ -214,6 +262,7 @@ def main() -> None:
         if key != "heldout":
             print(f"ood_flag_rate_{key}={last[key]:.3f}")
     print(f"ood_flag_rate_heldout={last['heldout']:.3f}")  # last: the figure this benchmark is for
+
 
 if __name__ == "__main__":
     main()

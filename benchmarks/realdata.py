@@ -15,6 +15,7 @@ Arguments after ``--`` go to ``vidcls train`` unchanged. Runs are kept under ``-
 a finished run is read back, not retrained, so an interrupted benchmark continues where it stopped.
 Last line: ``mean_gap_to_best_peer=<mean over sets with peers of (best peer - our mean test accuracy)>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,18 @@ PEER_NAME = {"PickupGestureWiimoteZ": "PickupGestureWiimoteZ_eq", "OSULeaf-LT": 
 # warm-restart cycles (20 + 40 epochs, ending at the LR floor) so that 6 sets x 3 seeds fit in about 25
 # minutes on 2 cores; the CLI's default 150 epochs go on to the end of the third cycle (140).
 MODEL_ARGS = ["--hidden-dim", "128", "--layers", "2", "--heads", "4", "--epochs", "60"]
-SMOKE_TRAIN_ARGS = ["--hidden-dim", "16", "--layers", "1", "--heads", "2", "--epochs", "2", "--min-steps", "1"]
+SMOKE_TRAIN_ARGS = [
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "1",
+]
 
 
 SMOKE_SET = Path(__file__).parent.parent / "tests" / "data" / "arrowhead.npz"  # a cut of ArrowHead, no aeon
@@ -48,8 +60,10 @@ def load_set(name: str):
     """``(train, test)``, each a list of (T, D) float32 arrays and a label array."""
     if name == "ArrowHead-cut":  # --smoke
         d = np.load(SMOKE_SET)
-        return tuple(([x[:, None].astype(np.float32) for x in d[f"{s}_x"]], d[f"{s}_y"].astype(str))
-                     for s in ("train", "test"))
+        return tuple(
+            ([x[:, None].astype(np.float32) for x in d[f"{s}_x"]], d[f"{s}_y"].astype(str))
+            for s in ("train", "test")
+        )
     from aeon.datasets import load_classification
 
     base = name.removesuffix("-LT")
@@ -70,7 +84,7 @@ def long_tailed(xs: list, ys: np.ndarray, top: int = 30, bottom: int = 3):
     keep = []
     for k, c in enumerate(classes):
         idx = np.flatnonzero(ys == c)
-        keep.extend(idx[:max(bottom, round(top * ratio ** k))])
+        keep.extend(idx[: max(bottom, round(top * ratio**k))])
     keep.sort()
     return [xs[i] for i in keep], ys[keep]
 
@@ -130,16 +144,39 @@ def run_one(name: str, seed: int, tag: str, work: Path, train_args: list, base: 
         resume = ["--resume"]
     run.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    cpu = cli("train", str(feats), str(run), *MODEL_ARGS, "--seed", str(seed), "--no-plots", "--workers", "0",
-              "--device", "cpu", *train_args, *resume, log=run.parent / f"seed{seed}.log")
+    cpu = cli(
+        "train",
+        str(feats),
+        str(run),
+        *MODEL_ARGS,
+        "--seed",
+        str(seed),
+        "--no-plots",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        *train_args,
+        *resume,
+        log=run.parent / f"seed{seed}.log",
+    )
     wall = time.time() - t
     s = json.loads((run / "summary.json").read_text())
     members = s["members"]
-    rec = {"set": name, "seed": seed, "acc": s["test"]["accuracy"], "worst_f1": s["test"]["worst_class_f1"],
-           "val_acc": s["val"]["accuracy"], "final": s["final"]["source"], "wall": wall, "cpu": cpu,
-           "mean_member_acc": float(np.mean([m["test"]["accuracy"] for m in members])),
-           "epochs_run": [m["epochs_run"] for m in members], "best_epoch": [m["best_epoch"] for m in members],
-           "models": [[m.get("checkpoint"), m["test"]["accuracy"]] for m in members]}
+    rec = {
+        "set": name,
+        "seed": seed,
+        "acc": s["test"]["accuracy"],
+        "worst_f1": s["test"]["worst_class_f1"],
+        "val_acc": s["val"]["accuracy"],
+        "final": s["final"]["source"],
+        "wall": wall,
+        "cpu": cpu,
+        "mean_member_acc": float(np.mean([m["test"]["accuracy"] for m in members])),
+        "epochs_run": [m["epochs_run"] for m in members],
+        "best_epoch": [m["best_epoch"] for m in members],
+        "models": [[m.get("checkpoint"), m["test"]["accuracy"]] for m in members],
+    }
     done.write_text(json.dumps(rec))
     return rec
 
@@ -164,16 +201,19 @@ def peer_accuracies(name: str) -> dict:
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=[*SETS, "ArrowHead-cut"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--tag", default="default", help="name of this recipe's runs under --work")
     p.add_argument("--work", default="benchmarks/.realdata", help="stores and runs (reused)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one torch thread each")
-    p.add_argument("--base", help="re-evaluate this tag's finished runs with the options after -- (runtime-only "
-                                  "ones, e.g. --snapshots or --members) instead of training anew")
+    p.add_argument(
+        "--base",
+        help="re-evaluate this tag's finished runs with the options after -- (runtime-only "
+        "ones, e.g. --snapshots or --members) instead of training anew",
+    )
     a = smoke_parse(p, {"sets": ["ArrowHead-cut"], "seeds": [0], "jobs": 1}, argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     work = Path(a.work) if not a.smoke else scratch("realdata")
@@ -186,7 +226,11 @@ def main(argv=None) -> None:
     for name in a.sets:  # stores first, one at a time
         write_store(name, work)
     with ThreadPoolExecutor(a.jobs) as pool:  # the runs are subprocesses; threads only wait for them
-        futures = {(n, s): pool.submit(run_one, n, s, a.tag, work, train_args, a.base) for n in a.sets for s in a.seeds}
+        futures = {
+            (n, s): pool.submit(run_one, n, s, a.tag, work, train_args, a.base)
+            for n in a.sets
+            for s in a.seeds
+        }
     gaps, rows = [], []
     for name in a.sets:
         recs = [futures[name, s].result() for s in a.seeds]
@@ -198,19 +242,36 @@ def main(argv=None) -> None:
         if best:
             gaps.append(best[1] - acc.mean())
         ds = json.loads((work / "runs" / a.tag / name / f"seed{a.seeds[0]}" / "summary.json").read_text())
-        n_train = sum((ds["class_counts"]["train"] or {}).values()) + sum((ds["class_counts"]["val"] or {}).values())
+        n_train = sum((ds["class_counts"]["train"] or {}).values()) + sum(
+            (ds["class_counts"]["val"] or {}).values()
+        )
         lengths = _lengths(work / "data" / name / "npy")
         peer = f"{best[0]} {best[1]:.3f} (gap {best[1] - acc.mean():+.3f})" if best else "-"
-        print(f"{name:<22}{n_train:>6}{lengths:>9}{acc.mean():>7.3f}±{acc.std():.3f}{worst:>10.3f}{member:>8.3f}"
-              f"{np.mean([r['cpu'] for r in recs]):>8.0f}  {peer}", flush=True)
-        rows.append({"set": name, "acc_mean": acc.mean(), "acc_sd": acc.std(), "worst_f1": worst, "runs": recs,
-                     "peers": peers})
+        print(
+            f"{name:<22}{n_train:>6}{lengths:>9}{acc.mean():>7.3f}±{acc.std():.3f}{worst:>10.3f}{member:>8.3f}"
+            f"{np.mean([r['cpu'] for r in recs]):>8.0f}  {peer}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "set": name,
+                "acc_mean": acc.mean(),
+                "acc_sd": acc.std(),
+                "worst_f1": worst,
+                "runs": recs,
+                "peers": peers,
+            }
+        )
     (work / "runs" / a.tag / "table.json").write_text(json.dumps(rows, indent=1))
     cpu = sum(r["cpu"] for row in rows for r in row["runs"])
-    print("acc: mean ± sd of the test accuracy over seeds; member: mean single-member test accuracy; CPU s: "
-          "per run (one thread)")
-    print(f"total CPU {cpu / 60:.1f} min over {len(a.sets) * len(a.seeds)} runs; wall {time.time() - t0:.0f} s "
-          f"with --jobs {a.jobs} (runs read back cost nothing)")
+    print(
+        "acc: mean ± sd of the test accuracy over seeds; member: mean single-member test accuracy; CPU s: "
+        "per run (one thread)"
+    )
+    print(
+        f"total CPU {cpu / 60:.1f} min over {len(a.sets) * len(a.seeds)} runs; wall {time.time() - t0:.0f} s "
+        f"with --jobs {a.jobs} (runs read back cost nothing)"
+    )
     print(f"mean_gap_to_best_peer={np.mean(gaps) if gaps else float('nan'):.4f}")
 
 

@@ -9,6 +9,7 @@ Without RUN_DIR the run is made from generated demo clips (resnet18 with random 
 1 frame/s, a 1-member BiLSTM), so the clip figures include decoding and the frame CNN.
 Prints name=value lines; the last one is ``features_requests_per_s=<float>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,53 @@ def make_run(work: Path, per_class: int = 6, epochs: int = 3) -> Path:
     if (run / "final.json").exists():
         return run
     write_demo_clips(work / "videos", per_class=per_class)
-    assert main(["extract", str(work / "videos"), str(work / "features"), "--backbone", "resnet18",
-                 "--weights", "none", "--image-size", "112", "--fps", "1", "--device", "cpu",
-                 "--decode-workers", "1"]) == 0
-    assert main(["train", str(work / "features"), str(run), "--epochs", str(epochs), "--members", "1",
-                 "--hidden-dim", "32", "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(work / "videos"),
+                str(work / "features"),
+                "--backbone",
+                "resnet18",
+                "--weights",
+                "none",
+                "--image-size",
+                "112",
+                "--fps",
+                "1",
+                "--device",
+                "cpu",
+                "--decode-workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(work / "features"),
+                str(run),
+                "--epochs",
+                str(epochs),
+                "--members",
+                "1",
+                "--hidden-dim",
+                "32",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--workers",
+                "0",
+                "--no-plots",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -48,9 +90,26 @@ def start_server(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "VIDCLS_API_KEY"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vidcls", "serve", str(run), "--port", str(port),
-                                 "--device", "cpu", "--max-queue", "64", "--max-uploads", "64"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vidcls",
+                "serve",
+                str(run),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--max-queue",
+                "64",
+                "--max-uploads",
+                "64",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -79,8 +138,11 @@ def measure(send, n: int, concurrency: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, range(n)))
     rate = n / (time.perf_counter() - t0)
-    return {"p50_ms": 1000 * float(np.percentile(lat, 50)), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-            "requests_per_s": rate}
+    return {
+        "p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "p95_ms": 1000 * float(np.percentile(lat, 95)),
+        "requests_per_s": rate,
+    }
 
 
 def main() -> None:
@@ -105,7 +167,9 @@ def main() -> None:
     data = clip.read_bytes()
     proc, url = start_server(run, args.work / "server.log")
     try:
-        with httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_connections=args.concurrency)) as c:
+        with httpx.Client(
+            base_url=url, timeout=300, limits=httpx.Limits(max_connections=args.concurrency)
+        ) as c:
             model = c.get("/v1/model").json()
             d = model["feature_dim"]
             x = np.random.default_rng(0).normal(size=(args.frames, d)).round(4).tolist()
@@ -118,10 +182,12 @@ def main() -> None:
                 r = c.post("/v1/predict", files={"file": (clip.name, data, "video/mp4")})
                 assert r.status_code == 200, r.text
 
-            print(f"run {run}: {len(model['classes'])} classes, members {model['members']}, D={d}, "
-                  f"extractor {model['extractor'].get('backbone')} {model['extractor'].get('image_size')} px; "
-                  f"clip {clip.name} {len(data) / 1024:.0f} KiB; concurrency {args.concurrency}; "
-                  f"{os.cpu_count()} CPUs")
+            print(
+                f"run {run}: {len(model['classes'])} classes, members {model['members']}, D={d}, "
+                f"extractor {model['extractor'].get('backbone')} {model['extractor'].get('image_size')} px; "
+                f"clip {clip.name} {len(data) / 1024:.0f} KiB; concurrency {args.concurrency}; "
+                f"{os.cpu_count()} CPUs"
+            )
             fe = measure(features, args.requests, args.concurrency)
             up = measure(upload, args.uploads, args.concurrency)
     finally:

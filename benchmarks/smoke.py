@@ -3,6 +3,7 @@
 ``make test`` runs each script this way (tests/test_benchmarks.py), so a renamed option or a changed
 record breaks the test, not the next person who measures. Figures printed in smoke mode mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ def smoke_parse(parser: argparse.ArgumentParser, smoke: dict, argv=None) -> argp
     Args:
         smoke: ``{dest: value}``; every key must be one of the parser's options (checked).
     """
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny data and sizes, to check the script runs (its figures mean nothing)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny data and sizes, to check the script runs (its figures mean nothing)",
+    )
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(smoke) - known)
     if unknown:

@@ -9,6 +9,7 @@ Each mode trains whole epochs of the exact training path (``make_loader`` + ``tr
 one warm-up epoch, so the figure includes padding, augmentation and collate. Under torchrun rank 0
 prints the job's samples/s (all ranks' videos). The last line is ``bucket_speedup=<bucketed / plain>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,27 +50,63 @@ def parse() -> argparse.Namespace:
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--modes", default="plain,bucket", help="comma-separated: plain, bucket")
-    return smoke_parse(p, {"videos": 32, "dim": 16, "min_frames": 4, "max_frames": 12, "epochs": 1, "batch_size": 8,
-                     "hidden_dim": 16, "layers": 1, "heads": 2, "workers": 0})
+    return smoke_parse(
+        p,
+        {
+            "videos": 32,
+            "dim": 16,
+            "min_frames": 4,
+            "max_frames": 12,
+            "epochs": 1,
+            "batch_size": 8,
+            "hidden_dim": 16,
+            "layers": 1,
+            "heads": 2,
+            "workers": 0,
+        },
+    )
 
 
 def time_mode(args, splits, device, dist, bucket: bool) -> tuple[float, float]:
     """(samples/s over the timed epochs, padded frames / real frames of one epoch)."""
-    cfg = dataclasses.replace(TrainConfig(), batch_size=args.batch_size, amp=args.amp, compile=args.compile,
-                              bucket=bucket, epochs=args.epochs + 1)
+    cfg = dataclasses.replace(
+        TrainConfig(),
+        batch_size=args.batch_size,
+        amp=args.amp,
+        compile=args.compile,
+        bucket=bucket,
+        epochs=args.epochs + 1,
+    )
     torch.manual_seed(0)
     weights = class_weights(splits.train.labels, len(splits.class_names))
-    model = build_model("bilstm_attn", feature_dim=splits.feature_dim, n_classes=len(splits.class_names),
-                        hidden_dim=args.hidden_dim, layers=args.layers, heads=args.heads).to(device)
+    model = build_model(
+        "bilstm_attn",
+        feature_dim=splits.feature_dim,
+        n_classes=len(splits.class_names),
+        hidden_dim=args.hidden_dim,
+        layers=args.layers,
+        heads=args.heads,
+    ).to(device)
     net = wrap_model(model, cfg, device, dist)
     criterion = FocalLoss(alpha=weights).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.t0)
     sampler = train_sampler(splits.train, weights, seed=0)
-    loader = make_loader(splits.train, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
-                         workers=args.workers, pin_memory=device.type == "cuda", bucket=bucket,
-                         rank=dist.rank, world=dist.world)
-    padding = padded_frames(loader.batch_sampler.global_batches(), splits.train.lengths) / splits.train.lengths.sum()
+    loader = make_loader(
+        splits.train,
+        cfg.batch_size,
+        batch_frames=cfg.batch_frames,
+        sampler=sampler,
+        workers=args.workers,
+        pin_memory=device.type == "cuda",
+        bucket=bucket,
+        rank=dist.rank,
+        world=dist.world,
+    )
+    padding = (
+        padded_frames(loader.batch_sampler.global_batches(), splits.train.lengths)
+        / splits.train.lengths.sum()
+    )
     scaler = grad_scaler(device, cfg.amp)
     seen, t0 = 0, 0.0
     for epoch in range(cfg.epochs):
@@ -78,7 +115,9 @@ def time_mode(args, splits, device, dist, bucket: bool) -> tuple[float, float]:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         sampler.set_epoch(epoch)
-        train_one_epoch(net, loader, criterion, optimizer, scheduler, epoch, cfg, device, dist=dist, scaler=scaler)
+        train_one_epoch(
+            net, loader, criterion, optimizer, scheduler, epoch, cfg, device, dist=dist, scaler=scaler
+        )
         seen += len(splits.train) if epoch >= 1 else 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -91,16 +130,25 @@ def main() -> None:
     device = ddp.init(dist, resolve_device(args.device), 600)
     with tempfile.TemporaryDirectory() as tmp:
         if dist.main:
-            make_synthetic(tmp, videos=int(args.videos / 0.7) + 1, dim=args.dim, min_frames=args.min_frames,
-                           max_frames=args.max_frames, seed=0)
+            make_synthetic(
+                tmp,
+                videos=int(args.videos / 0.7) + 1,
+                dim=args.dim,
+                min_frames=args.min_frames,
+                max_frames=args.max_frames,
+                seed=0,
+            )
         data = Path(ddp.broadcast(tmp, dist))  # one node: the ranks share rank 0's temporary directory
         splits = load_splits(data, max_frames=512)
         result = {}
         for mode in args.modes.split(","):
             result[mode] = time_mode(args, splits, device, dist, bucket=mode == "bucket")
             if dist.main:
-                print(f"{mode}: {result[mode][0]:.1f} samples/s, padded/real frames {result[mode][1]:.3f} "
-                      f"({dist.world} process(es), {device}, amp {args.amp}, compile {args.compile})", flush=True)
+                print(
+                    f"{mode}: {result[mode][0]:.1f} samples/s, padded/real frames {result[mode][1]:.3f} "
+                    f"({dist.world} process(es), {device}, amp {args.amp}, compile {args.compile})",
+                    flush=True,
+                )
         ddp.barrier(dist)
     if dist.main:
         print(f"train_samples_per_s={result[args.modes.split(',')[0]][0]:.2f}")

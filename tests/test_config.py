@@ -1,4 +1,5 @@
 """Tests for vidcls.config: spec defaults, YAML/CLI layering, error messages, diff and round trip."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,10 +21,30 @@ from vidcls.errors import ConfigError
 from vidcls.models import build_model, list_models
 
 SPEC_DEFAULTS = dict(
-    epochs=150, batch_size=48, lr=1e-3, weight_decay=5e-4, grad_clip=1.0, t0=20, t_mult=2,
-    eta_min=1e-6, hidden_dim=768, layers=4, heads=12, dropout=0.4, gamma=2.0, smoothing=0.1,
-    patience_cycles=1, select="val_acc", seed=42, workers=2, monitor_interval=1800, val_fraction=0.15,
-    weight_clip=[0.5, 10.0], sampler="weighted", alpha="inverse_freq", augment=True,
+    epochs=150,
+    batch_size=48,
+    lr=1e-3,
+    weight_decay=5e-4,
+    grad_clip=1.0,
+    t0=20,
+    t_mult=2,
+    eta_min=1e-6,
+    hidden_dim=768,
+    layers=4,
+    heads=12,
+    dropout=0.4,
+    gamma=2.0,
+    smoothing=0.1,
+    patience_cycles=1,
+    select="val_acc",
+    seed=42,
+    workers=2,
+    monitor_interval=1800,
+    val_fraction=0.15,
+    weight_clip=[0.5, 10.0],
+    sampler="weighted",
+    alpha="inverse_freq",
+    augment=True,
 )
 
 
@@ -38,8 +59,11 @@ def test_defaults_are_spec():
     assert isinstance(cfg, TrainConfig)
     for key, value in SPEC_DEFAULTS.items():
         got = getattr(cfg, key)
-        assert got == value and type(got) is type(value) or (
-            isinstance(value, int) and isinstance(got, float) and got == value), (key, got)
+        assert (
+            got == value
+            and type(got) is type(value)
+            or (isinstance(value, int) and isinstance(got, float) and got == value)
+        ), (key, got)
     assert load_config() == TrainConfig()
     # weight_clip must not be shared between instances
     a, b = load_config(), load_config()
@@ -48,8 +72,10 @@ def test_defaults_are_spec():
 
 
 def test_yaml_overrides_defaults(tmp_path):
-    p = write(tmp_path, "epochs: 10\nlr: 1e-4\ndropout: 0.2\nselect: val_f1_macro\n"
-                        "weight_clip: [1.0, 5.0]\naugment: false\n")
+    p = write(
+        tmp_path,
+        "epochs: 10\nlr: 1e-4\ndropout: 0.2\nselect: val_f1_macro\nweight_clip: [1.0, 5.0]\naugment: false\n",
+    )
     cfg = load_config(p)
     assert cfg.epochs == 10 and isinstance(cfg.epochs, int)
     # YAML 1.1 reads `1e-4` (no dot) as a string; it must still become the float 1e-4
@@ -102,16 +128,19 @@ def test_unknown_key_named_with_file_and_valid_keys(tmp_path):
         load_config(None, {"bogus": 1})
 
 
-@pytest.mark.parametrize("text,key", [
-    ('epochs: "ten"\n', "epochs"),
-    ("lr: [1]\n", "lr"),
-    ("augment: maybe\n", "augment"),
-    ("epochs: 10.5\n", "epochs"),
-    ("epochs: true\n", "epochs"),
-    ("weight_clip: 3\n", "weight_clip"),
-    ("model: [a, b]\n", "model"),
-    ("dropout: {a: 1}\n", "dropout"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ('epochs: "ten"\n', "epochs"),
+        ("lr: [1]\n", "lr"),
+        ("augment: maybe\n", "augment"),
+        ("epochs: 10.5\n", "epochs"),
+        ("epochs: true\n", "epochs"),
+        ("weight_clip: 3\n", "weight_clip"),
+        ("model: [a, b]\n", "model"),
+        ("dropout: {a: 1}\n", "dropout"),
+    ],
+)
 def test_wrong_type_names_key(tmp_path, text, key):
     p = write(tmp_path, text, "typed.yaml")
     with pytest.raises(ConfigError, match=key) as info:
@@ -139,24 +168,27 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path)  # a directory is not a config file
 
 
-@pytest.mark.parametrize("override,option", [
-    ({"batch_size": 0}, "batch.size"),
-    ({"epochs": -1}, "epochs"),
-    ({"lr": 0.0}, "lr"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"dropout": -0.1}, "dropout"),
-    ({"smoothing": 1.0}, "smoothing"),
-    ({"select": "foo"}, "select"),
-    ({"sampler": "bar"}, "sampler"),
-    ({"alpha": "uniform"}, "alpha"),
-    ({"val_fraction": 0}, "val.fraction"),
-    ({"val_fraction": 1.0}, "val.fraction"),
-    ({"weight_decay": -1e-4}, "weight.decay"),
-    ({"workers": -1}, "workers"),
-    ({"weight_clip": [10.0, 0.5]}, "weight.clip"),
-    ({"weight_clip": [0.0, 1.0]}, "weight.clip"),
-    ({"weight_clip": [1.0]}, "weight.clip"),
-])
+@pytest.mark.parametrize(
+    "override,option",
+    [
+        ({"batch_size": 0}, "batch.size"),
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"smoothing": 1.0}, "smoothing"),
+        ({"select": "foo"}, "select"),
+        ({"sampler": "bar"}, "sampler"),
+        ({"alpha": "uniform"}, "alpha"),
+        ({"val_fraction": 0}, "val.fraction"),
+        ({"val_fraction": 1.0}, "val.fraction"),
+        ({"weight_decay": -1e-4}, "weight.decay"),
+        ({"workers": -1}, "workers"),
+        ({"weight_clip": [10.0, 0.5]}, "weight.clip"),
+        ({"weight_clip": [0.0, 1.0]}, "weight.clip"),
+        ({"weight_clip": [1.0]}, "weight.clip"),
+    ],
+)
 def test_invalid_values_name_option(override, option):
     with pytest.raises(ConfigError, match=option):
         load_config(None, override)
@@ -168,8 +200,18 @@ def test_invalid_value_from_yaml(tmp_path):
 
 
 def test_boundary_values_accepted():
-    cfg = load_config(None, {"dropout": 0.0, "smoothing": 0.0, "weight_decay": 0, "workers": 0,
-                             "patience_cycles": 0, "weight_clip": [1.0, 1.0], "val_fraction": 0.99})
+    cfg = load_config(
+        None,
+        {
+            "dropout": 0.0,
+            "smoothing": 0.0,
+            "weight_decay": 0,
+            "workers": 0,
+            "patience_cycles": 0,
+            "weight_clip": [1.0, 1.0],
+            "val_fraction": 0.99,
+        },
+    )
     assert cfg.dropout == 0.0 and cfg.workers == 0 and cfg.weight_clip == [1.0, 1.0]
 
 
@@ -201,8 +243,9 @@ def test_an_option_over_its_bound_is_refused_before_anything_is_written(tmp_path
 def test_config_diff_lists_changes_and_skips_runtime():
     assert set(RUNTIME_ONLY) >= {"epochs", "workers", "device", "monitor_interval", "plots"}
     old = TrainConfig()
-    new = dataclasses.replace(old, lr=0.01, dropout=0.1, epochs=300, workers=8, device="cpu",
-                              monitor_interval=5.0, plots=False)
+    new = dataclasses.replace(
+        old, lr=0.01, dropout=0.1, epochs=300, workers=8, device="cpu", monitor_interval=5.0, plots=False
+    )
     diff = config_diff(old, new)
     assert len(diff) == 2
     joined = "\n".join(diff)
@@ -221,12 +264,28 @@ def test_config_diff_lists_changes_and_skips_runtime():
     assert len(wc) == 1 and wc[0].startswith("weight_clip")
 
 
-@pytest.mark.parametrize("changes", [
-    {},
-    dict(features_dir="/data/feats", epochs=7, batch_size=3, lr=1.2345678e-4, weight_clip=[0.25, 4.0],
-         augment=False, plots=False, select="val_f1_macro", sampler="shuffle", alpha="none",
-         monitor_interval=12.5, device="cpu", model="transformer", eta_min=0.0),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        dict(
+            features_dir="/data/feats",
+            epochs=7,
+            batch_size=3,
+            lr=1.2345678e-4,
+            weight_clip=[0.25, 4.0],
+            augment=False,
+            plots=False,
+            select="val_f1_macro",
+            sampler="shuffle",
+            alpha="none",
+            monitor_interval=12.5,
+            device="cpu",
+            model="transformer",
+            eta_min=0.0,
+        ),
+    ],
+)
 def test_dump_yaml_round_trip(tmp_path, changes):
     cfg = dataclasses.replace(TrainConfig(), **changes).validate()
     p = write(tmp_path, dump_yaml(cfg), "config.yaml")
@@ -237,8 +296,7 @@ def test_dump_yaml_round_trip(tmp_path, changes):
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("override", [{"lr": "nan"}, {"lr": float("inf")},
-                                      {"weight_decay": float("nan")}])
+@pytest.mark.parametrize("override", [{"lr": "nan"}, {"lr": float("inf")}, {"weight_decay": float("nan")}])
 def test_non_finite_values_rejected(override):
     try:
         load_config(None, override)
@@ -287,7 +345,9 @@ def test_seed_fits_a_signed_64_bit_int_for_every_member():
 ALL_MODES = ("original", "reverse", "speed_up", "speed_down")
 
 
-@pytest.mark.parametrize("modes", [list(c) for k in range(1, 5) for c in itertools.combinations(ALL_MODES, k)])
+@pytest.mark.parametrize(
+    "modes", [list(c) for k in range(1, 5) for c in itertools.combinations(ALL_MODES, k)]
+)
 def test_every_subset_of_tta_modes_is_accepted(modes):
     assert load_config(None, {"tta_modes": ",".join(modes)}).tta_modes == modes
 

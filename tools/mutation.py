@@ -12,6 +12,7 @@ of ``SCOPE`` whose name contains one are run and reported (a quicker loop while 
 mutmut works on a copy of the sources in ./mutants/, deleted and rebuilt on every run: mutmut reuses
 what it finds there, which goes stale when the sources change between runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -134,8 +135,10 @@ def mutant_diff(name: str) -> str:
 def report(results: dict[str, str], modules: list[str], wall: float | None) -> None:
     equivalent = documented_equivalents()
     print()
-    head = f"{'module':<26} {'functions':<44} {'mutants':>7} {'killed':>6} {'timeout':>7} " \
-           f"{'survived':>8} {'no tests':>8} {'other':>5} {'share':>6}"
+    head = (
+        f"{'module':<26} {'functions':<44} {'mutants':>7} {'killed':>6} {'timeout':>7} "
+        f"{'survived':>8} {'no tests':>8} {'other':>5} {'share':>6}"
+    )
     print(head)
     print("-" * len(head))
     totals = Counter()
@@ -146,15 +149,19 @@ def report(results: dict[str, str], modules: list[str], wall: float | None) -> N
         other = n - killed - counts["survived"] - counts["no tests"]
         share = f"{killed / n:.3f}" if n else "-"
         funcs = ", ".join(SCOPE[module]) if SCOPE[module] else "(all)"
-        print(f"{module:<26} {funcs:<44} {n:>7} {counts['killed']:>6} {counts['timeout']:>7} "
-              f"{counts['survived']:>8} {counts['no tests']:>8} {other:>5} {share:>6}")
+        print(
+            f"{module:<26} {funcs:<44} {n:>7} {counts['killed']:>6} {counts['timeout']:>7} "
+            f"{counts['survived']:>8} {counts['no tests']:>8} {other:>5} {share:>6}"
+        )
         totals.update(counts)
     n = sum(totals.values())
     killed = sum(totals[s] for s in KILLED)
     print("-" * len(head))
-    print(f"{'total':<71} {n:>7} {totals['killed']:>6} {totals['timeout']:>7} {totals['survived']:>8} "
-          f"{totals['no tests']:>8} {n - killed - totals['survived'] - totals['no tests']:>5} "
-          f"{(killed / n if n else 0):>6.3f}")
+    print(
+        f"{'total':<71} {n:>7} {totals['killed']:>6} {totals['timeout']:>7} {totals['survived']:>8} "
+        f"{totals['no tests']:>8} {n - killed - totals['survived'] - totals['no tests']:>5} "
+        f"{(killed / n if n else 0):>6.3f}"
+    )
 
     survivors = sorted(name for name, status in results.items() if status not in KILLED)
     print(f"\nmutants not killed: {len(survivors)}")
@@ -164,8 +171,10 @@ def report(results: dict[str, str], modules: list[str], wall: float | None) -> N
         print(mutant_diff(name))
     n_eq = sum(name in equivalent for name in survivors)
     took = f" in {wall / 60:.1f} min" if wall is not None else ""
-    print(f"\n{n_eq} of the {len(survivors)} are documented as equivalent in docs/mutation.md; "
-          f"{n} mutants{took}")
+    print(
+        f"\n{n_eq} of the {len(survivors)} are documented as equivalent in docs/mutation.md; "
+        f"{n} mutants{took}"
+    )
     if n == 0:
         sys.exit("no mutants matched the scope: check SCOPE against the sources")
     print(f"killed_share={killed / n:.4f}")
@@ -174,10 +183,17 @@ def report(results: dict[str, str], modules: list[str], wall: float | None) -> N
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("only", nargs="*", help="restrict to modules of SCOPE containing one of these strings")
-    ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
-                    help="mutants tested side by side (default 2, or $MUTATION_JOBS)")
-    ap.add_argument("--report-only", action="store_true",
-                    help="report the results of the last run in ./mutants/ without running mutmut")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=int(os.environ.get("MUTATION_JOBS", "2")),
+        help="mutants tested side by side (default 2, or $MUTATION_JOBS)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="report the results of the last run in ./mutants/ without running mutmut",
+    )
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     modules = [m for m in SCOPE if not args.only or any(s in m for s in args.only)]

@@ -5,6 +5,7 @@ against a loader that zips the file's tensors onto timm's in order, and rebuildi
 
 Everything runs offline on CPU (HF_HUB_OFFLINE=1: a hub lookup fails at once) at small sizes.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import videos as V
 
+import videos as V
 from vidcls.cli import main
 from vidcls.errors import BackboneError
 from vidcls.features.backbone import FrameEncoder
@@ -23,7 +24,18 @@ from vidcls.features.catalog import RECOMMENDED
 from vidcls.features.lite0 import installed_weights
 
 LITE0 = "timm:tf_efficientnet_lite0"
-FAST = ["--image-size", "64", "--device", "cpu", "--frames", "2", "--decode-workers", "0", "--batch-size", "2"]
+FAST = [
+    "--image-size",
+    "64",
+    "--device",
+    "cpu",
+    "--frames",
+    "2",
+    "--decode-workers",
+    "0",
+    "--batch-size",
+    "2",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -90,6 +102,7 @@ def extract_fails(capsys, video_root: Path, tmp_path: Path, *flags) -> str:
 
 # ---------------------------------------------------------------- hostile inputs through the CLI
 
+
 def test_published_weights_without_internet_say_how_to_go_offline(capsys, video_root, tmp_path):
     line = extract_fails(capsys, video_root, tmp_path, "--backbone", LITE0, "--weights", "DEFAULT")
     assert "cannot get the pretrained weights of timm:tf_efficientnet_lite0" in line
@@ -117,7 +130,9 @@ def test_a_timm_vit_file_loads_at_another_image_size(tmp_path):
 
 
 def test_unknown_timm_name_lists_close_matches(capsys, video_root, tmp_path):
-    line = extract_fails(capsys, video_root, tmp_path, "--backbone", "timm:vit_smal_dinov2", "--weights", "none")
+    line = extract_fails(
+        capsys, video_root, tmp_path, "--backbone", "timm:vit_smal_dinov2", "--weights", "none"
+    )
     assert "vit_smal_dinov2" in line
     close = line.split("close matches:", 1)[1]
     assert "vit_small_patch14_dinov2" in close
@@ -167,13 +182,18 @@ def test_the_same_weights_without_damage_extract(capsys, video_root, tmp_path, l
     path = tmp_path / "good.pth"
     torch.save(lite0_state, path)
     out = tmp_path / "features"
-    assert main(["extract", str(video_root), str(out), "--backbone", LITE0, "--weights", str(path), *FAST]) == 0
+    assert (
+        main(["extract", str(video_root), str(out), "--backbone", LITE0, "--weights", str(path), *FAST]) == 0
+    )
     assert (out / "extract_report.json").is_file()
 
 
 # ---------------------------------------------------------------- the catalogue's widths
 
-@pytest.mark.parametrize("spec,width", [(s, w) for s, w, _ in RECOMMENDED], ids=[s for s, _, _ in RECOMMENDED])
+
+@pytest.mark.parametrize(
+    "spec,width", [(s, w) for s, w, _ in RECOMMENDED], ids=[s for s, _, _ in RECOMMENDED]
+)
 def test_recommended_widths_are_the_libraries_own(spec, width):
     if spec.startswith("timm:"):
         import timm
@@ -191,6 +211,7 @@ def test_recommended_widths_are_the_libraries_own(spec, width):
 
 
 # ---------------------------------------------------------------- the Lite0 mapping
+
 
 def zipped_timm_lite0(path: Path):
     """timm's tf_efficientnet_lite0 loaded from the efficientnet_pytorch file by position: the file's
@@ -255,6 +276,7 @@ def test_lite0_file_without_one_block_tensor_is_refused(lite0_file, tmp_path):
 
 # ---------------------------------------------------------------- records and rebuilding
 
+
 def test_a_timm_record_with_another_fingerprint_is_refused(lite0_encoder):
     record = dict(lite0_encoder.description)
     assert len(record["state_sha256"]) == 64
@@ -299,8 +321,9 @@ def test_a_file_record_rebuilds_from_its_recorded_path_while_it_is_there(tmp_pat
     shutil.move(path, moved)
     with pytest.raises(BackboneError, match="pass --weights"):
         FrameEncoder.from_record(record, device="cpu")
-    np.testing.assert_array_equal(FrameEncoder.from_record(record, moved, device="cpu", batch_size=2).encode(x),
-                                  enc.encode(x))
+    np.testing.assert_array_equal(
+        FrameEncoder.from_record(record, moved, device="cpu", batch_size=2).encode(x), enc.encode(x)
+    )
     # other bytes at the recorded path are not the recorded file
     torch.manual_seed(5)
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
@@ -309,6 +332,7 @@ def test_a_file_record_rebuilds_from_its_recorded_path_while_it_is_there(tmp_pat
 
 
 # ---------------------------------------------------------------- open_clip
+
 
 def test_open_clip_random_tower_and_a_whole_model_state_dict(tmp_path):
     import open_clip
@@ -360,8 +384,18 @@ def test_a_store_of_the_previous_release_resumes(capsys, video_root, tmp_path):
     import h5py
 
     out = tmp_path / "features"
-    args = ["extract", str(video_root), str(out), "--backbone", "resnet18", "--weights", "none",
-            "--split", "100,0,0", *FAST]
+    args = [
+        "extract",
+        str(video_root),
+        str(out),
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "none",
+        "--split",
+        "100,0,0",
+        *FAST,
+    ]
     assert main(args) == 0
     with h5py.File(out / "train.h5", "r+") as f:
         record = json.loads(f.attrs["extractor"])

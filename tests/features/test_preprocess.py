@@ -1,6 +1,7 @@
 """Each family's preprocessing against the library's own eval transform: the same resize, crop,
 interpolation and normalisation read off timm's and open_clip's transform objects, the same pixels
 on a real photo, and the inputs vidcls cannot feed refused."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,11 +16,11 @@ from vidcls.features.preprocess import Preprocess, parse_image_size
 timm = pytest.importorskip("timm")
 
 TIMM_CONFIGS = {  # name -> --image-size (None: the model's own)
-    "tf_efficientnet_lite0": None,           # crop_pct 0.875: 224 of 256
-    "convnext_tiny.in12k_ft_in1k": None,     # crop_pct 0.95
+    "tf_efficientnet_lite0": None,  # crop_pct 0.875: 224 of 256
+    "convnext_tiny.in12k_ft_in1k": None,  # crop_pct 0.95
     "vit_base_patch16_clip_224.openai": None,  # crop_pct 0.9, CLIP's mean/std
     "vit_small_patch14_dinov2.lvd142m": 224,  # 518 px by default, crop_pct 1.0
-    "resnet50.a1_in1k": 160,                 # crop_pct 0.95 at another size
+    "resnet50.a1_in1k": 160,  # crop_pct 0.95 at another size
 }
 
 
@@ -41,8 +42,13 @@ def steps(compose) -> dict:
 
 def ours(pre: Preprocess) -> dict:
     resize = pre.resize_size if pre.crop_mode == "center" else (pre.resize_size, pre.resize_size)
-    return {"resize": resize, "interpolation": pre.interpolation, "crop": (pre.crop_size, pre.crop_size),
-            "mean": tuple(round(v, 5) for v in pre.mean), "std": tuple(round(v, 5) for v in pre.std)}
+    return {
+        "resize": resize,
+        "interpolation": pre.interpolation,
+        "crop": (pre.crop_size, pre.crop_size),
+        "mean": tuple(round(v, 5) for v in pre.mean),
+        "std": tuple(round(v, 5) for v in pre.std),
+    }
 
 
 def timm_config(name: str, size: int | None) -> dict:
@@ -75,10 +81,23 @@ def test_timm_squash_mode_resizes_both_sides():
 def test_open_clip_preprocessing_is_open_clips_eval_transform():
     open_clip = pytest.importorskip("open_clip")
     for mode in ("shortest", "squash"):
-        cfg = {"size": 224, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
-               "interpolation": "bicubic", "resize_mode": mode}
-        expected = steps(open_clip.image_transform(224, is_train=False, mean=cfg["mean"], std=cfg["std"],
-                                                   resize_mode=mode, interpolation="bicubic"))
+        cfg = {
+            "size": 224,
+            "mean": open_clip.OPENAI_DATASET_MEAN,
+            "std": open_clip.OPENAI_DATASET_STD,
+            "interpolation": "bicubic",
+            "resize_mode": mode,
+        }
+        expected = steps(
+            open_clip.image_transform(
+                224,
+                is_train=False,
+                mean=cfg["mean"],
+                std=cfg["std"],
+                resize_mode=mode,
+                interpolation="bicubic",
+            )
+        )
         pre = Preprocess.from_open_clip(cfg, "ViT-B-32")
         got = ours(pre)
         if mode == "squash":
@@ -113,10 +132,13 @@ def test_pixels_match_timms_pil_transform_on_a_real_photo():
     assert float(cos) > 0.999
 
 
-@pytest.mark.parametrize("cfg,word", [
-    ({"input_size": (3, 224, 256), "crop_mode": "center"}, "224x256"),
-    ({"input_size": (3, 224, 224), "crop_mode": "border"}, "border"),
-])
+@pytest.mark.parametrize(
+    "cfg,word",
+    [
+        ({"input_size": (3, 224, 256), "crop_mode": "center"}, "224x256"),
+        ({"input_size": (3, 224, 224), "crop_mode": "border"}, "border"),
+    ],
+)
 def test_timm_inputs_vidcls_cannot_feed_are_refused(cfg, word):
     with pytest.raises(BackboneError, match=word):
         Preprocess.from_timm({**cfg, "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}, "m")
@@ -124,8 +146,9 @@ def test_timm_inputs_vidcls_cannot_feed_are_refused(cfg, word):
 
 def test_open_clip_longest_resize_is_refused():
     with pytest.raises(BackboneError, match="longest"):
-        Preprocess.from_open_clip({"size": 224, "mean": (0.5,) * 3, "std": (0.5,) * 3,
-                                   "resize_mode": "longest"}, "m")
+        Preprocess.from_open_clip(
+            {"size": 224, "mean": (0.5,) * 3, "std": (0.5,) * 3, "resize_mode": "longest"}, "m"
+        )
 
 
 def test_image_size_values():
@@ -155,14 +178,32 @@ def test_interpolation_names():
 def test_every_config_key_is_read_and_the_defaults_are_the_libraries():
     base = {"input_size": (3, 224, 224), "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
     pre = Preprocess.from_timm(base, "m")  # no crop_pct, crop_mode, interpolation: timm's defaults
-    assert (pre.resize_size, pre.crop_mode, pre.interpolation, pre.antialias) == (256, "center", "bicubic", True)
-    pre = Preprocess.from_timm({**base, "crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center"}, "m")
+    assert (pre.resize_size, pre.crop_mode, pre.interpolation, pre.antialias) == (
+        256,
+        "center",
+        "bicubic",
+        True,
+    )
+    pre = Preprocess.from_timm(
+        {**base, "crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center"}, "m"
+    )
     assert (pre.resize_size, pre.interpolation) == (224, "bilinear")
-    assert pre.describe() == {"image_size": 224, "resize_size": 224, "interpolation": "bilinear",
-                              "antialias": True, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    assert pre.describe() == {
+        "image_size": 224,
+        "resize_size": 224,
+        "interpolation": "bilinear",
+        "antialias": True,
+        "mean": [0.1, 0.2, 0.3],
+        "std": [0.4, 0.5, 0.6],
+    }
     clip = {"size": 224, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
     pre = Preprocess.from_open_clip(clip, "m")  # no resize_mode or interpolation: open_clip's defaults
-    assert (pre.resize_size, pre.crop_mode, pre.interpolation, pre.antialias) == (224, "center", "bicubic", True)
+    assert (pre.resize_size, pre.crop_mode, pre.interpolation, pre.antialias) == (
+        224,
+        "center",
+        "bicubic",
+        True,
+    )
     pre = Preprocess.from_open_clip({**clip, "resize_mode": "squash", "interpolation": "bilinear"}, "m")
     assert (pre.crop_mode, pre.interpolation) == ("squash", "bilinear")
     assert pre.describe()["crop_mode"] == "squash"
@@ -172,7 +213,11 @@ def test_torchvision_presets_keep_their_antialias_flag():
     import torchvision
 
     pre = Preprocess.from_weights(torchvision.models.get_model_weights("resnet18").DEFAULT)
-    assert pre.antialias is True and pre.interpolation == "bilinear" and (pre.crop_size, pre.resize_size) == (224, 256)
+    assert (
+        pre.antialias is True
+        and pre.interpolation == "bilinear"
+        and (pre.crop_size, pre.resize_size) == (224, 256)
+    )
 
 
 def test_geometry_uses_the_configured_interpolation_with_antialiasing():
@@ -181,11 +226,13 @@ def test_geometry_uses_the_configured_interpolation_with_antialiasing():
     base = dict(crop_size=30, resize_size=30, mean=(0.5,) * 3, std=(0.5,) * 3)
     for mode in ("bicubic", "bilinear", "nearest"):
         got = Preprocess(**base, interpolation=mode).geometry(frame)
-        expected = T.functional.center_crop(T.functional.resize(
-            frame, [30], interpolation=T.InterpolationMode(mode), antialias=True), [30])
+        expected = T.functional.center_crop(
+            T.functional.resize(frame, [30], interpolation=T.InterpolationMode(mode), antialias=True), [30]
+        )
         assert torch.equal(got, expected), mode
     bicubic = Preprocess(**base, interpolation="bicubic").geometry(frame)
     assert not torch.equal(bicubic, Preprocess(**base, interpolation="bilinear").geometry(frame))
-    aliased = T.functional.center_crop(T.functional.resize(
-        frame, [30], interpolation=T.InterpolationMode.BICUBIC, antialias=False), [30])
+    aliased = T.functional.center_crop(
+        T.functional.resize(frame, [30], interpolation=T.InterpolationMode.BICUBIC, antialias=False), [30]
+    )
     assert not torch.equal(bicubic, aliased)  # a 3x downscale: antialiasing changes the pixels

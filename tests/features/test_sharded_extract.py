@@ -4,6 +4,7 @@ The reference is an ordinary extraction of the same folder: two shards run one a
 (and, once, two torchrun ranks at the same time) and merged must give the same files, in the same
 order, with bit-identical features, and the same report up to timings.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import videos as V
 
+import videos as V
 from vidcls.cli import main
 from vidcls.data.dataset import load_splits
 from vidcls.errors import ConfigError, StoreError, VidclsError
@@ -28,11 +29,35 @@ from vidcls.store import FeatureStore, MultiFileStore, open_splits
 from vidcls.store.shards import shard_report_name
 from vidcls.utils.dist import Dist
 
-SMALL = dict(backbone="resnet18", weights="none", image_size="32", batch_size=4, device="cpu", frames=3,
-             split="50,25,25", seed=1)
+SMALL = dict(
+    backbone="resnet18",
+    weights="none",
+    image_size="32",
+    batch_size=4,
+    device="cpu",
+    frames=3,
+    split="50,25,25",
+    seed=1,
+)
 # image_size as text, as the CLI passes it: the reports record the options as given
-SMALL_CLI = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",
-             "--device", "cpu", "--frames", "3", "--split", "50,25,25", "--seed", "1"]
+SMALL_CLI = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--frames",
+    "3",
+    "--split",
+    "50,25,25",
+    "--seed",
+    "1",
+]
 TIMINGS = ("decode_s", "cnn_s")  # per-video seconds: the only entry fields that may differ
 quiet = dict(progress=False, log=lambda *a: None)
 
@@ -53,10 +78,16 @@ def runs(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("sharded")
     root = make_videos(base / "videos")
     single = extract(root, base / "single", **SMALL, decode_workers=0, **quiet)
-    shards = [extract(root, base / "shards", **SMALL, decode_workers=0, shard=f"{i}/2", **quiet)
-              for i in range(2)]
-    return {"root": root, "single_dir": base / "single", "shard_dir": base / "shards",
-            "single": single, "shards": shards}
+    shards = [
+        extract(root, base / "shards", **SMALL, decode_workers=0, shard=f"{i}/2", **quiet) for i in range(2)
+    ]
+    return {
+        "root": root,
+        "single_dir": base / "single",
+        "shard_dir": base / "shards",
+        "single": single,
+        "shards": shards,
+    }
 
 
 def copy_of(src: Path, dst: Path) -> Path:
@@ -88,10 +119,16 @@ def assert_equals_single(merged_dir: Path, merged: dict, runs: dict) -> None:
         if (merged_dir / f"{split}.h5").exists():
             assert_same_store(runs["single_dir"] / f"{split}.h5", merged_dir / f"{split}.h5")
     assert stripped(merged["videos"]) == stripped(single["videos"])
-    assert (merged["totals"], merged["skip_reasons"], merged["status"]) == \
-           (single["totals"], single["skip_reasons"], "complete")
-    assert (merged["options"], merged["class_names"], merged["layout"]) == \
-           (single["options"], single["class_names"], single["layout"])
+    assert (merged["totals"], merged["skip_reasons"], merged["status"]) == (
+        single["totals"],
+        single["skip_reasons"],
+        "complete",
+    )
+    assert (merged["options"], merged["class_names"], merged["layout"]) == (
+        single["options"],
+        single["class_names"],
+        single["layout"],
+    )
     assert json.loads((merged_dir / "extract_report.json").read_text())["videos"] == merged["videos"]
 
 
@@ -113,8 +150,9 @@ def test_greedy_shares_by_size_on_hand_made_files(tmp_path):
     assert [sum(j.size for j in vs.jobs) for vs, _ in shares] == [15000, 14000]
     assert [r["index"] for _, r in shares] == [0, 1] and shares[0][1]["scan"] == shares[1][1]["scan"]
     # the same scan always deals the same shares (a re-run shard resumes its own)
-    assert [j.video_id for j in take_share(scan_videos(tmp_path / "v", split="100,0,0"), 1, 2)[0].jobs] == \
-           [j.video_id for j in shares[1][0].jobs]
+    assert [j.video_id for j in take_share(scan_videos(tmp_path / "v", split="100,0,0"), 1, 2)[0].jobs] == [
+        j.video_id for j in shares[1][0].jobs
+    ]
 
 
 def test_shards_are_disjoint_and_cover_every_video(runs):
@@ -208,7 +246,9 @@ def test_torchrun_environment_picks_the_shard(runs, tmp_path, monkeypatch):
     for p in runs["shard_dir"].glob("*-00001-of-00002.h5"):
         assert_same_store(p, tmp_path / "feats" / p.name)
     assert not list((tmp_path / "feats").glob("*-00000-of-00002.*"))
-    again = extract(runs["root"], tmp_path / "feats", **SMALL, decode_workers=0, shard="1/2", **quiet)  # agrees
+    again = extract(
+        runs["root"], tmp_path / "feats", **SMALL, decode_workers=0, shard="1/2", **quiet
+    )  # agrees
     assert again["run"]["new_videos"] == 0 and again["totals"] == report["totals"]  # resumed: all stored
     with pytest.raises(ConfigError, match="contradicts torchrun's RANK=1"):
         extract(runs["root"], tmp_path / "feats", **SMALL, decode_workers=0, shard="0/2", **quiet)
@@ -239,13 +279,31 @@ def _free_port() -> int:
 def test_real_torchrun_then_merge_equals_single_process(runs, tmp_path):
     d = tmp_path / "feats"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", "-m", "vidcls", "extract", str(runs["root"]), str(d), *SMALL_CLI,
-           "--decode-workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        "-m",
+        "vidcls",
+        "extract",
+        str(runs["root"]),
+        str(d),
+        *SMALL_CLI,
+        "--decode-workers",
+        "0",
+    ]
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the CNN's threads as in this process
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.count(f"complete; training reads the shards once all 2 are, or merge them: vidcls merge {d}") == 2
+    assert (
+        proc.stdout.count(
+            f"complete; training reads the shards once all 2 are, or merge them: vidcls merge {d}"
+        )
+        == 2
+    )
     assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in runs["shard_dir"].iterdir())
     assert main(["merge", str(d)]) == 0
     assert_equals_single(d, json.loads((d / "extract_report.json").read_text()), runs)

@@ -1,4 +1,5 @@
 """Tests for vidcls.models: tiny configs on CPU, seeded."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,9 @@ def tiny(name: str, seed: int = 0) -> nn.Module:
     return build_model(name, **TINY)
 
 
-def padded_batch(lengths: list[int], T: int | None = None, seed: int = 1,
-                 fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(
+    lengths: list[int], T: int | None = None, seed: int = 1, fill: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random features, each row filled with `fill` after its length."""
     g = torch.Generator().manual_seed(seed)
     T = T or max(lengths)
@@ -37,6 +39,7 @@ def padded_batch(lengths: list[int], T: int | None = None, seed: int = 1,
 
 # ---------------------------------------------------------------------------------- registry
 
+
 def test_list_models_matches_registry():
     assert list_models() == ["bilstm_attn", "inception_time", "mean_mlp", "transformer"]
     assert set(MODELS) == set(NAMES)
@@ -45,7 +48,9 @@ def test_list_models_matches_registry():
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
         build_model("x", feature_dim=D, n_classes=C)
-    assert str(e.value) == "unknown model 'x'; valid names: bilstm_attn, inception_time, mean_mlp, transformer"
+    assert (
+        str(e.value) == "unknown model 'x'; valid names: bilstm_attn, inception_time, mean_mlp, transformer"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -53,19 +58,22 @@ def test_build_returns_registered_class(name):
     assert type(tiny(name)) is MODELS[name]
 
 
-@pytest.mark.parametrize("name, override, option", [
-    ("bilstm_attn", dict(hidden_dim=18, heads=4), "heads"),      # 18 % 4 != 0
-    ("transformer", dict(hidden_dim=18, heads=4), "heads"),
-    ("bilstm_attn", dict(hidden_dim=15, heads=3), "even"),       # divisible by heads, but odd
-    ("bilstm_attn", dict(layers=0), "layers"),
-    ("transformer", dict(layers=0), "layers"),
-    ("bilstm_attn", dict(dropout=1.0), "dropout"),
-    ("mean_mlp", dict(dropout=-0.1), "dropout"),
-    ("transformer", dict(n_classes=1), "n_classes"),
-    ("mean_mlp", dict(n_classes=1), "n_classes"),
-    ("inception_time", dict(layers=0), "layers"),
-    ("inception_time", dict(dropout=1.0), "dropout"),
-])
+@pytest.mark.parametrize(
+    "name, override, option",
+    [
+        ("bilstm_attn", dict(hidden_dim=18, heads=4), "heads"),  # 18 % 4 != 0
+        ("transformer", dict(hidden_dim=18, heads=4), "heads"),
+        ("bilstm_attn", dict(hidden_dim=15, heads=3), "even"),  # divisible by heads, but odd
+        ("bilstm_attn", dict(layers=0), "layers"),
+        ("transformer", dict(layers=0), "layers"),
+        ("bilstm_attn", dict(dropout=1.0), "dropout"),
+        ("mean_mlp", dict(dropout=-0.1), "dropout"),
+        ("transformer", dict(n_classes=1), "n_classes"),
+        ("mean_mlp", dict(n_classes=1), "n_classes"),
+        ("inception_time", dict(layers=0), "layers"),
+        ("inception_time", dict(dropout=1.0), "dropout"),
+    ],
+)
 def test_invalid_options_name_the_option(name, override, option):
     with pytest.raises(ValueError, match=option):
         build_model(name, **{**TINY, **override})
@@ -79,6 +87,7 @@ def test_odd_hidden_is_fine_for_transformer():
 
 
 # ---------------------------------------------------------------------------------- forward
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_and_attention_weights(name):
@@ -117,7 +126,7 @@ def test_video_alone_equals_video_in_batch(name):
     with torch.no_grad():
         batch = m(x, L)
         for i, n in enumerate(L.tolist()):
-            alone = m(x[i:i + 1, :n], L[i:i + 1])
+            alone = m(x[i : i + 1, :n], L[i : i + 1])
             torch.testing.assert_close(alone[0], batch[i], atol=1e-5, rtol=0)
 
 
@@ -131,8 +140,10 @@ def test_padding_content_is_never_read(name):
         torch.testing.assert_close(m(x1, L), m(x0, L), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name, order_matters", [
-    ("bilstm_attn", True), ("transformer", True), ("mean_mlp", False), ("inception_time", True)])
+@pytest.mark.parametrize(
+    "name, order_matters",
+    [("bilstm_attn", True), ("transformer", True), ("mean_mlp", False), ("inception_time", True)],
+)
 def test_frame_order(name, order_matters):
     m = tiny(name).eval()
     x, L = padded_batch([6])
@@ -145,7 +156,7 @@ def test_mean_mlp_is_head_of_frame_mean():
     m = tiny("mean_mlp").eval()
     x, L = padded_batch([5, 2])
     with torch.no_grad():
-        means = torch.stack([x[0, :5].mean(0), x[1, :2].mean(0)])          # (B, D)
+        means = torch.stack([x[0, :5].mean(0), x[1, :2].mean(0)])  # (B, D)
         lin1, lin2 = m.head.net[0], m.head.net[4]
         expected = lin2(torch.relu(lin1(means)))
         logits, attn = m(x, L, return_attention=True)
@@ -189,8 +200,8 @@ def test_sinusoidal_encoding_values():
     torch.testing.assert_close(pe[7, 2], torch.tensor(7 / 10000 ** (2 / 5)).sin())
 
 
-
 # ---------------------------------------------------------------------------------- inception_time
+
 
 @pytest.mark.parametrize("hidden_dim", [18, 30, 2])  # 18 % 4 == 2, 30 % 4 == 2, 2 % 4 == 2
 def test_inception_hidden_not_divisible_by_4_names_hidden_dim(hidden_dim):
@@ -224,8 +235,15 @@ def test_inception_padding_invariant_with_shortcut_and_1d_input(feature_dim, lay
     # would pick 0 at a row's end where the video alone (pool padding -inf) picks a negative
     # value; +5 junk would be picked too. Every fill must give the video-alone logits.
     torch.manual_seed(0)
-    m = build_model("inception_time", feature_dim=feature_dim, n_classes=C, hidden_dim=8,
-                    layers=layers, heads=1, dropout=0.0).eval()
+    m = build_model(
+        "inception_time",
+        feature_dim=feature_dim,
+        n_classes=C,
+        hidden_dim=8,
+        layers=layers,
+        heads=1,
+        dropout=0.0,
+    ).eval()
     g = torch.Generator().manual_seed(3)
     lengths = [12, 5, 1]
     x = torch.randn(3, 20, feature_dim, generator=g) - 1.0
@@ -235,7 +253,7 @@ def test_inception_padding_invariant_with_shortcut_and_1d_input(feature_dim, lay
         for fill in (0.0, 5.0, -5.0):
             batch = m(x.masked_fill(pad, fill), L)
             for i, n in enumerate(lengths):
-                alone = m(x[i:i + 1, :n], L[i:i + 1])
+                alone = m(x[i : i + 1, :n], L[i : i + 1])
                 torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)
 
 
@@ -252,7 +270,7 @@ def _ramp_data(n: int, T: int = 48, ramp: int = 8, seed: int = 0):
     up = torch.linspace(-2.0, 2.0, ramp)
     for i in range(n):
         start = int(torch.randint(0, int(lengths[i]) - ramp + 1, (1,), generator=g))
-        x[i, start:start + ramp, 0] += up if y[i] == 0 else up.flip(0)
+        x[i, start : start + ramp, 0] += up if y[i] == 0 else up.flip(0)
     pad = torch.arange(T)[None, :] >= lengths[:, None]
     return x.masked_fill(pad[:, :, None], 0.0), lengths, y
 
@@ -262,8 +280,9 @@ def test_inception_learns_ramp_direction():
     # perfectly; 90 % leaves room for a few hard (noisy) items.
     x, L, y = _ramp_data(64)
     torch.manual_seed(0)
-    m = build_model("inception_time", feature_dim=1, n_classes=2, hidden_dim=16, layers=1,
-                    heads=1, dropout=0.0)
+    m = build_model(
+        "inception_time", feature_dim=1, n_classes=2, hidden_dim=16, layers=1, heads=1, dropout=0.0
+    )
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     # One thread: these tensors are too small to gain from more, and on a shared, busy CPU the
     # extra threads' spin-waits made each step ~100x slower.
@@ -281,14 +300,16 @@ def test_inception_learns_ramp_direction():
         acc = (m(x, L).argmax(1) == y).float().mean().item()
     assert acc >= 0.9, acc
 
+
 # ---------------------------------------------------------------------------------- default size
+
 
 def _expected_bilstm_params(D: int, H: int, L: int, C: int) -> int:
     """Parameter count of bilstm_attn written out layer by layer."""
     h = H // 2
-    proj = D * H + H + 2 * H                                  # Linear + LayerNorm
-    lstm = L * 2 * (4 * h * (H + h) + 8 * h)                  # every layer's input is H wide
-    mha = 3 * H * H + 3 * H + H * H + H + 2 * H               # in/out projections + LayerNorm
+    proj = D * H + H + 2 * H  # Linear + LayerNorm
+    lstm = L * 2 * (4 * h * (H + h) + 8 * h)  # every layer's input is H wide
+    mha = 3 * H * H + 3 * H + H * H + H + 2 * H  # in/out projections + LayerNorm
     pool = H * h + h + h + 1
     head = H * h + h + 2 * h + h * C + C
     return proj + lstm + mha + pool + head
@@ -304,6 +325,7 @@ def test_default_model_builds():
 
 # ---------------------------------------------------------------------------------- masks
 
+
 def test_length_mask_boundaries():
     # length T: every frame valid; length 1: only the first
     mask = length_mask(torch.tensor([5, 1, 4], dtype=torch.int32), 5)
@@ -311,11 +333,14 @@ def test_length_mask_boundaries():
     assert mask.tolist() == [[True] * 5, [True] + [False] * 4, [True] * 4 + [False]]
 
 
-@pytest.mark.parametrize("lengths, shown", [
-    (torch.tensor([2.0, 3.0]), r"\(2,\) torch.float32"),
-    (torch.tensor([True, True]), r"\(2,\) torch.bool"),
-    (torch.tensor([[2, 3]]), r"\(1, 2\) torch.int64"),
-])
+@pytest.mark.parametrize(
+    "lengths, shown",
+    [
+        (torch.tensor([2.0, 3.0]), r"\(2,\) torch.float32"),
+        (torch.tensor([True, True]), r"\(2,\) torch.bool"),
+        (torch.tensor([[2, 3]]), r"\(1, 2\) torch.int64"),
+    ],
+)
 def test_length_mask_rejects_non_integer_or_2d_lengths(lengths, shown):
     with pytest.raises(ValueError, match=r"1-D integer tensor, got " + shown):
         length_mask(lengths, 4)
@@ -336,6 +361,7 @@ def test_length_mask_on_the_lengths_device():
 
 # ---------------------------------------------------------------------------------- standardisation
 
+
 def test_standardized_model_sees_standardised_input_and_zero_padding():
     """build_model(..., standardize=True) == the bare model fed (x - mean) / std, padding still zero."""
     torch.manual_seed(0)
@@ -343,8 +369,8 @@ def test_standardized_model_sees_standardised_input_and_zero_padding():
     mean, std = torch.linspace(-2, 2, D), torch.linspace(0.5, 3, D)
     wrapped.set_stats(mean, std)
     x, L = padded_batch([5, 3], T=6)
-    x = x * 7 + 40                                    # far from zero mean / unit scale
-    x[1, 3:] = 0                                      # padding stays padding
+    x = x * 7 + 40  # far from zero mean / unit scale
+    x[1, 3:] = 0  # padding stays padding
     expected_in = ((x - mean) / std).masked_fill(~length_mask(L, 6)[:, :, None], 0.0)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x, L), wrapped.net(expected_in, L))

@@ -1,4 +1,5 @@
 """Store commands given careless or hostile input: one clear line (exit 2), nothing lost."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,21 +23,29 @@ def test_synth_never_replaces_features_it_did_not_write(tmp_path, capsys):
     before = (real / "train.h5").read_bytes()
     assert main(["synth", str(real), "--videos", "40", "--dim", "4"]) == 2
     assert "vidcls synth did not write" in capsys.readouterr().err
-    assert (real / "train.h5").read_bytes() == before and sorted(p.name for p in real.iterdir()) == ["train.h5"]
+    assert (real / "train.h5").read_bytes() == before and sorted(p.name for p in real.iterdir()) == [
+        "train.h5"
+    ]
     # a synthetic store may be re-made in place (the demo and the tests do)
     assert main(["synth", str(tmp_path / "s"), "--videos", "40", "--dim", "4"]) == 0
     assert main(["synth", str(tmp_path / "s"), "--videos", "40", "--dim", "4", "--seed", "1"]) == 0
 
 
-@pytest.mark.parametrize("content, says", [
-    (b"\xff\xfe\x00garbage\n", "is not UTF-8 text"),
-    (b"video_id,label\na\x00b,x\n", "control character"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"\xff\xfe\x00garbage\n", "is not UTF-8 text"),
+        (b"video_id,label\na\x00b,x\n", "control character"),
+    ],
+)
 def test_import_npy_names_what_is_wrong_with_the_csv(tmp_path, capsys, content, says):
     (tmp_path / "npy").mkdir()
     np.save(tmp_path / "npy" / "a.npy", np.zeros((3, 4), np.float32))
     (tmp_path / "labels.csv").write_bytes(content)
-    assert main(["import", "npy", str(tmp_path / "npy"), str(tmp_path / "labels.csv"), str(tmp_path / "out")]) == 2
+    assert (
+        main(["import", "npy", str(tmp_path / "npy"), str(tmp_path / "labels.csv"), str(tmp_path / "out")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert says in err and "labels.csv" in err and len(err.strip().splitlines()) == 1
 

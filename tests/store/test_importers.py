@@ -1,4 +1,5 @@
 """Tests for vidcls.store.importers: padded HDF5 and per-video .npy imports, store_info."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def _padded_file(path, n=11, max_frames=9, names=None, nframes=None):
     rows = []
     for i in range(n):
         rows.append(rng.standard_normal((min(int(nframes[i]), max_frames), D)).astype(np.float16))
-        feats[i, :len(rows[i])] = rows[i]
+        feats[i, : len(rows[i])] = rows[i]
     labels = np.arange(n) % 3
     with h5py.File(path, "w") as f:
         f.create_dataset("features", data=feats, compression="gzip", chunks=(1, max_frames, D))
@@ -33,8 +34,7 @@ def _padded_file(path, n=11, max_frames=9, names=None, nframes=None):
         f["num_frames"] = nframes
         f.attrs["category_mapping"] = json.dumps({"walk": 1, "run": 0, "jump": 2})
         if names is not None:
-            f.create_dataset("video_names", data=np.array(names, dtype=object),
-                             dtype=h5py.string_dtype())
+            f.create_dataset("video_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
     return rows, labels
 
 
@@ -150,8 +150,9 @@ def test_import_npy_with_split(tmp_path):
 
 def _split_csv(tmp_path, ids_splits, name="labels.csv"):
     csv = tmp_path / name
-    csv.write_text("video_id,label,split\n" + "".join(f"{v},c{i % 2},{sp}\n"
-                                                      for i, (v, sp) in enumerate(ids_splits)))
+    csv.write_text(
+        "video_id,label,split\n" + "".join(f"{v},c{i % 2},{sp}\n" for i, (v, sp) in enumerate(ids_splits))
+    )
     return csv
 
 
@@ -235,12 +236,15 @@ def test_import_npy_refuses_integer_arrays(tmp_path):
         import_npy(npy, csv, tmp_path / "out")
 
 
-@pytest.mark.parametrize("csv_text, pattern", [
-    ("video_id,label\nv1,a\nmissing1,a\nmissing2,b\n", "2 video.*'missing1', 'missing2'"),
-    ("video_id,label,split\nv1,a,train\nv2,a,holdout\n", "line 3: split 'holdout'"),
-    ("video_id,label\nv1,a\nv1,b\n", "line 3: video 'v1' already listed on line 2"),
-    ("video,label\nv1,a\n", r"missing \['video_id'\]"),
-])
+@pytest.mark.parametrize(
+    "csv_text, pattern",
+    [
+        ("video_id,label\nv1,a\nmissing1,a\nmissing2,b\n", "2 video.*'missing1', 'missing2'"),
+        ("video_id,label,split\nv1,a,train\nv2,a,holdout\n", "line 3: split 'holdout'"),
+        ("video_id,label\nv1,a\nv1,b\n", "line 3: video 'v1' already listed on line 2"),
+        ("video,label\nv1,a\n", r"missing \['video_id'\]"),
+    ],
+)
 def test_import_npy_csv_errors(tmp_path, csv_text, pattern):
     npy, _ = _npy_dir(tmp_path, ["v1", "v2"])
     csv = tmp_path / "labels.csv"

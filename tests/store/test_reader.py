@@ -1,4 +1,5 @@
 """Tests for vidcls.store: round trip, validation, writer resume/crash safety, splits."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ import numpy as np
 import pytest
 
 from vidcls.errors import StoreError
-from vidcls.store import (FORMAT_VERSION, FeatureStore, FeatureWriter, StoreLockedError, open_splits,
-                          stratified_split, write_store)
+from vidcls.store import (
+    FORMAT_VERSION,
+    FeatureStore,
+    FeatureWriter,
+    StoreLockedError,
+    open_splits,
+    stratified_split,
+    write_store,
+)
 from vidcls.store import reader as store_mod
 
 CLASSES = ["cat", "dog", "eel"]
@@ -200,13 +208,21 @@ def test_hdf5_without_store_datasets(tmp_path):
         FeatureWriter(p, CLASSES, D, resume=True)
 
 
-@pytest.mark.skipif(os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE",
-                    reason="HDF5 file locking is switched off")
+@pytest.mark.skipif(
+    os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE", reason="HDF5 file locking is switched off"
+)
 def test_file_held_by_another_writer_is_locked(good):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\n"
-         "print('open', flush=True)\nsys.stdin.read()", str(good)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, h5py\nf = h5py.File(sys.argv[1], 'r+')\nprint('open', flush=True)\nsys.stdin.read()",
+            str(good),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreLockedError, match="locked by another process") as e:
@@ -230,18 +246,22 @@ def _set(name, values):
     def fn(f):
         del f[name]
         f[name] = values
+
     return fn
 
 
-@pytest.mark.parametrize("mutate, pattern", [
-    (lambda f: f.__delitem__("labels"), "'labels' is missing"),
-    (lambda f: f.attrs.__setitem__("format_version", 99), "format_version 99"),
-    (lambda f: f.attrs.__setitem__("feature_dim", 5), "feature_dim=5"),
-    (_set("offsets", np.array([1, 2, 5, 7, 10, 12, 17], np.int64)), "start at 0"),
-    (_set("offsets", np.array([0, 1, 3, 6, 10, 15, 999], np.int64)), "only 21 frames"),
-    (_set("labels", np.array([0, 1, 2, 0, 1], np.int64)), "'labels' has 5 entries"),
-    (_set("video_ids", np.array(["a"] * 3, dtype=object)), "'video_ids' has 3 entries"),
-])
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (lambda f: f.__delitem__("labels"), "'labels' is missing"),
+        (lambda f: f.attrs.__setitem__("format_version", 99), "format_version 99"),
+        (lambda f: f.attrs.__setitem__("feature_dim", 5), "feature_dim=5"),
+        (_set("offsets", np.array([1, 2, 5, 7, 10, 12, 17], np.int64)), "start at 0"),
+        (_set("offsets", np.array([0, 1, 3, 6, 10, 15, 999], np.int64)), "only 21 frames"),
+        (_set("labels", np.array([0, 1, 2, 0, 1], np.int64)), "'labels' has 5 entries"),
+        (_set("video_ids", np.array(["a"] * 3, dtype=object)), "'video_ids' has 3 entries"),
+    ],
+)
 def test_structural_errors(good, mutate, pattern):
     _corrupt(good, mutate)
     with pytest.raises(StoreError, match=pattern) as e:
@@ -269,8 +289,7 @@ def test_label_out_of_range_named(good):
 
 
 def test_duplicate_class_names_refused(good):
-    _corrupt(good, lambda f: f.attrs.__setitem__("class_names",
-                                                 json.dumps(["cat", "dog", "cat", "dog"])))
+    _corrupt(good, lambda f: f.attrs.__setitem__("class_names", json.dumps(["cat", "dog", "cat", "dog"])))
     with pytest.raises(StoreError, match="'cat', 'dog' more than once") as e:
         FeatureStore(good)
     assert str(good) in str(e.value)
@@ -285,8 +304,9 @@ def test_float_labels_refused(good):
 
 def test_integer_features_refused(good):
     _corrupt(good, _set("features", np.ones((21, D), np.int32)))
-    with pytest.raises(StoreError, match="'features' are stored as int32; features must be "
-                                         "float16 or float32") as e:
+    with pytest.raises(
+        StoreError, match="'features' are stored as int32; features must be float16 or float32"
+    ) as e:
         FeatureStore(good)
     assert str(good) in str(e.value)
 
@@ -301,9 +321,11 @@ def test_duplicate_ids_named(good):
 def test_nan_named_across_scan_blocks(good, monkeypatch):
     # small scan blocks so bad frames fall in different blocks and must be mapped back via offsets
     monkeypatch.setattr(store_mod, "_SCAN_BLOCK", 4)
+
     def poison(f):
-        f["features"][4, 0] = np.nan   # frame 4 -> vid002 (frames 3..5)
+        f["features"][4, 0] = np.nan  # frame 4 -> vid002 (frames 3..5)
         f["features"][20, 3] = np.inf  # last frame -> vid005 (frames 15..20)
+
     _corrupt(good, poison)
     with pytest.raises(StoreError, match="NaN/Inf features in 2 videos: 'vid002', 'vid005'"):
         FeatureStore(good)
@@ -316,6 +338,7 @@ def test_uncommitted_tail_is_ignored(good):
         f["features"][21:] = np.nan  # never scanned: beyond offsets[-1]
         f["labels"].resize(7, axis=0)
         f["video_ids"].resize(7, axis=0)
+
     _corrupt(good, add_tail)
     s = FeatureStore(good)
     assert len(s) == 6 and s.offsets[-1] == 21
@@ -323,18 +346,21 @@ def test_uncommitted_tail_is_ignored(good):
 
 
 # ---- writer ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("x, label, pattern", [
-    (np.zeros((3, D + 1)), 0, r"shape \(T>=1, 8\)"),
-    (np.zeros(D), 0, r"shape \(T>=1, 8\)"),
-    (np.zeros((0, D)), 0, r"shape \(T>=1, 8\)"),
-    (np.full((2, D), np.nan), 0, "NaN/Inf"),
-    (np.full((2, D), 1e6, np.float32), 0, "float16 range"),
-    (np.zeros((2, D)), 3, r"label 3 outside \[0, 3\)"),
-    (np.zeros((2, D)), True, "int class index"),
-    (np.zeros((2, D)), 1.0, "int class index"),
-    (np.ones((2, D), np.int64), 0, "features are int64; features must be floating point"),
-    (np.ones((2, D), np.uint8), 0, "features are uint8; features must be floating point"),
-])
+@pytest.mark.parametrize(
+    "x, label, pattern",
+    [
+        (np.zeros((3, D + 1)), 0, r"shape \(T>=1, 8\)"),
+        (np.zeros(D), 0, r"shape \(T>=1, 8\)"),
+        (np.zeros((0, D)), 0, r"shape \(T>=1, 8\)"),
+        (np.full((2, D), np.nan), 0, "NaN/Inf"),
+        (np.full((2, D), 1e6, np.float32), 0, "float16 range"),
+        (np.zeros((2, D)), 3, r"label 3 outside \[0, 3\)"),
+        (np.zeros((2, D)), True, "int class index"),
+        (np.zeros((2, D)), 1.0, "int class index"),
+        (np.ones((2, D), np.int64), 0, "features are int64; features must be floating point"),
+        (np.ones((2, D), np.uint8), 0, "features are uint8; features must be floating point"),
+    ],
+)
 def test_append_validation_names_video(tmp_path, x, label, pattern):
     with FeatureWriter(tmp_path / "w.h5", CLASSES, D) as w:
         with pytest.raises(StoreError, match=pattern) as e:
@@ -380,13 +406,25 @@ def test_duplicate_rejected_and_resume_continues(tmp_path):
 
 def test_resume_drops_uncommitted_tail(tmp_path):
     path = write_store(tmp_path / "w.h5", videos(3), CLASSES, D)
-    _corrupt(path, lambda f: (f["features"].resize(f["features"].shape[0] + 5, axis=0),
-                              f["labels"].resize(4, axis=0), f["video_ids"].resize(4, axis=0)))
+    _corrupt(
+        path,
+        lambda f: (
+            f["features"].resize(f["features"].shape[0] + 5, axis=0),
+            f["labels"].resize(4, axis=0),
+            f["video_ids"].resize(4, axis=0),
+        ),
+    )
     FeatureWriter(path, CLASSES, D).close()  # reopening alone drops the tail
     with h5py.File(path, "r") as f:
         assert f["features"].shape[0] == 6 and f["video_ids"].shape[0] == 3
-    _corrupt(path, lambda f: (f["features"].resize(f["features"].shape[0] + 5, axis=0),
-                              f["labels"].resize(4, axis=0), f["video_ids"].resize(4, axis=0)))
+    _corrupt(
+        path,
+        lambda f: (
+            f["features"].resize(f["features"].shape[0] + 5, axis=0),
+            f["labels"].resize(4, axis=0),
+            f["video_ids"].resize(4, axis=0),
+        ),
+    )
     extra = make_video(40)
     with FeatureWriter(path, CLASSES, D) as w:
         w.append("new", extra, 1)
@@ -397,11 +435,14 @@ def test_resume_drops_uncommitted_tail(tmp_path):
         assert f["features"].shape[0] == s.offsets[-1] and f["labels"].shape[0] == 4
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    (dict(class_names=["cat", "dog"]), "class_names"),
-    (dict(feature_dim=D + 1), "feature_dim"),
-    (dict(dtype="float32"), "float16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(class_names=["cat", "dog"]), "class_names"),
+        (dict(feature_dim=D + 1), "feature_dim"),
+        (dict(dtype="float32"), "float16"),
+    ],
+)
 def test_resume_mismatch(good, kwargs, pattern):
     args = dict(class_names=CLASSES, feature_dim=D) | kwargs
     with pytest.raises(StoreError, match=pattern) as e:
@@ -462,8 +503,7 @@ def _check_prefix(path, at_least):
 def test_sigkill_mid_append_leaves_readable_prefix(tmp_path):
     script, path = tmp_path / "child.py", tmp_path / "train.h5"
     script.write_text(CHILD)
-    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
     try:
         last = -1
         while last < 30:  # let it commit a few dozen videos, then kill it mid-loop

@@ -4,6 +4,7 @@ and every way a shard set can be incomplete or inconsistent (each a StoreError n
 The shard sets are hand-made: float32 features drawn here, written with ``write_store``, and shard
 reports holding only what the reader checks, so every expectation is the data as it was written.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vidcls.data.dataset import load_splits
 from vidcls.errors import StoreError
 from vidcls.store import FeatureStore, MultiFileStore, open_splits, write_store
-from vidcls.store.shards import (assign_shards, check_output_dir, leftover_shards, load_shard_set,
-                                 shard_name, shard_report_name, write_merged)
-from vidcls.training.data import load_splits
+from vidcls.store.shards import (
+    assign_shards,
+    check_output_dir,
+    leftover_shards,
+    load_shard_set,
+    shard_name,
+    shard_report_name,
+    write_merged,
+)
 
 D = 6
 CLASSES = ["cat", "dog", "owl"]
@@ -31,26 +39,47 @@ def video(vid: str, label: int, frames: int, seed: int) -> tuple:
 
 def shard_videos(index: int, per_split: dict) -> dict:
     """{split: [video, ...]} for one shard; ``per_split`` gives the count, ids unique per shard."""
-    return {split: [video(f"{split}/s{index}v{k}", (index + k) % len(CLASSES), 2 + (k % 4),
-                          seed=100 * index + 10 * k + len(split)) for k in range(n)]
-            for split, n in per_split.items() if n}
+    return {
+        split: [
+            video(
+                f"{split}/s{index}v{k}",
+                (index + k) % len(CLASSES),
+                2 + (k % 4),
+                seed=100 * index + 10 * k + len(split),
+            )
+            for k in range(n)
+        ]
+        for split, n in per_split.items()
+        if n
+    }
 
 
-def write_shards(d: Path, shards: list[dict], *, class_names=None, extractors=None,
-                 statuses=None, scans=None) -> list[dict]:
+def write_shards(
+    d: Path, shards: list[dict], *, class_names=None, extractors=None, statuses=None, scans=None
+) -> list[dict]:
     """Write K shards: files via write_store, reports with what the reader checks. Returns shards."""
     count = len(shards)
     d.mkdir(parents=True, exist_ok=True)
     for i, parts in enumerate(shards):
         for split, videos in parts.items():
-            write_store(d / shard_name(split, i, count), videos,
-                        (class_names or {}).get(i, CLASSES), D,
-                        (extractors or {}).get(i, EXTRACTOR), dtype="float32")
-        report = {"status": (statuses or {}).get(i, "complete"),
-                  "shard": {"index": i, "count": count, "videos": 99, "scan": (scans or {}).get(i, "abc")},
-                  "totals": {split: {"ok": len(v)} for split, v in parts.items()},
-                  "videos": [{"split": s, "video_id": v[0], "path": v[0], "status": "ok"}
-                             for s, vs in parts.items() for v in vs]}
+            write_store(
+                d / shard_name(split, i, count),
+                videos,
+                (class_names or {}).get(i, CLASSES),
+                D,
+                (extractors or {}).get(i, EXTRACTOR),
+                dtype="float32",
+            )
+        report = {
+            "status": (statuses or {}).get(i, "complete"),
+            "shard": {"index": i, "count": count, "videos": 99, "scan": (scans or {}).get(i, "abc")},
+            "totals": {split: {"ok": len(v)} for split, v in parts.items()},
+            "videos": [
+                {"split": s, "video_id": v[0], "path": v[0], "status": "ok"}
+                for s, vs in parts.items()
+                for v in vs
+            ],
+        }
         (d / shard_report_name(i, count)).write_text(json.dumps(report))
     return shards
 
@@ -62,8 +91,11 @@ def concat(shards: list[dict], split: str) -> list[tuple]:
 @pytest.fixture
 def three(tmp_path) -> tuple[Path, list[dict]]:
     """Three shards: train in all, val only in shard 0, test in shards 0 and 2 (shard 1 has none)."""
-    shards = [shard_videos(0, {"train": 4, "val": 3, "test": 1}), shard_videos(1, {"train": 3}),
-              shard_videos(2, {"train": 5, "test": 2})]
+    shards = [
+        shard_videos(0, {"train": 4, "val": 3, "test": 1}),
+        shard_videos(1, {"train": 3}),
+        shard_videos(2, {"train": 5, "test": 2}),
+    ]
     return tmp_path / "feats", write_shards(tmp_path / "feats", shards)
 
 
@@ -143,16 +175,22 @@ def test_write_merged_restores_an_order(three, tmp_path):
 def test_a_missing_shard_is_named(three):
     d, _ = three
     (d / shard_report_name(1, 3)).unlink()
-    with pytest.raises(StoreError, match=r"shard 1 of 3 is missing: .*extract_report-00001-of-00003\.json"
-                                         r".*--shard 1/3"):
+    with pytest.raises(
+        StoreError,
+        match=r"shard 1 of 3 is missing: .*extract_report-00001-of-00003\.json"
+        r".*--shard 1/3",
+    ):
         open_splits(d)
 
 
 def test_an_unfinished_shard_is_named(tmp_path):
     d = tmp_path / "f"
     write_shards(d, [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})], statuses={1: "running"})
-    with pytest.raises(StoreError, match=r"shard 1 of 2 is not complete: .*00001-of-00002\.json has status "
-                                         r"'running'"):
+    with pytest.raises(
+        StoreError,
+        match=r"shard 1 of 2 is not complete: .*00001-of-00002\.json has status "
+        r"'running'",
+    ):
         open_splits(d)
 
 
@@ -165,29 +203,47 @@ def test_a_lost_shard_file_is_named(three):
 
 def test_a_replaced_shard_file_is_named(three):
     d, _ = three
-    write_store(d / shard_name("train", 2, 3), shard_videos(2, {"train": 2})["train"], CLASSES, D, EXTRACTOR,
-                dtype="float32")  # 2 videos where the report counts 5
+    write_store(
+        d / shard_name("train", 2, 3),
+        shard_videos(2, {"train": 2})["train"],
+        CLASSES,
+        D,
+        EXTRACTOR,
+        dtype="float32",
+    )  # 2 videos where the report counts 5
     with pytest.raises(StoreError, match=r"train-00002-of-00003\.h5 holds 2 videos but .* says 5"):
         open_splits(d)
 
 
 def test_mismatched_class_names_are_named(tmp_path):
     d = tmp_path / "f"
-    write_shards(d, [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})],
-                 class_names={1: ["cat", "dog", "eel"]})
-    with pytest.raises(StoreError, match=r"train-00001-of-00002\.h5 has class_names .* but "
-                                         r".*train-00000-of-00002\.h5 has"):
+    write_shards(
+        d,
+        [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})],
+        class_names={1: ["cat", "dog", "eel"]},
+    )
+    with pytest.raises(
+        StoreError,
+        match=r"train-00001-of-00002\.h5 has class_names .* but "
+        r".*train-00000-of-00002\.h5 has",
+    ):
         open_splits(d)
 
 
 def test_extractors_must_agree_except_runtime_keys(tmp_path):
     d = tmp_path / "f"
-    write_shards(d, [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})],
-                 extractors={1: {**EXTRACTOR, "torch": "2.9", "vidcls_version": "9"}})
+    write_shards(
+        d,
+        [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})],
+        extractors={1: {**EXTRACTOR, "torch": "2.9", "vidcls_version": "9"}},
+    )
     assert len(open_splits(d)["train"]) == 4  # other versions on another machine: same features
     d = tmp_path / "g"
-    write_shards(d, [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})],
-                 extractors={1: {**EXTRACTOR, "sampling": {"mode": "fps", "fps": 2.0}}})
+    write_shards(
+        d,
+        [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})],
+        extractors={1: {**EXTRACTOR, "sampling": {"mode": "fps", "fps": 2.0}}},
+    )
     with pytest.raises(StoreError, match=r"train-00001-of-00002\.h5 was extracted with other settings"):
         open_splits(d)
 
@@ -197,16 +253,22 @@ def test_a_video_in_two_shards_is_named(tmp_path):
     a, b = shard_videos(0, {"train": 3}), shard_videos(1, {"train": 2})
     b["train"][1] = (a["train"][2][0],) + b["train"][1][1:]
     write_shards(d, [a, b])
-    with pytest.raises(StoreError, match=r"'train/s0v2' is in both .*train-00000-of-00002\.h5 and "
-                                         r".*train-00001-of-00002\.h5"):
+    with pytest.raises(
+        StoreError,
+        match=r"'train/s0v2' is in both .*train-00000-of-00002\.h5 and "
+        r".*train-00001-of-00002\.h5",
+    ):
         open_splits(d)
 
 
 def test_single_file_and_shards_of_one_split_are_refused(three):
     d, shards = three
     write_store(d / "train.h5", concat(shards, "train"), CLASSES, D, EXTRACTOR, dtype="float32")
-    with pytest.raises(StoreError, match=r"holds both train\.h5 and its shards 'train-00000-of-00003\.h5'"
-                                         r".*vidcls merge"):
+    with pytest.raises(
+        StoreError,
+        match=r"holds both train\.h5 and its shards 'train-00000-of-00003\.h5'"
+        r".*vidcls merge",
+    ):
         open_splits(d)
 
 
@@ -218,14 +280,19 @@ def test_shards_of_different_scans_or_runs_are_refused(tmp_path):
     d = tmp_path / "g"
     write_shards(d, [shard_videos(0, {"train": 2}), shard_videos(1, {"train": 2})])
     write_store(d / shard_name("train", 0, 3), shard_videos(5, {"train": 1})["train"], CLASSES, D)
-    with pytest.raises(StoreError, match=r"shards of different sharded runs .*of 2: .*of 3: "
-                                         r"'train-00000-of-00003\.h5'"):
+    with pytest.raises(
+        StoreError,
+        match=r"shards of different sharded runs .*of 2: .*of 3: "
+        r"'train-00000-of-00003\.h5'",
+    ):
         open_splits(d)
     report = json.loads((d / shard_report_name(1, 2)).read_text())
     report["shard"]["index"] = 0
     (d / shard_report_name(1, 2)).write_text(json.dumps(report))
     (d / shard_name("train", 0, 3)).unlink()
-    with pytest.raises(StoreError, match=r"extract_report-00001-of-00002\.json does not describe shard 1 of 2"):
+    with pytest.raises(
+        StoreError, match=r"extract_report-00001-of-00002\.json does not describe shard 1 of 2"
+    ):
         open_splits(d)
 
 

@@ -11,6 +11,7 @@ single process doing the same by the plain definitions:
 
 Usage: torchrun --nproc_per_node=2 ddp_checks.py FEATURES_DIR OUT
 """
+
 import sys
 
 import torch
@@ -47,23 +48,44 @@ def main(features_dir: str, out: str) -> None:
     shares = [list(b) for b in loader.batch_sampler]
 
     torch.manual_seed(0)
-    model = build_model("bilstm_attn", feature_dim=train.store.feature_dim, n_classes=n_classes, hidden_dim=16,
-                        layers=1, heads=2, dropout=0.0)
+    model = build_model(
+        "bilstm_attn",
+        feature_dim=train.store.feature_dim,
+        n_classes=n_classes,
+        hidden_dim=16,
+        layers=1,
+        heads=2,
+        dropout=0.0,
+    )
     net = nn.parallel.DistributedDataParallel(model)
     criterion = FocalLoss(alpha=weights, gamma=2.0, smoothing=0.1)
     keys5 = [(0, 11), (3, 12), (5, 13), (8, 14), (9, 15)]
-    uneven = grads_of(net, model, train, keys5[dist.rank::2], criterion, dist)
+    uneven = grads_of(net, model, train, keys5[dist.rank :: 2], criterion, dist)
     one = [(4, 21)] if dist.rank == 0 else [(4, 21, "filler")]
     single = grads_of(net, model, train, one, criterion, dist)
 
     val = FeatureDataset(stores["val"])
-    metrics = validate(model, make_loader(val, 4, rank=dist.rank, world=dist.world), torch.device("cpu"),
-                       stores["val"].class_names, criterion, dist)
+    metrics = validate(
+        model,
+        make_loader(val, 4, rank=dist.rank, world=dist.world),
+        torch.device("cpu"),
+        stores["val"].class_names,
+        criterion,
+        dist,
+    )
     everything = ddp.gather({"shares": shares, "val": metrics}, dist)
     if dist.main:
-        torch.save({"shares": [e["shares"] for e in everything], "val": [e["val"] for e in everything],
-                    "grads_uneven": uneven, "grads_one": single, "model_state": model.state_dict(),
-                    "keys5": keys5}, out)
+        torch.save(
+            {
+                "shares": [e["shares"] for e in everything],
+                "val": [e["val"] for e in everything],
+                "grads_uneven": uneven,
+                "grads_one": single,
+                "model_state": model.state_dict(),
+                "keys5": keys5,
+            },
+            out,
+        )
     ddp.barrier(dist)  # leave the group together: a rank tearing down while another still uses it can abort
     ddp.shutdown()
 

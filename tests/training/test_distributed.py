@@ -4,6 +4,7 @@ batch, gathered validation, a whole training run, and a rank killed mid-run then
 Expectations come from one process computing the same thing by the plain definitions: the sampler's
 single-process draw, the criterion's mean over the whole batch, ``validate`` over every video.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,27 @@ from vidcls.store.directory import open_splits
 from vidcls.training.losses import FocalLoss
 
 HERE = Path(__file__).parent
-TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
-        "--workers", "0", "--device", "cpu", "--batch-size", "8", "--no-plots", "--dist-timeout", "60"]
+TINY = [
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "8",
+    "--no-plots",
+    "--dist-timeout",
+    "60",
+]
 
 
 def _free_port() -> int:
@@ -39,8 +59,18 @@ def _free_port() -> int:
 
 
 def _torchrun_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(_free_port()), *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        *map(str, args),
+    ]
 
 
 def _env() -> dict:
@@ -79,8 +109,15 @@ def test_the_ranks_shares_are_the_single_process_draw(checks, tiny_features):
 
 def _model(tiny_features, state):
     store = open_splits(tiny_features)["train"]
-    model = build_model("bilstm_attn", feature_dim=store.feature_dim, n_classes=len(store.class_names),
-                        hidden_dim=16, layers=1, heads=2, dropout=0.0)
+    model = build_model(
+        "bilstm_attn",
+        feature_dim=store.feature_dim,
+        n_classes=len(store.class_names),
+        hidden_dim=16,
+        layers=1,
+        heads=2,
+        dropout=0.0,
+    )
     model.load_state_dict(state)
     return model
 
@@ -119,9 +156,17 @@ def test_torchrun_training_writes_complete_rank0_outputs(tiny_features, tmp_path
     done = _torchrun("-m", "vidcls", "train", tiny_features, run, *TINY, "--epochs", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes (torchrun)" in done.stdout and done.stdout.count("epoch   3/3") == 1  # rank 0 speaks
-    for name in ("config.yaml", "summary.json", "final.json", "calibration.json", "eval_val.json",
-                 "members/0/metrics.csv", "members/0/history.json", "members/0/checkpoints/best.pt",
-                 "members/0/checkpoints/last.pt"):
+    for name in (
+        "config.yaml",
+        "summary.json",
+        "final.json",
+        "calibration.json",
+        "eval_val.json",
+        "members/0/metrics.csv",
+        "members/0/history.json",
+        "members/0/checkpoints/best.pt",
+        "members/0/checkpoints/last.pt",
+    ):
         assert (run / name).is_file(), name
     log = json.loads((run / "results/resource_utilization_log.json").read_text())
     assert {r["rank"] for r in log} == {0, 1}
@@ -131,8 +176,12 @@ def test_torchrun_training_writes_complete_rank0_outputs(tiny_features, tmp_path
     model = build_from_spec(best["model"])
     model.load_state_dict(best["model_state"])
     stores = open_splits(tiny_features)
-    val = validate(model, make_loader(FeatureDataset(stores["val"], max_frames=512), 8), torch.device("cpu"),
-                   stores["val"].class_names)
+    val = validate(
+        model,
+        make_loader(FeatureDataset(stores["val"], max_frames=512), 8),
+        torch.device("cpu"),
+        stores["val"].class_names,
+    )
     row = json.loads((run / "members/0/history.json").read_text())[best["epoch"] - 1]
     assert row["val_acc"] == val["accuracy"] and row["val_f1_macro"] == val["f1_macro"]
 
@@ -158,8 +207,13 @@ def _rank_pid(launcher: psutil.Process, rank: int) -> int:
 def test_a_killed_rank_ends_the_job_and_resume_completes_it(tiny_features, tmp_path):
     run = tmp_path / "run"
     last = run / "members/0/checkpoints/last.pt"
-    job = subprocess.Popen(_torchrun_cmd("-m", "vidcls", "train", tiny_features, run, *TINY, "--epochs", "500"),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    job = subprocess.Popen(
+        _torchrun_cmd("-m", "vidcls", "train", tiny_features, run, *TINY, "--epochs", "500"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
     try:
         _wait_for(last.is_file, 120, "the first epoch")
         os.kill(_rank_pid(psutil.Process(job.pid), 1), signal.SIGKILL)
@@ -171,7 +225,9 @@ def test_a_killed_rank_ends_the_job_and_resume_completes_it(tiny_features, tmp_p
     assert re.search(r"Root Cause.*?rank\s*:\s*1 \(local_rank: 1\)", output, re.S), output[-2000:]
     done_epochs = torch.load(last, weights_only=False)["epoch"]
     assert 1 <= done_epochs < 500
-    done = _torchrun("-m", "vidcls", "train", tiny_features, run, *TINY, "--epochs", done_epochs + 2, "--resume")
+    done = _torchrun(
+        "-m", "vidcls", "train", tiny_features, run, *TINY, "--epochs", done_epochs + 2, "--resume"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
     history = json.loads((run / "members/0/history.json").read_text())
@@ -204,8 +260,13 @@ def test_a_hung_rank_stops_the_others_after_the_timeout_with_one_line(tiny_featu
     run, log = tmp_path / "run", tmp_path / "job.log"
     with open(log, "w") as out:
         args = [*TINY[:-2], "--dist-timeout", "4", "--epochs", "500"]  # TINY ends with its own timeout
-        job = subprocess.Popen(_torchrun_cmd("-m", "vidcls", "train", tiny_features, run, *args),
-                               stdout=out, stderr=subprocess.STDOUT, text=True, env=_env())
+        job = subprocess.Popen(
+            _torchrun_cmd("-m", "vidcls", "train", tiny_features, run, *args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
     hung = None
     try:
         _wait_for((run / "members/0/checkpoints/last.pt").is_file, 120, "the first epoch")
@@ -213,7 +274,9 @@ def test_a_hung_rank_stops_the_others_after_the_timeout_with_one_line(tiny_featu
         hung, rank0 = psutil.Process(_rank_pid(launcher, 1)), psutil.Process(_rank_pid(launcher, 0))
         hung.suspend()  # alive but silent: no torchrun agent notices, only the collective's timeout
         t0 = time.time()
-        _wait_for(lambda: not rank0.is_running() or rank0.status() == psutil.STATUS_ZOMBIE, 60, "rank 0 to stop")
+        _wait_for(
+            lambda: not rank0.is_running() or rank0.status() == psutil.STATUS_ZOMBIE, 60, "rank 0 to stop"
+        )
         waited = time.time() - t0
         hung.resume()  # let torchrun's SIGTERM reach it
         job.wait(timeout=60)
@@ -225,7 +288,9 @@ def test_a_hung_rank_stops_the_others_after_the_timeout_with_one_line(tiny_featu
     lines = [ln for ln in text.splitlines() if "stopped answering" in ln]
     # rank 0 times out; rank 1, resumed, may find rank 0 gone and say so in the same one-line form
     assert all(ln.startswith("vidcls train: error: rank ") for ln in lines)
-    lines = [ln for ln in lines if ln.startswith("vidcls train: error: rank 0: the other ranks stopped answering")]
+    lines = [
+        ln for ln in lines if ln.startswith("vidcls train: error: rank 0: the other ranks stopped answering")
+    ]
     assert len(lines) == 1
     assert "--resume" in lines[0] and "vidcls/training" not in text  # one line, no traceback of ours
     assert 3 <= waited < 30 and job.returncode != 0

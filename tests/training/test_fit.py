@@ -1,4 +1,5 @@
 """Training loop, run directory, resume, and the CLI's handling of bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,22 @@ from vidcls.run.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.store import write_store
 from vidcls.training.loop import train_one_epoch
 
-TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
-        "--device", "cpu"]
+TINY = [
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 NAMES = ["animation", "gaming", "natural", "flat"]
 
 
@@ -52,6 +67,7 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- learning-rate schedule
 
+
 def expected_lr(t: float, base=1e-3, eta_min=1e-6, t0=20, t_mult=2) -> float:
     """Closed form of cosine annealing with warm restarts at fractional epoch ``t``."""
     start, length = 0, t0
@@ -65,16 +81,26 @@ def test_lr_follows_closed_form_at_fractional_epochs():
     cfg = TrainConfig(epochs=150)
     model = build_model("mean_mlp", feature_dim=4, n_classes=2, hidden_dim=8)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0, T_mult=cfg.t_mult,
-                                                                 eta_min=cfg.eta_min)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min
+    )
     seen = []
     opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
     batch = collate([(torch.randn(5, 4), 0, 0), (torch.randn(3, 4), 1, 1)])
     iters = 3
     loss = torch.nn.CrossEntropyLoss()
     for epoch in range(150):
-        train_one_epoch(model, [batch] * iters, loss, opt, sched, epoch, device=torch.device("cpu"),
-                        epochs=cfg.epochs, grad_clip=cfg.grad_clip)
+        train_one_epoch(
+            model,
+            [batch] * iters,
+            loss,
+            opt,
+            sched,
+            epoch,
+            device=torch.device("cpu"),
+            epochs=cfg.epochs,
+            grad_clip=cfg.grad_clip,
+        )
     want = [expected_lr(e + i / iters) for e in range(150) for i in range(iters)]
     np.testing.assert_allclose(seen, want, rtol=1e-9, atol=1e-15)
     # restarts: back to the base LR at epochs 20, 60 and 140 (cycles of 20, 40, 80 epochs), not every 20 batches
@@ -85,6 +111,7 @@ def test_lr_follows_closed_form_at_fractional_epochs():
 
 
 # ---------------------------------------------------------------- a whole run
+
 
 def test_train_writes_the_run_directory(feats, tmp_path):
     run = tmp_path / "run"
@@ -97,8 +124,18 @@ def test_train_writes_the_run_directory(feats, tmp_path):
     with open(member / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10
-    for col in ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
-                "val_f1_macro", "val_f1_worst", "epoch_seconds"] + [f"val_f1_{n}" for n in NAMES]:
+    for col in [
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_f1_weighted",
+        "val_f1_macro",
+        "val_f1_worst",
+        "epoch_seconds",
+    ] + [f"val_f1_{n}" for n in NAMES]:
         assert col in rows[0]
     assert float(rows[0]["lr"]) == pytest.approx(0.003)
     assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
@@ -132,9 +169,11 @@ def test_train_writes_the_run_directory(feats, tmp_path):
     probs = []
     with torch.no_grad():
         for i in range(len(labels)):
-            v = torch.from_numpy(x[offsets[i]:offsets[i + 1]].astype(np.float32))[None]
+            v = torch.from_numpy(x[offsets[i] : offsets[i + 1]].astype(np.float32))[None]
             probs.append(torch.softmax(model(v, torch.tensor([len(v[0])])), 1)[0].numpy())
-    assert classification_metrics(labels, np.array(probs), NAMES)["accuracy"] == pytest.approx(m["test"]["accuracy"])
+    assert classification_metrics(labels, np.array(probs), NAMES)["accuracy"] == pytest.approx(
+        m["test"]["accuracy"]
+    )
 
 
 def test_early_stopping_and_select(feats, tmp_path):
@@ -142,10 +181,32 @@ def test_early_stopping_and_select(feats, tmp_path):
     # lr 1e-12: every update rounds away in float32, so score and val loss never change after epoch 1.
     # Cycles of 2 epochs end at 2, 4, 6, ...: at 2 the best (epoch 1) lies in the cycle just ended; at 4
     # the last whole cycle (3-4) brought nothing better, so the run stops there, at a cycle end.
-    assert run_cli("train", feats, run, "--epochs", 20, "--patience-cycles", 3, "--lr", 0, "--no-plots",
-                   *TINY) == 2
-    assert run_cli("train", feats, run, "--epochs", 20, "--t0", 2, "--t-mult", 1, "--patience-cycles", 1,
-                   "--lr", 1e-12, "--no-plots", "--select", "val_f1_macro", *TINY) == 0
+    assert (
+        run_cli("train", feats, run, "--epochs", 20, "--patience-cycles", 3, "--lr", 0, "--no-plots", *TINY)
+        == 2
+    )
+    assert (
+        run_cli(
+            "train",
+            feats,
+            run,
+            "--epochs",
+            20,
+            "--t0",
+            2,
+            "--t-mult",
+            1,
+            "--patience-cycles",
+            1,
+            "--lr",
+            1e-12,
+            "--no-plots",
+            "--select",
+            "val_f1_macro",
+            *TINY,
+        )
+        == 0
+    )
     s = json.loads((run / "summary.json").read_text())["members"][0]
     assert s["stopped_early"] is True and s["epochs_run"] == 4 and s["best_epoch"] == 1
     assert s["select"] == "val_f1_macro"
@@ -169,6 +230,7 @@ def test_test_split_never_influences_training(feats, tmp_path):
 
 
 # ---------------------------------------------------------------- resume
+
 
 def epochs_done(run: Path) -> int:
     path = run / "members/0/history.json"
@@ -237,7 +299,7 @@ def test_resume_accepts_the_features_dir_spelled_another_way(feats, tmp_path, mo
     assert len(metrics_rows(run)) == 2
     other = tmp_path / "other"
     other.mkdir()
-    assert run_cli("train", other, run, "--resume", "--epochs", 3) == 2           # another dir: refused
+    assert run_cli("train", other, run, "--resume", "--epochs", 3) == 2  # another dir: refused
     assert "features_dir" in capsys.readouterr().err
 
 
@@ -261,7 +323,12 @@ def test_corrupt_last_falls_back_to_periodic(feats, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text("checkpoint_every: 2\n")
-    assert run_cli("train", feats, run, "--config", cfg, "--epochs", 5, "--patience-cycles", 0, "--no-plots", *TINY) == 0
+    assert (
+        run_cli(
+            "train", feats, run, "--config", cfg, "--epochs", 5, "--patience-cycles", 0, "--no-plots", *TINY
+        )
+        == 0
+    )
     (run / "members/0/checkpoints/last.pt").write_bytes(b"\x00garbage")
     with pytest.warns(UserWarning, match="epoch_004.pt"):
         assert run_cli("train", feats, run, "--resume", "--epochs", 6) == 0
@@ -288,6 +355,7 @@ def test_sigint_saves_and_tells_how_to_resume(feats, tmp_path, spawn_cli):
 
 # ---------------------------------------------------------------- bad input
 
+
 def write(path, videos, names=NAMES, dim=16):
     return write_store(path, videos, names, dim)
 
@@ -297,15 +365,18 @@ def vids(n, dim=16, labels=(0, 1, 2, 3), frames=10, seed=0):
     return [(f"v{i}", rng.random((frames, dim), dtype=np.float32), labels[i % len(labels)]) for i in range(n)]
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing", "train.h5"),
-    ("dim_mismatch", "feature_dim"),
-    ("class_mismatch", "class"),
-    ("nan", "v3"),
-    ("empty_split", "val.h5"),
-    ("absent_class", "flat"),
-    ("single_class", "one class"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "train.h5"),
+        ("dim_mismatch", "feature_dim"),
+        ("class_mismatch", "class"),
+        ("nan", "v3"),
+        ("empty_split", "val.h5"),
+        ("absent_class", "flat"),
+        ("single_class", "one class"),
+    ],
+)
 def test_bad_features_give_clear_errors(tmp_path, capsys, case, needle):
     d = tmp_path / "f"
     d.mkdir()
@@ -330,12 +401,15 @@ def test_bad_features_give_clear_errors(tmp_path, capsys, case, needle):
     assert not (run / "members").exists()
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--batch-size", "0"], "--batch-size"),
-    (["--model", "lstm9000"], "valid names: auto, bilstm_attn, inception_time, mean_mlp, transformer"),
-    (["--select", "loss"], "--select"),
-    (["--heads", "5"], "heads"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--model", "lstm9000"], "valid names: auto, bilstm_attn, inception_time, mean_mlp, transformer"),
+        (["--select", "loss"], "--select"),
+        (["--heads", "5"], "heads"),
+    ],
+)
 def test_bad_options_give_clear_errors(feats, tmp_path, capsys, flags, needle):
     assert run_cli("train", feats, tmp_path / "run", "--epochs", 1, *TINY, *flags) == 2
     assert needle in capsys.readouterr().err
@@ -403,7 +477,10 @@ def test_auto_model_is_resolved_and_recorded_before_training(feats, tmp_path, ca
     assert run_cli("train", feats, run, "--epochs", 1, "--no-plots", *args) == 0
     assert "--model auto: inception_time for 16-dimensional frames" in capsys.readouterr().out
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "inception_time"
-    assert torch.load(run / "members/0/checkpoints/best.pt", weights_only=False)["model"]["name"] == "inception_time"
+    assert (
+        torch.load(run / "members/0/checkpoints/best.pt", weights_only=False)["model"]["name"]
+        == "inception_time"
+    )
     assert json.loads((run / "summary.json").read_text())["model"] == "inception_time"
 
 
@@ -420,7 +497,9 @@ def test_checkpoints_carry_the_train_split_statistics(feats, tmp_path):
     state = torch.load(run / "members/0/checkpoints/best.pt", weights_only=False)["model_state"]
     np.testing.assert_allclose(state["mean"].numpy(), frames.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(state["std"].numpy(), frames.std(0), rtol=1e-5)
-    assert run_cli("train", feats, tmp_path / "raw", "--epochs", 1, "--no-plots", "--standardize", "none",
-                   *TINY) == 0
+    assert (
+        run_cli("train", feats, tmp_path / "raw", "--epochs", 1, "--no-plots", "--standardize", "none", *TINY)
+        == 0
+    )
     raw = torch.load(tmp_path / "raw/members/0/checkpoints/best.pt", weights_only=False)["model_state"]
     assert "mean" not in raw and "std" not in raw

@@ -1,4 +1,5 @@
 """`vidcls train` given careless input: one clear line (exit 2), before anything is written."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,10 +11,13 @@ from vidcls.config import read_yaml
 from vidcls.errors import ConfigError
 
 
-@pytest.mark.parametrize("text, says", [
-    ("epochs: 1\nlr: 0.01\nepochs: 2\n", "key 'epochs' is given twice (line 3)"),
-    (":\n  - ][\n", "is not valid YAML: expected <block end>, but found ':' at line 1, column 1"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("epochs: 1\nlr: 0.01\nepochs: 2\n", "key 'epochs' is given twice (line 3)"),
+        (":\n  - ][\n", "is not valid YAML: expected <block end>, but found ':' at line 1, column 1"),
+    ],
+)
 def test_a_bad_config_file_is_one_line_naming_the_problem(tmp_path, text, says):
     path = tmp_path / "c.yaml"
     path.write_text(text)

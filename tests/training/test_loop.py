@@ -1,5 +1,6 @@
 """The epoch loop: what it writes and in which order, plots as optional output, and runs on stores
 with very long videos (bounded batches end to end)."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,9 @@ def csv_rows(path: Path) -> int:
         return len(list(csv.DictReader(fh)))
 
 
-def test_failing_plots_are_a_warning_after_the_checkpoints(tiny_features, tmp_path, run_cli, tiny_args,
-                                                           monkeypatch):
+def test_failing_plots_are_a_warning_after_the_checkpoints(
+    tiny_features, tmp_path, run_cli, tiny_args, monkeypatch
+):
     """A plot that raises (matplotlib's mathtext on a class name, a full disk ...) must not end the run,
     and by the time plots are drawn the epoch's last.pt and metrics are already on disk."""
     calls = []
@@ -35,20 +37,31 @@ def test_failing_plots_are_a_warning_after_the_checkpoints(tiny_features, tmp_pa
     def failing_plots(history, class_names, plots_dir):
         member_dir = Path(plots_dir).parent
         epoch = history[-1]["epoch"]
-        calls.append({"epoch": epoch, "last": checkpoint_epoch(member_dir / "checkpoints/last.pt"),
-                      "metrics_rows": csv_rows(member_dir / "metrics.csv"),
-                      "history": len(json.loads((member_dir / "history.json").read_text()))})
+        calls.append(
+            {
+                "epoch": epoch,
+                "last": checkpoint_epoch(member_dir / "checkpoints/last.pt"),
+                "metrics_rows": csv_rows(member_dir / "metrics.csv"),
+                "history": len(json.loads((member_dir / "history.json").read_text())),
+            }
+        )
         raise ValueError("ParseFatalException: Expected end of text, found '$'")
 
     monkeypatch.setattr(loop, "save_epoch_plots", failing_plots)
     run = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert run_cli("train", tiny_features, run, "--epochs", 2, "--members", 2, "--patience-cycles", 0,
-                       *tiny_args) == 0
+        assert (
+            run_cli(
+                "train", tiny_features, run, "--epochs", 2, "--members", 2, "--patience-cycles", 0, *tiny_args
+            )
+            == 0
+        )
     # plotting was tried every epoch of both members, each time after last.pt and metrics.csv were written
-    assert [(c["epoch"], c["last"], c["metrics_rows"], c["history"]) for c in calls] == \
-        [(1, 1, 1, 1), (2, 2, 2, 2)] * 2
+    assert [(c["epoch"], c["last"], c["metrics_rows"], c["history"]) for c in calls] == [
+        (1, 1, 1, 1),
+        (2, 2, 2, 2),
+    ] * 2
     for member in (0, 1):
         assert checkpoint_epoch(run / f"members/{member}/checkpoints/last.pt") == 2
         assert (run / f"members/{member}/checkpoints/best.pt").exists()
@@ -67,8 +80,10 @@ def test_dollar_class_names_train_with_plots(tmp_path, run_cli, tiny_args):
     feats = tmp_path / "feats"
     feats.mkdir()
     for split, n in (("train", 16), ("val", 6), ("test", 6)):
-        videos = [(f"{split}{i}", rng.normal(size=(int(rng.integers(4, 12)), 8)).astype(np.float32), i % 2)
-                  for i in range(n)]
+        videos = [
+            (f"{split}{i}", rng.normal(size=(int(rng.integers(4, 12)), 8)).astype(np.float32), i % 2)
+            for i in range(n)
+        ]
         write_store(feats / f"{split}.h5", videos, names, 8)
     run = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
@@ -111,8 +126,22 @@ def test_a_30000_frame_video_trains_and_evaluates_in_bounded_batches(tmp_path, r
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
-        assert run_cli("train", feats, tmp_path / "run", "--epochs", 2, "--patience-cycles", 0, "--no-plots",
-                       "--tta-modes", "original,reverse", *tiny_args) == 0
+        assert (
+            run_cli(
+                "train",
+                feats,
+                tmp_path / "run",
+                "--epochs",
+                2,
+                "--patience-cycles",
+                0,
+                "--no-plots",
+                "--tta-modes",
+                "original,reverse",
+                *tiny_args,
+            )
+            == 0
+        )
     finally:
         handle.remove()
     cfg = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
@@ -129,6 +158,7 @@ def test_a_30000_frame_video_trains_and_evaluates_in_bounded_batches(tmp_path, r
 
 # ---------------------------------------------------------------- best checkpoint and stopping
 
+
 def _row(epoch, acc, loss):
     return {"epoch": epoch, "val_acc": acc, "val_loss": loss, "val_f1_macro": acc}
 
@@ -137,9 +167,18 @@ def test_a_saturated_score_is_tied_by_validation_loss():
     """On a small val split accuracy hits 1.0 early; the lower val loss then decides, not the first epoch."""
     cfg = loop.TrainConfig(patience_cycles=0)
     state = loop.TrainState()
-    picks = [loop._record_epoch(cfg, state, _row(e, acc, loss)) for e, acc, loss in
-             [(1, 0.8, 0.9), (2, 1.0, 0.50), (3, 1.0, 0.40), (4, 1.0, 0.45), (5, 0.9, 0.10), (6, 1.0, 0.40),
-              (7, 1.0, 0.40 * (1 - 0.5e-4))]]
+    picks = [
+        loop._record_epoch(cfg, state, _row(e, acc, loss))
+        for e, acc, loss in [
+            (1, 0.8, 0.9),
+            (2, 1.0, 0.50),
+            (3, 1.0, 0.40),
+            (4, 1.0, 0.45),
+            (5, 0.9, 0.10),
+            (6, 1.0, 0.40),
+            (7, 1.0, 0.40 * (1 - 0.5e-4)),
+        ]
+    ]
     # 2: higher score; 3: same score, lower loss; 4: same score, higher loss; 5: lower score, however low
     # its loss; 6: same score and same loss as the best: not better (the earlier one stays); 7: lower by
     # 0.005 %, inside the 0.01 % margin: noise, not better

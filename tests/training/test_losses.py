@@ -1,4 +1,5 @@
 """Tests for vidcls.losses.FocalLoss against hand-written expectations."""
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,7 @@ def test_alpha_scales_each_sample():
     alpha = torch.tensor([0.5, 2.0, 3.0])
     plain = FocalLoss(gamma=2.0, smoothing=0.1)
     weighted = FocalLoss(alpha=alpha, gamma=2.0, smoothing=0.1)
-    per_sample = torch.stack([plain(logits[i:i + 1], y[i:i + 1]) for i in range(6)])  # (B,)
+    per_sample = torch.stack([plain(logits[i : i + 1], y[i : i + 1]) for i in range(6)])  # (B,)
     torch.testing.assert_close(weighted(logits, y), (alpha[y] * per_sample).mean())
     torch.testing.assert_close(plain(logits, y), per_sample.mean())
 
@@ -66,8 +67,10 @@ def test_focusing_downweights_easy_samples():
     easy = torch.tensor([[6.0, 0.0, 0.0]])
     hard = torch.tensor([[0.0, 0.0, 0.0]])
     y = torch.tensor([0])
-    ratio = lambda lg: (FocalLoss(gamma=2.0, smoothing=0)(lg, y)  # noqa: E731
-                        / FocalLoss(gamma=0.0, smoothing=0)(lg, y)).item()
+
+    def ratio(lg):
+        return (FocalLoss(gamma=2.0, smoothing=0)(lg, y) / FocalLoss(gamma=0.0, smoothing=0)(lg, y)).item()
+
     p_easy = torch.softmax(easy, -1)[0, 0].item()
     assert ratio(easy) == pytest.approx((1 - p_easy) ** 2, rel=1e-5)
     assert ratio(hard) == pytest.approx((2 / 3) ** 2, rel=1e-5)
@@ -106,13 +109,16 @@ def test_alpha_copied_not_aliased():
     assert fl.alpha.tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(gamma=-1.0), "gamma"),
-    (dict(smoothing=1.0), "smoothing"),
-    (dict(smoothing=-0.1), "smoothing"),
-    (dict(alpha=torch.ones(2, 2)), "alpha"),
-    (dict(alpha=torch.tensor([1.0, -1.0])), "alpha"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gamma=-1.0), "gamma"),
+        (dict(smoothing=1.0), "smoothing"),
+        (dict(smoothing=-0.1), "smoothing"),
+        (dict(alpha=torch.ones(2, 2)), "alpha"),
+        (dict(alpha=torch.tensor([1.0, -1.0])), "alpha"),
+    ],
+)
 def test_invalid_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FocalLoss(**kwargs)
@@ -133,6 +139,7 @@ def test_bad_input_shapes():
 
 
 # ---------------------------------------------------------------- edges the recipe relies on
+
 
 def hand_focal(logits, y, alpha, gamma, s):
     """The docstring's formula in plain Python: mean of alpha_y (1 - pt)^gamma ce."""
@@ -169,8 +176,11 @@ def test_one_class_rejected_with_a_message():
 
 def test_alpha_kept_in_float32_whatever_it_came_as():
     logits, y = batch(B=5, C=3, seed=2)
-    for alpha in (np.array([0.5, 1.0, 2.0]), torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
-                  [0.5, 1.0, 2.0]):
+    for alpha in (
+        np.array([0.5, 1.0, 2.0]),
+        torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
+        [0.5, 1.0, 2.0],
+    ):
         fl = FocalLoss(alpha=alpha)
         assert fl.alpha.dtype == torch.float32
         loss = fl(logits, y)

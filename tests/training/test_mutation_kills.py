@@ -1,6 +1,7 @@
 """Edge cases of the data path that decide what the model trains on, pinned by hand-computed
 expectations: the class weights' input handling and error message (``make mutation`` runs these
 with the rest of the data tests)."""
+
 from __future__ import annotations
 
 import numpy as np

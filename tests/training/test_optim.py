@@ -1,4 +1,5 @@
 """Tests for vidcls.training.optim: which parameters AdamW decays."""
+
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,9 @@ from vidcls.training.optim import param_groups
 
 
 def test_bilstm_attn_groups():
-    model = build_model("bilstm_attn", feature_dim=8, n_classes=3, hidden_dim=8, layers=2, heads=2, dropout=0.1)
+    model = build_model(
+        "bilstm_attn", feature_dim=8, n_classes=3, hidden_dim=8, layers=2, heads=2, dropout=0.1
+    )
     decay, no_decay = param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -20,8 +23,14 @@ def test_bilstm_attn_groups():
     # hand-listed: the LSTM matrices of both layers and directions, attention in/out projections, Linears
     lstm = {f"lstm.weight_{k}_l{i}{r}" for k in ("ih", "hh") for i in (0, 1) for r in ("", "_reverse")}
     assert lstm <= set(decayed)
-    assert {"attn.in_proj_weight", "attn.out_proj.weight", "proj.net.0.weight", "pool.score.0.weight",
-            "head.net.0.weight", "head.net.4.weight"} <= set(decayed)
+    assert {
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
+        "proj.net.0.weight",
+        "pool.score.0.weight",
+        "head.net.0.weight",
+        "head.net.4.weight",
+    } <= set(decayed)
     # every bias and every LayerNorm weight is undecayed
     norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
     assert norms == {"proj.net.1", "attn_norm", "head.net.1"}

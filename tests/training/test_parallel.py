@@ -1,5 +1,6 @@
 """``--parallel-members``: members trained in several processes equal the sequential ones; a failing
 member is named and the others' work is kept; Ctrl-C stops every process; torchrun is refused."""
+
 from __future__ import annotations
 
 import errno
@@ -30,8 +31,21 @@ from vidcls.training.parallel import (
 )
 from vidcls.utils.dist import SINGLE, Dist, env_dist
 
-TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
-        "--device", "cpu", "--no-plots"]
+TINY = [
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--device",
+    "cpu",
+    "--no-plots",
+]
 
 
 @pytest.fixture
@@ -63,8 +77,12 @@ def test_parallel_members_equal_sequential_members(tiny_features, tmp_path, caps
     assert main([str(a) for a in ("train", tiny_features, seq, *common, "--workers", 0)]) == 0
     # --workers 1 here: a pool process must be able to start its own DataLoader workers, and the batches
     # (seeded per item) do not depend on the number of workers
-    assert main([str(a) for a in ("train", tiny_features, par, *common, "--workers", 1,
-                                  "--parallel-members", 2)]) == 0
+    assert (
+        main(
+            [str(a) for a in ("train", tiny_features, par, *common, "--workers", 1, "--parallel-members", 2)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for i in (0, 1, 2):
         for name in ("best", "last"):
@@ -82,25 +100,49 @@ def test_parallel_members_equal_sequential_members(tiny_features, tmp_path, caps
         assert tags.index(f"member {i} start") < tags.index(f"member {i} end")
 
 
-def test_a_failing_member_is_named_the_running_one_finishes_the_rest_is_skipped(tiny_features, tmp_path,
-                                                                                 one_thread):
+def test_a_failing_member_is_named_the_running_one_finishes_the_rest_is_skipped(
+    tiny_features, tmp_path, one_thread
+):
     """Member 0's last.pt is damaged: its resume fails in its process at once. Member 1, already
     running in the other process, trains to the end; member 2 (queued) never starts."""
     run = tmp_path / "run"
-    cfg = TrainConfig(features_dir=str(tiny_features), model="bilstm_attn", min_steps=1, hidden_dim=16, layers=1,
-                      heads=2, device="cpu", plots=False, workers=0, members=2, epochs=1).validate()
+    cfg = TrainConfig(
+        features_dir=str(tiny_features),
+        model="bilstm_attn",
+        min_steps=1,
+        hidden_dim=16,
+        layers=1,
+        heads=2,
+        device="cpu",
+        plots=False,
+        workers=0,
+        members=2,
+        epochs=1,
+    ).validate()
     cfg, splits, weights, stats = load_data(cfg, log=lambda line: None)
     device = torch.device("cpu")
     monitor = ResourceMonitor(tmp_path / "resources.json")
-    train_members(TrainContext(cfg, splits, weights, stats, device, RunDir(run), log=lambda line: None,
-                               monitor=monitor))
+    train_members(
+        TrainContext(cfg, splits, weights, stats, device, RunDir(run), log=lambda line: None, monitor=monitor)
+    )
     (run / "members/0/checkpoints/last.pt").write_bytes(b"not a checkpoint")
 
     lines = []
     cfg2 = TrainConfig(**{**cfg.to_dict(), "epochs": 2, "members": 3, "parallel_members": 2})
     with pytest.raises(CheckpointError, match=r"^member 0: no usable checkpoint") as err:
-        train_members(TrainContext(cfg2, splits, weights, stats, device, RunDir(run), resume=True,
-                                   log=lines.append, monitor=monitor))
+        train_members(
+            TrainContext(
+                cfg2,
+                splits,
+                weights,
+                stats,
+                device,
+                RunDir(run),
+                resume=True,
+                log=lines.append,
+                monitor=monitor,
+            )
+        )
     assert "members/0/checkpoints/last.pt" in str(err.value)
     assert any(line.startswith("[member 0] failed: CheckpointError") for line in lines)
     assert [r["epoch"] for r in json.loads((run / "members/1/history.json").read_text())] == [1, 2]
@@ -119,10 +161,26 @@ def epochs_done(run: Path, member: int) -> int:
 def test_sigint_stops_every_member_process(tiny_features, tmp_path, spawn_cli):
     """SIGINT to the parent alone (as `kill -INT`): it stops the member processes, each keeps whole epochs."""
     run = tmp_path / "run"
-    proc = spawn_cli("train", tiny_features, run, "--epochs", 100_000, "--patience-cycles", 0, "--members", 2,
-                     "--parallel-members", 2, "--workers", 0, *TINY)
+    proc = spawn_cli(
+        "train",
+        tiny_features,
+        run,
+        "--epochs",
+        100_000,
+        "--patience-cycles",
+        0,
+        "--members",
+        2,
+        "--parallel-members",
+        2,
+        "--workers",
+        0,
+        *TINY,
+    )
     deadline = time.time() + 120
-    while min(epochs_done(run, 0), epochs_done(run, 1)) < 1 and time.time() < deadline and proc.poll() is None:
+    while (
+        min(epochs_done(run, 0), epochs_done(run, 1)) < 1 and time.time() < deadline and proc.poll() is None
+    ):
         time.sleep(0.01)
     assert proc.poll() is None, proc.communicate()[0][-2000:]
     proc.send_signal(signal.SIGINT)
@@ -155,8 +213,18 @@ def test_what_a_member_process_gets_is_picklable(tiny_features, tmp_path):
     cfg, splits, weights, stats = load_data(cfg, log=lambda line: None)
     seen = []
     with ResourceMonitor(tmp_path / "resources.json") as monitor:
-        ctx = TrainContext(cfg, splits, weights, stats, torch.device("cpu"), tmp_path / "run", resume=True,
-                           log=seen.append, monitor=monitor, dist=Dist(rank=0, world=1))
+        ctx = TrainContext(
+            cfg,
+            splits,
+            weights,
+            stats,
+            torch.device("cpu"),
+            tmp_path / "run",
+            resume=True,
+            log=seen.append,
+            monitor=monitor,
+            dist=Dist(rank=0, world=1),
+        )
         with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
             pickle.dumps(ctx)
         sent = pickle.loads(pickle.dumps(ctx.for_process(torch.device("cpu", 0))))

@@ -1,4 +1,5 @@
 """Tests for vidcls.utils.lock: one command per run directory, no stale locks, re-entrant in a process."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,12 @@ except RunLockedError as exc:
 
 def hold(directory: Path, command: str = "train", fork: bool = False) -> tuple[subprocess.Popen, int | None]:
     """Start a holder; returns it once it holds the lock (and its forked child's pid)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), command, "fork" if fork else "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory), command, "fork" if fork else "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline().split()
     assert line and line[0] == "locked", line
     return proc, (int(line[1]) if fork else None)
@@ -51,8 +56,9 @@ def hold(directory: Path, command: str = "train", fork: bool = False) -> tuple[s
 
 def probe(directory: Path) -> str:
     """What another process gets when it tries the lock."""
-    return subprocess.run([sys.executable, "-c", PROBE, str(directory)], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, str(directory)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def release(proc: subprocess.Popen) -> None:
@@ -65,8 +71,10 @@ def test_lock_records_holder_and_refuses_others(tmp_path):
     holder, _ = hold(run, "evaluate")
     try:
         assert (run / LOCK_NAME).read_text() == f"{holder.pid} vidcls evaluate\n"
-        assert probe(run) == (f"{run} is in use by pid {holder.pid} (vidcls evaluate); wait for it to finish "
-                              f"or use another RUN_DIR")
+        assert probe(run) == (
+            f"{run} is in use by pid {holder.pid} (vidcls evaluate); wait for it to finish "
+            f"or use another RUN_DIR"
+        )
         with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
             with run_lock(run, "report"):
                 pass
@@ -79,7 +87,7 @@ def test_lock_records_holder_and_refuses_others(tmp_path):
 def test_lock_is_reentrant_within_a_process(tmp_path):
     with run_lock(tmp_path, "train") as d:
         assert d == tmp_path
-        with run_lock(tmp_path / "." , "report"):  # another spelling of the same directory
+        with run_lock(tmp_path / ".", "report"):  # another spelling of the same directory
             assert "in use by pid" in probe(tmp_path)
         assert f"in use by pid {os.getpid()} (vidcls train)" in probe(tmp_path)  # outer hold still there
     assert probe(tmp_path) == "acquired"
@@ -114,8 +122,10 @@ def test_evaluate_and_report_refused_while_a_train_holds_the_run(tmp_path, capsy
         for command in ("evaluate", "report"):
             assert main([command, str(run)]) == 2
             err = capsys.readouterr().err
-            assert err == (f"vidcls {command}: error: {run} is in use by pid {holder.pid} (vidcls train); "
-                           f"wait for it to finish or use another RUN_DIR\n")
+            assert err == (
+                f"vidcls {command}: error: {run} is in use by pid {holder.pid} (vidcls train); "
+                f"wait for it to finish or use another RUN_DIR\n"
+            )
         assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "config.yaml"]  # nothing written
     finally:
         release(holder)
@@ -124,8 +134,12 @@ def test_evaluate_and_report_refused_while_a_train_holds_the_run(tmp_path, capsy
 def test_two_trains_into_one_run_dir(tiny_features, tmp_path, spawn_cli, tiny_args):
     """Started together: the first to lock trains; the other is refused, naming it."""
     run = tmp_path / "run"
-    procs = {p.pid: p for p in (spawn_cli("train", tiny_features, run, "--epochs", 2, "--no-plots", *tiny_args)
-                                for _ in range(2))}
+    procs = {
+        p.pid: p
+        for p in (
+            spawn_cli("train", tiny_features, run, "--epochs", 2, "--no-plots", *tiny_args) for _ in range(2)
+        )
+    }
     winner = None
     try:
         deadline = time.monotonic() + 120
