@@ -1,5 +1,6 @@
 """The argument parser of ``vidcls <command>``: every subcommand's options (the train command's are made
 from the ``TrainConfig`` fields). :mod:`vidcls.cli` runs the commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,10 @@ _POSITIONAL = ("features_dir",)
 _METAVARS = {int: "N", float: "X", str: "NAME"}
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto)"
 TTA_CHOICES = " | ".join(TTA_SETTINGS)
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns: each command's add_parser
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list):
@@ -40,8 +42,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if typ is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:  # lists arrive as "a,b"; load_config splits and types them
-            p.add_argument(flag, type=typ if typ in _METAVARS else str, default=None,
-                           metavar=_METAVARS.get(typ, "A,B"), help=help_)
+            p.add_argument(
+                flag,
+                type=typ if typ in _METAVARS else str,
+                default=None,
+                metavar=_METAVARS.get(typ, "A,B"),
+                help=help_,
+            )
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR where it stopped")
 
 
@@ -51,10 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # no abbreviations: the retired --patience would silently mean --patience-cycles
-    _add_train_args(sub.add_parser("train", help="train a temporal classifier on a feature store",
-                                   allow_abbrev=False))
+    _add_train_args(
+        sub.add_parser("train", help="train a temporal classifier on a feature store", allow_abbrev=False)
+    )
 
     _add_extract_parser(sub)
+    _add_merge_parser(sub)
     _add_scoring_parsers(sub)
     _add_predict_parser(sub)
     _add_serving_parsers(sub)
@@ -62,104 +71,182 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_extract_parser(sub) -> None:
+def _add_extract_parser(sub: Subparsers) -> None:
     from .features.catalog import FAMILIES_HELP, recommended_table
 
-    p = sub.add_parser("extract", help="turn a folder of videos into a feature store (resumable)",
-                       epilog=recommended_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video_root", help="VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>")
+    p = sub.add_parser(
+        "extract",
+        help="turn a folder of videos into a feature store (resumable)",
+        epilog=recommended_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "video_root", help="VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>"
+    )
     p.add_argument("features_dir", help="output: train.h5, val.h5, test.h5, extract_report.json")
-    p.add_argument("--backbone", default="efficientnet_v2_s", help=f"{FAMILIES_HELP}; see the list below "
-                                                                   "(efficientnet_v2_s)")
-    p.add_argument("--weights", default="DEFAULT",
-                   help="DEFAULT (the published weights: torchvision's enum default, timm's pretrained tag, "
-                        "open_clip's TAG; a download) | none (seeded random network) | PATH (.pth, .pt, "
-                        ".safetensors state dict, sha256 recorded) | a torchvision weights enum name (DEFAULT)")
+    p.add_argument(
+        "--backbone",
+        default="efficientnet_v2_s",
+        help=f"{FAMILIES_HELP}; see the list below (efficientnet_v2_s)",
+    )
+    p.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT (the published weights: torchvision's enum default, timm's pretrained tag, "
+        "open_clip's TAG; a download) | none (seeded random network) | PATH (.pth, .pt, "
+        ".safetensors state dict, sha256 recorded) | a torchvision weights enum name (DEFAULT)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fps", type=float, default=None, help="frames per second of video (1.0 unless --frames)")
     g.add_argument("--frames", type=int, default=None, help="a fixed number of frames spread uniformly")
-    p.add_argument("--max-frames", type=int, default=64, help="at most this many, uniform over the video (64)")
-    p.add_argument("--image-size", default="AUTO",
-                   help="crop size, or AUTO for the model's own (AUTO); DINOv2's own 518 px is 1,370 tokens a "
-                        "frame: 224 on a CPU")
+    p.add_argument(
+        "--max-frames", type=int, default=64, help="at most this many, uniform over the video (64)"
+    )
+    p.add_argument(
+        "--image-size",
+        default="AUTO",
+        help="crop size, or AUTO for the model's own (AUTO); DINOv2's own 518 px is 1,370 tokens a "
+        "frame: 224 on a CPU",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="frames per encoder batch (32)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the CNN (2)")
-    p.add_argument("--split", default="70,20,10", help="train,val,test shares without split folders (70,20,10)")
+    p.add_argument(
+        "--split", default="70,20,10", help="train,val,test shares without split folders (70,20,10)"
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of that split (42)")
     p.add_argument("--min-brightness", type=float, default=25.0, help="drop darker frames, 0-255 (25)")
-    p.add_argument("--min-sharpness", type=float, default=0.0, help="drop frames with a lower Laplacian variance (0: off)")
-    p.add_argument("--shard", metavar="I/K", default=None,
-                   help="extract only shard I (0-based) of K, a share balanced by size, into <split>-0000I-of-0000K.h5 "
-                        "(separate machines; under torchrun each rank takes RANK/WORLD_SIZE)")
+    p.add_argument(
+        "--min-sharpness",
+        type=float,
+        default=0.0,
+        help="drop frames with a lower Laplacian variance (0: off)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/K",
+        default=None,
+        help="extract only shard I (0-based) of K, a share balanced by size, into <split>-0000I-of-0000K.h5 "
+        "(separate machines; under torchrun each rank takes RANK/WORLD_SIZE)",
+    )
 
-    p = sub.add_parser("merge", help="turn the shards of a sharded extraction into train.h5 / val.h5 / test.h5")
-    p.add_argument("features_dir", help="FEATURES_DIR holding <split>-0000I-of-0000K.h5 and their shard reports")
-    p.add_argument("--keep-shards", action="store_true", help="keep the shard files (default: removed once merged)")
+
+def _add_merge_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "merge", help="turn the shards of a sharded extraction into train.h5 / val.h5 / test.h5"
+    )
+    p.add_argument(
+        "features_dir", help="FEATURES_DIR holding <split>-0000I-of-0000K.h5 and their shard reports"
+    )
+    p.add_argument(
+        "--keep-shards", action="store_true", help="keep the shard files (default: removed once merged)"
+    )
 
 
-FEATURES_DIR_HELP = ("the run's feature stores, when they are no longer where training found them "
-                     "(default: the directory recorded in config.yaml)")
+FEATURES_DIR_HELP = (
+    "the run's feature stores, when they are no longer where training found them "
+    "(default: the directory recorded in config.yaml)"
+)
 
 
-def _add_scoring_parsers(sub) -> None:
+def _add_scoring_parsers(sub: Subparsers) -> None:
     p = sub.add_parser("evaluate", help="score a trained run's members, TTA and ensemble on a split")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--tta", choices=TTA_SETTINGS, default=None,
-                   help=f"{TTA_CHOICES} (default: the run's own; another writes eval_<split>.tta-<x>.json)")
+    p.add_argument(
+        "--tta",
+        choices=TTA_SETTINGS,
+        default=None,
+        help=f"{TTA_CHOICES} (default: the run's own; another writes eval_<split>.tta-<x>.json)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--features-dir", metavar="DIR", help=FEATURES_DIR_HELP)
 
 
-def _add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="classify videos (files, folders) or .npy features with a trained run",
-                       epilog="exit status: 0 done (some inputs may be error records), 3 no input could be used, "
-                              "2 a user error, 141 stdout closed by its reader")
+def _add_predict_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify videos (files, folders) or .npy features with a trained run",
+        epilog="exit status: 0 done (some inputs may be error records), 3 no input could be used, "
+        "2 a user error, 141 stdout closed by its reader",
+    )
     p.add_argument("run_dir")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders (recursive), .npy (T, D) features")
-    p.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default=None,
-                   help="(default: the --output file's extension, else table)")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="video files, folders (recursive), .npy (T, D) features"
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "jsonl", "csv"],
+        default=None,
+        help="(default: the --output file's extension, else table)",
+    )
     p.add_argument("--top-k", type=int, default=3, help="classes per video (3)")
-    p.add_argument("--output", metavar="FILE", help="write here instead of stdout; jsonl: append, and a rerun "
-                                                    "skips the inputs already written; a file holding anything "
-                                                    "else (or an input) is refused, untouched")
-    p.add_argument("--timeline", metavar="DIR", help="one PNG per video: thumbnails along time with attention")
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write here instead of stdout; jsonl: append, and a rerun "
+        "skips the inputs already written; a file holding anything "
+        "else (or an input) is refused, untouched",
+    )
+    p.add_argument(
+        "--timeline", metavar="DIR", help="one PNG per video: thumbnails along time with attention"
+    )
     p.add_argument("--tta", choices=TTA_SETTINGS, default="auto", help="auto: the run's own choice")
     p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the models (2)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--weights", metavar="PATH", help="the encoder weights (.pth, .pt, .safetensors), where the "
-                                                     "recorded file or download is not on this machine")
+    p.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="the encoder weights (.pth, .pt, .safetensors), where the "
+        "recorded file or download is not on this machine",
+    )
 
 
-def _add_serving_parsers(sub) -> None:
+def _add_serving_parsers(sub: Subparsers) -> None:
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     p.add_argument("run_dir")
 
     p = sub.add_parser("serve", help="serve a trained run over HTTP: JSON API and an upload page")
     p.add_argument("run_dir")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (127.0.0.1); any other needs VIDCLS_API_KEY, sent as X-API-Key")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (127.0.0.1); any other needs VIDCLS_API_KEY, sent as X-API-Key",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
     p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest request body in MB (500)")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting or running; more get 503 (8)")
-    p.add_argument("--max-uploads", type=int, default=8,
-                   help="uploads being received at once, apart from --max-queue; more get 503 (8)")
-    p.add_argument("--body-timeout", default="30", metavar="SECONDS",
-                   help="a request body from which nothing arrives for this long gets 408 (30)")
+    p.add_argument(
+        "--max-uploads",
+        type=int,
+        default=8,
+        help="uploads being received at once, apart from --max-queue; more get 503 (8)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        default="30",
+        metavar="SECONDS",
+        help="a request body from which nothing arrives for this long gets 408 (30)",
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--weights", default=None, metavar="PATH",
-                   help="the encoder weights of the run's extractor (.pth, .pt, .safetensors), when the recorded "
-                        "file or download is not on this machine")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="the encoder weights of the run's extractor (.pth, .pt, .safetensors), when the recorded "
+        "file or download is not on this machine",
+    )
 
-    p = sub.add_parser("calibrate", help="fit temperature scaling and the OOD threshold of a run on validation")
+    p = sub.add_parser(
+        "calibrate", help="fit temperature scaling and the OOD threshold of a run on validation"
+    )
     p.add_argument("run_dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--features-dir", metavar="DIR", help=FEATURES_DIR_HELP)
 
 
-def _add_data_parsers(sub) -> None:
+def _add_data_parsers(sub: Subparsers) -> None:
     p = sub.add_parser("synth", help="write a synthetic feature store (train/val/test)")
     p.add_argument("out_dir")
     p.add_argument("--videos", type=int, default=600)
@@ -169,13 +256,22 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("--max-frames", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("demo", help="clips -> features -> a 3-member ensemble and a baseline -> predictions, "
-                                    "on CPU (under a minute on 2 cores)")
+    p = sub.add_parser(
+        "demo",
+        help="clips -> features -> a 3-member ensemble and a baseline -> predictions, "
+        "on CPU (under a minute on 2 cores)",
+    )
     p.add_argument("run_dir", nargs="?", default=None, help="runs/demo (--synthetic: runs/demo-synthetic)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs at most (30 for the clips: two LR cycles, 10 + 20; 40 with --synthetic)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs at most (30 for the clips: two LR cycles, 10 + 20; 40 with --synthetic)",
+    )
     p.add_argument("--clips-per-class", type=int, default=50, help="generated clips of each class (50)")
-    p.add_argument("--synthetic", action="store_true", help="the older variant: synthetic features, no videos")
+    p.add_argument(
+        "--synthetic", action="store_true", help="the older variant: synthetic features, no videos"
+    )
 
     p = sub.add_parser("info", help="describe a feature store file")
     p.add_argument("file")

@@ -3,20 +3,21 @@
 Every option is a field of :class:`TrainConfig` with its default and help text; ``vidcls train``'s
 flags and the YAML keys are made from those fields. Unknown keys and wrong types are errors that name
 the key and the file; the resolved config is what gets written to ``RUN_DIR/config.yaml`` and into
-every checkpoint.
+every checkpoint. Reading a YAML file and coercing a value to its field's type: ``config.values``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .values import coerce, read_yaml
 
 TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
 TTA_SETTINGS = ("auto", "on", "off")  # --tta: the run's choice on validation, forced on, forced off
@@ -47,34 +48,46 @@ class TrainConfig:
     # A small training set must still get optimiser steps: with 36 videos, batch 48 makes an epoch one
     # step and 150 epochs leave the model at chance. An epoch draws max(N, min_steps x batch_size)
     # videos instead (a small set several times over); a set of >= that many keeps one pass per epoch.
-    min_steps: int = _opt(10,
+    min_steps: int = _opt(
+        10,
         "at least this many optimiser steps per epoch: an epoch draws max(train videos, min-steps x "
-        "batch-size) videos, so a small set is seen several times per epoch; 0 = always one pass")
+        "batch-size) videos, so a small set is seen several times per epoch; 0 = always one pass",
+    )
     # long videos: attention memory grows with B x T^2 and batches pad to their longest video.
     # max_frames: a longer video is thinned uniformly (extraction's --max-frames rule); 512 is 8x the
     # spec's 64 frames, so only outliers are touched. batch_frames: at most this many padded frames
     # (videos x longest) per batch; 8192 >= 48 x 64 leaves the spec's batches as they are and caps one
     # attention map at heads x 8192 x 512 floats (0.2 GB with 12 heads).
-    max_frames: int = _opt(512,
+    max_frames: int = _opt(
+        512,
         "a longer video is thinned uniformly to this many frames (extraction's --max-frames rule); "
-        "512 = 8x the spec's 64-frame videos, so only outliers are thinned")
-    batch_frames: int = _opt(8192,
+        "512 = 8x the spec's 64-frame videos, so only outliers are thinned",
+    )
+    batch_frames: int = _opt(
+        8192,
         "at most this many padded frames (videos x longest video) per batch; >= max_frames; "
-        "8192 >= 48 x 64 keeps the spec's batches and caps an attention map at heads x 8192 x 512")
+        "8192 >= 48 x 64 keeps the spec's batches and caps an attention map at heads x 8192 x 512",
+    )
     lr: float = _opt(1e-3, "AdamW learning rate: the peak of the cosine schedule")
-    weight_decay: float = _opt(5e-4,
+    weight_decay: float = _opt(
+        5e-4,
         "AdamW weight decay of the weight matrices (Linear, LSTM, attention projections); "
-        "biases and LayerNorm weights (every 1-D parameter) get none")
+        "biases and LayerNorm weights (every 1-D parameter) get none",
+    )
     grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off")
     # CosineAnnealingWarmRestarts, stepped per batch with the fractional epoch
     t0: int = _opt(20, "epochs until the first warm restart of the cosine LR schedule")
     t_mult: int = _opt(2, "each restart period is this many times the previous one")
     eta_min: float = _opt(1e-6, "lowest learning rate of the cosine schedule")
     # model
-    model: str = _opt("auto",
+    model: str = _opt(
+        "auto",
         "temporal model: auto (bilstm_attn for features of >= 32 values per frame, as CNN features are; "
-        "inception_time for low-dimensional sequences) | bilstm_attn | transformer | mean_mlp | inception_time")
-    hidden_dim: int = _opt(768, "model width; bilstm_attn: even; bilstm_attn, transformer: divisible by heads")
+        "inception_time for low-dimensional sequences) | bilstm_attn | transformer | mean_mlp | inception_time",
+    )
+    hidden_dim: int = _opt(
+        768, "model width; bilstm_attn: even; bilstm_attn, transformer: divisible by heads"
+    )
     layers: int = _opt(4, "recurrent / encoder layers (mean_mlp ignores it)")
     heads: int = _opt(12, "attention heads (mean_mlp ignores it)")
     dropout: float = _opt(0.4, "dropout probability, in [0, 1)")
@@ -83,28 +96,36 @@ class TrainConfig:
     smoothing: float = _opt(0.1, "label smoothing, in [0, 1)")
     alpha: str = _opt("inverse_freq", "focal-loss class weights: inverse_freq | none")
     sampler: str = _opt("weighted", "weighted (class-balanced draws) | shuffle")
-    weight_clip: list[float] = _opt([0.5, 10.0],
-        "low,high: range the inverse-frequency class weights are clipped to")
+    weight_clip: list[float] = _opt(
+        [0.5, 10.0], "low,high: range the inverse-frequency class weights are clipped to"
+    )
     augment: bool = _opt(True, "feature augmentation of the training videos")
-    standardize: str = _opt("feature",
+    standardize: str = _opt(
+        "feature",
         "feature: subtract the train split's per-feature mean and divide by its std (stored in every "
-        "checkpoint, applied by evaluation and prediction) | none: raw features")
+        "checkpoint, applied by evaluation and prediction) | none: raw features",
+    )
     # model selection and stopping
     select: str = _opt("val_acc", "val_acc | val_f1_macro: the metric that picks the best checkpoint")
     # Stopping only at the end of a warm-restart cycle: mid-cycle the LR is still high and the model
     # is not at a minimum, so "no gain for N epochs" there stops a run whose val loss is still falling.
-    patience_cycles: int = _opt(1,
+    patience_cycles: int = _opt(
+        1,
         "early-stop at the end of a warm-restart cycle when the last this many whole cycles brought no "
-        "better checkpoint; 0 = never")
+        "better checkpoint; 0 = never",
+    )
     val_fraction: float = _opt(0.15, "validation share carved from train when there is no val.h5")
     checkpoint_every: int = _opt(20, "also save a checkpoint every this many epochs")
     keep_checkpoints: int = _opt(3, "how many of those periodic checkpoints to keep")
     # seed ensemble and test-time augmentation
-    members: int = _opt(1, f"seed-ensemble members, trained one after another with seeds seed+i; at most "
-                           f"{MAX_MEMBERS}")
-    snapshots: bool = _opt(False,
+    members: int = _opt(
+        1, f"seed-ensemble members, trained one after another with seeds seed+i; at most {MAX_MEMBERS}"
+    )
+    snapshots: bool = _opt(
+        False,
         "snapshot ensemble: every member's checkpoints at the ends of its warm-restart cycles (always "
-        "saved) are the ensemble's models, instead of each member's best checkpoint")
+        "saved) are the ensemble's models, instead of each member's best checkpoint",
+    )
     tta: str = _opt("auto", "test-time augmentation: auto (only if it improves validation) | on | off")
     tta_modes: list[str] = _opt(list(TTA_MODES), f"comma-separated, distinct, any of {','.join(TTA_MODES)}")
     # runtime
@@ -114,17 +135,23 @@ class TrainConfig:
     monitor_interval: float = _opt(1800.0, "seconds between resource-log records (> 0)")
     plots: bool = _opt(True, "per-epoch dashboard PNGs and report.html")
     # speed and scale-out
-    bucket: bool = _opt(False,
+    bucket: bool = _opt(
+        False,
         "length bucketing: after the epoch's (class-balanced) draw, batches group videos of similar "
-        "length (within a window of the draw; batches in shuffled order), so less padding")
+        "length (within a window of the draw; batches in shuffled order), so less padding",
+    )
     amp: str = _opt("none", "mixed precision on CUDA: none | bf16 | fp16 (fp16 adds a gradient scaler)")
     compile: bool = _opt(False, "torch.compile the model (CUDA; the first epochs pay the compile time)")
-    parallel_members: int = _opt(1,
+    parallel_members: int = _opt(
+        1,
         "train the ensemble members in this many processes at once (one member per GPU where there "
-        "are GPUs); each member equals the one a sequential run trains")
-    dist_timeout: float = _opt(300.0,
+        "are GPUs); each member equals the one a sequential run trains",
+    )
+    dist_timeout: float = _opt(
+        300.0,
         "under torchrun: seconds a rank waits for the others in a collective before the job stops "
-        "with an error naming the rank")
+        "with an error naming the rank",
+    )
 
     def validate(self) -> TrainConfig:
         """Check every option, before anything is written; returns self.
@@ -144,8 +171,20 @@ class TrainConfig:
 
 # Options a resumed run may change: how fast it goes, how long it trains, how many members it has
 # (finished members are kept) and how the trained members are evaluated.
-RUNTIME_ONLY = ("epochs", "workers", "device", "monitor_interval", "plots", "members", "tta", "tta_modes",
-                "snapshots", "compile", "parallel_members", "dist_timeout")
+RUNTIME_ONLY = (
+    "epochs",
+    "workers",
+    "device",
+    "monitor_interval",
+    "plots",
+    "members",
+    "tta",
+    "tta_modes",
+    "snapshots",
+    "compile",
+    "parallel_members",
+    "dist_timeout",
+)
 
 
 # Keys of earlier releases, with what replaced them (a config.yaml of an older run names them).
@@ -157,20 +196,41 @@ def _check_numbers(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in cfg.weight_clip):
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in cfg.weight_clip
+    ):
         raise ConfigError(f"--weight-clip must be two numbers low,high, got {cfg.weight_clip}")
-    _positive(cfg, "epochs", "batch_size", "lr", "t0", "t_mult", "hidden_dim", "layers", "heads",
-              "checkpoint_every", "keep_checkpoints", "max_frames", "batch_frames", "members",
-              "monitor_interval", "parallel_members", "dist_timeout")
+    _positive(
+        cfg,
+        "epochs",
+        "batch_size",
+        "lr",
+        "t0",
+        "t_mult",
+        "hidden_dim",
+        "layers",
+        "heads",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_frames",
+        "batch_frames",
+        "members",
+        "monitor_interval",
+        "parallel_members",
+        "dist_timeout",
+    )
     _at_most(cfg, batch_size=MAX_BATCH_SIZE, members=MAX_MEMBERS)
     if cfg.batch_frames < cfg.max_frames:
-        raise ConfigError(f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
-                          f"a video of max_frames frames must fit in a batch; raise one or lower the other")
+        raise ConfigError(
+            f"--batch-frames ({cfg.batch_frames}) must be >= --max-frames ({cfg.max_frames}): "
+            f"a video of max_frames frames must fit in a batch; raise one or lower the other"
+        )
     # member i trains with seed + i, and torch seeds are 64-bit: keep every member's seed a signed int64
     if not 0 <= cfg.seed <= 2**63 - cfg.members:
-        raise ConfigError(f"--seed must be in [0, 2**63 - members] = [0, {2**63 - cfg.members}] "
-                          f"(member i uses seed + i), got {cfg.seed}")
+        raise ConfigError(
+            f"--seed must be in [0, 2**63 - members] = [0, {2**63 - cfg.members}] "
+            f"(member i uses seed + i), got {cfg.seed}"
+        )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     if not 0.0 <= cfg.smoothing < 1.0:
@@ -193,8 +253,10 @@ def _check_choices(cfg: TrainConfig) -> None:
     _choice(cfg, "tta", TTA_SETTINGS)
     unknown = [m for m in cfg.tta_modes if m not in TTA_MODES]
     if unknown or not cfg.tta_modes:
-        raise ConfigError(f"--tta-modes must be a non-empty, comma-separated list of {', '.join(TTA_MODES)}; "
-                          f"got {cfg.tta_modes}")
+        raise ConfigError(
+            f"--tta-modes must be a non-empty, comma-separated list of {', '.join(TTA_MODES)}; "
+            f"got {cfg.tta_modes}"
+        )
     repeated = sorted({m for m in cfg.tta_modes if cfg.tta_modes.count(m) > 1})
     if repeated:
         raise ConfigError(f"--tta-modes lists {', '.join(repeated)} more than once; name each mode once")
@@ -223,7 +285,7 @@ def auto_model(feature_dim: int) -> str:
 
 
 def _check_model(cfg: TrainConfig) -> None:
-    from .models import list_models  # torch: imported only when a config is checked
+    from ..models import list_models  # torch: imported only when a config is checked
 
     if cfg.model != "auto" and cfg.model not in list_models():
         raise ConfigError(f"--model {cfg.model!r} is unknown; valid names: auto, {', '.join(list_models())}")
@@ -232,16 +294,22 @@ def _check_model(cfg: TrainConfig) -> None:
 
 
 def _check_sizes_of(cfg: TrainConfig, name: str) -> None:
-    from .models.layers import check_sizes
+    from ..models.layers import check_sizes
 
     opts = _MODEL_SIZE_OPTIONS.get(name, {})
     try:  # feature_dim and n_classes come from the data; 1 and 2 pass their checks
-        check_sizes(feature_dim=1, n_classes=2, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout,
-                    layers=cfg.layers if opts.get("layers") else None,
-                    heads=cfg.heads if opts.get("heads") else None,
-                    even_hidden=opts.get("even_hidden", False))
+        check_sizes(
+            feature_dim=1,
+            n_classes=2,
+            hidden_dim=cfg.hidden_dim,
+            dropout=cfg.dropout,
+            layers=cfg.layers if opts.get("layers") else None,
+            heads=cfg.heads if opts.get("heads") else None,
+            even_hidden=opts.get("even_hidden", False),
+        )
         if name == "inception_time":  # its 4 branches split hidden_dim evenly
-            from .models.inception import check_width
+            from ..models.inception import check_width
+
             check_width(cfg.hidden_dim)
     except ConfigError as exc:
         where = f"auto (which may pick {name})" if cfg.model == "auto" else name
@@ -267,46 +335,9 @@ def _choice(cfg: TrainConfig, name: str, choices: tuple) -> None:
         raise ConfigError(f"--{name} must be one of {', '.join(choices)}; got {getattr(cfg, name)!r}")
 
 
-def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
-    """Convert a YAML/CLI value to the field's type; refuse what would silently mean something else."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif get_origin(typ) is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)  # YAML items keep their own types; validate() checks them
-        if isinstance(value, str):  # from the command line: "original,reverse" or "0.5,10"
-            (item,) = get_args(typ)
-            return [_coerce(name, v.strip(), item, source) for v in value.split(",") if v.strip()]
-    shown = str(typ) if get_origin(typ) else typ.__name__
-    raise ConfigError(f"{source}: key '{name}' expects {shown}, got {value!r}")
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None, *,
-                saved_run: bool = False) -> TrainConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: dict | None = None, *, saved_run: bool = False
+) -> TrainConfig:
     """Build a TrainConfig from defaults, then a YAML file, then ``overrides`` (None values ignored).
 
     ``saved_run``: ``path`` is a run's own config.yaml, possibly written by an earlier release; its
@@ -333,56 +364,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
                 raise ConfigError(f"{source}: key '{key}' is gone: {RETIRED[name]}")
             if name not in valid:
                 raise ConfigError(f"{source}: unknown key '{key}'. Valid keys: {', '.join(valid)}")
-            values[name] = _coerce(name, value, hints[name], source)
+            values[name] = coerce(name, value, hints[name], source)
     return TrainConfig(**values).validate()
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice (PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's reason on one line, with where it is (its own text draws the line with a caret)."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} is not a regular file; give a YAML file")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of key: value, got {type(data).__name__}")
-    return data
 
 
 def config_from_dict(data: dict, source: str = "checkpoint") -> TrainConfig:
     """Rebuild a config saved by ``to_dict`` (from a checkpoint or config.yaml)."""
     hints = get_type_hints(TrainConfig)
-    known = {k: _coerce(k, v, hints[k], source) for k, v in data.items() if k in hints}
+    known = {k: coerce(k, v, hints[k], source) for k, v in data.items() if k in hints}
     return TrainConfig(**known)
 
 
@@ -394,4 +383,3 @@ def config_diff(old: TrainConfig, new: TrainConfig, ignore: tuple = RUNTIME_ONLY
 
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
