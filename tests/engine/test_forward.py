@@ -63,6 +63,22 @@ def test_forward_batches_by_the_frame_budget_in_input_order():
     assert [s[0] for s in seen] == [1, 1, 1, 1]
 
 
+def test_shortest_first_pads_less_and_keeps_input_order():
+    """Lengths 5, 100, 6, 99 shortest first: batches (5, 6) and (99, 100) pad to 6 and 100 frames
+    (206 padded rows of 2 x 2, against 398 in input order); the outputs stay in input order."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, lengths):
+            seen.append((x.shape[0], x.shape[1], lengths.tolist()))
+            return x[torch.arange(len(x)), lengths - 1]
+
+    vids = [np.full((n, 3), float(n), np.float32) for n in (5, 100, 6, 99)]
+    out = forward([Spy()], ["original"], vids, batch_size=2, batch_frames=None, device=CPU, shortest_first=True)
+    assert seen == [(2, 6, [5, 6]), (2, 100, [99, 100])]
+    np.testing.assert_array_equal(out.logits[:, 0, 0, 0], [5, 100, 6, 99])
+
+
 def test_forward_without_the_original_view_still_gives_its_attention_and_runs_in_eval_mode():
     models = [_model(0, dropout=0.5).train(), _model(1, dropout=0.5).train()]  # train mode would be random
     vids = [torch.randn(n, 3) for n in (12, 6, 9)]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.batching import FrameBudgetBatches
+from ..data.dataset import by_length
 from .probs import served_probs
 from .views import tta_batch
 
@@ -173,7 +174,8 @@ def _run_batch(models: list, views: tuple, x: torch.Tensor, lens: torch.Tensor, 
 
 @torch.inference_mode()
 def forward(models: Sequence[nn.Module], views, sequences, *, batch_size: int, batch_frames: int | None,
-            device, attention: bool = False, members=None, n_classes: int | None = None) -> Outputs:
+            device, attention: bool = False, members=None, n_classes: int | None = None,
+            shortest_first: bool = False) -> Outputs:
     """Raw logits of every model in ``models`` (put in eval mode) on every view of ``views`` of every
     sequence, in input order.
 
@@ -186,6 +188,8 @@ def forward(models: Sequence[nn.Module], views, sequences, *, batch_size: int, b
         batch_size, batch_frames: the frame budget of a batch (``FrameBudgetBatches``).
         attention: also the per-video attention of the original view (``Outputs.attention``).
         n_classes: C when there may be no sequence at all (else read from the models' output).
+        shortest_first: batch the sequences shortest first (a batch then pads to videos of about its
+            own length: a whole split's evaluation); the outputs are in input order either way.
     """
     seqs = as_sequences(sequences)
     views = tuple(views)
@@ -197,7 +201,8 @@ def forward(models: Sequence[nn.Module], views, sequences, *, batch_size: int, b
     shape = (len(seqs), len(models), len(views))
     logits = None if n_classes is None else np.zeros((*shape, int(n_classes)), np.float64)
     attn: list | None = [None] * len(seqs) if attention else None
-    for batch in FrameBudgetBatches(list(range(len(seqs))), lengths, batch_size, batch_frames):
+    order = by_length(lengths) if shortest_first else list(range(len(seqs)))
+    for batch in FrameBudgetBatches(order, lengths, batch_size, batch_frames):
         x = _padded(seqs, batch, lengths).to(device)
         z, weights = _run_batch(list(models), views, x, torch.from_numpy(lengths[batch]), attention=attention)
         if logits is None:  # C from the first batch

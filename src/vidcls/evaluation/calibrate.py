@@ -138,7 +138,7 @@ def served_outputs(run_dir, choice, dataset, *, cfg, device, outputs: Outputs | 
         return outputs.select(members=choice.members, views=served_views(choice))
     models, _ = load_members(run_dir, choice, choice.members, device, [dataset.store])
     return forward(models, served_views(choice), dataset, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames,
-                   device=device, members=choice.members)
+                   device=device, members=choice.members, shortest_first=True)
 
 
 def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None,

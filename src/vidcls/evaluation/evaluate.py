@@ -47,7 +47,8 @@ def model_outputs(cfg, run_dir, datasets: dict, *, device: torch.device, modes,
     stores = list({id(ds.store): ds.store for ds in datasets.values()}.values())
     models, _ = load_members(run, checkpoints, range(len(checkpoints)), device, stores)
     views = views_to_predict(modes)
-    return {s: forward(models, views, ds, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames, device=device)
+    return {s: forward(models, views, ds, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames, device=device,
+                       shortest_first=True)
             for s, ds in datasets.items()}
 
 
