@@ -1,4 +1,5 @@
 """One forward engine: ``forward`` over models x views x sequences, and the ``Outputs`` it returns."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ CPU = torch.device("cpu")
 
 def _model(seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return build_model("bilstm_attn", feature_dim=3, n_classes=3, hidden_dim=8, layers=1, heads=2, dropout=dropout)
+    return build_model(
+        "bilstm_attn", feature_dim=3, n_classes=3, hidden_dim=8, layers=1, heads=2, dropout=dropout
+    )
 
 
 def _alone(model, v: torch.Tensor, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +33,7 @@ def _alone(model, v: torch.Tensor, mode: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- forward
+
 
 def test_forward_matches_each_video_alone_in_input_order():
     models = [_model(0).eval(), _model(1).eval()]
@@ -74,7 +78,9 @@ def test_shortest_first_pads_less_and_keeps_input_order():
             return x[torch.arange(len(x)), lengths - 1]
 
     vids = [np.full((n, 3), float(n), np.float32) for n in (5, 100, 6, 99)]
-    out = forward([Spy()], ["original"], vids, batch_size=2, batch_frames=None, device=CPU, shortest_first=True)
+    out = forward(
+        [Spy()], ["original"], vids, batch_size=2, batch_frames=None, device=CPU, shortest_first=True
+    )
     assert seen == [(2, 6, [5, 6]), (2, 100, [99, 100])]
     np.testing.assert_array_equal(out.logits[:, 0, 0, 0], [5, 100, 6, 99])
 
@@ -82,8 +88,16 @@ def test_shortest_first_pads_less_and_keeps_input_order():
 def test_forward_without_the_original_view_still_gives_its_attention_and_runs_in_eval_mode():
     models = [_model(0, dropout=0.5).train(), _model(1, dropout=0.5).train()]  # train mode would be random
     vids = [torch.randn(n, 3) for n in (12, 6, 9)]
-    out = forward(models, ("reverse", "speed_up"), vids, batch_size=8, batch_frames=None, device=CPU,
-                  attention=True, members=[3, 5])
+    out = forward(
+        models,
+        ("reverse", "speed_up"),
+        vids,
+        batch_size=8,
+        batch_frames=None,
+        device=CPU,
+        attention=True,
+        members=[3, 5],
+    )
     assert not any(m.training for m in models)
     assert out.views == ("reverse", "speed_up") and out.members == (3, 5) and out.logits.shape == (3, 2, 2, 3)
     for i, v in enumerate(vids):
@@ -91,20 +105,33 @@ def test_forward_without_the_original_view_still_gives_its_attention_and_runs_in
         assert out.attention[i].shape == (len(v),)
         np.testing.assert_allclose(out.attention[i], want, atol=1e-6)
         np.testing.assert_allclose(out.logits[i, 1, 0], _alone(models[1], v, "reverse")[0], atol=1e-6)
-    again = forward([m.train() for m in models], ("reverse", "speed_up"), vids, batch_size=1, batch_frames=None,
-                    device=CPU)
+    again = forward(
+        [m.train() for m in models],
+        ("reverse", "speed_up"),
+        vids,
+        batch_size=1,
+        batch_frames=None,
+        device=CPU,
+    )
     np.testing.assert_allclose(again.logits, out.logits, atol=1e-6)
 
 
 def test_forward_of_nothing_keeps_the_shape():
     out = forward([_model()], ALL, [], batch_size=4, batch_frames=None, device=CPU, n_classes=3)
     assert out.logits.shape == (0, 1, 4, 3) and len(out) == 0 and out.probs().shape == (0, 3)
-    assert forward([_model()], ALL, [], batch_size=4, batch_frames=None, device=CPU).logits.shape == (0, 1, 4, 0)
+    assert forward([_model()], ALL, [], batch_size=4, batch_frames=None, device=CPU).logits.shape == (
+        0,
+        1,
+        4,
+        0,
+    )
 
 
 def test_forward_reads_a_dataset_one_batch_at_a_time_with_its_labels(tmp_path):
     rng = np.random.default_rng(0)
-    vids = [(f"v{i}", rng.normal(size=(n, 3)).astype(np.float32), i % 3) for i, n in enumerate((20, 5, 9, 14))]
+    vids = [
+        (f"v{i}", rng.normal(size=(n, 3)).astype(np.float32), i % 3) for i, n in enumerate((20, 5, 9, 14))
+    ]
     write_store(tmp_path / "s.h5", vids, ["a", "b", "c"], 3)
     store = FeatureStore(tmp_path / "s.h5")
     ds = FeatureDataset(store, [3, 1, 0], max_frames=10)  # thinned to 10 frames, in this order
@@ -156,21 +183,25 @@ def test_a_length_that_does_not_match_its_sequence_is_refused():
 
 # ---------------------------------------------------------------- Outputs
 
+
 def _outputs() -> Outputs:
     """Two videos, models 0 and 2, views original and reverse; logits log(p): softmax gives p back."""
-    p = np.array([  # (N, M, V, C)
-        [[[.9, .1], [.5, .5]], [[.7, .3], [.3, .7]]],
-        [[[.2, .8], [.4, .6]], [[.6, .4], [.2, .8]]]])
+    p = np.array(
+        [  # (N, M, V, C)
+            [[[0.9, 0.1], [0.5, 0.5]], [[0.7, 0.3], [0.3, 0.7]]],
+            [[[0.2, 0.8], [0.4, 0.6]], [[0.6, 0.4], [0.2, 0.8]]],
+        ]
+    )
     return Outputs(np.log(p), [0, 2], ["original", "reverse"], [0, 1], [np.ones(3), np.ones(5)])
 
 
 def test_outputs_probs_average_softmax_over_members_and_views():
     out = _outputs()
-    np.testing.assert_allclose(out.probs(), [[.6, .4], [.35, .65]])  # (.9 + .5 + .7 + .3) / 4, ...
-    np.testing.assert_allclose(out.select(views=["original"]).probs(), [[.8, .2], [.4, .6]])
-    np.testing.assert_allclose(out.select(members=[2], views=["reverse"]).probs(), [[.3, .7], [.2, .8]])
+    np.testing.assert_allclose(out.probs(), [[0.6, 0.4], [0.35, 0.65]])  # (.9 + .5 + .7 + .3) / 4, ...
+    np.testing.assert_allclose(out.select(views=["original"]).probs(), [[0.8, 0.2], [0.4, 0.6]])
+    np.testing.assert_allclose(out.select(members=[2], views=["reverse"]).probs(), [[0.3, 0.7], [0.2, 0.8]])
     # temperature 2: softmax(log p / 2) = sqrt(p) normalised
-    want = np.sqrt([.9, .1]) / np.sqrt([.9, .1]).sum()
+    want = np.sqrt([0.9, 0.1]) / np.sqrt([0.9, 0.1]).sum()
     np.testing.assert_allclose(out.select(members=[0], views=["original"]).probs(2.0)[0], want)
 
 

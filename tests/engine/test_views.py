@@ -1,5 +1,6 @@
 """Test-time augmentation: the views of a sequence and their batched form (the models' pass over them is
 tests/engine/test_forward.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,17 +11,24 @@ from vidcls.engine.views import tta_batch, tta_indices, views_to_predict
 from vidcls.errors import ConfigError
 
 
-@pytest.mark.parametrize("n,mode,want", [
-    (4, "original", [0, 1, 2, 3]),
-    (4, "reverse", [3, 2, 1, 0]),
-    (12, "speed_up", [0, 2, 4, 6, 8, 11]),       # linspace(0, 11, 6) = 0, 2.2, 4.4, 6.6, 8.8, 11
-    (11, "speed_up", [0, 2, 5, 7, 10]),           # linspace(0, 10, 5) = 0, 2.5, 5, 7.5, 10
-    (10, "speed_up", list(range(10))),            # only when > 10 frames
-    (6, "speed_down", [0, 0, 1, 1, 2, 3, 3, 4, 5]),  # linspace(0, 5, 9) = 0, .625, 1.25, ... 5
-    (7, "speed_down", [0, 0, 1, 2, 2, 3, 4, 4, 5, 6]),  # int(10.5) = 10 indices: 0, .67, 1.33, 2, 2.67, ... 6
-    (5, "speed_down", [0, 1, 2, 3, 4]),           # only when > 5 frames
-    (1, "reverse", [0]),
-])
+@pytest.mark.parametrize(
+    "n,mode,want",
+    [
+        (4, "original", [0, 1, 2, 3]),
+        (4, "reverse", [3, 2, 1, 0]),
+        (12, "speed_up", [0, 2, 4, 6, 8, 11]),  # linspace(0, 11, 6) = 0, 2.2, 4.4, 6.6, 8.8, 11
+        (11, "speed_up", [0, 2, 5, 7, 10]),  # linspace(0, 10, 5) = 0, 2.5, 5, 7.5, 10
+        (10, "speed_up", list(range(10))),  # only when > 10 frames
+        (6, "speed_down", [0, 0, 1, 1, 2, 3, 3, 4, 5]),  # linspace(0, 5, 9) = 0, .625, 1.25, ... 5
+        (
+            7,
+            "speed_down",
+            [0, 0, 1, 2, 2, 3, 4, 4, 5, 6],
+        ),  # int(10.5) = 10 indices: 0, .67, 1.33, 2, 2.67, ... 6
+        (5, "speed_down", [0, 1, 2, 3, 4]),  # only when > 5 frames
+        (1, "reverse", [0]),
+    ],
+)
 def test_tta_indices_by_hand(n, mode, want):
     assert tta_indices(n, mode).tolist() == want
 
@@ -30,11 +38,17 @@ def test_tta_indices_rejects_unknown_mode():
         tta_indices(5, "mirror")
 
 
-@pytest.mark.parametrize("modes,want", [
-    (("reverse", "speed_up"), ("original", "reverse", "speed_up")),          # original added first
-    (("speed_up", "original", "reverse"), ("original", "speed_up", "reverse")),  # moved first, not repeated
-    (("original",), ("original",)),
-])
+@pytest.mark.parametrize(
+    "modes,want",
+    [
+        (("reverse", "speed_up"), ("original", "reverse", "speed_up")),  # original added first
+        (
+            ("speed_up", "original", "reverse"),
+            ("original", "speed_up", "reverse"),
+        ),  # moved first, not repeated
+        (("original",), ("original",)),
+    ],
+)
 def test_views_to_predict_always_holds_the_original_sequence(modes, want):
     assert views_to_predict(modes) == want
 

@@ -1,5 +1,6 @@
 """Scoring whole runs: what ``fit`` records (final.json, eval files) and what ``vidcls evaluate`` does
 with it: the recorded choice, only the asked split's file, checkpoints checked against the features."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,22 @@ from vidcls.run.final import load_final_choice
 from vidcls.store import write_store
 from vidcls.store.synth import make_synthetic
 
-TINY = ["--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
-        "--device", "cpu"]
+TINY = [
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 ALL_MODES = ["original", "reverse", "speed_up", "speed_down"]
 FIT_FILES = ("eval_val.json", "eval_test.json", "summary.json", "final.json")
 
@@ -34,8 +49,10 @@ def trained(tmp_path_factory, tiny_features) -> Path:
     root = tmp_path_factory.mktemp("trained")
     shutil.copytree(tiny_features, root / "feats")
     run = root / "run"
-    assert main(["train", str(root / "feats"), str(run), "--epochs", "1", "--members", "2", "--no-plots",
-                 *TINY]) == 0
+    assert (
+        main(["train", str(root / "feats"), str(run), "--epochs", "1", "--members", "2", "--no-plots", *TINY])
+        == 0
+    )
     return run
 
 
@@ -50,7 +67,9 @@ def clone(run: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 def stamps(run: Path) -> dict:
     """Identity of each file fit wrote: an (atomic) rewrite changes the inode and the mtime."""
-    return {n: ((run / n).stat().st_ino, (run / n).stat().st_mtime_ns, (run / n).read_bytes()) for n in FIT_FILES}
+    return {
+        n: ((run / n).stat().st_ino, (run / n).stat().st_mtime_ns, (run / n).read_bytes()) for n in FIT_FILES
+    }
 
 
 def read(path: Path) -> dict:
@@ -59,12 +78,23 @@ def read(path: Path) -> dict:
 
 def record_choice(run: Path, member: int, tta_used: bool) -> None:
     """Overwrite the run's final.json: serve member ``member`` alone."""
-    write_final_choice(run, FinalChoice(source=f"member {member}", members=[member], tta_used=tta_used,
-                                        tta_modes=ALL_MODES, select="val_acc", reason="set by the test",
-                                        val_score=0.5, tta="auto"))
+    write_final_choice(
+        run,
+        FinalChoice(
+            source=f"member {member}",
+            members=[member],
+            tta_used=tta_used,
+            tta_modes=ALL_MODES,
+            select="val_acc",
+            reason="set by the test",
+            val_score=0.5,
+            tta="auto",
+        ),
+    )
 
 
 # ---------------------------------------------------------------- what fit records
+
 
 def test_fit_records_the_final_choice(trained):
     s, final = read(trained / "summary.json"), read(trained / "final.json")
@@ -91,8 +121,22 @@ def test_fit_records_the_final_choice(trained):
 
 def test_tta_modes_without_original_finish_the_run(tiny_features, tmp_path, tiny_args, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(tiny_features), str(run), "--tta-modes", "reverse,speed_up", "--epochs", "2",
-                 "--no-plots", *tiny_args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_features),
+                str(run),
+                "--tta-modes",
+                "reverse,speed_up",
+                "--epochs",
+                "2",
+                "--no-plots",
+                *tiny_args,
+            ]
+        )
+        == 0
+    )
     s = read(run / "summary.json")
     assert s["tta"]["modes"] == ["reverse", "speed_up"]
     assert set(s["tta"]["per_mode"]) == {"reverse", "speed_up"}
@@ -106,6 +150,7 @@ def test_tta_modes_without_original_finish_the_run(tiny_features, tmp_path, tiny
 
 
 # ---------------------------------------------------------------- vidcls evaluate
+
 
 def test_evaluate_rescoring_the_recorded_choice_writes_only_its_split(trained, tmp_path, capsys):
     run, _ = clone(trained, tmp_path)
@@ -156,8 +201,10 @@ def test_evaluate_recomputes_the_choice_of_a_run_without_final_json(trained, tmp
     (run / "final.json").unlink()
     assert main(["evaluate", str(run), "--split", "test", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "note: the run has no final.json (it predates the file): the final choice was recomputed on " \
-           "validation" in out
+    assert (
+        "note: the run has no final.json (it predates the file): the final choice was recomputed on "
+        "validation" in out
+    )
     ev, s = read(run / "eval_test.json"), read(run / "summary.json")
     assert "recomputed on validation" in ev["note"]
     assert ev["final"]["source"] == s["final"]["source"] and ev["final"]["metrics"] == s["test"]
@@ -168,23 +215,38 @@ def test_evaluate_recomputes_the_choice_of_a_run_without_final_json(trained, tmp
 
 
 def test_load_final_choice_errors_and_round_trip(tmp_path):
-    with pytest.raises(ConfigError, match=r"holds no run \(no config.yaml\); give the RUN_DIR of `vidcls train`"):
+    with pytest.raises(
+        ConfigError, match=r"holds no run \(no config.yaml\); give the RUN_DIR of `vidcls train`"
+    ):
         load_final_choice(tmp_path)  # not told to evaluate a directory that is not a run
     (tmp_path / "config.yaml").write_text("epochs: 1\n")
     with pytest.raises(ConfigError, match=r"final.json not found: .* `vidcls evaluate .* --split val`"):
         load_final_choice(tmp_path)
-    choice = FinalChoice(source="ensemble", members=[0, 2], tta_used=True, tta_modes=["reverse"],
-                         select="val_f1_macro", reason="r", val_score=0.75, ensemble_members=[0, 2],
-                         ensemble_tta_used=True, member_tta_used=[True, False, False],
-                         excluded=[{"member": 1, "reason": "x"}], tta="auto",
-                         mcnemar={"member": 0, "b": 8, "c": 1, "p_value": 20 / 512, "alpha": 0.05})
+    choice = FinalChoice(
+        source="ensemble",
+        members=[0, 2],
+        tta_used=True,
+        tta_modes=["reverse"],
+        select="val_f1_macro",
+        reason="r",
+        val_score=0.75,
+        ensemble_members=[0, 2],
+        ensemble_tta_used=True,
+        member_tta_used=[True, False, False],
+        excluded=[{"member": 1, "reason": "x"}],
+        tta="auto",
+        mcnemar={"member": 0, "b": 8, "c": 1, "p_value": 20 / 512, "alpha": 0.05},
+    )
     write_final_choice(tmp_path, choice)
     assert load_final_choice(tmp_path) == choice
     (tmp_path / "final.json").write_text("{not json")
     with pytest.raises(ConfigError, match="final.json is damaged"):
         load_final_choice(tmp_path)
-    for bad in ({"members": [], "tta_modes": ["reverse"]}, {"members": [0], "tta_modes": ["mirror"]},
-                {"members": [0], "tta_modes": ["reverse"], "format": "other"}):
+    for bad in (
+        {"members": [], "tta_modes": ["reverse"]},
+        {"members": [0], "tta_modes": ["mirror"]},
+        {"members": [0], "tta_modes": ["reverse"], "format": "other"},
+    ):
         data = {**choice.to_dict(), "format": "vidcls-final-choice", "version": 1, **bad}
         (tmp_path / "final.json").write_text(json.dumps(data))
         with pytest.raises(ConfigError, match="not a valid vidcls final choice"):
@@ -193,11 +255,22 @@ def test_load_final_choice_errors_and_round_trip(tmp_path):
 
 def test_load_final_choice_reads_a_record_older_than_the_mcnemar_test(tmp_path):
     """A final.json written before the McNemar gate has no "mcnemar" key: it loads, with an empty test."""
-    old = {"format": "vidcls-final-choice", "version": 1, "source": "member 1", "members": [1], "tta_used": False,
-           "tta_modes": ["reverse"], "select": "val_acc", "val_score": 0.9, "tta": "auto",
-           "reason": "member 1 alone scored higher on validation (val_acc 0.9000) than the ensemble (0.7500)",
-           "ensemble_members": [0, 1], "ensemble_tta_used": False, "member_tta_used": [False, False],
-           "excluded": []}
+    old = {
+        "format": "vidcls-final-choice",
+        "version": 1,
+        "source": "member 1",
+        "members": [1],
+        "tta_used": False,
+        "tta_modes": ["reverse"],
+        "select": "val_acc",
+        "val_score": 0.9,
+        "tta": "auto",
+        "reason": "member 1 alone scored higher on validation (val_acc 0.9000) than the ensemble (0.7500)",
+        "ensemble_members": [0, 1],
+        "ensemble_tta_used": False,
+        "member_tta_used": [False, False],
+        "excluded": [],
+    }
     (tmp_path / "final.json").write_text(json.dumps(old))
     choice = load_final_choice(tmp_path)
     assert (choice.source, choice.members, choice.tta_used, choice.mcnemar) == ("member 1", [1], False, {})
@@ -210,12 +283,20 @@ def _set_attr(feats: Path, key: str, value) -> None:
             f.attrs[key] = value
 
 
-@pytest.mark.parametrize("change,needles", [
-    ("class_names", ["was trained on classes [animation, gaming, natural, flat]",
-                     "has [animation, gaming, natural, other]"]),
-    ("feature_dim", ["was trained on 16-dimensional features", "holds 8-dimensional ones"]),
-    ("extractor", ["was trained on synthetic features", "holds resnet50 features"]),
-])
+@pytest.mark.parametrize(
+    "change,needles",
+    [
+        (
+            "class_names",
+            [
+                "was trained on classes [animation, gaming, natural, flat]",
+                "has [animation, gaming, natural, other]",
+            ],
+        ),
+        ("feature_dim", ["was trained on 16-dimensional features", "holds 8-dimensional ones"]),
+        ("extractor", ["was trained on synthetic features", "holds resnet50 features"]),
+    ],
+)
 def test_evaluate_refuses_features_the_run_was_not_trained_on(trained, tmp_path, capsys, change, needles):
     run, feats = clone(trained, tmp_path)
     if change == "class_names":
@@ -235,6 +316,7 @@ def test_evaluate_refuses_features_the_run_was_not_trained_on(trained, tmp_path,
 
 # ---------------------------------------------------------------- longer runs
 
+
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory):
     out = tmp_path_factory.mktemp("feats")
@@ -249,8 +331,14 @@ def easy_feats(tmp_path_factory):
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1.0, (4, 16))
     for split, n in (("train", 64), ("val", 24), ("test", 24)):
-        vids = [(f"{split}{i}", (centres[i % 4] + rng.normal(0, 0.5, (int(rng.integers(6, 20)), 16))).astype(np.float32),
-                 i % 4) for i in range(n)]
+        vids = [
+            (
+                f"{split}{i}",
+                (centres[i % 4] + rng.normal(0, 0.5, (int(rng.integers(6, 20)), 16))).astype(np.float32),
+                i % 4,
+            )
+            for i in range(n)
+        ]
         write_store(out / f"{split}.h5", vids, ["animation", "gaming", "natural", "flat"], 16)
     return out
 
@@ -258,14 +346,32 @@ def easy_feats(tmp_path_factory):
 def test_three_members_record_and_forced_collapse(easy_feats, tmp_path, capsys, tiny_args):
     run = tmp_path / "run"
     feats = easy_feats
-    assert main(["train", str(feats), str(run), "--epochs", "12", "--lr", "0.01", "--members", "3", "--no-plots",
-                 *tiny_args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(feats),
+                str(run),
+                "--epochs",
+                "12",
+                "--lr",
+                "0.01",
+                "--members",
+                "3",
+                "--no-plots",
+                *tiny_args,
+            ]
+        )
+        == 0
+    )
     s = json.loads((run / "summary.json").read_text())
     assert [m["seed"] for m in s["members"]] == [42, 43, 44]
     for key in ("members_used", "excluded", "val", "test", "gain_vs_mean_member"):
         assert key in s["ensemble"]
     assert set(s["tta"]["per_mode"]) == {"original", "reverse", "speed_up", "speed_down"}
-    assert s["mean_member_test"]["accuracy"] == pytest.approx(np.mean([m["test"]["accuracy"] for m in s["members"]]))
+    assert s["mean_member_test"]["accuracy"] == pytest.approx(
+        np.mean([m["test"]["accuracy"] for m in s["members"]])
+    )
     rows = (run / "metrics_all.csv").read_text().splitlines()
     assert rows[0].startswith("member,epoch,") and len(rows) == 1 + 3 * 12
     assert s["ensemble"]["excluded"] == [] and all(m["val"]["accuracy"] > 0.8 for m in s["members"])
@@ -313,12 +419,17 @@ def test_resume_in_the_middle_of_member_2_of_3(feats, tmp_path, tiny_args, spawn
     assert main(["train", str(feats), str(run), "--resume"]) == 0
     assert summary_core(run) == summary_core(ref)
     assert read(run / "final.json") == read(ref / "final.json")
-    assert (run / "metrics_all.csv").read_text().count("\n") == (ref / "metrics_all.csv").read_text().count("\n")
+    assert (run / "metrics_all.csv").read_text().count("\n") == (ref / "metrics_all.csv").read_text().count(
+        "\n"
+    )
 
 
 # ---------------------------------------------------------------- issue 16 items 9 and 10
 
-@pytest.mark.parametrize("damage", ['{"format": "vidcls-final-choice", "members": "x', '{"format": "other"}', "\x00\xff"])
+
+@pytest.mark.parametrize(
+    "damage", ['{"format": "vidcls-final-choice", "members": "x', '{"format": "other"}', "\x00\xff"]
+)
 def test_evaluate_rewrites_a_damaged_final_json(trained, tmp_path, capsys, damage):
     """The damaged-final.json message sends the user to `evaluate --split val`: that command must then
     re-make the choice and rewrite the file, as it does for a missing one."""
@@ -330,8 +441,11 @@ def test_evaluate_rewrites_a_damaged_final_json(trained, tmp_path, capsys, damag
     assert main(["evaluate", str(run), "--split", "val", "--device", "cpu"]) == 0
     assert "was damaged or not a final choice: the final choice was recomputed" in capsys.readouterr().out
     rewritten = load_final_choice(run)  # valid again, and the choice training made
-    assert (rewritten.source, rewritten.members, rewritten.tta_used) == \
-        (expected.source, expected.members, expected.tta_used)
+    assert (rewritten.source, rewritten.members, rewritten.tta_used) == (
+        expected.source,
+        expected.members,
+        expected.tta_used,
+    )
 
 
 def test_evaluate_and_calibrate_work_from_another_directory(trained, tmp_path, monkeypatch, capsys):
@@ -357,8 +471,21 @@ def test_evaluate_and_calibrate_work_from_another_directory(trained, tmp_path, m
     assert main(["evaluate", str(run), "--split", "val", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "runs/feats" in err and "--features-dir" in err and "create it with vidcls synth" not in err
-    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu", "--features-dir",
-                 str(tmp_path / "moved")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--split",
+                "val",
+                "--device",
+                "cpu",
+                "--features-dir",
+                str(tmp_path / "moved"),
+            ]
+        )
+        == 0
+    )
     assert main(["calibrate", str(run), "--device", "cpu", "--features-dir", str(tmp_path / "moved")]) == 0
     assert main(["calibrate", str(run), "--features-dir", str(tmp_path / "nowhere")]) == 2
     assert "--features-dir" in capsys.readouterr().err

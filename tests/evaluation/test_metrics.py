@@ -1,4 +1,5 @@
 """The one-model validation pass the training loop runs every epoch."""
+
 from __future__ import annotations
 
 import math

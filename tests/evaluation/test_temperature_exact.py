@@ -1,5 +1,6 @@
 """vidcls.evaluation.temperature against independent expectations: values worked out by hand (softmaxes,
 NLLs, ECE bin by bin), closed-form temperatures, and a brute-force fine-grid minimiser of the objective."""
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,11 @@ def test_as_4d_accepts_a_single_class():
 
 @pytest.mark.parametrize("shape", [(4,), (1, 1, 1, 1, 2)])
 def test_as_4d_refuses_other_ranks_naming_the_shape(shape):
-    with pytest.raises(ValueError, match=rf"^logits must be \(N, C\), \(N, M, C\) or \(N, M, V, C\); "
-                                         rf"got shape {re_shape(shape)}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^logits must be \(N, C\), \(N, M, C\) or \(N, M, V, C\); "
+        rf"got shape {re_shape(shape)}$",
+    ):
         as_4d(np.zeros(shape))
 
 
@@ -157,14 +161,16 @@ def test_nll_casts_integer_valued_float_labels_to_class_indices():
 # -------------------------------------------------------------------------------------------- ECE
 # bins=4: (0, 1/4], (1/4, 1/2], (1/2, 3/4], (3/4, 1] (confidence 0 in the first); dyadic values, so
 # every confidence sits exactly where written, three of them exactly on an edge.
-ECE_PROBS = np.array([
-    [0.0, 0.0, 0.0, 0.0],        # conf 0     -> bin 0, argmax 0, label 0: right
-    [0.25, 0.25, 0.25, 0.25],    # conf 1/4   -> bin 0 (upper edge), argmax 0, label 1: wrong
-    [0.5, 0.5, 0.0, 0.0],        # conf 1/2   -> bin 1 (upper edge), argmax 0, label 1: wrong
-    [0.625, 0.375, 0.0, 0.0],    # conf 5/8   -> bin 2, label 1: wrong
-    [0.125, 0.875, 0.0, 0.0],    # conf 7/8   -> bin 3, label 1: right
-    [0.0, 0.0, 1.0, 0.0],        # conf 1     -> bin 3 (upper edge), label 2: right
-])
+ECE_PROBS = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0],  # conf 0     -> bin 0, argmax 0, label 0: right
+        [0.25, 0.25, 0.25, 0.25],  # conf 1/4   -> bin 0 (upper edge), argmax 0, label 1: wrong
+        [0.5, 0.5, 0.0, 0.0],  # conf 1/2   -> bin 1 (upper edge), argmax 0, label 1: wrong
+        [0.625, 0.375, 0.0, 0.0],  # conf 5/8   -> bin 2, label 1: wrong
+        [0.125, 0.875, 0.0, 0.0],  # conf 7/8   -> bin 3, label 1: right
+        [0.0, 0.0, 1.0, 0.0],  # conf 1     -> bin 3 (upper edge), label 2: right
+    ]
+)
 ECE_LABELS = [0, 1, 1, 1, 1, 2]
 
 
@@ -225,12 +231,16 @@ def test_golden_min_of_a_monotone_function_is_at_the_bound():
 
 # ---------------------------------------------------------------------------------- fit_temperature
 def test_fit_refuses_no_videos():
-    with pytest.raises(ValueError, match=r"^fit_temperature needs one label per video; got 0 videos, 0 labels$"):
+    with pytest.raises(
+        ValueError, match=r"^fit_temperature needs one label per video; got 0 videos, 0 labels$"
+    ):
         fit_temperature(np.zeros((0, 3)), [])
 
 
 def test_fit_refuses_mismatched_labels_with_both_counts():
-    with pytest.raises(ValueError, match=r"^fit_temperature needs one label per video; got 3 videos, 2 labels$"):
+    with pytest.raises(
+        ValueError, match=r"^fit_temperature needs one label per video; got 3 videos, 2 labels$"
+    ):
         fit_temperature(np.zeros((3, 2)), [0, 1])
 
 

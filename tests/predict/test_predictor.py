@@ -1,6 +1,7 @@
 """``vidcls.load``: the predictor serves the run's recorded final choice exactly as ``vidcls evaluate``
 scores it, on feature arrays and on videos (through the recorded extractor), and refuses what it
 cannot reproduce with an error that says what to provide."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import videos as V
 
 import vidcls
+import videos as V
 from vidcls.cli import main
 from vidcls.config import load_config
 from vidcls.data.dataset import load_splits
@@ -30,8 +31,20 @@ from vidcls.store.reader import FeatureStore
 from vidcls.utils.sampling import uniform_indices
 
 ALL_MODES = ["original", "reverse", "speed_up", "speed_down"]
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", "--frames", "4",
-           "--decode-workers", "0", "--device", "cpu"]
+EXTRACT = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "64",
+    "--frames",
+    "4",
+    "--decode-workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +53,33 @@ def trained(tmp_path_factory, tiny_features) -> Path:
     6-24 frames, so some are thinned). Read-only: copy it first."""
     root = tmp_path_factory.mktemp("predictor")
     run = root / "run"
-    assert main(["train", str(tiny_features), str(run), "--epochs", "1", "--members", "2", "--max-frames", "16",
-                 "--no-plots", "--hidden-dim", "16", "--layers", "1", "--heads", "2", "--workers", "0",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_features),
+                str(run),
+                "--epochs",
+                "1",
+                "--members",
+                "2",
+                "--max-frames",
+                "16",
+                "--no-plots",
+                "--hidden-dim",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -61,16 +98,32 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 def serve(run: Path, members: list, tta_used: bool) -> None:
     """Overwrite the run's final.json: serve ``members`` (an ensemble when several)."""
     source = "ensemble" if len(members) > 1 else f"member {members[0]}"
-    write_final_choice(run, FinalChoice(source=source, members=members, tta_used=tta_used, tta_modes=ALL_MODES,
-                                        select="val_acc", reason="set by the test", val_score=0.5, tta="auto"))
+    write_final_choice(
+        run,
+        FinalChoice(
+            source=source,
+            members=members,
+            tta_used=tta_used,
+            tta_modes=ALL_MODES,
+            select="val_acc",
+            reason="set by the test",
+            val_score=0.5,
+            tta="auto",
+        ),
+    )
 
 
 def evaluate_probs(run: Path, split: str = "test") -> tuple[np.ndarray, list]:
     """What evaluate's code computes for the recorded final choice on ``split``, and the stored
     (unthinned) feature arrays of that split, in its order."""
     cfg = load_config(run / "config.yaml")
-    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                         max_frames=cfg.max_frames)
+    splits = load_splits(
+        cfg.features_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=False,
+        max_frames=cfg.max_frames,
+    )
     ds = getattr(splits, split)
     choice = load_final_choice(run)
     outputs = model_outputs(cfg, run, {split: ds}, device=torch.device("cpu"), modes=cfg.tta_modes)
@@ -87,6 +140,7 @@ def rewrite_extractor(run: Path, extractor: dict) -> None:
 
 
 # ---------------------------------------------------------------- the same numbers as evaluate
+
 
 @pytest.mark.parametrize("members,tta_used", [([0, 1], False), ([1], True)])
 def test_predict_proba_equals_evaluate(trained, tmp_path, capsys, members, tta_used):
@@ -108,7 +162,10 @@ def test_predict_proba_equals_evaluate(trained, tmp_path, capsys, members, tta_u
     assert p.predict(arrays) == [r["pred"] for r in ev["predictions"]]
     # the raw logits: (N, M, V, C), their mean softmax is what is served
     logits = p.logits_features(arrays)
-    assert logits.shape == (len(arrays), len(members), len(p.views_), len(p.classes_)) and logits.dtype == np.float64
+    assert (
+        logits.shape == (len(arrays), len(members), len(p.views_), len(p.classes_))
+        and logits.dtype == np.float64
+    )
     np.testing.assert_allclose(served_probs(logits), got, atol=1e-12)
 
 
@@ -156,11 +213,24 @@ def test_records_of_features_and_bad_inputs(trained):
     good = np.random.default_rng(1).normal(size=(9, 16)).astype(np.float32)
     recs = p.predict_records([good, np.zeros((4, 7)), np.full((3, 16), np.nan)], top_k=2)
     r = recs[0]
-    assert set(r) == {"input", "label", "top_k", "probabilities", "trusted", "trust_reason", "ood_score",
-                      "ood_scores", "ood", "frames", "timings", "error"}
+    assert set(r) == {
+        "input",
+        "label",
+        "top_k",
+        "probabilities",
+        "trusted",
+        "trust_reason",
+        "ood_score",
+        "ood_scores",
+        "ood",
+        "frames",
+        "timings",
+        "error",
+    }
     assert r["input"] == "features[0]" and r["error"] is None and r["label"] == r["top_k"][0]["class"]
-    assert [t["class"] for t in r["top_k"]] == sorted(r["probabilities"], key=r["probabilities"].get,
-                                                       reverse=True)[:2]
+    assert [t["class"] for t in r["top_k"]] == sorted(
+        r["probabilities"], key=r["probabilities"].get, reverse=True
+    )[:2]
     assert list(r["probabilities"]) == p.classes_ and len(r["frames"]) == 9
     assert set(r["timings"]) == {"decode_s", "features_s", "model_s"}
     if p.calibration_ is None:
@@ -173,7 +243,6 @@ def test_records_of_features_and_bad_inputs(trained):
         p.predict_proba(np.zeros((4, 7)))
 
 
-
 def test_calibration_scales_the_served_logits_and_gives_the_verdict(trained, tiny_features, tmp_path):
 
     run = copy_run(trained, tmp_path)
@@ -183,7 +252,9 @@ def test_calibration_scales_the_served_logits_and_gives_the_verdict(trained, tin
     arrays = [store.read(i) for i in range(8)]
     store.close()
     p = vidcls.load(run, device="cpu")
-    assert p.calibration_ is None and p.predict_records(arrays[:1])[0]["trust_reason"].startswith("not calibrated")
+    assert p.calibration_ is None and p.predict_records(arrays[:1])[0]["trust_reason"].startswith(
+        "not calibrated"
+    )
     cal = calibrate_run(run, device="cpu")
     p = vidcls.load(run, device="cpu")
     assert p.calibration_["temperature"] == cal["temperature"]
@@ -204,6 +275,7 @@ def test_calibration_scales_the_served_logits_and_gives_the_verdict(trained, tin
 
 
 # ---------------------------------------------------------------- videos through the recorded extractor
+
 
 def test_a_video_and_its_stored_features_give_the_same_probabilities(video_run):
     videos, feats, run = video_run
@@ -230,8 +302,11 @@ def test_a_broken_video_gives_an_error_record(video_run, tmp_path):
     p = vidcls.load(run, device="cpu")
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    cut = V.truncate(V.write_clip(tmp_path / "full.mp4", V.shapes_frames(100), faststart=True),
-                     tmp_path / "cut.mp4", keep=0.3)
+    cut = V.truncate(
+        V.write_clip(tmp_path / "full.mp4", V.shapes_frames(100), faststart=True),
+        tmp_path / "cut.mp4",
+        keep=0.3,
+    )
     empty = V.write_no_frames(tmp_path / "empty.avi")
     good = videos / "red" / "v00.mp4"
     recs = p.predict_records([text, good, cut, empty, tmp_path / "missing.mp4"])
@@ -248,8 +323,9 @@ def test_missing_or_other_extractor_weights_are_named(video_run, tmp_path):
     videos, _, trained_run = video_run
     run = copy_run(trained_run, tmp_path)
     record = load_checkpoint(run / "members/0/checkpoints/best.pt")["extractor"]
-    rewrite_extractor(run, {**record, "weights": "file", "weights_file": "frames.pth",
-                            "weights_sha256": "ab" * 32})
+    rewrite_extractor(
+        run, {**record, "weights": "file", "weights_file": "frames.pth", "weights_sha256": "ab" * 32}
+    )
     clip = videos / "red" / "v00.mp4"
     p = vidcls.load(run, device="cpu")
     with pytest.raises(BackboneError, match=r"frames\.pth.*--weights PATH"):

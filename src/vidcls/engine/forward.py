@@ -10,11 +10,13 @@ view of it (``engine.views.tta_batch``). Only one batch of features is in memory
 The result is an :class:`Outputs`: raw logits, never probabilities; the softmax (with a temperature)
 is ``engine.probs.served_probs``, reached through :meth:`Outputs.probs`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,8 +57,10 @@ class Outputs:
         if self.labels is not None:
             object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
         if z.ndim != 4 or z.shape[1:3] != (len(self.members), len(self.views)):
-            raise ValueError(f"logits {z.shape} do not match {len(self.members)} members x "
-                             f"{len(self.views)} views as (N, M, V, C)")
+            raise ValueError(
+                f"logits {z.shape} do not match {len(self.members)} members x "
+                f"{len(self.views)} views as (N, M, V, C)"
+            )
         if self.labels is not None and len(self.labels) != len(z):
             raise ValueError(f"{len(self.labels)} labels for {len(z)} videos")
 
@@ -71,15 +75,24 @@ class Outputs:
         Raises:
             KeyError: a member or view that was not computed.
         """
-        m = list(range(len(self.members))) if members is None else [self._index(self.members, int(i), "model")
-                                                                    for i in members]
-        v = list(range(len(self.views))) if views is None else [self._index(self.views, str(n), "view")
-                                                                for n in views]
+        m = (
+            list(range(len(self.members)))
+            if members is None
+            else [self._index(self.members, int(i), "model") for i in members]
+        )
+        v = (
+            list(range(len(self.views)))
+            if views is None
+            else [self._index(self.views, str(n), "view") for n in views]
+        )
         same_members = sorted(self.members[i] for i in m) == sorted(self.members)
-        return dataclasses.replace(self, logits=self.logits[:, m][:, :, v],
-                                   members=tuple(self.members[i] for i in m),
-                                   views=tuple(self.views[i] for i in v),
-                                   attention=self.attention if same_members else None)
+        return dataclasses.replace(
+            self,
+            logits=self.logits[:, m][:, :, v],
+            members=tuple(self.members[i] for i in m),
+            views=tuple(self.views[i] for i in v),
+            attention=self.attention if same_members else None,
+        )
 
     @staticmethod
     def _index(names: tuple, name, what: str) -> int:
@@ -146,7 +159,7 @@ def _padded(seqs, batch: list, lengths: np.ndarray) -> torch.Tensor:
     for b, (i, item) in enumerate(zip(batch, items, strict=True)):
         if len(item) != lengths[i]:
             raise ValueError(f"sequence {i} has {len(item)} frames but its length says {lengths[i]}")
-        x[b, :lengths[i]] = item
+        x[b, : lengths[i]] = item
     return x
 
 
@@ -155,7 +168,7 @@ def _run_batch(models: list, views: tuple, x: torch.Tensor, lens: torch.Tensor, 
     view's attention (None without ``attention``)."""
     device = x.device
     run = list(views) + ([ORIGINAL] if attention and ORIGINAL not in views else [])
-    out = [[None] * len(views) for _ in models]
+    out: list[list[Any]] = [[None] * len(views) for _ in models]
     weights = None
     for m, model in enumerate(models):
         for mode in run:
@@ -173,9 +186,19 @@ def _run_batch(models: list, views: tuple, x: torch.Tensor, lens: torch.Tensor, 
 
 
 @torch.inference_mode()
-def forward(models: Sequence[nn.Module], views, sequences, *, batch_size: int, batch_frames: int | None,
-            device, attention: bool = False, members=None, n_classes: int | None = None,
-            shortest_first: bool = False) -> Outputs:
+def forward(
+    models: Sequence[nn.Module],
+    views,
+    sequences,
+    *,
+    batch_size: int,
+    batch_frames: int | None,
+    device,
+    attention: bool = False,
+    members=None,
+    n_classes: int | None = None,
+    shortest_first: bool = False,
+) -> Outputs:
     """Raw logits of every model in ``models`` (put in eval mode) on every view of ``views`` of every
     sequence, in input order.
 
@@ -210,7 +233,7 @@ def forward(models: Sequence[nn.Module], views, sequences, *, batch_size: int, b
         logits[batch] = z
         if attn is not None:
             for b, i in enumerate(batch):
-                attn[i] = weights[b, :lengths[i]] / len(models)
+                attn[i] = weights[b, : lengths[i]] / len(models)
     if logits is None:  # no sequence, C not given
         logits = np.zeros((*shape, 0), np.float64)
     return Outputs(logits, members, views, labels, attn)

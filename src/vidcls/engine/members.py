@@ -1,6 +1,7 @@
 """The forward engine's members: models rebuilt from a run's checkpoints, checked against the features
 they are to score.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,16 +30,21 @@ def check_checkpoint_matches(ckpt: dict, path: Path, store) -> None:
     """
     hint = "evaluate with the features the run was trained on"
     if list(ckpt.get("class_names") or []) != list(store.class_names):
-        raise CheckpointError(f"{path} was trained on classes {_names(ckpt.get('class_names') or [])} but "
-                              f"{store.path} has {_names(store.class_names)}; {hint}")
+        raise CheckpointError(
+            f"{path} was trained on classes {_names(ckpt.get('class_names') or [])} but "
+            f"{store.path} has {_names(store.class_names)}; {hint}"
+        )
     if ckpt.get("feature_dim") != store.feature_dim:
-        raise CheckpointError(f"{path} was trained on {ckpt.get('feature_dim')}-dimensional features but "
-                              f"{store.path} holds {store.feature_dim}-dimensional ones; {hint}")
+        raise CheckpointError(
+            f"{path} was trained on {ckpt.get('feature_dim')}-dimensional features but "
+            f"{store.path} holds {store.feature_dim}-dimensional ones; {hint}"
+        )
     trained = (ckpt.get("extractor") or {}).get("backbone")
     given = (store.extractor or {}).get("backbone")
     if trained and given and trained != given:
-        raise CheckpointError(f"{path} was trained on {trained} features but {store.path} holds {given} "
-                              f"features; {hint}")
+        raise CheckpointError(
+            f"{path} was trained on {trained} features but {store.path} holds {given} features; {hint}"
+        )
 
 
 REQUIRED = ("model", "model_state", "class_names", "feature_dim")  # what a finished member checkpoint holds
@@ -61,7 +67,9 @@ def load_members(run, checkpoints, model_indices, device, stores=()) -> tuple[li
             on other features than each other (``_check_same``) or than ``stores``.
     """
     run = RunDir(run)
-    models, metadata, paths = [], [], []
+    models: list[nn.Module] = []
+    metadata: list[dict] = []
+    paths: list[Path] = []
     for m in model_indices:
         path = run.model_checkpoint(checkpoints, int(m))
         ckpt = load_checkpoint(path, device)
@@ -84,5 +92,7 @@ def _check_same(first: dict, other: dict, first_path: Path, path: Path) -> None:
     """Members served together must have been trained on the same features the same way."""
     for key in ("class_names", "feature_dim", "extractor", "max_frames"):
         if first.get(key) != other.get(key):
-            raise CheckpointError(f"{path} has {key} {other.get(key)!r} but {first_path} has {first.get(key)!r}; "
-                                  f"the members of one run must share their features; retrain the run")
+            raise CheckpointError(
+                f"{path} has {key} {other.get(key)!r} but {first_path} has {first.get(key)!r}; "
+                f"the members of one run must share their features; retrain the run"
+            )

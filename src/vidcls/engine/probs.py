@@ -3,6 +3,7 @@
 Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(N, M, C)`` and
 ``(N, C)`` are read as one view / one member.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Out-of-distribution scores of a run's served logits (higher is more in-distribution) and the checks a
 calibration asks for; the feature-space typicality is :mod:`vidcls.engine.typicality`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,9 @@ def ood_score(logits, temperature: float = 1.0, kind: str = DEFAULT_OOD_SCORE) -
     return np.where(finite, score, np.nan)
 
 
-def calibration_scores(logits, calibration: dict | None, features=None,
-                       typicality: dict | None = None) -> dict | None:
+def calibration_scores(
+    logits, calibration: dict | None, features=None, typicality: dict | None = None
+) -> dict | None:
     """``{score name: (N,)}`` for every score a run's ``calibration`` checks, at its temperature; None
     without a calibration. ``features``: the ``(T, D)`` sequences as the model saw them and
     ``typicality`` the run's statistics (``typicality_stats``); without them the typicality is NaN."""
@@ -46,8 +48,10 @@ def calibration_scores(logits, calibration: dict | None, features=None,
     out = {}
     for name in ood_checks(calibration) or [(calibration.get("ood") or {}).get("score", DEFAULT_OOD_SCORE)]:
         if name in FEATURE_SCORES:
-            ok = features is not None and typicality is not None
-            out[name] = typicality_score(features, typicality) if ok else np.full(len(as_4d(logits)), np.nan)
+            if features is not None and typicality is not None:
+                out[name] = typicality_score(features, typicality)
+            else:
+                out[name] = np.full(len(as_4d(logits)), np.nan)
         else:
             out[name] = ood_score(logits, t, name)
     return out

@@ -20,6 +20,7 @@ themselves, as the model saw them (stored precision, ``max_frames`` thinning):
 The statistics (float32) live in ``RUN_DIR/typicality.npz``, written by ``trust.calibrate_run`` on the
 run's training split and referenced from ``calibration.json`` (``ood.typicality.file``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,10 @@ from ..run.calibration import TYPICALITY_KEYS as KEYS
 
 SHRINK = 0.1  # the share of the mean variance mixed into every summary dimension's variance
 STD_FLOOR = 1e-3  # a frame dimension's std is at least this share of the median std (and > 0)
-TYPICALITY_METHOD = ("mean and std over frames of the standardised features; minus the larger of their "
-                     "per-dimension mean squared diagonal-Mahalanobis distances to the nearest class prototype")
+TYPICALITY_METHOD = (
+    "mean and std over frames of the standardised features; minus the larger of their "
+    "per-dimension mean squared diagonal-Mahalanobis distances to the nearest class prototype"
+)
 
 
 def video_moments(x) -> tuple[np.ndarray, np.ndarray]:
@@ -65,12 +68,14 @@ def fit_typicality(videos, labels, n_classes: int | None = None) -> dict:
     y = np.asarray(labels, dtype=np.int64)
     moments = [(*video_moments(v), len(v)) for v in videos]
     if not moments or len(y) != len(moments):
-        raise ValueError(f"fit_typicality needs one label per video; got {len(moments)} videos, {len(y)} labels")
+        raise ValueError(
+            f"fit_typicality needs one label per video; got {len(moments)} videos, {len(y)} labels"
+        )
     means = np.stack([m[0] for m in moments])
     stds = np.stack([m[1] for m in moments])
     counts = np.asarray([m[2] for m in moments], np.float64)[:, None]
     frame_mean = (means * counts).sum(0) / counts.sum()
-    frame_var = ((stds ** 2 + (means - frame_mean) ** 2) * counts).sum(0) / counts.sum()
+    frame_var = ((stds**2 + (means - frame_mean) ** 2) * counts).sum(0) / counts.sum()
     frame_std = np.sqrt(frame_var)
     floor = max(STD_FLOOR * float(np.median(frame_std)), 1e-8)
     stats = {"frame_mean": frame_mean, "frame_std": np.maximum(frame_std, floor)}
@@ -79,7 +84,7 @@ def fit_typicality(videos, labels, n_classes: int | None = None) -> dict:
     present = [c for c in range(n_classes) if np.any(y == c)]
     prototypes = np.stack([s[y == c].mean(0) for c in present])
     resid = np.concatenate([s[y == c] - p for c, p in zip(present, prototypes)])
-    var = (resid ** 2).sum(0) / max(len(s) - len(present), 1)
+    var = (resid**2).sum(0) / max(len(s) - len(present), 1)
     var = (1 - SHRINK) * var + SHRINK * var.mean()
     stats.update(prototypes=prototypes, variance=np.maximum(var, 1e-12))
     return {k: np.asarray(stats[k], np.float32) for k in KEYS}
@@ -96,9 +101,8 @@ def typicality_score(videos, stats: dict) -> np.ndarray:
         a = np.asarray(v, dtype=np.float64)
         if a.ndim != 2 or not len(a) or a.shape[1] != len(mu) or not np.isfinite(a).all():
             continue
-        summary = _summaries(*(m[None] for m in video_moments(a)), stats)[0]
+        mean, std = video_moments(a)
+        summary = _summaries(mean[None], std[None], stats)[0]
         d = ((summary[None] - protos) ** 2) / var  # (C, 2 D)
-        out[i] = -max(float(d[:, :len(mu)].mean(1).min()), float(d[:, len(mu):].mean(1).min()))
+        out[i] = -max(float(d[:, : len(mu)].mean(1).min()), float(d[:, len(mu) :].mean(1).min()))
     return out
-
-

@@ -1,5 +1,6 @@
 """Test-time augmentation: views of a feature sequence (time reversed, faster, slower), one sequence or a
 padded batch (``engine.forward`` runs the models over them)."""
+
 from __future__ import annotations
 
 import torch

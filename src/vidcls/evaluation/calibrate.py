@@ -29,6 +29,7 @@ sequence), C classes; ``(N, M, C)`` and ``(N, C)`` are read as one view / one me
 
 A calibration without "scores" (written before typicality) is read as energy alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,8 +79,9 @@ def ood_threshold(val_scores, pass_rate: float = VAL_PASS) -> tuple[float, float
     return threshold, float(np.mean(s >= threshold))
 
 
-def joint_thresholds(val_scores: dict, pass_rate: float = VAL_PASS,
-                     steps: int = 200) -> tuple[dict, float, dict]:
+def joint_thresholds(
+    val_scores: dict, pass_rate: float = VAL_PASS, steps: int = 200
+) -> tuple[dict, float, dict]:
     """Thresholds for several scores judged together (a video passes when it passes them all):
     every score at the same quantile ``q`` of its validation scores, the largest ``q <= 1 - pass_rate``
     with which at least ``pass_rate`` of the validation videos pass them all.
@@ -106,17 +108,33 @@ def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dic
     before, after = served_probs(z, 1.0), served_probs(z, t)
     scores = {kind: ood_score(z, t, kind), **(extra or {})}
     thresholds, passed, rates = joint_thresholds(scores)
-    return {"temperature": t,
-            "ece_before": expected_calibration_error(before, y), "ece_after": expected_calibration_error(after, y),
-            "nll_before": nll(before, y), "nll_after": nll(after, y),
-            "temperature_fit": {"method": "map_lognormal", "prior_sigma": T_PRIOR_SIGMA,
-                                "mle_temperature": fit_temperature(z, y, prior_sigma=None)},
-            "ood": {"score": kind, "threshold": thresholds[kind], "val_pass_rate": passed, "direction": DIRECTION,
-                    "scores": list(scores), "thresholds": thresholds, "pass_rates": rates},
-            "val_videos": int(len(y)), "ece_bins": ECE_BINS}
+    return {
+        "temperature": t,
+        "ece_before": expected_calibration_error(before, y),
+        "ece_after": expected_calibration_error(after, y),
+        "nll_before": nll(before, y),
+        "nll_after": nll(after, y),
+        "temperature_fit": {
+            "method": "map_lognormal",
+            "prior_sigma": T_PRIOR_SIGMA,
+            "mle_temperature": fit_temperature(z, y, prior_sigma=None),
+        },
+        "ood": {
+            "score": kind,
+            "threshold": thresholds[kind],
+            "val_pass_rate": passed,
+            "direction": DIRECTION,
+            "scores": list(scores),
+            "thresholds": thresholds,
+            "pass_rates": rates,
+        },
+        "val_videos": int(len(y)),
+        "ece_bins": ECE_BINS,
+    }
 
 
 # --- a run's calibration -------------------------------------------------------------------------
+
 
 def served_views(choice) -> list:
     """The views ``choice`` (a ``FinalChoice``) averages per member: its TTA modes, else the original."""
@@ -137,12 +155,27 @@ def served_outputs(run_dir, choice, dataset, *, cfg, device, outputs: Outputs | 
             raise ValueError("the outputs given to calibrate are not those of the run's validation split")
         return outputs.select(members=choice.members, views=served_views(choice))
     models, _ = load_members(run_dir, choice, choice.members, device, [dataset.store])
-    return forward(models, served_views(choice), dataset, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames,
-                   device=device, members=choice.members, shortest_first=True)
+    return forward(
+        models,
+        served_views(choice),
+        dataset,
+        batch_size=cfg.batch_size,
+        batch_frames=cfg.batch_frames,
+        device=device,
+        members=choice.members,
+        shortest_first=True,
+    )
 
 
-def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCORE, log=None,
-                  features_dir=None, outputs: Outputs | None = None) -> dict:
+def calibrate_run(
+    run_dir,
+    device: str = "auto",
+    *,
+    kind: str = DEFAULT_OOD_SCORE,
+    log=None,
+    features_dir=None,
+    outputs: Outputs | None = None,
+) -> dict:
     """Fit the temperature and the OOD thresholds of a finished run on its validation split, the
     typicality statistics on its training split (``RUN_DIR/typicality.npz``), and write
     ``RUN_DIR/calibration.json`` (atomically). ``summary.json``, when there, gets it under "calibration".
@@ -165,17 +198,31 @@ def calibrate_run(run_dir, device: str = "auto", *, kind: str = DEFAULT_OOD_SCOR
     with run.lock("calibrate"):
         cfg = run.read_config()
         choice = run.read_final()
-        splits = load_splits(run.features_dir(cfg.features_dir, features_dir), val_fraction=cfg.val_fraction,
-                             seed=cfg.seed, augment=False, max_frames=cfg.max_frames)
+        splits = load_splits(
+            run.features_dir(cfg.features_dir, features_dir),
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            augment=False,
+            max_frames=cfg.max_frames,
+        )
         val = served_outputs(run, choice, splits.val, cfg=cfg, device=resolve_device(device), outputs=outputs)
         stats = fit_typicality(seen_videos(splits.train), splits.train.labels, len(splits.class_names))
         save_typicality(run.typicality, stats)  # before the calibration that refers to it
         typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
-        record = {"format": CALIBRATION_FORMAT, "version": 2, **calibration_record(val.logits, val.labels, kind, typ),
-                  "members": list(choice.members), "tta_used": bool(choice.tta_used),
-                  "views": served_views(choice), "val_source": splits.val_source}
-        record["ood"]["typicality"] = {"file": run.typicality.name, "train_videos": len(splits.train),
-                                       "method": TYPICALITY_METHOD}
+        record = {
+            "format": CALIBRATION_FORMAT,
+            "version": 2,
+            **calibration_record(val.logits, val.labels, kind, typ),
+            "members": list(choice.members),
+            "tta_used": bool(choice.tta_used),
+            "views": served_views(choice),
+            "val_source": splits.val_source,
+        }
+        record["ood"]["typicality"] = {
+            "file": run.typicality.name,
+            "train_videos": len(splits.train),
+            "method": TYPICALITY_METHOD,
+        }
         run.write_calibration(record)
         run.add_to_summary("calibration", record)
     if log:
@@ -188,10 +235,14 @@ def describe(record: dict) -> str:
     ood = record["ood"]
     checks = ", ".join(f"{k} {v:.3f}" for k, v in ood_checks(record).items())
     fit = record.get("temperature_fit") or {}
-    how = (f" (log-normal prior, sd {fit['prior_sigma']:g} in log T; the NLL alone gives "
-           f"{fit['mle_temperature']:.3f})" if "mle_temperature" in fit and "prior_sigma" in fit else "")
-    return (f"calibration: temperature {record['temperature']:.3f}{how}; val ECE {record['ece_before']:.4f} -> "
-            f"{record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}; "
-            f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass")
-
-
+    how = (
+        f" (log-normal prior, sd {fit['prior_sigma']:g} in log T; the NLL alone gives "
+        f"{fit['mle_temperature']:.3f})"
+        if "mle_temperature" in fit and "prior_sigma" in fit
+        else ""
+    )
+    return (
+        f"calibration: temperature {record['temperature']:.3f}{how}; val ECE {record['ece_before']:.4f} -> "
+        f"{record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}; "
+        f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass"
+    )

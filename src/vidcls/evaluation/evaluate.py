@@ -7,6 +7,7 @@ members, ensemble and TTA views are reported beside it for information. Writes
 ``RUN_DIR/eval_<split>.json`` and ``metrics_all.csv``. The models' outputs come from one
 ``engine.forward.forward`` per split, over every model and every view the policy reads.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,13 +33,14 @@ from ..run.final import (  # noqa: F401  (model_checkpoints, write_final_choice:
 from ..run.rundir import RunDir
 from ..utils.fs import atomic_write_text
 from .metrics import classification_metrics
-from .policy import Policy, combine, decide_tta, ensemble_probs, score_choice
+from .policy import Policy, combine, decide_tta, ensemble_probs, labels_of, score_choice
 
 # --- the models' outputs -------------------------------------------------------------------------
 
 
-def model_outputs(cfg, run_dir, datasets: dict, *, device: torch.device, modes,
-                  checkpoints=None) -> dict[str, Outputs]:
+def model_outputs(
+    cfg, run_dir, datasets: dict, *, device: torch.device, modes, checkpoints=None
+) -> dict[str, Outputs]:
     """``{split: Outputs}`` of every model of ``checkpoints`` (default: ``RunDir.model_checkpoints``)
     on ``views_to_predict(modes)`` of ``datasets`` (``{split: FeatureDataset}``), with their labels.
     Every checkpoint is first checked against the stores, in that order."""
@@ -47,9 +49,18 @@ def model_outputs(cfg, run_dir, datasets: dict, *, device: torch.device, modes,
     stores = list({id(ds.store): ds.store for ds in datasets.values()}.values())
     models, _ = load_members(run, checkpoints, range(len(checkpoints)), device, stores)
     views = views_to_predict(modes)
-    return {s: forward(models, views, ds, batch_size=cfg.batch_size, batch_frames=cfg.batch_frames, device=device,
-                       shortest_first=True)
-            for s, ds in datasets.items()}
+    return {
+        s: forward(
+            models,
+            views,
+            ds,
+            batch_size=cfg.batch_size,
+            batch_frames=cfg.batch_frames,
+            device=device,
+            shortest_first=True,
+        )
+        for s, ds in datasets.items()
+    }
 
 
 def _with_checkpoints(results: dict, checkpoints: list[str]) -> dict:
@@ -89,19 +100,42 @@ def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict
     pred, labels = probs.argmax(1), ds.labels
     choice = results["choice"]
     record = {
-        "split": split, "tta": results["tta"]["mode"], "tta_modes": results["tta"]["modes"],
+        "split": split,
+        "tta": results["tta"]["mode"],
+        "tta_modes": results["tta"]["modes"],
         "select": choice.select,
-        "members": [{"member": m["member"], "checkpoint": m.get("checkpoint"), "tta_used": m["tta_used"],
-                     "without_tta": m[split], "with_tta": m[f"{split}_tta"]} for m in results["members"]],
+        "members": [
+            {
+                "member": m["member"],
+                "checkpoint": m.get("checkpoint"),
+                "tta_used": m["tta_used"],
+                "without_tta": m[split],
+                "with_tta": m[f"{split}_tta"],
+            }
+            for m in results["members"]
+        ],
         "ensemble": {k: results["ensemble"][k] for k in ("members_used", "excluded", "tta_used")}
         | {"metrics": results["ensemble"][split]},
-        "final": {"source": choice.source, "members": choice.members, "checkpoints": choice.checkpoints,
-                  "tta_used": choice.tta_used,
-                  "tta_modes": choice.tta_modes, "reason": choice.reason, "metrics": results["final"][split]},
+        "final": {
+            "source": choice.source,
+            "members": choice.members,
+            "checkpoints": choice.checkpoints,
+            "tta_used": choice.tta_used,
+            "tta_modes": choice.tta_modes,
+            "reason": choice.reason,
+            "metrics": results["final"][split],
+        },
         "tta_per_mode": {mode: v[split] for mode, v in results["tta"]["per_mode"].items()},
-        "predictions": [{"video_id": vid, "label": names[int(y)], "pred": names[int(p)],
-                         "confidence": float(pr.max()), "correct": bool(y == p)}
-                        for vid, y, p, pr in zip(ds.video_ids(), labels, pred, probs)],
+        "predictions": [
+            {
+                "video_id": vid,
+                "label": names[int(y)],
+                "pred": names[int(p)],
+                "confidence": float(pr.max()),
+                "correct": bool(y == p),
+            }
+            for vid, y, p, pr in zip(ds.video_ids(), labels, pred, probs)
+        ],
     }
     if note:
         record["note"] = note
@@ -136,29 +170,41 @@ def _saved_checkpoints(run_dir, cfg, recorded: FinalChoice | None) -> list[str]:
     return list(recorded.checkpoints) or [best_checkpoint(i) for i in range(cfg.members)]
 
 
-def _served_choice(recorded: FinalChoice | None, computed: FinalChoice, outputs: dict[str, Outputs],
-                   names: list, tta: str) -> tuple[FinalChoice, str | None]:
+def _served_choice(
+    recorded: FinalChoice | None, computed: FinalChoice, outputs: dict[str, Outputs], names: list, tta: str
+) -> tuple[FinalChoice, str | None]:
     """The choice ``vidcls evaluate`` scores, and a note when it is not exactly the recorded one.
 
     ``tta`` is the requested setting, already known to differ from the run's when it is not
     ``recorded.tta``: TTA of the recorded members is then forced (on/off) or decided on val (auto).
     """
     if recorded is None:
-        return computed, (f"the run has no {L.FINAL_FILE} (it predates the file): the final choice was "
-                          f"recomputed on validation")
+        return computed, (
+            f"the run has no {L.FINAL_FILE} (it predates the file): the final choice was "
+            f"recomputed on validation"
+        )
     n_models = len(outputs["val"].members)
     if any(m >= n_models for m in recorded.members):
-        raise ConfigError(f"{L.FINAL_FILE} names members {recorded.members} but the run has "
-                          f"{n_models}; re-create it with `vidcls train ... --resume`")
+        raise ConfigError(
+            f"{L.FINAL_FILE} names members {recorded.members} but the run has "
+            f"{n_models}; re-create it with `vidcls train ... --resume`"
+        )
     if tta == recorded.tta:
         return recorded, None
-    val = {used: classification_metrics(
-        outputs["val"].labels, ensemble_probs(outputs, recorded.members, "val", recorded.tta_modes, used), names)
-        for used in (False, True)}
+    val = {
+        used: classification_metrics(
+            labels_of(outputs, "val"),
+            ensemble_probs(outputs, recorded.members, "val", recorded.tta_modes, used),
+            names,
+        )
+        for used in (False, True)
+    }
     tta_used = decide_tta(val[False], val[True], recorded.select, tta)
-    note = (f"--tta {tta}: the run's final choice ({recorded.source}, members {recorded.members}) scored "
-            f"with TTA {'on' if tta_used else 'off'}; the run chose {'on' if recorded.tta_used else 'off'} "
-            f"under --tta {recorded.tta}")
+    note = (
+        f"--tta {tta}: the run's final choice ({recorded.source}, members {recorded.members}) scored "
+        f"with TTA {'on' if tta_used else 'off'}; the run chose {'on' if recorded.tta_used else 'off'} "
+        f"under --tta {recorded.tta}"
+    )
     return dataclasses.replace(recorded, tta_used=tta_used, tta=tta), note
 
 
@@ -171,8 +217,9 @@ def _saved_splits(run: RunDir, cfg, split: str, features_dir):
     from ..data.dataset import load_splits
 
     features = run.features_dir(cfg.features_dir, features_dir)
-    splits = load_splits(features, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False,
-                         max_frames=cfg.max_frames)
+    splits = load_splits(
+        features, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False, max_frames=cfg.max_frames
+    )
     if split == "test" and splits.test is None:
         raise ConfigError(f"{features} has no test.h5; use --split val")
     return splits
@@ -203,8 +250,15 @@ def _rescore(run: RunDir, cfg, splits, *, split: str, tta: str, device) -> tuple
     return results, note, run_tta
 
 
-def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, device: str = "auto",
-                       log=print, *, features_dir=None) -> dict:
+def evaluate_saved_run(
+    run_dir,
+    split: str = "test",
+    tta: str | None = None,
+    device: str = "auto",
+    log=print,
+    *,
+    features_dir=None,
+) -> dict:
     """``vidcls evaluate``: score a finished run's recorded final choice on ``split``, with every member
     and the ensemble (re-derived on val) for information.
 
@@ -230,15 +284,26 @@ def evaluate_saved_run(run_dir, split: str = "test", tta: str | None = None, dev
         if tta not in TTA_SETTINGS:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
         splits = _saved_splits(run, cfg, split, features_dir)
-        results, note, run_tta = _rescore(run, cfg, splits, split=split, tta=tta, device=resolve_device(device))
+        results, note, run_tta = _rescore(
+            run, cfg, splits, split=split, tta=tta, device=resolve_device(device)
+        )
         record = _eval_record(split, getattr(splits, split), results, note)
         path = run.write_eval(split, record, None if tta == run_tta else tta)
     choice = results["choice"]
     if note:
         log(f"note: {note}")
     m = results["final"][split]
-    log(f"final: {choice.source} (members {choice.members}, TTA {'on' if choice.tta_used else 'off'}): "
-        f"{split} acc {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
-    return {"split": split, "members": results["members"], "ensemble": results["ensemble"],
-            "tta": results["tta"], "final": results["final"], "choice": choice.to_dict(), "note": note,
-            "path": str(path)}
+    log(
+        f"final: {choice.source} (members {choice.members}, TTA {'on' if choice.tta_used else 'off'}): "
+        f"{split} acc {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}"
+    )
+    return {
+        "split": split,
+        "members": results["members"],
+        "ensemble": results["ensemble"],
+        "tta": results["tta"],
+        "final": results["final"],
+        "choice": choice.to_dict(),
+        "note": note,
+        "path": str(path),
+    }

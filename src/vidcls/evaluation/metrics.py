@@ -1,4 +1,5 @@
 """Inference over a loader and the classification metrics every report uses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,9 @@ from ..utils.dist import SINGLE, Dist, gather
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device,
-            criterion: nn.Module | None = None) -> dict:
+def predict(
+    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module | None = None
+) -> dict:
     """Run ``model`` over ``loader`` in eval mode.
 
     Returns:
@@ -33,9 +35,13 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
     pos = torch.cat(positions)
     order = pos.argsort()
     n = int(order.numel())
-    return {"probs": served_probs(torch.cat(outs)[order].numpy()), "labels": torch.cat(labels)[order].numpy(),
-            "loss": loss_sum / max(n, 1) if criterion is not None else None,
-            "positions": pos[order].numpy(), "loss_sum": loss_sum}
+    return {
+        "probs": served_probs(torch.cat(outs)[order].numpy()),
+        "labels": torch.cat(labels)[order].numpy(),
+        "loss": loss_sum / max(n, 1) if criterion is not None else None,
+        "positions": pos[order].numpy(),
+        "loss_sum": loss_sum,
+    }
 
 
 def gather_predictions(out: dict, dist: Dist) -> dict:
@@ -46,10 +52,13 @@ def gather_predictions(out: dict, dist: Dist) -> dict:
     order = np.argsort(pos, kind="stable")
     n = len(pos)
     loss_sum = sum(p["loss_sum"] for p in parts)
-    return {"probs": np.concatenate([p["probs"] for p in parts])[order],
-            "labels": np.concatenate([p["labels"] for p in parts])[order],
-            "loss": loss_sum / max(n, 1) if out["loss"] is not None else None,
-            "positions": pos[order], "loss_sum": loss_sum}
+    return {
+        "probs": np.concatenate([p["probs"] for p in parts])[order],
+        "labels": np.concatenate([p["labels"] for p in parts])[order],
+        "loss": loss_sum / max(n, 1) if out["loss"] is not None else None,
+        "positions": pos[order],
+        "loss_sum": loss_sum,
+    }
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list) -> dict:
@@ -89,8 +98,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
     }
 
 
-def validate(model: nn.Module, loader: DataLoader, device: torch.device, class_names: list,
-             criterion: nn.Module | None = None, dist: Dist = SINGLE) -> dict:
+def validate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    class_names: list,
+    criterion: nn.Module | None = None,
+    dist: Dist = SINGLE,
+) -> dict:
     """One model's validation pass (the training loop's, every epoch): ``predict`` +
     ``classification_metrics``, plus ``loss`` (None without a criterion). Under torchrun each rank's
     loader holds its share of the videos and the metrics are those of all ranks' rows gathered.

@@ -13,11 +13,13 @@ The outputs come as ``{split: engine.forward.Outputs}``, each with the raw logit
 or an ensemble predicts the mean over its members and views of the softmax (``Outputs.probs``):
 "without TTA" is always the ``original`` view, "with TTA" exactly the listed modes.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +48,9 @@ def score(metrics: dict, select: str) -> float:
     return metrics["accuracy"] if select == "val_acc" else metrics["f1_macro"]
 
 
-def collapse_reason(cm: np.ndarray, member_score: float, median: float, select: str,
-                    margin: float = COLLAPSE_MARGIN) -> str | None:
+def collapse_reason(
+    cm: np.ndarray, member_score: float, median: float, select: str, margin: float = COLLAPSE_MARGIN
+) -> str | None:
     """Why a member with validation confusion matrix ``cm`` (rows: true class) should be left out of
     the ensemble, or None to keep it: one class predicted for every video (of a split holding several
     classes), balanced accuracy (mean recall) at chance (<= 1/C), or a score more than ``margin`` below
@@ -62,8 +65,10 @@ def collapse_reason(cm: np.ndarray, member_score: float, median: float, select: 
     if balanced <= Fraction(1, len(cm)):
         return f"validation balanced accuracy {float(balanced):.3f} is at chance (1/{len(cm)})"
     if member_score < median - margin:
-        return (f"validation {select} {member_score:.3f} is more than {margin:.2f} below the members' "
-                f"median {median:.3f}")
+        return (
+            f"validation {select} {member_score:.3f} is more than {margin:.2f} below the members' "
+            f"median {median:.3f}"
+        )
     return None
 
 
@@ -94,7 +99,9 @@ def view_names(modes, tta_used: bool) -> tuple:
     return tuple(modes) if tta_used else ("original",)
 
 
-def ensemble_probs(outputs: dict[str, Outputs], members: list, split: str, modes, tta_used: bool) -> np.ndarray:
+def ensemble_probs(
+    outputs: dict[str, Outputs], members: list, split: str, modes, tta_used: bool
+) -> np.ndarray:
     """Mean softmax (N, C) over ``members`` (model indices) on ``split``, every member seen the same
     way: the mean over them and over their views (``view_names``)."""
     return outputs[split].select(members=members, views=view_names(modes, tta_used)).probs()
@@ -105,8 +112,16 @@ def view_probs(outputs: dict[str, Outputs], member: int, split: str, modes, tta_
     return ensemble_probs(outputs, [member], split, modes, tta_used)
 
 
+def labels_of(outputs: dict[str, Outputs], split: str) -> np.ndarray:
+    """The labels of ``split``: the policy only ever scores labelled outputs."""
+    labels = outputs[split].labels
+    if labels is None:
+        raise ValueError(f"the {split} outputs carry no labels; the policy scores labelled splits only")
+    return labels
+
+
 def _metrics(outputs: dict[str, Outputs], split: str, probs: np.ndarray, names: list) -> dict:
-    return classification_metrics(outputs[split].labels, probs, names)
+    return classification_metrics(labels_of(outputs, split), probs, names)
 
 
 def member_rows(outputs: dict[str, Outputs], names: list, policy: Policy) -> list[dict]:
@@ -114,7 +129,7 @@ def member_rows(outputs: dict[str, Outputs], names: list, policy: Policy) -> lis
     "tta_used": bool}`` for every split of ``outputs`` ("val" must be one)."""
     rows = []
     for i in outputs["val"].members:
-        row = {"member": i}
+        row: dict[str, Any] = {"member": i}
         for split in outputs:
             for suffix, tta_used in (("", False), ("_tta", True)):
                 probs = view_probs(outputs, i, split, policy.modes, tta_used)
@@ -127,11 +142,15 @@ def member_rows(outputs: dict[str, Outputs], names: list, policy: Policy) -> lis
 def ensemble_view(outputs: dict[str, Outputs], names: list, used: list, policy: Policy) -> dict:
     """The ensemble of ``used``: ``{"members_used", "without_tta": {split: metrics}, "with_tta": {...},
     "tta_used"}``; TTA is decided on its validation metrics."""
-    view = {"members_used": list(used)}
+    view: dict[str, Any] = {"members_used": list(used)}
     for key, tta_used in (("without_tta", False), ("with_tta", True)):
-        view[key] = {s: _metrics(outputs, s, ensemble_probs(outputs, used, s, policy.modes, tta_used), names)
-                     for s in outputs}
-    view["tta_used"] = decide_tta(view["without_tta"]["val"], view["with_tta"]["val"], policy.select, policy.tta)
+        view[key] = {
+            s: _metrics(outputs, s, ensemble_probs(outputs, used, s, policy.modes, tta_used), names)
+            for s in outputs
+        }
+    view["tta_used"] = decide_tta(
+        view["without_tta"]["val"], view["with_tta"]["val"], policy.select, policy.tta
+    )
     return view
 
 
@@ -150,7 +169,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     # exact integer tail: no float rounding at the 0.05 boundary
-    tail = Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2 ** n)
+    tail = Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2**n)
     return float(min(Fraction(1), 2 * tail))
 
 
@@ -176,8 +195,9 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def choose_final(outputs: dict[str, Outputs], members: list[dict], ensemble: dict, excluded: list,
-                 policy: Policy) -> FinalChoice:
+def choose_final(
+    outputs: dict[str, Outputs], members: list[dict], ensemble: dict, excluded: list, policy: Policy
+) -> FinalChoice:
     """The ensemble, unless its best member (an ensemble member, with its own TTA choice; the first of
     equals) is better on validation by more than noise: a strictly higher ``select`` score AND an
     exact McNemar test on the paired per-video correctness with ``p < MCNEMAR_ALPHA``. A tie, a
@@ -190,29 +210,46 @@ def choose_final(outputs: dict[str, Outputs], members: list[dict], ensemble: dic
     """
     used = list(ensemble["members_used"])
     ens_score = score(ensemble["with_tta" if ensemble["tta_used"] else "without_tta"]["val"], policy.select)
-    record = {"tta_modes": list(policy.modes), "select": policy.select, "tta": policy.tta,
-              "ensemble_members": list(used), "ensemble_tta_used": ensemble["tta_used"],
-              "member_tta_used": [m["tta_used"] for m in members], "excluded": list(excluded)}
+    record = {
+        "tta_modes": list(policy.modes),
+        "select": policy.select,
+        "tta": policy.tta,
+        "ensemble_members": list(used),
+        "ensemble_tta_used": ensemble["tta_used"],
+        "member_tta_used": [m["tta_used"] for m in members],
+        "excluded": list(excluded),
+    }
     keep = {"source": "ensemble", "members": used, "tta_used": ensemble["tta_used"], "val_score": ens_score}
     if len(used) == 1:  # the ensemble of one is that member, as it would be served alone
-        return FinalChoice(**keep, reason=f"the ensemble has a single member ({used[0]}): it is served",
-                           **record)
+        return FinalChoice(
+            **keep, reason=f"the ensemble has a single member ({used[0]}): it is served", **record
+        )
     best = max((m for m in members if m["member"] in used), key=lambda m: score(served(m), policy.select))
     i, best_score = best["member"], score(served(best), policy.select)
     test = mcnemar_record(outputs, best, ensemble, policy)
     stats = f"McNemar b={test['b']}, c={test['c']}, p={_p(test['p_value'])}"
     scores = f"({policy.select} {best_score:.4f} vs {ens_score:.4f})"
     if best_score <= ens_score:
-        reason = (f"the ensemble of members {used} scored {policy.select} {ens_score:.4f} on validation, no "
-                  f"lower than the best single member (member {i}, {best_score:.4f}; {stats})")
+        reason = (
+            f"the ensemble of members {used} scored {policy.select} {ens_score:.4f} on validation, no "
+            f"lower than the best single member (member {i}, {best_score:.4f}; {stats})"
+        )
     elif test["p_value"] >= MCNEMAR_ALPHA:  # one or two videos either way on a small split is noise
-        reason = (f"member {i} scored higher on validation {scores} but not significantly ({stats} >= "
-                  f"{MCNEMAR_ALPHA:g}): the ensemble is served")
+        reason = (
+            f"member {i} scored higher on validation {scores} but not significantly ({stats} >= "
+            f"{MCNEMAR_ALPHA:g}): the ensemble is served"
+        )
     else:
-        return FinalChoice(source=f"member {i}", members=[i], tta_used=best["tta_used"], val_score=best_score,
-                           reason=f"member {i} scored higher on validation {scores} and significantly "
-                                  f"({stats} < {MCNEMAR_ALPHA:g}): member {i} alone is served",
-                           mcnemar=test, **record)
+        return FinalChoice(
+            source=f"member {i}",
+            members=[i],
+            tta_used=best["tta_used"],
+            val_score=best_score,
+            reason=f"member {i} scored higher on validation {scores} and significantly "
+            f"({stats} < {MCNEMAR_ALPHA:g}): member {i} alone is served",
+            mcnemar=test,
+            **record,
+        )
     return FinalChoice(**keep, reason=reason, mcnemar=test, **record)
 
 
@@ -225,8 +262,12 @@ def score_choice(outputs: dict[str, Outputs], choice: FinalChoice, names: list) 
     """``choice`` scored on every split: ``({split: probs (N, C)}, {"source", "tta_used", "reason",
     <split>: metrics, ...})``."""
     predictions = final_predictions(outputs, choice)
-    final = {"source": choice.source, "tta_used": choice.tta_used, "reason": choice.reason,
-             **{s: _metrics(outputs, s, p, names) for s, p in predictions.items()}}
+    final = {
+        "source": choice.source,
+        "tta_used": choice.tta_used,
+        "reason": choice.reason,
+        **{s: _metrics(outputs, s, p, names) for s, p in predictions.items()},
+    }
     return predictions, final
 
 
@@ -249,15 +290,30 @@ def combine(outputs: dict[str, Outputs], names: list, policy: Policy = Policy())
     predictions, final = score_choice(outputs, choice, names)
     splits = list(outputs)
     chosen = ens["with_tta" if ens["tta_used"] else "without_tta"]
-    per_mode = {mode: {s: brief(_metrics(outputs, s, ensemble_probs(outputs, used, s, (mode,), True), names))
-                       for s in splits} for mode in policy.modes}
+    per_mode = {
+        mode: {
+            s: brief(_metrics(outputs, s, ensemble_probs(outputs, used, s, (mode,), True), names))
+            for s in splits
+        }
+        for mode in policy.modes
+    }
     return {
         "members": members,
-        "ensemble": {"members_used": used, "excluded": excluded, "tta_used": ens["tta_used"], **chosen,
-                     "without_tta": {s: brief(ens["without_tta"][s]) for s in splits},
-                     "with_tta": {s: brief(ens["with_tta"][s]) for s in splits}},
-        "tta": {"mode": policy.tta, "modes": list(policy.modes), "used": ens["tta_used"], "per_mode": per_mode,
-                **ens["with_tta"]},
+        "ensemble": {
+            "members_used": used,
+            "excluded": excluded,
+            "tta_used": ens["tta_used"],
+            **chosen,
+            "without_tta": {s: brief(ens["without_tta"][s]) for s in splits},
+            "with_tta": {s: brief(ens["with_tta"][s]) for s in splits},
+        },
+        "tta": {
+            "mode": policy.tta,
+            "modes": list(policy.modes),
+            "used": ens["tta_used"],
+            "per_mode": per_mode,
+            **ens["with_tta"],
+        },
         "final": final,
         "choice": choice,
         "predictions": predictions,

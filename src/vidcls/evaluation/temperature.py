@@ -4,6 +4,7 @@ temperature and the expected calibration error (see :mod:`vidcls.evaluation.cali
 Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(N, M, C)`` and
 ``(N, C)`` are read as one view / one member.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,11 +56,13 @@ def temperature_objective(logits, labels, prior_sigma: float | None = T_PRIOR_SI
 
     def loss(log_t: float) -> float:
         return nll(served_probs(z, math.exp(log_t)), y) + weight * log_t * log_t
+
     return loss
 
 
-def fit_temperature(logits, labels, bounds: tuple = T_BOUNDS, grid: int = 41,
-                    prior_sigma: float | None = T_PRIOR_SIGMA) -> float:
+def fit_temperature(
+    logits, labels, bounds: tuple = T_BOUNDS, grid: int = 41, prior_sigma: float | None = T_PRIOR_SIGMA
+) -> float:
     """The maximum a posteriori temperature on validation logits and ``labels``: the minimiser of
     ``temperature_objective`` (NLL plus a log-normal prior on T centred on 1, ``prior_sigma`` the std of
     ``log T``; None: the NLL alone).

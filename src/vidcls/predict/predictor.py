@@ -25,6 +25,7 @@ on this machine, or other weights, or another feature dimension are errors namin
 
 Inputs ``x`` everywhere: a video path (str / Path), a ``(T, D)`` float array, or a list of them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,7 +65,9 @@ log = logging.getLogger(__name__)
 _FRAME_RULE_KEY = "frame_rule"
 
 
-def load(run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0) -> Predictor:
+def load(
+    run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0
+) -> Predictor:
     """Load a finished run for prediction (its recorded final choice, members loaded once).
 
     Args:
@@ -101,8 +104,9 @@ class Predictor:
         run_dir: the run directory. device: the torch device.
     """
 
-    def __init__(self, run_dir, *, device: str = "auto", weights=None, tta: str = "auto",
-                 decode_workers: int = 0):
+    def __init__(
+        self, run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0
+    ):
         if tta not in TTA_SETTINGS:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
         self.run_dir = Path(run_dir)
@@ -148,8 +152,10 @@ class Predictor:
             return (None, *verdict.not_calibrated(self.run_dir))
         fitted = (calibration.get("members", self.members_), calibration.get("views", self.views_))
         if list(fitted[0]) != self.members_ or list(fitted[1]) != self.views_:
-            why = (f"calibration.json was fitted for members {list(fitted[0])} with views {list(fitted[1])}, "
-                   f"this predictor serves members {self.members_} with views {self.views_}")
+            why = (
+                f"calibration.json was fitted for members {list(fitted[0])} with views {list(fitted[1])}, "
+                f"this predictor serves members {self.members_} with views {self.views_}"
+            )
             return (None, *verdict.not_calibrated(self.run_dir, why))
         return calibration, "", None
 
@@ -173,14 +179,18 @@ class Predictor:
 
         rule = self.extractor_.get(_FRAME_RULE_KEY)
         if rule is not None and rule != FRAME_RULE:
-            raise BackboneError(f"the run's features took frames by the rule {rule!r}; this vidcls "
-                                f"takes {FRAME_RULE!r}: use the vidcls version that extracted them")
+            raise BackboneError(
+                f"the run's features took frames by the rule {rule!r}; this vidcls "
+                f"takes {FRAME_RULE!r}: use the vidcls version that extracted them"
+            )
         encoder = FrameEncoder.from_record(self.extractor_, self.weights, device=str(self.device))
         if encoder.feature_dim != self.feature_dim_:
-            raise CheckpointError(f"the run was trained on {self.feature_dim_}-dimensional features but its "
-                                  f"recorded extractor ({self.extractor_.get('backbone')}) gives "
-                                  f"{encoder.feature_dim}-dimensional ones; nothing is patched over: "
-                                  f"predict from the run's own kind of features")
+            raise CheckpointError(
+                f"the run was trained on {self.feature_dim_}-dimensional features but its "
+                f"recorded extractor ({self.extractor_.get('backbone')}) gives "
+                f"{encoder.feature_dim}-dimensional ones; nothing is patched over: "
+                f"predict from the run's own kind of features"
+            )
         return encoder
 
     @property
@@ -202,13 +212,21 @@ class Predictor:
 
     def describe(self) -> dict:
         """What this predictor serves, JSON-able (for a model endpoint or a log line)."""
-        return {"run_dir": str(self.run_dir), "classes": list(self.classes_), "source": self.source_,
-                "members": list(self.members_), "tta_used": self.tta_used_, "views": list(self.views_),
-                "tta_modes": list(self.tta_modes_), "max_frames": self.max_frames_,
-                "feature_dim": self.feature_dim_, "extractor": dict(self.extractor_),
-                "calibration": self.calibration_,
-                **({} if self.calibration_ else {"calibration_note": self.calibration_note_}),
-                "device": str(self.device)}
+        return {
+            "run_dir": str(self.run_dir),
+            "classes": list(self.classes_),
+            "source": self.source_,
+            "members": list(self.members_),
+            "tta_used": self.tta_used_,
+            "views": list(self.views_),
+            "tta_modes": list(self.tta_modes_),
+            "max_frames": self.max_frames_,
+            "feature_dim": self.feature_dim_,
+            "extractor": dict(self.extractor_),
+            "calibration": self.calibration_,
+            **({} if self.calibration_ else {"calibration_note": self.calibration_note_}),
+            "device": str(self.device),
+        }
 
     # ---- inputs -----------------------------------------------------------------------------
     def _check(self, a, name: str) -> np.ndarray:
@@ -228,9 +246,17 @@ class Predictor:
         with ``attention``, per video the mean over members of the original view's attention on the
         frames seen), and per video the positions of those frames in its array."""
         thinned = [self._thin(a) for a in arrays]
-        out = forward(self._models, self.views_, [t[0] for t in thinned], batch_size=self.batch_size_,
-                      batch_frames=self.batch_frames_, device=self.device, attention=attention,
-                      members=self.members_, n_classes=len(self.classes_))
+        out = forward(
+            self._models,
+            self.views_,
+            [t[0] for t in thinned],
+            batch_size=self.batch_size_,
+            batch_frames=self.batch_frames_,
+            device=self.device,
+            attention=attention,
+            members=self.members_,
+            n_classes=len(self.classes_),
+        )
         return out, [t[1] for t in thinned]
 
     def _probs(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
@@ -272,8 +298,15 @@ class Predictor:
         frame's position in the input sequence, after ``max_frames`` thinning)."""
         items = gather(x, check=self._check, encode=self._encode, strict=True)
         out, kept = self._forward([r["features"] for r in items], attention=True)
-        return [{"attention": [float(a) for a in w], "timestamps_ms": stamps(r["timestamps_ms"], k),
-                 "index": [int(i) for i in k]} for r, k, w in zip(items, kept, out.attention)]
+        assert out.attention is not None  # asked for
+        return [
+            {
+                "attention": [float(a) for a in w],
+                "timestamps_ms": stamps(r["timestamps_ms"], k),
+                "index": [int(i) for i in k],
+            }
+            for r, k, w in zip(items, kept, out.attention)
+        ]
 
     def predict_records(self, x, top_k: int = 3) -> list[dict]:
         """One JSON-able record per input (the output of ``vidcls predict`` and the HTTP service)::
@@ -301,6 +334,7 @@ class Predictor:
         t0 = time.perf_counter()
         out, kept = self._forward([r["features"] for r in ok], attention=True)
         logits, attn = out.logits, out.attention
+        assert attn is not None  # asked for
         probs = self._probs(logits, calibrated=True)
         scores, verdicts = self._trust_of(logits, [r["features"][k] for r, k in zip(ok, kept)])
         model_s = (time.perf_counter() - t0) / max(1, len(ok))
@@ -313,12 +347,30 @@ class Predictor:
                 continue
             j = done[id(r)]
             ood = {k: v[j] for k, v in scores.items()} if scores else None
-            records.append(self._record(r, probs[j], top_k=int(top_k), trusted=verdicts[j], scores=ood,
-                                        seen=(kept[j], attn[j]), model_s=model_s))
+            records.append(
+                self._record(
+                    r,
+                    probs[j],
+                    top_k=int(top_k),
+                    trusted=verdicts[j],
+                    scores=ood,
+                    seen=(kept[j], attn[j]),
+                    model_s=model_s,
+                )
+            )
         return records
 
-    def _record(self, r: dict, p: np.ndarray, *, top_k: int, trusted: tuple, scores: dict | None, seen: tuple,
-                model_s: float) -> dict:
+    def _record(
+        self,
+        r: dict,
+        p: np.ndarray,
+        *,
+        top_k: int,
+        trusted: tuple,
+        scores: dict | None,
+        seen: tuple,
+        model_s: float,
+    ) -> dict:
         """The record of one usable input: ``p`` its served probabilities, ``trusted`` its (verdict, reason),
         ``scores`` its OOD scores ({name: float}, None uncalibrated), ``seen`` (frame positions the model
         saw, their attention)."""
@@ -327,18 +379,26 @@ class Predictor:
         times = stamps(r["timestamps_ms"], kept)
         primary = self.calibration_["ood"].get("score", "energy") if self.calibration_ else None
         return {
-            "input": r["input"], "label": self.classes_[int(order[0])],
+            "input": r["input"],
+            "label": self.classes_[int(order[0])],
             "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
             "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
-            "trusted": None if trusted[0] is None else bool(trusted[0]), "trust_reason": str(trusted[1]),
+            "trusted": None if trusted[0] is None else bool(trusted[0]),
+            "trust_reason": str(trusted[1]),
             "ood_score": finite(scores[primary]) if scores else None,
             "ood_scores": {k: finite(v) for k, v in (scores or {}).items()},
             "ood": verdict.ood_checks(scores, ood_checks(self.calibration_)),
-            "frames": [{"index": int(i), "timestamp_ms": s, "attention": float(a)}
-                       for i, s, a in zip(kept, times, attn)],
-            "timings": {"decode_s": round(r["decode_s"], 6), "features_s": round(r["features_s"], 6),
-                        "model_s": round(model_s, 6)},
-            "error": None}
+            "frames": [
+                {"index": int(i), "timestamp_ms": s, "attention": float(a)}
+                for i, s, a in zip(kept, times, attn)
+            ],
+            "timings": {
+                "decode_s": round(r["decode_s"], 6),
+                "features_s": round(r["features_s"], 6),
+                "model_s": round(model_s, 6),
+            },
+            "error": None,
+        }
 
     def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool | None, str]]]:
         """({score name: (N,)} or None, (trusted, reason) per video: trusted None without a calibration);
@@ -346,7 +406,8 @@ class Predictor:
         if not self.calibration_:
             return None, [(None, self.calibration_note_)] * len(logits)
         scores = calibration_scores(logits, self.calibration_, seen, self._typicality)
-        return scores, [verdict.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
-                        for j in range(len(logits))]
-
-
+        assert scores is not None  # calibrated
+        return scores, [
+            verdict.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
+            for j in range(len(logits))
+        ]

@@ -17,6 +17,7 @@ The layout (written by ``vidcls train``, ``evaluate``, ``calibrate``, ``report``
 No other module builds one of these paths by hand. Readers raise ``ConfigError`` naming the file and
 how to re-create it; a caller that can do without a file (the report) catches that and says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ from ..utils.fs import atomic_write_json, atomic_write_text
 from ..utils.lock import run_lock
 from . import calibration, final
 from . import layout as L
+from .final import FinalChoice
 
 
 class RunDir:
@@ -125,7 +127,7 @@ class RunDir:
         """The run's models in order, as checkpoint paths relative to the run (``final.model_checkpoints``)."""
         return final.model_checkpoints(self.root, cfg)
 
-    def model_checkpoint(self, choice: final.FinalChoice | list, model: int) -> Path:
+    def model_checkpoint(self, choice: FinalChoice | list, model: int) -> Path:
         """The file of model index ``model`` of a recorded choice (``final.checkpoint_path``)."""
         return final.checkpoint_path(self.root, choice, model)
 
@@ -172,7 +174,7 @@ class RunDir:
         """The run's ``TrainConfig`` (its config.yaml, possibly written by an earlier release)."""
         return load_config(self.require().config, saved_run=True)
 
-    def read_final(self) -> final.FinalChoice:
+    def read_final(self) -> FinalChoice:
         """The recorded final choice (``final.load_final_choice``)."""
         return final.load_final_choice(self.root)
 
@@ -194,8 +196,9 @@ class RunDir:
 
     def read_eval(self, split: str) -> dict | None:
         """``eval_<split>.json``, None when the split was not scored."""
-        return _read_object(self.eval_file(split), f"re-create it with `vidcls evaluate {self.root} "
-                                                   f"--split {split}`", None)
+        return _read_object(
+            self.eval_file(split), f"re-create it with `vidcls evaluate {self.root} --split {split}`", None
+        )
 
     def read_history(self, member: int) -> list:
         """A member's per-epoch records (``[]`` before its first epoch).
@@ -221,7 +224,7 @@ class RunDir:
     def write_config(self, text: str) -> Path:
         return atomic_write_text(self.config, text)
 
-    def write_final(self, choice: final.FinalChoice) -> Path:
+    def write_final(self, choice: FinalChoice) -> Path:
         return final.write_final_choice(self.root, choice)
 
     def write_summary(self, summary: dict) -> Path:
@@ -288,8 +291,10 @@ def run_features_dir(run_dir, recorded: str, override=None) -> str:
     """
     if override:
         if not Path(override).is_dir():
-            raise ConfigError(f"--features-dir {override} is not a directory; give the folder holding the "
-                              f"run's train.h5 [val.h5] [test.h5]")
+            raise ConfigError(
+                f"--features-dir {override} is not a directory; give the folder holding the "
+                f"run's train.h5 [val.h5] [test.h5]"
+            )
         return str(override)
     recorded = str(recorded or "")
     candidates = [Path(recorded)]
@@ -298,6 +303,8 @@ def run_features_dir(run_dir, recorded: str, override=None) -> str:
     for c in candidates:
         if recorded and c.is_dir():
             return str(c)
-    raise ConfigError(f"the features directory this run was trained on ({recorded or 'not recorded'}) is not "
-                      f"found from here or above {run_dir}; pass --features-dir DIR (the folder with its "
-                      f"train.h5 [val.h5] [test.h5])")
+    raise ConfigError(
+        f"the features directory this run was trained on ({recorded or 'not recorded'}) is not "
+        f"found from here or above {run_dir}; pass --features-dir DIR (the folder with its "
+        f"train.h5 [val.h5] [test.h5])"
+    )
