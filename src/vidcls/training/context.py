@@ -1,8 +1,9 @@
 """``TrainContext``: what the training of every member of a run shares, built once by ``fit``.
 
-``fit`` -> ``parallel.train_members`` -> ``loop.train_member`` hand it on whole; the leaves below them
+``fit`` -> ``parallel.train_members`` -> ``member.train_member`` hand it on whole; the leaves below them
 (``train_one_epoch``, ``wrap_model``, ...) take only the values they use.
 """
+
 from __future__ import annotations
 
 import dataclasses

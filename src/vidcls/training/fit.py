@@ -1,5 +1,5 @@
 """``fit``: the spec's recipe for a temporal model or a seed ensemble of them, in torchvision-reference
-order: data (with what else every member shares: one ``TrainContext``) -> members (``loop.train_member``:
+order: data (with what else every member shares: one ``TrainContext``) -> members (``member.train_member``:
 model, loss, optimiser, schedule, resume, epochs) -> evaluation (choices on validation, test once) ->
 record. Everything a run produces lands in its run directory (``RunDir``):
 
@@ -8,13 +8,17 @@ record. Everything a run produces lands in its run directory (``RunDir``):
     RUN_DIR/results/resource_utilization_log.json
     RUN_DIR/members/<i>/{metrics.csv, history.json, checkpoints/{best,last,epoch_NNN,snapshot_NNN}.pt, plots/}
 """
+
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import __version__
 from ..config import (
@@ -26,7 +30,7 @@ from ..config import (
     load_config,
     read_yaml,
 )
-from ..data.dataset import class_weights, feature_stats, load_splits
+from ..data.dataset import FeatureDataset, Splits, class_weights, feature_stats, load_splits
 from ..errors import ConfigError
 from ..evaluation.calibrate import calibrate_run
 from ..evaluation.evaluate import evaluate_run, write_final_choice, write_run_tables
@@ -38,19 +42,22 @@ from ..run.final import checkpoint_member
 from ..run.rundir import RunDir
 from ..utils import dist as ddp
 from ..utils.device import resolve_device
+from ..utils.dist import Dist
 from .context import TrainContext
+from .loop import TrainState
 from .parallel import check_parallel, train_members
 from .speed import check_amp
 
 
-def _refuse_new_run_in(run_dir) -> None:
+def _refuse_new_run_in(run_dir: str | os.PathLike) -> None:
     """A new run into a directory whose members have checkpoints: ConfigError (pass --resume)."""
     if RunDir(run_dir).has_checkpoints():
-        raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it "
-                          f"or choose another RUN_DIR")
+        raise ConfigError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose another RUN_DIR"
+        )
 
 
-def check_run_dir(run_dir, features_dir) -> None:
+def check_run_dir(run_dir: str | os.PathLike, features_dir: str | os.PathLike) -> None:
     """A run directory must not be (or hold) a feature store: the run's files would mix with the data.
 
     Raises:
@@ -59,11 +66,18 @@ def check_run_dir(run_dir, features_dir) -> None:
     run, feats = RunDir(run_dir), Path(features_dir)
     same = run.root.exists() and feats.exists() and run.root.resolve() == feats.resolve()
     if same or run.is_feature_dir():
-        raise ConfigError(f"RUN_DIR {run_dir} is a feature directory (it holds the .h5 stores); give the run "
-                          f"its own directory, e.g. runs/<name>")
+        raise ConfigError(
+            f"RUN_DIR {run_dir} is a feature directory (it holds the .h5 stores); give the run "
+            f"its own directory, e.g. runs/<name>"
+        )
 
 
-def resolve_config(run_dir, config_path=None, overrides: dict | None = None, resume: bool = False) -> TrainConfig:
+def resolve_config(
+    run_dir: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+    resume: bool = False,
+) -> TrainConfig:
     """The config of a new run, or of a resumed one: the saved config with the explicit options on top.
 
     Raises:
@@ -86,12 +100,16 @@ def resolve_config(run_dir, config_path=None, overrides: dict | None = None, res
     merged = load_config(None, {**saved.to_dict(), **explicit})
     diff = config_diff(saved, merged)
     if diff:
-        raise ConfigError(f"--resume with a different config is refused (only {', '.join(RUNTIME_ONLY)} "
-                          f"may change):\n  " + "\n  ".join(diff))
+        raise ConfigError(
+            f"--resume with a different config is refused (only {', '.join(RUNTIME_ONLY)} "
+            f"may change):\n  " + "\n  ".join(diff)
+        )
     return merged
 
 
-def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
+def fit(
+    cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False, log: Callable[[str], None] = print
+) -> dict | None:
     """Train ``cfg.members`` models (seeds seed, seed+1, ...) with the spec's recipe, then evaluate the
     members, TTA and the ensemble (choices on validation, test once); returns the summary dict.
 
@@ -110,12 +128,15 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
     dist = ddp.env_dist()
     check_parallel(cfg.parallel_members, dist.world)  # on every rank, before any of them waits for the others
     if cfg.batch_size < dist.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch, shared by the {dist.world} "
-                          f"torchrun processes; give at least {dist.world} (one video per process)")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch, shared by the {dist.world} "
+            f"torchrun processes; give at least {dist.world} (one video per process)"
+        )
     device = ddp.init(dist, resolve_device(cfg.device), cfg.dist_timeout)
     check_amp(cfg.amp, device)  # before anything is written
     if not dist.main:
-        return _train_as_helper_rank(cfg, run, dist, device, resume)
+        _train_as_helper_rank(cfg, run, dist, device, resume)
+        return None
 
     cfg, splits, weights, stats = load_data(cfg, log)  # shared by every member
     # One command at a time per RUN_DIR, for the whole run including its evaluation and report. Only
@@ -125,32 +146,49 @@ def fit(cfg: TrainConfig, run_dir, *, resume: bool = False, log=print) -> dict:
             _refuse_new_run_in(run_dir)
         run.write_config(dump_yaml(cfg))
         ddp.broadcast(True, dist)  # the other ranks start once the run directory is ours
-        log(_describe_run(splits, device, cfg.model, cfg.members)
-            + (f"; {dist.world} processes (torchrun)" if dist.active else ""))
+        log(
+            _describe_run(splits, device, cfg.model, cfg.members)
+            + (f"; {dist.world} processes (torchrun)" if dist.active else "")
+        )
 
         monitor = ResourceMonitor(run.resource_log, cfg.monitor_interval)
-        ctx = TrainContext(cfg, splits, weights, stats, device, run, resume=resume, log=log, monitor=monitor,
-                           dist=dist)
-        monitor.start()
-        ranks_joined = False
-        states = []
-        try:
-            with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg.features_dir, run_dir)):
-                states = train_members(ctx)
-                ranks_joined = _leave_group(dist)  # the other ranks are done: rank 0 evaluates alone
-            results = evaluate_run(cfg, run_dir, splits, device)
-        except KeyboardInterrupt:
-            log(f"\ninterrupted: the last finished epoch is kept in {run.every_member(L.LAST)}; "
-                f"continue with\n  vidcls train {cfg.features_dir} {run_dir} --resume")
-            raise
-        finally:
-            monitor.stop()
-            if ranks_joined:  # every rank's resources, field "rank", in the one log
-                monitor.absorb(rank_log_path(monitor.path, r) for r in range(1, dist.world))
-        return _record_run(ctx, states, results, time.time() - t_start)
+        ctx = TrainContext(
+            cfg, splits, weights, stats, device, run, resume=resume, log=log, monitor=monitor, dist=dist
+        )
+        states, results = _train_and_evaluate(ctx, monitor, run_dir)
+        return _record_run(ctx, monitor, states, results, time.time() - t_start)
 
 
-def _record_run(ctx: TrainContext, states, results, wall) -> dict:
+def _train_and_evaluate(
+    ctx: TrainContext, monitor: ResourceMonitor, run_dir: Path
+) -> tuple[list[TrainState], dict]:
+    """Rank 0's part of a run under its lock: every member trained (with the other torchrun ranks),
+    then the evaluation, alone; ``monitor`` runs throughout. Returns the members' states and the
+    evaluation's results."""
+    cfg, run, dist, log = ctx.cfg, ctx.run, ctx.dist, ctx.log
+    monitor.start()
+    ranks_joined = False
+    try:
+        with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg.features_dir, run_dir)):
+            states = train_members(ctx)
+            ranks_joined = _leave_group(dist)  # the other ranks are done: rank 0 evaluates alone
+        results = evaluate_run(cfg, run_dir, ctx.splits, ctx.device)
+    except KeyboardInterrupt:
+        log(
+            f"\ninterrupted: the last finished epoch is kept in {run.every_member(L.LAST)}; "
+            f"continue with\n  vidcls train {cfg.features_dir} {run_dir} --resume"
+        )
+        raise
+    finally:
+        monitor.stop()
+        if ranks_joined:  # every rank's resources, field "rank", in the one log
+            monitor.absorb(rank_log_path(monitor.path, r) for r in range(1, dist.world))
+    return states, results
+
+
+def _record_run(
+    ctx: TrainContext, monitor: ResourceMonitor, states: list[TrainState], results: dict, wall: float
+) -> dict:
     """final.json, calibration.json, summary.json, the tables and the report of a trained run."""
     cfg, run_dir, splits, log = ctx.cfg, ctx.run.root, ctx.splits, ctx.log
     # what the run serves, for `vidcls evaluate` and prediction; summary.json repeats it under "final"
@@ -158,7 +196,7 @@ def _record_run(ctx: TrainContext, states, results, wall) -> dict:
     # temperature and OOD threshold of what the run serves, on validation: RUN_DIR/calibration.json,
     # from the validation outputs the evaluation computed (no second forward pass)
     calibration = calibrate_run(run_dir, cfg.device, log=log, outputs=results["outputs"]["val"])
-    summary = _summary(cfg, splits, states, results, ctx.monitor.records, wall)
+    summary = _summary(cfg, splits, states, results, monitor.records, wall)
     summary["calibration"] = calibration
     ctx.run.write_summary(summary)
     write_run_tables(run_dir, cfg, splits, results)
@@ -168,17 +206,23 @@ def _record_run(ctx: TrainContext, states, results, wall) -> dict:
     return summary
 
 
-def _train_as_helper_rank(cfg: TrainConfig, run: RunDir, dist, device, resume: bool) -> None:
+def _train_as_helper_rank(
+    cfg: TrainConfig, run: RunDir, dist: Dist, device: torch.device, resume: bool
+) -> None:
     """A rank > 0 under torchrun: train every member with rank 0 (it writes nothing of the run but its
     own resource records, which rank 0 absorbs into the run's log), then leave the group."""
-    def quiet(*args, **kwargs):  # rank 0 says it all
+
+    def quiet(*args: object, **kwargs: object) -> None:  # rank 0 says it all
         pass
 
     cfg, splits, weights, stats = load_data(cfg, quiet)
     ddp.broadcast(None, dist)  # wait for rank 0 to hold the run directory (it fails alone otherwise)
-    monitor = ResourceMonitor(rank_log_path(run.resource_log, dist.rank), cfg.monitor_interval, rank=dist.rank)
-    ctx = TrainContext(cfg, splits, weights, stats, device, run, resume=resume, log=quiet, monitor=monitor,
-                       dist=dist)
+    monitor = ResourceMonitor(
+        rank_log_path(run.resource_log, dist.rank), cfg.monitor_interval, rank=dist.rank
+    )
+    ctx = TrainContext(
+        cfg, splits, weights, stats, device, run, resume=resume, log=quiet, monitor=monitor, dist=dist
+    )
     monitor.start()
     with ddp.lost_ranks(dist, cfg.dist_timeout, _resume_hint(cfg.features_dir, run.root)):
         try:
@@ -192,7 +236,7 @@ def _resume_hint(features_dir: str, run_dir: Path) -> str:
     return f"the same torchrun command with --resume (torchrun ... -m vidcls train {features_dir} {run_dir} --resume)"
 
 
-def _leave_group(dist) -> bool:
+def _leave_group(dist: Dist) -> bool:
     """Wait for every rank to finish training, then leave the process group; True when there was one."""
     if not dist.active:
         return False
@@ -201,19 +245,27 @@ def _leave_group(dist) -> bool:
     return True
 
 
-def load_data(cfg: TrainConfig, log=print):
+def load_data(
+    cfg: TrainConfig, log: Callable[[str], None] = print
+) -> tuple[TrainConfig, Splits, torch.Tensor, tuple[np.ndarray, np.ndarray] | None]:
     """The splits, class weights and input statistics every member shares, and ``cfg`` with ``--model
     auto`` resolved from the data (before anything is written: config.yaml names the model trained).
 
     Returns:
         ``(cfg, splits, class weights (C,), (mean, std) of the train split or None)``.
     """
-    splits = load_splits(cfg.features_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=cfg.augment,
-                         max_frames=cfg.max_frames)
+    splits = load_splits(
+        cfg.features_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        max_frames=cfg.max_frames,
+    )
     # recorded absolute: evaluate / calibrate / report then work from any directory
     cfg = dataclasses.replace(cfg, features_dir=str(Path(cfg.features_dir).resolve()))
-    weights = class_weights(splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip),
-                            splits.class_names)
+    weights = class_weights(
+        splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip), splits.class_names
+    )
     stats = feature_stats(splits.train) if cfg.standardize == "feature" else None  # train split only
     if cfg.model == "auto":
         cfg = dataclasses.replace(cfg, model=auto_model(splits.feature_dim))
@@ -221,39 +273,75 @@ def load_data(cfg: TrainConfig, log=print):
     return cfg, splits, weights, stats
 
 
-def _describe_run(splits, device, model: str, members: int) -> str:
+def _describe_run(splits: Splits, device: torch.device, model: str, members: int) -> str:
     counts = np.bincount(splits.train.labels, minlength=len(splits.class_names))
     cls = ", ".join(f"{n} {c}" for n, c in zip(splits.class_names, counts))
     test = len(splits.test) if splits.test is not None else 0
-    return (f"vidcls {__version__}: {members} x {model} on {device}; train {len(splits.train)} ({cls}), "
-            f"val {len(splits.val)} [{splits.val_source}], test {test}; dim {splits.feature_dim}")
+    return (
+        f"vidcls {__version__}: {members} x {model} on {device}; train {len(splits.train)} ({cls}), "
+        f"val {len(splits.val)} [{splits.val_source}], test {test}; dim {splits.feature_dim}"
+    )
 
 
-def _summary(cfg, splits, states, results, records, wall) -> dict:
-    def counts(ds):
-        return None if ds is None else {n: int(c) for n, c in zip(
-            splits.class_names, np.bincount(ds.labels, minlength=len(splits.class_names)))}
+def _class_counts(splits: Splits, ds: FeatureDataset | None) -> dict[str, int] | None:
+    """Videos of each class in ``ds`` (one of ``splits``); None where there is no such split."""
+    if ds is None:
+        return None
+    counts = np.bincount(ds.labels, minlength=len(splits.class_names))
+    return {n: int(c) for n, c in zip(splits.class_names, counts)}
 
+
+def _summary(
+    cfg: TrainConfig,
+    splits: Splits,
+    states: list[TrainState],
+    results: dict,
+    records: list[dict],
+    wall: float,
+) -> dict:
     members = []
     for res in results["members"]:
         # a model row is not a seed member once --snapshots gives each member several models: its
         # training facts are those of the member whose checkpoint it is (members/<i>/...)
         i = checkpoint_member(res["checkpoint"]) if res.get("checkpoint") else res["member"]
         state = states[i]
-        members.append({"member": res["member"], "seed": cfg.seed + i, "best_epoch": state.best_epoch,
-                        "epochs_run": state.epoch, "stopped_early": state.stopped_early, "select": cfg.select,
-                        "best_val_score": state.best, **{k: v for k, v in res.items() if k != "member"}})
+        members.append(
+            {
+                "member": res["member"],
+                "seed": cfg.seed + i,
+                "best_epoch": state.best_epoch,
+                "epochs_run": state.epoch,
+                "stopped_early": state.stopped_early,
+                "select": cfg.select,
+                "best_val_score": state.best,
+                **{k: v for k, v in res.items() if k != "member"},
+            }
+        )
     has_test = splits.test is not None
     ens = results["ensemble"]
     mean_member = brief_mean([m["test"] for m in members]) if has_test else None
-    if has_test:
+    if mean_member is not None:  # there is a test split
         best_member = max(members, key=lambda m: score(m["val"], cfg.select))
         ens["gain_vs_mean_member"] = {k: ens["test"][k] - mean_member[k] for k in mean_member}
         ens["gain_vs_best_val_member"] = {k: ens["test"][k] - best_member["test"][k] for k in mean_member}
-    return {"vidcls_version": __version__, "classes": splits.class_names, "model": cfg.model,
-            "features_dir": cfg.features_dir, "val_source": splits.val_source,
-            "class_counts": {"train": counts(splits.train), "val": counts(splits.val), "test": counts(splits.test)},
-            "members": members, "mean_member_test": mean_member, "ensemble": ens, "tta": results["tta"],
-            "final": results["choice"].to_dict(),
-            "val": results["final"]["val"], "test": results["final"].get("test"),
-            "resources": summarize(records), "wall_seconds": wall}
+    return {
+        "vidcls_version": __version__,
+        "classes": splits.class_names,
+        "model": cfg.model,
+        "features_dir": cfg.features_dir,
+        "val_source": splits.val_source,
+        "class_counts": {
+            "train": _class_counts(splits, splits.train),
+            "val": _class_counts(splits, splits.val),
+            "test": _class_counts(splits, splits.test),
+        },
+        "members": members,
+        "mean_member_test": mean_member,
+        "ensemble": ens,
+        "tta": results["tta"],
+        "final": results["choice"].to_dict(),
+        "val": results["final"]["val"],
+        "test": results["final"].get("test"),
+        "resources": summarize(records),
+        "wall_seconds": wall,
+    }

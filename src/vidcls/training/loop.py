@@ -1,9 +1,11 @@
-"""The epoch loop of one model (an ensemble member): ``train_one_epoch`` -> ``train_member`` (model, loss,
-optimiser, schedule, resume, epochs), with exact resume from ``last.pt``.
+"""The epoch loop of one model (an ensemble member): ``train_one_epoch`` -> ``epoch_loop`` (train,
+validate, save, plot), which ``member.train_member`` runs from the member's first epoch or, with exact
+resume, from the one after ``last.pt``.
 
 Each epoch ends by writing what a resume needs (best.pt, metrics.csv, history.json, last.pt, the periodic
 checkpoint) and only then the optional plots, whose failure is a warning: a plot can never cost an epoch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,66 +13,74 @@ import csv
 import io
 import math
 import multiprocessing as mp
-import random
 import signal
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .. import __version__
-from ..config import TrainConfig, auto_model
-from ..data.dataset import (
-    EpochSampler,
-    close_loader,
-    item_seed,
-    make_loader,
-    train_sampler,
-)
-from ..errors import CheckpointError, ConfigError
+from ..config import TrainConfig
+from ..data.dataset import EpochSampler, item_seed
 from ..evaluation.metrics import validate
-from ..models import build_from_spec
 from ..reporting.plots import save_epoch_plots
-from ..run.checkpoint import (
-    load_resume_state,
-    prune_periodic,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from ..run.checkpoint import prune_periodic, rng_state, save_checkpoint
 from ..run.rundir import RunDir
 from ..utils.dist import SINGLE, Dist, broadcast
-from .context import TrainContext
-from .losses import FocalLoss
-from .optim import param_groups
-from .schedule import cycle_ends, epoch_draws, fractional_epoch, stop_at_cycle_end
-from .speed import autocast, check_amp, grad_scaler, rank_loss, sum_over_ranks, wrap_model
+from .schedule import cycle_ends, fractional_epoch, stop_at_cycle_end
+from .speed import autocast, grad_scaler, rank_loss, sum_over_ranks
 
 # A tie on the selected score goes to the lower validation loss only when it is lower by more than this
 # share: a difference in the 5th digit is float noise (or a bias moving by 1e-12), not a better model.
 LOSS_TIE_MARGIN = 1e-4
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted",
-                  "val_f1_macro", "val_f1_worst", "epoch_seconds"]
+METRIC_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_f1_weighted",
+    "val_f1_macro",
+    "val_f1_worst",
+    "epoch_seconds",
+]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+class Batches(Protocol):
+    """What ``train_one_epoch`` goes through: ``(x, lengths, y, pos)`` batches (a ``DataLoader`` over
+    ``collate``'s output), and how many there are."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
 
-def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, epoch: int, *, device: torch.device, epochs: int, amp: str = "none",
-                    grad_clip: float = 0.0, dist: Dist = SINGLE, scaler=None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Batches,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: CosineAnnealingWarmRestarts,
+    epoch: int,
+    *,
+    device: torch.device,
+    epochs: int,
+    amp: str = "none",
+    grad_clip: float = 0.0,
+    dist: Dist = SINGLE,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict:
     """One pass over ``loader`` (epoch ``epoch`` of ``epochs``, 0-based). The LR schedule advances every
     batch by a fractional epoch, so the warm restarts fall at epochs t0, t0(1+t_mult), ... whatever the
     number of batches. ``amp``: --amp; ``grad_clip``: --grad-clip (0: off). Under torchrun ``model`` is the
@@ -79,9 +89,14 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
     scaler = scaler or grad_scaler(device, "none")
     n_iters = len(loader)
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-               # one bar per job: not from ranks > 0, nor from --parallel-members' member processes
-               disable=not sys.stderr.isatty() or not dist.main or mp.current_process().name != "MainProcess")
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        leave=False,
+        dynamic_ncols=True,
+        # one bar per job: not from ranks > 0, nor from --parallel-members' member processes
+        disable=not sys.stderr.isatty() or not dist.main or mp.current_process().name != "MainProcess",
+    )
     for i, (x, lengths, y, pos) in enumerate(bar):
         x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
         real = (pos >= 0).to(device)  # False: a filler (torchrun), which the loss leaves out
@@ -89,8 +104,10 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: t
             logits = model(x, lengths.to(device))
         loss, mean, n_real = rank_loss(criterion, logits.float(), y, real, dist)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
-                                     f"lower --lr or check the features for extreme values")
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                f"lower --lr or check the features for extreme values"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip > 0:
@@ -128,7 +145,7 @@ class MemberRun:
     net: nn.Module  # what trains: ``model``, DDP-wrapped under torchrun, compiled with --compile
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: CosineAnnealingWarmRestarts
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
@@ -137,8 +154,8 @@ class MemberRun:
     meta: dict  # what every checkpoint of this member carries besides weights and state
     files: RunDir  # the run directory: this member writes its members/<member>/ files
     member: int
+    scaler: torch.amp.GradScaler  # fp16's gradient scaler; a pass-through otherwise (``grad_scaler``)
     dist: Dist = SINGLE
-    scaler: torch.amp.GradScaler | None = None
     plot_warned: bool = False  # a failing plot is reported once per member
 
     @property
@@ -146,72 +163,7 @@ class MemberRun:
         return self.files.checkpoints_dir(self.member)
 
 
-def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
-    # fit() resolves "auto" before anything is written; this covers callers of train_member alone
-    name = auto_model(feature_dim) if cfg.model == "auto" else cfg.model
-    return {"name": name, "feature_dim": feature_dim, "n_classes": n_classes, "hidden_dim": cfg.hidden_dim,
-            "layers": cfg.layers, "heads": cfg.heads, "dropout": cfg.dropout,
-            "standardize": cfg.standardize == "feature"}
-
-
-def train_member(ctx: TrainContext, member: int) -> TrainState:
-    """Train ensemble member ``member`` (seed ``cfg.seed + member``) into ``RUN_DIR/members/<member>``,
-    continuing from its checkpoints when ``ctx.resume``; a finished member is not retrained. Under
-    torchrun (``ctx.dist``) every rank calls this; the ranks train one model together and only rank 0
-    writes."""
-    cfg, splits, weights, device, dist, log = ctx.cfg, ctx.splits, ctx.weights, ctx.device, ctx.dist, ctx.log
-    check_amp(cfg.amp, device)
-    seed = cfg.seed + member
-    seed_everything(seed)
-    names, n_classes = splits.class_names, len(splits.class_names)
-    draws = epoch_draws(len(splits.train), cfg.batch_size, cfg.min_steps)
-    sampler = train_sampler(splits.train, weights if cfg.sampler == "weighted" else None, seed, draws)
-    pin = device.type == "cuda"
-    train_loader = make_loader(splits.train, cfg.batch_size, batch_frames=cfg.batch_frames, sampler=sampler,
-                               workers=cfg.workers, pin_memory=pin, bucket=cfg.bucket, rank=dist.rank,
-                               world=dist.world)
-    val_loader = make_loader(splits.val, cfg.batch_size, batch_frames=cfg.batch_frames, workers=cfg.workers,
-                             pin_memory=pin, rank=dist.rank, world=dist.world)
-
-    # model, loss, optimiser, schedule
-    spec = model_spec(cfg, splits.feature_dim, n_classes)
-    model = build_from_spec(spec)
-    if spec["standardize"]:
-        model.set_stats(*ctx.stats)
-    model = model.to(device)
-    criterion = FocalLoss(alpha=weights if cfg.alpha == "inverse_freq" else None, gamma=cfg.gamma,
-                          smoothing=cfg.smoothing).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=cfg.t0, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
-    meta = {"config": cfg.to_dict(), "model": spec, "class_names": names, "feature_dim": splits.feature_dim,
-            "extractor": splits.extractor, "max_frames": cfg.max_frames, "member": member, "seed": seed,
-            "vidcls_version": __version__}
-    run = MemberRun(model, wrap_model(model, device, dist, compile=cfg.compile), criterion, optimizer, scheduler,
-                    train_loader, val_loader, sampler, device, names, meta, ctx.run, member, dist,
-                    grad_scaler(device, cfg.amp))
-
-    # resume
-    state = TrainState()
-    if ctx.resume:
-        state = _restore(run, log)
-    if state.stopped_early or state.epoch >= cfg.epochs:
-        log(f"member {member}: finished earlier (epoch {state.epoch}, best {state.best:.4f}); not retrained")
-        return state
-    n_params = sum(p.numel() for p in model.parameters())
-    capped = (f", {draws} draws per epoch (>= {cfg.min_steps} steps of {cfg.batch_size})"
-              if draws > len(splits.train) else "")
-    log(f"member {member}/{cfg.members} seed {seed}: {cfg.model} ({n_params / 1e6:.2f} M params), "
-        f"epochs {state.epoch + 1}..{cfg.epochs}{capped}")
-    try:
-        _epoch_loop(cfg, run, state, log)
-    finally:
-        close_loader(train_loader)
-        close_loader(val_loader)
-    return state
-
-
-def _epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log) -> None:
+def epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log: Callable[[str], None]) -> None:
     """Epochs ``state.epoch + 1 .. cfg.epochs``: train, validate, save what resume needs, then plot."""
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early:
@@ -227,8 +179,10 @@ def _epoch_loop(cfg: TrainConfig, run: MemberRun, state: TrainState, log) -> Non
                 _save_plots(run, state)
         log(_epoch_line(row, state, cfg.epochs))
         if state.stopped_early:
-            log(f"early stop at the end of a warm-restart cycle: no better {cfg.select} (ties: lower val loss) "
-                f"in the last {cfg.patience_cycles} cycle(s) (best {state.best:.4f} at epoch {state.best_epoch})")
+            log(
+                f"early stop at the end of a warm-restart cycle: no better {cfg.select} (ties: lower val loss) "
+                f"in the last {cfg.patience_cycles} cycle(s) (best {state.best:.4f} at epoch {state.best_epoch})"
+            )
 
 
 def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[dict, dict]:
@@ -238,15 +192,34 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
     if run.dist.active:  # dropout: a stream per rank and epoch, so a resumed rank picks up the same one
         torch.manual_seed(item_seed(run.meta["seed"], epoch, -1 - run.dist.rank))
     lr = run.optimizer.param_groups[0]["lr"]
-    train_stats = train_one_epoch(run.net, run.train_loader, run.criterion, run.optimizer, run.scheduler, epoch,
-                                  device=run.device, epochs=cfg.epochs, amp=cfg.amp, grad_clip=cfg.grad_clip,
-                                  dist=run.dist, scaler=run.scaler)
+    train_stats = train_one_epoch(
+        run.net,
+        run.train_loader,
+        run.criterion,
+        run.optimizer,
+        run.scheduler,
+        epoch,
+        device=run.device,
+        epochs=cfg.epochs,
+        amp=cfg.amp,
+        grad_clip=cfg.grad_clip,
+        dist=run.dist,
+        scaler=run.scaler,
+    )
     with autocast(run.device, cfg.amp):
         val = validate(run.model, run.val_loader, run.device, run.class_names, run.criterion, run.dist)
-    row = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val["loss"], "val_acc": val["accuracy"],
-           "val_f1_weighted": val["f1_weighted"], "val_f1_macro": val["f1_macro"],
-           "val_f1_worst": val["worst_class_f1"], "epoch_seconds": time.time() - t0,
-           "val_f1_per_class": [val["f1_per_class"][n] for n in run.class_names]}
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        **train_stats,
+        "val_loss": val["loss"],
+        "val_acc": val["accuracy"],
+        "val_f1_weighted": val["f1_weighted"],
+        "val_f1_macro": val["f1_macro"],
+        "val_f1_worst": val["worst_class_f1"],
+        "epoch_seconds": time.time() - t0,
+        "val_f1_per_class": [val["f1_per_class"][n] for n in run.class_names],
+    }
     return row, val
 
 
@@ -266,8 +239,9 @@ def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
         state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
         state.bad_epochs += 1
-    state.stopped_early = stop_at_cycle_end(state.epoch, state.best_epoch, cfg.t0, cfg.t_mult,
-                                            cfg.patience_cycles)
+    state.stopped_early = stop_at_cycle_end(
+        state.epoch, state.best_epoch, cfg.t0, cfg.t_mult, cfg.patience_cycles
+    )
     return improved
 
 
@@ -276,16 +250,24 @@ def _save_epoch(cfg: TrainConfig, run: MemberRun, state: TrainState, best_val: d
     the periodic checkpoint."""
     files, member, weights = run.files, run.member, run.model.state_dict()
     if best_val is not None:
-        save_checkpoint(files.best(member), {**run.meta, "epoch": state.epoch, "model_state": weights,
-                                             "val": best_val})
+        save_checkpoint(
+            files.best(member), {**run.meta, "epoch": state.epoch, "model_state": weights, "val": best_val}
+        )
     if state.epoch in cycle_ends(cfg.t0, cfg.t_mult, state.epoch):  # the snapshot ensemble's models
-        save_checkpoint(files.snapshot(member, state.epoch),
-                        {**run.meta, "epoch": state.epoch, "model_state": weights})
+        save_checkpoint(
+            files.snapshot(member, state.epoch), {**run.meta, "epoch": state.epoch, "model_state": weights}
+        )
     _write_metrics(run, state)
-    full = {**run.meta, "epoch": state.epoch, "model_state": weights,
-            "optimizer_state": run.optimizer.state_dict(), "scheduler_state": run.scheduler.state_dict(),
-            "train_state": _state_dict(state), "rng": rng_state(),
-            **({"scaler_state": run.scaler.state_dict()} if run.scaler.is_enabled() else {})}
+    full = {
+        **run.meta,
+        "epoch": state.epoch,
+        "model_state": weights,
+        "optimizer_state": run.optimizer.state_dict(),
+        "scheduler_state": run.scheduler.state_dict(),
+        "train_state": _state_dict(state),
+        "rng": rng_state(),
+        **({"scaler_state": run.scaler.state_dict()} if run.scaler.is_enabled() else {}),
+    }
     save_checkpoint(files.last(member), full)
     if state.epoch % cfg.checkpoint_every == 0:
         save_checkpoint(files.periodic(member, state.epoch), full)
@@ -293,7 +275,7 @@ def _save_epoch(cfg: TrainConfig, run: MemberRun, state: TrainState, best_val: d
 
 
 @contextlib.contextmanager
-def deferred_sigint():
+def deferred_sigint() -> Iterator[None]:
     """Hold a SIGINT that arrives inside the block and raise it (KeyboardInterrupt) on exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -328,46 +310,32 @@ def _save_plots(run: MemberRun, state: TrainState) -> None:
     except Exception as exc:  # whatever matplotlib or the disk raises, the run outlives it
         if not run.plot_warned:
             run.plot_warned = True
-            warnings.warn(f"epoch plots in {plots_dir} failed at epoch {state.epoch} ({type(exc).__name__}: "
-                          f"{exc}); training goes on (checkpoints and metrics.csv are saved); later plot "
-                          f"failures of this member are not reported; pass --no-plots to skip plotting",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"epoch plots in {plots_dir} failed at epoch {state.epoch} ({type(exc).__name__}: "
+                f"{exc}); training goes on (checkpoints and metrics.csv are saved); later plot "
+                f"failures of this member are not reported; pass --no-plots to skip plotting",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def _state_dict(state: TrainState) -> dict:
-    return {"epoch": state.epoch, "best": state.best, "best_loss": state.best_loss, "best_epoch": state.best_epoch,
-            "bad_epochs": state.bad_epochs, "stopped_early": state.stopped_early, "history": state.history}
-
-
-def _restore(run: MemberRun, log) -> TrainState:
-    """Load the newest usable checkpoint of ``run`` into its model, optimiser, schedule and the RNGs."""
-    found = load_resume_state(run.ckpt_dir)
-    if found is None:
-        log(f"--resume: no checkpoint in {run.ckpt_dir} yet; starting from epoch 1")
-        return TrainState()
-    ckpt, path = found
-    for key in ("class_names", "feature_dim", "model"):
-        if ckpt[key] != run.meta[key]:
-            raise ConfigError(f"--resume: {path} was trained with {key}={ckpt[key]!r} but the data/config "
-                              f"now give {run.meta[key]!r}; resume with the same features and options")
-    run.model.load_state_dict(ckpt["model_state"])
-    try:
-        run.optimizer.load_state_dict(ckpt["optimizer_state"])
-    except ValueError as err:  # e.g. one parameter group (before decay-free biases/norms), now two
-        raise CheckpointError(f"--resume: {path} holds an optimiser state this version cannot continue "
-                              f"({err}); start a new run in another RUN_DIR") from None
-    run.scheduler.load_state_dict(ckpt["scheduler_state"])
-    if "scaler_state" in ckpt and run.scaler.is_enabled():
-        run.scaler.load_state_dict(ckpt["scaler_state"])
-    set_rng_state(ckpt["rng"])
-    state = TrainState(**ckpt["train_state"])
-    log(f"resumed from {path} after epoch {state.epoch} (best {state.best:.4f} at epoch {state.best_epoch})")
-    return state
+    return {
+        "epoch": state.epoch,
+        "best": state.best,
+        "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "stopped_early": state.stopped_early,
+        "history": state.history,
+    }
 
 
 def _epoch_line(row: dict, state: TrainState, epochs: int) -> str:
     star = " *" if state.best_epoch == row["epoch"] else ""
-    return (f"epoch {row['epoch']:3d}/{epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
-            f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
-            f"f1w {row['val_f1_weighted']:.3f} f1m {row['val_f1_macro']:.3f} worst {row['val_f1_worst']:.3f} "
-            f"| {row['epoch_seconds']:.1f}s{star}")
+    return (
+        f"epoch {row['epoch']:3d}/{epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
+        f"f1w {row['val_f1_weighted']:.3f} f1m {row['val_f1_macro']:.3f} worst {row['val_f1_worst']:.3f} "
+        f"| {row['epoch_seconds']:.1f}s{star}"
+    )

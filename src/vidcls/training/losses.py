@@ -1,4 +1,5 @@
 """Focal loss with label smoothing and per-class weights, for imbalanced video classes."""
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ class FocalLoss(nn.Module):
             1-D tensor.
     """
 
-    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, smoothing: float = 0.1):
+    alpha: Tensor | None  # a buffer (register_buffer in __init__)
+
+    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, smoothing: float = 0.1) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
@@ -64,20 +67,22 @@ class FocalLoss(nn.Module):
         if C < 2:
             raise ValueError(f"need at least 2 classes, got logits with C={C}")
         if self.alpha is not None and self.alpha.shape != (C,):
-            raise ValueError(f"alpha has shape {tuple(self.alpha.shape)} but logits have "
-                             f"C={C} classes; alpha must be ({C},)")
+            raise ValueError(
+                f"alpha has shape {tuple(self.alpha.shape)} but logits have "
+                f"C={C} classes; alpha must be ({C},)"
+            )
 
         # float32 even under autocast: (1 - pt) near 0 is where half precision loses it all.
-        logp = F.log_softmax(logits.float(), dim=-1)                        # (B, C)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B, C)
         target = target.long()
-        q = torch.full_like(logp, self.smoothing / (C - 1))                 # (B, C)
+        q = torch.full_like(logp, self.smoothing / (C - 1))  # (B, C)
         q.scatter_(1, target[:, None], 1.0 - self.smoothing)
-        ce = -(q * logp).sum(dim=-1)                                        # (B,)
-        pt = torch.exp(-ce)                                                 # (B,)
+        ce = -(q * logp).sum(dim=-1)  # (B,)
+        pt = torch.exp(-ce)  # (B,)
         # The floor keeps d/dx x**gamma finite at x = 0 for 0 < gamma < 1 (else NaN grads when a
         # sample is predicted with probability exactly 1); its effect on the value is < 1e-12.
-        focal = (1.0 - pt).clamp_min(1e-12) ** self.gamma                   # (B,)
-        loss = focal * ce                                                   # (B,)
+        focal = (1.0 - pt).clamp_min(1e-12) ** self.gamma  # (B,)
+        loss = focal * ce  # (B,)
         if self.alpha is not None:
             loss = self.alpha[target] * loss
         return loss.mean()

@@ -5,6 +5,7 @@ attention ``in_proj_weight``) that is the intended regulariser; on biases and no
 only shifts or shrinks activations (a LayerNorm weight decayed towards 0 switches its unit off), so
 every 1-D parameter is left undecayed, as in timm and the torchvision training references.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -22,7 +23,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         always present (the optimiser's state layout does not depend on the model); each parameter
         is in exactly one, in ``model.named_parameters()`` order.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)

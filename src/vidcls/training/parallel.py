@@ -1,7 +1,7 @@
 """``train_members``: the seed ensemble's members one after another, or spread over K processes at once
 (``--parallel-members K``, one member per GPU where there are GPUs).
 
-A member is the same whichever path trains it: ``loop.train_member`` seeds everything from ``seed + i``,
+A member is the same whichever path trains it: ``member.train_member`` seeds everything from ``seed + i``,
 draws its batches from private generators and writes only ``RUN_DIR/members/<i>/``, so a process of
 its own changes nothing but the wall time (tested: equal weights and histories).
 
@@ -12,6 +12,7 @@ Each task is the run's ``TrainContext`` pickled (``for_process``: the member's d
 parent's log, monitor and torchrun group) and the member's index; a ``FeatureStore`` of the splits
 drops its HDF5 handle when pickled and reopens the file in the process that reads it.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -22,21 +23,35 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
 from ..errors import ConfigError
 from .context import TrainContext
-from .loop import TrainState, train_member
+from .loop import TrainState
+from .member import train_member
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+    from ..reporting.monitor import ResourceMonitor
 
 TORCHRUN_CLASH = "--parallel-members and torchrun are two ways to use several processes; pick one"
 
 # After Ctrl-C the members get this long to stop by themselves (a terminal sends SIGINT to every
 # process of the group) before the parent signals the ones still running.
 INTERRUPT_GRACE_S = 1.0
+
+# What a member process sends the parent: ("start", member, pid) once it begins, ("log", member, line).
+Message = tuple[str, int, Any]
 
 
 def check_parallel(parallel_members: int, world: int) -> None:
@@ -88,16 +103,23 @@ def train_members(ctx: TrainContext) -> list[TrainState]:
 
 
 def _train_sequential(ctx: TrainContext) -> list[TrainState]:
+    monitor = _run_monitor(ctx)
     states = []
     for i in range(ctx.cfg.members):
-        ctx.monitor.record(f"member {i} start")
+        monitor.record(f"member {i} start")
         states.append(train_member(ctx, i))
         # the spec: without this, reserved GPU memory stays with the caching allocator between members
         gc.collect()
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
-        ctx.monitor.record(f"member {i} end")
+        monitor.record(f"member {i} end")
     return states
+
+
+def _run_monitor(ctx: TrainContext) -> ResourceMonitor:
+    """The run's monitor: ``fit`` gives ``train_members`` one (only a member process's context has none)."""
+    assert ctx.monitor is not None, "train_members records every member in the run's ResourceMonitor"
+    return ctx.monitor
 
 
 def _train_parallel(ctx: TrainContext, k: int) -> list[TrainState]:
@@ -107,18 +129,24 @@ def _train_parallel(ctx: TrainContext, k: int) -> list[TrainState]:
     devices = [member_device(ctx.device, i, n_gpus) for i in range(members)]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = worker_threads(k, cpus, torch.get_num_threads())
-    where = ", ".join(f"{i}: {d}" for i, d in enumerate(devices)) if n_gpus else f"cpu, {threads} threads each"
+    where = (
+        ", ".join(f"{i}: {d}" for i, d in enumerate(devices)) if n_gpus else f"cpu, {threads} threads each"
+    )
     ctx.log(f"--parallel-members {k}: {members} members in {k} processes ({where})")
     # The parent trains nothing: the spec's gc.collect/empty_cache between members runs in the member processes.
 
     spawn = mp.get_context("spawn")
     lines, stop = spawn.Queue(), spawn.Event()
     interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-    pool = cf.ProcessPoolExecutor(k, mp_context=spawn, initializer=_init_worker,
-                                  initargs=(lines, stop, threads, interruptible, mp.get_start_method()))
+    pool = cf.ProcessPoolExecutor(
+        k,
+        mp_context=spawn,
+        initializer=_init_worker,
+        initargs=(lines, stop, threads, interruptible, mp.get_start_method()),
+    )
     # each task is pickled to its process: the context without the parent's log, monitor and group
     futures = {pool.submit(_member_task, ctx.for_process(devices[i]), i): i for i in range(members)}
-    tasks = _Members(futures, lines, stop, ctx.log, ctx.monitor)
+    tasks = _Members(futures, lines, stop, ctx.log, _run_monitor(ctx))
     try:
         failure = tasks.wait()
     except KeyboardInterrupt:
@@ -130,7 +158,13 @@ def _train_parallel(ctx: TrainContext, k: int) -> list[TrainState]:
         lines.close()
     if failure is not None:
         _raise_member_error(*failure)
-    return [f.result() for f in futures]
+    states = []
+    for f in futures:
+        state = f.result()
+        # None: skipped once the stop event was set, which only a failure or Ctrl-C does (both raised above)
+        assert state is not None
+        states.append(state)
+    return states
 
 
 # ---------------------------------------------------------------- parent side
@@ -141,13 +175,13 @@ class _Members:
     """The parent's view of the member tasks: relays their log lines, records start and end, and stops
     them on the first failure or on Ctrl-C."""
 
-    futures: dict  # Future -> member index
-    lines: object  # spawn Queue of ("start", i, pid) and ("log", i, line)
-    stop: object  # spawn Event: set, a member not yet started returns None at once
-    log: object
-    monitor: object
-    pids: dict = field(default_factory=dict)  # member -> pid of the process training it
-    ended: set = field(default_factory=set)
+    futures: dict[cf.Future[TrainState | None], int]  # Future -> member index
+    lines: Queue[Message]  # spawn Queue of ("start", i, pid) and ("log", i, line)
+    stop: Event  # spawn Event: set, a member not yet started returns None at once
+    log: Callable[[str], None]
+    monitor: ResourceMonitor
+    pids: dict[int, int] = field(default_factory=dict)  # member -> pid of the process training it
+    ended: set[int] = field(default_factory=set)
 
     def drain(self, timeout: float) -> None:
         """Handle every queued message, waiting up to ``timeout`` seconds for the first."""
@@ -183,8 +217,10 @@ class _Members:
                     if failure is None:
                         failure = (i, exc)
                         self._skip_pending()
-                        self.log("members not started yet are skipped; the running ones finish (Ctrl-C stops "
-                                 "them); every finished epoch stays on disk for --resume")
+                        self.log(
+                            "members not started yet are skipped; the running ones finish (Ctrl-C stops "
+                            "them); every finished epoch stays on disk for --resume"
+                        )
         return failure
 
     def interrupt(self) -> None:
@@ -209,7 +245,7 @@ class _Members:
             f.cancel()
 
 
-def _raise_member_error(member: int, exc: BaseException):
+def _raise_member_error(member: int, exc: BaseException) -> NoReturn:
     """Raise ``exc`` with ``member i:`` in its message (same type, so the CLI still prints a VidclsError
     or a diverged loss as one line); an exception that cannot be rebuilt that way (an OSError with its
     errno, say) is raised as it is, with a note naming the member."""
@@ -220,7 +256,8 @@ def _raise_member_error(member: int, exc: BaseException):
             f"member {member}: its process died without a Python error ({exc}); killed for memory? (lower "
             f"--parallel-members or --batch-size). A script that calls vidcls with parallel_members > 1 "
             f"must do so under `if __name__ == '__main__':` (spawn imports the script again). Finished "
-            f"epochs are kept: continue with --resume") from exc
+            f"epochs are kept: continue with --resume"
+        ) from exc
     if len(exc.args) == 1 and isinstance(exc.args[0], str):
         try:
             named = type(exc)(f"member {member}: {exc.args[0]}")
@@ -228,18 +265,22 @@ def _raise_member_error(member: int, exc: BaseException):
             named = None
         if named is not None:
             raise named from exc
-    exc.add_note(f"raised while training member {member} in its --parallel-members process")
+    if sys.version_info >= (3, 11):  # add_note is new in 3.11: on 3.10 the error goes without the note
+        exc.add_note(f"raised while training member {member} in its --parallel-members process")
     raise exc
 
 
 # ---------------------------------------------------------------- member process side
 
-_LINES = None
-_STOP = None
+# Set by ``_init_worker`` in every pool process before it runs a task.
+_LINES: Queue[Message] | None = None
+_STOP: Event | None = None
 _INTERRUPTIBLE = False
 
 
-def _init_worker(lines, stop, threads: int, interruptible: bool, start_method: str) -> None:
+def _init_worker(
+    lines: Queue[Message], stop: Event, threads: int, interruptible: bool, start_method: str
+) -> None:
     global _LINES, _STOP, _INTERRUPTIBLE
     _LINES, _STOP, _INTERRUPTIBLE = lines, stop, interruptible
     # A spawned process makes "spawn" its default start method, so its DataLoader workers would each
@@ -252,7 +293,7 @@ def _init_worker(lines, stop, threads: int, interruptible: bool, start_method: s
     torch.set_num_threads(threads)
 
 
-def _interrupt_once(signum, frame):
+def _interrupt_once(signum: int, frame: FrameType | None) -> NoReturn:
     # Ctrl-C reaches a member twice (the terminal signals the whole process group, then the parent
     # signals the members still running): a second KeyboardInterrupt must not cut the first one's cleanup.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -262,22 +303,24 @@ def _interrupt_once(signum, frame):
 def _member_task(ctx: TrainContext, member: int) -> TrainState | None:
     """Train one member in this pool process (``ctx``: ``TrainContext.for_process``); None when the parent
     has stopped the run before it began."""
-    if _STOP.is_set():
+    assert _LINES is not None and _STOP is not None  # _init_worker ran first in this process
+    lines, stop = _LINES, _STOP
+    if stop.is_set():
         return None
-    _LINES.put(("start", member, os.getpid()))
+    lines.put(("start", member, os.getpid()))
     device = ctx.device
     if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA work without an explicit device (handles, caches) goes there too
 
-    def log(line) -> None:
-        _LINES.put(("log", member, str(line)))
+    def log(line: object) -> None:
+        lines.put(("log", member, str(line)))
 
     if _INTERRUPTIBLE:
         signal.signal(signal.SIGINT, _interrupt_once)
     try:
         return train_member(dataclasses.replace(ctx, log=log), member)
     except BaseException:
-        _STOP.set()  # at once, not when the parent notices: no further member starts after a failure
+        stop.set()  # at once, not when the parent notices: no further member starts after a failure
         raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -4,6 +4,7 @@ The optimiser's LR comes from ``torch.optim.lr_scheduler.CosineAnnealingWarmRest
 per batch with ``fractional_epoch``; ``lr_at`` is the same schedule in closed form, the reference it is
 checked against and what a report can quote without building an optimiser.
 """
+
 from __future__ import annotations
 
 import math

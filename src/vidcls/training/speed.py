@@ -4,6 +4,7 @@
 Nothing here changes what is learned on one process without ``--amp``: the plain model, float32, the
 criterion's batch mean.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ from ..utils.dist import SINGLE, Dist
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device: torch.device, amp: str):
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``--amp bf16|fp16``; nothing for ``none``."""
     if amp == "none":
         return contextlib.nullcontext()
@@ -37,8 +38,9 @@ def check_amp(amp: str, device: torch.device) -> None:
         raise ConfigError(f"--amp fp16 needs a CUDA device (this run uses {device}); use --amp bf16 or none")
 
 
-def wrap_model(model: nn.Module, device: torch.device, dist: Dist = SINGLE, *,
-               compile: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, device: torch.device, dist: Dist = SINGLE, *, compile: bool = False
+) -> nn.Module:
     """The module the training step calls: ``model`` itself, DistributedDataParallel under torchrun
     (gradients averaged over ranks after every backward), then ``torch.compile`` with ``compile``
     (``--compile``). Checkpoints always hold ``model``'s own state dict (no ``module.`` / ``_orig_mod.``
@@ -46,15 +48,18 @@ def wrap_model(model: nn.Module, device: torch.device, dist: Dist = SINGLE, *,
     net = model
     if dist.active:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if compile:
         # lengths vary from batch to batch: dynamic shapes avoid one recompilation per new length
-        net = torch.compile(net, dynamic=True)
+        # torch's stub types the result as a plain callable; given a module it returns an OptimizedModule
+        net = torch.compile(net, dynamic=True)  # type: ignore[assignment]
     return net
 
 
-def rank_loss(criterion: nn.Module, logits: torch.Tensor, y: torch.Tensor, real: torch.Tensor,
-              dist: Dist = SINGLE) -> tuple[torch.Tensor, float, int]:
+def rank_loss(
+    criterion: nn.Module, logits: torch.Tensor, y: torch.Tensor, real: torch.Tensor, dist: Dist = SINGLE
+) -> tuple[torch.Tensor, float, int]:
     """The loss this rank back-propagates, the criterion's mean over its real videos, and their number.
 
     One process: the criterion's batch mean. Under DDP the gradients are averaged over the ranks, so a
