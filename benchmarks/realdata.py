@@ -53,7 +53,7 @@ SMOKE_TRAIN_ARGS = [
 ]
 
 
-SMOKE_SET = Path(__file__).parent.parent / "tests" / "data" / "arrowhead.npz"  # a cut of ArrowHead, no aeon
+SMOKE_SET = Path(__file__).parent.parent / "tests" / "assets" / "arrowhead.npz"  # a cut of ArrowHead, no aeon
 
 
 def load_set(name: str):

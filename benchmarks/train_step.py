@@ -87,7 +87,7 @@ def time_mode(args, splits, device, dist, bucket: bool) -> tuple[float, float]:
         layers=args.layers,
         heads=args.heads,
     ).to(device)
-    net = wrap_model(model, cfg, device, dist)
+    net = wrap_model(model, device, dist, compile=cfg.compile)
     criterion = FocalLoss(alpha=weights).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.t0)
@@ -116,7 +116,18 @@ def time_mode(args, splits, device, dist, bucket: bool) -> tuple[float, float]:
             t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         train_one_epoch(
-            net, loader, criterion, optimizer, scheduler, epoch, cfg, device, dist=dist, scaler=scaler
+            net,
+            loader,
+            criterion,
+            optimizer,
+            scheduler,
+            epoch,
+            device=device,
+            epochs=cfg.epochs,
+            amp=cfg.amp,
+            grad_clip=cfg.grad_clip,
+            dist=dist,
+            scaler=scaler,
         )
         seen += len(splits.train) if epoch >= 1 else 0
     if device.type == "cuda":
