@@ -167,6 +167,27 @@ def served_outputs(run_dir, choice, dataset, *, cfg, device, outputs: Outputs | 
     )
 
 
+def _record(choice, splits, val: Outputs, kind: str, stats: dict, typicality_file: str) -> dict:
+    """calibration.json's content: ``calibration_record`` of the served validation outputs ``val``
+    with the validation typicality under ``stats``, and what it was fitted for."""
+    typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
+    record = {
+        "format": CALIBRATION_FORMAT,
+        "version": 2,
+        **calibration_record(val.logits, val.labels, kind, typ),
+        "members": list(choice.members),
+        "tta_used": bool(choice.tta_used),
+        "views": served_views(choice),
+        "val_source": splits.val_source,
+    }
+    record["ood"]["typicality"] = {
+        "file": typicality_file,
+        "train_videos": len(splits.train),
+        "method": TYPICALITY_METHOD,
+    }
+    return record
+
+
 def calibrate_run(
     run_dir,
     device: str = "auto",
@@ -208,21 +229,7 @@ def calibrate_run(
         val = served_outputs(run, choice, splits.val, cfg=cfg, device=resolve_device(device), outputs=outputs)
         stats = fit_typicality(seen_videos(splits.train), splits.train.labels, len(splits.class_names))
         save_typicality(run.typicality, stats)  # before the calibration that refers to it
-        typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
-        record = {
-            "format": CALIBRATION_FORMAT,
-            "version": 2,
-            **calibration_record(val.logits, val.labels, kind, typ),
-            "members": list(choice.members),
-            "tta_used": bool(choice.tta_used),
-            "views": served_views(choice),
-            "val_source": splits.val_source,
-        }
-        record["ood"]["typicality"] = {
-            "file": run.typicality.name,
-            "train_videos": len(splits.train),
-            "method": TYPICALITY_METHOD,
-        }
+        record = _record(choice, splits, val, kind, stats, run.typicality.name)
         run.write_calibration(record)
         run.add_to_summary("calibration", record)
     if log:
