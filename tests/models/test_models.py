@@ -53,6 +53,23 @@ def test_unknown_name_lists_valid_names():
     )
 
 
+def test_unknown_size_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown model size hidden, width; valid: hidden_dim, layers"):
+        build_model("mean_mlp", feature_dim=D, n_classes=C, width=8, hidden=4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sizes_not_given_are_the_spec_s(name):
+    from vidcls.models import SPEC
+
+    assert (SPEC.hidden_dim, SPEC.layers, SPEC.heads, SPEC.dropout) == (768, 4, 12, 0.4)
+    given = build_model(name, feature_dim=D, n_classes=C, hidden_dim=768, layers=4, heads=12, dropout=0.4)
+    default = build_model(name, feature_dim=D, n_classes=C)
+    assert [p.shape for p in default.parameters()] == [p.shape for p in given.parameters()]
+    dropouts = [m.p for m in default.modules() if isinstance(m, torch.nn.Dropout)]
+    assert all(p in (0.4, 0.2) for p in dropouts)  # the spec's dropout, its half at the input
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_build_returns_registered_class(name):
     assert type(tiny(name)) is MODELS[name]

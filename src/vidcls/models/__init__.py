@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch.nn as nn
 
 from ..errors import ConfigError
 from .inception import InceptionTime
 from .layers import (
+    SPEC,
     AttentionPooling,
     ClassifierHead,
     InputProjection,
+    Sizes,
     Standardized,
     length_mask,
     sinusoidal_encoding,
@@ -18,6 +22,8 @@ from .temporal import BiLSTMAttention, MeanMLP, TemporalTransformer
 
 __all__ = [
     "MODELS",
+    "SPEC",
+    "Sizes",
     "AttentionPooling",
     "BiLSTMAttention",
     "ClassifierHead",
@@ -48,15 +54,7 @@ def list_models() -> list[str]:
 
 
 def build_model(
-    name: str,
-    *,
-    feature_dim: int,
-    n_classes: int,
-    hidden_dim: int = 768,
-    layers: int = 4,
-    heads: int = 12,
-    dropout: float = 0.4,
-    standardize: bool = False,
+    name: str, *, feature_dim: int, n_classes: int, standardize: bool = False, **sizes: int | float
 ) -> nn.Module:
     """Create a registered model by name.
 
@@ -64,8 +62,8 @@ def build_model(
         name: one of ``list_models()``; "bilstm_attn" is the default.
         feature_dim: per-frame feature size D.
         n_classes: number of classes C (>= 2).
-        hidden_dim, layers, heads, dropout: model sizes (``mean_mlp`` ignores layers, heads;
-            ``inception_time`` ignores heads).
+        sizes: ``hidden_dim``, ``layers``, ``heads``, ``dropout`` (``layers.Sizes``; those not given are
+            the spec's, ``layers.SPEC``; ``mean_mlp`` ignores layers, heads; ``inception_time`` heads).
         standardize: wrap the model in ``Standardized`` (per-feature input statistics as buffers,
             identity until ``set_stats``).
 
@@ -78,14 +76,12 @@ def build_model(
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    model = MODELS[name](
-        feature_dim=feature_dim,
-        n_classes=n_classes,
-        hidden_dim=hidden_dim,
-        layers=layers,
-        heads=heads,
-        dropout=dropout,
-    )
+    unknown = sorted(set(sizes) - {f.name for f in dataclasses.fields(Sizes)})
+    if unknown:
+        raise ConfigError(
+            f"unknown model size {', '.join(unknown)}; valid: hidden_dim, layers, heads, dropout"
+        )
+    model = MODELS[name](feature_dim=feature_dim, n_classes=n_classes, **sizes)
     return Standardized(model, feature_dim) if standardize else model
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .layers import check_input, check_sizes, length_mask
+from .layers import SPEC, check_input, check_sizes, length_mask
 
 # The paper's kernel sizes 10, 20, 40 made odd, so 'same' padding is symmetric (k // 2 each side).
 KERNEL_SIZES = (9, 19, 39)
@@ -117,10 +117,10 @@ class InceptionTime(nn.Module):
         self,
         feature_dim: int,
         n_classes: int,
-        hidden_dim: int = 768,
-        layers: int = 4,
-        heads: int = 12,
-        dropout: float = 0.4,
+        hidden_dim: int = SPEC.hidden_dim,
+        layers: int = SPEC.layers,
+        heads: int = SPEC.heads,
+        dropout: float = SPEC.dropout,
     ):
         super().__init__()
         check_sizes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,6 +11,20 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The spec's model sizes: the one copy of the defaults every temporal model is built with
+    (``build_model`` passes on only the sizes it is given)."""
+
+    hidden_dim: int = 768
+    layers: int = 4
+    heads: int = 12
+    dropout: float = 0.4
+
+
+SPEC = Sizes()
 
 
 def length_mask(lengths: Tensor, T: int) -> Tensor:

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .layers import (
+    SPEC,
     AttentionPooling,
     ClassifierHead,
     InputProjection,
@@ -36,10 +37,10 @@ class BiLSTMAttention(nn.Module):
         self,
         feature_dim: int,
         n_classes: int,
-        hidden_dim: int = 768,
-        layers: int = 4,
-        heads: int = 12,
-        dropout: float = 0.4,
+        hidden_dim: int = SPEC.hidden_dim,
+        layers: int = SPEC.layers,
+        heads: int = SPEC.heads,
+        dropout: float = SPEC.dropout,
     ):
         super().__init__()
         check_sizes(
@@ -95,10 +96,10 @@ class TemporalTransformer(nn.Module):
         self,
         feature_dim: int,
         n_classes: int,
-        hidden_dim: int = 768,
-        layers: int = 4,
-        heads: int = 12,
-        dropout: float = 0.4,
+        hidden_dim: int = SPEC.hidden_dim,
+        layers: int = SPEC.layers,
+        heads: int = SPEC.heads,
+        dropout: float = SPEC.dropout,
     ):
         super().__init__()
         check_sizes(
@@ -153,10 +154,10 @@ class MeanMLP(nn.Module):
         self,
         feature_dim: int,
         n_classes: int,
-        hidden_dim: int = 768,
-        layers: int = 4,
-        heads: int = 12,
-        dropout: float = 0.4,
+        hidden_dim: int = SPEC.hidden_dim,
+        layers: int = SPEC.layers,
+        heads: int = SPEC.heads,
+        dropout: float = SPEC.dropout,
     ):
         super().__init__()
         check_sizes(feature_dim=feature_dim, n_classes=n_classes, hidden_dim=hidden_dim, dropout=dropout)

@@ -11,7 +11,6 @@ of the image tower alone, filled exactly.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from ...errors import BackboneError
 from ...utils.fs import sha256_file
 from ..preprocess import Preprocess, parse_image_size
 from ..weights import load_exactly, read_state_dict, weights_kind
-from .base import RANDOM_INIT_SEED, Built, seeded_init
+from .base import RANDOM_INIT_SEED, Built, refuse_weight_name, seeded_init, unknown_name
 
 INSTALL = "pip install 'vidcls[clip]' (or pip install open_clip_torch)"
 
@@ -56,11 +55,12 @@ def split_name(name: str) -> tuple[str, str | None]:
     arch, _, tag = name.partition("/")
     known = oc.list_models()
     if arch not in known:
-        close = difflib.get_close_matches(arch, known, n=6, cutoff=0.5)
-        raise BackboneError(
-            f"open_clip has no architecture {arch!r}"
-            + (f"; close matches: {', '.join(close)}" if close else "")
-            + '; list them with python -c "import open_clip; print(open_clip.list_models())"'
+        raise unknown_name(
+            f"open_clip has no architecture {arch!r}",
+            arch,
+            known,
+            label="close matches",
+            hint='; list them with python -c "import open_clip; print(open_clip.list_models())"',
         )
     if tag and tag not in oc.list_pretrained_tags_by_model(arch):
         tags = oc.list_pretrained_tags_by_model(arch)
@@ -101,10 +101,7 @@ def build(name: str, weights: str, image_size: int | str | None = None) -> Built
     arch, tag = split_name(name)
     kind, path = weights_kind(weights)
     if kind == "name":
-        raise BackboneError(
-            f"--weights {weights!r} for open_clip:{name}: use DEFAULT (TAG's download), none, "
-            f"or the path of a .pth / .pt / .safetensors state dict"
-        )
+        raise refuse_weight_name(weights, f"open_clip:{name}", "TAG's download")
     size = parse_image_size(image_size)
     kwargs = {"force_image_size": size} if size is not None else {}
     if kind == "default":

@@ -17,7 +17,6 @@ exactly (its classifier excepted): nothing is loaded partially.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from ...utils.fs import sha256_file
 from .. import lite0
 from ..preprocess import Preprocess, parse_image_size
 from ..weights import load_exactly, read_state_dict, weights_kind
-from .base import RANDOM_INIT_SEED, Built, seeded_init
+from .base import RANDOM_INIT_SEED, Built, refuse_weight_name, seeded_init, unknown_name
 
 DATA_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 # A timm model: an nn.Module with reset_classifier, forward_features and forward_head, methods that
@@ -61,11 +60,13 @@ def check_name(name: str) -> None:
     if not timm.is_model(arch):
         words = [w for w in arch.replace("-", "_").split("_") if len(w) > 2]
         pattern = [m for w in words[:2] for m in timm.list_models(f"*{w}*")]
-        close = difflib.get_close_matches(arch, sorted(set(pattern)) or timm.list_models(), n=6, cutoff=0.4)
-        raise BackboneError(
-            f"timm has no model {name!r}"
-            + (f"; close matches: {', '.join(close)}" if close else "")
-            + "; list them with python -c \"import timm; print(timm.list_models('*vit*'))\""
+        raise unknown_name(
+            f"timm has no model {name!r}",
+            arch,
+            sorted(set(pattern)) or timm.list_models(),
+            label="close matches",
+            cutoff=0.4,
+            hint="; list them with python -c \"import timm; print(timm.list_models('*vit*'))\"",
         )
     if tag:
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
@@ -86,10 +87,7 @@ def build(name: str, weights: str, image_size: int | str | None = None) -> Built
     check_name(name)
     kind, path = weights_kind(weights)
     if kind == "name":
-        raise BackboneError(
-            f"--weights {weights!r} for timm:{name}: use DEFAULT (the pretrained tag's "
-            f"download), none, or the path of a .pth / .pt / .safetensors state dict"
-        )
+        raise refuse_weight_name(weights, f"timm:{name}", "the pretrained tag's download")
     size = parse_image_size(image_size)
     if kind == "default":
         try:

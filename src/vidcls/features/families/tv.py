@@ -17,7 +17,7 @@ from ...errors import BackboneError
 from ...utils.fs import sha256_file
 from ..preprocess import Preprocess
 from ..weights import load_exactly, read_state_dict, weights_kind
-from .base import RANDOM_INIT_SEED, Built, seeded_init
+from .base import RANDOM_INIT_SEED, Built, seeded_init, unknown_name
 
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
 
@@ -30,14 +30,14 @@ def build(name: str, weights: str, image_size: int | str | None = None) -> Built
     """
     known = torchvision.models.list_models(module=torchvision.models)  # classification only
     if name not in known:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        raise BackboneError(
-            f"unknown backbone {name!r}"
-            + (f"; close torchvision names: {', '.join(close)}" if close else "")
-            + "; timm models are timm:NAME, open_clip ones open_clip:ARCH/TAG "
-            "(vidcls extract --help lists recommended ones)"
+        raise unknown_name(
+            f"unknown backbone {name!r}",
+            name,
+            known,
+            label="close torchvision names",
+            n=5,
+            hint="; timm models are timm:NAME, open_clip ones open_clip:ARCH/TAG "
+            "(vidcls extract --help lists recommended ones)",
         )
     enum = torchvision.models.get_model_weights(name)
     kind, path = weights_kind(weights)
