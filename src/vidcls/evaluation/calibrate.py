@@ -32,8 +32,14 @@ A calibration without "scores" (written before typicality) is read as energy alo
 
 from __future__ import annotations
 
-import numpy as np
+import os
+from collections.abc import Callable
 
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.dataset import FeatureDataset, Splits
 from ..engine.forward import Outputs, forward
 from ..engine.members import load_members
 from ..engine.probs import as_4d, served_probs
@@ -52,6 +58,7 @@ from ..run.calibration import (
     ood_checks,
     save_typicality,
 )
+from ..run.final import FinalChoice
 from ..run.rundir import RunDir
 from .temperature import (
     ECE_BINS,
@@ -64,7 +71,7 @@ from .temperature import (
 # --- pure functions over logits ------------------------------------------------------------------
 
 
-def ood_threshold(val_scores, pass_rate: float = VAL_PASS) -> tuple[float, float]:
+def ood_threshold(val_scores: np.ndarray, pass_rate: float = VAL_PASS) -> tuple[float, float]:
     """``(threshold, share of val_scores >= threshold)``: the ``1 - pass_rate`` quantile of the
     validation scores (the lower neighbour, so at least ``pass_rate`` of them pass).
 
@@ -100,7 +107,9 @@ def joint_thresholds(
     return thresholds, float(passed.mean()), {k: float(np.mean(v >= thresholds[k])) for k, v in s.items()}
 
 
-def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dict | None = None) -> dict:
+def calibration_record(
+    logits: np.ndarray, labels: np.ndarray | None, kind: str = DEFAULT_OOD_SCORE, extra: dict | None = None
+) -> dict:
     """Everything ``calibration.json`` holds that follows from validation logits and labels, and the
     ``extra`` validation scores (``{"typicality": (N,)}``) judged together with ``kind``."""
     z, y = as_4d(logits), np.asarray(labels, dtype=np.int64)
@@ -136,12 +145,20 @@ def calibration_record(logits, labels, kind: str = DEFAULT_OOD_SCORE, extra: dic
 # --- a run's calibration -------------------------------------------------------------------------
 
 
-def served_views(choice) -> list:
+def served_views(choice: FinalChoice) -> list:
     """The views ``choice`` (a ``FinalChoice``) averages per member: its TTA modes, else the original."""
     return list(choice.tta_modes) if choice.tta_used else ["original"]
 
 
-def served_outputs(run_dir, choice, dataset, *, cfg, device, outputs: Outputs | None = None) -> Outputs:
+def served_outputs(
+    run_dir: str | os.PathLike,
+    choice: FinalChoice,
+    dataset: FeatureDataset,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    outputs: Outputs | None = None,
+) -> Outputs:
     """The ``Outputs`` of the served members and views of ``choice`` on ``dataset`` (a
     ``FeatureDataset``, in its order, with its labels): selected from ``outputs`` when given (those of
     every model on ``dataset``, as ``evaluate_run`` computed them), else one ``forward`` of the files
@@ -167,7 +184,9 @@ def served_outputs(run_dir, choice, dataset, *, cfg, device, outputs: Outputs | 
     )
 
 
-def _record(choice, splits, val: Outputs, kind: str, stats: dict, typicality_file: str) -> dict:
+def _record(
+    choice: FinalChoice, splits: Splits, val: Outputs, kind: str, stats: dict, typicality_file: str
+) -> dict:
     """calibration.json's content: ``calibration_record`` of the served validation outputs ``val``
     with the validation typicality under ``stats``, and what it was fitted for."""
     typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
@@ -189,12 +208,12 @@ def _record(choice, splits, val: Outputs, kind: str, stats: dict, typicality_fil
 
 
 def calibrate_run(
-    run_dir,
+    run_dir: str | os.PathLike,
     device: str = "auto",
     *,
     kind: str = DEFAULT_OOD_SCORE,
-    log=None,
-    features_dir=None,
+    log: Callable[[str], object] | None = None,
+    features_dir: str | os.PathLike | None = None,
     outputs: Outputs | None = None,
 ) -> dict:
     """Fit the temperature and the OOD thresholds of a finished run on its validation split, the

@@ -13,11 +13,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from ..config import TTA_SETTINGS
+from ..config import TTA_SETTINGS, TrainConfig
+from ..data.dataset import FeatureDataset, Splits
 from ..engine.forward import Outputs, forward
 from ..engine.members import load_members
 from ..engine.views import views_to_predict
@@ -39,7 +42,13 @@ from .policy import Policy, combine, decide_tta, ensemble_probs, labels_of, scor
 
 
 def model_outputs(
-    cfg, run_dir, datasets: dict, *, device: torch.device, modes, checkpoints=None
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    datasets: dict[str, FeatureDataset],
+    *,
+    device: torch.device,
+    modes: Sequence[str],
+    checkpoints: Sequence[str] | None = None,
 ) -> dict[str, Outputs]:
     """``{split: Outputs}`` of every model of ``checkpoints`` (default: ``RunDir.model_checkpoints``)
     on ``views_to_predict(modes)`` of ``datasets`` (``{split: FeatureDataset}``), with their labels.
@@ -72,7 +81,7 @@ def _with_checkpoints(results: dict, checkpoints: list[str]) -> dict:
     return results
 
 
-def evaluate_run(cfg, run_dir, splits, device: torch.device) -> dict:
+def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, splits: Splits, device: torch.device) -> dict:
     """Members (with and without TTA), their ensemble and the final choice on val and, when present, test.
 
     The models are ``model_checkpoints(run_dir, cfg)`` (each member's best checkpoint, or with
@@ -94,7 +103,7 @@ def evaluate_run(cfg, run_dir, splits, device: torch.device) -> dict:
     return results
 
 
-def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict:
+def _eval_record(split: str, ds: FeatureDataset, results: dict, note: str | None = None) -> dict:
     probs = results["predictions"][split]
     names = ds.store.class_names
     pred, labels = probs.argmax(1), ds.labels
@@ -142,7 +151,7 @@ def _eval_record(split: str, ds, results: dict, note: str | None = None) -> dict
     return record
 
 
-def write_run_tables(run_dir, cfg, splits, results) -> Path:
+def write_run_tables(run_dir: str | os.PathLike, cfg: TrainConfig, splits: Splits, results: dict) -> Path:
     """``RUN_DIR/metrics_all.csv``: every seed member's per-epoch metrics in one table (column ``member``:
     the seed member, also with ``--snapshots``, whose models are checkpoints of these same epochs)."""
     run = RunDir(run_dir)
@@ -161,7 +170,9 @@ def write_run_tables(run_dir, cfg, splits, results) -> Path:
 # --- the recorded final choice -------------------------------------------------------------------
 
 
-def _saved_checkpoints(run_dir, cfg, recorded: FinalChoice | None) -> list[str]:
+def _saved_checkpoints(
+    run_dir: str | os.PathLike, cfg: TrainConfig, recorded: FinalChoice | None
+) -> list[str]:
     """The models ``vidcls evaluate`` loads: the recorded list, so every index means the file it meant
     when the choice was made; for a record older than the list the members' best.pt (the rule then);
     without a record, the run's models now (``model_checkpoints``)."""
@@ -208,7 +219,9 @@ def _served_choice(
     return dataclasses.replace(recorded, tta_used=tta_used, tta=tta), note
 
 
-def _saved_splits(run: RunDir, cfg, split: str, features_dir):
+def _saved_splits(
+    run: RunDir, cfg: TrainConfig, split: str, features_dir: str | os.PathLike | None
+) -> Splits:
     """The splits of a saved run as training made them, from where its features are now.
 
     Raises:
@@ -225,7 +238,9 @@ def _saved_splits(run: RunDir, cfg, split: str, features_dir):
     return splits
 
 
-def _rescore(run: RunDir, cfg, splits, *, split: str, tta: str, device) -> tuple[dict, str | None, str]:
+def _rescore(
+    run: RunDir, cfg: TrainConfig, splits: Splits, *, split: str, tta: str, device: torch.device
+) -> tuple[dict, str | None, str]:
     """``combine``'s result on ``split`` (and val, where every choice is made) with the choice
     ``vidcls evaluate`` scores (``_served_choice``) in ``"choice"``, recorded in final.json when the run
     had none and ``tta`` is the run's own setting; the note on it (None: exactly the recorded choice);
@@ -251,13 +266,13 @@ def _rescore(run: RunDir, cfg, splits, *, split: str, tta: str, device) -> tuple
 
 
 def evaluate_saved_run(
-    run_dir,
+    run_dir: str | os.PathLike,
     split: str = "test",
     tta: str | None = None,
     device: str = "auto",
-    log=print,
+    log: Callable[[str], object] = print,
     *,
-    features_dir=None,
+    features_dir: str | os.PathLike | None = None,
 ) -> dict:
     """``vidcls evaluate``: score a finished run's recorded final choice on ``split``, with every member
     and the ensemble (re-derived on val) for information.

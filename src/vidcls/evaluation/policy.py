@@ -17,6 +17,7 @@ or an ensemble predicts the mean over its members and views of the softmax (``Ou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -94,20 +95,22 @@ def decide_tta(val_off: dict, val_on: dict, select: str, tta: str) -> bool:
     return score(val_on, select) > score(val_off, select)
 
 
-def view_names(modes, tta_used: bool) -> tuple:
+def view_names(modes: Sequence[str], tta_used: bool) -> tuple:
     """The views a model is seen through: exactly ``modes`` with TTA, else the original sequence."""
     return tuple(modes) if tta_used else ("original",)
 
 
 def ensemble_probs(
-    outputs: dict[str, Outputs], members: list, split: str, modes, tta_used: bool
+    outputs: dict[str, Outputs], members: list, split: str, modes: Sequence[str], tta_used: bool
 ) -> np.ndarray:
     """Mean softmax (N, C) over ``members`` (model indices) on ``split``, every member seen the same
     way: the mean over them and over their views (``view_names``)."""
     return outputs[split].select(members=members, views=view_names(modes, tta_used)).probs()
 
 
-def view_probs(outputs: dict[str, Outputs], member: int, split: str, modes, tta_used: bool) -> np.ndarray:
+def view_probs(
+    outputs: dict[str, Outputs], member: int, split: str, modes: Sequence[str], tta_used: bool
+) -> np.ndarray:
     """One member's (N, C) prediction on ``split``: the mean over ``modes`` with TTA, else the original sequence."""
     return ensemble_probs(outputs, [member], split, modes, tta_used)
 
@@ -173,7 +176,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(Fraction(1), 2 * tail))
 
 
-def discordant_counts(member: np.ndarray, ensemble: np.ndarray, labels) -> tuple[int, int]:
+def discordant_counts(member: np.ndarray, ensemble: np.ndarray, labels: np.ndarray | None) -> tuple[int, int]:
     """McNemar's ``(b, c)`` from two (N, C) predictions of the same videos: ``b`` videos only the
     member gets right (argmax == label), ``c`` videos only the ensemble gets right."""
     labels = np.asarray(labels)

@@ -8,6 +8,7 @@ Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,7 +20,7 @@ T_PRIOR_SIGMA = 0.5
 ECE_BINS = 15
 
 
-def nll(probs, labels, eps: float = 1e-12) -> float:
+def nll(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of the true class (probabilities clipped at ``eps``)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -27,7 +28,7 @@ def nll(probs, labels, eps: float = 1e-12) -> float:
     return float(-np.mean(np.log(np.clip(p, eps, 1.0))))
 
 
-def _golden_min(f, lo: float, hi: float, tol: float = 1e-5) -> float:
+def _golden_min(f: Callable[[float], float], lo: float, hi: float, tol: float = 1e-5) -> float:
     """The minimiser of a unimodal ``f`` on ``[lo, hi]``."""
     g = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
@@ -45,7 +46,9 @@ def _golden_min(f, lo: float, hi: float, tol: float = 1e-5) -> float:
     return (a + b) / 2
 
 
-def temperature_objective(logits, labels, prior_sigma: float | None = T_PRIOR_SIGMA):
+def temperature_objective(
+    logits: np.ndarray, labels: np.ndarray, prior_sigma: float | None = T_PRIOR_SIGMA
+) -> Callable[[float], float]:
     """The function of ``log T`` that ``fit_temperature`` minimises: the mean validation NLL of
     ``served_probs(logits, T)`` plus ``(log T)^2 / (2 sigma^2 N)``, i.e. the negative log posterior of
     ``log T`` under a normal prior ``N(0, sigma^2)`` (T log-normal around 1), divided by the N videos.
@@ -61,7 +64,11 @@ def temperature_objective(logits, labels, prior_sigma: float | None = T_PRIOR_SI
 
 
 def fit_temperature(
-    logits, labels, bounds: tuple = T_BOUNDS, grid: int = 41, prior_sigma: float | None = T_PRIOR_SIGMA
+    logits: np.ndarray,
+    labels: np.ndarray,
+    bounds: tuple[float, float] = T_BOUNDS,
+    grid: int = 41,
+    prior_sigma: float | None = T_PRIOR_SIGMA,
 ) -> float:
     """The maximum a posteriori temperature on validation logits and ``labels``: the minimiser of
     ``temperature_objective`` (NLL plus a log-normal prior on T centred on 1, ``prior_sigma`` the std of
@@ -102,7 +109,7 @@ def fit_temperature(
     return float(math.exp(best))
 
 
-def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label expected calibration error with ``bins`` equal-width confidence bins.
 
     A video falls in bin ``b`` when its confidence (largest probability) lies in ``(b / bins, (b + 1) / bins]``
