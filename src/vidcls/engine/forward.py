@@ -14,16 +14,17 @@ is ``engine.probs.served_probs``, reached through :meth:`Outputs.probs`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from ..data.batching import FrameBudgetBatches
-from ..data.dataset import by_length
+from ..data.dataset import FeatureDataset, by_length
 from .probs import served_probs
 from .views import tta_batch
 
@@ -67,7 +68,7 @@ class Outputs:
     def __len__(self) -> int:
         return len(self.logits)
 
-    def select(self, members=None, views=None) -> Outputs:
+    def select(self, members: Iterable[int] | None = None, views: Iterable[str] | None = None) -> Outputs:
         """The same videos with only ``members`` (model indices) and ``views`` (names), in the order
         given (None: all, as they are). The attention, a mean over every member, is kept only when
         the members are the same (in any order).
@@ -95,7 +96,7 @@ class Outputs:
         )
 
     @staticmethod
-    def _index(names: tuple, name, what: str) -> int:
+    def _index(names: tuple, name: object, what: str) -> int:
         if name not in names:
             raise KeyError(f"{what} {name!r} was not computed (have {list(names)})")
         return names.index(name)
@@ -104,6 +105,17 @@ class Outputs:
         """``(N, C)``: the mean over members and views of ``softmax(logits / temperature)``
         (``engine.probs.served_probs``)."""
         return served_probs(self.logits, temperature)
+
+
+class Sequences(Protocol):
+    """What :func:`forward` reads: ``len``, a ``(T, D)`` array or tensor per index, and ``lengths``."""
+
+    @property
+    def lengths(self) -> npt.ArrayLike: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> np.ndarray | torch.Tensor: ...
 
 
 class ArraySequences:
@@ -118,7 +130,7 @@ class ArraySequences:
     def __len__(self) -> int:
         return len(self.arrays)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> np.ndarray | torch.Tensor:
         return self.arrays[i]
 
 
@@ -126,7 +138,7 @@ class DatasetSequences:
     """A ``data.dataset.FeatureDataset`` as :func:`forward`'s input: its videos read one batch at a
     time (stored precision, thinned to its ``max_frames``, never augmented), with its labels."""
 
-    def __init__(self, dataset) -> None:
+    def __init__(self, dataset: FeatureDataset) -> None:
         self.dataset = dataset
         self.lengths = np.asarray(dataset.lengths, np.int64)
         self.labels = np.asarray(dataset.labels, np.int64)
@@ -134,11 +146,11 @@ class DatasetSequences:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> torch.Tensor:
         return self.dataset[int(i)][0]
 
 
-def as_sequences(x):
+def as_sequences(x: Any) -> Sequences:
     """``x`` as something :func:`forward` reads: a ``FeatureDataset`` (it has a ``store``) through
     ``DatasetSequences``; anything with ``lengths`` and ``__getitem__`` as it is; else a list of arrays."""
     if hasattr(x, "store") and hasattr(x, "indices"):
@@ -148,11 +160,11 @@ def as_sequences(x):
     return ArraySequences(x)
 
 
-def _as_tensor(a) -> torch.Tensor:
+def _as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
     return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
 
 
-def _padded(seqs, batch: list, lengths: np.ndarray) -> torch.Tensor:
+def _padded(seqs: Sequences, batch: list[int], lengths: np.ndarray) -> torch.Tensor:
     """The batch's videos, float32, zero-padded to its longest: ``(B, T, D)``."""
     items = [_as_tensor(seqs[i]) for i in batch]
     x = torch.zeros(len(batch), int(lengths[batch].max()), items[0].shape[1])
@@ -163,7 +175,9 @@ def _padded(seqs, batch: list, lengths: np.ndarray) -> torch.Tensor:
     return x
 
 
-def _run_batch(models: list, views: tuple, x: torch.Tensor, lens: torch.Tensor, *, attention: bool):
+def _run_batch(
+    models: list[nn.Module], views: tuple, x: torch.Tensor, lens: torch.Tensor, *, attention: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(B, M, V, C)`` logits of one batch, and ``(B, T)`` the sum over models of the original
     view's attention (None without ``attention``)."""
     device = x.device
@@ -188,14 +202,14 @@ def _run_batch(models: list, views: tuple, x: torch.Tensor, lens: torch.Tensor, 
 @torch.inference_mode()
 def forward(
     models: Sequence[nn.Module],
-    views,
-    sequences,
+    views: Iterable[str],
+    sequences: Any,
     *,
     batch_size: int,
     batch_frames: int | None,
-    device,
+    device: str | torch.device,
     attention: bool = False,
-    members=None,
+    members: Iterable[int] | None = None,
     n_classes: int | None = None,
     shortest_first: bool = False,
 ) -> Outputs:
@@ -232,6 +246,7 @@ def forward(
             logits = np.zeros((*shape, z.shape[-1]), np.float64)
         logits[batch] = z
         if attn is not None:
+            assert weights is not None  # attention asked for
             for b, i in enumerate(batch):
                 attn[i] = weights[b, : lengths[i]] / len(models)
     if logits is None:  # no sequence, C not given

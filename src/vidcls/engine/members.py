@@ -4,21 +4,29 @@ they are to score.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from ..errors import CheckpointError
 from ..models import build_from_spec
 from ..run.checkpoint import load_checkpoint
+from ..run.final import FinalChoice
 from ..run.rundir import RunDir
 
+if TYPE_CHECKING:  # the store (h5py) is not imported here at runtime
+    from ..store.directory import SplitStore
 
-def _names(names) -> str:
+
+def _names(names: Iterable[object]) -> str:
     return "[" + ", ".join(str(n) for n in names) + "]"
 
 
-def check_checkpoint_matches(ckpt: dict, path: Path, store) -> None:
+def check_checkpoint_matches(ckpt: dict, path: Path, store: SplitStore) -> None:
     """Refuse to score a checkpoint on features it was not trained on.
 
     Args:
@@ -50,7 +58,13 @@ def check_checkpoint_matches(ckpt: dict, path: Path, store) -> None:
 REQUIRED = ("model", "model_state", "class_names", "feature_dim")  # what a finished member checkpoint holds
 
 
-def load_members(run, checkpoints, model_indices, device, stores=()) -> tuple[list[nn.Module], list[dict]]:
+def load_members(
+    run: RunDir | str | os.PathLike,
+    checkpoints: FinalChoice | list,
+    model_indices: Iterable[int],
+    device: str | torch.device,
+    stores: Sequence[SplitStore] = (),
+) -> tuple[list[nn.Module], list[dict]]:
     """Rebuild the models ``model_indices`` of a run, each from the file its index means
     (``RunDir.model_checkpoint`` over ``checkpoints``: a ``FinalChoice`` or its list of recorded
     checkpoint paths; empty: member m's ``best.pt``), in eval mode on ``device``.

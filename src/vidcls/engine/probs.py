@@ -7,9 +7,10 @@ Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 
-def as_4d(logits) -> np.ndarray:
+def as_4d(logits: npt.ArrayLike) -> np.ndarray:
     """``logits`` as float64 ``(N, M, V, C)``: ``(N, C)`` is one member and one view, ``(N, M, C)`` one view.
 
     Raises:
@@ -36,7 +37,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def served_probs(logits, temperature: float = 1.0) -> np.ndarray:
+def served_probs(logits: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """The run's served probabilities ``(N, C)``: the mean over members and views of ``softmax(logits / T)``."""
     z = as_4d(logits)
     return _softmax(z / float(temperature)).mean(axis=(1, 2))

@@ -4,7 +4,10 @@ calibration asks for; the feature-space typicality is :mod:`vidcls.engine.typica
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ConfigError
 from ..run.calibration import DEFAULT_OOD_SCORE, FEATURE_SCORES, OOD_SCORES, ood_checks
@@ -12,7 +15,7 @@ from .probs import _logsumexp, as_4d, served_probs
 from .typicality import typicality_score
 
 
-def energy_score(logits, temperature: float = 1.0) -> np.ndarray:
+def energy_score(logits: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """Negative free energy per video ``(N,)``: ``T * logsumexp(logits / T)`` averaged over members
     and views. Higher is more in-distribution."""
     z = as_4d(logits)
@@ -20,12 +23,12 @@ def energy_score(logits, temperature: float = 1.0) -> np.ndarray:
     return (t * _logsumexp(z / t, axis=-1)).mean(axis=(1, 2))
 
 
-def max_softmax_score(logits, temperature: float = 1.0) -> np.ndarray:
+def max_softmax_score(logits: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """The largest served probability per video ``(N,)``. Higher is more in-distribution."""
     return served_probs(logits, temperature).max(axis=1)
 
 
-def ood_score(logits, temperature: float = 1.0, kind: str = DEFAULT_OOD_SCORE) -> np.ndarray:
+def ood_score(logits: npt.ArrayLike, temperature: float = 1.0, kind: str = DEFAULT_OOD_SCORE) -> np.ndarray:
     """The out-of-distribution score ``kind`` ("energy" or "max_softmax") per video; higher is more
     in-distribution. A non-finite logit gives a NaN score (never trusted)."""
     if kind not in OOD_SCORES:
@@ -37,7 +40,10 @@ def ood_score(logits, temperature: float = 1.0, kind: str = DEFAULT_OOD_SCORE) -
 
 
 def calibration_scores(
-    logits, calibration: dict | None, features=None, typicality: dict | None = None
+    logits: npt.ArrayLike,
+    calibration: dict | None,
+    features: Sequence[np.ndarray] | None = None,
+    typicality: dict | None = None,
 ) -> dict | None:
     """``{score name: (N,)}`` for every score a run's ``calibration`` checks, at its temperature; None
     without a calibration. ``features``: the ``(T, D)`` sequences as the model saw them and
@@ -57,7 +63,7 @@ def calibration_scores(
     return out
 
 
-def calibration_score(logits, calibration: dict | None) -> np.ndarray | None:
+def calibration_score(logits: npt.ArrayLike, calibration: dict | None) -> np.ndarray | None:
     """The primary (logit) OOD score of a run's ``calibration`` at its temperature; None without one."""
     if not calibration:
         return None

@@ -23,9 +23,16 @@ run's training split and referenced from ``calibration.json`` (``ood.typicality.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from ..run.calibration import TYPICALITY_KEYS as KEYS
+
+if TYPE_CHECKING:  # data.dataset imports torch, which this module does not
+    from ..data.dataset import FeatureDataset
 
 SHRINK = 0.1  # the share of the mean variance mixed into every summary dimension's variance
 STD_FLOOR = 1e-3  # a frame dimension's std is at least this share of the median std (and > 0)
@@ -35,13 +42,13 @@ TYPICALITY_METHOD = (
 )
 
 
-def video_moments(x) -> tuple[np.ndarray, np.ndarray]:
+def video_moments(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std over the frames of one ``(T, D)`` video (float64)."""
     a = np.asarray(x, dtype=np.float64)
     return a.mean(axis=0), a.std(axis=0)
 
 
-def seen_videos(dataset):
+def seen_videos(dataset: FeatureDataset) -> Iterator[np.ndarray]:
     """The videos of a ``FeatureDataset`` as the model saw them (stored precision, ``max_frames``
     thinning, no augmentation), in its order, one at a time."""
     for pos in range(len(dataset)):
@@ -56,7 +63,7 @@ def _summaries(means: np.ndarray, stds: np.ndarray, stats: dict) -> np.ndarray:
     return np.concatenate([(means - mu) / sd, stds / sd], axis=1)
 
 
-def fit_typicality(videos, labels, n_classes: int | None = None) -> dict:
+def fit_typicality(videos: Iterable[np.ndarray], labels: npt.ArrayLike, n_classes: int | None = None) -> dict:
     """The statistics of the score from training videos (an iterable of ``(T, D)`` arrays as the model
     saw them, read once) and their class indices.
 
@@ -90,7 +97,7 @@ def fit_typicality(videos, labels, n_classes: int | None = None) -> dict:
     return {k: np.asarray(stats[k], np.float32) for k in KEYS}
 
 
-def typicality_score(videos, stats: dict) -> np.ndarray:
+def typicality_score(videos: Sequence[np.ndarray], stats: dict) -> np.ndarray:
     """``(N,)`` typicality of ``(T, D)`` videos (higher is more typical); NaN for a video that is empty,
     of another dimension, or not finite (never trusted)."""
     mu = np.asarray(stats["frame_mean"], np.float64)

@@ -3,6 +3,8 @@ padded batch (``engine.forward`` runs the models over them)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from ..config import TTA_MODES
@@ -31,7 +33,7 @@ def tta_indices(n_frames: int, mode: str) -> torch.Tensor:
     return torch.arange(n_frames)
 
 
-def views_to_predict(modes) -> tuple:
+def views_to_predict(modes: Iterable[str]) -> tuple:
     """The views a prediction needs for TTA ``modes``: ``original`` (the "without TTA" view, needed
     whether or not it is one of the modes) first, then the other modes in their order."""
     return ("original", *(m for m in modes if m != "original"))

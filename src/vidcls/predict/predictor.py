@@ -29,10 +29,12 @@ Inputs ``x`` everywhere: a video path (str / Path), a ``(T, D)`` float array, or
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,15 +49,12 @@ from ..run.rundir import RunDir
 from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
 from . import verdict
-from .inputs import (
-    as_list,
-    check_features,
-    encode_videos,
-    error_record,
-    finite,
-    gather,
-    stamps,
-)
+from .inputs import as_list, check_features, encode_videos, error_record, finite, gather, stamps
+
+if TYPE_CHECKING:  # built on first use only (torchvision)
+    from ..features.backbone import FrameEncoder
+    from ..features.quality import Quality
+    from ..features.sampling import Sampling
 
 __all__ = ["Predictor", "load", "served_probs"]
 
@@ -66,7 +65,12 @@ _FRAME_RULE_KEY = "frame_rule"
 
 
 def load(
-    run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    weights: str | os.PathLike | None = None,
+    tta: str = "auto",
+    decode_workers: int = 0,
 ) -> Predictor:
     """Load a finished run for prediction (its recorded final choice, members loaded once).
 
@@ -89,24 +93,28 @@ class Predictor:
     """A loaded run. Build it with :func:`load`.
 
     Attributes:
-        classes_: class names, in the order of the probability columns.
-        feature_dim_: D of the feature sequences the run was trained on.
-        extractor_: the extractor record of those features (what a video goes through).
+        classes_: class names, in the order of the probability columns. feature_dim_: the trained D.
+        extractor_: the extractor record of the run's features (what a video goes through).
         members_: the served members. source_: "ensemble" or "member <i>".
         tta_used_: whether the served choice averages TTA views. tta_modes_: the run's TTA modes.
         views_: the views averaged per member (``tta_modes_`` with TTA, else ``["original"]``).
         max_frames_: longer sequences are thinned uniformly to this many frames.
-        batch_size_, batch_frames_: the frame-budget batching of the run.
+        batch_size_, batch_frames_: the run's frame-budget batching. run_dir: the run. device: torch device.
         calibration_: ``RUN_DIR/calibration.json`` as a dict, or None: not calibrated, or calibrated for
             other members or views than served (``tta`` forced, final.json changed since); then
             ``calibration_note_`` says why, every prediction has ``trusted`` None (unknown: nothing was
             checked) with that reason, and loading logs a warning that says to run ``vidcls calibrate``.
-        run_dir: the run directory. device: the torch device.
     """
 
     def __init__(
-        self, run_dir, *, device: str = "auto", weights=None, tta: str = "auto", decode_workers: int = 0
-    ):
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        device: str = "auto",
+        weights: str | os.PathLike | None = None,
+        tta: str = "auto",
+        decode_workers: int = 0,
+    ) -> None:
         if tta not in TTA_SETTINGS:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_SETTINGS)}; got {tta!r}")
         self.run_dir = Path(run_dir)
@@ -140,8 +148,8 @@ class Predictor:
         if warning:
             log.warning("%s", warning)  # once per load; stderr unless the application set up logging
         self._typicality = run.read_typicality(self.calibration_) if self.calibration_ else None
-        self._encoder = None
-        self._selection = None
+        self._encoder: FrameEncoder | None = None
+        self._selection: tuple[Sampling, Quality] | None = None
         self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
 
     # ---- loading ----------------------------------------------------------------------------
@@ -160,7 +168,7 @@ class Predictor:
         return calibration, "", None
 
     @property
-    def encoder_(self):
+    def encoder_(self) -> FrameEncoder:
         """The frame CNN of the run's extractor (built on first use).
 
         Raises:
@@ -173,7 +181,7 @@ class Predictor:
                 self._encoder = self._build_encoder()
         return self._encoder
 
-    def _build_encoder(self):
+    def _build_encoder(self) -> FrameEncoder:
         from ..features.backbone import FrameEncoder
         from ..features.extract import FRAME_RULE
 
@@ -194,16 +202,16 @@ class Predictor:
         return encoder
 
     @property
-    def sampling_(self):
+    def sampling_(self) -> Sampling:
         """The recorded frame sampling (``Sampling``)."""
         return self._frame_selection()[0]
 
     @property
-    def quality_(self):
+    def quality_(self) -> Quality:
         """The recorded frame quality filter (``Quality``)."""
         return self._frame_selection()[1]
 
-    def _frame_selection(self):
+    def _frame_selection(self) -> tuple[Sampling, Quality]:
         if self._selection is None:
             from ..features.record import selection_from_record
 
@@ -229,7 +237,7 @@ class Predictor:
         }
 
     # ---- inputs -----------------------------------------------------------------------------
-    def _check(self, a, name: str) -> np.ndarray:
+    def _check(self, a: Any, name: str) -> np.ndarray:
         return check_features(a, name, self.feature_dim_, self._store_dtype)
 
     def _encode(self, paths: list) -> list[dict]:
@@ -265,7 +273,7 @@ class Predictor:
         return served_probs(logits)
 
     # ---- the public API ---------------------------------------------------------------------
-    def logits_features(self, arrays) -> np.ndarray:
+    def logits_features(self, arrays: Any) -> np.ndarray:
         """Raw logits ``(N, M, V, C)`` float64 of ``arrays`` ((T, D) features): per served member M
         (``members_``) and per served view V (``views_``). The served probabilities are the mean over
         M and V of ``softmax(logits / T)`` (T = 1 uncalibrated).
@@ -276,7 +284,7 @@ class Predictor:
         feats = [self._check(a, f"features[{i}]") for i, a in enumerate(as_list(arrays))]
         return self._forward(feats, attention=False)[0].logits
 
-    def predict_proba(self, x, calibrated: bool = True) -> np.ndarray:
+    def predict_proba(self, x: Any, calibrated: bool = True) -> np.ndarray:
         """``(N, C)`` served probabilities (columns: ``classes_``), temperature-scaled when the run has
         a calibration and ``calibrated``.
 
@@ -288,11 +296,11 @@ class Predictor:
         logits = self._forward([r["features"] for r in items], attention=False)[0].logits
         return self._probs(logits, calibrated)
 
-    def predict(self, x) -> list[str]:
+    def predict(self, x: Any) -> list[str]:
         """The most probable class of each input."""
         return [self.classes_[int(i)] for i in self.predict_proba(x).argmax(axis=1)]
 
-    def explain(self, x) -> list[dict]:
+    def explain(self, x: Any) -> list[dict]:
         """Per input, the frames the model saw: ``{"attention": [float], "timestamps_ms": [float | None],
         "index": [int]}`` (attention of the original view, mean over served members; ``index``: the
         frame's position in the input sequence, after ``max_frames`` thinning)."""
@@ -308,7 +316,7 @@ class Predictor:
             for r, k, w in zip(items, kept, out.attention)
         ]
 
-    def predict_records(self, x, top_k: int = 3) -> list[dict]:
+    def predict_records(self, x: Any, top_k: int = 3) -> list[dict]:
         """One JSON-able record per input (the output of ``vidcls predict`` and the HTTP service)::
 
             {"input", "label", "top_k": [{"class", "probability"}], "probabilities": {class: p},
@@ -316,11 +324,10 @@ class Predictor:
              "timings": {"decode_s", "features_s", "model_s"}, "error", "ood_scores": {name: float | None},
              "ood": {name: {"score", "threshold", "pass"}} | None}
 
-        "trusted": True, False, or None (unknown: the run is not calibrated, see
-        :mod:`vidcls.predict.verdict`). "ood": every score the verdict checked (energy and, for runs
-        calibrated with it, the feature-space typicality) against its threshold, None uncalibrated;
-        "ood_score" is the calibration's logit score (energy) alone and "ood_scores" the scores without
-        their thresholds ({} uncalibrated).
+        "trusted": True, False, or None (unknown: the run is not calibrated; :mod:`vidcls.predict.verdict`).
+        "ood": every score the verdict checked (energy and, for runs calibrated with it, the feature-space
+        typicality) against its threshold, None uncalibrated; "ood_score" is the calibration's logit score
+        (energy) alone and "ood_scores" the scores without their thresholds ({} uncalibrated).
 
         An input that cannot be used (a broken video, a bad array) gives ``error`` (the reason) with
         ``label`` None and never raises; a run that cannot handle videos at all (weights missing,

@@ -279,7 +279,9 @@ def _read_object(path: Path, redo: str, missing: Any) -> Any:
     return data
 
 
-def run_features_dir(run_dir, recorded: str, override=None) -> str:
+def run_features_dir(
+    run_dir: str | os.PathLike, recorded: str, override: str | os.PathLike | None = None
+) -> str:
     """The features directory a saved run's evaluation and calibration read.
 
     ``override`` (``--features-dir``) wins. Otherwise the directory recorded at training: absolute
