@@ -39,18 +39,7 @@ PEER_NAME = {"PickupGestureWiimoteZ": "PickupGestureWiimoteZ_eq", "OSULeaf-LT": 
 # warm-restart cycles (20 + 40 epochs, ending at the LR floor) so that 6 sets x 3 seeds fit in about 25
 # minutes on 2 cores; the CLI's default 150 epochs go on to the end of the third cycle (140).
 MODEL_ARGS = ["--hidden-dim", "128", "--layers", "2", "--heads", "4", "--epochs", "60"]
-SMOKE_TRAIN_ARGS = [
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--epochs",
-    "2",
-    "--min-steps",
-    "1",
-]
+SMOKE_TRAIN_ARGS = "--hidden-dim 16 --layers 1 --heads 2 --epochs 2 --min-steps 1".split()
 
 
 SMOKE_SET = Path(__file__).parent.parent / "tests" / "assets" / "arrowhead.npz"  # a cut of ArrowHead, no aeon

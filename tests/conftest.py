@@ -57,22 +57,9 @@ def run_cli():
 # A CPU-sized model for CLI runs: every option of the spec's recipe, only smaller and on CPU. --min-steps 1
 # keeps one pass per epoch on these 80-video stores (the default would draw 480 videos per epoch, 10x the
 # work for tests of mechanics); tests/training/test_small_data.py checks the default's rule.
-TINY_ARGS = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TINY_ARGS = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --device cpu"
+).split()
 
 
 @pytest.fixture
@@ -119,20 +106,9 @@ def summary_core():
 
 
 # A frame CNN small enough for tests: resnet18 with random weights (fixed seed), 64 px, 4 frames a clip.
-CLIP_EXTRACT_ARGS = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "none",
-    "--image-size",
-    "64",
-    "--frames",
-    "4",
-    "--decode-workers",
-    "0",
-    "--device",
-    "cpu",
-]
+CLIP_EXTRACT_ARGS = (
+    "--backbone resnet18 --weights none --image-size 64 --frames 4 --decode-workers 0 --device cpu"
+).split()
 
 
 @pytest.fixture(scope="session")

@@ -23,22 +23,9 @@ from vidcls.run.final import load_final_choice
 from vidcls.store import write_store
 from vidcls.store.synth import make_synthetic
 
-TINY = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TINY = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --device cpu"
+).split()
 ALL_MODES = ["original", "reverse", "speed_up", "speed_down"]
 FIT_FILES = ("eval_val.json", "eval_test.json", "summary.json", "final.json")
 

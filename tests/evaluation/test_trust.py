@@ -27,27 +27,10 @@ from vidcls.evaluation.calibrate import (
 from vidcls.predict.verdict import NOT_CALIBRATED, trust_verdict
 from vidcls.run.calibration import load_calibration
 
-TINY = [
-    "--epochs",
-    "3",
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "8",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-plots",
-    "--model",
-    "mean_mlp",
-]
+TINY = (
+    "--epochs 3 --model bilstm_attn --min-steps 1 --hidden-dim 8 --layers 1 --heads 2 --workers 0 "
+    "--device cpu --no-plots --model mean_mlp"
+).split()
 KEYS = {"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "ood"}
 OOD_KEYS = {"score", "threshold", "val_pass_rate", "direction"}
 

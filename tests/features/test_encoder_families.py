@@ -24,18 +24,7 @@ from vidcls.features.catalog import RECOMMENDED
 from vidcls.features.lite0 import installed_weights
 
 LITE0 = "timm:tf_efficientnet_lite0"
-FAST = [
-    "--image-size",
-    "64",
-    "--device",
-    "cpu",
-    "--frames",
-    "2",
-    "--decode-workers",
-    "0",
-    "--batch-size",
-    "2",
-]
+FAST = "--image-size 64 --device cpu --frames 2 --decode-workers 0 --batch-size 2".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -34,18 +34,7 @@ from vidcls.features.video import Sampling, VideoSkip, read_frames
 from vidcls.store import FeatureStore, open_splits
 
 SMALL = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, device="cpu")
-SMALL_CLI = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
-    "--device",
-    "cpu",
-]
+SMALL_CLI = "--backbone resnet18 --weights none --image-size 32 --batch-size 4 --device cpu".split()
 
 
 def idx(d) -> list[int]:

@@ -40,24 +40,10 @@ SMALL = dict(
     seed=1,
 )
 # image_size as text, as the CLI passes it: the reports record the options as given
-SMALL_CLI = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
-    "--device",
-    "cpu",
-    "--frames",
-    "3",
-    "--split",
-    "50,25,25",
-    "--seed",
-    "1",
-]
+SMALL_CLI = (
+    "--backbone resnet18 --weights none --image-size 32 --batch-size 4 --device cpu --frames 3 "
+    "--split 50,25,25 --seed 1"
+).split()
 TIMINGS = ("decode_s", "cnn_s")  # per-video seconds: the only entry fields that may differ
 quiet = dict(progress=False, log=lambda *a: None)
 

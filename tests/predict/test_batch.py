@@ -332,24 +332,10 @@ def test_pipeline_path_keeps_order_fills_timestamps_and_survives_a_decoder_crash
 
 
 # ---- end to end: clips -> extract -> train -> predict -------------------------------------------
-SMALL_EXTRACT = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
-    "--device",
-    "cpu",
-    "--frames",
-    "4",
-    "--decode-workers",
-    "0",
-    "--split",
-    "50,25,25",
-]
+SMALL_EXTRACT = (
+    "--backbone resnet18 --weights none --image-size 32 --batch-size 4 --device cpu --frames 4 "
+    "--decode-workers 0 --split 50,25,25"
+).split()
 
 
 @pytest.fixture(scope="module")

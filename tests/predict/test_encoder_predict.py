@@ -20,25 +20,10 @@ from vidcls.features.lite0 import installed_weights
 from vidcls.predict.inputs import encode_videos
 from vidcls.store.reader import FeatureStore
 
-TRAIN = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "4",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--min-steps",
-    "1",
-    "--workers",
-    "0",
-    "--no-plots",
-    "--device",
-    "cpu",
-]
+TRAIN = (
+    "--epochs 2 --batch-size 4 --hidden-dim 16 --layers 1 --heads 2 --min-steps 1 --workers 0 --no-plots "
+    "--device cpu"
+).split()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

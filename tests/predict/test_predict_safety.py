@@ -31,22 +31,9 @@ from vidcls.predict.outputs import CSV_FIELDS, read_jsonl
 
 D = 8
 # tests/conftest.py's TINY_ARGS: importing it by the name "conftest" clashes with tests/serve/conftest.py
-TINY_ARGS = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TINY_ARGS = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --device cpu"
+).split()
 FORMATS = ("jsonl", "csv", "json", "table")
 
 

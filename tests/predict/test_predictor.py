@@ -31,20 +31,9 @@ from vidcls.store.reader import FeatureStore
 from vidcls.utils.sampling import uniform_indices
 
 ALL_MODES = ["original", "reverse", "speed_up", "speed_down"]
-EXTRACT = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "none",
-    "--image-size",
-    "64",
-    "--frames",
-    "4",
-    "--decode-workers",
-    "0",
-    "--device",
-    "cpu",
-]
+EXTRACT = (
+    "--backbone resnet18 --weights none --image-size 64 --frames 4 --decode-workers 0 --device cpu"
+).split()
 
 
 @pytest.fixture(scope="module")

@@ -31,27 +31,10 @@ SECTION_IDS = [
     "resources",
     "misclassified",
 ]
-TINY = [
-    "--epochs",
-    "3",
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "8",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-plots",
-    "--model",
-    "mean_mlp",
-]
+TINY = (
+    "--epochs 3 --model bilstm_attn --min-steps 1 --hidden-dim 8 --layers 1 --heads 2 --workers 0 "
+    "--device cpu --no-plots --model mean_mlp"
+).split()
 
 
 class Page(HTMLParser):

@@ -104,20 +104,9 @@ def clip(tmp_path_factory) -> Path:
     return V.write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", V.shapes_frames(20))
 
 
-EXTRACT = [
-    "--backbone",
-    "resnet18",
-    "--weights",
-    "none",
-    "--image-size",
-    "64",
-    "--frames",
-    "4",
-    "--decode-workers",
-    "0",
-    "--device",
-    "cpu",
-]
+EXTRACT = (
+    "--backbone resnet18 --weights none --image-size 64 --frames 4 --decode-workers 0 --device cpu"
+).split()
 
 
 @pytest.fixture(scope="session")

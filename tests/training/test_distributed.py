@@ -29,27 +29,10 @@ from vidcls.store.directory import open_splits
 from vidcls.training.losses import FocalLoss
 
 HERE = Path(__file__).parent
-TINY = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--batch-size",
-    "8",
-    "--no-plots",
-    "--dist-timeout",
-    "60",
-]
+TINY = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --device cpu "
+    "--batch-size 8 --no-plots --dist-timeout 60"
+).split()
 
 
 def _free_port() -> int:

@@ -24,22 +24,9 @@ from vidcls.run.checkpoint import load_checkpoint, save_checkpoint
 from vidcls.store import write_store
 from vidcls.training.loop import train_one_epoch
 
-TINY = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TINY = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --device cpu"
+).split()
 NAMES = ["animation", "gaming", "natural", "flat"]
 
 

@@ -31,21 +31,9 @@ from vidcls.training.parallel import (
 )
 from vidcls.utils.dist import SINGLE, Dist, env_dist
 
-TINY = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--device",
-    "cpu",
-    "--no-plots",
-]
+TINY = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --device cpu --no-plots"
+).split()
 
 
 @pytest.fixture

@@ -12,25 +12,10 @@ from vidcls.errors import ConfigError
 from vidcls.training.losses import FocalLoss
 from vidcls.training.speed import autocast, check_amp, grad_scaler, rank_loss
 
-TINY = [
-    "--model",
-    "bilstm_attn",
-    "--min-steps",
-    "1",
-    "--hidden-dim",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-plots",
-    "--epochs",
-    "2",
-]
+TINY = (
+    "--model bilstm_attn --min-steps 1 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --device cpu "
+    "--no-plots --epochs 2"
+).split()
 
 
 def test_fp16_on_cpu_is_refused_in_one_line(tiny_features, tmp_path, capsys):
