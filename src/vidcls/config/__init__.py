@@ -27,6 +27,17 @@ TTA_SETTINGS = ("auto", "on", "off")  # --tta: the run's choice on validation, f
 MAX_BATCH_SIZE = 65_536  # videos per batch
 MAX_MEMBERS = 64  # seed-ensemble members: each one trains a model, is scored and is served
 
+TASKS = ("auto", "single", "multilabel")  # --task
+SINGLE, MULTILABEL = TASKS[1], TASKS[2]
+THRESHOLD_RULES = ("per_class", "global", "fixed")  # --thresholds
+# --select's choices per task; the first is what "auto" resolves to
+SELECT = {SINGLE: ("val_acc", "val_f1_macro"), MULTILABEL: ("val_map", "val_gap")}
+
+
+def resolve_select(select: str, task: str) -> str:
+    """The metric ``--select auto`` stands for on ``task`` (single | multilabel)."""
+    return SELECT[task][0] if select == "auto" else select
+
 
 def _opt(default: Any, help: str) -> Any:
     """A config field: its default and the help text of its ``vidcls train`` flag.
@@ -79,17 +90,34 @@ class TrainConfig:
     t0: int = _opt(20, "epochs until the first warm restart of the cosine LR schedule")
     t_mult: int = _opt(2, "each restart period is this many times the previous one")
     eta_min: float = _opt(1e-6, "lowest learning rate of the cosine schedule")
+    # task: one class per video (softmax) or a set of labels per video (one sigmoid per class)
+    task: str = _opt(
+        "auto",
+        "auto (multilabel when the store's videos carry label sets, else single) | single | multilabel "
+        "(one sigmoid per class; a single-label store then trains one-vs-rest)",
+    )
+    thresholds: str = _opt(
+        "per_class",
+        "multilabel decision thresholds, chosen on validation: per_class (each class's F1-best threshold, "
+        "shrunk toward the global one by the class's validation support) | global (one F1-best threshold) "
+        "| fixed (--threshold)",
+    )
+    threshold: float = _opt(0.5, "multilabel: the threshold of --thresholds fixed, in (0, 1)")
     # model
     model: str = _opt(
         "auto",
         "temporal model: auto (bilstm_attn for features of >= 32 values per frame, as CNN features are; "
-        "inception_time for low-dimensional sequences) | bilstm_attn | transformer | mean_mlp | inception_time",
+        "inception_time for low-dimensional sequences) | bilstm_attn | transformer | mean_mlp | inception_time "
+        "| netvlad | nextvlad",
     )
     hidden_dim: int = _opt(
         768, "model width; bilstm_attn: even; bilstm_attn, transformer: divisible by heads"
     )
     layers: int = _opt(4, "recurrent / encoder layers (mean_mlp ignores it)")
     heads: int = _opt(12, "attention heads (mean_mlp ignores it)")
+    clusters: int = _opt(64, "netvlad, nextvlad: cluster centres K (the other models ignore it)")
+    groups: int = _opt(8, "nextvlad: groups G the expanded frame is split into (the other models ignore it)")
+    expansion: int = _opt(2, "nextvlad: expansion factor of the frame before grouping (the others ignore it)")
     dropout: float = _opt(0.4, "dropout probability, in [0, 1)")
     # loss and class balance
     gamma: float = _opt(2.0, "focal-loss gamma; 0 = cross-entropy")
@@ -106,7 +134,11 @@ class TrainConfig:
         "checkpoint, applied by evaluation and prediction) | none: raw features",
     )
     # model selection and stopping
-    select: str = _opt("val_acc", "val_acc | val_f1_macro: the metric that picks the best checkpoint")
+    select: str = _opt(
+        "auto",
+        "the validation metric that picks the best checkpoint: auto (val_acc, or val_map for multilabel) | "
+        "val_acc | val_f1_macro (single) | val_map | val_gap (multilabel)",
+    )
     # Stopping only at the end of a warm-restart cycle: mid-cycle the LR is still high and the model
     # is not at a minimum, so "no gain for N epochs" there stops a run whose val loss is still falling.
     patience_cycles: int = _opt(
@@ -184,6 +216,8 @@ RUNTIME_ONLY = (
     "compile",
     "parallel_members",
     "dist_timeout",
+    "thresholds",
+    "threshold",
 )
 
 
@@ -217,6 +251,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
         "members",
         "monitor_interval",
         "parallel_members",
+        "clusters",
+        "groups",
+        "expansion",
         "dist_timeout",
     )
     _at_most(cfg, batch_size=MAX_BATCH_SIZE, members=MAX_MEMBERS)
@@ -248,7 +285,15 @@ def _check_choices(cfg: TrainConfig) -> None:
     _choice(cfg, "alpha", ("inverse_freq", "none"))
     _choice(cfg, "sampler", ("weighted", "shuffle"))
     _choice(cfg, "standardize", ("feature", "none"))
-    _choice(cfg, "select", ("val_acc", "val_f1_macro"))
+    _choice(cfg, "task", TASKS)
+    _choice(cfg, "thresholds", THRESHOLD_RULES)
+    _choice(cfg, "select", ("auto", *SELECT[TASKS[1]], *SELECT[TASKS[2]]))
+    if cfg.task in SELECT and cfg.select != "auto" and cfg.select not in SELECT[cfg.task]:
+        raise ConfigError(
+            f"--select {cfg.select} does not apply to --task {cfg.task}; use one of {', '.join(SELECT[cfg.task])}"
+        )
+    if not 0.0 < cfg.threshold < 1.0:
+        raise ConfigError(f"--threshold must be in (0, 1), got {cfg.threshold}")
     _choice(cfg, "amp", ("none", "bf16", "fp16"))
     _choice(cfg, "tta", TTA_SETTINGS)
     unknown = [m for m in cfg.tta_modes if m not in TTA_MODES]

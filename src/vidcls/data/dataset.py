@@ -33,8 +33,10 @@ from ..store.directory import SplitStore, open_splits
 from ..store.split import stratified_split
 from ..utils.sampling import uniform_indices
 from .batching import FILLER, BatchKey, FrameBudgetBatches
+from .labels import class_weights, label_weights, resolve_task
 
-__all__ = ["FrameBudgetBatches"]  # re-exported: it lived here before batching.py
+# re-exported: they lived here before batching.py / labels.py
+__all__ = ["FrameBudgetBatches", "class_weights", "label_weights", "resolve_task"]
 
 MIN_AUG_FRAMES = 8  # the spec augments only videos with more frames than this
 
@@ -76,6 +78,10 @@ def item_seed(seed: int, epoch: int, position: int) -> int:
 class FeatureDataset(Dataset):
     """Videos ``indices`` of one store; items are ``(features (T, D), label, position)``.
 
+    ``label`` is the class index (int) of a single-label dataset, or the ``(C,)`` float32 0/1 label set
+    of a multi-label one (``multilabel``; default: the store's own kind). A single-label store read as
+    multi-label gives one-element sets (one-vs-rest training).
+
     An item key is either an int (no augmentation) or ``(int, seed)`` from ``EpochSampler``.
     A video longer than ``max_frames`` (None: no limit) is thinned to ``max_frames`` frames spread
     uniformly over it, before augmentation, for every key alike.
@@ -90,10 +96,12 @@ class FeatureDataset(Dataset):
         *,
         augment: bool = False,
         max_frames: int | None = None,
+        multilabel: bool | None = None,
     ):
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
         self.store = store
+        self.multilabel = bool(getattr(store, "multilabel", False) if multilabel is None else multilabel)
         self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.augment = augment
         self.max_frames = max_frames
@@ -106,6 +114,22 @@ class FeatureDataset(Dataset):
         return self.store.labels[self.indices]
 
     @property
+    def targets(self) -> np.ndarray | None:
+        """``(N, C)`` uint8 0/1 label sets of a multi-label dataset; None for a single-label one."""
+        if not self.multilabel:
+            return None
+        from ..store.labels import multi_hot  # noqa: PLC0415  (lands with the store's label sets)
+
+        return multi_hot([self.store.label_sets[int(i)] for i in self.indices], len(self.store.class_names))
+
+    def label_counts(self) -> np.ndarray:
+        """``(C,)`` videos carrying each class (for single-label: videos of each class)."""
+        targets = self.targets
+        if targets is None:
+            return np.bincount(self.labels, minlength=len(self.store.class_names))
+        return targets.sum(axis=0, dtype=np.int64)
+
+    @property
     def lengths(self) -> np.ndarray:
         """Frames of each item before augmentation: the stored length, capped at ``max_frames``."""
         stored = self.store.lengths[self.indices]
@@ -114,7 +138,7 @@ class FeatureDataset(Dataset):
     def video_ids(self) -> list[str]:
         return [self.store.video_ids[i] for i in self.indices]
 
-    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: BatchKey) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         """``key``: a position, ``(position, seed)``, or a filler (``batching.FILLER``), whose
         returned position is ``-(position + 1)`` so that the training loss can leave it out."""
         pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key[:2]
@@ -127,14 +151,22 @@ class FeatureDataset(Dataset):
         x = raw
         if self.augment and seed is not None:
             x = augment_sequence(raw.float(), torch.Generator().manual_seed(seed)).to(raw.dtype)
-        return x, int(self.store.labels[i]), -int(pos) - 1 if is_filler else int(pos)
+        return x, self._label(i), -int(pos) - 1 if is_filler else int(pos)
+
+    def _label(self, i: int) -> int | torch.Tensor:
+        if not self.multilabel:
+            return int(self.store.labels[i])
+        y = torch.zeros(len(self.store.class_names), dtype=torch.float32)
+        y[torch.from_numpy(np.asarray(self.store.label_sets[i], np.int64))] = 1.0
+        return y
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad to the longest video of the batch.
 
     Returns:
-        x (B, T, D) zero-padded, in the items' dtype, lengths (B,) int64, labels (B,) int64, positions (B,) int64.
+        x (B, T, D) zero-padded, in the items' dtype, lengths (B,) int64, labels (B,) int64 (or (B, C)
+        float32 label sets of a multi-label dataset), positions (B,) int64.
     """
     lengths = torch.tensor([item[0].shape[0] for item in batch], dtype=torch.int64)
     x = _empty_batch((len(batch), int(lengths.max()), batch[0][0].shape[1]), batch[0][0].dtype)
@@ -142,7 +174,10 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
         n = feats.shape[0]
         x[b, :n] = feats
         x[b, n:] = 0
-    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+    if isinstance(batch[0][1], torch.Tensor):  # multi-label: (C,) 0/1 sets
+        labels = torch.stack([item[1] for item in batch])
+    else:
+        labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
     positions = torch.tensor([item[2] for item in batch], dtype=torch.int64)
     return x, lengths, labels, positions
 
@@ -226,28 +261,6 @@ def feature_stats(dataset: FeatureDataset) -> tuple[np.ndarray, np.ndarray]:
     return (shift + mean_d).astype(np.float32), np.maximum(std, floor).astype(np.float32)
 
 
-def class_weights(
-    labels: np.ndarray,
-    n_classes: int,
-    clip: Sequence[float] = (0.5, 10.0),
-    class_names: Sequence[str] | None = None,
-) -> torch.Tensor:
-    """Inverse-frequency class weights ``N / (C * n_c)`` clipped to ``clip``.
-
-    Raises:
-        ValueError: a class has no example (named): its weight would be undefined.
-    """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
-    missing = [class_names[c] if class_names else str(c) for c in range(n_classes) if counts[c] == 0]
-    if missing:
-        raise ValueError(
-            f"class(es) {', '.join(missing)} have no training example; add videos of "
-            f"those classes to the train split or remove them from class_names"
-        )
-    w = len(labels) / (n_classes * counts.astype(np.float64))
-    return torch.tensor(np.clip(w, clip[0], clip[1]), dtype=torch.float32)
-
-
 @dataclass
 class Splits:
     """The datasets one run trains, selects and tests on."""
@@ -259,6 +272,7 @@ class Splits:
     feature_dim: int
     extractor: dict
     val_source: str  # "val.h5" or "carved from train.h5 (15%)"
+    task: str = "single"  # or "multilabel": every dataset's items then carry (C,) label sets
 
 
 def load_splits(
@@ -268,39 +282,46 @@ def load_splits(
     seed: int = 42,
     augment: bool = True,
     max_frames: int | None = None,
+    task: str = "auto",
 ) -> Splits:
     """Open the stores of ``features_dir``; carve a stratified validation set when there is no val.h5.
 
     Every split's items are thinned to ``max_frames`` frames (None: no limit); see ``FeatureDataset``.
+    ``task``: "auto" (multi-label when the store holds label sets), "single" or "multilabel" (see
+    ``resolve_task``). A carved validation set is stratified on each video's first label.
 
     Raises:
-        StoreError: missing/invalid files, mismatched splits, a single class, a class absent from train.
+        StoreError: missing/invalid files, mismatched splits, a single class, a class absent from train,
+            label sets read as ``task`` "single".
     """
     stores = open_splits(features_dir, require=("train",))
     train = stores["train"]
     names = train.class_names
     if len(names) < 2:
         raise StoreError(f"{train.path}: only one class ({names}); a classifier needs at least two")
+    task = resolve_task(task, [stores[s] for s in ("train", "val", "test") if s in stores])
+    ml = task == "multilabel"
     if "val" in stores:
         # "val.h5", or "val-*-of-00004.h5" for a split in shard files
         train_idx, val_ds, source = (
             None,
-            FeatureDataset(stores["val"], max_frames=max_frames),
+            FeatureDataset(stores["val"], max_frames=max_frames, multilabel=ml),
             stores["val"].path.name,
         )
     else:
         train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
-        val_ds = FeatureDataset(train, val_idx, max_frames=max_frames)
+        val_ds = FeatureDataset(train, val_idx, max_frames=max_frames, multilabel=ml)
         source = f"carved from train.h5 ({val_fraction:.0%}, stratified, seed {seed})"
-    train_ds = FeatureDataset(train, train_idx, augment=augment, max_frames=max_frames)
-    absent = [names[c] for c in range(len(names)) if not np.any(train_ds.labels == c)]
+    train_ds = FeatureDataset(train, train_idx, augment=augment, max_frames=max_frames, multilabel=ml)
+    absent = [names[c] for c in np.flatnonzero(train_ds.label_counts() == 0)]
     if absent:
+        shown = ", ".join(absent[:10]) + (f" (and {len(absent) - 10} more)" if len(absent) > 10 else "")
         raise StoreError(
-            f"{train.path}: class(es) {', '.join(absent)} have no training video "
+            f"{train.path}: class(es) {shown} have no training video "
             f"(after carving validation); add some or drop the class"
         )
-    test = FeatureDataset(stores["test"], max_frames=max_frames) if "test" in stores else None
-    return Splits(train_ds, val_ds, test, list(names), train.feature_dim, dict(train.extractor), source)
+    test = FeatureDataset(stores["test"], max_frames=max_frames, multilabel=ml) if "test" in stores else None
+    return Splits(train_ds, val_ds, test, list(names), train.feature_dim, dict(train.extractor), source, task)
 
 
 def make_loader(
@@ -374,6 +395,15 @@ def train_sampler(
     dataset: FeatureDataset, weights: torch.Tensor | None, seed: int, num_samples: int | None = None
 ) -> EpochSampler:
     """Per-sample weights = class weight of the sample's label (``None`` = plain shuffle); ``num_samples``
-    draws per epoch (default: one pass)."""
-    per_sample = None if weights is None else weights.numpy()[dataset.labels]
+    draws per epoch (default: one pass). A multi-label video weighs as its rarest label (the largest
+    weight of its set), so a rare label is drawn as often as a rare class would be, whatever labels
+    it shares a video with."""
+    if weights is None:
+        per_sample = None
+    elif dataset.multilabel:
+        w = weights.numpy()
+        sets = dataset.store.label_sets
+        per_sample = np.array([w[sets[int(i)]].max() for i in dataset.indices], np.float64)
+    else:
+        per_sample = weights.numpy()[dataset.labels]
     return EpochSampler(len(dataset), per_sample, seed, num_samples)

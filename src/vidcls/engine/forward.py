@@ -39,9 +39,11 @@ class Outputs:
         logits: ``(N, M, V, C)`` float64 raw logits.
         members: the model index of each M (the run's numbering, as in ``final.json``).
         views: the view name of each V (``config.TTA_MODES``).
-        labels: ``(N,)`` int64 class indices, or None (inputs without labels).
+        labels: ``(N,)`` int64 class indices (``task`` "single"), ``(N, C)`` int64 0/1 label sets
+            ("multilabel"), or None (inputs without labels).
         attention: per video, the mean over the M models of the original view's attention on the
             frames seen (``(T_i,)`` float64), or None (not asked for, or dropped by ``select``).
+        task: "single" (softmax outputs) or "multilabel" (one sigmoid per class).
     """
 
     logits: np.ndarray
@@ -49,6 +51,7 @@ class Outputs:
     views: tuple
     labels: np.ndarray | None = None
     attention: list | None = None
+    task: str = "single"
 
     def __post_init__(self) -> None:
         z = np.asarray(self.logits, dtype=np.float64)
@@ -64,6 +67,14 @@ class Outputs:
             )
         if self.labels is not None and len(self.labels) != len(z):
             raise ValueError(f"{len(self.labels)} labels for {len(z)} videos")
+        if self.task not in ("single", "multilabel"):
+            raise ValueError(f"task must be 'single' or 'multilabel', got {self.task!r}")
+        want = 2 if self.task == "multilabel" else 1
+        if self.labels is not None and self.labels.ndim != want:
+            raise ValueError(
+                f"{self.task} labels must be {'(N, C) label sets' if want == 2 else '(N,) class indices'}; "
+                f"got shape {self.labels.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -102,9 +113,9 @@ class Outputs:
         return names.index(name)
 
     def probs(self, temperature: float = 1.0) -> np.ndarray:
-        """``(N, C)``: the mean over members and views of ``softmax(logits / temperature)``
-        (``engine.probs.served_probs``)."""
-        return served_probs(self.logits, temperature)
+        """``(N, C)``: the mean over members and views of ``softmax(logits / temperature)``, or of the
+        sigmoid for a multi-label task (``engine.probs.served_probs``)."""
+        return served_probs(self.logits, temperature, self.task)
 
 
 class Sequences(Protocol):
@@ -141,7 +152,7 @@ class DatasetSequences:
     def __init__(self, dataset: FeatureDataset) -> None:
         self.dataset = dataset
         self.lengths = np.asarray(dataset.lengths, np.int64)
-        self.labels = np.asarray(dataset.labels, np.int64)
+        self.labels = np.asarray(dataset.labels if dataset.targets is None else dataset.targets, np.int64)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -212,6 +223,7 @@ def forward(
     members: Iterable[int] | None = None,
     n_classes: int | None = None,
     shortest_first: bool = False,
+    task: str = "single",
 ) -> Outputs:
     """Raw logits of every model in ``models`` (put in eval mode) on every view of ``views`` of every
     sequence, in input order.
@@ -227,6 +239,7 @@ def forward(
         n_classes: C when there may be no sequence at all (else read from the models' output).
         shortest_first: batch the sequences shortest first (a batch then pads to videos of about its
             own length: a whole split's evaluation); the outputs are in input order either way.
+        task: the run's task ("single" | "multilabel"), kept in the ``Outputs`` (how ``probs`` reads them).
     """
     seqs = as_sequences(sequences)
     views = tuple(views)
@@ -251,4 +264,4 @@ def forward(
                 attn[i] = weights[b, : lengths[i]] / len(models)
     if logits is None:  # no sequence, C not given
         logits = np.zeros((*shape, 0), np.float64)
-    return Outputs(logits, members, views, labels, attn)
+    return Outputs(logits, members, views, labels, attn, task)

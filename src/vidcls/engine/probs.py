@@ -1,4 +1,8 @@
-"""Softmax with temperature: the one place a run's logits become its served probabilities.
+"""Softmax or sigmoid with temperature: the one place a run's logits become its served probabilities.
+
+A single-label run (``task`` "single") serves a softmax over its classes; a multi-label run
+("multilabel") one sigmoid per class, each an independent probability that the label applies. An
+ensemble (members x views) serves the mean of those probabilities in both cases.
 
 Logits are ``(N, M, V, C)`` (videos, served members, served views, classes); ``(N, M, C)`` and
 ``(N, C)`` are read as one view / one member.
@@ -37,7 +41,19 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def served_probs(logits: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:
-    """The run's served probabilities ``(N, C)``: the mean over members and views of ``softmax(logits / T)``."""
-    z = as_4d(logits)
-    return _softmax(z / float(temperature)).mean(axis=(1, 2))
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))`` without overflow for large ``|z|``."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def served_probs(logits: npt.ArrayLike, temperature: float = 1.0, task: str = "single") -> np.ndarray:
+    """The run's served probabilities ``(N, C)``: the mean over members and views of ``softmax(logits / T)``
+    (``task`` "single") or of ``sigmoid(logits / T)`` ("multilabel")."""
+    z = as_4d(logits) / float(temperature)
+    if task == "multilabel":
+        return sigmoid(z).mean(axis=(1, 2))
+    if task != "single":
+        raise ValueError(f"task must be 'single' or 'multilabel', got {task!r}")
+    return _softmax(z).mean(axis=(1, 2))

@@ -13,14 +13,19 @@ from ..utils.dist import SINGLE, Dist, gather
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    criterion: nn.Module | None = None,
+    task: str = "single",
 ) -> dict:
     """Run ``model`` over ``loader`` in eval mode.
 
     Returns:
-        ``{"probs": (N, C) float64, "labels": (N,) int64, "loss": mean criterion or None, "positions": (N,)
-        int64, "loss_sum"}``, rows in dataset order (sorted by the positions the loader's rows carry);
-        ``probs`` is the softmax of the logits (``engine.probs.served_probs``, as everywhere).
+        ``{"probs": (N, C) float64, "labels": (N,) int64 (multi-label: (N, C) 0/1), "loss": mean criterion
+        or None, "positions": (N,) int64, "loss_sum"}``, rows in dataset order (sorted by the positions the
+        loader's rows carry); ``probs`` is the softmax of the logits, or their sigmoid for ``task``
+        "multilabel" (``engine.probs.served_probs``, as everywhere).
     """
     model.eval()
     outs, labels, positions, loss_sum = [], [], [], 0.0
@@ -36,7 +41,7 @@ def predict(
     order = pos.argsort()
     n = int(order.numel())
     return {
-        "probs": served_probs(torch.cat(outs)[order].numpy()),
+        "probs": served_probs(torch.cat(outs)[order].numpy(), task=task),
         "labels": torch.cat(labels)[order].numpy(),
         "loss": loss_sum / max(n, 1) if criterion is not None else None,
         "positions": pos[order].numpy(),
@@ -105,14 +110,21 @@ def validate(
     class_names: list,
     criterion: nn.Module | None = None,
     dist: Dist = SINGLE,
+    *,
+    task: str = "single",
 ) -> dict:
     """One model's validation pass (the training loop's, every epoch): ``predict`` +
     ``classification_metrics``, plus ``loss`` (None without a criterion). Under torchrun each rank's
     loader holds its share of the videos and the metrics are those of all ranks' rows gathered.
     Scoring a whole saved run is ``evaluation.evaluate``."""
-    out = predict(model, loader, device, criterion)
+    out = predict(model, loader, device, criterion, task)
     if dist.active:
         out = gather_predictions(out, dist)
-    metrics = classification_metrics(out["labels"], out["probs"], class_names)
+    if task == "multilabel":  # at threshold 0.5: the run's own thresholds are chosen after training
+        from .multilabel import multilabel_metrics
+
+        metrics = multilabel_metrics(out["labels"], out["probs"], 0.5, class_names)
+    else:
+        metrics = classification_metrics(out["labels"], out["probs"], class_names)
     metrics["loss"] = out["loss"]
     return metrics

@@ -23,18 +23,21 @@ import torch
 from .. import __version__
 from ..config import (
     RUNTIME_ONLY,
+    SELECT,
     TrainConfig,
     auto_model,
     config_diff,
     dump_yaml,
     load_config,
     read_yaml,
+    resolve_select,
 )
-from ..data.dataset import FeatureDataset, Splits, class_weights, feature_stats, load_splits
+from ..data.dataset import FeatureDataset, Splits, feature_stats, label_weights, load_splits
 from ..errors import ConfigError
 from ..evaluation.calibrate import calibrate_run
 from ..evaluation.evaluate import evaluate_run, write_final_choice, write_run_tables
 from ..evaluation.policy import brief_mean, score
+from ..models import unused_sizes
 from ..reporting.monitor import ResourceMonitor, rank_log_path, summarize
 from ..reporting.report import write_report
 from ..run import layout as L
@@ -260,12 +263,18 @@ def load_data(
         seed=cfg.seed,
         augment=cfg.augment,
         max_frames=cfg.max_frames,
+        task=cfg.task,
     )
-    # recorded absolute: evaluate / calibrate / report then work from any directory
-    cfg = dataclasses.replace(cfg, features_dir=str(Path(cfg.features_dir).resolve()))
-    weights = class_weights(
-        splits.train.labels, len(splits.class_names), tuple(cfg.weight_clip), splits.class_names
+    # recorded absolute: evaluate / calibrate / report then work from any directory; task and select
+    # resolved from the data, as --model auto below: config.yaml says what was trained
+    cfg = dataclasses.replace(
+        cfg,
+        features_dir=str(Path(cfg.features_dir).resolve()),
+        task=splits.task,
+        select=resolve_select(cfg.select, splits.task),
     )
+    _check_task(cfg, splits, log)
+    weights = label_weights(splits.train.label_counts(), tuple(cfg.weight_clip), splits.class_names)
     stats = feature_stats(splits.train) if cfg.standardize == "feature" else None  # train split only
     if cfg.model == "auto":
         cfg = dataclasses.replace(cfg, model=auto_model(splits.feature_dim))
@@ -273,9 +282,24 @@ def load_data(
     return cfg, splits, weights, stats
 
 
+def _check_task(cfg: TrainConfig, splits: Splits, log: Callable[[str], None]) -> None:
+    """Refuse a --select of the other task; say what a single-label store trained as multilabel does."""
+    if cfg.select not in SELECT[cfg.task]:
+        raise ConfigError(
+            f"--select {cfg.select} does not apply to this {cfg.task} run; use one of {', '.join(SELECT[cfg.task])}"
+        )
+    if cfg.task == "multilabel" and not splits.train.store.multilabel:
+        log(
+            "--task multilabel on a single-label store: one sigmoid per class (one-vs-rest), each video "
+            "with its one label; a prediction may then carry no label or several"
+        )
+
+
 def _describe_run(splits: Splits, device: torch.device, model: str, members: int) -> str:
-    counts = np.bincount(splits.train.labels, minlength=len(splits.class_names))
-    cls = ", ".join(f"{n} {c}" for n, c in zip(splits.class_names, counts))
+    counts = splits.train.label_counts()
+    cls = ", ".join(f"{n} {c}" for n, c in list(zip(splits.class_names, counts))[:20])
+    if len(counts) > 20:
+        cls += f", ... ({len(counts)} classes)"
     test = len(splits.test) if splits.test is not None else 0
     return (
         f"vidcls {__version__}: {members} x {model} on {device}; train {len(splits.train)} ({cls}), "
@@ -287,8 +311,7 @@ def _class_counts(splits: Splits, ds: FeatureDataset | None) -> dict[str, int] |
     """Videos of each class in ``ds`` (one of ``splits``); None where there is no such split."""
     if ds is None:
         return None
-    counts = np.bincount(ds.labels, minlength=len(splits.class_names))
-    return {n: int(c) for n, c in zip(splits.class_names, counts)}
+    return {n: int(c) for n, c in zip(splits.class_names, ds.label_counts())}
 
 
 def _summary(
@@ -327,7 +350,9 @@ def _summary(
     return {
         "vidcls_version": __version__,
         "classes": splits.class_names,
+        "task": cfg.task,
         "model": cfg.model,
+        "unused_options": list(unused_sizes(cfg.model)),
         "features_dir": cfg.features_dir,
         "val_source": splits.val_source,
         "class_counts": {

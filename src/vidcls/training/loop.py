@@ -55,6 +55,22 @@ METRIC_COLUMNS = [
     "val_f1_worst",
     "epoch_seconds",
 ]
+# a multi-label run's columns: ranking metrics (threshold-free) and F1 / exact sets at threshold 0.5
+# (the per-class thresholds are chosen once, after training); train_hit_at_1: top class in the set
+MULTILABEL_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_hit_at_1",
+    "val_loss",
+    "val_map",
+    "val_gap",
+    "val_hit_at_1",
+    "val_f1_micro",
+    "val_f1_macro",
+    "val_exact_set_accuracy",
+    "epoch_seconds",
+]
 
 
 class Batches(Protocol):
@@ -88,7 +104,7 @@ def train_one_epoch(
     model.train()
     scaler = scaler or grad_scaler(device, "none")
     n_iters = len(loader)
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, multilabel = 0.0, 0, 0, False
     bar = tqdm(
         loader,
         desc=f"epoch {epoch + 1}/{epochs}",
@@ -99,6 +115,7 @@ def train_one_epoch(
     )
     for i, (x, lengths, y, pos) in enumerate(bar):
         x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True)
+        multilabel = y.dim() == 2
         real = (pos >= 0).to(device)  # False: a filler (torchrun), which the loss leaves out
         with autocast(device, amp):
             logits = model(x, lengths.to(device))
@@ -117,11 +134,18 @@ def train_one_epoch(
         scaler.update()
         scheduler.step(fractional_epoch(epoch, i, n_iters))  # sets the LR of the next batch
         loss_sum += mean * n_real
-        correct += int((logits.argmax(1) == y)[real].sum())
+        correct += int(_top1_right(logits, y)[real].sum())
         seen += n_real
         bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}")
     loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], dist, device)
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    acc = "train_hit_at_1" if multilabel else "train_acc"
+    return {"train_loss": loss_sum / max(seen, 1), acc: correct / max(seen, 1)}
+
+
+def _top1_right(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the top class is the label (single-label ``y`` (B,)) or in the set (``y`` (B, C) 0/1)."""
+    top = logits.argmax(1)
+    return top == y if y.dim() == 1 else y.gather(1, top[:, None])[:, 0] > 0
 
 
 @dataclass
@@ -206,8 +230,13 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
         dist=run.dist,
         scaler=run.scaler,
     )
+    task = run.meta.get("task", "single")
     with autocast(run.device, cfg.amp):
-        val = validate(run.model, run.val_loader, run.device, run.class_names, run.criterion, run.dist)
+        val = validate(
+            run.model, run.val_loader, run.device, run.class_names, run.criterion, run.dist, task=task
+        )
+    if task == "multilabel":
+        return _multilabel_row(run, epoch, lr, train_stats, val, time.time() - t0), val
     row = {
         "epoch": epoch + 1,
         "lr": lr,
@@ -221,6 +250,28 @@ def _train_and_validate(cfg: TrainConfig, run: MemberRun, epoch: int) -> tuple[d
         "val_f1_per_class": [val["f1_per_class"][n] for n in run.class_names],
     }
     return row, val
+
+
+def _multilabel_row(
+    run: MemberRun, epoch: int, lr: float, train_stats: dict, val: dict, seconds: float
+) -> dict:
+    """One epoch's metrics row of a multi-label run (``MULTILABEL_COLUMNS`` + per-class validation AP)."""
+    ap = val["ap_per_class"]
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        **train_stats,
+        "val_loss": val["loss"],
+        "val_map": val["map_macro"],
+        "val_gap": val["gap_at_20"],
+        "val_hit_at_1": val["hit_at_1"],
+        "val_f1_micro": val["f1_micro"],
+        "val_f1_macro": val["f1_macro"],
+        "val_exact_set_accuracy": val["exact_set_accuracy"],
+        "epoch_seconds": seconds,
+        # None: no validation video carries the class (its AP is undefined)
+        "val_ap_per_class": [ap[n] for n in run.class_names],
+    }
 
 
 def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
@@ -294,9 +345,15 @@ def _write_metrics(run: MemberRun, state: TrainState) -> None:
     # rewritten whole (atomically) each epoch, so a kill never leaves a torn row behind
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(METRIC_COLUMNS + [f"val_f1_{n}" for n in run.class_names])
+    multilabel = run.meta.get("task") == "multilabel"
+    columns, per_class, prefix = (
+        (MULTILABEL_COLUMNS, "val_ap_per_class", "val_ap_")
+        if multilabel
+        else (METRIC_COLUMNS, "val_f1_per_class", "val_f1_")
+    )
+    writer.writerow(columns + [prefix + n for n in run.class_names])
     for row in state.history:
-        writer.writerow([row[c] for c in METRIC_COLUMNS] + row["val_f1_per_class"])
+        writer.writerow([row[c] for c in columns] + ["" if v is None else v for v in row[per_class]])
     run.files.write_member_metrics(run.member, buf.getvalue())
     run.files.write_history(run.member, state.history)
 
@@ -333,6 +390,13 @@ def _state_dict(state: TrainState) -> dict:
 
 def _epoch_line(row: dict, state: TrainState, epochs: int) -> str:
     star = " *" if state.best_epoch == row["epoch"] else ""
+    if "val_map" in row:
+        return (
+            f"epoch {row['epoch']:3d}/{epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
+            f"hit@1 {row['train_hit_at_1']:.3f} | val loss {row['val_loss']:.4f} mAP {row['val_map']:.3f} "
+            f"GAP {row['val_gap']:.3f} hit@1 {row['val_hit_at_1']:.3f} f1 {row['val_f1_micro']:.3f} "
+            f"exact {row['val_exact_set_accuracy']:.3f} | {row['epoch_seconds']:.1f}s{star}"
+        )
     return (
         f"epoch {row['epoch']:3d}/{epochs} lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
         f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "

@@ -16,15 +16,17 @@ from .. import __version__
 from ..config import TrainConfig, auto_model
 from ..data.dataset import EpochSampler, close_loader, make_loader, train_sampler
 from ..errors import CheckpointError, ConfigError
-from ..models import build_from_spec
+from ..models import build_from_spec, unused_sizes
 from ..models.layers import Standardized
 from ..run.checkpoint import load_resume_state, set_rng_state
 from .context import TrainContext
 from .loop import MemberRun, TrainState, epoch_loop
-from .losses import FocalLoss
+from .losses import BinaryFocalLoss, FocalLoss
 from .optim import param_groups
 from .schedule import epoch_draws
 from .speed import check_amp, grad_scaler, wrap_model
+
+VLAD_SIZES = ("clusters", "groups", "expansion")  # pooling sizes: in a model's spec only if it uses them
 
 
 def seed_everything(seed: int) -> None:
@@ -45,6 +47,8 @@ def model_spec(cfg: TrainConfig, feature_dim: int, n_classes: int) -> dict:
         "heads": cfg.heads,
         "dropout": cfg.dropout,
         "standardize": cfg.standardize == "feature",
+        # the pooling sizes only where the model uses them: the other models' specs stay as they were
+        **{k: getattr(cfg, k) for k in VLAD_SIZES if k not in unused_sizes(name)},
     }
 
 
@@ -127,7 +131,8 @@ def _member_run(
         assert isinstance(model, Standardized) and ctx.stats is not None
         model.set_stats(*ctx.stats)
     model = model.to(device)
-    criterion = FocalLoss(
+    loss = BinaryFocalLoss if splits.task == "multilabel" else FocalLoss
+    criterion = loss(
         alpha=weights if cfg.alpha == "inverse_freq" else None, gamma=cfg.gamma, smoothing=cfg.smoothing
     ).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -138,6 +143,7 @@ def _member_run(
         "config": cfg.to_dict(),
         "model": spec,
         "class_names": splits.class_names,
+        "task": splits.task,
         "feature_dim": splits.feature_dim,
         "extractor": splits.extractor,
         "max_frames": cfg.max_frames,
@@ -172,7 +178,8 @@ def _restore(run: MemberRun, log: Callable[[str], None]) -> TrainState:
         log(f"--resume: no checkpoint in {run.ckpt_dir} yet; starting from epoch 1")
         return TrainState()
     ckpt, path = found
-    for key in ("class_names", "feature_dim", "model"):
+    ckpt.setdefault("task", "single")  # checkpoints before multi-label runs
+    for key in ("class_names", "feature_dim", "model", "task"):
         if ckpt[key] != run.meta[key]:
             raise ConfigError(
                 f"--resume: {path} was trained with {key}={ckpt[key]!r} but the data/config "
