@@ -57,3 +57,19 @@ def served_probs(logits: npt.ArrayLike, temperature: float = 1.0, task: str = "s
     if task != "single":
         raise ValueError(f"task must be 'single' or 'multilabel', got {task!r}")
     return _softmax(z).mean(axis=(1, 2))
+
+
+def labels_above(probs: npt.ArrayLike, thresholds: npt.ArrayLike) -> list[list[int]]:
+    """A multi-label run's decision: per video, the classes whose probability reaches its threshold
+    (``probs >= thresholds``), most probable first (ties: lower class index first).
+
+    Args:
+        probs: ``(N, C)`` served probabilities. thresholds: ``(C,)`` or a scalar.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), p.shape[-1:])
+    out = []
+    for row in p:
+        hit = np.flatnonzero(row >= t)
+        out.append([int(c) for c in hit[np.argsort(-row[hit], kind="stable")]])
+    return out
