@@ -277,7 +277,7 @@ def test_store_info_counts(tmp_path):
     assert "min 2, median 4.0, mean 4.0, p95 6, max 6" in text and "total frames:   20" in text
     assert "longest video:  'v4' (6 frames)" in text
     assert "feature dim:    4" in text and "float16" in text and '"backbone": "r18"' in text
-    assert "format version: 1" in text
+    assert "format version: 2" in text
 
 
 def test_store_info_length_spread(tmp_path):

@@ -84,7 +84,7 @@ def test_on_disk_layout(good):
         assert f["offsets"].dtype == np.int64 and f["labels"].dtype == np.int64
         assert h5py.check_string_dtype(f["video_ids"].dtype).encoding == "utf-8"
         assert json.loads(f.attrs["class_names"]) == CLASSES
-        assert int(f.attrs["feature_dim"]) == D and int(f.attrs["format_version"]) == 1
+        assert int(f.attrs["feature_dim"]) == D and int(f.attrs["format_version"]) == FORMAT_VERSION == 2
         assert "timestamps_ms" not in f
 
 

@@ -18,7 +18,8 @@ from ..errors import StoreError
 from .reader import CREATE_HINT, SPLITS, FeatureStore, log
 from .shards import MultiFileStore, open_shard_splits
 
-# One split as read: a single file, or the shard files of a sharded extraction read as one.
+# One split as read: a single file, or the shard files of a sharded extraction read as one. Both
+# have ``multilabel`` and ``label_sets`` (:mod:`vidcls.store.labels`) next to ``labels``.
 SplitStore: TypeAlias = FeatureStore | MultiFileStore
 
 
@@ -39,7 +40,7 @@ def open_splits(
 
     Raises:
         StoreError: directory or a required split missing, an empty split, splits disagreeing
-            on feature_dim / class_names; a split both single and sharded, a shard missing.
+            on feature_dim / class_names / multilabel; a split both single and sharded, a shard missing.
     """
     d = Path(features_dir)
     if not d.is_dir():
@@ -77,6 +78,12 @@ def _check_across_splits(stores: dict[str, SplitStore]) -> None:
             raise StoreError(
                 f"feature_dim differs: {ref.path} has {ref.feature_dim}, {s.path} has "
                 f"{s.feature_dim}; extract all splits with the same backbone"
+            )
+        if s.multilabel != ref.multilabel:
+            kind = {True: "multi-label", False: "single-label"}
+            raise StoreError(
+                f"label kind differs: {ref.path} is {kind[ref.multilabel]}, {s.path} is "
+                f"{kind[s.multilabel]}; import all splits from one labels CSV so that they share one kind"
             )
         if s.class_names != ref.class_names:
             raise StoreError(

@@ -1,17 +1,22 @@
 """Feature store: one ragged HDF5 file per split (train.h5 / val.h5 / test.h5).
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2; version 1 files, the same without ``multilabel``, read as single-label)::
 
     features       (total_frames, D) float16|float32, chunked along frames, resizable
     offsets        (N+1,) int64, offsets[0] == 0; video i is features[offsets[i]:offsets[i+1]]
-    labels         (N,) int64
+    labels         (N,) int64 (multi-label: the smallest index of the video's label set)
     video_ids      (N,) utf-8 variable-length strings
     timestamps_ms  (total_frames,) float64, optional
-    attrs: class_names (JSON list), feature_dim (int), extractor (JSON object), format_version (int)
+    label_sets         (M,) int64, multi-label only: every video's label indices, concatenated
+    label_set_offsets  (N+1,) int64, multi-label only: video i's set is
+                       label_sets[label_set_offsets[i]:label_set_offsets[i+1]] (sorted, unique, >= 1)
+    attrs: class_names (JSON list), feature_dim (int), extractor (JSON object), format_version (int),
+           multilabel (int 0/1, absent = 0; see :mod:`vidcls.store.labels`)
 
-Crash safety: the writer appends features/timestamps/labels/ids first, flushes, and only then
-extends ``offsets``, the commit record. Frames past ``offsets[-1]`` and labels/ids past N are an
-uncommitted tail that readers ignore and a resuming writer drops. The writer runs in HDF5 SWMR
+Crash safety: the writer appends features/timestamps/labels/ids/label sets first, flushes, and only
+then extends ``offsets``, the commit record. Frames past ``offsets[-1]``, labels/ids past N and label
+sets past ``label_set_offsets[N]`` are an uncommitted tail that readers ignore and a resuming writer
+drops. The writer runs in HDF5 SWMR
 mode, whose ordered metadata flushes keep the file readable at every instant, so a SIGKILL at any
 point leaves a file that opens (in SWMR-read mode) and holds a prefix of the appended videos.
 
@@ -34,10 +39,12 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .labels import LabelSets, label_set_problem, read_label_sets, sorted_sets
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the writer writes
+READ_VERSIONS = (1, 2)  # what the reader reads
 SPLITS = ("train", "val", "test")
 ALLOWED_DTYPES = ("float16", "float32")
 CREATE_HINT = "create it with `vidcls synth`, `vidcls extract` or `vidcls import` first"
@@ -130,7 +137,7 @@ def _parse_json_attr(f: h5py.File, name: str, path: Path, default: Any = None) -
         raise StoreError(f"{path}: attribute {name!r} is not valid JSON ({err})") from None
 
 
-class FeatureStore:
+class FeatureStore(LabelSets):
     """Read-only view of one split file. Validates on open; the h5py handle is opened lazily.
 
     Lazy opening matters for DataLoader workers: each worker opens its own handle after fork instead
@@ -140,6 +147,8 @@ class FeatureStore:
         path: the file. class_names: index = label. feature_dim: D. extractor: how the features
         were made. dtype: stored feature dtype. labels: (N,) int64. video_ids: list of N ids.
         offsets: (N+1,) int64. lengths: (N,) frames per video. format_version: int.
+        multilabel: whether videos carry label sets. label_sets: per video, its int64 class
+        indices (sorted, unique, non-empty; ``[label]`` in a single-label store).
     """
 
     def __init__(self, path: str | os.PathLike, *, check_finite: bool = True):
@@ -190,11 +199,11 @@ class FeatureStore:
                     f"otherwise {REPAIR_HINT})"
                 )
         version = f.attrs.get("format_version")
-        if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
+        if not isinstance(version, (int, np.integer)) or int(version) not in READ_VERSIONS:
             shown = version.item() if isinstance(version, np.generic) else version
             raise StoreError(
                 f"{p}: format_version {shown!r} is not supported (this vidcls reads "
-                f"version {FORMAT_VERSION}); re-create the file with this vidcls"
+                f"versions {' and '.join(map(str, READ_VERSIONS))}); re-create the file with this vidcls"
             )
         self.format_version = int(version)
         feats = f["features"]
@@ -280,6 +289,27 @@ class FeatureStore:
                 f" (class_names has {k} entries)"
             )
         self._check_duplicate_ids()
+        self._load_label_sets(f, n)
+
+    def _load_label_sets(self, f: h5py.File, n: int) -> None:
+        """The videos' label sets: stored (multi-label file) or each video's one label."""
+        flag = f.attrs.get("multilabel", 0) if self.format_version >= 2 else 0
+        if isinstance(flag, bool) or not isinstance(flag, (int, np.integer)) or flag not in (0, 1):
+            raise StoreError(
+                f"{self.path}: attribute 'multilabel' must be 0 or 1, got {flag!r}; {REPAIR_HINT}"
+            )
+        self.multilabel = bool(flag)
+        if not self.multilabel:
+            self._set_flat, self._set_offsets = self.labels, np.arange(n + 1, dtype=np.int64)
+            return
+        flat, offsets = read_label_sets(f, n, self.path)
+        problem = label_set_problem(flat, offsets, self.labels, len(self.class_names))
+        if problem is not None:
+            raise StoreError(
+                f"{self.path}: {problem[0]} for videos {name_ids(self._ids(problem[1]))}; "
+                f"the file is corrupt, re-create it"
+            )
+        self._set_flat, self._set_offsets = sorted_sets(flat, offsets), offsets
 
     def _ids(self, idx: Iterable[int]) -> list[str]:
         return [self.video_ids[int(i)] for i in idx]

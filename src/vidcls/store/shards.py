@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
+from .labels import LabelSets
 from .reader import SPLITS, FeatureStore, name_ids
 from .writer import write_store
 
@@ -268,10 +269,10 @@ def check_counts(store: MultiFileStore, shard_set: ShardSet, split: str) -> None
 
 def write_merged(store: MultiFileStore, path: Path, order: Sequence[int]) -> Path:
     """Write ``store``'s videos in ``order`` into one single-file store (temp name + rename)."""
-    videos = ((store.video_ids[i], store.read(i), int(store.labels[i]), store.timestamps(i)) for i in order)
-    return write_store(
-        path, videos, store.class_names, store.feature_dim, store.extractor, dtype=str(store.dtype)
-    )
+    label = (lambda i: store.label_sets[i]) if store.multilabel else (lambda i: int(store.labels[i]))
+    videos = ((store.video_ids[i], store.read(i), label(i), store.timestamps(i)) for i in order)
+    names, dim, extractor, dtype = store.class_names, store.feature_dim, store.extractor, str(store.dtype)
+    return write_store(path, videos, names, dim, extractor, dtype=dtype, multilabel=store.multilabel)
 
 
 def leftover_shards(d: Path, merged_report: Path) -> list[Path]:
@@ -304,11 +305,12 @@ def extractor_differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in keys if a.get(k) != b.get(k))
 
 
-class MultiFileStore:
+class MultiFileStore(LabelSets):
     """Several store files read as one split, videos concatenated in file order.
 
     Same interface as ``FeatureStore`` (``path``, ``class_names``, ``feature_dim``, ``extractor``,
-    ``dtype``, ``format_version``, ``labels``, ``video_ids``, ``offsets``, ``lengths``, ``read``,
+    ``dtype``, ``format_version``, ``multilabel``, ``labels``, ``label_sets``, ``video_ids``, ``offsets``,
+    ``lengths``, ``read``,
     ``timestamps``, ``close``, pickling for DataLoader workers); ``paths`` lists the files and
     ``path`` is their pattern (``train-*-of-00004.h5``), for messages.
     """
@@ -318,7 +320,7 @@ class MultiFileStore:
 
         Raises:
             StoreError: no files, or files that disagree on class_names / feature_dim / dtype /
-                extractor, or a video id in two files; the message names both files.
+                multilabel / extractor, or a video id in two files; the message names both files.
         """
         self.paths = [Path(p) for p in paths]
         if not self.paths:
@@ -338,18 +340,21 @@ class MultiFileStore:
             first.feature_dim,
             first.extractor,
         )
-        self.dtype, self.format_version = first.dtype, first.format_version
+        self.dtype, self.format_version, self.multilabel = first.dtype, first.format_version, first.multilabel
         self._check_parts()
         self.labels = np.concatenate([s.labels for s in self.parts])
         self.video_ids = [v for s in self.parts for v in s.video_ids]
         self.lengths = np.concatenate([s.lengths for s in self.parts])
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._starts = np.cumsum([0] + [len(s) for s in self.parts])  # (files+1,) first video of each
+        self._set_flat = np.concatenate([s._set_flat[: s._set_offsets[-1]] for s in self.parts])
+        sizes = np.concatenate([np.diff(s._set_offsets) for s in self.parts])
+        self._set_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def _check_parts(self) -> None:
         ref = self.parts[0]
         for s in self.parts[1:]:
-            for name in ("class_names", "feature_dim", "dtype"):
+            for name in ("class_names", "feature_dim", "dtype", "multilabel"):
                 if getattr(s, name) != getattr(ref, name):
                     raise StoreError(
                         f"{s.path} has {name} {getattr(s, name)} but {ref.path} has "

@@ -4,12 +4,14 @@ sources with them before any file is written."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import StoreError
+from .labels import LABEL_SEP
 from .reader import ALLOWED_DTYPES
 
 
@@ -47,11 +49,22 @@ def check_features(features: npt.ArrayLike, feature_dim: int, dtype: np.dtype, w
     return np.ascontiguousarray(cast)
 
 
-def check_class_names(class_names: Iterable[object]) -> list[str]:
+def check_class_names(class_names: Iterable[object], *, multilabel: bool = False) -> list[str]:
+    """Class names as strings: at least one, unique, and (multi-label) none holding the separator.
+
+    Raises:
+        StoreError: naming the offending class.
+    """
     names = [str(c) for c in class_names]
     if not names:
         raise StoreError("class_names is empty; a store needs at least one class")
-    dups = sorted({c for c in names if names.count(c) > 1})
+    dups = sorted(c for c, k in Counter(names).items() if k > 1)  # Counter: 10,000 classes stay fast
     if dups:
         raise StoreError(f"class_names has duplicates {dups}; each class needs a unique name")
+    sep = [c for c in names if LABEL_SEP in c] if multilabel else []
+    if sep:
+        raise StoreError(
+            f"class name {sep[0]!r} contains {LABEL_SEP!r}, the label-set separator; rename the class "
+            f"(a multi-label store's class names may not contain {LABEL_SEP!r})"
+        )
     return names

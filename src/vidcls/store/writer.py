@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
@@ -20,6 +20,7 @@ if sys.platform != "win32":  # Windows has no POSIX record locks
     import fcntl
 
 from ..errors import StoreError
+from .labels import append_label_sets, check_label_set, create_label_set_datasets, drop_label_set_tail
 
 # ``log`` is the reader's logger, so writer messages keep the "vidcls.store.reader" logger name.
 from .reader import (
@@ -52,6 +53,7 @@ class FeatureWriter:
         dtype: str = "float16",
         flush_every: int = 1,
         resume: bool = True,
+        multilabel: bool = False,
     ):
         """Create ``path`` or (``resume=True``) continue an existing file.
 
@@ -64,12 +66,15 @@ class FeatureWriter:
             flush_every: commit after this many appended videos (1 = after every video).
             resume: keep the committed videos of an existing file (dropping any uncommitted tail)
                 instead of overwriting it.
+            multilabel: videos carry label sets (``append`` takes an int or a list of ints); class
+                names may then not contain "|", the label-set separator.
 
         Raises:
             StoreError: bad arguments, or an existing file that does not match / cannot be resumed.
         """
         self.path = Path(path)
-        self.class_names = check_class_names(class_names)
+        self.multilabel = bool(multilabel)
+        self.class_names = check_class_names(class_names, multilabel=self.multilabel)
         self.feature_dim = int(feature_dim)
         if self.feature_dim < 1:
             raise StoreError(f"feature_dim must be >= 1, got {feature_dim}")
@@ -79,7 +84,7 @@ class FeatureWriter:
         self.extractor = dict(extractor or {})
         self._extractor_json = json.dumps(self.extractor, sort_keys=True)  # fail early if not JSON
         self.flush_every = max(1, int(flush_every))
-        self._pending: list[tuple[str, np.ndarray, int, np.ndarray | None]] = []
+        self._pending: list[tuple[str, np.ndarray, int | np.ndarray, np.ndarray | None]] = []
         self._file: h5py.File | None = None
         self._final = False  # structure fixed and SWMR started (no datasets can be added)
         self._lock_fd: int | None = None
@@ -105,12 +110,15 @@ class FeatureWriter:
         f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,))
         f.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
         f.create_dataset("video_ids", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=h5py.string_dtype())
+        if self.multilabel:
+            create_label_set_datasets(f)
         f.attrs["class_names"] = json.dumps(self.class_names)
         f.attrs["feature_dim"] = d
         f.attrs["extractor"] = self._extractor_json
         f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["multilabel"] = int(self.multilabel)
         f.flush()
-        self._file, self._n, self._frames = f, 0, 0
+        self._file, self._n, self._frames, self._m = f, 0, 0, 0
         self.video_ids: set[str] = set()
 
     def _open_existing(self) -> None:
@@ -129,19 +137,25 @@ class FeatureWriter:
             log.warning("%s was not closed cleanly; recovering %d committed videos", self.path, len(existing))
             _copy_committed(existing, self.path)
         f = _open_h5_write(self.path, "r+")
-        n, frames = len(existing), int(existing.offsets[-1])
+        n, frames, m = len(existing), int(existing.offsets[-1]), int(existing._set_offsets[-1])
         try:
-            self._has_ts = _drop_tail(f, n, frames)
+            self._has_ts = _drop_tail(f, n, frames, m)
         except H5_READ_ERRORS as err:
             f.close()
             raise damaged_error(self.path, err) from None
-        self._file, self._n, self._frames = f, n, frames
+        self._file, self._n, self._frames, self._m = f, n, frames, m
         self.video_ids = set(existing.video_ids)
         if n > 0:
             self._start_swmr()
 
     def _check_matches(self, existing: FeatureStore) -> None:
         p = self.path
+        if existing.multilabel != self.multilabel:
+            kind = "a multi-label" if existing.multilabel else "a single-label"
+            raise StoreError(
+                f"cannot resume {p}: it is {kind} store; pass multilabel={existing.multilabel}, "
+                f"another output or resume=False"
+            )
         if existing.class_names != self.class_names:
             raise StoreError(
                 f"cannot resume {p}: it has class_names {existing.class_names}, "
@@ -183,14 +197,19 @@ class FeatureWriter:
 
     # ---- appending --------------------------------------------------------------------------
     def append(
-        self, video_id: str, features: np.ndarray, label: int, timestamps_ms: np.ndarray | None = None
+        self,
+        video_id: str,
+        features: np.ndarray,
+        label: int | Sequence[int],
+        timestamps_ms: np.ndarray | None = None,
     ) -> None:
         """Queue one video; it is committed at the next flush (automatic every ``flush_every``).
 
         Args:
             video_id: unique id within this file.
             features: (T, D) array, T >= 1, D == feature_dim, all finite after casting to dtype.
-            label: class index in [0, len(class_names)).
+            label: class index in [0, len(class_names)); in a multi-label store also a non-empty
+                sequence of distinct indices (stored sorted).
             timestamps_ms: optional (T,) per-frame times; all videos in a file have them or none.
 
         Raises:
@@ -199,22 +218,27 @@ class FeatureWriter:
         if self._file is None:
             raise StoreError(f"FeatureWriter for {self.path} is closed")
         vid = str(video_id)
-        arr = self._validate(vid, features, label)
+        arr, label_set = self._validate(vid, features, label)
         ts = self._validate_timestamps(vid, timestamps_ms, arr.shape[0])
-        self._pending.append((vid, arr, int(label), ts))
+        self._pending.append((vid, arr, label_set, ts))
         self.video_ids.add(vid)
         if len(self._pending) >= self.flush_every:
             self.flush()
 
-    def _validate(self, vid: str, features: np.ndarray, label: int) -> np.ndarray:
+    def _validate(self, vid: str, features: np.ndarray, label: object) -> tuple[np.ndarray, int | np.ndarray]:
+        """Check one video; return its cast features and its label (an int, or a sorted set)."""
         where = f"video {vid!r} (writing {self.path})"
         if vid in self.video_ids:
             raise StoreError(f"{where}: duplicate video id; it is already in the file")
+        if self.multilabel:
+            return check_features(features, self.feature_dim, self.dtype, where), check_label_set(
+                label, len(self.class_names), where
+            )
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
             raise StoreError(f"{where}: label must be an int class index, got {label!r}")
         if not 0 <= int(label) < len(self.class_names):
             raise StoreError(f"{where}: label {label} outside [0, {len(self.class_names)})")
-        return check_features(features, self.feature_dim, self.dtype, where)
+        return check_features(features, self.feature_dim, self.dtype, where), int(label)
 
     def _validate_timestamps(self, vid: str, ts: npt.ArrayLike | None, n_frames: int) -> np.ndarray | None:
         has = ts is not None
@@ -252,13 +276,14 @@ class FeatureWriter:
         _extend(f["features"], self._frames, feats)
         if self._has_ts:
             _extend(f["timestamps_ms"], self._frames, np.concatenate([b[3] for b in batch]))
-        _extend(f["labels"], self._n, np.array([b[2] for b in batch], np.int64))
+        m = append_label_sets(f, self._n, self._m, [b[2] for b in batch]) if self.multilabel else 0
+        _extend(f["labels"], self._n, np.array([np.min(b[2]) for b in batch], np.int64))
         _extend(f["video_ids"], self._n, np.array([b[0] for b in batch], dtype=object))
         f.flush()  # data reaches the file before the commit record that points at it
         ends = self._frames + np.cumsum([len(b[1]) for b in batch], dtype=np.int64)
         _extend(f["offsets"], self._n + 1, ends)
         f.flush()
-        self._frames, self._n = frames, n
+        self._frames, self._n, self._m = frames, n, m
 
     def close(self) -> None:
         """Flush pending videos and close the file."""
@@ -291,8 +316,8 @@ def _open_h5_write(path: Path, mode: str) -> h5py.File:
         raise open_error(path, err) from None
 
 
-def _drop_tail(f: h5py.File, n: int, frames: int) -> bool | None:
-    """Cut every dataset back to the committed ``n`` videos / ``frames``; return has-timestamps.
+def _drop_tail(f: h5py.File, n: int, frames: int, m: int) -> bool | None:
+    """Cut every dataset back to the committed ``n`` videos / ``frames`` / ``m`` label indices.
 
     Returns:
         True/False when the file decides whether videos carry timestamps, None when still open
@@ -301,6 +326,7 @@ def _drop_tail(f: h5py.File, n: int, frames: int) -> bool | None:
     f["features"].resize(frames, axis=0)
     f["labels"].resize(n, axis=0)
     f["video_ids"].resize(n, axis=0)
+    drop_label_set_tail(f, n, m)
     has_ts = None
     if "timestamps_ms" in f:
         f["timestamps_ms"].resize(frames, axis=0)
@@ -342,14 +368,11 @@ def _extend(ds: h5py.Dataset, start: int, data: np.ndarray) -> None:
 
 def _copy_committed(store: FeatureStore, path: Path) -> None:
     """Rewrite ``path`` with only the committed videos of ``store`` (atomic rename)."""
-    videos = (
-        (store.video_ids[i], store.read(i), int(store.labels[i]), store.timestamps(i))
-        for i in range(len(store))
-    )
+    label = (lambda i: store.label_sets[i]) if store.multilabel else (lambda i: int(store.labels[i]))
+    videos = ((store.video_ids[i], store.read(i), label(i), store.timestamps(i)) for i in range(len(store)))
+    names, dim, extractor, dtype = store.class_names, store.feature_dim, store.extractor, str(store.dtype)
     try:
-        write_store(
-            path, videos, store.class_names, store.feature_dim, store.extractor, dtype=str(store.dtype)
-        )
+        write_store(path, videos, names, dim, extractor, dtype=dtype, multilabel=store.multilabel)
     finally:
         store.close()
 
@@ -361,13 +384,16 @@ def write_store(
     feature_dim: int,
     extractor: dict | None = None,
     dtype: str = "float16",
+    *,
+    multilabel: bool = False,
 ) -> Path:
     """Write a whole split file through a temp name, then rename it into place atomically.
 
     Args:
         path: target .h5 file (replaced if it exists).
-        videos: (video_id, features (T, D), label[, timestamps_ms (T,)]) tuples, in file order.
-        class_names, feature_dim, extractor, dtype: as for FeatureWriter.
+        videos: (video_id, features (T, D), label[, timestamps_ms (T,)]) tuples, in file order; with
+            ``multilabel`` a label may be a list of class indices.
+        class_names, feature_dim, extractor, dtype, multilabel: as for FeatureWriter.
 
     Returns:
         The path written.
@@ -380,9 +406,8 @@ def write_store(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         # A temp file is never read mid-write, so commit in batches rather than per video.
-        with FeatureWriter(
-            tmp, class_names, feature_dim, extractor, dtype=dtype, flush_every=64, resume=False
-        ) as w:
+        args = (tmp, class_names, feature_dim, extractor)
+        with FeatureWriter(*args, dtype=dtype, flush_every=64, resume=False, multilabel=multilabel) as w:
             for video in videos:
                 w.append(*video)
         os.replace(tmp, path)
