@@ -15,7 +15,7 @@ from vidcls.models import (
     sinusoidal_encoding,
 )
 
-NAMES = ["bilstm_attn", "transformer", "mean_mlp", "inception_time"]
+NAMES = ["bilstm_attn", "transformer", "mean_mlp", "inception_time", "netvlad", "nextvlad"]
 D, C = 6, 3
 TINY = dict(feature_dim=D, n_classes=C, hidden_dim=16, layers=2, heads=4, dropout=0.1)
 
@@ -41,7 +41,14 @@ def padded_batch(
 
 
 def test_list_models_matches_registry():
-    assert list_models() == ["bilstm_attn", "inception_time", "mean_mlp", "transformer"]
+    assert list_models() == [
+        "bilstm_attn",
+        "inception_time",
+        "mean_mlp",
+        "netvlad",
+        "nextvlad",
+        "transformer",
+    ]
     assert set(MODELS) == set(NAMES)
 
 
@@ -49,7 +56,8 @@ def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
         build_model("x", feature_dim=D, n_classes=C)
     assert (
-        str(e.value) == "unknown model 'x'; valid names: bilstm_attn, inception_time, mean_mlp, transformer"
+        str(e.value)
+        == "unknown model 'x'; valid names: bilstm_attn, inception_time, mean_mlp, netvlad, nextvlad, transformer"
     )
 
 
@@ -159,7 +167,14 @@ def test_padding_content_is_never_read(name):
 
 @pytest.mark.parametrize(
     "name, order_matters",
-    [("bilstm_attn", True), ("transformer", True), ("mean_mlp", False), ("inception_time", True)],
+    [
+        ("bilstm_attn", True),
+        ("transformer", True),
+        ("mean_mlp", False),
+        ("inception_time", True),
+        ("netvlad", False),
+        ("nextvlad", False),
+    ],
 )
 def test_frame_order(name, order_matters):
     m = tiny(name).eval()

@@ -22,6 +22,9 @@ class Sizes:
     layers: int = 4
     heads: int = 12
     dropout: float = 0.4
+    clusters: int = 64  # netvlad, nextvlad: cluster centres K
+    groups: int = 8  # nextvlad: groups G of the expanded frame
+    expansion: int = 2  # nextvlad: expansion factor lambda of the frame
 
 
 SPEC = Sizes()
@@ -66,8 +69,15 @@ def check_sizes(
     layers: int | None = None,
     heads: int | None = None,
     even_hidden: bool = False,
+    clusters: int | None = None,
+    groups: int | None = None,
+    expansion: int | None = None,
 ) -> None:
-    """Raise ConfigError naming the option to change; ``None`` skips options a model lacks."""
+    """Raise ConfigError naming the option to change; ``None`` skips options a model lacks.
+
+    ``groups`` and ``expansion`` go together (nextvlad): the frame, projected to ``hidden_dim`` and
+    expanded to ``expansion * hidden_dim``, is split into ``groups`` equal parts.
+    """
     if feature_dim < 1:
         raise ConfigError(f"feature_dim must be >= 1, got {feature_dim}")
     if n_classes < 2:
@@ -90,6 +100,15 @@ def check_sizes(
         raise ConfigError(
             f"hidden_dim ({hidden_dim}) must be even: the BiLSTM gives each "
             f"direction hidden_dim // 2 units; change hidden_dim"
+        )
+    for name, value in (("clusters", clusters), ("groups", groups), ("expansion", expansion)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if groups is not None and expansion is not None and (expansion * hidden_dim) % groups != 0:
+        raise ConfigError(
+            f"expansion x hidden_dim ({expansion} x {hidden_dim} = {expansion * hidden_dim}) must be "
+            f"divisible by groups ({groups}): nextvlad splits the expanded frame into that many equal parts; "
+            f"change groups, expansion or hidden_dim"
         )
 
 
