@@ -296,7 +296,8 @@ class FeatureStore(LabelSets):
         flag = f.attrs.get("multilabel", 0) if self.format_version >= 2 else 0
         if isinstance(flag, bool) or not isinstance(flag, (int, np.integer)) or flag not in (0, 1):
             raise StoreError(
-                f"{self.path}: attribute 'multilabel' must be 0 or 1, got {flag!r}; {REPAIR_HINT}"
+                f"{self.path}: attribute 'multilabel' must be 0 or 1, got "
+                f"{flag.item() if isinstance(flag, np.generic) else flag!r}; {REPAIR_HINT}"
             )
         self.multilabel = bool(flag)
         if not self.multilabel:
