@@ -161,6 +161,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.format == "padded-h5":
         out = import_padded_h5(args.src, args.out)
         print(f"wrote {out}")
+    elif args.format == "yt8m":
+        from .store.yt8m import import_yt8m
+
+        features = [f.strip() for f in args.features.split(",")]
+        report = import_yt8m(
+            args.out_dir,
+            **{k: getattr(args, k) for k in ("train", "val", "test", "vocabulary", "dtype")},
+            features=features,
+        )
+        print(report.summary())
     else:
         for split, path in import_npy(args.npy_dir, args.labels_csv, args.out_dir).items():
             print(f"{split}: {path}")

@@ -285,3 +285,30 @@ def _add_data_parsers(sub: Subparsers) -> None:
     q.add_argument("npy_dir")
     q.add_argument("labels_csv")
     q.add_argument("out_dir")
+    _add_yt8m_parser(imp)
+
+
+def _add_yt8m_parser(imp: Subparsers) -> None:
+    q = imp.add_parser(
+        "yt8m",
+        help="YouTube-8M frame-level TFRecords (multi-label; no TensorFlow needed)",
+        description="Read YouTube-8M frame-level TFRecords into multi-label stores OUT_DIR/{train,val,test}.h5. "
+        "Quote the GLOBs so that the shell leaves them to vidcls. YouTube-8M's 'validate' files make the "
+        "usual --val (its 'test' files carry no labels). Only the classes the imported videos carry are "
+        "kept, renumbered 0..K-1; the store's extractor records their YouTube-8M indices.",
+    )
+    q.add_argument("out_dir")
+    q.add_argument(
+        "--train", required=True, metavar="GLOB", help="training files, e.g. 'frame/train*.tfrecord'"
+    )
+    q.add_argument("--val", metavar="GLOB", help="validation files, e.g. 'frame/validate*.tfrecord'")
+    q.add_argument("--test", metavar="GLOB", help="test files (labelled ones: part of 'validate')")
+    q.add_argument(
+        "--vocabulary", metavar="CSV", help="YouTube-8M's vocabulary.csv for class names (else class_<index>)"
+    )
+    q.add_argument(
+        "--features", default="rgb,audio", help="rgb | audio | rgb,audio (D = 1024 + 128) (rgb,audio)"
+    )
+    q.add_argument(
+        "--dtype", default="float16", choices=("float16", "float32"), help="stored dtype (float16)"
+    )
