@@ -30,6 +30,7 @@ from torch.utils.data import (
 
 from ..errors import ConfigError, StoreError
 from ..store.directory import SplitStore, open_splits
+from ..store.labels import multi_hot
 from ..store.split import stratified_split
 from ..utils.sampling import uniform_indices
 from .batching import FILLER, BatchKey, FrameBudgetBatches
@@ -118,8 +119,6 @@ class FeatureDataset(Dataset):
         """``(N, C)`` uint8 0/1 label sets of a multi-label dataset; None for a single-label one."""
         if not self.multilabel:
             return None
-        from ..store.labels import multi_hot  # noqa: PLC0415  (lands with the store's label sets)
-
         return multi_hot([self.store.label_sets[int(i)] for i in self.indices], len(self.store.class_names))
 
     def label_counts(self) -> np.ndarray:

@@ -152,7 +152,8 @@ class DatasetSequences:
     def __init__(self, dataset: FeatureDataset) -> None:
         self.dataset = dataset
         self.lengths = np.asarray(dataset.lengths, np.int64)
-        self.labels = np.asarray(dataset.labels if dataset.targets is None else dataset.targets, np.int64)
+        targets = getattr(dataset, "targets", None)  # (N, C) label sets of a multi-label dataset
+        self.labels = np.asarray(dataset.labels if targets is None else targets, np.int64)
 
     def __len__(self) -> int:
         return len(self.dataset)
