@@ -11,6 +11,8 @@ import numpy as np
 from ..errors import StoreError
 from .reader import FeatureStore
 
+_SHOW_MOST, _SHOW_LEAST = 20, 5  # above this many classes, list only the most and least frequent
+
 
 def _npy_info(path: Path) -> str:
     """``vidcls info`` of one .npy: the (T, D) features of one video, as ``vidcls predict`` reads them."""
@@ -48,7 +50,9 @@ def store_info(path: str | os.PathLike) -> str:
         path: the .h5 store.
 
     Returns:
-        Multi-line text: path, videos, per-class counts with percentages, frames per video
+        Multi-line text: path, videos, task (single-label / multi-label), labels per video
+        (mean/min/max: the label cardinality), per-class counts (videos carrying the class) with
+        percentages (above 25 classes only the 20 most and 5 least frequent), frames per video
         (min/median/mean/p95/max and the longest video's id), total frames, feature dim, dtype,
         extractor JSON, format version.
 
@@ -69,12 +73,8 @@ def store_info(path: str | os.PathLike) -> str:
     # Skip the NaN scan: info should be instant even on large files (loading still validates it).
     s = FeatureStore(path, check_finite=False)
     n = len(s)
-    counts = np.bincount(s.labels, minlength=len(s.class_names))
-    lines = [f"path:           {s.path}", f"videos:         {n}", f"classes:        {len(s.class_names)}"]
-    width = max(len(c) for c in s.class_names)
-    for name, c in zip(s.class_names, counts, strict=False):  # counts: at least one per class
-        pct = 100.0 * c / n if n else 0.0
-        lines.append(f"  {name:<{width}}: {int(c)} ({pct:.1f}%)")
+    lines = [f"path:           {s.path}", f"videos:         {n}"]
+    lines += _label_lines(s)
     if n:
         lines += _length_lines(s)
     lines += [
@@ -85,6 +85,37 @@ def store_info(path: str | os.PathLike) -> str:
         f"format version: {s.format_version}",
     ]
     return "\n".join(lines)
+
+
+def _label_lines(s: FeatureStore) -> list[str]:
+    """Task, label cardinality and per-class counts (videos carrying each class).
+
+    In a multi-label store a video counts once for every class of its set, so the percentages
+    add up to the mean labels per video x 100.
+    """
+    n, k = len(s), len(s.class_names)
+    sizes = np.diff(s._set_offsets)
+    counts = np.bincount(s._set_flat[: s._set_offsets[-1]], minlength=k)
+    spread = f"mean {sizes.mean():.2f}, min {int(sizes.min())}, max {int(sizes.max())}" if n else "no videos"
+    lines = [
+        f"task:           {'multi-label' if s.multilabel else 'single-label'}",
+        f"labels/video:   {spread}",
+        f"classes:        {k}",
+    ]
+    shown = list(range(k))
+    if k > _SHOW_MOST + _SHOW_LEAST:
+        order = sorted(range(k), key=lambda c: (-int(counts[c]), c))  # most frequent first, then index
+        shown = order[:_SHOW_MOST] + order[-_SHOW_LEAST:]
+        lines[-1] += (
+            f" (listed: the {_SHOW_MOST} most and {_SHOW_LEAST} least frequent; {k - len(shown)} not shown)"
+        )
+    width = max(len(s.class_names[c]) for c in shown)
+    for j, c in enumerate(shown):
+        if j == _SHOW_MOST and len(shown) < k:
+            lines.append(f"  ... ({k - len(shown)} classes not shown)")
+        pct = 100.0 * counts[c] / n if n else 0.0
+        lines.append(f"  {s.class_names[c]:<{width}}: {int(counts[c])} ({pct:.1f}%)")
+    return lines
 
 
 def _length_lines(s: FeatureStore) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from ..errors import StoreError
+from .labels import parse_label_set
 from .reader import SPLITS, name_ids
 from .validate import check_features
 from .writer import write_store
@@ -30,6 +31,11 @@ class _NpyImport:
     feature_dim: int
     dtype: str
     extractor: dict | None
+    multilabel: bool = False
+
+
+# one CSV row: (video_id, its labels (one, or several in a multi-label CSV), split)
+_Row = tuple[str, list[str], str]
 
 
 def import_npy(
@@ -43,7 +49,11 @@ def import_npy(
     """Build split stores from one ``<video_id>.npy`` (T, D) per video and a labels CSV.
 
     The CSV has a header with columns ``video_id,label`` and optionally ``split`` (train/val/test;
-    without it every row goes to train). Class names are the sorted unique labels of the whole CSV.
+    without it every row goes to train). ``label`` is one class name or a label set, the names joined
+    by ``|`` (``outdoor|dog|music``; spaces around a name are ignored; an empty name as in ``a||b``
+    and a name listed twice are refused). The stores are multi-label when any row has more than one
+    label, else single-label. Class names are the sorted unique labels of the whole CSV, every split
+    included (a class seen only in val/test is kept).
     A video id is a path relative to ``npy_dir`` without the suffix (``cats/a`` ->
     ``npy_dir/cats/a.npy``). All splits are written into a temporary directory inside ``out_dir``
     and moved into place only when every one of them succeeded: on any error ``out_dir`` keeps
@@ -60,9 +70,9 @@ def import_npy(
         {split: path written}.
 
     Raises:
-        StoreError: bad CSV (naming the line), a video id that points outside ``npy_dir``,
-            missing .npy files (listing the ids), arrays that are not 2-D, not floating point,
-            hold NaN/Inf or whose D disagrees (naming the file), or OUT_DIR holding a split file
+        StoreError: bad CSV or label set (naming the line and video), a video id that points
+            outside ``npy_dir``, missing .npy files (listing the ids), arrays that are not 2-D,
+            not floating point, hold NaN/Inf or whose D disagrees (naming the file), or OUT_DIR holding a split file
             this CSV would not overwrite. Nothing in OUT_DIR changes in those cases.
     """
     npy_dir, out_dir = Path(npy_dir), Path(out_dir)
@@ -71,10 +81,11 @@ def import_npy(
     rows = _read_labels_csv(Path(labels_csv), npy_dir)
     job = _NpyImport(
         npy_dir,
-        sorted({label for _, label, _ in rows}),
+        sorted({label for _, labels, _ in rows for label in labels}),
         _check_npy_files(npy_dir, [vid for vid, _, _ in rows]),
         dtype,
         extractor,
+        multilabel=any(len(labels) > 1 for _, labels, _ in rows),
     )
     splits = [s for s in SPLITS if any(r[2] == s for r in rows)]
     # A leftover split file from an earlier import would be picked up by training next to the
@@ -85,12 +96,12 @@ def import_npy(
             f"{out_dir} already holds {stale}, which {Path(labels_csv).name} does "
             f"not produce; remove them or choose another OUT_DIR"
         )
-    by_split = {s: [(vid, label) for vid, label, sp in rows if sp == s] for s in splits}
+    by_split = {s: [(vid, labels) for vid, labels, sp in rows if sp == s] for s in splits}
     return _write_splits_atomically(job, by_split, out_dir)
 
 
 def _write_splits_atomically(
-    job: _NpyImport, by_split: dict[str, list[tuple[str, str]]], out_dir: Path
+    job: _NpyImport, by_split: dict[str, list[tuple[str, list[str]]]], out_dir: Path
 ) -> dict[str, Path]:
     """Write every split into a temp directory inside ``out_dir``, then rename them all in.
 
@@ -134,7 +145,7 @@ def _swap_in(tmp_dir: Path, out_dir: Path, splits: list[str]) -> dict[str, Path]
     return {split: out_dir / f"{split}.h5" for split in splits}
 
 
-def _read_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
+def _read_labels_csv(path: Path, npy_dir: Path) -> list[_Row]:
     """Parse the labels CSV into (video_id, label, split) rows, checking every line."""
     if not path.exists():
         raise StoreError(f"labels CSV {path} does not exist; check the LABELS.csv path")
@@ -148,7 +159,7 @@ def _read_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
         raise StoreError(f"{path} is not a readable CSV ({err}); save it as a plain UTF-8 CSV") from None
 
 
-def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
+def _parse_labels_csv(path: Path, npy_dir: Path) -> list[_Row]:
     with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate an Excel BOM
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -158,7 +169,7 @@ def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
                 f"{path}: header must contain video_id,label[,split]; missing {missing} (header is {header})"
             )
         reader.fieldnames = header
-        rows: list[tuple[str, str, str]] = []
+        rows: list[_Row] = []
         seen: dict[str, int] = {}  # video id -> its line
         for line, rec in enumerate(reader, start=2):
             vid, label = (rec.get("video_id") or "").strip(), (rec.get("label") or "").strip()
@@ -176,7 +187,7 @@ def _parse_labels_csv(path: Path, npy_dir: Path) -> list[tuple[str, str, str]]:
                     f"{seen[vid]}; each video may appear once"
                 )
             seen[vid] = line
-            rows.append((vid, label, split))
+            rows.append((vid, parse_label_set(label, where=f"{path} line {line} (video {vid!r})"), split))
     if not rows:
         raise StoreError(f"{path} has a header but no rows; add one line per video")
     return rows
@@ -234,10 +245,14 @@ def _check_npy_files(npy_dir: Path, ids: list[str]) -> int:
     return int(dim)
 
 
-def _write_split(job: _NpyImport, rows: list[tuple[str, str]], out: Path) -> Path:
+def _write_split(job: _NpyImport, rows: list[tuple[str, list[str]]], out: Path) -> Path:
     index = {c: i for i, c in enumerate(job.class_names)}
-    videos = ((vid, _load_npy(job, vid), index[label]) for vid, label in rows)
-    return write_store(out, videos, job.class_names, job.feature_dim, job.extractor, dtype=job.dtype)
+    videos = (
+        (vid, _load_npy(job, vid), [index[c] for c in labels] if job.multilabel else index[labels[0]])
+        for vid, labels in rows
+    )
+    names, dim = job.class_names, job.feature_dim
+    return write_store(out, videos, names, dim, job.extractor, dtype=job.dtype, multilabel=job.multilabel)
 
 
 def _load_npy(job: _NpyImport, vid: str) -> np.ndarray:
