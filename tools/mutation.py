@@ -56,6 +56,8 @@ SCOPE: dict[str, list[str] | None] = {
     "vidcls.evaluation.temperature": None,
     "vidcls.engine.probs": None,  # as_4d and the served probabilities: the one softmax with temperature
     "vidcls.predict.verdict": ["state", "ood_checks"],
+    # the multi-label scores and decision thresholds: GAP, AP, F1 and the shrunk per-class thresholds
+    "vidcls.evaluation.multilabel": None,
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
