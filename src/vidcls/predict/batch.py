@@ -3,7 +3,9 @@
 Inputs are video files, folders (searched recursively for the extensions ``vidcls extract`` reads)
 and ``.npy`` feature files holding one (T, D) array each (for callers that extract themselves).
 Each input gives one record (``Predictor.predict_records``): label, top-k, trust verdict, per-frame
-attention with timestamps, timings, or ``error`` with the reason when the input cannot be used.
+attention with timestamps, timings, or ``error`` with the reason when the input cannot be used; a
+multi-label run's records also hold the label set (``labels``, :mod:`vidcls.predict.multilabel`), which
+the CSV and the table show in a ``labels`` column.
 A broken input never stops the run.
 
 Videos go through the extraction pipeline (:func:`vidcls.features.pipeline.iter_features`) when
@@ -208,8 +210,8 @@ def _options(options: PredictOptions | None, settings: dict[str, Any]) -> Predic
     return options
 
 
-def _write_all(records: list[dict], options: PredictOptions, stdout: TextIO) -> None:
-    text = format_records(records, options.fmt)
+def _write_all(records: list[dict], options: PredictOptions, stdout: TextIO, task: str | None) -> None:
+    text = format_records(records, options.fmt, task=task)
     if options.output:  # through a link to the file it names, as the JSON-lines appender writes
         atomic_write_text(os.path.realpath(options.output), text)
     else:
@@ -273,6 +275,6 @@ def run_predict(
         if bar is not None:
             bar.close()
     if options.fmt != "jsonl":
-        _write_all(out.records, options, stdout)
+        _write_all(out.records, options, stdout, getattr(predictor, "task_", None))
     out.seconds = time.perf_counter() - t0
     return out

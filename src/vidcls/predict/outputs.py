@@ -3,7 +3,12 @@ that makes a run resumable (read back with a torn last line dropped, appended wi
 
 An existing output file is only ever replaced (or, JSON lines, appended to) when it holds vidcls
 output of the same format: anything else (foreign lines, another format, an input of the run) is
-refused before any work, the file untouched (:func:`check_output`)."""
+refused before any work, the file untouched (:func:`check_output`).
+
+A multi-label run's records (``"task": "multilabel"``) carry their label set: the CSV gets a ``labels``
+column after ``label`` (``a|b``, most probable first; empty for the empty set) and the table a
+``labels`` column after ``prob`` (``a|b``, ``(none)`` for the empty set); single-label output is as it
+always was. JSON and JSON lines carry the records as they are."""
 
 from __future__ import annotations
 
@@ -20,11 +25,15 @@ from pathlib import Path
 from typing import TypeGuard
 
 from ..errors import ConfigError, RunLockedError
+from .multilabel import is_multilabel, labels_cell
 from .verdict import csv_cell, table_cells
 
 FORMATS = ("table", "json", "jsonl", "csv")
 CSV_FIELDS = ("input", "label", "prob", "trusted", "trust_reason", "top_k", "error")
 TABLE_HEAD = ("input", "label", "prob", "trusted", "note")
+# a multi-label run's: its label set after the most probable class (CSV) and its probability (table)
+MULTILABEL_CSV_FIELDS = ("input", "label", "labels", "prob", "trusted", "trust_reason", "top_k", "error")
+MULTILABEL_TABLE_HEAD = ("input", "label", "prob", "labels", "trusted", "note")
 
 
 def _finite(obj: object) -> object:
@@ -56,6 +65,7 @@ def _csv_row(r: dict) -> dict:
     return {
         "input": r["input"],
         "label": r.get("label") or "",
+        "labels": labels_cell(r, empty=""),
         "prob": "" if prob is None else f"{prob:.6f}",
         "trusted": csv_cell(r),  # true / false, empty when unknown (not calibrated) or not predicted
         "trust_reason": r.get("trust_reason") or "",
@@ -64,46 +74,44 @@ def _csv_row(r: dict) -> dict:
     }
 
 
-def _table(records: list[dict]) -> str:
+def _table(records: list[dict], multi: bool) -> str:
     rows = []
     for r in records:
         prob = _prob(r)
         if r.get("error"):
-            rows.append((r["input"], "ERROR", "", "", r["error"]))
-        else:
-            rows.append(
-                (r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}", *table_cells(r))
-            )  # yes / no / unknown; every OOD score against its threshold
-    head = TABLE_HEAD
-    width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(4)]
+            row = [r["input"], "ERROR", "", "", r["error"]]
+        else:  # yes / no / unknown; every OOD score against its threshold
+            row = [r["input"], str(r.get("label")), "" if prob is None else f"{prob:.3f}", *table_cells(r)]
+        if multi:
+            row.insert(3, labels_cell(r))
+        rows.append(row)
+    head = MULTILABEL_TABLE_HEAD if multi else TABLE_HEAD
+    width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(len(head) - 1)]
     width[0] = min(width[0], 80)
     lines = []
-    for row in [head, *rows]:
-        cells = [
-            row[0].ljust(width[0]),
-            row[1].ljust(width[1]),
-            row[2].rjust(width[2]),
-            row[3].ljust(width[3]),
-            row[4],
-        ]
-        lines.append("  ".join(cells).rstrip())
+    for row in [list(head), *rows]:
+        cells = [c.rjust(w) if i == 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, width))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines) + "\n"
 
 
-def format_records(records: list[dict], fmt: str) -> str:
-    """``records`` as text in ``fmt`` (one of FORMATS)."""
+def format_records(records: list[dict], fmt: str, *, task: str | None = None) -> str:
+    """``records`` as text in ``fmt`` (one of FORMATS); ``task``: the run's ("multilabel" adds the label
+    set's column to the CSV and the table), None: "multilabel" when any record says so."""
+    multi = task == "multilabel" if task is not None else is_multilabel(records)
     if fmt == "json":
         return to_json(records, indent=2) + "\n"
     if fmt == "jsonl":
         return "".join(to_json(r) + "\n" for r in records)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        fields = MULTILABEL_CSV_FIELDS if multi else CSV_FIELDS
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(_csv_row(r) for r in records)
         return buf.getvalue()
     if fmt == "table":
-        return _table(records)
+        return _table(records, multi)
     raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
@@ -121,7 +129,7 @@ def format_for(output: str | os.PathLike | None, fmt: str | None = None) -> str:
 # a last line without its newline that starts so is the torn line of a killed run.
 _RECORD_START = b'{"input": "'
 _RECORD_KEYS = ("input", "label", "top_k", "error")
-_TABLE_HEAD = re.compile(" +".join(map(re.escape, TABLE_HEAD)))  # the header line, cells padded
+_TABLE_HEADS = [re.compile(" +".join(map(re.escape, h))) for h in (TABLE_HEAD, MULTILABEL_TABLE_HEAD)]
 _MAX_LINE = 64 << 20  # no record is that long: a longer "line" is no vidcls output
 _LEAVE_IT = "it is left untouched: choose another --output, or delete {path} to write there"
 
@@ -185,15 +193,16 @@ def _holds(path: Path) -> tuple[str | None, str]:
         return "empty", ""
     # (a long first line may be cut inside a character: the headers compared are short ASCII)
     first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
-    if first == ",".join(CSV_FIELDS):
+    fields = next((f for f in (CSV_FIELDS, MULTILABEL_CSV_FIELDS) if first == ",".join(f)), None)
+    if fields is not None:
         try:
             with open(path, newline="", encoding="utf-8") as fh:
-                if all(len(row) == len(CSV_FIELDS) for row in csv.reader(fh)):
+                if all(len(row) == len(fields) for row in csv.reader(fh)):
                     return "csv", ""
         except (csv.Error, UnicodeDecodeError):
             pass
         return None, "it is a CSV file with other rows than vidcls writes"
-    if _TABLE_HEAD.fullmatch(first):
+    if any(h.fullmatch(first) for h in _TABLE_HEADS):
         return "table", ""
     if first.lstrip().startswith("["):
         try:

@@ -1,10 +1,11 @@
 """Using a trained run on new videos: ``vidcls.load(RUN_DIR)`` -> a scikit-learn style ``Predictor``.
 
 The predictor serves exactly what the run chose on validation (``RUN_DIR/final.json``, see
-:func:`vidcls.run.final.load_final_choice`): the mean softmax of the chosen members, each
-over the TTA views when the choice uses TTA, else over the original sequence. The members are loaded
-once (``engine.members.load_members``, as ``vidcls evaluate`` loads them). A feature sequence goes
-through what training and ``vidcls evaluate`` applied to it:
+:func:`vidcls.run.final.load_final_choice`): the mean softmax (a multi-label run: the mean sigmoid
+per class) of the chosen members, each over the TTA views when the choice uses TTA, else over the
+original sequence. The members are loaded once (``engine.members.load_members``, as ``vidcls
+evaluate`` loads them). A feature sequence goes through what training and ``vidcls evaluate`` applied
+to it:
 
 1. rounded to the precision the features were stored in (float16 unless the store says otherwise),
    as the model only ever saw stored features;
@@ -12,10 +13,12 @@ through what training and ``vidcls evaluate`` applied to it:
 3. one :func:`vidcls.engine.forward.forward` over the served members and views: frame-budget batches
    (``batch_size`` videos, ``batch_frames`` padded frames, the run's own settings) in input order, each
    view built by :func:`vidcls.engine.views.tta_batch`;
-4. softmax per member and view, averaged (``engine.probs.served_probs``); with a calibration
+4. softmax (sigmoid) per member and view, averaged (``engine.probs.served_probs``); with a calibration
    (``RUN_DIR/calibration.json``, :mod:`vidcls.evaluation.calibrate`) every logit is first divided by its
    temperature, and an out-of-distribution score below the validation threshold marks a prediction
-   as not to be trusted.
+   as not to be trusted;
+5. a multi-label run (checkpoints' ``task`` "multilabel") also gives each video its label set: the
+   classes whose probability reaches their validation threshold (:mod:`vidcls.predict.multilabel`).
 
 A video is first turned into features by exactly the extractor recorded with the run's features
 (:meth:`vidcls.features.backbone.FrameEncoder.from_record`: backbone, weights, image size and
@@ -42,14 +45,13 @@ from ..config import TTA_SETTINGS, TrainConfig
 from ..engine.forward import Outputs, forward
 from ..engine.members import load_members
 from ..engine.probs import served_probs
-from ..engine.scores import calibration_scores
 from ..errors import BackboneError, CheckpointError, ConfigError
-from ..run.calibration import ood_checks
 from ..run.rundir import RunDir
 from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
-from . import verdict
-from .inputs import as_list, check_features, encode_videos, error_record, finite, gather, stamps
+from . import multilabel, verdict
+from .decide import trust_of, usable_record
+from .inputs import as_list, check_features, encode_videos, error_record, gather, stamps
 
 if TYPE_CHECKING:  # built on first use only (torchvision)
     from ..features.backbone import FrameEncoder
@@ -104,6 +106,9 @@ class Predictor:
             other members or views than served (``tta`` forced, final.json changed since); then
             ``calibration_note_`` says why, every prediction has ``trusted`` None (unknown: nothing was
             checked) with that reason, and loading logs a warning that says to run ``vidcls calibrate``.
+        task_: "single" (one class per video, softmax) or "multilabel" (a label set, one sigmoid per class).
+        thresholds_: a multi-label run's decision thresholds (``multilabel.Thresholds``: ``values``
+            ``(C,)``, ``source`` calibration | final | default), None for a single-label run.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class Predictor:
         self._models, ckpts = load_members(run, choice, self.members_, self.device)
         first = ckpts[0]
         self.classes_ = list(first["class_names"])
+        self.task_ = multilabel.run_task(choice, ckpts, self.run_dir)
         self.feature_dim_ = int(first["feature_dim"])
         self.extractor_ = dict(first.get("extractor") or {})
         cfg = first.get("config") or {}
@@ -145,8 +151,17 @@ class Predictor:
         self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
         calibration = run.read_calibration()
         self.calibration_, self.calibration_note_, warning = self._usable(calibration)
-        if warning:
-            log.warning("%s", warning)  # once per load; stderr unless the application set up logging
+        self.thresholds_: multilabel.Thresholds | None = None
+        if self.task_ == multilabel.MULTILABEL:
+            self.thresholds_, note = multilabel.served_thresholds(
+                self.run_dir,
+                calibration=self.calibration_,
+                final=getattr(choice, "thresholds", None),
+                n_classes=len(self.classes_),
+            )
+            warning = "\n".join(w for w in (warning, note) if w)  # each line a warning of its own
+        for line in (warning or "").splitlines():
+            log.warning("%s", line)  # once per load; stderr unless the application set up logging
         self._typicality = run.read_typicality(self.calibration_) if self.calibration_ else None
         self._encoder: FrameEncoder | None = None
         self._selection: tuple[Sampling, Quality] | None = None
@@ -159,6 +174,11 @@ class Predictor:
         if not calibration:
             return (None, *verdict.not_calibrated(self.run_dir))
         fitted = (calibration.get("members", self.members_), calibration.get("views", self.views_))
+        if calibration.get("task", "single") != self.task_:
+            why = (
+                f"calibration.json was fitted for a {calibration.get('task', 'single')} run, not {self.task_}"
+            )
+            return (None, *verdict.not_calibrated(self.run_dir, why))
         if list(fitted[0]) != self.members_ or list(fitted[1]) != self.views_:
             why = (
                 f"calibration.json was fitted for members {list(fitted[0])} with views {list(fitted[1])}, "
@@ -233,6 +253,8 @@ class Predictor:
             "extractor": dict(self.extractor_),
             "calibration": self.calibration_,
             **({} if self.calibration_ else {"calibration_note": self.calibration_note_}),
+            "task": self.task_,
+            "thresholds": None if self.thresholds_ is None else self.thresholds_.describe(self.classes_),
             "device": str(self.device),
         }
 
@@ -264,19 +286,19 @@ class Predictor:
             attention=attention,
             members=self.members_,
             n_classes=len(self.classes_),
+            task=self.task_,
         )
         return out, [t[1] for t in thinned]
 
     def _probs(self, logits: np.ndarray, calibrated: bool) -> np.ndarray:
-        if calibrated and self.calibration_:
-            return served_probs(logits, float(self.calibration_["temperature"]))
-        return served_probs(logits)
+        t = float(self.calibration_["temperature"]) if calibrated and self.calibration_ else 1.0
+        return served_probs(logits, t, self.task_)
 
     # ---- the public API ---------------------------------------------------------------------
     def logits_features(self, arrays: Any) -> np.ndarray:
         """Raw logits ``(N, M, V, C)`` float64 of ``arrays`` ((T, D) features): per served member M
         (``members_``) and per served view V (``views_``). The served probabilities are the mean over
-        M and V of ``softmax(logits / T)`` (T = 1 uncalibrated).
+        M and V of ``softmax(logits / T)`` (a multi-label run: ``sigmoid``; T = 1 uncalibrated).
 
         Raises:
             ConfigError / CheckpointError: an input that is not a (T, D) array of the run's D.
@@ -286,7 +308,8 @@ class Predictor:
 
     def predict_proba(self, x: Any, calibrated: bool = True) -> np.ndarray:
         """``(N, C)`` served probabilities (columns: ``classes_``), temperature-scaled when the run has
-        a calibration and ``calibrated``.
+        a calibration and ``calibrated``: rows sum to 1 (softmax); for a multi-label run each column is
+        that class's own sigmoid probability (rows need not sum to 1).
 
         Raises:
             ExtractError: a video that cannot be decoded (``predict_records`` reports it instead).
@@ -297,8 +320,22 @@ class Predictor:
         return self._probs(logits, calibrated)
 
     def predict(self, x: Any) -> list[str]:
-        """The most probable class of each input."""
+        """The most probable class of each input (a record's ``label``; for a multi-label run the set
+        is :meth:`predict_labels`)."""
         return [self.classes_[int(i)] for i in self.predict_proba(x).argmax(axis=1)]
+
+    def predict_labels(self, x: Any) -> list[list[str]]:
+        """The label set of each input, most probable first (a record's ``labels``): a multi-label run's
+        classes whose calibrated probability reaches its threshold (``thresholds_``; possibly none); for
+        a single-label run the most probable class alone.
+
+        Raises:
+            as :meth:`predict_proba`.
+        """
+        p = self.predict_proba(x)
+        if self.thresholds_ is None:
+            return [[self.classes_[int(i)]] for i in p.argmax(axis=1)]
+        return multilabel.label_sets(p, self.thresholds_, self.classes_)
 
     def explain(self, x: Any) -> list[dict]:
         """Per input, the frames the model saw: ``{"attention": [float], "timestamps_ms": [float | None],
@@ -323,6 +360,11 @@ class Predictor:
              "trusted", "trust_reason", "ood_score", "frames": [{"index", "timestamp_ms", "attention"}],
              "timings": {"decode_s", "features_s", "model_s"}, "error", "ood_scores": {name: float | None},
              "ood": {name: {"score", "threshold", "pass"}} | None}
+
+        A multi-label run's records also hold, after ``label`` (the most probable class): ``"task":
+        "multilabel"``, ``"labels": [{"label", "probability"}]`` (the label set, most probable first,
+        [] when no class reaches its threshold; None for an input not predicted) and
+        ``"thresholds_source"`` (calibration | final | default, :mod:`vidcls.predict.multilabel`).
 
         "trusted": True, False, or None (unknown: the run is not calibrated; :mod:`vidcls.predict.verdict`).
         "ood": every score the verdict checked (energy and, for runs calibrated with it, the feature-space
@@ -350,71 +392,29 @@ class Predictor:
         for r in items:
             if r["error"] is not None:
                 failed = error_record(r["input"], r["error"], r["decode_s"], r["features_s"])
-                records.append({**failed, "ood": failed.get("ood")})
+                records.append(
+                    multilabel.error_fields({**failed, "ood": failed.get("ood")}, self.thresholds_)
+                )
                 continue
             j = done[id(r)]
             ood = {k: v[j] for k, v in scores.items()} if scores else None
             records.append(
-                self._record(
+                usable_record(
                     r,
                     probs[j],
+                    classes=self.classes_,
                     top_k=int(top_k),
                     trusted=verdicts[j],
                     scores=ood,
                     seen=(kept[j], attn[j]),
                     model_s=model_s,
+                    calibration=self.calibration_,
+                    thresholds=self.thresholds_,
                 )
             )
         return records
 
-    def _record(
-        self,
-        r: dict,
-        p: np.ndarray,
-        *,
-        top_k: int,
-        trusted: tuple,
-        scores: dict | None,
-        seen: tuple,
-        model_s: float,
-    ) -> dict:
-        """The record of one usable input: ``p`` its served probabilities, ``trusted`` its (verdict, reason),
-        ``scores`` its OOD scores ({name: float}, None uncalibrated), ``seen`` (frame positions the model
-        saw, their attention)."""
-        order = np.argsort(-p, kind="stable")[:top_k]
-        kept, attn = seen
-        times = stamps(r["timestamps_ms"], kept)
-        primary = self.calibration_["ood"].get("score", "energy") if self.calibration_ else None
-        return {
-            "input": r["input"],
-            "label": self.classes_[int(order[0])],
-            "top_k": [{"class": self.classes_[int(c)], "probability": float(p[c])} for c in order],
-            "probabilities": {c: float(v) for c, v in zip(self.classes_, p)},
-            "trusted": None if trusted[0] is None else bool(trusted[0]),
-            "trust_reason": str(trusted[1]),
-            "ood_score": finite(scores[primary]) if scores else None,
-            "ood_scores": {k: finite(v) for k, v in (scores or {}).items()},
-            "ood": verdict.ood_checks(scores, ood_checks(self.calibration_)),
-            "frames": [
-                {"index": int(i), "timestamp_ms": s, "attention": float(a)}
-                for i, s, a in zip(kept, times, attn)
-            ],
-            "timings": {
-                "decode_s": round(r["decode_s"], 6),
-                "features_s": round(r["features_s"], 6),
-                "model_s": round(model_s, 6),
-            },
-            "error": None,
-        }
-
     def _trust_of(self, logits: np.ndarray, seen: list) -> tuple[dict | None, list[tuple[bool | None, str]]]:
-        """({score name: (N,)} or None, (trusted, reason) per video: trusted None without a calibration);
-        ``seen``: the (T, D) features the model saw (stored precision, thinned), for the feature-space scores."""
-        if not self.calibration_:
-            return None, [(None, self.calibration_note_)] * len(logits)
-        scores = calibration_scores(logits, self.calibration_, seen, self._typicality)
-        assert scores is not None  # calibrated
-        return scores, [
-            verdict.trust_verdict({k: float(v[j]) for k, v in scores.items()}, self.calibration_)
-            for j in range(len(logits))
-        ]
+        """({score name: (N,)} or None, (trusted, reason) per video) (``decide.trust_of``)."""
+        cal, note, typ = self.calibration_, self.calibration_note_, self._typicality
+        return trust_of(logits, seen, calibration=cal, note=note, typicality=typ, task=self.task_)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ConfigError
+from . import multilabel
 from .collect import FEATURE_EXTENSIONS
 from .inputs import error_record, load_npy
 
@@ -99,6 +100,23 @@ def iter_records(
     top_k: int = 3,
     batch_size: int = 16,
     decode_workers: int = 2,
+) -> Iterator[dict]:
+    """One record per input, in the order of ``inputs`` (:func:`_iter_records`); a multi-label run's
+    error records carry its fields too (``multilabel.error_fields``, from the predictor's ``thresholds_``)."""
+    thresholds = getattr(predictor, "thresholds_", None)
+    for rec in _iter_records(
+        predictor, inputs, top_k=top_k, batch_size=batch_size, decode_workers=decode_workers
+    ):
+        yield multilabel.error_fields(rec, thresholds) if rec.get("error") else rec
+
+
+def _iter_records(
+    predictor: RecordPredictor,
+    inputs: Sequence[Path],
+    *,
+    top_k: int,
+    batch_size: int,
+    decode_workers: int,
 ) -> Iterator[dict]:
     """One record per input, in the order of ``inputs``.
 

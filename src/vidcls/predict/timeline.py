@@ -3,7 +3,8 @@
 The picture shows, left to right, up to ``MAX_THUMBS`` of the frames the model saw (spread over the
 video, always including the frame with the highest attention), each with its attention weight as a
 bar under it and its timestamp; below them, the attention of every frame against time. The title
-gives the input, the label with its probability and the trust verdict. Frames are decoded again
+gives the input, the label with its probability (a multi-label run: and its label set, ``a|b``) and
+the trust verdict. Frames are decoded again
 from the video at the record's timestamps (the frame on screen at each, as extraction picks them).
 Inputs without a video (feature files), or a video that cannot be decoded again, get the attention
 strip alone.
@@ -27,6 +28,7 @@ from ..features.sampling import Sampling
 from ..reporting.plots import LITERAL, new_figure, to_png
 from ..utils.fs import atomic_write_bytes
 from ..utils.sampling import uniform_indices
+from .multilabel import labels_cell
 from .verdict import NOT_TRUSTED, UNKNOWN, state
 
 __all__ = [
@@ -136,7 +138,8 @@ def _title(record: dict) -> str:
         said = "trust unknown (not calibrated: run `vidcls calibrate RUN_DIR`)"
     elif said == NOT_TRUSTED:
         said = f"not trusted: {record.get('trust_reason') or '?'}"
-    return f"{record.get('input', '')}\n{record.get('label')}{prob}, {said}"
+    labels = f", labels {labels_cell(record)}" if record.get("task") == "multilabel" else ""
+    return f"{record.get('input', '')}\n{record.get('label')}{prob}{labels}, {said}"
 
 
 def thumbnail_frames(record: dict) -> list[int]:

@@ -1,9 +1,10 @@
 """``vidcls serve``: a trained run behind HTTP (FastAPI + uvicorn) with a small upload page.
 
-Endpoints: ``GET /health``; ``GET /v1/model``; ``POST /v1/predict`` (multipart, one video in the file
-field ``file``) -> the record of ``Predictor.predict_records`` (the JSON of ``vidcls predict --format
-json``) with ``input`` set to the uploaded file name, plus ``thumbnails`` (data URIs, one per frame)
-with ``?thumbnails=1``; ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``GET /`` the page;
+Endpoints: ``GET /health``; ``GET /v1/model`` (with the run's ``task`` and, multi-label, its
+``thresholds``); ``POST /v1/predict`` (multipart, one video in the file field ``file``) -> the record of
+``Predictor.predict_records`` (the JSON of ``vidcls predict --format json``; a multi-label run's holds
+its label set, ``labels``) with ``input`` set to the uploaded file name, plus ``thumbnails`` (data URIs,
+one per frame) with ``?thumbnails=1``; ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``GET /`` the page;
 OpenAPI at ``/docs`` (:mod:`vidcls.serve.pages`).
 
 Every error response is ``{"error": message}`` (a failed video: its record, whose ``error`` says why);
@@ -112,8 +113,16 @@ def _read(read: Callable[[], T | None], default: D) -> T | D:
     return default if value is None else value
 
 
+def _thresholds(predictor: ServedPredictor) -> dict | None:
+    """A multi-label predictor's thresholds for /v1/model (``{"source", "rule", "per_class": {class: t}}``),
+    None for a single-label one."""
+    thresholds = getattr(predictor, "thresholds_", None)
+    return None if thresholds is None else thresholds.describe(list(predictor.classes_))
+
+
 def model_info(predictor: ServedPredictor, settings: ServeSettings) -> dict:
-    """What GET /v1/model answers: the served model, its metrics and calibration, the limits."""
+    """What GET /v1/model answers: the served model, its task (a multi-label run: with the decision
+    thresholds it serves), its metrics and calibration, the limits."""
     run = RunDir(settings.run_dir) if settings.run_dir else None
     summary = _read(run.read_summary, {}) if run else {}
     calibration = _read(run.read_calibration, None) if run else None
@@ -122,6 +131,8 @@ def model_info(predictor: ServedPredictor, settings: ServeSettings) -> dict:
     return {
         "vidcls_version": __version__,
         "classes": list(predictor.classes_),
+        "task": getattr(predictor, "task_", None) or "single",
+        "thresholds": _thresholds(predictor),
         "members": list(getattr(predictor, "members_", [])),
         "tta_used": getattr(predictor, "tta_used_", None),
         "tta_modes": list(getattr(predictor, "tta_modes_", None) or []),

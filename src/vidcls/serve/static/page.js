@@ -33,7 +33,8 @@
       limitBytes = m.limits ? m.limits.max_upload_mb * 1048576 : null;
       const acc = m.metrics && m.metrics.test ? ", test accuracy " + m.metrics.test.accuracy.toFixed(3) : "";
       const cal = m.calibration ? "" : "; not calibrated: every verdict is unknown (run vidcls calibrate RUN_DIR)";
-      $("model").textContent = m.classes.length + " classes (" + m.classes.join(", ") + "), members " +
+      const task = m.task === "multilabel" ? "multi-label, " : "";
+      $("model").textContent = m.classes.length + " classes (" + task + m.classes.join(", ") + "), members " +
         m.members.join(", ") + acc + cal;
     } catch (e) {
       $("model").textContent = "cannot reach the server";
@@ -42,12 +43,32 @@
 
   function pct(p) { return (100 * p).toFixed(1) + " %"; }
 
+  // a multi-label record's label set: [{label, probability}], most probable first; else null
+  function labelSet(record) {
+    return record.task === "multilabel" && Array.isArray(record.labels) ? record.labels : null;
+  }
+
+  function renderLabels(record) {
+    const set = labelSet(record);
+    const box = $("labels");
+    box.replaceChildren();
+    $("labels-head").hidden = box.hidden = set === null;
+    if (set === null) return;
+    if (set.length === 0) box.appendChild(el("li", "label-none", "(none): no class reaches its threshold"));
+    set.forEach((item) => box.appendChild(el("li", "label-item", item.label + " " + pct(item.probability))));
+    $("labels-head").textContent = "Labels (probability at or above the class threshold, thresholds from " +
+      (record.thresholds_source || "?") + ")";
+  }
+
   function renderBars(record) {
     const box = $("bars");
     box.replaceChildren();
+    const set = labelSet(record);
+    const chosen = new Set((set || []).map((item) => item.label));
     const entries = Object.entries(record.probabilities).sort((a, b) => b[1] - a[1]);
     entries.forEach(([name, p], i) => {
-      const row = el("div", "bar-row" + (i === 0 ? " top" : ""));
+      const mark = set === null ? (i === 0 ? " top" : "") : (chosen.has(name) ? " top" : "");
+      const row = el("div", "bar-row" + mark);
       const name_ = el("span", "bar-name", name);
       name_.title = name;
       const track = el("div", "bar-track");
@@ -109,8 +130,11 @@
 
   function render(record) {
     $("filename").textContent = record.input;
-    $("label").textContent = record.label;
+    const set = labelSet(record);
+    $("label").textContent = set === null ? record.label
+      : (set.length ? set.map((item) => item.label).join(" | ") : "(none)");
     renderVerdict(record);
+    renderLabels(record);
     renderBars(record);
     renderTimeline(record);
     const t = record.timings || {};
