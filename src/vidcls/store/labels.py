@@ -78,32 +78,38 @@ def check_label_set(label: object, n_classes: int, where: str) -> np.ndarray:
         StoreError: empty, not whole numbers (floats, bools), outside [0, n_classes), or repeats;
             the message starts with ``where`` (it names the video).
     """
-    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
-        items: list[object] = [label]
-    elif isinstance(label, (list, tuple, np.ndarray)):
-        items = (
-            list(np.asarray(label, dtype=object).reshape(-1))
-            if isinstance(label, np.ndarray)
-            else list(label)
-        )
+    if isinstance(label, np.ndarray) and label.dtype.kind in "iu":  # the common case: no per-item check
+        arr = label.astype(np.int64).reshape(-1)
     else:
-        raise StoreError(f"{where}: label must be an int class index or a list of them, got {label!r}")
-    if not items:
+        arr = _as_int_array(label, where)
+    if not len(arr):
         raise StoreError(f"{where}: empty label set; a video needs at least one label")
-    bad = [v for v in items if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))]
-    if bad:
-        raise StoreError(f"{where}: label set {label!r} holds {bad[0]!r}; labels must be int class indices")
-    arr = np.array([int(v) for v in items], np.int64)  # type: ignore[call-overload]
     out = arr[(arr < 0) | (arr >= n_classes)]
     if len(out):
         raise StoreError(f"{where}: label {int(out[0])} outside [0, {n_classes}) in label set {arr.tolist()}")
-    uniq = np.unique(arr)
-    if len(uniq) != len(arr):
-        twice = sorted({int(v) for v in arr if (arr == v).sum() > 1})
+    srt = np.sort(arr)
+    if len(srt) > 1 and (srt[1:] == srt[:-1]).any():
+        twice = sorted({int(v) for v in srt[1:][srt[1:] == srt[:-1]]})
         raise StoreError(
             f"{where}: label set {arr.tolist()} lists {twice} more than once; list each label once"
         )
-    return uniq
+    return srt
+
+
+def _as_int_array(label: object, where: str) -> np.ndarray:
+    """An int, or a list/tuple/array of ints (no floats, no bools), as int64; else a StoreError."""
+    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+        items: list[object] = [label]
+    elif isinstance(label, np.ndarray):
+        items = list(label.astype(object).reshape(-1))
+    elif isinstance(label, (list, tuple)):
+        items = list(label)
+    else:
+        raise StoreError(f"{where}: label must be an int class index or a list of them, got {label!r}")
+    bad = [v for v in items if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise StoreError(f"{where}: label set {label!r} holds {bad[0]!r}; labels must be int class indices")
+    return np.array(items, np.int64)
 
 
 def sorted_sets(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -218,8 +224,9 @@ def append_label_sets(f: h5py.File, n: int, m: int, sets: Sequence[npt.ArrayLike
         ("label_sets", m, np.concatenate(arrays)),
         ("label_set_offsets", n + 1, m + sizes),
     ):
-        f[name].resize(start + len(data), axis=0)
-        f[name][start : start + len(data)] = data
+        ds = f[name]  # one lookup: h5py's by-name access is slow enough to show in a profile
+        ds.resize(start + len(data), axis=0)
+        ds[start : start + len(data)] = data
     return m + int(sizes[-1])
 
 
