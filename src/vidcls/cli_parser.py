@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LABELS_HELP = (  # extract --labels
+    "take the videos and labels from CSV, not from class folders: header video,label[,split] (the first "
+    "column may also be called path or video_path); video: a path relative to VIDEO_ROOT; label: one label "
+    "or several as a|b (any row with several: a multi-label store); split: train/val/test (without it "
+    "--split and --seed split the videos). Unlisted files are not extracted"
+)
+
+
 def _add_extract_parser(sub: Subparsers) -> None:
     from .features.catalog import FAMILIES_HELP, recommended_table
 
@@ -84,6 +92,7 @@ def _add_extract_parser(sub: Subparsers) -> None:
         "video_root", help="VIDEO_ROOT/<class>/<video> or VIDEO_ROOT/{train,val,test}/<class>/<video>"
     )
     p.add_argument("features_dir", help="output: train.h5, val.h5, test.h5, extract_report.json")
+    p.add_argument("--labels", metavar="CSV", default=None, help=LABELS_HELP)
     p.add_argument(
         "--backbone",
         default="efficientnet_v2_s",

@@ -1,6 +1,7 @@
 """``vidcls extract``: a folder of videos -> the feature store (train.h5 / val.h5 / test.h5).
 
-The videos are found by :mod:`vidcls.features.folders`, decoded and encoded by
+The videos are found by :mod:`vidcls.features.folders` (or listed with their labels, several a
+video for a multi-label store, by :mod:`vidcls.features.labels_csv`), decoded and encoded by
 :mod:`vidcls.features.pipeline` (decode worker processes beside the CNN), and each finished video
 is appended to its split's ``FeatureWriter``; :mod:`vidcls.features.report` keeps
 ``extract_report.json`` up to date.
@@ -42,6 +43,7 @@ from ..utils.device import check_decode_workers
 from ..utils.dist import Dist, env_dist
 from .backbone import FrameEncoder, keep_freed_memory
 from .folders import VideoJob, VideoSet, scan_videos
+from .labels_csv import check_stored_labels, scan_labelled_videos
 from .pipeline import VideoResult, decode_loader, decode_video, encode_video, iter_features
 from .quality import Quality
 from .report import ExtractReport, format_summary
@@ -132,8 +134,8 @@ class _Writers:
         dtype: str,
         shard: tuple[int, int] | None = None,
     ):
-        self.out_dir, self.layout, self.shard = out_dir, videos.layout, shard
-        self.args = (videos.class_names, feature_dim, extractor)
+        self.out_dir, self.splits_given, self.shard = out_dir, videos.splits_given, shard
+        self.args, self.multilabel = (videos.class_names, feature_dim, extractor), videos.multilabel
         self.dtype = dtype
         self.writers: dict[str, FeatureWriter] = {}
         self.stored: dict[str, set] = {s: set() for s in SPLITS}
@@ -141,14 +143,16 @@ class _Writers:
             path = self.path(split)
             if path.exists():
                 store = FeatureStore(path, check_finite=False)
-                _check_compatible(path, store, videos.class_names, extractor)
+                _check_compatible(path, store, videos, extractor)
+                if videos.labels_csv is not None:
+                    check_stored_labels(path, store, videos.jobs, f"--labels {videos.labels_csv}")
                 self.stored[split] = set(store.video_ids)
                 store.close()
 
     def stored_in(self, job: VideoJob) -> str | None:
-        """The split already holding ``job`` (class layout: any split), or None."""
-        if self.layout == "splits":
-            assert job.split is not None  # the splits layout names every video's split
+        """The split already holding ``job`` (splits not given: any split), or None."""
+        if self.splits_given:
+            assert job.split is not None  # the input names every video's split
             return job.split if job.video_id in self.stored[job.split] else None
         return next((s for s in SPLITS if job.video_id in self.stored[s]), None)
 
@@ -166,10 +170,11 @@ class _Writers:
         assert split is not None  # scan_videos gives every video it keeps a split
         if split not in self.writers:
             self.writers[split] = FeatureWriter(
-                self.path(split), *self.args, dtype=self.dtype, flush_every=1, resume=True
-            )
+                self.path(split), *self.args, dtype=self.dtype, flush_every=1, multilabel=self.multilabel
+            )  # resume=True, the default: continue the file of an earlier run
+        label = job.label_set if self.multilabel else job.label
         try:
-            self.writers[split].append(job.video_id, features, job.label, timestamps_ms)
+            self.writers[split].append(job.video_id, features, label, timestamps_ms)
         except StoreError as err:  # this video's features (NaN/Inf): the file itself is fine
             return str(err)
         self.stored[split].add(job.video_id)
@@ -180,12 +185,18 @@ class _Writers:
             w.close()
 
 
-def _check_compatible(path: Path, store: FeatureStore, class_names: list, extractor: dict) -> None:
-    if store.class_names != class_names:
+def _check_compatible(path: Path, store: FeatureStore, videos: VideoSet, extractor: dict) -> None:
+    restart = f"use another FEATURES_DIR, or move {path.parent} away to start over"
+    if store.class_names != videos.class_names:
+        now = videos.class_names
         raise ExtractError(
-            f"{path} holds classes {store.class_names} but the videos now have "
-            f"{class_names}; use another FEATURES_DIR, or move {path.parent} away "
-            f"to start over"
+            f"{path} holds classes {store.class_names} but the videos now have {now}; {restart}"
+        )
+    if store.multilabel != videos.multilabel:
+        kind = {True: "multi-label", False: "single-label"}
+        raise ExtractError(
+            f"{path} is a {kind[store.multilabel]} store but the videos are now "
+            f"{kind[videos.multilabel]} (a video with several labels makes a multi-label store); {restart}"
         )
     diff = [
         f"{k}: {store.extractor.get(k)!r} in the store, {extractor.get(k)!r} now"
@@ -213,6 +224,7 @@ def extract(
     features_dir: str | os.PathLike,
     options: ExtractOptions | None = None,
     *,
+    labels: str | os.PathLike | None = None,
     shard: str | tuple[int, int] | None = None,
     progress: bool | None = None,
     log: Callable = print,
@@ -225,10 +237,10 @@ def extract(
         features_dir: output: {train,val,test}.h5 and extract_report.json.
         options: the settings (backbone, weights, sampling, quality, split ...); or give them as
             keyword ``settings`` with ExtractOptions' field names (``backbone="resnet18", fps=2``).
+        labels: a CSV of videos and labels to read instead of the folder layout (see ``labels_csv``).
         shard: ``"I/K"`` or (I, K): extract only shard I (0-based) of K, into shard files (see the
             module docstring). Under torchrun the shard is RANK/WORLD_SIZE; None: a whole run.
-        progress: show a progress bar (None: only on a terminal).
-        log: where messages go.
+        progress: show a progress bar (None: only on a terminal). log: where messages go.
 
     Returns:
         The final report (as written to extract_report.json).
@@ -249,6 +261,7 @@ def extract(
         log,
         resolve_shard(shard, dist),
         _rank_device(options.device, dist),
+        labels=labels,
     )
     status = "failed"
     run: dict[str, Any] = {}  # throughput figures, filled by _run (also when stopped)
@@ -288,9 +301,14 @@ def _start(
     log: Callable,
     shard: tuple[int, int] | None,
     device: str,
+    *,
+    labels: str | os.PathLike | None = None,
 ) -> _Extraction:
     """Scan the videos, build the CNN, open the store and the report; nothing is extracted yet."""
-    videos = scan_videos(video_root, split=options.split, seed=options.seed)
+    if labels is None:
+        videos = scan_videos(video_root, split=options.split, seed=options.seed)
+    else:
+        videos = scan_labelled_videos(video_root, labels, split=options.split, seed=options.seed)
     check_output_dir(out_dir, None if shard is None else shard[1])
     found, record = len(videos.jobs), None
     if shard is not None:
@@ -302,6 +320,8 @@ def _start(
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = _Writers(out_dir, videos, encoder.feature_dim, extractor, options.dtype, shard)
     report = ExtractReport(out_dir, videos, extractor, options.record(), writers.stored_in, shard=record)
+    if videos.labels_csv is not None:
+        report.data["labels_csv"] = videos.labels_csv  # next to video_root: where the videos came from
     todo = [job for job in videos.jobs if writers.stored_in(job) is None]
     part = (
         ""
@@ -310,9 +330,10 @@ def _start(
             f"shard {shard[0]}/{shard[1]} of {found} videos ({sum(j.size for j in videos.jobs) >> 20} MiB): "
         )
     )
+    layout = f"{videos.layout} layout" + (", multi-label" if videos.multilabel else "")
     log(
-        f"extract: {part}{len(videos.jobs)} videos in {len(videos.class_names)} classes ({videos.layout} "
-        f"layout), {len(videos.jobs) - len(todo)} already stored, {len(todo)} to do; "
+        f"extract: {part}{len(videos.jobs)} videos in {len(videos.class_names)} classes ({layout}), "
+        f"{len(videos.jobs) - len(todo)} already stored, {len(todo)} to do; "
         f"{options.backbone} ({extractor['weights']}) on {encoder.device}, {encoder.feature_dim}-d"
     )
     if videos.skipped_links:

@@ -19,6 +19,8 @@ to a folder inside a class folder is followed only if it leads into that same cl
 videos would otherwise get this class's label) and to a folder not scanned yet (by real path, so
 links can neither loop nor count a video twice); class folders that are links are scanned after
 the plain ones. Every link not followed is listed in ``VideoSet.skipped_links`` with its reason.
+
+A CSV of videos and their labels (``extract --labels``) replaces the layout: see ``labels_csv``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ LINK_REASONS = {  # code -> what it means; every folder link not followed carrie
 @dataclass
 class VideoJob:
     """One file found under VIDEO_ROOT. ``split`` is None until assigned; ``label`` indexes the
-    class names."""
+    class names. From a labels CSV, ``label_set`` holds the indices of all its labels (sorted) and
+    ``label`` is the rarest of them, which the split is stratified by."""
 
     path: Path
     rel: str
@@ -59,6 +62,7 @@ class VideoJob:
     label: int = -1
     video_id: str = ""
     size: int = 0
+    label_set: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -66,13 +70,15 @@ class VideoSet:
     """What ``scan_videos`` found.
 
     Attributes:
-        root: VIDEO_ROOT. layout: "splits" or "classes". class_names: sorted.
+        root: VIDEO_ROOT. layout: "splits" or "classes" (folders), "csv-splits" or "csv" (a labels
+            CSV with or without a split column). class_names: sorted.
         jobs: the videos to extract, ordered by split then path.
         skipped: (job, reason code, message) for files rejected before decoding.
         duplicates: one dict per group of byte-identical files.
         ignored: files and folders outside the layout (not reported as videos).
         skipped_links: folders not scanned, one dict each: path (relative to root), target (its
             real path), reason (a key of LINK_REASONS), detail (message).
+        multilabel: videos carry label sets (only from a labels CSV). labels_csv: that CSV, or None.
     """
 
     root: Path
@@ -83,6 +89,13 @@ class VideoSet:
     duplicates: list[dict] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     skipped_links: list[dict] = field(default_factory=list)
+    multilabel: bool = False
+    labels_csv: str | None = None
+
+    @property
+    def splits_given(self) -> bool:
+        """Whether the input names each video's split (split folders or a split column)."""
+        return self.layout in ("splits", "csv-splits")
 
 
 def parse_split(split: str | Sequence[float | str]) -> tuple[float, float, float]:
@@ -141,29 +154,39 @@ def scan_videos(
         raise ExtractError(
             f"no video files under {root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))}); {LAYOUT_HINT}"
         )
-    candidates = _label_and_check(vs, jobs)
+    labels = {c: i for i, c in enumerate(vs.class_names)}
+    for job in jobs:
+        job.label = labels.get(job.class_name, -1)
+    candidates = check_files(vs, jobs)
     _assign_ids(jobs)
-    groups = _identical_groups(candidates) if find_duplicates else []
-    candidates = _drop_duplicates(vs, candidates, groups)
-    if layout == "classes":
-        _split_stratified(candidates, shares, seed)
-    rank = {s: i for i, s in enumerate(SPLITS)}
-
-    def order(job: VideoJob) -> tuple[int, str]:
-        assert job.split is not None  # every kept video has its split by now
-        return rank[job.split], job.rel
-
-    vs.jobs = sorted(candidates, key=order)
+    settle(vs, candidates, shares=shares, seed=seed, find_duplicates=find_duplicates)
     return vs
 
 
-def _label_and_check(vs: VideoSet, jobs: list[VideoJob]) -> list[VideoJob]:
-    """Label every job; the ones that cannot be videos (unreadable, other extension, empty) go to
-    ``vs.skipped``, the others are returned."""
-    labels = {c: i for i, c in enumerate(vs.class_names)}
+def settle(
+    vs: VideoSet,
+    candidates: list[VideoJob],
+    *,
+    shares: tuple[float, float, float],
+    seed: int,
+    find_duplicates: bool,
+) -> None:
+    """Drop byte-identical copies (into ``vs.skipped`` and ``vs.duplicates``), split the rest with
+    ``shares`` and ``seed`` unless the input gives splits, and set ``vs.jobs`` (by split, then path)."""
+    groups = _identical_groups(candidates) if find_duplicates else []
+    candidates = _drop_duplicates(vs, candidates, groups)
+    if not vs.splits_given:
+        _split_stratified(candidates, shares, seed)
+    rank: dict[str | None, int] = {s: i for i, s in enumerate(SPLITS)}  # every kept video has a split
+    vs.jobs = sorted(candidates, key=lambda job: (rank[job.split], job.rel))
+
+
+def check_files(vs: VideoSet, jobs: list[VideoJob], remove_hint: str | None = None) -> list[VideoJob]:
+    """The jobs that can be videos; the others (unreadable, other extension, empty) go to
+    ``vs.skipped`` (a wrong extension's message ends "move it out of VIDEO_ROOT", or
+    ``remove_hint``). Sets every returned job's ``size``."""
     candidates = []
     for job in jobs:
-        job.label = labels.get(job.class_name, -1)
         try:
             job.size = job.path.stat().st_size
         except OSError as err:  # a dangling symlink, or a file deleted while scanning
@@ -177,7 +200,7 @@ def _label_and_check(vs: VideoSet, jobs: list[VideoJob]) -> list[VideoJob]:
                     job,
                     "not_video",
                     f"{job.path}: not a video file name (extension "
-                    f"{job.path.suffix or 'none'}); move it out of {vs.root}",
+                    f"{job.path.suffix or 'none'}); {remove_hint or f'move it out of {vs.root}'}",
                 )
             )
         elif job.size == 0:
@@ -355,7 +378,7 @@ def _drop_duplicates(
         also_kept: list[str] = []
         entry = {"sha256": sha, "kept": keep.rel, "dropped": gone, "also_kept": also_kept}
         for job in group[1:]:
-            if vs.layout == "splits" and job.split == keep.split:
+            if vs.splits_given and job.split == keep.split:
                 also_kept.append(job.rel)  # a copy within one split is no leakage
                 continue
             gone.append(job.rel)
@@ -378,7 +401,7 @@ def _drop_duplicates(
 
 
 def _split_stratified(jobs: list[VideoJob], shares: tuple[float, float, float], seed: int) -> None:
-    """Assign train/val/test per class with ``stratified_split`` (test first, then val)."""
+    """Assign train/val/test per class (``label``) with ``stratified_split`` (test first, then val)."""
     _, val_share, test_share = shares
     labels = np.array([j.label for j in jobs], np.int64)
     rest, test = np.arange(len(jobs)), np.zeros(0, np.int64)
