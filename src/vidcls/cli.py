@@ -184,7 +184,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     options = ExtractOptions(
         **{f.name: getattr(args, f.name) for f in fields(ExtractOptions) if hasattr(args, f.name)}
     )
-    report = extract(args.video_root, args.features_dir, options, shard=args.shard)
+    report = extract(args.video_root, args.features_dir, options, labels=args.labels, shard=args.shard)
     print(format_summary(report))
     return 0
 
