@@ -187,6 +187,10 @@ def test_an_uncommitted_label_set_tail_is_ignored_and_dropped(ml):
         f["video_ids"][4] = "ghost"
     s = FeatureStore(ml)
     assert len(s) == 4 and sets_of(s) == [[0, 2], [1], [1, 2, 3], [3]]
+    with FeatureWriter(ml, CLASSES, D, {"backbone": "toy"}, multilabel=True):
+        pass  # resuming alone cuts the tail
+    with h5py.File(ml) as f:
+        assert f["label_sets"].shape == (7,) and f["label_set_offsets"].shape == (5,)
     with FeatureWriter(ml, CLASSES, D, {"backbone": "toy"}, multilabel=True) as w:
         w.append("e", feats(9), [1, 3])
     with h5py.File(ml) as f:
