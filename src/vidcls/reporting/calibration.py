@@ -9,6 +9,8 @@ import math
 from .blocks import na, num, num_cell, para, table
 from .run_data import RunData
 
+MULTILABEL = "multilabel"
+
 SCORE_MEANING = {  # what each OOD score measures, for the table
     "energy": "logits: the negative free energy T * logsumexp(logits / T) of the served members and views",
     "max_softmax": "logits: the largest served probability",
@@ -31,7 +33,7 @@ def _share(rate: object) -> str:
     return "-"
 
 
-def _temperature_text(cal: dict, on: str) -> str:
+def _temperature_text(cal: dict, on: str, *, multilabel: bool = False) -> str:
     fit = cal.get("temperature_fit")
     if not isinstance(fit, dict):
         fit = {}
@@ -43,10 +45,21 @@ def _temperature_text(cal: dict, on: str) -> str:
             f"a validation split the model separates perfectly cannot drive T to its floor; the "
             f"likelihood alone would give T = {num(fit.get('mle_temperature'))}"
         )
+    if multilabel:
+        after = (
+            "before the sigmoid. Each video's ranking of classes does not change (nor mAP, GAP@20, "
+            "hit@1); the probabilities become honest"
+        )
+        if isinstance(cal.get("thresholds"), dict):
+            after += (
+                ", and the decision thresholds were chosen again on the calibrated validation "
+                "probabilities: predictions made with this calibration use those (see Decision thresholds)"
+            )
+    else:
+        after = "before the softmax. The predicted class does not change; the probabilities become honest"
     return (
         f"Temperature scaling fitted on {on} {how}: every member's logits are divided by "
-        f"T = {num(cal.get('temperature'))} before the softmax. The predicted class does not change; "
-        f"the probabilities become honest. Expected calibration error uses "
+        f"T = {num(cal.get('temperature'))} {after}. Expected calibration error uses "
         f"{cal.get('ece_bins', 15)} equal-width confidence bins."
     )
 
@@ -96,7 +109,7 @@ def calibration_body(run: RunData) -> list[dict]:
         ],
     ]
     parts = [
-        para(_temperature_text(cal, on)),
+        para(_temperature_text(cal, on, multilabel=MULTILABEL in (cal.get("task"), run.summary.get("task")))),
         table(["validation", "before", "after"], rows, table_id="calibration-table"),
     ]
     if ood:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-from .plots import LITERAL, MAX_NAMED_CLASSES, _series, epoch_axis, new_figure, to_png
+from .plots import LITERAL, MAX_NAMED_CLASSES, _series, epoch_axis, is_multilabel_history, new_figure, to_png
 
 MAX_ANNOTATED_CELLS = 30  # above this many classes, numbers in confusion cells become unreadable
 
@@ -25,8 +25,35 @@ def _mark_best(ax: Axes, epochs: list[int], best_epoch: int | None) -> None:
         ax.axvline(best_epoch, color="red", linestyle="--", alpha=0.6, label=f"best epoch {best_epoch}")
 
 
+# (history key, legend label) of a multi-label member's right-hand panel; val mAP (the first) is starred
+MULTILABEL_SCORE_LINES = (
+    ("val_map", "val mAP"),
+    ("val_gap", "val GAP@20"),
+    ("val_hit_at_1", "val hit@1"),
+    ("train_hit_at_1", "train hit@1"),
+    ("val_f1_micro", "val F1 micro (at 0.5)"),
+)
+
+
+def _score_lines(
+    ax: Axes, epochs: list[int], hist: list[dict], marker: str | None
+) -> tuple[list[float], str]:
+    """The right-hand panel's lines; returns the starred series and the panel's name."""
+    if is_multilabel_history(hist):
+        for key, label in MULTILABEL_SCORE_LINES:
+            style = ":" if key.startswith("train") else "-"
+            ax.plot(epochs, _series(hist, key), marker=marker, ms=3, label=label, linestyle=style)
+        return _series(hist, MULTILABEL_SCORE_LINES[0][0]), "ranking"
+    ax.plot(epochs, _series(hist, "train_acc"), marker=marker, ms=3, label="train")
+    val_acc = _series(hist, "val_acc")
+    ax.plot(epochs, val_acc, marker=marker, ms=3, label="val")
+    ax.plot(epochs, _series(hist, "val_f1_macro"), marker=marker, ms=3, label="val F1 macro", alpha=0.7)
+    return val_acc, "accuracy"
+
+
 def _member_curves(loss_ax: Axes, acc_ax: Axes, title: str, hist: list[dict], best: int | None) -> None:
-    """One member's row: loss on the left, accuracy and macro F1 on the right, best epoch marked."""
+    """One member's row: loss on the left, accuracy and macro F1 on the right (a multi-label history:
+    mAP, GAP@20, hit@1 and micro F1), best epoch marked."""
     if not hist:
         loss_ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=loss_ax.transAxes)
         return
@@ -34,12 +61,9 @@ def _member_curves(loss_ax: Axes, acc_ax: Axes, title: str, hist: list[dict], be
     marker = "o" if len(hist) <= 20 else None  # markers help short runs, clutter long ones
     loss_ax.plot(epochs, _series(hist, "train_loss"), marker=marker, ms=3, label="train")
     loss_ax.plot(epochs, _series(hist, "val_loss"), marker=marker, ms=3, label="val")
-    acc_ax.plot(epochs, _series(hist, "train_acc"), marker=marker, ms=3, label="train")
-    val_acc = _series(hist, "val_acc")
-    acc_ax.plot(epochs, val_acc, marker=marker, ms=3, label="val")
-    acc_ax.plot(epochs, _series(hist, "val_f1_macro"), marker=marker, ms=3, label="val F1 macro", alpha=0.7)
+    val_acc, score_name = _score_lines(acc_ax, epochs, hist, marker)
     acc_ax.set_ylim(0.0, 1.02)
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+    for ax, name in ((loss_ax, "loss"), (acc_ax, score_name)):
         _mark_best(ax, epochs, best)
         epoch_axis(ax, epochs)
         ax.set_title(f"{title} - {name}", fontsize=11)
@@ -174,6 +198,96 @@ def confusion_png(matrix: list[list[float]], names: list[str], *, normalised: bo
     ax.set_ylabel("true class")
     ax.set_title(title, **LITERAL)
     fig.tight_layout()
+    return to_png(fig)
+
+
+def ap_png(names: list[str], ap: list[float], *, gap_after: int | None = None, gap_text: str = "") -> bytes:
+    """Horizontal average-precision bars in the order given (best first, at the top), each labelled with
+    its value; with ``gap_after`` a blank row after that many bars carries ``gap_text`` (the classes
+    left out between the best and the worst).
+
+    Args:
+        names: the classes, in display order (long names are shortened in the chart).
+        ap: their APs in [0, 1], same order.
+        gap_after: the number of bars above the gap; None: no gap.
+        gap_text: what the gap row says.
+
+    Returns:
+        PNG bytes.
+    """
+    n = len(names)
+    ys = [i + (1 if gap_after is not None and i >= gap_after else 0) for i in range(n)]
+    rows = n + (1 if gap_after is not None else 0)
+    height = max(2.6, 0.28 * rows + 1.2)
+    fig = new_figure(11.0, height)
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.6 / height + 0.03, top=1 - 0.3 / height)
+    ax.barh(ys, ap, color="tab:blue", alpha=0.8)
+    for y, v in zip(ys, ap):
+        ax.text(min(v, 1.0) + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+    if gap_after is not None:
+        ax.axhline(gap_after, color="gray", linestyle=":", alpha=0.8)
+        box = {"facecolor": "white", "edgecolor": "none", "pad": 1.0}
+        ax.text(
+            0.5,
+            gap_after,
+            gap_text,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="dimgray",
+            bbox=box,
+            **LITERAL,
+        )
+    ax.set_yticks(ys)
+    shown = [c if len(c) <= 32 else c[:31] + "\u2026" for c in names]
+    ax.set_yticklabels(shown, fontsize=max(6.0, min(10.0, 400.0 / max(n, 1))), **LITERAL)
+    ax.set_xlim(0.0, 1.1)
+    ax.set_ylim(rows - 0.5, -0.5)  # best at the top
+    ax.set_xlabel("average precision")
+    ax.grid(True, axis="x", alpha=0.3)
+    return to_png(fig)
+
+
+def cooccurrence_png(counts: list[list[float]], names: list[str], *, title: str) -> bytes:
+    """A label co-occurrence heat map: cell (r, c) coloured by the share of the videos carrying class r
+    that also carry class c (the diagonal is 1), and numbered with the count of videos carrying both
+    (the diagonal: the class's videos).
+
+    Args:
+        counts: the (k, k) symmetric counts matrix, k up to about 20.
+        names: the k classes.
+        title: the chart title.
+
+    Returns:
+        PNG bytes.
+    """
+    k = len(names)
+    share = [[v / row[r] if row[r] else 0.0 for v in row] for r, row in enumerate(counts)]
+    side = min(13.0, max(6.0, 0.5 * k + 2.6))
+    fig = new_figure(side + 1.4, side)
+    ax = fig.subplots()
+    # fixed margins, not tight_layout (which draws the whole figure an extra time)
+    fig.subplots_adjust(left=2.2 / (side + 1.4), right=0.88, bottom=1.7 / side, top=1 - 0.4 / side)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.03, label="share of the row class's videos")
+    size = max(5.0, min(10.0, 160.0 / max(k, 1)))
+    for r, row in enumerate(counts):
+        for c, v in enumerate(row):
+            if v:
+                color = "white" if share[r][c] > 0.55 else "black"
+                ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=size, color=color)
+    ticks = list(range(k))
+    shown = [c if len(c) <= 20 else c[:19] + "\u2026" for c in names]
+    tick_size = max(5.0, min(10.0, 250.0 / max(k, 1)))
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    rotate: dict[str, Any] = {"rotation": 45, "ha": "right"} if k > 3 else {}
+    ax.set_xticklabels(shown, fontsize=tick_size, **rotate, **LITERAL)
+    ax.set_yticklabels(shown, fontsize=tick_size, **LITERAL)
+    ax.set_xlabel("also carries")
+    ax.set_ylabel("videos carrying")
+    ax.set_title(title, **LITERAL)
     return to_png(fig)
 
 

@@ -1,5 +1,9 @@
 """Training dashboard: one PNG with loss, accuracy, F1, learning rate, per-class F1 and epoch time.
 
+A multi-label run's history (rows with ``val_map`` / ``val_ap_per_class``) gets its own panels in the
+same grid: loss, ranking (val mAP, GAP@20, hit@1, train hit@1), label sets at threshold 0.5 (F1 micro
+and macro, exact-set accuracy), learning rate, per-class validation AP and epoch time.
+
 Figures are built with :class:`matplotlib.figure.Figure` and never registered with pyplot, so no
 GUI backend is touched (works headless, whatever ``MPLBACKEND`` says), no global figure list
 grows over a 150-epoch run, and rendering is safe from a background thread.
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
 FIGSIZE = (15.0, 8.0)  # inches
 DPI = 80  # 1200 x 640 px: readable, and small enough to render in well under 0.5 s
 MAX_NAMED_CLASSES = 40  # above this the per-class panel shows class indices, not names
+MAX_AP_BARS = 30  # a multi-label dashboard's AP panel: above this many classes only the lowest APs
+SET_THRESHOLD = 0.5  # the threshold training's multi-label validation rows score label sets at
 # Text properties for strings that come from data (class names, tags, titles): drawn as written.
 # Without them a "$" starts matplotlib mathtext, and a class named "$5_to_$10" fails the whole figure.
 LITERAL: dict[str, Any] = {"usetex": False, "parse_math": False}
@@ -91,14 +97,20 @@ class _Dash:
         return _series(self.history, key)
 
 
+def is_multilabel_history(history: list[dict]) -> bool:
+    """Whether ``history`` holds a multi-label run's rows (``val_map``, ``val_ap_per_class``)."""
+    return any(isinstance(h, dict) and ("val_map" in h or "val_ap_per_class" in h) for h in history)
+
+
 def _check_history(history: list[dict], class_names: list[str]) -> None:
     if not history:
         raise ValueError("history is empty: nothing to plot")
+    key = "val_ap_per_class" if is_multilabel_history(history) else "val_f1_per_class"
     for h in history:
-        per_class = h.get("val_f1_per_class")
+        per_class = h.get(key)
         if per_class is not None and len(per_class) != len(class_names):
             raise ValueError(
-                f"epoch {h.get('epoch')}: val_f1_per_class has {len(per_class)} values "
+                f"epoch {h.get('epoch')}: {key} has {len(per_class)} values "
                 f"for {len(class_names)} class names"
             )
 
@@ -205,7 +217,92 @@ def _epoch_time_panel(ax: Axes, d: _Dash) -> None:
     ax.set_title(f"Epoch time (s) - total {total / 60:.1f} min")
 
 
+# --- multi-label panels (rows of ``training.loop._multilabel_row``) ---------------------------------
+
+
+def _ranking_panel(ax: Axes, d: _Dash) -> None:
+    """Threshold-free ranking scores: val mAP (best epoch starred), GAP@20, hit@1 and train hit@1."""
+    epochs, val_map = d.epochs, d.series("val_map")
+    ax.plot(epochs, val_map, marker=d.marker, label="val mAP")
+    ax.plot(epochs, d.series("val_gap"), marker=d.marker, label="val GAP@20")
+    ax.plot(epochs, d.series("val_hit_at_1"), marker=d.marker, label="val hit@1")
+    ax.plot(epochs, d.series("train_hit_at_1"), marker=d.marker, linestyle=":", label="train hit@1")
+    best = _argmax(val_map)
+    if best is not None:
+        ax.scatter(
+            [epochs[best]],
+            [val_map[best]],
+            marker="*",
+            s=180,
+            color="red",
+            zorder=5,
+            label=f"best val mAP {val_map[best]:.3f} (ep {epochs[best]})",
+        )
+    ax.set_title("Ranking (no threshold)")
+    ax.set_ylim(0.0, 1.02)
+
+
+def _set_panel(ax: Axes, d: _Dash) -> None:
+    ax.plot(d.epochs, d.series("val_f1_micro"), marker=d.marker, label="F1 micro")
+    ax.plot(d.epochs, d.series("val_f1_macro"), marker=d.marker, label="F1 macro")
+    ax.plot(d.epochs, d.series("val_exact_set_accuracy"), marker=d.marker, label="exact set")
+    ax.set_title(f"Validation label sets at threshold {SET_THRESHOLD:g}")
+    ax.set_ylim(0.0, 1.02)
+
+
+def _ap_values(row: dict) -> list[float]:
+    """A row's per-class validation AP, NaN where it is None (no validation video carries the class)."""
+    values = row.get("val_ap_per_class") or []
+    return [float(v) if isinstance(v, (int, float)) else math.nan for v in values]
+
+
+def _ap_shown(latest: list[float]) -> list[int]:
+    """The classes the AP panel shows: all (in class order) up to ``MAX_AP_BARS``, else the lowest
+    defined APs, lowest first."""
+    if len(latest) <= MAX_AP_BARS:
+        return list(range(len(latest)))
+    defined = [i for i, v in enumerate(latest) if not math.isnan(v)]
+    return sorted(defined, key=lambda i: (latest[i], i))[:MAX_AP_BARS]
+
+
+def _ap_panel(ax: Axes, d: _Dash) -> None:
+    """Per-class val AP of the latest epoch (bars) and of the best val mAP epoch (red ticks); with more
+    than ``MAX_AP_BARS`` classes only the lowest ones, the ones worth reading. A class that no validation
+    video carries has no AP: "n/a" in its place, and the title counts them."""
+    last, latest = d.epochs[-1], _ap_values(d.history[-1])
+    shown, xs = _ap_shown(latest), []
+    missing = sum(math.isnan(v) for v in latest)
+    title = f"Per-class val AP (epoch {last})"
+    if len(latest) > MAX_AP_BARS:
+        title += f": the {len(shown)} lowest of {len(latest)} classes"
+    if shown:
+        xs = list(range(len(shown)))
+        ax.bar(xs, [0.0 if math.isnan(latest[i]) else latest[i] for i in shown], label=f"epoch {last}")
+        for x, i in zip(xs, shown):
+            if math.isnan(latest[i]):
+                ax.text(x, 0.02, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
+        best = _argmax(d.series("val_map"))
+        best_ap = _ap_values(d.history[best]) if best is not None else []
+        if best != len(d.history) - 1 and len(best_ap) == len(latest):
+            label = f"best val mAP (ep {d.epochs[best]})" if best is not None else ""
+            ax.scatter(xs, [best_ap[i] for i in shown], marker="_", s=200, color="red", zorder=5, label=label)
+        ax.set_xticks(xs)
+        size = max(5.0, min(9.0, 250.0 / len(shown)))
+        ax.set_xticklabels([d.class_names[i] for i in shown], rotation=90, fontsize=size, **LITERAL)
+        ax.set_xlim(-0.6, len(shown) - 0.4)
+    else:
+        ax.text(0.5, 0.5, "no per-class AP", transform=ax.transAxes, ha="center", va="center")
+    if missing:
+        title += f"\n{missing} of {len(latest)} classes: no validation video (no AP)"
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(0.0, 1.05)
+
+
 _PANELS = ((_loss_panel, _accuracy_panel, _f1_panel), (_lr_panel, _per_class_panel, _epoch_time_panel))
+_ML_PANELS = (
+    (_loss_panel, _ranking_panel, _set_panel),
+    (_lr_panel, _ap_panel, _epoch_time_panel),
+)
 
 
 def _render_png(history: list[dict], class_names: list[str], title: str | None) -> bytes:
@@ -215,10 +312,10 @@ def _render_png(history: list[dict], class_names: list[str], title: str | None) 
     axes = fig.subplots(2, 3)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.22, hspace=0.38)
     fig.suptitle(title or f"Training dashboard - epoch {d.epochs[-1]}", fontsize=14, **LITERAL)
-    for row, panels in zip(axes, _PANELS):
+    for row, panels in zip(axes, _ML_PANELS if is_multilabel_history(history) else _PANELS):
         for ax, draw in zip(row, panels):
             draw(ax, d)
-            per_class = draw is _per_class_panel
+            per_class = draw in (_per_class_panel, _ap_panel)
             # Vertical grid lines would draw one line per class tick in the per-class panel.
             ax.grid(True, axis="y" if per_class else "both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
@@ -235,9 +332,11 @@ def plot_dashboard(
 
     Args:
         history: one dict per epoch (keys epoch, lr, train_loss, train_acc, val_loss, val_acc,
-            val_f1_weighted, val_f1_macro, val_f1_worst, epoch_seconds, val_f1_per_class);
-            missing scalar keys leave gaps.
-        class_names: one name per entry of ``val_f1_per_class``.
+            val_f1_weighted, val_f1_macro, val_f1_worst, epoch_seconds, val_f1_per_class; a multi-label
+            run's: epoch, lr, train_loss, train_hit_at_1, val_loss, val_map, val_gap, val_hit_at_1,
+            val_f1_micro, val_f1_macro, val_exact_set_accuracy, epoch_seconds, val_ap_per_class with
+            None for a class no validation video carries); missing scalar keys leave gaps.
+        class_names: one name per entry of ``val_f1_per_class`` (``val_ap_per_class``).
         out_path: PNG path; parent directories are created.
         title: figure title (default: "Training dashboard - epoch N").
 
@@ -245,8 +344,8 @@ def plot_dashboard(
         ``out_path`` as a Path.
 
     Raises:
-        ValueError: empty history, or a ``val_f1_per_class`` whose length differs from
-            ``class_names``.
+        ValueError: empty history, or a ``val_f1_per_class`` (``val_ap_per_class``) whose length
+            differs from ``class_names``.
     """
     return atomic_write_bytes(out_path, _render_png(history, class_names, title))
 

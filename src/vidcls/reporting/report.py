@@ -26,6 +26,7 @@ from .. import __version__
 from ..run.layout import CHECKPOINT_RE, checkpoint_member
 from ..run.rundir import RunDir
 from . import figures as rp
+from . import multilabel as ml
 from .blocks import Cell, bar_cell, figure, na, num, para, table
 from .calibration import calibration_body
 from .results import METRICS, confusion_body, ensemble_body, final_metrics, per_class_body, tta_body
@@ -185,6 +186,34 @@ SECTIONS = (  # (id, heading, builder): ids are a stable interface (tests, links
     ("resources", "Resource use", _resources_body),
     ("misclassified", "Misclassified videos", _misclassified_body),
 )
+# A multi-label run's page: its metrics, per-class AP, co-occurrence and thresholds in place of the
+# single-label per-class table and confusion matrix (which mean nothing for label sets).
+_SAME = {sid: (sid, title, build) for sid, title, build in SECTIONS}
+MULTILABEL_SECTIONS = (
+    _SAME["config"],
+    ("data", "Data", ml.data_body),
+    _SAME["curves"],
+    _SAME["lr"],
+    ("metrics", "Multi-label metrics", ml.metrics_body),
+    ("per-class", "Per-class average precision", ml.ap_body),
+    ("cooccurrence", "Label co-occurrence", ml.cooccurrence_body),
+    ("thresholds", "Decision thresholds", ml.thresholds_body),
+    _SAME["ensemble"],
+    _SAME["tta"],
+    _SAME["calibration"],
+    _SAME["resources"],
+    ("misclassified", "Videos with a wrong label set", ml.misclassified_body),
+)
+
+
+def sections_of(run: RunData) -> tuple[tuple[str, str, Callable[[RunData], list[dict]]], ...]:
+    """The sections of ``run``'s page: ``MULTILABEL_SECTIONS`` for a multi-label run, else ``SECTIONS``."""
+    try:
+        multilabel = ml.is_multilabel(run)
+    except Exception as exc:  # noqa: BLE001 - an odd summary must not cost the report
+        log.warning("report: the run's task could not be read (%s: %s)", type(exc).__name__, exc)
+        multilabel = False
+    return MULTILABEL_SECTIONS if multilabel else SECTIONS
 
 
 def _section(run: RunData, sid: str, title: str, build: Callable[[RunData], list[dict]]) -> dict:
@@ -214,6 +243,10 @@ def _header(run: RunData) -> dict:
         ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "-"),
         ("final model", (s.get("final") or {}).get("source", "?")),
     ]
+    if ml.is_multilabel(run):
+        facts.append(("task", "multi-label (a set of labels per video)"))
+        label = ml.final_split(run)[1]
+        return {"name": run.run_dir.name, "facts": facts, "label": label, "cards": ml.header_cards(run)}
     return {
         "name": run.run_dir.name,
         "facts": facts,
@@ -251,7 +284,7 @@ _ENV.tests["cell"] = lambda value: isinstance(value, Cell)
 def render_report(run_dir: str | os.PathLike) -> str:
     """The report for ``run_dir`` as an HTML string (see :func:`write_report`)."""
     run = load_run(Path(run_dir).resolve())
-    sections = [_section(run, sid, title, build) for sid, title, build in SECTIONS]
+    sections = [_section(run, sid, title, build) for sid, title, build in sections_of(run)]
     return _ENV.get_template("report.html.j2").render(header=_safe_header(run), sections=sections)
 
 
@@ -259,8 +292,11 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``RUN_DIR/report.html``: a single self-contained page summarising the run.
 
     Sections (``<section id=...>``): config, data, curves, lr, per-class, confusion, ensemble,
-    tta, calibration, resources, misclassified; plus a header with the headline test numbers. PNG charts are
-    embedded as base64 data URIs and there are no external references, so the file works offline.
+    tta, calibration, resources, misclassified; plus a header with the headline test numbers. A
+    multi-label run's page (``MULTILABEL_SECTIONS``) has metrics, per-class (average precision),
+    cooccurrence and thresholds in place of per-class and confusion, every per-class part capped (the
+    best and worst 20 of many classes). PNG charts are embedded as base64 data URIs and there are no
+    external references, so the file works offline.
 
     Args:
         run_dir: a ``vidcls train`` run directory. Only its config.yaml must exist; each missing
