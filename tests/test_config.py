@@ -36,7 +36,7 @@ SPEC_DEFAULTS = dict(
     gamma=2.0,
     smoothing=0.1,
     patience_cycles=1,
-    select="val_acc",
+    select="auto",  # val_acc for one class per video (the spec's), val_map for label sets
     seed=42,
     workers=2,
     monitor_interval=1800,
@@ -409,3 +409,17 @@ def test_a_retired_key_is_refused_in_a_new_config_but_dropped_from_a_saved_run(t
     assert cfg.lr == 0.002 and cfg.patience_cycles == 1
     with pytest.raises(ConfigError, match="patience_cycles"):  # never from the command line
         load_config(old_run, {"patience": 3}, saved_run=True)
+
+
+def test_select_auto_resolves_per_task_and_a_select_of_the_other_task_is_refused():
+    from vidcls.config import resolve_select
+
+    assert resolve_select("auto", "single") == "val_acc"
+    assert resolve_select("auto", "multilabel") == "val_map"
+    assert resolve_select("val_gap", "multilabel") == "val_gap"
+    with pytest.raises(ConfigError, match="--select val_map does not apply to --task single"):
+        load_config(None, {"task": "single", "select": "val_map"})
+    with pytest.raises(ConfigError, match="--threshold must be in"):
+        load_config(None, {"threshold": 1.0})
+    with pytest.raises(ConfigError, match="--task must be one of"):
+        load_config(None, {"task": "multi"})

@@ -17,6 +17,10 @@ from typing import Any, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from .models import AUTO_MIN_DIM as AUTO_MIN_DIM  # re-exported: callers import them from config
+from .models import AUTO_MODELS as AUTO_MODELS
+from .models import auto_model as auto_model
+from .models import check_model
 from .values import coerce, read_yaml
 
 TTA_MODES = ("original", "reverse", "speed_up", "speed_down")
@@ -194,7 +198,7 @@ class TrainConfig:
         """
         _check_numbers(self)
         _check_choices(self)
-        _check_model(self)
+        check_model(self)
         return self
 
     def to_dict(self) -> dict:
@@ -305,60 +309,6 @@ def _check_choices(cfg: TrainConfig) -> None:
     repeated = sorted({m for m in cfg.tta_modes if cfg.tta_modes.count(m) > 1})
     if repeated:
         raise ConfigError(f"--tta-modes lists {', '.join(repeated)} more than once; name each mode once")
-
-
-# The size options each model's constructor hands to ``check_sizes`` (models/temporal.py). Checking
-# them here refuses a bad combination before the run directory is written, not when a member starts.
-_MODEL_SIZE_OPTIONS = {
-    "bilstm_attn": dict(layers=True, heads=True, even_hidden=True),
-    "transformer": dict(layers=True, heads=True),
-    "mean_mlp": dict(),
-    "inception_time": dict(layers=True),
-}
-
-
-# ``--model auto``: the spec's bilstm_attn for CNN features (hundreds of values per frame); for
-# low-dimensional sequences (sensors, time series: a few values per step) a convolution from the
-# time-series literature. Measured on aeon's 1-value sets (benchmarks/realdata.py, README): see AUTO_MODELS.
-AUTO_MIN_DIM = 32  # features per step at which auto picks bilstm_attn
-AUTO_MODELS = ("bilstm_attn", "inception_time")  # (>= AUTO_MIN_DIM, below)
-
-
-def auto_model(feature_dim: int) -> str:
-    """The model ``--model auto`` trains on ``feature_dim``-dimensional frames."""
-    return AUTO_MODELS[0] if feature_dim >= AUTO_MIN_DIM else AUTO_MODELS[1]
-
-
-def _check_model(cfg: TrainConfig) -> None:
-    from ..models import list_models  # torch: imported only when a config is checked
-
-    if cfg.model != "auto" and cfg.model not in list_models():
-        raise ConfigError(f"--model {cfg.model!r} is unknown; valid names: auto, {', '.join(list_models())}")
-    for name in AUTO_MODELS if cfg.model == "auto" else (cfg.model,):  # auto: the sizes must suit both
-        _check_sizes_of(cfg, name)
-
-
-def _check_sizes_of(cfg: TrainConfig, name: str) -> None:
-    from ..models.layers import check_sizes
-
-    opts = _MODEL_SIZE_OPTIONS.get(name, {})
-    try:  # feature_dim and n_classes come from the data; 1 and 2 pass their checks
-        check_sizes(
-            feature_dim=1,
-            n_classes=2,
-            hidden_dim=cfg.hidden_dim,
-            dropout=cfg.dropout,
-            layers=cfg.layers if opts.get("layers") else None,
-            heads=cfg.heads if opts.get("heads") else None,
-            even_hidden=opts.get("even_hidden", False),
-        )
-        if name == "inception_time":  # its 4 branches split hidden_dim evenly
-            from ..models.inception import check_width
-
-            check_width(cfg.hidden_dim)
-    except ConfigError as exc:
-        where = f"auto (which may pick {name})" if cfg.model == "auto" else name
-        raise ConfigError(f"--model {where}: {exc}") from None
 
 
 def _positive(cfg: TrainConfig, *names: str) -> None:
