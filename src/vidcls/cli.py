@@ -30,19 +30,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def format_results(summaries: dict) -> str:
-    """A plain-text table per run: each member without / with TTA, the mean of members, the ensemble."""
+    """A plain-text table per run: each member without / with TTA, the mean of members, the ensemble.
+    Multi-label runs (summary "task") show mAP, GAP@20 and micro F1 instead of accuracy, macro and worst F1."""
     nan = float("nan")
-    head = (
-        f"{'':<22}{'best ep':>8}{'val acc':>9}{'val F1m':>9}{'test acc':>10}{'test F1m':>10}{'worst F1':>10}"
-    )
+    multi = any(s.get("task") == "multilabel" for s in summaries.values())
+    a, b, c = ("map_macro", "gap_at_20", "f1_micro") if multi else ("accuracy", "f1_macro", "worst_class_f1")
+    cols = ("val mAP", "val GAP", "test mAP", "test GAP", "test F1mu")
+    if not multi:
+        cols = ("val acc", "val F1m", "test acc", "test F1m", "worst F1")
+    head = f"{'':<22}{'best ep':>8}{cols[0]:>9}{cols[1]:>9}{cols[2]:>10}{cols[3]:>10}{cols[4]:>10}"
     lines = [head, "-" * len(head)]
 
     def row(label: str, val: dict, test: dict | None, ep: str = "") -> None:
         test = test or {}
         lines.append(
-            f"{label:<22}{ep:>8}{val['accuracy']:>9.3f}{val['f1_macro']:>9.3f}"
-            f"{test.get('accuracy', nan):>10.3f}{test.get('f1_macro', nan):>10.3f}"
-            f"{test.get('worst_class_f1', nan):>10.3f}"
+            f"{label:<22}{ep:>8}{val[a]:>9.3f}{val[b]:>9.3f}"
+            f"{test.get(a, nan):>10.3f}{test.get(b, nan):>10.3f}"
+            f"{test.get(c, nan):>10.3f}"
         )
 
     for name, s in summaries.items():
@@ -55,8 +59,7 @@ def format_results(summaries: dict) -> str:
             if s.get("mean_member_test"):
                 t = s["mean_member_test"]
                 lines.append(
-                    f"{'  mean of members':<22}{'':>8}{'':>9}{'':>9}{t['accuracy']:>10.3f}"
-                    f"{t['f1_macro']:>10.3f}{t['worst_class_f1']:>10.3f}"
+                    f"{'  mean of members':<22}{'':>8}{'':>9}{'':>9}{t[a]:>10.3f}{t[b]:>10.3f}{t[c]:>10.3f}"
                 )
             tta = " + TTA" if s["ensemble"]["tta_used"] else ""
             row(f"{name} ensemble{tta}", s["ensemble"]["val"], s["ensemble"].get("test"))
@@ -115,17 +118,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate_saved_run
+    from .evaluation.multilabel_policy import headline
 
     out = evaluate_saved_run(args.run_dir, args.split, args.tta, args.device, features_dir=args.features_dir)
     e = out["ensemble"]
+    key, what = ("map_macro", "mAP") if "map_macro" in e[args.split] else ("accuracy", "acc")
     for m in out["members"]:
         print(
-            f"member {m['member']}: {args.split} acc {m[args.split]['accuracy']:.3f} "
-            f"(TTA {m[args.split + '_tta']['accuracy']:.3f}, used: {m['tta_used']})"
+            f"member {m['member']}: {args.split} {what} {m[args.split][key]:.3f} "
+            f"(TTA {m[args.split + '_tta'][key]:.3f}, used: {m['tta_used']})"
         )
     print(
-        f"ensemble of {e['members_used']} (TTA used: {e['tta_used']}): {args.split} acc "
-        f"{e[args.split]['accuracy']:.3f}, macro F1 {e[args.split]['f1_macro']:.3f}"
+        f"ensemble of {e['members_used']} (TTA used: {e['tta_used']}): {args.split} {headline(e[args.split])}"
     )
     for x in e["excluded"]:
         print(f"  member {x['member']} excluded: {x['reason']}")

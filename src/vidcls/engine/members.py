@@ -29,12 +29,18 @@ def _names(names: Iterable[object]) -> str:
 def check_checkpoint_matches(ckpt: dict, path: Path, store: SplitStore) -> None:
     """Refuse to score a checkpoint on features it was not trained on.
 
+    A multi-label checkpoint (``task`` "multilabel") may score a single-label store: each video's
+    label is then a one-element set (as training one-vs-rest on such a store does).
+
     Args:
-        ckpt: a loaded checkpoint (``class_names``, ``feature_dim``, ``extractor``); path: its file.
-        store: the FeatureStore to be scored (``class_names``, ``feature_dim``, ``extractor``, ``path``).
+        ckpt: a loaded checkpoint (``class_names``, ``feature_dim``, ``extractor``, ``task``: absent is
+            "single"); path: its file.
+        store: the FeatureStore to be scored (``class_names``, ``feature_dim``, ``extractor``, ``path``,
+            ``multilabel``, ``label_sets``).
     Raises:
-        CheckpointError: other class names (order included), another feature dimension, or another
-            extractor backbone when both record one; the message names both sides and both files.
+        CheckpointError: other class names (order included), another feature dimension, another
+            extractor backbone when both record one, or a single-label checkpoint on a store whose
+            videos carry several labels; the message names both sides and both files.
     """
     hint = "evaluate with the features the run was trained on"
     if list(ckpt.get("class_names") or []) != list(store.class_names):
@@ -53,6 +59,14 @@ def check_checkpoint_matches(ckpt: dict, path: Path, store: SplitStore) -> None:
         raise CheckpointError(
             f"{path} was trained on {trained} features but {store.path} holds {given} features; {hint}"
         )
+    if ckpt.get("task", "single") == "single" and getattr(store, "multilabel", False):
+        many = [i for i, labels in enumerate(store.label_sets) if len(labels) > 1]
+        if many:
+            raise CheckpointError(
+                f"{path} is a single-label model (one class per video) but {store.path} holds label sets "
+                f"({len(many)} videos with several labels, e.g. {store.video_ids[many[0]]!r}); {hint}, "
+                f"or train a multi-label run on these (--task multilabel)"
+            )
 
 
 REQUIRED = ("model", "model_state", "class_names", "feature_dim")  # what a finished member checkpoint holds
@@ -104,9 +118,11 @@ def load_members(
 
 def _check_same(first: dict, other: dict, first_path: Path, path: Path) -> None:
     """Members served together must have been trained on the same features the same way."""
-    for key in ("class_names", "feature_dim", "extractor", "max_frames"):
-        if first.get(key) != other.get(key):
+    for key in ("class_names", "feature_dim", "extractor", "max_frames", "task"):
+        # a checkpoint without "task" (older than multi-label runs) is single-label
+        mine, theirs = (c.get(key, "single" if key == "task" else None) for c in (other, first))
+        if mine != theirs:
             raise CheckpointError(
-                f"{path} has {key} {other.get(key)!r} but {first_path} has {first.get(key)!r}; "
+                f"{path} has {key} {mine!r} but {first_path} has {theirs!r}; "
                 f"the members of one run must share their features; retrain the run"
             )

@@ -28,6 +28,15 @@ sequence), C classes; ``(N, M, C)`` and ``(N, C)`` are read as one view / one me
              "typicality": {"file": "typicality.npz", ...}}, ...}
 
 A calibration without "scores" (written before typicality) is read as energy alone.
+
+Every record says its ``"task"``. A multi-label run (``"task": "multilabel"``, one sigmoid per class)
+is calibrated with ONE scalar temperature for all classes, fitted by the same MAP rule, where the NLL
+is the mean over videos of the summed binary cross-entropy of the served sigmoids (``temperature``'s
+module docstring says why not one per class); its ECE is the label-wise one; its OOD logit scores are
+the joint energy and the largest sigmoid (``engine.scores``). Its decision thresholds are then chosen
+again on the calibrated validation probabilities (the run's ``--thresholds`` rule) and recorded as
+``"thresholds"`` (``{"rule", "global", "per_class", "support"}``): prediction uses them when the
+calibration is that of the served choice, else final.json's.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import MULTILABEL, TrainConfig
 from ..data.dataset import FeatureDataset, Splits
 from ..engine.forward import Outputs, forward
 from ..engine.members import load_members
@@ -58,14 +67,17 @@ from ..run.calibration import (
     ood_checks,
     save_typicality,
 )
-from ..run.final import FinalChoice
+from ..run.final import FinalChoice, run_task
 from ..run.rundir import RunDir
-from .temperature import (
+from .multilabel import choose_thresholds
+from .temperature import (  # noqa: F401  (expected_calibration_error, nll: re-exported for the tests)
     ECE_BINS,
     T_PRIOR_SIGMA,
     expected_calibration_error,
     fit_temperature,
     nll,
+    served_ece,
+    served_nll,
 )
 
 # --- pure functions over logits ------------------------------------------------------------------
@@ -108,25 +120,37 @@ def joint_thresholds(
 
 
 def calibration_record(
-    logits: np.ndarray, labels: np.ndarray | None, kind: str = DEFAULT_OOD_SCORE, extra: dict | None = None
+    logits: np.ndarray,
+    labels: np.ndarray | None,
+    kind: str = DEFAULT_OOD_SCORE,
+    extra: dict | None = None,
+    *,
+    task: str = "single",
+    rule: str = "per_class",
+    fixed: float = 0.5,
 ) -> dict:
     """Everything ``calibration.json`` holds that follows from validation logits and labels, and the
-    ``extra`` validation scores (``{"typicality": (N,)}``) judged together with ``kind``."""
+    ``extra`` validation scores (``{"typicality": (N,)}``) judged together with ``kind``.
+
+    ``task`` "multilabel": ``labels`` are (N, C) 0/1 label sets; the record also holds the decision
+    ``"thresholds"`` chosen on the calibrated validation probabilities (``choose_thresholds`` with
+    ``rule`` and ``fixed``)."""
     z, y = as_4d(logits), np.asarray(labels, dtype=np.int64)
-    t = fit_temperature(z, y)
-    before, after = served_probs(z, 1.0), served_probs(z, t)
-    scores = {kind: ood_score(z, t, kind), **(extra or {})}
+    t = fit_temperature(z, y, task=task)
+    before, after = served_probs(z, 1.0, task), served_probs(z, t, task)
+    scores = {kind: ood_score(z, t, kind, task), **(extra or {})}
     thresholds, passed, rates = joint_thresholds(scores)
-    return {
+    record = {
+        "task": task,
         "temperature": t,
-        "ece_before": expected_calibration_error(before, y),
-        "ece_after": expected_calibration_error(after, y),
-        "nll_before": nll(before, y),
-        "nll_after": nll(after, y),
+        "ece_before": served_ece(before, y, task),
+        "ece_after": served_ece(after, y, task),
+        "nll_before": served_nll(before, y, task),
+        "nll_after": served_nll(after, y, task),
         "temperature_fit": {
             "method": "map_lognormal",
             "prior_sigma": T_PRIOR_SIGMA,
-            "mle_temperature": fit_temperature(z, y, prior_sigma=None),
+            "mle_temperature": fit_temperature(z, y, prior_sigma=None, task=task),
         },
         "ood": {
             "score": kind,
@@ -140,6 +164,9 @@ def calibration_record(
         "val_videos": int(len(y)),
         "ece_bins": ECE_BINS,
     }
+    if task == MULTILABEL:
+        record["thresholds"] = choose_thresholds(y, after, rule=rule, fixed=fixed)
+    return record
 
 
 # --- a run's calibration -------------------------------------------------------------------------
@@ -167,8 +194,9 @@ def served_outputs(
     Raises:
         ValueError: ``outputs`` of other videos than ``dataset``'s (their labels differ).
     """
+    labels = dataset.labels if dataset.targets is None else dataset.targets
     if outputs is not None:
-        if outputs.labels is None or not np.array_equal(outputs.labels, dataset.labels):
+        if outputs.labels is None or not np.array_equal(outputs.labels, labels):
             raise ValueError("the outputs given to calibrate are not those of the run's validation split")
         return outputs.select(members=choice.members, views=served_views(choice))
     models, _ = load_members(run_dir, choice, choice.members, device, [dataset.store])
@@ -181,19 +209,31 @@ def served_outputs(
         device=device,
         members=choice.members,
         shortest_first=True,
+        task=choice.task,
     )
 
 
 def _record(
-    choice: FinalChoice, splits: Splits, val: Outputs, kind: str, stats: dict, typicality_file: str
+    choice: FinalChoice,
+    splits: Splits,
+    val: Outputs,
+    kind: str,
+    stats: dict,
+    *,
+    cfg: TrainConfig,
+    typicality_file: str,
 ) -> dict:
     """calibration.json's content: ``calibration_record`` of the served validation outputs ``val``
-    with the validation typicality under ``stats``, and what it was fitted for."""
+    with the validation typicality under ``stats`` (a multi-label run's thresholds by ``cfg``'s
+    rule), and what it was fitted for."""
     typ = {"typicality": typicality_score(list(seen_videos(splits.val)), stats)}
+    fitted = calibration_record(
+        val.logits, val.labels, kind, typ, task=val.task, rule=cfg.thresholds, fixed=cfg.threshold
+    )
     record = {
         "format": CALIBRATION_FORMAT,
         "version": 2,
-        **calibration_record(val.logits, val.labels, kind, typ),
+        **fitted,
         "members": list(choice.members),
         "tta_used": bool(choice.tta_used),
         "views": served_views(choice),
@@ -244,11 +284,12 @@ def calibrate_run(
             seed=cfg.seed,
             augment=False,
             max_frames=cfg.max_frames,
+            task=run_task(cfg),
         )
         val = served_outputs(run, choice, splits.val, cfg=cfg, device=resolve_device(device), outputs=outputs)
         stats = fit_typicality(seen_videos(splits.train), splits.train.labels, len(splits.class_names))
         save_typicality(run.typicality, stats)  # before the calibration that refers to it
-        record = _record(choice, splits, val, kind, stats, run.typicality.name)
+        record = _record(choice, splits, val, kind, stats, cfg=cfg, typicality_file=run.typicality.name)
         run.write_calibration(record)
         run.add_to_summary("calibration", record)
     if log:
@@ -267,8 +308,10 @@ def describe(record: dict) -> str:
         if "mle_temperature" in fit and "prior_sigma" in fit
         else ""
     )
+    th = record.get("thresholds") or {}
+    decision = f"; decision thresholds {th['rule']} (global {th['global']:.2f})" if "rule" in th else ""
     return (
         f"calibration: temperature {record['temperature']:.3f}{how}; val ECE {record['ece_before']:.4f} -> "
         f"{record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}; "
-        f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass"
+        f"OOD thresholds {checks}, {100 * ood['val_pass_rate']:.1f} % of validation videos pass{decision}"
     )

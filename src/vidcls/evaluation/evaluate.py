@@ -5,7 +5,15 @@ and records the choice in ``RUN_DIR/final.json`` (``write_final_choice``). ``vid
 (``evaluate_saved_run``) reads that record (``load_final_choice``) and scores exactly that choice;
 members, ensemble and TTA views are reported beside it for information. Writes
 ``RUN_DIR/eval_<split>.json`` and ``metrics_all.csv``. The models' outputs come from one
-``engine.forward.forward`` per split, over every model and every view the policy reads.
+``engine.forward.forward`` per split, over every model and every view the policy reads, with the
+task the members' checkpoints record (absent: "single").
+
+A multi-label run's ``eval_<split>.json`` holds ``multilabel_metrics`` dicts wherever a single-label
+run's holds ``classification_metrics`` ones (members and ensemble at threshold 0.5, the final choice
+at its recorded thresholds), plus ``"task": "multilabel"`` and ``final.thresholds``; each of its
+``predictions`` is ``{"video_id", "label": "a|b" (the true set), "pred": "a|c" (the set at the
+thresholds, "" when empty), "confidence" (the largest probability), "correct" (the sets are equal),
+"hit_at_1"}``.
 """
 
 from __future__ import annotations
@@ -17,26 +25,28 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..config import TTA_SETTINGS, TrainConfig
+from ..config import MULTILABEL, TTA_SETTINGS, TrainConfig, resolve_select
 from ..data.dataset import FeatureDataset, Splits
 from ..engine.forward import Outputs, forward
 from ..engine.members import load_members
 from ..engine.views import views_to_predict
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..run import layout as L
 from ..run.final import (  # noqa: F401  (model_checkpoints, write_final_choice: re-exported for fit and tests)
     FinalChoice,
     _recorded_choice,
     best_checkpoint,
     model_checkpoints,
+    run_task,
     write_final_choice,
 )
 from ..run.rundir import RunDir
 from ..utils.fs import atomic_write_text
-from .metrics import classification_metrics
-from .policy import Policy, combine, decide_tta, ensemble_probs, labels_of, score_choice
+from .multilabel_policy import headline, label_set_predictions, split_metrics
+from .policy import Policy, combine, decide_tta, ensemble_probs, labels_of, score_choice, with_thresholds
 
 # --- the models' outputs -------------------------------------------------------------------------
 
@@ -52,11 +62,23 @@ def model_outputs(
 ) -> dict[str, Outputs]:
     """``{split: Outputs}`` of every model of ``checkpoints`` (default: ``RunDir.model_checkpoints``)
     on ``views_to_predict(modes)`` of ``datasets`` (``{split: FeatureDataset}``), with their labels.
-    Every checkpoint is first checked against the stores, in that order."""
+    Every checkpoint is first checked against the stores, in that order, and its task (absent:
+    "single") against the run's (``run_task``).
+
+    Raises:
+        CheckpointError: (besides ``load_members``'s) a checkpoint of another task than config.yaml's.
+    """
     run = RunDir(run_dir)
     checkpoints = run.model_checkpoints(cfg) if checkpoints is None else list(checkpoints)
     stores = list({id(ds.store): ds.store for ds in datasets.values()}.values())
-    models, _ = load_members(run, checkpoints, range(len(checkpoints)), device, stores)
+    models, meta = load_members(run, checkpoints, range(len(checkpoints)), device, stores)
+    task = run_task(cfg)
+    for path, m in zip(checkpoints, meta):
+        if m.get("task", "single") != task:
+            raise CheckpointError(
+                f"{run.root / path} was trained with task {m.get('task', 'single')!r} but "
+                f"{run.config} says {task!r}; the run directory mixes two runs: retrain it"
+            )
     views = views_to_predict(modes)
     return {
         s: forward(
@@ -67,9 +89,22 @@ def model_outputs(
             batch_frames=cfg.batch_frames,
             device=device,
             shortest_first=True,
+            task=task,
         )
         for s, ds in datasets.items()
     }
+
+
+def run_policy(cfg: TrainConfig, tta: str | None = None) -> Policy:
+    """The ``Policy`` of a run's config: its ``select`` (``auto`` resolved for its task), ``tta`` (or the
+    one given), TTA modes and multi-label threshold rule."""
+    return Policy(
+        resolve_select(cfg.select, run_task(cfg)),
+        cfg.tta if tta is None else tta,
+        tuple(cfg.tta_modes),
+        cfg.thresholds,
+        cfg.threshold,
+    )
 
 
 def _with_checkpoints(results: dict, checkpoints: list[str]) -> dict:
@@ -95,7 +130,7 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, splits: Splits, d
     datasets = {"val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
     checkpoints = run.model_checkpoints(cfg)
     outputs = model_outputs(cfg, run, datasets, device=device, modes=cfg.tta_modes, checkpoints=checkpoints)
-    results = combine(outputs, splits.class_names, Policy(cfg.select, cfg.tta, tuple(cfg.tta_modes)))
+    results = combine(outputs, splits.class_names, run_policy(cfg))
     _with_checkpoints(results, checkpoints)
     for split, ds in datasets.items():
         run.write_eval(split, _eval_record(split, ds, results))
@@ -103,12 +138,28 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, splits: Splits, d
     return results
 
 
+def _predictions(ds: FeatureDataset, probs: np.ndarray, choice: FinalChoice) -> list[dict]:
+    """Per video of ``ds``: its label(s), the prediction, the confidence and whether it is right."""
+    names = ds.store.class_names
+    if choice.task != MULTILABEL:
+        pred, labels = probs.argmax(1), ds.labels
+        return [
+            {
+                "video_id": vid,
+                "label": names[int(y)],
+                "pred": names[int(p)],
+                "confidence": float(pr.max()),
+                "correct": bool(y == p),
+            }
+            for vid, y, p, pr in zip(ds.video_ids(), labels, pred, probs)
+        ]
+    return label_set_predictions(ds.video_ids(), names, np.asarray(ds.targets), probs, choice.thresholds)
+
+
 def _eval_record(split: str, ds: FeatureDataset, results: dict, note: str | None = None) -> dict:
     probs = results["predictions"][split]
-    names = ds.store.class_names
-    pred, labels = probs.argmax(1), ds.labels
     choice = results["choice"]
-    record = {
+    record: dict = {
         "split": split,
         "tta": results["tta"]["mode"],
         "tta_modes": results["tta"]["modes"],
@@ -135,17 +186,11 @@ def _eval_record(split: str, ds: FeatureDataset, results: dict, note: str | None
             "metrics": results["final"][split],
         },
         "tta_per_mode": {mode: v[split] for mode, v in results["tta"]["per_mode"].items()},
-        "predictions": [
-            {
-                "video_id": vid,
-                "label": names[int(y)],
-                "pred": names[int(p)],
-                "confidence": float(pr.max()),
-                "correct": bool(y == p),
-            }
-            for vid, y, p, pr in zip(ds.video_ids(), labels, pred, probs)
-        ],
+        "predictions": _predictions(ds, probs, choice),
     }
+    if choice.task == MULTILABEL:  # a single-label record stays as it was (runs' files are a contract)
+        record = {"split": split, "task": choice.task, **record}
+        record["final"]["thresholds"] = choice.thresholds
     if note:
         record["note"] = note
     return record
@@ -182,31 +227,41 @@ def _saved_checkpoints(
 
 
 def _served_choice(
-    recorded: FinalChoice | None, computed: FinalChoice, outputs: dict[str, Outputs], names: list, tta: str
+    recorded: FinalChoice | None,
+    computed: FinalChoice,
+    outputs: dict[str, Outputs],
+    names: list,
+    policy: Policy,
 ) -> tuple[FinalChoice, str | None]:
     """The choice ``vidcls evaluate`` scores, and a note when it is not exactly the recorded one.
 
-    ``tta`` is the requested setting, already known to differ from the run's when it is not
+    ``policy.tta`` is the requested setting, already known to differ from the run's when it is not
     ``recorded.tta``: TTA of the recorded members is then forced (on/off) or decided on val (auto).
+    A multi-label choice whose TTA changes that way (or that records no thresholds) gets its
+    thresholds chosen again on validation for what it now serves.
+
+    Raises:
+        ConfigError: the record names more members than the run has, or another task than its members'.
     """
+    tta, task = policy.tta, outputs["val"].task
     if recorded is None:
         return computed, (
             f"the run has no {L.FINAL_FILE} (it predates the file): the final choice was "
             f"recomputed on validation"
         )
-    n_models = len(outputs["val"].members)
-    if any(m >= n_models for m in recorded.members):
-        raise ConfigError(
-            f"{L.FINAL_FILE} names members {recorded.members} but the run has "
-            f"{n_models}; re-create it with `vidcls train ... --resume`"
-        )
+    _check_recorded(recorded, outputs)
     if tta == recorded.tta:
+        if task == MULTILABEL and not recorded.thresholds:
+            return with_thresholds(
+                outputs, recorded, policy
+            ), "the recorded choice had no thresholds: chosen on validation"
         return recorded, None
     val = {
-        used: classification_metrics(
+        used: split_metrics(
             labels_of(outputs, "val"),
             ensemble_probs(outputs, recorded.members, "val", recorded.tta_modes, used),
             names,
+            task,
         )
         for used in (False, True)
     }
@@ -216,7 +271,26 @@ def _served_choice(
         f"with TTA {'on' if tta_used else 'off'}; the run chose {'on' if recorded.tta_used else 'off'} "
         f"under --tta {recorded.tta}"
     )
-    return dataclasses.replace(recorded, tta_used=tta_used, tta=tta), note
+    choice = dataclasses.replace(recorded, tta_used=tta_used, tta=tta)
+    if task == MULTILABEL and tta_used != recorded.tta_used:
+        choice = with_thresholds(outputs, choice, policy)
+        note += "; its thresholds chosen again on validation for that view"
+    return choice, note
+
+
+def _check_recorded(recorded: FinalChoice, outputs: dict[str, Outputs]) -> None:
+    """Refuse a recorded choice of members the run does not have, or of another task than theirs."""
+    n_models, task = len(outputs["val"].members), outputs["val"].task
+    if any(m >= n_models for m in recorded.members):
+        raise ConfigError(
+            f"{L.FINAL_FILE} names members {recorded.members} but the run has "
+            f"{n_models}; re-create it with `vidcls train ... --resume`"
+        )
+    if recorded.task != task:
+        raise ConfigError(
+            f"{L.FINAL_FILE} records a {recorded.task} choice but the run's members are {task}; "
+            f"delete it and re-create it with `vidcls evaluate RUN_DIR --split val`"
+        )
 
 
 def _saved_splits(
@@ -231,7 +305,12 @@ def _saved_splits(
 
     features = run.features_dir(cfg.features_dir, features_dir)
     splits = load_splits(
-        features, val_fraction=cfg.val_fraction, seed=cfg.seed, augment=False, max_frames=cfg.max_frames
+        features,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=False,
+        max_frames=cfg.max_frames,
+        task=run_task(cfg),
     )
     if split == "test" and splits.test is None:
         raise ConfigError(f"{features} has no test.h5; use --split val")
@@ -250,9 +329,10 @@ def _rescore(
     modes = tuple(dict.fromkeys([*cfg.tta_modes, *(recorded.tta_modes if recorded else [])]))
     checkpoints = _saved_checkpoints(run, cfg, recorded)
     outputs = model_outputs(cfg, run, datasets, device=device, modes=modes, checkpoints=checkpoints)
-    results = combine(outputs, splits.class_names, Policy(cfg.select, tta, tuple(cfg.tta_modes)))
+    policy = run_policy(cfg, tta)
+    results = combine(outputs, splits.class_names, policy)
     _with_checkpoints(results, checkpoints)
-    choice, note = _served_choice(recorded, results["choice"], outputs, splits.class_names, tta)
+    choice, note = _served_choice(recorded, results["choice"], outputs, splits.class_names, policy)
     results["predictions"], results["final"] = score_choice(outputs, choice, splits.class_names)
     results["choice"] = choice
     run_tta = recorded.tta if recorded else cfg.tta
@@ -302,15 +382,18 @@ def evaluate_saved_run(
         results, note, run_tta = _rescore(
             run, cfg, splits, split=split, tta=tta, device=resolve_device(device)
         )
+        scored = getattr(splits, split).store
+        if run_task(cfg) == MULTILABEL and not scored.multilabel:  # one-vs-rest, as training allows
+            one = f"{scored.path} holds one label per video: scored as one-label sets"
+            note = f"{note}; {one}" if note else one
         record = _eval_record(split, getattr(splits, split), results, note)
         path = run.write_eval(split, record, None if tta == run_tta else tta)
     choice = results["choice"]
     if note:
         log(f"note: {note}")
-    m = results["final"][split]
     log(
         f"final: {choice.source} (members {choice.members}, TTA {'on' if choice.tta_used else 'off'}): "
-        f"{split} acc {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}"
+        f"{split} {headline(results['final'][split])}"
     )
     return {
         "split": split,

@@ -10,12 +10,15 @@ Every step is a small function over metrics or the models' outputs, in the order
 ``member_rows`` -> ``collapsed_members`` -> ``ensemble_view`` -> ``choose_final`` -> ``final_predictions``.
 The outputs come as ``{split: engine.forward.Outputs}``, each with the raw logits of every model
 (indices ``0 .. M - 1``) on every view of ``views_to_predict(modes)`` and the split's labels. A model
-or an ensemble predicts the mean over its members and views of the softmax (``Outputs.probs``):
-"without TTA" is always the ``original`` view, "with TTA" exactly the listed modes.
+or an ensemble predicts the mean over its members and views of the softmax (``Outputs.probs``; of the
+sigmoids for a multi-label run): "without TTA" is always the ``original`` view, "with TTA" exactly the
+listed modes. A multi-label run's metrics, collapse rule, McNemar correctness and decision thresholds
+are defined in :mod:`vidcls.evaluation.multilabel_policy`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TTA_MODES
+from ..config import MULTILABEL, TTA_MODES
 from ..engine.forward import Outputs
 from ..run.final import FinalChoice
-from .metrics import classification_metrics
+from . import multilabel_policy as ml
+from .multilabel import choose_thresholds
 
 COLLAPSE_MARGIN = 0.10  # a member this far below the members' median validation score is excluded
 BRIEF = ("accuracy", "f1_weighted", "f1_macro", "worst_class_f1")
@@ -36,17 +40,33 @@ MCNEMAR_ALPHA = 0.05  # a member must beat the ensemble at this significance lev
 
 @dataclass(frozen=True)
 class Policy:
-    """How the choices are made: ``select`` (val_acc | val_f1_macro), ``tta`` (auto | on | off), and the
-    TTA ``modes`` averaged "with TTA"."""
+    """How the choices are made: ``select`` (val_acc | val_f1_macro; multi-label: val_map | val_gap),
+    ``tta`` (auto | on | off), the TTA ``modes`` averaged "with TTA", and for a multi-label run the
+    rule of its decision ``thresholds`` (per_class | global | fixed) and the ``threshold`` of "fixed"."""
 
     select: str = "val_acc"
     tta: str = "auto"
     modes: tuple = TTA_MODES
+    thresholds: str = "per_class"
+    threshold: float = 0.5
 
 
 def score(metrics: dict, select: str) -> float:
-    """The validation number a choice is made on: accuracy or macro F1."""
-    return metrics["accuracy"] if select == "val_acc" else metrics["f1_macro"]
+    """The validation number a choice is made on: accuracy (val_acc) or macro F1 (val_f1_macro);
+    for multi-label metrics mAP (val_map: ``map_macro``) or GAP@20 (val_gap: ``gap_at_20``). "auto"
+    reads accuracy, or mAP from multi-label metrics."""
+    if select == "auto":
+        select = "val_map" if ml.is_multilabel_metrics(metrics) else "val_acc"
+    return metrics[ml.SELECT_KEYS[select]]
+
+
+def _below_median(member_score: float, median: float, select: str, margin: float) -> str | None:
+    if member_score < median - margin:
+        return (
+            f"validation {select} {member_score:.3f} is more than {margin:.2f} below the members' "
+            f"median {median:.3f}"
+        )
+    return None
 
 
 def collapse_reason(
@@ -65,23 +85,31 @@ def collapse_reason(
         return f"predicts a single class for all {int(cm.sum())} validation videos"
     if balanced <= Fraction(1, len(cm)):
         return f"validation balanced accuracy {float(balanced):.3f} is at chance (1/{len(cm)})"
-    if member_score < median - margin:
-        return (
-            f"validation {select} {member_score:.3f} is more than {margin:.2f} below the members' "
-            f"median {median:.3f}"
-        )
-    return None
+    return _below_median(member_score, median, select, margin)
 
 
-def collapsed_members(val_metrics: list[dict], select: str, margin: float = COLLAPSE_MARGIN) -> list[dict]:
+def collapsed_members(
+    val_metrics: list[dict],
+    select: str,
+    margin: float = COLLAPSE_MARGIN,
+    *,
+    degenerate: Sequence[str | None] | None = None,
+) -> list[dict]:
     """Members to leave out of the ensemble, each ``{"member": i, "reason": ...}`` (see
     ``collapse_reason``). The best member (the first, on a tie) always stays in.
+
+    ``degenerate``: for multi-label members (whose metrics hold no confusion matrix), per member the
+    reason ``multilabel_policy.degenerate_reason`` gives (None: not degenerate); the margin rule then
+    applies as for single-label members.
     """
     scores = [score(m, select) for m in val_metrics]
     median, best = float(np.median(scores)), int(np.argmax(scores))
     out = []
     for i, m in enumerate(val_metrics):
-        reason = collapse_reason(m["confusion_matrix"], scores[i], median, select, margin)
+        if degenerate is None:
+            reason = collapse_reason(m["confusion_matrix"], scores[i], median, select, margin)
+        else:
+            reason = degenerate[i] or _below_median(scores[i], median, select, margin)
         if i != best and reason is not None:
             out.append({"member": i, "reason": reason})
     return out
@@ -123,8 +151,15 @@ def labels_of(outputs: dict[str, Outputs], split: str) -> np.ndarray:
     return labels
 
 
-def _metrics(outputs: dict[str, Outputs], split: str, probs: np.ndarray, names: list) -> dict:
-    return classification_metrics(labels_of(outputs, split), probs, names)
+def _metrics(
+    outputs: dict[str, Outputs],
+    split: str,
+    probs: np.ndarray,
+    names: list,
+    thresholds: np.ndarray | float = ml.POLICY_THRESHOLD,
+) -> dict:
+    """``probs`` scored on ``split``, multi-label outputs at ``thresholds`` (``ml.split_metrics``)."""
+    return ml.split_metrics(labels_of(outputs, split), probs, names, outputs[split].task, thresholds)
 
 
 def member_rows(outputs: dict[str, Outputs], names: list, policy: Policy) -> list[dict]:
@@ -178,10 +213,11 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 def discordant_counts(member: np.ndarray, ensemble: np.ndarray, labels: np.ndarray | None) -> tuple[int, int]:
     """McNemar's ``(b, c)`` from two (N, C) predictions of the same videos: ``b`` videos only the
-    member gets right (argmax == label), ``c`` videos only the ensemble gets right."""
+    member gets right (argmax == label; for (N, C) label sets hit@1, the argmax is one of the video's
+    labels), ``c`` videos only the ensemble gets right."""
     labels = np.asarray(labels)
-    member_ok = np.asarray(member).argmax(axis=1) == labels
-    ensemble_ok = np.asarray(ensemble).argmax(axis=1) == labels
+    member_ok = ml.correct_per_video(member, labels)
+    ensemble_ok = ml.correct_per_video(ensemble, labels)
     return int(np.sum(member_ok & ~ensemble_ok)), int(np.sum(~member_ok & ensemble_ok))
 
 
@@ -221,6 +257,7 @@ def choose_final(
         "ensemble_tta_used": ensemble["tta_used"],
         "member_tta_used": [m["tta_used"] for m in members],
         "excluded": list(excluded),
+        "task": outputs["val"].task,
     }
     keep = {"source": "ensemble", "members": used, "tta_used": ensemble["tta_used"], "val_score": ens_score}
     if len(used) == 1:  # the ensemble of one is that member, as it would be served alone
@@ -256,6 +293,19 @@ def choose_final(
     return FinalChoice(**keep, reason=reason, mcnemar=test, **record)
 
 
+def with_thresholds(outputs: dict[str, Outputs], choice: FinalChoice, policy: Policy) -> FinalChoice:
+    """``choice`` with a multi-label run's decision thresholds, chosen on validation
+    (``multilabel.choose_thresholds`` of the val label sets and the choice's val probabilities at T = 1,
+    rule ``policy.thresholds``); a single-label ``choice`` as it is."""
+    if outputs["val"].task != MULTILABEL:
+        return choice
+    probs = ensemble_probs(outputs, choice.members, "val", choice.tta_modes, choice.tta_used)
+    chosen = choose_thresholds(
+        labels_of(outputs, "val"), probs, rule=policy.thresholds, fixed=policy.threshold
+    )
+    return dataclasses.replace(choice, task=MULTILABEL, thresholds=chosen)
+
+
 def final_predictions(outputs: dict[str, Outputs], choice: FinalChoice) -> dict:
     """``{split: (N, C)}``: what ``choice`` predicts on every split of ``outputs``."""
     return {s: ensemble_probs(outputs, choice.members, s, choice.tta_modes, choice.tta_used) for s in outputs}
@@ -263,13 +313,14 @@ def final_predictions(outputs: dict[str, Outputs], choice: FinalChoice) -> dict:
 
 def score_choice(outputs: dict[str, Outputs], choice: FinalChoice, names: list) -> tuple[dict, dict]:
     """``choice`` scored on every split: ``({split: probs (N, C)}, {"source", "tta_used", "reason",
-    <split>: metrics, ...})``."""
+    <split>: metrics, ...})``; a multi-label choice at its recorded thresholds."""
     predictions = final_predictions(outputs, choice)
+    thresholds = ml.decision_thresholds(choice.thresholds)
     final = {
         "source": choice.source,
         "tta_used": choice.tta_used,
         "reason": choice.reason,
-        **{s: _metrics(outputs, s, p, names) for s, p in predictions.items()},
+        **{s: _metrics(outputs, s, p, names, thresholds) for s, p in predictions.items()},
     }
     return predictions, final
 
@@ -285,11 +336,11 @@ def combine(outputs: dict[str, Outputs], names: list, policy: Policy = Policy())
         "predictions": {split: probs}}``. ``final`` is what the run serves (``choose_final``).
     """
     members = member_rows(outputs, names, policy)
-    excluded = collapsed_members([m["val"] for m in members], policy.select)
+    excluded = _excluded(outputs, members, names, policy)
     out = {e["member"] for e in excluded}
     used = [m["member"] for m in members if m["member"] not in out]
     ens = ensemble_view(outputs, names, used, policy)
-    choice = choose_final(outputs, members, ens, excluded, policy)
+    choice = with_thresholds(outputs, choose_final(outputs, members, ens, excluded, policy), policy)
     predictions, final = score_choice(outputs, choice, names)
     splits = list(outputs)
     chosen = ens["with_tta" if ens["tta_used"] else "without_tta"]
@@ -323,11 +374,32 @@ def combine(outputs: dict[str, Outputs], names: list, policy: Policy = Policy())
     }
 
 
+def _excluded(outputs: dict[str, Outputs], members: list[dict], names: list, policy: Policy) -> list[dict]:
+    """``collapsed_members`` of the member rows; a multi-label member's degenerate reason is read from
+    its validation probabilities without TTA (as a single-label member's confusion matrix is)."""
+    degenerate = None
+    if outputs["val"].task == MULTILABEL:
+        targets = labels_of(outputs, "val")
+        degenerate = [
+            ml.degenerate_reason(
+                targets, view_probs(outputs, m["member"], "val", policy.modes, False), m["val"], names
+            )
+            for m in members
+        ]
+    return collapsed_members([m["val"] for m in members], policy.select, degenerate=degenerate)
+
+
+def _brief_keys(m: dict) -> tuple:
+    return ml.BRIEF if ml.is_multilabel_metrics(m) else BRIEF
+
+
 def brief(m: dict) -> dict:
-    """The headline metrics of a full metrics dict."""
-    return {k: m[k] for k in BRIEF}
+    """The headline metrics of a full metrics dict (``BRIEF``; ``multilabel_policy.BRIEF`` for
+    multi-label metrics)."""
+    return {k: m[k] for k in _brief_keys(m)}
 
 
 def brief_mean(metrics: list[dict]) -> dict:
     """Mean over members of the headline metrics."""
-    return {k: float(np.mean([m[k] for m in metrics])) for k in BRIEF}
+    keys = _brief_keys(metrics[0]) if metrics else BRIEF
+    return {k: float(np.mean([m[k] for m in metrics])) for k in keys}

@@ -1,5 +1,9 @@
 """The report's results sections: per-class metrics, the confusion matrix, ensemble vs members and
-test-time augmentation, each built as plain blocks from the run's summary.json."""
+test-time augmentation, each built as plain blocks from the run's summary.json.
+
+A multi-label run (summary.json ``"task": "multilabel"``) shows mAP, GAP@20 and micro F1 in the member
+table (``ML_METRICS``) and those and exact-set accuracy in the TTA table; its per-class and
+co-occurrence sections are :mod:`vidcls.reporting.multilabel`'s."""
 
 from __future__ import annotations
 
@@ -12,6 +16,23 @@ from .blocks import Cell, bar_cell, figure, na, num, num_cell, para, table
 from .run_data import RunData
 
 METRICS = (("accuracy", "acc"), ("f1_macro", "macro F1"), ("worst_class_f1", "worst-class F1"))
+ML_METRICS = (("map_macro", "mAP"), ("gap_at_20", "GAP@20"), ("f1_micro", "micro F1"))
+TTA_KEYS = (
+    ("accuracy", "acc"),
+    ("f1_weighted", "weighted F1"),
+    ("f1_macro", "macro F1"),
+    ("worst_class_f1", "worst F1"),
+)
+ML_TTA_KEYS = (*ML_METRICS, ("exact_set_accuracy", "exact set"))
+
+
+def multilabel(run: RunData) -> bool:
+    return run.summary.get("task") == "multilabel"
+
+
+def metric_keys(run: RunData) -> tuple:
+    """The member table's (key, heading) pairs for the run's task."""
+    return ML_METRICS if multilabel(run) else METRICS
 
 
 def final_metrics(run: RunData) -> tuple[dict | None, str]:
@@ -94,11 +115,9 @@ def _pair(plain: dict | None, tta: dict | None, key: str, tta_used: bool) -> Cel
     return Cell(((a, not tta_used), (" / ", False), (b, tta_used)), cls="num")
 
 
-def _metric_cells(results: dict, splits: list[str], tta_used: bool) -> list:
+def _metric_cells(results: dict, splits: list[str], tta_used: bool, keys: tuple = METRICS) -> list:
     """``results`` maps "val", "val_tta", "test", "test_tta" to metric dicts (entries may be missing)."""
-    return [
-        _pair(results.get(sp), results.get(f"{sp}_tta"), k, tta_used) for sp in splits for k, _ in METRICS
-    ]
+    return [_pair(results.get(sp), results.get(f"{sp}_tta"), k, tta_used) for sp in splits for k, _ in keys]
 
 
 def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
@@ -117,7 +136,7 @@ def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
             label, epoch = f"member {i} ({m['checkpoint']})", int(snapshot.group(1))
         rows.append(
             [label, epoch, "yes" if m.get("tta_used") else "no"]
-            + _metric_cells(m, splits, bool(m.get("tta_used")))
+            + _metric_cells(m, splits, bool(m.get("tta_used")), metric_keys(run))
             + [status]
         )
         classes.append(
@@ -128,14 +147,14 @@ def _member_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
 
 def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
     """Mean of members, the ensemble, and the ensemble's test gains, in the member table's columns."""
-    s, rows, classes = run.summary, [], []
+    s, rows, classes, keys = run.summary, [], [], metric_keys(run)
     ens = s.get("ensemble") or {}
-    blank = ["-"] * len(METRICS)  # the val columns of test-only rows
+    blank = ["-"] * len(keys)  # the val columns of test-only rows
     several = len(s.get("members") or []) > 1  # with one member, mean and gains are the member itself
     mean = s.get("mean_member_test")
     if mean and "test" in splits and several:
         rows.append(
-            ["mean of members", "", "no"] + blank + [num_cell(num(mean.get(k))) for k, _ in METRICS] + [""]
+            ["mean of members", "", "no"] + blank + [num_cell(num(mean.get(k))) for k, _ in keys] + [""]
         )
         classes.append("agg")
     if ens:
@@ -143,7 +162,7 @@ def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
         both = {**wo, **{f"{sp}_tta": v for sp, v in wi.items()}}
         rows.append(
             ["ensemble", "", "yes" if ens.get("tta_used") else "no"]
-            + _metric_cells(both, splits, bool(ens.get("tta_used")))
+            + _metric_cells(both, splits, bool(ens.get("tta_used")), keys)
             + [f"members {', '.join(str(x) for x in ens.get('members_used') or [])}"]
         )
         classes.append("agg final" if (s.get("final") or {}).get("source") == "ensemble" else "agg")
@@ -155,7 +174,7 @@ def _aggregate_rows(run: RunData, splits: list[str]) -> tuple[list, list]:
             rows.append(
                 [label, "", ""]
                 + blank
-                + [num_cell(num(ens[key].get(k), signed=True)) for k, _ in METRICS]
+                + [num_cell(num(ens[key].get(k), signed=True)) for k, _ in keys]
                 + ["ensemble test minus that"]
             )
             classes.append("gain")
@@ -171,7 +190,9 @@ def ensemble_body(run: RunData) -> list[dict]:
     more_rows, more_classes = _aggregate_rows(run, splits)
     rows, classes = rows + more_rows, classes + more_classes
     headers = (
-        ["", "best epoch", "TTA used"] + [f"{sp} {n}" for sp in splits for _, n in METRICS] + ["ensemble"]
+        ["", "best epoch", "TTA used"]
+        + [f"{sp} {n}" for sp in splits for _, n in metric_keys(run)]
+        + ["ensemble"]
     )
     parts = [
         para(
@@ -183,9 +204,16 @@ def ensemble_body(run: RunData) -> list[dict]:
     final = s.get("final")
     if final:
         fm, label = final_metrics(run)
+        fm = fm or {}
+        numbers = (
+            f"mAP {num(fm.get('map_macro'))}, GAP@20 {num(fm.get('gap_at_20'))}, "
+            f"micro F1 {num(fm.get('f1_micro'))}"
+            if multilabel(run)
+            else f"accuracy {num(fm.get('accuracy'))}, macro F1 {num(fm.get('f1_macro'))}"
+        )
         line = (
             f"Final choice: {final.get('source', '?')} (TTA {'on' if final.get('tta_used') else 'off'})"
-            f" - {label} accuracy {num((fm or {}).get('accuracy'))}, macro F1 {num((fm or {}).get('f1_macro'))}."
+            f" - {label} {numbers}."
         )
         if final.get("reason"):
             line += f" Reason: {final['reason']}"
@@ -202,12 +230,7 @@ def tta_body(run: RunData) -> list[dict]:
     if not per_mode:
         return [na("TTA results not available")]
     splits = [sp for sp in ("val", "test") if any(sp in v for v in per_mode.values())]
-    keys = (
-        ("accuracy", "acc"),
-        ("f1_weighted", "weighted F1"),
-        ("f1_macro", "macro F1"),
-        ("worst_class_f1", "worst F1"),
-    )
+    keys = ML_TTA_KEYS if multilabel(run) else TTA_KEYS
     headers = ["mode"] + [f"{sp} {n}" for sp in splits for _, n in keys]
     by_mode: dict[str, list[Any]] = {
         mode: [(res.get(sp) or {}).get(k) for sp in splits for k, _ in keys] for mode, res in per_mode.items()

@@ -1,6 +1,10 @@
 """A run's calibration record (``RUN_DIR/calibration.json``, written by
 :func:`vidcls.evaluation.calibrate.calibrate_run`) and its typicality statistics (``RUN_DIR/typicality.npz``):
 their strict readers, and the checks a calibration asks for.
+
+A calibration records the run's ``"task"`` (absent in one written before multi-label runs: "single");
+a multi-label one also its decision ``"thresholds"`` (``{"rule", "global", "per_class": [C], "support"}``),
+chosen on the calibrated validation probabilities.
 """
 
 from __future__ import annotations
@@ -46,12 +50,34 @@ def load_calibration(run_dir: str | os.PathLike) -> dict | None:
         and isinstance(ood.get("threshold"), (int, float))
         and ood.get("score", DEFAULT_OOD_SCORE) in OOD_SCORES
         and _checks_ok(data)
+        and _task_ok(data)
     )
     if not ok:
         raise ConfigError(
-            f"{path} is not a valid vidcls calibration (temperature, ood.threshold, ood.score); {redo}"
+            f"{path} is not a valid vidcls calibration (temperature, ood.threshold, ood.score, task, "
+            f"thresholds); {redo}"
         )
     return data
+
+
+def _task_ok(data: dict) -> bool:
+    """A known task (absent: single); a single-label calibration has no thresholds, a multi-label one
+    valid ones (``valid_thresholds``) or none (prediction then uses final.json's)."""
+    task = data.get("task", "single")
+    if task == "single":
+        return "thresholds" not in data
+    return task == "multilabel" and ("thresholds" not in data or valid_thresholds(data["thresholds"]))
+
+
+def valid_thresholds(thresholds: object) -> bool:
+    """Whether ``thresholds`` is a decision-threshold record: a dict whose ``per_class`` is a non-empty
+    list of numbers strictly between 0 and 1."""
+    per_class = thresholds.get("per_class") if isinstance(thresholds, dict) else None
+    return (
+        isinstance(per_class, list)
+        and bool(per_class)
+        and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0 for t in per_class)
+    )
 
 
 def _checks_ok(data: dict) -> bool:

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import TTA_MODES, TrainConfig
+from ..config import MULTILABEL, SINGLE, TTA_MODES, TrainConfig
 from ..errors import ConfigError
 from ..utils.fs import atomic_write_json
+from .calibration import valid_thresholds
 from .layout import (
     BEST,
     CHECKPOINT_RE,
@@ -27,8 +28,9 @@ from .layout import (
 
 @dataclass(frozen=True)
 class FinalChoice:
-    """What a run serves: the mean softmax of ``members``, each seen with TTA (mean over ``tta_modes``)
-    when ``tta_used``, else on the original sequence. One member is an ensemble of one.
+    """What a run serves: the mean softmax of ``members`` (the mean sigmoid for ``task`` "multilabel"),
+    each seen with TTA (mean over ``tta_modes``) when ``tta_used``, else on the original sequence. One
+    member is an ensemble of one.
 
     ``source`` is "ensemble" or "member <i>"; ``val_score`` is its validation ``select`` metric. The
     rest records how the choice came about: the ensemble's members and TTA decision, each member's
@@ -40,6 +42,11 @@ class FinalChoice:
     directory (``evaluate.model_checkpoints``: a member's best.pt, or with ``--snapshots`` one of its
     cycle-end snapshots). Empty (records written before the list existed): model m is member m's
     ``best.pt``. ``evaluate.checkpoint_path`` applies this rule.
+
+    ``task``: "single" (records written before multi-label runs say nothing and mean it) or "multilabel".
+    ``thresholds``: a multi-label run's decision thresholds, chosen on validation on the served
+    probabilities at T = 1 (``evaluation.multilabel.choose_thresholds``: ``{"rule", "global",
+    "per_class": [C], "support": [C]}``); empty for a single-label run.
     """
 
     source: str
@@ -56,12 +63,20 @@ class FinalChoice:
     tta: str = "auto"
     mcnemar: dict = field(default_factory=dict)
     checkpoints: list = field(default_factory=list)
+    task: str = "single"
+    thresholds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record as final.json holds it; a single-label choice leaves out ``task`` and
+        ``thresholds`` (absent means single-label: its final.json is what it was before multi-label runs)."""
+        out = asdict(self)
+        if self.task == SINGLE and not self.thresholds:
+            del out["task"], out["thresholds"]
+        return out
 
 
 FINAL_FORMAT = "vidcls-final-choice"
+TASKS = (SINGLE, MULTILABEL)  # the tasks of a trained run ("auto" is resolved by fit)
 
 
 def best_checkpoint(member: int) -> str:
@@ -166,12 +181,29 @@ def load_final_choice(run_dir: str | os.PathLike) -> FinalChoice:
         or not modes_ok
         or not isinstance(choice.tta_used, bool)
         or not _checkpoints_ok(choice)
+        or not _thresholds_ok(choice)
     ):
         raise ConfigError(
             f"{path} is not a valid vidcls final choice (format, members, tta_used, "
-            f"tta_modes or checkpoints); {redo}"
+            f"tta_modes, checkpoints, task or thresholds); {redo}"
         )
     return choice
+
+
+def _thresholds_ok(choice: FinalChoice) -> bool:
+    """A known task; a single-label choice records no thresholds, a multi-label one valid ones
+    (``calibration.valid_thresholds``) or none (chosen again by ``vidcls evaluate``)."""
+    if choice.task not in TASKS or not isinstance(choice.thresholds, dict):
+        return False
+    if choice.task == SINGLE or not choice.thresholds:
+        return not choice.thresholds
+    return valid_thresholds(choice.thresholds)
+
+
+def run_task(cfg: TrainConfig) -> str:
+    """The task a run was trained for: its config's ``task``; "auto" (a config.yaml written before
+    multi-label runs, which always record the resolved task) is "single"."""
+    return cfg.task if cfg.task in TASKS else "single"
 
 
 def _checkpoints_ok(choice: FinalChoice) -> bool:
