@@ -499,3 +499,13 @@ def test_dashboard_survives_missing_aps_and_checks_lengths(tmp_path):
     save_epoch_plots(history, ["a", "b", "c"], tmp_path / "none")
     with pytest.raises(ValueError, match="val_ap_per_class has 3 values for 2 class names"):
         save_epoch_plots(history, ["a", "b"], tmp_path / "bad")
+
+
+def test_a_long_label_set_is_cut_in_its_table_cell():
+    from vidcls.reporting.multilabel import _set_cell
+
+    assert (
+        _set_cell("|".join(f"c{i}" for i in range(15)))
+        == "|".join(f"c{i}" for i in range(12)) + " ... (+3 more)"
+    )
+    assert _set_cell("a|b") == "a|b" and _set_cell("") == "(none)" and _set_cell(None) == "(none)"

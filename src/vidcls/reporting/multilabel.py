@@ -309,8 +309,14 @@ def data_body(run: RunData) -> list[dict]:
     return [parts[0], table(["class"] + splits, rows, table_id="data-table", row_classes=classes)] + parts[1:]
 
 
-def _set_cell(text: object) -> str:
-    return "(none)" if text is None or text == "" else str(text)
+def _set_cell(text: object, shown: int = 12) -> str:
+    """A label set ``a|b|...`` for a table cell: its first ``shown`` labels and how many more (an untrained
+    model over thousands of classes can predict thousands of labels per video)."""
+    if text is None or text == "":
+        return "(none)"
+    labels = str(text).split("|")
+    more = len(labels) - shown
+    return "|".join(labels[:shown]) + (f" ... (+{more:,} more)" if more > 0 else "")
 
 
 def _yes_no(value: object) -> str:
