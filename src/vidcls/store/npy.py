@@ -7,9 +7,11 @@ them succeeded. :mod:`vidcls.store.importers` re-exports ``import_npy``.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -103,7 +105,14 @@ def import_npy(
 def _write_splits_atomically(
     job: _NpyImport, by_split: dict[str, list[tuple[str, list[str]]]], out_dir: Path
 ) -> dict[str, Path]:
-    """Write every split into a temp directory inside ``out_dir``, then rename them all in.
+    """Write every split of ``by_split`` (``write_atomically``)."""
+    writers = {split: functools.partial(_write_split, job, rows) for split, rows in by_split.items()}
+    return write_atomically(out_dir, writers)
+
+
+def write_atomically(out_dir: Path, writers: Mapping[str, Callable[[Path], object]]) -> dict[str, Path]:
+    """Run ``writers[split](temp file)`` for every split inside a temp directory in ``out_dir``, then rename
+    them all in (``vidcls import npy`` and ``import yt8m``).
 
     The temp directory sits in ``out_dir`` so that the final renames stay on one file system
     (atomic, no copy). A failure before the renames leaves ``out_dir`` as it was.
@@ -112,9 +121,9 @@ def _write_splits_atomically(
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".vidcls-import-", dir=out_dir))
     try:
-        for split, rows in by_split.items():
-            _write_split(job, rows, tmp_dir / f"{split}.h5")
-        return _swap_in(tmp_dir, out_dir, list(by_split))
+        for split, write in writers.items():
+            write(tmp_dir / f"{split}.h5")
+        return _swap_in(tmp_dir, out_dir, list(writers))
     except StoreError as err:
         raise StoreError(f"{err}; nothing was imported, {out_dir} is unchanged") from None
     finally:

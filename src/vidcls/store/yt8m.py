@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, StoreError
 from .labels import LABEL_SEP
-from .npy import _swap_in
+from .npy import write_atomically
 from .tfrecord import Feature, ProtoError, iter_records, parse_sequence_example
 from .writer import write_store
 
@@ -170,7 +168,7 @@ def import_yt8m(
             out, _videos(job, split), names, dim, _extractor(job), dtype=dtype, multilabel=True
         )
 
-    paths = _write_atomically(out_dir, {s.name: writer(s) for s in splits})
+    paths = write_atomically(out_dir, {s.name: writer(s) for s in splits})
     return Yt8mImport(paths, splits, class_names=names, job=job)
 
 
@@ -386,20 +384,3 @@ def _videos(job: _Job, split: _Split) -> Iterator[tuple[str, np.ndarray, list[in
             features = np.concatenate([job.lut[a] for a in frames], axis=1)
             split.frames += len(features)
             yield vid, features, [job.remap[v] for v in labels], 1000.0 * np.arange(len(features))
-
-
-def _write_atomically(out_dir: Path, writers: dict[str, Callable[[Path], object]]) -> dict[str, Path]:
-    """Run ``writers[split](temp file)`` for every split inside a temp dir in ``out_dir``, then rename them in."""
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".vidcls-import-", dir=out_dir))
-    try:
-        for split, write in writers.items():
-            write(tmp_dir / f"{split}.h5")
-        return _swap_in(tmp_dir, out_dir, list(writers))
-    except StoreError as err:
-        raise StoreError(f"{err}; nothing was imported, {out_dir} is unchanged") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # it did not exist before a failed import

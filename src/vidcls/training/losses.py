@@ -26,7 +26,24 @@ def _check_options(alpha: Tensor | None, gamma: float, smoothing: float) -> Tens
     return alpha
 
 
-class FocalLoss(nn.Module):
+class _Focal(nn.Module):
+    """What both focal losses hold: the checked ``alpha`` buffer, ``gamma`` and ``smoothing``."""
+
+    alpha: Tensor | None  # a buffer (register_buffer in __init__)
+
+    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, smoothing: float = 0.1) -> None:
+        super().__init__()
+        alpha = _check_options(alpha, gamma, smoothing)
+        self.gamma = float(gamma)
+        self.smoothing = float(smoothing)
+        # A None buffer is legal: it stays out of state_dict and .to() leaves it None.
+        self.register_buffer("alpha", alpha)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, smoothing={self.smoothing}"
+
+
+class FocalLoss(_Focal):
     """Class-weighted focal loss on label-smoothed targets.
 
     Per sample with true class y over C classes::
@@ -49,16 +66,6 @@ class FocalLoss(nn.Module):
         ValueError: gamma < 0, smoothing outside [0, 1), or alpha not a finite, non-negative
             1-D tensor.
     """
-
-    alpha: Tensor | None  # a buffer (register_buffer in __init__)
-
-    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, smoothing: float = 0.1) -> None:
-        super().__init__()
-        alpha = _check_options(alpha, gamma, smoothing)
-        self.gamma = float(gamma)
-        self.smoothing = float(smoothing)
-        # A None buffer is legal: it stays out of state_dict and .to() leaves it None.
-        self.register_buffer("alpha", alpha)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Args: logits (B, C), target (B,) int64 class ids. Returns: scalar mean loss.
@@ -94,11 +101,8 @@ class FocalLoss(nn.Module):
             loss = self.alpha[target] * loss
         return loss.mean()
 
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, smoothing={self.smoothing}"
 
-
-class BinaryFocalLoss(nn.Module):
+class BinaryFocalLoss(_Focal):
     """The spec's recipe for label sets: a focal binary loss per class, label smoothing, and per-class
     weights on the positives.
 
@@ -120,15 +124,6 @@ class BinaryFocalLoss(nn.Module):
         alpha: (C,) non-negative weights of each class's positives, or None for all ones (a buffer).
         gamma: focusing exponent, >= 0. smoothing: s in [0, 1).
     """
-
-    alpha: Tensor | None  # a buffer (register_buffer in __init__)
-
-    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, smoothing: float = 0.1) -> None:
-        super().__init__()
-        alpha = _check_options(alpha, gamma, smoothing)
-        self.gamma = float(gamma)
-        self.smoothing = float(smoothing)
-        self.register_buffer("alpha", alpha)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Args: logits (B, C), target (B, C) 0/1. Returns: scalar mean loss over the B videos.
@@ -153,6 +148,3 @@ class BinaryFocalLoss(nn.Module):
         if self.alpha is not None:
             loss = loss * (1.0 + (self.alpha[None, :] - 1.0) * y)
         return loss.sum(dim=1).mean()
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, smoothing={self.smoothing}"
