@@ -392,7 +392,10 @@ def test_bad_features_give_clear_errors(tmp_path, capsys, case, needle):
     "flags,needle",
     [
         (["--batch-size", "0"], "--batch-size"),
-        (["--model", "lstm9000"], "valid names: auto, bilstm_attn, inception_time, mean_mlp, netvlad, nextvlad, transformer"),
+        (
+            ["--model", "lstm9000"],
+            "valid names: auto, bilstm_attn, inception_time, mean_mlp, netvlad, nextvlad, transformer",
+        ),
         (["--select", "loss"], "--select"),
         (["--heads", "5"], "heads"),
     ],

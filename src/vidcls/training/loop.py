@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resolve_select
 from ..data.dataset import EpochSampler, item_seed
 from ..evaluation.metrics import validate
 from ..reporting.plots import save_epoch_plots
@@ -284,7 +284,9 @@ def _record_epoch(cfg: TrainConfig, state: TrainState, row: dict) -> bool:
     """
     state.history.append(row)
     state.epoch = row["epoch"]
-    score, loss = row[cfg.select], row["val_loss"]
+    # fit() resolves --select auto before anything is written; this covers callers of the loop alone
+    select = resolve_select(cfg.select, "multilabel" if "val_map" in row else "single")
+    score, loss = row[select], row["val_loss"]
     improved = score > state.best or (score == state.best and loss < state.best_loss * (1 - LOSS_TIE_MARGIN))
     if improved:
         state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
