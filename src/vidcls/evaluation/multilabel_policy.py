@@ -96,7 +96,7 @@ def degenerate_reason(
     sets = np.asarray(probs) >= POLICY_THRESHOLD
     n = len(t)
     if n and len(np.unique(t, axis=0)) > 1 and (sets == sets[0]).all():
-        shown = [str(names[c]) for c in np.flatnonzero(sets[0])]
+        shown = [str(names[int(c)]) for c in np.flatnonzero(sets[0])]
         what = "no label" if not shown else "the label set {" + ", ".join(shown[:SHOWN_LABELS])
         if shown:
             what += f", ... ({len(shown)} labels)}}" if len(shown) > SHOWN_LABELS else "}"
