@@ -43,7 +43,8 @@ SCOPE: dict[str, list[str] | None] = {
     "vidcls.engine.views": None,
     "vidcls.training.losses": None,
     "vidcls.training.schedule": None,
-    "vidcls.data.dataset": ["augment_sequence", "collate", "class_weights"],
+    "vidcls.data.dataset": ["augment_sequence", "collate"],
+    "vidcls.data.labels": ["label_weights"],  # the class / label weights (and so the focal loss's alpha)
     "vidcls.models.layers": ["length_mask", "AttentionPooling.forward"],
     # which videos share a batch, on which rank: bucketing, the frame budget, rank shares and fillers
     "vidcls.data.batching": None,
