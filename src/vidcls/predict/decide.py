@@ -80,8 +80,7 @@ def trust_of(
     feature-space scores; ``task``: the run's (a multi-label run's energy is the joint energy)."""
     if not calibration:
         return None, [(None, note)] * len(logits)
-    kwargs = {"task": task} if task != "single" else {}
-    scores = calibration_scores(logits, calibration, seen, typicality, **kwargs)
+    scores = calibration_scores(logits, calibration, seen, typicality, task=task)
     assert scores is not None  # calibrated
     return scores, [
         verdict.trust_verdict({k: float(v[j]) for k, v in scores.items()}, calibration)
