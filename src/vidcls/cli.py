@@ -211,9 +211,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict.collect import collect_inputs
     from .predict.outputs import check_output, format_for
 
-    if not Path(args.run_dir).is_dir():
-        raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
-    inputs = collect_inputs(args.paths)  # before loading the run: a wrong path fails at once
     options = PredictOptions(
         fmt=format_for(args.output, args.format),
         output=args.output,
@@ -221,7 +218,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         decode_workers=args.decode_workers,
         timeline_dir=args.timeline,
-    )
+        segments=args.segments,
+        stride=args.stride,
+    )  # the options first: a bad one is refused before anything is read
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
+    inputs = collect_inputs(args.paths)  # before loading the run: a wrong path fails at once
     # an --output that is an input, a folder, unwritable or full of other data: refused before loading
     check_output(options.output, options.fmt, inputs)
     if options.timeline_dir and not Path(options.timeline_dir).is_dir():  # a file there: refused now

@@ -200,6 +200,18 @@ def _add_predict_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--timeline", metavar="DIR", help="one PNG per video: thumbnails along time with attention"
     )
+    p.add_argument(
+        "--segments",
+        metavar="WINDOW",
+        default=None,
+        help="also classify sliding windows: 10s (seconds) or 10 (frames); 'run': the run's typical length",
+    )
+    p.add_argument(
+        "--stride",
+        metavar="STEP",
+        default=None,
+        help="step between windows, in the window's unit (default: half the window)",
+    )
     p.add_argument("--tta", choices=TTA_SETTINGS, default="auto", help="auto: the run's own choice")
     p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the models (2)")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -141,8 +141,13 @@ class PredictOptions:
     batch_size: int = 16
     decode_workers: int = 2
     timeline_dir: str | os.PathLike | None = None
+    segments: str | None = None
+    stride: str | None = None
 
     def __post_init__(self) -> None:
+        from .segments import parse_window
+
+        parse_window(self.segments, self.stride)  # a bad window is refused before any work
         if self.fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if int(self.top_k) < 1:
@@ -219,6 +224,23 @@ def _write_all(records: list[dict], options: PredictOptions, stdout: TextIO, tas
         stdout.flush()
 
 
+def _records(predictor: RecordPredictor, todo: Sequence[Path], options: PredictOptions) -> Iterator[dict]:
+    """The records of ``todo``: with ``--segments`` one video at a time (each streamed whole through
+    the encoder, :meth:`Predictor.predict_segments`), else batched (:func:`iter_records`)."""
+    if options.segments is None:
+        yield from iter_records(
+            predictor,
+            todo,
+            top_k=options.top_k,
+            batch_size=options.batch_size,
+            decode_workers=options.decode_workers,
+        )
+        return
+    segment = getattr(predictor, "predict_segments")  # noqa: B009 (not in RecordPredictor: optional)
+    for p in todo:
+        yield from segment([str(p)], options.segments, options.stride, top_k=options.top_k)
+
+
 def run_predict(
     predictor: RecordPredictor,
     inputs: Sequence[Path],
@@ -256,13 +278,7 @@ def run_predict(
     timelines = None if options.timeline_dir is None else _Timelines(options.timeline_dir, inputs, timeline)
     bar = _progress(len(inputs), out.skipped, progress)
     try:
-        for rec in iter_records(
-            predictor,
-            todo,
-            top_k=options.top_k,
-            batch_size=options.batch_size,
-            decode_workers=options.decode_workers,
-        ):
+        for rec in _records(predictor, todo, options):
             out.count(rec)
             if timelines is not None and not rec.get("error"):
                 out.timelines += timelines.write(rec)

@@ -71,7 +71,15 @@ def _csv_row(r: dict) -> dict:
         "trust_reason": r.get("trust_reason") or "",
         "top_k": ";".join(f"{t['class']}:{float(t['probability']):.6f}" for t in r.get("top_k") or []),
         "error": r.get("error") or "",
+        "spans": ";".join(f"{sp['label']}@{_where(sp, '-')}" for sp in r.get("spans") or []),
     }
+
+
+def _where(span: dict, dash: str = "–") -> str:
+    """A span's extent: seconds when known (``12.5s``), else frames (``f12``), end exclusive."""
+    if span.get("start_s") is not None and span.get("end_s") is not None:
+        return f"{float(span['start_s']):g}s{dash}{float(span['end_s']):g}s"
+    return f"f{int(span['start_frame'])}{dash}f{int(span['end_frame'])}"
 
 
 def _table(records: list[dict], multi: bool) -> str:
@@ -85,11 +93,20 @@ def _table(records: list[dict], multi: bool) -> str:
         if multi:
             row.insert(3, labels_cell(r))
         rows.append(row)
+        spans = [
+            f"{_where(sp)} {sp['label']} ({float(sp['probability']):.2f})" for sp in r.get("spans") or []
+        ]
+        if spans:  # what happens when: one line under the video's row, never padded into the columns
+            rows.append(["  spans: " + ", ".join(spans)])
     head = MULTILABEL_TABLE_HEAD if multi else TABLE_HEAD
-    width = [max([len(head[i])] + [len(row[i]) for row in rows]) for i in range(len(head) - 1)]
+    cols = [row for row in rows if len(row) > 1]
+    width = [max([len(head[i])] + [len(row[i]) for row in cols]) for i in range(len(head) - 1)]
     width[0] = min(width[0], 80)
     lines = []
     for row in [list(head), *rows]:
+        if len(row) == 1:
+            lines.append(row[0])
+            continue
         cells = [c.rjust(w) if i == 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, width))]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines) + "\n"
@@ -106,6 +123,8 @@ def format_records(records: list[dict], fmt: str, *, task: str | None = None) ->
     if fmt == "csv":
         buf = io.StringIO()
         fields = MULTILABEL_CSV_FIELDS if multi else CSV_FIELDS
+        if any("spans" in r for r in records):  # --segments: the merged spans, label@start-end;...
+            fields = (*fields, "spans")
         w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(_csv_row(r) for r in records)

@@ -45,13 +45,14 @@ from ..config import TTA_SETTINGS, TrainConfig
 from ..engine.forward import Outputs, forward
 from ..engine.members import load_members
 from ..engine.probs import served_probs
-from ..errors import BackboneError, CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..run.rundir import RunDir
 from ..utils.device import resolve_device
 from ..utils.sampling import uniform_indices
-from . import multilabel, verdict
+from . import multilabel, segments
 from .decide import trust_of, usable_record
 from .inputs import as_list, check_features, encode_videos, error_record, gather, stamps
+from .loading import build_encoder, run_window, sampling_rate, stream_video, usable_calibration
 
 if TYPE_CHECKING:  # built on first use only (torchvision)
     from ..features.backbone import FrameEncoder
@@ -62,8 +63,6 @@ __all__ = ["Predictor", "load", "served_probs"]
 
 ORIGINAL = "original"
 log = logging.getLogger(__name__)
-# extractor records written by this vidcls carry this rule (features/extract.py FRAME_RULE)
-_FRAME_RULE_KEY = "frame_rule"
 
 
 def load(
@@ -145,12 +144,16 @@ class Predictor:
         self.extractor_ = dict(first.get("extractor") or {})
         cfg = first.get("config") or {}
         self.max_frames_ = first.get("max_frames", cfg.get("max_frames"))
+        self.fps_ = sampling_rate(self.extractor_)
+        self.window_ = run_window(first)
         self.batch_size_ = int(cfg.get("batch_size") or TrainConfig.batch_size)
         self.batch_frames_ = cfg.get("batch_frames")
         dtype = self.extractor_.get("dtype")
         self._store_dtype = np.dtype(dtype) if dtype in ("float16", "float32") else None
         calibration = run.read_calibration()
-        self.calibration_, self.calibration_note_, warning = self._usable(calibration)
+        self.calibration_, self.calibration_note_, warning = usable_calibration(
+            calibration, self.run_dir, task=self.task_, members=self.members_, views=self.views_
+        )
         self.thresholds_: multilabel.Thresholds | None = None
         if self.task_ == multilabel.MULTILABEL:
             self.thresholds_, note = multilabel.served_thresholds(
@@ -168,25 +171,6 @@ class Predictor:
         self._encoder_lock = threading.Lock()  # a service may ask from several threads at once
 
     # ---- loading ----------------------------------------------------------------------------
-    def _usable(self, calibration: dict | None) -> tuple[dict | None, str, str | None]:
-        """(the calibration, or None when there is none or it was fitted on other members or views
-        than this predictor serves; the trust reason to give without one; the warning to log then)."""
-        if not calibration:
-            return (None, *verdict.not_calibrated(self.run_dir))
-        fitted = (calibration.get("members", self.members_), calibration.get("views", self.views_))
-        if calibration.get("task", "single") != self.task_:
-            why = (
-                f"calibration.json was fitted for a {calibration.get('task', 'single')} run, not {self.task_}"
-            )
-            return (None, *verdict.not_calibrated(self.run_dir, why))
-        if list(fitted[0]) != self.members_ or list(fitted[1]) != self.views_:
-            why = (
-                f"calibration.json was fitted for members {list(fitted[0])} with views {list(fitted[1])}, "
-                f"this predictor serves members {self.members_} with views {self.views_}"
-            )
-            return (None, *verdict.not_calibrated(self.run_dir, why))
-        return calibration, "", None
-
     @property
     def encoder_(self) -> FrameEncoder:
         """The frame CNN of the run's extractor (built on first use).
@@ -198,28 +182,8 @@ class Predictor:
         """
         with self._encoder_lock:
             if self._encoder is None:
-                self._encoder = self._build_encoder()
+                self._encoder = build_encoder(self.extractor_, self.weights, self.device, self.feature_dim_)
         return self._encoder
-
-    def _build_encoder(self) -> FrameEncoder:
-        from ..features.backbone import FrameEncoder
-        from ..features.extract import FRAME_RULE
-
-        rule = self.extractor_.get(_FRAME_RULE_KEY)
-        if rule is not None and rule != FRAME_RULE:
-            raise BackboneError(
-                f"the run's features took frames by the rule {rule!r}; this vidcls "
-                f"takes {FRAME_RULE!r}: use the vidcls version that extracted them"
-            )
-        encoder = FrameEncoder.from_record(self.extractor_, self.weights, device=str(self.device))
-        if encoder.feature_dim != self.feature_dim_:
-            raise CheckpointError(
-                f"the run was trained on {self.feature_dim_}-dimensional features but its "
-                f"recorded extractor ({self.extractor_.get('backbone')}) gives "
-                f"{encoder.feature_dim}-dimensional ones; nothing is patched over: "
-                f"predict from the run's own kind of features"
-            )
-        return encoder
 
     @property
     def sampling_(self) -> Sampling:
@@ -352,6 +316,18 @@ class Predictor:
             }
             for r, k, w in zip(items, kept, out.attention)
         ]
+
+    def predict_segments(
+        self, x: Any, window: Any = None, stride: Any = None, *, top_k: int = 3
+    ) -> list[dict]:
+        """:meth:`predict_records` with what happens when: sliding windows (``"10s"``, 10 frames; None:
+        ``window_``, the run's typical length) every ``stride`` (default half), their ``segments`` and
+        merged ``spans`` (:mod:`vidcls.predict.segments`)."""
+        return segments.predict_segments(self, x, window, stride, top_k=top_k)
+
+    def stream_video(self, path: str | os.PathLike) -> dict:
+        """A whole video's features at the run's rate (``fps_``), streamed (``loading.stream_video``)."""
+        return stream_video(path, self.encoder_, self.sampling_, self.quality_)
 
     def predict_records(self, x: Any, top_k: int = 3) -> list[dict]:
         """One JSON-able record per input (the output of ``vidcls predict`` and the HTTP service)::

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..config import TrainConfig, auto_model
 from ..data.dataset import EpochSampler, close_loader, make_loader, train_sampler
+from ..data.window import typical_window
 from ..errors import CheckpointError, ConfigError
 from ..models import build_from_spec, unused_sizes
 from ..models.layers import Standardized
@@ -147,6 +148,7 @@ def _member_run(
         "feature_dim": splits.feature_dim,
         "extractor": splits.extractor,
         "max_frames": cfg.max_frames,
+        "window": typical_window(splits.train, splits.extractor),
         "member": member,
         "seed": seed,
         "vidcls_version": __version__,

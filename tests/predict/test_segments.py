@@ -1,0 +1,331 @@
+"""Segments: the window grammar, the window grid, per-frame fusion and spans on hand-made numbers, and
+``predict_segments`` against the predictor's own records of the same slices, on arrays and videos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vidcls
+import videos as V
+from vidcls.cli import main
+from vidcls.errors import ConfigError
+from vidcls.predict.segments import (
+    FRAMES,
+    RUN,
+    SECONDS,
+    Window,
+    frame_seconds,
+    frames_of,
+    fuse,
+    parse_window,
+    run_default,
+    spans_of,
+    window_starts,
+)
+from vidcls.store.reader import FeatureStore
+
+FPS_EXTRACT = (
+    "--backbone resnet18 --weights none --image-size 64 --fps 5 --decode-workers 0 --device cpu".split()
+)
+TRAIN = "--epochs 1 --batch-size 4 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --no-plots --device cpu"
+
+
+# ---- the grammar ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "segments, stride, expected",
+    [
+        ("10s", None, Window(10.0, None, SECONDS)),
+        ("10s", "5", Window(10.0, 5.0, SECONDS)),  # the stride takes the window's unit
+        ("2.5s", "0.5s", Window(2.5, 0.5, SECONDS)),
+        ("16", "4", Window(16.0, 4.0, FRAMES)),
+        (16, None, Window(16.0, None, FRAMES)),
+        (7.5, None, Window(7.5, None, SECONDS)),  # a Python float is seconds
+        ("12 frames", "12", Window(12.0, 12.0, FRAMES)),  # a stride equal to the window: no overlap
+        (None, None, None),
+        ("run", None, Window(None, None, "", RUN)),
+    ],
+)
+def test_parse_window(segments, stride, expected):
+    assert parse_window(segments, stride) == expected
+
+
+@pytest.mark.parametrize(
+    "segments, stride, says",
+    [
+        ("0", None, "positive"),
+        ("0s", None, "positive"),
+        ("-3s", None, "positive"),
+        ("10s", "-1", "positive"),
+        ("10s", "0", "positive"),
+        ("10s", "11s", "longer than the window"),
+        ("8", "9", "longer than the window"),
+        ("10s", "5 frames", "both in seconds"),
+        ("10", "5s", "both in seconds"),
+        ("ten", None, "seconds like 10s"),
+        ("nan", None, "seconds like 10s"),
+        ("inf", None, "seconds like 10s"),
+        (float("inf"), None, "positive"),
+        ("2.5", None, "whole number"),
+        (True, None, "seconds like 10s"),
+        (None, "5", "needs --segments"),
+    ],
+)
+def test_bad_windows_are_one_line(segments, stride, says):
+    with pytest.raises(ConfigError, match=says) as err:
+        parse_window(segments, stride)
+    assert "\n" not in str(err.value)
+
+
+def test_frames_of_rounds_seconds_at_the_rate_and_halves_by_default():
+    assert frames_of(Window(10.0, None, SECONDS), 2.0, where="v") == (20, 10)
+    assert frames_of(Window(1.3, 0.3, SECONDS), 5.0, where="v") == (6, 2)  # 6.5 -> 6 (even), 1.5 -> 2
+    assert frames_of(Window(5.0, None, FRAMES), None, where="v") == (5, 2)
+    assert frames_of(Window(1.0, None, FRAMES), None, where="v") == (1, 1)  # never a zero stride
+    with pytest.raises(ConfigError, match="v: windows in seconds need the frame rate"):
+        frames_of(Window(10.0, None, SECONDS), None, where="v")
+
+
+def test_run_default_converts_a_stride_in_the_other_unit():
+    assert run_default(Window(None, None, "", RUN), (8.0, SECONDS), 2.0) == Window(8.0, None, SECONDS, RUN)
+    assert run_default(Window(None, 4.0, FRAMES, RUN), (8.0, SECONDS), 2.0) == Window(8.0, 2.0, SECONDS, RUN)
+    assert run_default(Window(None, 3.0, "", RUN), (12.0, FRAMES), None).stride == 3.0
+    with pytest.raises(ConfigError, match="no frame rate"):
+        run_default(Window(None, 1.0, SECONDS, RUN), (12.0, FRAMES), None)
+    with pytest.raises(ConfigError, match="longer than the run's window"):
+        run_default(Window(None, 13.0, FRAMES, RUN), (12.0, FRAMES), None)
+
+
+# ---- the grid, fusion and spans -------------------------------------------------------------------
+def test_window_starts_cover_every_frame_and_end_at_the_last():
+    assert window_starts(10, 4, 3).tolist() == [0, 3, 6]  # 6 + 4 = 10: the tail is covered
+    assert window_starts(11, 4, 3).tolist() == [0, 3, 6, 7]  # one more window ends at the last frame
+    assert window_starts(4, 4, 2).tolist() == [0]
+    assert window_starts(9, 3, 3).tolist() == [0, 3, 6]
+    with pytest.raises(
+        ConfigError, match=r"clip.npy: the window \(12 frames, 6 s\) is longer than the video"
+    ):
+        window_starts(5, 12, 6, where="clip.npy", fps=2.0)
+
+
+def test_fuse_is_the_mean_of_the_covering_windows():
+    # windows [0, 4) and [2, 6) over 6 frames: frames 2, 3 are covered by both
+    p = np.array([[0.9, 0.1], [0.3, 0.7]])
+    fused = fuse(p, np.array([0, 2]), 4, 6)
+    expected = np.array([[0.9, 0.1]] * 2 + [[0.6, 0.4]] * 2 + [[0.3, 0.7]] * 2)
+    np.testing.assert_allclose(fused, expected)
+
+
+def test_single_label_spans_partition_the_sequence():
+    fused = np.array([[0.9, 0.1]] * 2 + [[0.6, 0.4]] * 2 + [[0.3, 0.7]] * 2)
+    seconds = frame_seconds(np.array([0, 500, 1000, 1500, 2000, 2500.0]), 2.0)
+    np.testing.assert_allclose(seconds, [0, 0.5, 1, 1.5, 2, 2.5, 3])  # the last frame lasts 1/fps
+    spans = spans_of(fused, ["a", "b"], seconds=seconds)
+    assert [(s["label"], s["start_frame"], s["end_frame"], s["start_s"], s["end_s"]) for s in spans] == [
+        ("a", 0, 4, 0.0, 2.0),
+        ("b", 4, 6, 2.0, 3.0),
+    ]
+    assert spans[0]["probability"] == pytest.approx((0.9 + 0.9 + 0.6 + 0.6) / 4)
+    assert spans_of(fused, ["a", "b"])[1]["start_s"] is None  # no timestamps: frames only
+
+
+def test_multilabel_spans_are_per_class_and_may_overlap():
+    fused = np.array([[0.8, 0.1, 0.0], [0.8, 0.6, 0.0], [0.2, 0.6, 0.0], [0.8, 0.2, 0.0]])
+    spans = spans_of(fused, ["a", "b", "c"], thresholds=np.array([0.5, 0.5, 0.5]))
+    assert [(s["label"], s["start_frame"], s["end_frame"]) for s in spans] == [
+        ("a", 0, 2),
+        ("b", 1, 3),
+        ("a", 3, 4),
+    ]
+    # a class's own threshold decides: 0.7 keeps b out
+    assert [s["label"] for s in spans_of(fused, ["a", "b", "c"], thresholds=np.array([0.5, 0.7, 0.5]))] == [
+        "a",
+        "a",
+    ]
+
+
+# ---- the predictor --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def array_run(tmp_path_factory, tiny_features) -> Path:
+    run = tmp_path_factory.mktemp("segments") / "run"
+    assert main(["train", str(tiny_features), str(run), "--max-frames", "16", *TRAIN.split()]) == 0
+    return run
+
+
+def _long(features_dir: Path) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
+    """Three test videos of three classes end to end, and their (start, end, class)."""
+    store = FeatureStore(features_dir / "test.h5")
+    picks, seen = [], set()
+    for i, y in enumerate(store.labels):
+        if int(y) not in seen:
+            seen.add(int(y))
+            picks.append(i)
+        if len(picks) == 3:
+            break
+    parts, truth, at = [], [], 0
+    for i in picks:
+        a = store.read(i).astype(np.float32)
+        parts.append(a)
+        truth.append((at, at + len(a), store.class_names[int(store.labels[i])]))
+        at += len(a)
+    return np.concatenate(parts), truth
+
+
+def test_windows_are_predicted_as_the_same_slices_alone(array_run, tiny_features):
+    p = vidcls.load(array_run, device="cpu")
+    x, _ = _long(tiny_features)
+    rec = p.predict_segments(x, window=6, stride=4)[0]
+    starts = window_starts(len(x), 6, 4)
+    assert [s["start_frame"] for s in rec["segments"]] == starts.tolist()
+    assert all(s["end_frame"] - s["start_frame"] == 6 for s in rec["segments"])
+    alone = p.predict_records([x[s : s + 6] for s in starts])
+    for seg, ref in zip(rec["segments"], alone):
+        assert seg["label"] == ref["label"]
+        assert seg["trusted"] == ref["trusted"]
+        np.testing.assert_allclose(list(seg["probabilities"].values()), list(ref["probabilities"].values()))
+    whole = p.predict_records([x])[0]  # the video's own label is what predict gives without segments
+    assert rec["label"] == whole["label"] and rec["probabilities"] == pytest.approx(whole["probabilities"])
+    # the spans are the argmax runs of the mean of the covering windows' probabilities
+    probs = np.array([list(r["probabilities"].values()) for r in alone])
+    fused = fuse(probs, starts, 6, len(x))
+    labels = [p.classes_[i] for i in fused.argmax(axis=1)]
+    for sp in rec["spans"]:
+        assert set(labels[sp["start_frame"] : sp["end_frame"]]) == {sp["label"]}
+    assert rec["spans"][0]["start_frame"] == 0 and rec["spans"][-1]["end_frame"] == len(x)
+    assert rec["window"] == {
+        "frames": 6,
+        "stride_frames": 4,
+        "seconds": None,
+        "stride_s": None,
+        "source": "option",
+    }
+    assert json.loads(json.dumps(rec)) == rec  # JSON-able as it is
+
+
+def test_the_default_window_is_the_runs_typical_length(array_run, tiny_features):
+    p = vidcls.load(array_run, device="cpu")
+    store = FeatureStore(tiny_features / "train.h5")
+    # the synthetic store has no timestamps and no rate: the median stored length, in frames
+    assert p.window_ == (float(int(np.median(store.lengths))), FRAMES)
+    x, _ = _long(tiny_features)
+    rec = p.predict_segments(x)[0]
+    assert rec["window"]["frames"] == int(np.median(store.lengths))
+    assert rec["window"]["stride_frames"] == int(np.median(store.lengths)) // 2
+    assert rec["window"]["source"] == "run"
+    short = p.predict_segments(x[:3])[0]  # the run's window, longer than the input: the whole input
+    assert short["error"] is None and [(s["start_frame"], s["end_frame"]) for s in short["segments"]] == [
+        (0, 3)
+    ]
+
+
+def test_unusable_inputs_are_error_records_with_one_line(array_run, tiny_features, tmp_path):
+    p = vidcls.load(array_run, device="cpu")
+    x, _ = _long(tiny_features)
+    np.save(tmp_path / "short.npy", x[:4])
+    recs = p.predict_segments([x[:4], str(tmp_path / "short.npy"), np.zeros((5, 3))], window=10)
+    assert [r["label"] for r in recs] == [None, None, None]
+    assert "features[0]: the window (10 frames) is longer than the video (4 frames)" in recs[0]["error"]
+    assert recs[1]["error"].startswith(f"{tmp_path / 'short.npy'}: the window")
+    assert "D=3" in recs[2]["error"]
+    assert all(r["segments"] == [] and r["spans"] == [] and "\n" not in r["error"] for r in recs)
+    with pytest.raises(ConfigError, match="whole number"):
+        p.predict_segments(x, window="2.5")
+    # a run sampled at no rate (synthetic features): a window in seconds is refused for each input
+    assert "windows in seconds need the frame rate" in p.predict_segments(x, window="3s")[0]["error"]
+
+
+@pytest.fixture(scope="module")
+def fps_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(video root, run): clips of two colours extracted at 5 fps, a finished 1-member run."""
+    root = tmp_path_factory.mktemp("fps_run")
+    clips, feats, run = root / "videos", root / "feats", root / "run"
+    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        for i in range(6):
+            V.write_clip(clips / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
+    assert main(["extract", str(clips), str(feats), *FPS_EXTRACT]) == 0
+    assert main(["train", str(feats), str(run), *TRAIN.split()]) == 0
+    return clips, run
+
+
+def test_a_long_video_in_seconds(fps_run, tmp_path):
+    clips, run = fps_run
+    frames = np.concatenate(
+        [V.shapes_frames(40, color=(220, 40, 40), seed=1), V.shapes_frames(40, color=(40, 60, 220), seed=2)]
+    )
+    video = V.write_clip(tmp_path / "long.mp4", frames)  # 10 fps: 8 s, red then blue
+    p = vidcls.load(run, device="cpu")
+    assert p.fps_ == 5.0
+    # clips of 20-25 frames at 10 fps last 2.0-2.5 s: their median span (frames at 5 fps, one period on)
+    assert p.window_[1] == SECONDS and 2.0 <= p.window_[0] <= 2.6
+    rec = p.predict_segments(str(video), window="2s", stride="1s")[0]
+    assert rec["error"] is None
+    assert rec["window"] == {
+        "frames": 10,
+        "stride_frames": 5,
+        "seconds": 2.0,
+        "stride_s": 1.0,
+        "source": "option",
+    }
+    feats = p.stream_video(video)
+    assert len(feats["features"]) == 40  # 8 s at 5 fps, the whole video: no frame cap over it
+    np.testing.assert_allclose(feats["timestamps_ms"], np.arange(40) * 200.0)
+    assert [(s["start_frame"], s["start_s"], s["end_s"]) for s in rec["segments"][:2]] == [
+        (0, 0.0, 2.0),
+        (5, 1.0, 3.0),
+    ]
+    assert rec["segments"][-1]["end_s"] == pytest.approx(8.0)
+    assert rec["spans"][0]["start_s"] == 0.0 and rec["spans"][-1]["end_s"] == pytest.approx(8.0)
+    alone = p.predict_records([feats["features"][5:15]])[0]
+    assert rec["segments"][1]["label"] == alone["label"]
+    assert rec["segments"][1]["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-6)
+
+
+def test_cli_segments_writes_spans_in_every_format(fps_run, tmp_path, capsys):
+    clips, run = fps_run
+    video = clips / "red" / "v00.mp4"
+    out = tmp_path / "out.jsonl"
+    assert (
+        main(["predict", str(run), str(video), "--segments", "2s", "--output", str(out), "--device", "cpu"])
+        == 0
+    )
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert rec["window"]["frames"] == 10 and rec["spans"]
+    assert (
+        main(["predict", str(run), str(video), "--segments", "2s", "--format", "csv", "--device", "cpu"]) == 0
+    )
+    csv_text = capsys.readouterr().out
+    assert csv_text.splitlines()[0].endswith(",spans")
+    first = rec["spans"][0]
+    assert f"{first['label']}@{first['start_s']:g}s-" in csv_text
+    assert main(["predict", str(run), str(video), "--segments", "2s", "--device", "cpu"]) == 0
+    assert "  spans: 0s–" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--segments", "0"], "--segments must be a positive length"),
+        (["--segments", "2s", "--stride", "3s"], "longer than the window"),
+        (["--segments=-2s"], "positive"),
+        (["--stride", "2"], "needs --segments"),
+    ],
+)
+def test_cli_refuses_bad_windows_before_loading(args, says, tmp_path, capsys):
+    clip = tmp_path / "a.npy"
+    np.save(clip, np.zeros((4, 16), np.float32))
+    assert main(["predict", str(tmp_path / "no-run-needed"), str(clip), *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_window_longer_than_the_video_is_one_line(fps_run, capsys):
+    clips, run = fps_run
+    assert (
+        main(["predict", str(run), str(clips / "red" / "v00.mp4"), "--segments", "60s", "--device", "cpu"])
+        == 3
+    )
+    out = capsys.readouterr().out
+    assert "the window (300 frames, 60 s) is longer than the video" in out
