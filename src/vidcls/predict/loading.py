@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,9 @@ def build_encoder(
             f"the run's features took frames by the rule {rule!r}; this vidcls "
             f"takes {FRAME_RULE!r}: use the vidcls version that extracted them"
         )
-    encoder = FrameEncoder.from_record(extractor, weights, device=str(device))
+    encoder = FrameEncoder.from_record(
+        extractor, None if weights is None else Path(weights), device=str(device)
+    )
     if encoder.feature_dim != feature_dim:
         raise CheckpointError(
             f"the run was trained on {feature_dim}-dimensional features but its "

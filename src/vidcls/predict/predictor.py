@@ -100,6 +100,8 @@ class Predictor:
         tta_used_: whether the served choice averages TTA views. tta_modes_: the run's TTA modes.
         views_: the views averaged per member (``tta_modes_`` with TTA, else ``["original"]``).
         max_frames_: longer sequences are thinned uniformly to this many frames.
+        fps_: the run's sampling rate (None: N frames per video, or imported features).
+        window_: (length, "s" | "frames"), the run's typical training length: segments' default window.
         batch_size_, batch_frames_: the run's frame-budget batching. run_dir: the run. device: torch device.
         calibration_: ``RUN_DIR/calibration.json`` as a dict, or None: not calibrated, or calibrated for
             other members or views than served (``tta`` forced, final.json changed since); then
@@ -213,6 +215,8 @@ class Predictor:
             "views": list(self.views_),
             "tta_modes": list(self.tta_modes_),
             "max_frames": self.max_frames_,
+            "fps": self.fps_,
+            "window": {"length": self.window_[0], "unit": self.window_[1]},
             "feature_dim": self.feature_dim_,
             "extractor": dict(self.extractor_),
             "calibration": self.calibration_,

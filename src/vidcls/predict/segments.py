@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,8 +34,21 @@ from ..errors import ConfigError, VidclsError
 from . import multilabel
 from .inputs import as_list, error_record
 
-if TYPE_CHECKING:
-    from .predictor import Predictor
+
+class Predictor(Protocol):
+    """What segments need of a loaded run (``vidcls.load`` gives one; not imported: it imports this)."""
+
+    classes_: list[str]
+    thresholds_: multilabel.Thresholds | None
+    fps_: float | None
+    window_: tuple[float, str]
+
+    def predict_records(self, x: Any, top_k: int = 3) -> list[dict]: ...
+
+    def stream_video(self, path: str) -> dict: ...
+
+    def _check(self, a: Any, name: str) -> np.ndarray: ...
+
 
 __all__ = [
     "Window",
@@ -66,6 +79,7 @@ class Window:
 
 def _parse(value: object, option: str) -> tuple[float, str | None]:
     """(number, unit or None) of '10s' / '10' / 10; ConfigError for anything else."""
+    unit: str | None
     if isinstance(value, bool):
         raise ConfigError(f"{option} must be seconds like 10s or frames like 10, got {value!r}")
     if isinstance(value, (int, np.integer)):
@@ -105,9 +119,9 @@ def parse_window(segments: object, stride: object = None) -> Window | None:
             return Window(None, None, "", RUN)
         step, unit = _parse(stride, "--stride")
         return Window(None, step, unit or "", RUN)  # unit "": the run window's
-    size, unit = _parse(segments, "--segments")
-    unit = unit or FRAMES
-    step = None
+    size, given = _parse(segments, "--segments")
+    unit = given or FRAMES
+    step: float | None = None
     if stride is not None:
         step, step_unit = _parse(stride, "--stride")
         if step_unit is not None and step_unit != unit:
