@@ -117,8 +117,8 @@ def parse_window(segments: object, stride: object = None) -> Window | None:
     if isinstance(segments, str) and segments.strip().lower() in (RUN, ""):
         if stride is None:
             return Window(None, None, "", RUN)
-        step, unit = _parse(stride, "--stride")
-        return Window(None, step, unit or "", RUN)  # unit "": the run window's
+        every, its_unit = _parse(stride, "--stride")
+        return Window(None, every, its_unit or "", RUN)  # unit "": the run window's
     size, given = _parse(segments, "--segments")
     unit = given or FRAMES
     step: float | None = None
