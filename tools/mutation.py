@@ -59,6 +59,18 @@ SCOPE: dict[str, list[str] | None] = {
     "vidcls.predict.verdict": ["state", "ood_checks"],
     # the multi-label scores and decision thresholds: GAP, AP, F1 and the shrunk per-class thresholds
     "vidcls.evaluation.multilabel": None,
+    # what happens when: the window grammar and grid, the per-frame fusion and the spans
+    "vidcls.predict.segments": [
+        "_parse",
+        "parse_window",
+        "frames_of",
+        "window_starts",
+        "fuse",
+        "_runs",
+        "spans_of",
+        "frame_seconds",
+        "run_default",
+    ],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
