@@ -137,7 +137,7 @@ def test_forward_reads_a_dataset_one_batch_at_a_time_with_its_labels(tmp_path):
     ds = FeatureDataset(store, [3, 1, 0], max_frames=10)  # thinned to 10 frames, in this order
     reads = []
     read = store.read
-    store.read = lambda i: reads.append(i) or read(i)
+    store.read = lambda i, rows=None: reads.append(i) or read(i, rows)
     model = _model().eval()
     out = forward([model], ["original", "reverse"], ds, batch_size=2, batch_frames=None, device=CPU)
     assert reads == [3, 1, 0]  # each video read once

@@ -1,9 +1,10 @@
 """Data path: ragged feature store -> augmented, padded batches.
 
-One video is one contiguous slice of the store, read inside the DataLoader worker (the store opens
-its HDF5 handle lazily, per process). Augmentation randomness comes from a seed that the sampler
-attaches to every item, derived from ``(seed, epoch, position)``, so a run is reproducible whatever the number of
-workers, and an epoch restarted after a crash sees exactly the same batches.
+One video is one contiguous slice of the store (a thinned one: only the rows it keeps), read inside
+the DataLoader worker (the store opens its HDF5 handle lazily, per process). Augmentation randomness
+comes from a seed that the sampler attaches to every item, derived from ``(seed, epoch, position)``,
+so a run is reproducible whatever the number of workers, and an epoch restarted after a crash sees
+exactly the same batches.
 
 Long videos are bounded twice, because attention memory grows with B x T^2 and a batch pads to its
 longest video: a video longer than ``max_frames`` is thinned uniformly (the rule extraction uses), and
@@ -143,10 +144,9 @@ class FeatureDataset(Dataset):
         pos, seed = (key, None) if isinstance(key, (int, np.integer)) else key[:2]
         is_filler = not isinstance(key, (int, np.integer)) and len(key) == 3 and key[2] == FILLER
         i = int(self.indices[pos])
-        frames = self.store.read(i)
-        if self.max_frames is not None and len(frames) > self.max_frames:
-            frames = frames[uniform_indices(len(frames), self.max_frames)]
-        raw = torch.from_numpy(frames)
+        n, k = int(self.store.lengths[i]), self.max_frames
+        rows = uniform_indices(n, k) if k is not None and n > k else None  # a long video: only these are read
+        raw = torch.from_numpy(self.store.read(i, rows))
         x = raw
         if self.augment and seed is not None:
             x = augment_sequence(raw.float(), torch.Generator().manual_seed(seed)).to(raw.dtype)

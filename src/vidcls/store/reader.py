@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .labels import LabelSets, label_set_problem, read_label_sets, sorted_sets
+from .rows import Rows, read_rows, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -362,29 +363,33 @@ class FeatureStore(LabelSets):
             raise IndexError(f"video index {i} out of range for {self.path} ({n} videos)")
         return j
 
-    def _frames_of(self, name: str, j: int) -> np.ndarray:
+    def _frames_of(self, name: str, j: int, rows: Rows = None) -> np.ndarray:
+        sel = select_rows(rows, int(self.lengths[j]), where=f"video {self.video_ids[j]!r} of {self.path}")
         try:
-            return self._dataset(name)[self.offsets[j] : self.offsets[j + 1]]
+            return read_rows(self._dataset(name), int(self.offsets[j]), sel)
         except H5_READ_ERRORS as err:  # a chunk damaged after the file was validated
             raise StoreError(
                 f"{self.path}: cannot read video {self.video_ids[j]!r} "
                 f"({_detail(err)}); the file is damaged, {REPAIR_HINT}"
             ) from None
 
-    def read(self, i: int) -> np.ndarray:
-        """Return video ``i``'s features, shape (T, D), stored dtype, as one contiguous read.
+    def read(self, i: int, rows: Rows = None) -> np.ndarray:
+        """Return video ``i``'s features in the stored dtype: all (T, D) as one contiguous read, or only
+        ``rows`` (a slice or positions, :func:`vidcls.store.rows.select_rows`), (len(rows), D), read
+        from the chunks that hold them alone (a long video is never loaded whole to be thinned).
 
         Raises:
-            IndexError: ``i`` out of range. StoreError: the file is damaged.
+            IndexError: ``i`` or a row out of range, or a negative row. TypeError: ``rows`` not 1-D
+                integers. StoreError: the file is damaged.
         """
-        return self._frames_of("features", self._index(i))
+        return self._frames_of("features", self._index(i), rows)
 
-    def timestamps(self, i: int) -> np.ndarray | None:
-        """Return video ``i``'s per-frame timestamps in ms, or None if the file has none."""
+    def timestamps(self, i: int, rows: Rows = None) -> np.ndarray | None:
+        """Video ``i``'s per-frame timestamps in ms (only ``rows``, as ``read``); None if the file has none."""
         j = self._index(i)
         if not self._has_timestamps:
             return None
-        return self._frames_of("timestamps_ms", j)
+        return self._frames_of("timestamps_ms", j, rows)
 
     def close(self) -> None:
         """Close the h5py handle (a later read reopens it)."""

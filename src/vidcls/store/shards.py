@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import StoreError
 from .labels import LabelSets
 from .reader import SPLITS, FeatureStore, name_ids
+from .rows import Rows
 from .writer import write_store
 
 # extractor keys that may differ between files of one data set (they do not change features)
@@ -389,15 +390,15 @@ class MultiFileStore(LabelSets):
         k = int(np.searchsorted(self._starts, j, side="right")) - 1
         return self.parts[k], j - int(self._starts[k])
 
-    def read(self, i: int) -> np.ndarray:
-        """Video ``i``'s features (T, D) in the stored dtype (see ``FeatureStore.read``)."""
+    def read(self, i: int, rows: Rows = None) -> np.ndarray:
+        """Video ``i``'s features (T, D), or only ``rows``, in the stored dtype (see ``FeatureStore.read``)."""
         store, j = self._locate(i)
-        return store.read(j)
+        return store.read(j, rows)
 
-    def timestamps(self, i: int) -> np.ndarray | None:
-        """Video ``i``'s per-frame timestamps in ms, or None if its file has none."""
+    def timestamps(self, i: int, rows: Rows = None) -> np.ndarray | None:
+        """Video ``i``'s per-frame timestamps in ms (only ``rows``, as ``read``), or None if its file has none."""
         store, j = self._locate(i)
-        return store.timestamps(j)
+        return store.timestamps(j, rows)
 
     def close(self) -> None:
         """Close every file's handle (a later read reopens it)."""
