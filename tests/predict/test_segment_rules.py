@@ -35,6 +35,9 @@ from vidcls.predict.segments import (
         ("12 frames", "12", Window(12.0, 12.0, FRAMES)),  # a stride equal to the window: no overlap
         (None, None, None),
         ("run", None, Window(None, None, "", RUN)),
+        ("run", "4", Window(None, 4.0, "", RUN)),  # in the unit of the run's window, whichever it is
+        ("run", "2s", Window(None, 2.0, SECONDS, RUN)),
+        ("", None, Window(None, None, "", RUN)),
     ],
 )
 def test_parse_window(segments, stride, expected):
@@ -44,22 +47,24 @@ def test_parse_window(segments, stride, expected):
 @pytest.mark.parametrize(
     "segments, stride, says",
     [
-        ("0", None, "positive"),
+        ("0", None, "--segments must be a positive"),
         ("0s", None, "positive"),
         ("-3s", None, "positive"),
-        ("10s", "-1", "positive"),
-        ("10s", "0", "positive"),
+        ("10s", "-1", "--stride must be a positive"),
+        ("10s", "0", "--stride must be a positive"),
+        ("run", "-2s", "--stride must be a positive"),
         ("10s", "11s", "longer than the window"),
         ("8", "9", "longer than the window"),
         ("10s", "5 frames", "both in seconds"),
         ("10", "5s", "both in seconds"),
-        ("ten", None, "seconds like 10s"),
+        ("ten", None, "^--segments must be seconds like 10s"),
         ("nan", None, "seconds like 10s"),
         ("inf", None, "seconds like 10s"),
         (float("inf"), None, "positive"),
-        ("2.5", None, "whole number"),
+        ("2.5", None, "--segments in frames must be a whole number"),
+        ("8", "2.5", "--stride in frames must be a whole number"),
         (True, None, "seconds like 10s"),
-        (None, "5", "needs --segments"),
+        (None, "5", "^--stride needs --segments"),
     ],
 )
 def test_bad_windows_are_one_line(segments, stride, says):
@@ -133,3 +138,39 @@ def test_multilabel_spans_are_per_class_and_may_overlap():
         "a",
         "a",
     ]
+
+
+def test_frames_of_edges():
+    assert frames_of(Window(3.5, None, SECONDS), 2.0, where="v") == (7, 3)  # half of an odd window, floored
+    assert frames_of(Window(0.1, None, SECONDS), 2.0, where="v") == (1, 1)  # never a zero-frame window
+    assert frames_of(Window(6.0, 3.0, FRAMES), None, where="v") == (6, 3)
+
+
+def test_run_default_edges():
+    # a stride in seconds for a run window in frames: converted at the rate (1 s at 2 fps = 2 frames)
+    assert run_default(Window(None, 1.0, SECONDS, RUN), (12.0, FRAMES), 2.0) == Window(12.0, 2.0, FRAMES, RUN)
+    assert run_default(Window(None, 12.0, "", RUN), (12.0, FRAMES), None).stride == 12.0  # = the window: fine
+
+
+def test_window_starts_never_run_past_the_end():
+    assert window_starts(10, 3, 2).tolist() == [0, 2, 4, 6, 7]
+    with pytest.raises(ConfigError, match=r"^the input: the window \(5 frames\) is longer"):
+        window_starts(4, 5, 1)
+
+
+def test_frame_seconds_without_a_rate_uses_the_median_step():
+    np.testing.assert_allclose(
+        frame_seconds(np.array([0.0, 400.0, 800.0, 1300.0]), None), [0, 0.4, 0.8, 1.3, 1.7]
+    )
+    np.testing.assert_allclose(
+        frame_seconds(np.array([250.0]), None), [0.25, 0.25]
+    )  # one frame, no step known
+    assert frame_seconds(np.array([]), 2.0) is None and frame_seconds(None, 2.0) is None
+
+
+def test_thresholds_are_inclusive_and_seconds_rounded_to_ms():
+    fused = np.array([[0.5, 0.2], [0.1, 0.2]])
+    spans = spans_of(fused, ["a", "b"], thresholds=np.array([0.5, 0.9]), seconds=np.array([0, 1 / 3, 2 / 3]))
+    assert [(s["label"], s["start_frame"], s["end_frame"], s["end_s"]) for s in spans] == [("a", 0, 1, 0.333)]
+    spans = spans_of(fused, ["a", "b"], seconds=np.array([1 / 3, 2 / 3, 1.0]))
+    assert [(s["label"], s["start_s"], s["end_s"]) for s in spans] == [("a", 0.333, 0.667), ("b", 0.667, 1.0)]
