@@ -9,6 +9,12 @@ from the video at the record's timestamps (the frame on screen at each, as extra
 Inputs without a video (feature files), or a video that cannot be decoded again, get the attention
 strip alone.
 
+A segments record (``vidcls predict --segments``) also gets its spans as coloured bands over the
+attention strip, on the same time axis (seconds, or frame positions for features without
+timestamps), one colour per class of the run and a legend on the right (:mod:`vidcls.predict.bands`;
+multi-label: one lane per class). Its thumbnails are spread over the whole video, as its ``frames``
+are.
+
 Class names and paths are drawn literally (no mathtext), and the figure never touches pyplot.
 """
 
@@ -22,12 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..features.sampling import Sampling
 from ..reporting.plots import LITERAL, new_figure, to_png
 from ..utils.fs import atomic_write_bytes
 from ..utils.sampling import uniform_indices
+from . import bands
 from .multilabel import labels_cell
 from .verdict import NOT_TRUSTED, UNKNOWN, state
 
@@ -43,6 +52,9 @@ __all__ = [
 
 MAX_THUMBS = 12
 TIMELINE_SIZE = (15.0, 5.0)  # inches; at plots.DPI (80): 1200 x 400 px, the same for every video
+STRIP_LEFT, STRIP_BOTTOM = 0.06, 0.10  # the attention strip (and the bands over it), figure fractions
+STRIP_WIDTH, STRIP_WIDTH_SPANS = 0.9, 0.8  # with spans: room on the right for their legend
+BAND_ROW, BAND_LANE, BAND_MAX, BAND_GAP = 0.06, 0.035, 0.14, 0.015  # band heights (figure fractions)
 THUMB_PX = (160, 120)  # the largest thumbnail kept in memory, (w, h)
 MAX_NAME = 120  # characters of the file name taken from the input path
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -148,11 +160,83 @@ def thumbnail_frames(record: dict) -> list[int]:
     return _pick(att, MAX_THUMBS)
 
 
+def _thumbnail_row(fig: Figure, record: dict, att: np.ndarray, thumbs: dict) -> None:
+    """The thumbnails of ``thumbnail_frames(record)`` with their attention bars, in equal slots."""
+    times = [f.get("timestamp_ms") for f in record.get("frames") or []]
+    picks = thumbnail_frames(record)
+    width = 0.92 / MAX_THUMBS
+    left0 = 0.04 + (MAX_THUMBS - len(picks)) * width / 2  # centred when fewer
+    peak = float(att.max()) if len(att) and att.max() > 0 else 1.0
+    for slot, i in enumerate(picks):
+        left = left0 + slot * width
+        ax = fig.add_axes((left + 0.004, 0.58, width - 0.008, 0.26))
+        ax.set_axis_off()
+        if thumbs.get(i) is not None:
+            ax.imshow(thumbs[i], aspect="auto", interpolation="bilinear")
+        else:
+            ax.text(0.5, 0.5, "not decoded", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        bar = fig.add_axes((left + 0.004, 0.50, width - 0.008, 0.07))
+        bar.barh([0], [att[i] / peak], color="tab:orange", height=0.8)
+        bar.set_xlim(0, 1)
+        bar.set_ylim(-0.5, 0.5)
+        bar.set_xticks([])
+        bar.set_yticks([])
+        bar.set_title(f"{_seconds(times[i])}   {att[i]:.3f}", fontsize=7, y=-0.9)
+
+
+def _span_seconds(record: dict) -> bool:
+    """Whether the strip and the bands are in seconds: every frame and span has its times."""
+    frames, spans = record.get("frames") or [], record.get("spans") or []
+    return all(f.get("timestamp_ms") is not None for f in frames) and all(
+        s.get("start_s") is not None and s.get("end_s") is not None for s in spans
+    )
+
+
+def _window_note(record: dict) -> str:
+    """ "; bands: spans of 2 s windows every 1 s" (the record's ``window``), "" without one."""
+    w = record.get("window") or {}
+    if w.get("seconds") is not None and w.get("stride_s") is not None:
+        return f"; bands: spans of {w['seconds']:g} s windows every {w['stride_s']:g} s"
+    if w.get("frames") is not None:
+        return f"; bands: spans of {w['frames']}-frame windows every {w.get('stride_frames')}"
+    return ""
+
+
+def _strip(ax: Axes, record: dict, att: np.ndarray, shown: set[int]) -> tuple[float, float] | None:
+    """The attention of every frame against time on ``ax``; its x limits (None: no frames).
+
+    A record with spans puts its bars at the frames' times (seconds) or at their positions in the
+    input (``index``, the spans' frame unit); one without, at seconds or at 0, 1, 2, ...
+    """
+    frames = record.get("frames") or []
+    if not len(att):
+        ax.text(0.5, 0.5, "no frames", ha="center", va="center", transform=ax.transAxes)
+        return None
+    spans = bands.has_spans(record)
+    known = _span_seconds(record) if spans else all(f.get("timestamp_ms") is not None for f in frames)
+    if known:
+        x = np.asarray([float(f["timestamp_ms"]) / 1000.0 for f in frames])
+    elif spans and all(f.get("index") is not None for f in frames):
+        x = np.asarray([float(f["index"]) for f in frames])
+    else:
+        x = np.arange(len(att), dtype=np.float64)
+    width = float(np.min(np.diff(x))) * 0.8 if len(x) > 1 and np.all(np.diff(x) > 0) else 0.8
+    colors = ["tab:red" if i in shown else "tab:orange" for i in range(len(att))]
+    ax.bar(x, att, width=width, color=colors)
+    label = "time (s), thumbnails in red" if shown else ("time (s)" if known else "frame")
+    ax.set_xlabel(label + (_window_note(record) if spans else ""), **LITERAL)
+    if not known:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return float(x[0] - width / 2), float(x[-1] + width / 2)
+
+
 def timeline_png(record: dict, thumbnails: dict | None = None) -> bytes:
     """The timeline PNG of a prediction record.
 
     Args:
-        record: a ``predict_records`` record (``frames`` with ``attention`` and ``timestamp_ms``).
+        record: a ``predict_records`` record (``frames`` with ``attention`` and ``timestamp_ms``); a
+            ``predict_segments`` record's ``spans`` are drawn as coloured bands over the attention
+            strip, on its time axis, with a legend of their classes (:mod:`vidcls.predict.bands`).
         thumbnails: {position in ``frames``: RGB array or None} for the positions of
             ``thumbnail_frames(record)``, or None for the attention strip alone.
 
@@ -161,47 +245,35 @@ def timeline_png(record: dict, thumbnails: dict | None = None) -> bytes:
     """
     frames = record.get("frames") or []
     att = np.asarray([float(f.get("attention") or 0.0) for f in frames], np.float64)
-    times = [f.get("timestamp_ms") for f in frames]
     fig = new_figure(*TIMELINE_SIZE)
     fig.suptitle(_title(record), fontsize=10, y=0.985, **LITERAL)
     thumbs = thumbnails or {}
     has_thumbs = any(t is not None for t in thumbs.values())
-    strip_top = 0.42 if has_thumbs else 0.78
+    top = 0.42 if has_thumbs else 0.78
     if has_thumbs:
-        picks = thumbnail_frames(record)
-        width = 0.92 / MAX_THUMBS
-        left0 = 0.04 + (MAX_THUMBS - len(picks)) * width / 2  # centred when fewer
-        peak = float(att.max()) if len(att) and att.max() > 0 else 1.0
-        for slot, i in enumerate(picks):
-            left = left0 + slot * width
-            ax = fig.add_axes((left + 0.004, 0.58, width - 0.008, 0.26))
-            ax.set_axis_off()
-            if thumbs.get(i) is not None:
-                ax.imshow(thumbs[i], aspect="auto", interpolation="bilinear")
-            else:
-                ax.text(0.5, 0.5, "not decoded", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-            bar = fig.add_axes((left + 0.004, 0.50, width - 0.008, 0.07))
-            bar.barh([0], [att[i] / peak], color="tab:orange", height=0.8)
-            bar.set_xlim(0, 1)
-            bar.set_ylim(-0.5, 0.5)
-            bar.set_xticks([])
-            bar.set_yticks([])
-            bar.set_title(f"{_seconds(times[i])}   {att[i]:.3f}", fontsize=7, y=-0.9)
-    ax = fig.add_axes((0.06, 0.10, 0.9, strip_top - 0.10))
-    if len(att):
-        known = all(t is not None for t in times)
-        x = np.asarray([float(t) / 1000.0 for t in times]) if known else np.arange(len(att))
-        width = float(np.min(np.diff(x))) * 0.8 if len(x) > 1 and np.all(np.diff(x) > 0) else 0.8
-        shown = set(thumbnail_frames(record)) if has_thumbs else set()
-        colors = ["tab:red" if i in shown else "tab:orange" for i in range(len(att))]
-        ax.bar(x, att, width=width, color=colors)
-        ax.set_xlabel("time (s), thumbnails in red" if shown else ("time (s)" if known else "frame"))
-        if not known:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    else:
-        ax.text(0.5, 0.5, "no frames", ha="center", va="center", transform=ax.transAxes)
+        _thumbnail_row(fig, record, att, thumbs)
+    spans = bands.has_spans(record)
+    width = STRIP_WIDTH_SPANS if spans else STRIP_WIDTH
+    band_h = (
+        BAND_ROW if bands.lanes(record) == [None] else min(BAND_MAX, BAND_LANE * len(bands.lanes(record)))
+    )
+    strip_top = top - band_h - BAND_GAP if spans else top
+    ax = fig.add_axes((STRIP_LEFT, STRIP_BOTTOM, width, strip_top - STRIP_BOTTOM))
+    shown = set(thumbnail_frames(record)) if has_thumbs else set()
+    limits = _strip(ax, record, att, shown)
     ax.set_ylabel("attention")
     ax.grid(True, axis="y", alpha=0.3)
+    if spans:
+        band = bands.draw_bands(
+            fig, (STRIP_LEFT, top - band_h, width, band_h), record, seconds=_span_seconds(record)
+        )
+        xs = [x for s in record["spans"] for x in bands.span_x(s, _span_seconds(record))]
+        lo, hi = min(xs), max(xs)
+        if limits is not None:
+            lo, hi = min(lo, limits[0]), max(hi, limits[1])
+        ax.set_xlim(lo, hi)
+        band.set_xlim(lo, hi)
+        bands.legend(fig, record, left=STRIP_LEFT + width + 0.012, top=top, bottom=STRIP_BOTTOM)
     return to_png(fig)
 
 
