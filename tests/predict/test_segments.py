@@ -173,6 +173,7 @@ def test_cli_segments_writes_spans_in_every_format(fps_run, tmp_path, capsys):
     )
     rec = json.loads(out.read_text().splitlines()[0])
     assert rec["window"]["frames"] == 10 and rec["spans"]
+    capsys.readouterr()  # the summary of the run above
     assert (
         main(["predict", str(run), str(video), "--segments", "2s", "--format", "csv", "--device", "cpu"]) == 0
     )
