@@ -237,6 +237,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 3 if summary.predicted and not summary.usable else 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .features.stream import StreamError
+    from .predict.live import LineWriter, Summary, check_options, watch, write_all
+
+    given = {
+        "fmt": args.format,
+        "timeout_s": args.timeout,
+        "top_k": args.top_k,
+        "batch_size": args.batch_size,
+    }
+    check_options(args.segments, args.stride, **given)  # every option before the run or the source
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"run directory {args.run_dir} does not exist; give the RUN_DIR of `vidcls train`")
+    writer = LineWriter(args.output)
+    from .predict.predictor import load
+
+    predictor = load(args.run_dir, device=args.device, weights=args.weights, tta=args.tta)
+    watcher = watch(predictor, args.source, window=args.segments, stride=args.stride, **given)
+    summary = Summary(watcher)
+    try:
+        how = write_all(watcher, writer, summary)
+    except StreamError as exc:  # 4: the source failed, not the user
+        print(f"vidcls watch: {exc} ({len(summary.latencies)} windows written)", file=sys.stderr)
+        return 4
+    print(summary.line(how), file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "evaluate": cmd_evaluate,
     "report": cmd_report,
@@ -250,6 +279,7 @@ COMMANDS = {
 COMMANDS["calibrate"] = cmd_calibrate
 COMMANDS["predict"] = cmd_predict
 COMMANDS["merge"] = cmd_merge
+COMMANDS["watch"] = cmd_watch
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

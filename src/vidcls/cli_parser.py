@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge_parser(sub)
     _add_scoring_parsers(sub)
     _add_predict_parser(sub)
+    _add_watch_parser(sub)
     _add_serving_parsers(sub)
     _add_data_parsers(sub)
     return parser
@@ -215,6 +216,62 @@ def _add_predict_parser(sub: Subparsers) -> None:
     p.add_argument("--tta", choices=TTA_SETTINGS, default="auto", help="auto: the run's own choice")
     p.add_argument("--batch-size", type=int, default=16, help="videos per model call (16)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding processes beside the models (2)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="the encoder weights (.pth, .pt, .safetensors), where the "
+        "recorded file or download is not on this machine",
+    )
+
+
+WATCH_EPILOG = (
+    "One JSON line per window as soon as its frames are in (latency_s: from its last frame's arrival to "
+    "its line). Exit status: 0 the stream ended (the frames after the last window get one more) or "
+    "Ctrl-C; 2 a user error (an option, the run, an unknown --format), before the source is opened; "
+    "4 the source could not be opened, sent nothing for --timeout seconds (stalled) or disappeared; "
+    "141 stdout closed by its reader"
+)
+
+
+def _add_watch_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="classify a live stream (device, rtsp/http URL, growing file, pipe) window by window",
+        epilog=WATCH_EPILOG,
+    )
+    p.add_argument("run_dir")
+    p.add_argument(
+        "source",
+        help="what FFmpeg opens live: /dev/video0 (with --format v4l2), rtsp://..., http://..., a growing "
+        "MPEG-TS / Matroska / fragmented MP4 file, - or pipe:0 for stdin",
+    )
+    p.add_argument(
+        "--segments",
+        metavar="WINDOW",
+        default=None,
+        help="window length: 10s (seconds) or 10 (frames) (default: the run's typical length)",
+    )
+    p.add_argument(
+        "--stride",
+        metavar="STEP",
+        default=None,
+        help="step between windows, in the window's unit (default: half the window)",
+    )
+    p.add_argument("--format", default=None, metavar="FMT", help="FFmpeg input format (v4l2, mpegts, ...)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a source that sends no frame for this long has stalled: exit 4 (10)",
+    )
+    p.add_argument("--output", metavar="FILE.jsonl", help="append the lines here instead of stdout")
+    p.add_argument("--top-k", type=int, default=3, help="classes per window (3)")
+    p.add_argument("--tta", choices=TTA_SETTINGS, default="auto", help="auto: the run's own choice")
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="frames per CNN call; each call is padded to it (4)"
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--weights",

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import av
 import av.container
@@ -57,6 +57,7 @@ from .video import (
 __all__ = ["FrameChunk", "StreamError", "stream_features", "QUEUE_FRAMES"]
 
 QUEUE_FRAMES = 64  # resized frames the decoder may hold ahead of the CNN (it waits beyond that)
+LIVE_PROBESIZE, LIVE_ANALYZE_US = "8192", "100000"  # bytes, microseconds (FFmpeg: 5 MB, 5 s)
 _PUT_WAIT_S = 0.25  # the decoder re-checks for a stop this often while the queue is full
 
 
@@ -125,7 +126,8 @@ def _name(source: object) -> str:
 def _open_live(
     source: Any, fmt: str | None, timeout_s: float, options: dict | None
 ) -> tuple[av.container.InputContainer, av.VideoStream]:
-    opts = dict(options or {})
+    # FFmpeg probes 5 s or 5 MB of a stream before its first frame; a live one needs its first packets
+    opts = {"probesize": LIVE_PROBESIZE, "analyzeduration": LIVE_ANALYZE_US, **(options or {})}
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         source = f"file:{os.fspath(source)}"  # a growing file: read on at its end (FFmpeg's follow)
         opts.setdefault("follow", "1")
@@ -186,7 +188,8 @@ class _Decoder(threading.Thread):
         stream.codec_context.thread_count = 1
         clock, errors = _Clock(stream), []
         origin: float | None = None if self.live or stream.start_time is None else 0.0
-        ctx, mode = stream.codec_context, "DEFAULT"
+        ctx = stream.codec_context
+        mode: Literal["DEFAULT", "NONREF"] = "DEFAULT"
         for packet in self._packets(container, stream):
             if packet.pts is not None and origin is not None:
                 far = clock.seconds(packet.pts, None) - origin < self.take.target - 2 * clock.frame_s
