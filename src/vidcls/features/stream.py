@@ -131,6 +131,7 @@ def _open_live(
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         source = f"file:{os.fspath(source)}"  # a growing file: read on at its end (FFmpeg's follow)
         opts.setdefault("follow", "1")
+        opts.setdefault("seekable", "0")  # else FFmpeg reads the end for the duration: waits for it
         opts.setdefault("rw_timeout", str(int(timeout_s * 1e6)))
     name = _name(source)
     try:
