@@ -4,7 +4,9 @@ Endpoints: ``GET /health``; ``GET /v1/model`` (with the run's ``task`` and, mult
 ``thresholds``); ``POST /v1/predict`` (multipart, one video in the file field ``file``) -> the record of
 ``Predictor.predict_records`` (the JSON of ``vidcls predict --format json``; a multi-label run's holds
 its label set, ``labels``) with ``input`` set to the uploaded file name, plus ``thumbnails`` (data URIs,
-one per frame) with ``?thumbnails=1``; ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``GET /`` the page;
+one per frame) with ``?thumbnails=1``; with ``segments`` (and ``stride``; query or form fields, the strings of
+``vidcls predict --segments``, :mod:`vidcls.serve.segments`) the record of ``Predictor.predict_segments``
+(``window``, ``segments``, ``spans``); ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``GET /`` the page;
 OpenAPI at ``/docs`` (:mod:`vidcls.serve.pages`).
 
 Every error response is ``{"error": message}`` (a failed video: its record, whose ``error`` says why);
@@ -22,7 +24,6 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -37,10 +38,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import ConfigError, VidclsError
-from ..features.video import VideoSkip, open_video
 from ..run.rundir import RunDir
 from .limits import BodyLimit, InferenceQueue, UploadSlots, check_bindable
 from .pages import add_docs, add_page_routes
+from .predicting import predict_upload
+from .segments import FORM_FIELDS, check_window, merge_form, segments_query, stride_query
 from .settings import (
     API_KEY_HEADER,
     ServeSettings,
@@ -49,7 +51,6 @@ from .settings import (
     resolve_api_key,
     service_url,
 )
-from .thumbnails import frame_thumbnails
 from .uploads import receive_upload, sweep_stale_uploads
 
 log = logging.getLogger("vidcls.serve")
@@ -60,7 +61,6 @@ FEATURES_ADVICE = (
     "for frame features; send fewer frames (a sequence longer than the run's max_frames "
     "is thinned to it anyway)"
 )
-NOT_A_VIDEO = {"cannot_open", "no_video_stream"}  # VideoSkip codes answered with 415
 
 
 def _upload_openapi() -> dict:
@@ -74,7 +74,10 @@ def _upload_openapi() -> dict:
                     "schema": {
                         "type": "object",
                         "required": [UPLOAD_FIELD],
-                        "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}},
+                        "properties": {
+                            UPLOAD_FIELD: {"type": "string", "format": "binary"},
+                            **{name: {"type": "string"} for name in FORM_FIELDS},  # or in the query
+                        },
                     }
                 }
             },
@@ -209,43 +212,6 @@ def features_array(rows: list, feature_dim: int | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _predict_upload(
-    predictor: ServedPredictor, path: Path, filename: str, top_k: int, thumbnails: bool
-) -> tuple[int, dict]:
-    """Runs on an inference thread: check the file is a video, predict it, add thumbnails."""
-
-    def named(text: object) -> str:
-        return str(text).replace(str(path), filename)
-
-    if filename.lower().endswith(".npy"):  # vidcls predict reads these as features; here they go as JSON
-        return 415, {
-            "error": f"{filename}: a .npy file holds features, not a video; send them as JSON "
-            f'{{"features": [[...], ...]}} (T rows of D numbers) to /v1/predict/features'
-        }
-    try:
-        container, _ = open_video(path)
-        container.close()
-    except VideoSkip as skip:
-        status = 415 if skip.code in NOT_A_VIDEO else 422
-        reason = "the uploaded file is empty" if skip.code == "empty" else named(skip)
-        return status, {"error": reason}
-    try:
-        record = predictor.predict_records([str(path)], top_k=top_k)[0]
-    except VidclsError as err:  # the run's frame extractor cannot be built here (weights, dimension)
-        log.warning("video upload refused: %s", err)
-        return 503, {"error": f"this server cannot classify videos ({err}); /v1/predict/features works"}
-    record["input"] = filename
-    if record.get("error"):
-        record["error"], record["trust_reason"] = (
-            named(record["error"]),
-            named(record.get("trust_reason", "")),
-        )
-        return 422, record
-    if thumbnails:
-        record["thumbnails"] = frame_thumbnails(path, [f.get("timestamp_ms") for f in record["frames"]])
-    return 200, record
-
-
 def create_app(predictor: ServedPredictor, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``predictor`` (a :class:`vidcls.predict.predictor.Predictor`, or any
     object with ``classes_`` and ``predict_records``)."""
@@ -335,20 +301,27 @@ def _v1_router(
         request: Request,
         top_k: int = top_k_query,
         thumbnails: bool = Query(False, description="add frame thumbnails (data URIs)"),
+        segments: str | None = segments_query(),
+        stride: str | None = stride_query(),
     ) -> JSONResponse:
-        """Classify one uploaded video (multipart field ``file``)."""
+        """Classify one uploaded video (multipart field ``file``); with ``segments``, window by window
+        (``segments`` and ``stride`` may also come as form fields)."""
+        check_window(predictor, segments, stride)  # a bad window refuses before the body is received
         queue.check()  # a full queue refuses before the body is received, not after
         with uploads.slot():  # the body arrives outside the inference queue
-            upload = await receive_upload(request, UPLOAD_FIELD, settings.tmp_dir)
+            upload = await receive_upload(request, UPLOAD_FIELD, settings.tmp_dir, FORM_FIELDS)
         try:
+            given = merge_form({"segments": segments, "stride": stride}, upload.fields)
+            window = check_window(predictor, given["segments"], given["stride"])
             async with queue.slot():
                 status, body = await queue.run(
-                    _predict_upload,
+                    predict_upload,
                     predictor,
                     upload.path,
                     upload.filename,
                     min(top_k, n_classes),
                     thumbnails,
+                    window,
                 )
         finally:
             upload.path.unlink(missing_ok=True)

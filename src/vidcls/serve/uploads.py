@@ -4,7 +4,8 @@ the temporary files that a killed server left behind.
 - ``receive_upload``: parses the body as it streams in and writes its one file part to a temporary file
   in chunks; nothing holds the whole body in memory, and the file is removed on every error path. The
   file name may come as ``filename="..."`` or as RFC 5987 ``filename*=UTF-8''...`` (which wins, RFC
-  6266); a second file part in the same form is refused (422): one file per request.
+  6266); a second file part in the same form is refused (422): one file per request. The text fields
+  asked for (``text_fields``, e.g. ``segments``) are kept, each up to ``MAX_TEXT`` bytes.
 - ``sweep_stale_uploads``: at start, removes this module's own temporary files that a killed server
   left (``vidcls-upload-<pid>-XXXXXXXX.<video extension>``, older than this process); nothing else.
 """
@@ -16,7 +17,8 @@ import os
 import re
 import stat
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
@@ -37,6 +39,7 @@ log = logging.getLogger("vidcls.serve")
 UPLOAD_PREFIX = "vidcls-upload-"
 MAX_FILENAME = 255
 FIELDS_LISTED = 10  # the fields a "no file field" message names; the others are counted
+MAX_TEXT = 256  # bytes of a kept text field
 # The names tempfile.mkstemp gives with prefix UPLOAD_PREFIX + "<pid>-" and a video suffix (8 characters
 # of its alphabet between them), and the same without "<pid>-" (uploads of vidcls before the pid was added).
 _OURS = re.compile(re.escape(UPLOAD_PREFIX) + r"(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{8}(?P<ext>\.[a-z0-9]+)")
@@ -49,6 +52,7 @@ class Upload:
     path: Path
     filename: str
     size: int
+    fields: dict[str, str] = field(default_factory=dict)  # the kept text fields
 
 
 def clean_filename(raw: str | None) -> str:
@@ -98,8 +102,11 @@ def disposition(header: bytes) -> tuple[str, str | None]:
 class _FilePart:
     """python-multipart callbacks that write the file part named ``field`` to a temporary file."""
 
-    def __init__(self, field: str, tmp_dir: str | None):
+    def __init__(self, field: str, tmp_dir: str | None, text_fields: Iterable[str] = ()):
         self.field, self.tmp_dir = field, tmp_dir
+        self.text_fields = frozenset(text_fields)
+        self.text: dict[str, bytes] = {}
+        self._text: str | None = None  # the kept text field being read
         self.fields_seen: list[str] = []  # the first FIELDS_LISTED of the ``parts``
         self.parts = self.files = 0
         self.upload: Upload | None = None
@@ -138,7 +145,13 @@ class _FilePart:
         if len(self.fields_seen) < FIELDS_LISTED:
             self.fields_seen.append(f"{name!r} ({'text' if filename is None else 'file'})")
         if filename is None:
+            self._text = name if name in self.text_fields else None
+            if self._text is not None:
+                if self._text in self.text:
+                    raise HTTPException(422, f"the form has the field {name!r} twice; send it once")
+                self.text[self._text] = b""
             return
+        self._text = None
         self.files += 1
         if self.files > 1:
             raise HTTPException(
@@ -156,12 +169,17 @@ class _FilePart:
             self.upload = Upload(Path(path), filename, 0)
 
     def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._text is not None:
+            self.text[self._text] += data[start:end]
+            if len(self.text[self._text]) > MAX_TEXT:
+                raise HTTPException(422, f"the form field {self._text!r} is longer than {MAX_TEXT} bytes")
         if self._writing:
             assert self._file is not None and self.upload is not None  # opened when writing began
             self._file.write(data[start:end])
             self.upload.size += end - start
 
     def _end(self) -> None:
+        self._text = None
         if self._writing:
             assert self._file is not None  # opened when writing began
             self._file.close()
@@ -174,8 +192,11 @@ class _FilePart:
             self.upload.path.unlink(missing_ok=True)
 
 
-async def receive_upload(request: Request, field: str = "file", tmp_dir: str | None = None) -> Upload:
-    """Stream the multipart body of ``request`` and store its file field ``field`` in ``tmp_dir``.
+async def receive_upload(
+    request: Request, field: str = "file", tmp_dir: str | None = None, text_fields: Iterable[str] = ()
+) -> Upload:
+    """Stream the multipart body of ``request`` and store its file field ``field`` in ``tmp_dir``; the
+    text fields named in ``text_fields`` that the form has go in ``Upload.fields`` (UTF-8 text).
 
     The caller removes ``Upload.path``; on any error here it is already removed.
 
@@ -187,7 +208,7 @@ async def receive_upload(request: Request, field: str = "file", tmp_dir: str | N
     boundary = options.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise HTTPException(415, f"send the video as multipart/form-data with a file field named '{field}'")
-    part = _FilePart(field, tmp_dir)
+    part = _FilePart(field, tmp_dir, text_fields)
     parser = MultipartParser(boundary, part.callbacks())
     try:
         async for chunk in request.stream():
@@ -203,6 +224,7 @@ async def receive_upload(request: Request, field: str = "file", tmp_dir: str | N
             )
         if part._writing:
             raise HTTPException(400, "the multipart body ends inside the file; the upload is incomplete")
+        part.upload.fields = {k: v.decode("utf-8", "replace").strip() for k, v in part.text.items()}
         return part.upload
     except MultipartParseError as err:
         part.discard()

@@ -3,6 +3,10 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   let limitBytes = null;
+  let classes = null; // the run's classes in their order (/v1/model): a class's colour is its position
+  // vidcls.predict.bands.PALETTE: the same colour for a class here and in vidcls predict --timeline
+  const PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"];
 
   function el(tag, cls, text) {
     const node = document.createElement(tag);
@@ -31,6 +35,7 @@
       }
       const m = await r.json();
       limitBytes = m.limits ? m.limits.max_upload_mb * 1048576 : null;
+      classes = Array.isArray(m.classes) ? m.classes.map(String) : null;
       const acc = m.metrics && m.metrics.test ? ", test accuracy " + m.metrics.test.accuracy.toFixed(3) : "";
       const cal = m.calibration ? "" : "; not calibrated: every verdict is unknown (run vidcls calibrate RUN_DIR)";
       const task = m.task === "multilabel" ? "multi-label, " : "";
@@ -80,6 +85,103 @@
     });
   }
 
+  // ---- segments: the spans of a record classified window by window, as coloured bands -------------
+  function spansOf(record) {
+    return Array.isArray(record.spans) && record.spans.length ? record.spans : null;
+  }
+
+  // {class: colour}: the run's class order (else the record's), then any span label not in it
+  function classColors(record) {
+    const order = (classes || Object.keys(record.probabilities || {})).slice();
+    (record.spans || []).forEach((s) => { if (!order.includes(s.label)) order.push(s.label); });
+    const colors = new Map();
+    order.forEach((name, i) => colors.set(name, PALETTE[i % PALETTE.length]));
+    return { order: order, colors: colors };
+  }
+
+  // the band rows: [null] (one row: single-label spans partition the video), else one per class present
+  function lanesOf(record, order) {
+    if (record.task !== "multilabel") return [null];
+    const present = new Set(record.spans.map((s) => s.label));
+    return order.filter((name) => present.has(name));
+  }
+
+  function spanText(s) {
+    const at = (a, b) => (typeof a === "number" && typeof b === "number")
+      ? a.toFixed(1) + "-" + b.toFixed(1) + " s" : "frames " + s.start_frame + "-" + s.end_frame;
+    return s.label + " " + at(s.start_s, s.end_s) + ", " + pct(s.probability);
+  }
+
+  function spanAt(spans, lane, index) {
+    return spans.find((s) => (lane === null || s.label === lane) && s.start_frame <= index &&
+      index < s.end_frame) || null;
+  }
+
+  function renderSpans(record) {
+    const spans = spansOf(record);
+    $("spans-box").hidden = spans === null;
+    const lanesBox = $("span-lanes");
+    lanesBox.replaceChildren();
+    $("span-legend").replaceChildren();
+    if (spans === null) return;
+    const { order, colors } = classColors(record);
+    const lanes = lanesOf(record, order);
+    const ends = spans.concat(record.segments || []);
+    const n = Math.max(1, ...ends.map((s) => s.end_frame));
+    const last = ends.find((s) => s.end_frame === n);
+    lanes.forEach((lane) => {
+      if (lane !== null) lanesBox.appendChild(el("div", "lane-name", lane));
+      const row = el("div", "lane");
+      row.dataset.lane = lane === null ? "" : lane;
+      spans.filter((s) => lane === null || s.label === lane).forEach((s) => {
+        const band = el("div", "span");
+        band.style.left = (100 * s.start_frame / n) + "%";
+        band.style.width = (100 * (s.end_frame - s.start_frame) / n) + "%";
+        band.style.backgroundColor = colors.get(s.label);
+        band.dataset.label = s.label;
+        band.title = spanText(s);
+        row.appendChild(band);
+      });
+      lanesBox.appendChild(row);
+    });
+    const seconds = last && typeof last.end_s === "number";
+    $("span-start").textContent = seconds ? "0 s" : "frame 0";
+    $("span-end").textContent = seconds ? last.end_s.toFixed(1) + " s" : "frame " + n;
+    const w = record.window || {};
+    const size = typeof w.seconds === "number" ? w.seconds + " s (" + w.frames + " frames)" : w.frames + " frames";
+    const step = typeof w.stride_s === "number" ? w.stride_s + " s" : w.stride_frames + " frames";
+    const count = (k, what) => k + " " + what + (k === 1 ? "" : "s");
+    $("spans-note").textContent = count((record.segments || []).length, "window") + " of " + size + " every " +
+      step + "; " + count(spans.length, "span");
+    const shown = new Set(spans.map((s) => s.label));
+    order.filter((name) => shown.has(name)).forEach((name) => {
+      const item = el("li", "legend-item");
+      const swatch = el("span", "swatch");
+      swatch.style.backgroundColor = colors.get(name);
+      item.append(swatch, el("span", "legend-name", name));
+      $("span-legend").appendChild(item);
+    });
+  }
+
+  // the spans over one frame of the timeline: one band per lane, the colour of the span covering it
+  function frameBands(record, f) {
+    const spans = spansOf(record);
+    if (spans === null) return null;
+    const { order, colors } = classColors(record);
+    const box = el("div", "frame-bands");
+    lanesOf(record, order).forEach((lane) => {
+      const band = el("div", "frame-band");
+      const s = spanAt(spans, lane, f.index);
+      if (s !== null) {
+        band.style.backgroundColor = colors.get(s.label);
+        band.dataset.label = s.label;
+        band.title = spanText(s);
+      }
+      box.appendChild(band);
+    });
+    return box;
+  }
+
   function renderTimeline(record) {
     const box = $("timeline");
     box.replaceChildren();
@@ -88,6 +190,8 @@
     const peak = Math.max(1e-12, ...frames.map((f) => f.attention));
     frames.forEach((f, i) => {
       const cell = el("div", "frame");
+      const bands = frameBands(record, f);
+      if (bands !== null) cell.appendChild(bands);
       const uri = thumbs[i];
       if (typeof uri === "string" && uri.startsWith("data:image/")) {
         const img = el("img");
@@ -136,6 +240,7 @@
     renderVerdict(record);
     renderLabels(record);
     renderBars(record);
+    renderSpans(record);
     renderTimeline(record);
     const t = record.timings || {};
     $("timings").textContent = "decode " + (t.decode_s || 0).toFixed(2) + " s, features " +
@@ -156,7 +261,11 @@
     status("uploading and classifying ...", false);
     $("submit").disabled = true;
     try {
-      const r = await fetch("/v1/predict?thumbnails=1", { method: "POST", body: body, headers: headers() });
+      const query = new URLSearchParams({ thumbnails: "1" });
+      const segments = $("segments").value.trim(), stride = $("stride").value.trim();
+      if (segments) query.set("segments", segments);
+      if (stride) query.set("stride", stride);
+      const r = await fetch("/v1/predict?" + query, { method: "POST", body: body, headers: headers() });
       let data = null;
       try { data = await r.json(); } catch (e) { data = null; }
       if (!r.ok) {
