@@ -10,7 +10,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .cli_parser import build_parser
+from .cli_parser import build_parser, glue_signed
 from .config import TrainConfig
 from .errors import VidclsError
 from .run.rundir import RunDir
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     a closed stdout (``vidcls info F | head -2``) ends the command quietly with 141, the status of a
     process killed by SIGPIPE, as shell tools give. Anything else is a bug and propagates with its traceback.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(glue_signed(sys.argv[1:] if argv is None else list(argv)))
     prefix = f"vidcls {args.command}: error:"
     try:
         return COMMANDS[args.command](args)

@@ -225,6 +225,21 @@ def _add_predict_parser(sub: Subparsers) -> None:
     )
 
 
+SIGNED_VALUES = ("--segments", "--stride")  # lengths a user may type negative by mistake
+
+
+def glue_signed(argv: list[str]) -> list[str]:
+    """``--segments -5s`` as ``--segments=-5s``: argparse takes a value that starts with "-" for an
+    option and answers with its usage; glued, the value reaches the check that says what is wrong."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if out and out[-1] in SIGNED_VALUES and arg.startswith("-") and argv[i - 1] == out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 WATCH_EPILOG = (
     "One JSON line per window as soon as its frames are in (latency_s: from its last frame's arrival to "
     "its line). Exit status: 0 the stream ended (the frames after the last window get one more) or "

@@ -191,6 +191,8 @@ def test_cli_segments_writes_spans_in_every_format(fps_run, tmp_path, capsys):
         (["--segments", "0"], "--segments must be a positive length"),
         (["--segments", "2s", "--stride", "3s"], "longer than the window"),
         (["--segments=-2s"], "positive"),
+        (["--segments", "-2s"], "--segments must be a positive length"),  # not argparse's usage
+        (["--segments", "4", "--stride", "-1"], "--stride must be a positive length"),
         (["--stride", "2"], "needs --segments"),
     ],
 )
