@@ -113,9 +113,9 @@ def test_unusable_files_are_one_line(tmp_path, encoder):
 
 
 # ---- live sources -------------------------------------------------------------------------------------
-def _ts_bytes(frames: np.ndarray, fps: int = 10) -> bytes:
+def _ts_bytes(frames: np.ndarray, fps: int = 10, fmt: str = "mpegts", options: dict | None = None) -> bytes:
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mpegts") as out:
+    with av.open(buf, "w", format=fmt, options=options or {}) as out:
         s = out.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         s.time_base = Fraction(1, fps)
@@ -139,6 +139,26 @@ def test_a_file_like_source_gives_what_its_file_gives(tmp_path, encoder):
     np.testing.assert_allclose(
         np.concatenate([c.features for c in live]), np.concatenate([c.features for c in offline]), atol=1e-5
     )
+
+
+class _Pipe:
+    """A binary stream that can only be read, as a pipe: no seek, no size."""
+
+    def __init__(self, data: bytes) -> None:
+        self._buf = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._buf.read(min(n, 4096) if n > 0 else n)
+
+
+@pytest.mark.parametrize(
+    "fmt, options",
+    [("mpegts", None), ("matroska", None), ("mp4", {"movflags": "frag_keyframe+empty_moov"})],
+)
+def test_streamable_containers_from_a_pipe(encoder, fmt, options):
+    data = _ts_bytes(V.shapes_frames(20), fmt=fmt, options=options)
+    chunks = list(S.stream_features(_Pipe(data), encoder, fps=5.0, quality=Quality(), live=True))
+    np.testing.assert_allclose(np.concatenate([c.timestamps_ms for c in chunks]), np.arange(10) * 200.0)
 
 
 def test_a_growing_file_is_read_as_it_grows_then_stalls(tmp_path, encoder):
