@@ -6,7 +6,9 @@ Endpoints: ``GET /health``; ``GET /v1/model`` (with the run's ``task`` and, mult
 its label set, ``labels``) with ``input`` set to the uploaded file name, plus ``thumbnails`` (data URIs,
 one per frame) with ``?thumbnails=1``; with ``segments`` (and ``stride``; query or form fields, the strings of
 ``vidcls predict --segments``, :mod:`vidcls.serve.segments`) the record of ``Predictor.predict_segments``
-(``window``, ``segments``, ``spans``); ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``GET /`` the page;
+(``window``, ``segments``, ``spans``); ``POST /v1/predict/features`` ({"features": T x D}, JSON); ``POST /v1/stream`` (the body: a video
+as it is recorded) -> one JSON line per window as the upload arrives (:mod:`vidcls.serve.stream`);
+``GET /`` the page;
 OpenAPI at ``/docs`` (:mod:`vidcls.serve.pages`).
 
 Every error response is ``{"error": message}`` (a failed video: its record, whose ``error`` says why);
@@ -51,6 +53,7 @@ from .settings import (
     resolve_api_key,
     service_url,
 )
+from .stream import STREAM_PATH, stream_router
 from .uploads import receive_upload, sweep_stale_uploads
 
 log = logging.getLogger("vidcls.serve")
@@ -242,11 +245,13 @@ def create_app(predictor: ServedPredictor, settings: ServeSettings | None = None
         max_bytes=settings.max_upload_bytes,
         timeout_s=settings.body_timeout_s,
         path_limits={FEATURES_PATH: features_limit},
+        duplex_paths=frozenset({STREAM_PATH}),
     )  # the outermost: see its docstring
     _add_error_handlers(app)
     add_page_routes(app)
     add_docs(app)
     app.include_router(_v1_router(predictor, settings, queue, uploads))
+    app.include_router(stream_router(predictor, settings, queue, uploads, predictor.classes_))
     return app
 
 

@@ -117,7 +117,9 @@ class BodyLimit:
       is read and discarded first (never stored), up to DRAIN_MAX bytes and while it keeps arriving
       (``timeout_s``), past which the answer goes out with ``Connection: close``. A client that sent
       ``Expect: 100-continue`` (curl does for large bodies) and whose body was not asked for yet gets
-      the answer at once, without sending the body.
+      the answer at once, without sending the body;
+    - on the paths of ``duplex_paths`` (``/v1/stream``) a 200 answer goes out while the body still
+      arrives: it is read as the answer is written (refusals are still held until the body is read).
     """
 
     def __init__(
@@ -126,9 +128,11 @@ class BodyLimit:
         max_bytes: int,
         timeout_s: float = 30.0,
         path_limits: dict[str, tuple[int, str]] | None = None,
+        duplex_paths: frozenset[str] = frozenset(),
     ):
         self.app, self.max_bytes, self.timeout_s = app, int(max_bytes), float(timeout_s)
         self.path_limits = dict(path_limits or {})
+        self.duplex_paths = frozenset(duplex_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,10 +163,13 @@ class BodyLimit:
                     raise BodyTooLarge(limit, advice)
             return message
 
+        duplex = scope["path"] in self.duplex_paths
+
         async def answer(message: Message) -> None:
             if (
                 message["type"] == "http.response.start"
                 and not state["done"]
+                and not (duplex and message.get("status") == 200)
                 and not (state["expect"] and not state["asked"])
             ):
                 state["done"] = True
@@ -267,6 +274,11 @@ class InferenceQueue:
                 self._mean_s = 0.8 * self._mean_s + 0.2 * (time.perf_counter() - t0)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the inference threads, from a thread other than the event loop's
+        (a stream's windows): blocks until it is done, in turn with the requests' work."""
+        return self._executor.submit(fn, *args, **kwargs).result()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
