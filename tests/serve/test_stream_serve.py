@@ -318,3 +318,36 @@ def test_the_stream_is_in_the_api_documents(fake, serve_app):
     assert "application/x-ndjson" in op["responses"]["200"]["content"]
     assert "video/*" in op["requestBody"]["content"]
     assert {p["name"] for p in op["parameters"]} == {"segments", "stride", "top_k", "format"}
+
+
+def _container_bytes(frames: np.ndarray, fmt: str, fps: int = 10) -> bytes:
+    """``frames`` in a streamable container: Matroska (VP8) or fragmented MP4 (H.264)."""
+    buf = bytearray()
+
+    class Sink:
+        def write(self, data) -> int:
+            buf.extend(bytes(data))
+            return len(data)
+
+    options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fmt == "mp4" else {}
+    out = av.open(Sink(), "w", format=fmt, options=options)
+    s = out.add_stream("libvpx" if fmt == "matroska" else "libx264", rate=fps)
+    s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    s.time_base = Fraction(1, fps)
+    for i, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, fps)
+        out.mux(s.encode(frame))
+    out.mux(s.encode(None))
+    out.close()
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("fmt", ["matroska", "mp4"])
+def test_matroska_and_fragmented_mp4_uploads_stream_too(rate_predictor, serve_app, tmp_path, fmt):
+    data = _container_bytes(two_colours(20), fmt)  # 10 frames at 5 fps: windows [0, 4) [2, 6) [4, 8) [6, 10)
+    pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    with serve_app(create_app(rate_predictor, ServeSettings(tmp_dir=str(tmp_path), body_timeout_s=5))) as url:
+        status, _, got = Upload(url, "/v1/stream?segments=4", pieces, pace_s=0.01).answer()
+    assert status == 200
+    assert [r.get("start_frame", r.get("error")) for _, r in got] == [0, 2, 4, 6]
