@@ -105,6 +105,31 @@ def summary_core():
     return _summary_core
 
 
+# The same CNN taking frames at a rate (5 per second): runs whose windows are in seconds, streams.
+RATE_EXTRACT_ARGS = (
+    "--backbone resnet18 --weights none --image-size 64 --fps 5 --decode-workers 0 --device cpu"
+).split()
+RATE_TRAIN_ARGS = (
+    "--epochs 1 --batch-size 4 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --no-plots --device cpu"
+).split()
+
+
+@pytest.fixture(scope="session")
+def rate_clips_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(video root, run): 12 clips of two colours (20-25 frames at 10 fps) -> ``RATE_EXTRACT_ARGS``
+    features -> a finished 1-member run. Read-only."""
+    import videos as V
+
+    root = tmp_path_factory.mktemp("rate_run")
+    clips, feats, run = root / "videos", root / "feats", root / "run"
+    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        for i in range(6):
+            V.write_clip(clips / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
+    assert main(["extract", str(clips), str(feats), *RATE_EXTRACT_ARGS]) == 0
+    assert main(["train", str(feats), str(run), *RATE_TRAIN_ARGS]) == 0
+    return clips, run
+
+
 # A frame CNN small enough for tests: resnet18 with random weights (fixed seed), 64 px, 4 frames a clip.
 CLIP_EXTRACT_ARGS = (
     "--backbone resnet18 --weights none --image-size 64 --frames 4 --decode-workers 0 --device cpu"

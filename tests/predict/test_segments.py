@@ -21,9 +21,6 @@ from vidcls.predict.segments import (
 )
 from vidcls.store.reader import FeatureStore
 
-FPS_EXTRACT = (
-    "--backbone resnet18 --weights none --image-size 64 --fps 5 --decode-workers 0 --device cpu".split()
-)
 TRAIN = "--epochs 1 --batch-size 4 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --no-plots --device cpu"
 
 
@@ -118,16 +115,9 @@ def test_unusable_inputs_are_error_records_with_one_line(array_run, tiny_feature
 
 
 @pytest.fixture(scope="module")
-def fps_run(tmp_path_factory) -> tuple[Path, Path]:
+def fps_run(rate_clips_run) -> tuple[Path, Path]:
     """(video root, run): clips of two colours extracted at 5 fps, a finished 1-member run."""
-    root = tmp_path_factory.mktemp("fps_run")
-    clips, feats, run = root / "videos", root / "feats", root / "run"
-    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        for i in range(6):
-            V.write_clip(clips / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
-    assert main(["extract", str(clips), str(feats), *FPS_EXTRACT]) == 0
-    assert main(["train", str(feats), str(run), *TRAIN.split()]) == 0
-    return clips, run
+    return rate_clips_run
 
 
 def test_a_long_video_in_seconds(fps_run, tmp_path):

@@ -28,25 +28,14 @@ from vidcls.errors import ConfigError
 from vidcls.predict.live import check_options, watch, window_frames
 from vidcls.predict.segments import Window
 
-FPS_EXTRACT = (
-    "--backbone resnet18 --weights none --image-size 64 --fps 5 --decode-workers 0 --device cpu".split()
-)
-TRAIN = "--epochs 1 --batch-size 4 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --no-plots --device cpu"
 SRC_FPS = 10  # the written stream's rate; the run samples 5 fps: frame j is source frame 2j
 LATENCY_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def live_run(tmp_path_factory) -> Path:
+def live_run(rate_clips_run) -> Path:
     """A finished 1-member run on clips of two colours extracted at 5 fps (a real, seeded random CNN)."""
-    root = tmp_path_factory.mktemp("live_run")
-    clips, feats, run = root / "videos", root / "feats", root / "run"
-    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        for i in range(4):
-            V.write_clip(clips / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
-    assert main(["extract", str(clips), str(feats), *FPS_EXTRACT]) == 0
-    assert main(["train", str(feats), str(run), *TRAIN.split()]) == 0
-    return run
+    return rate_clips_run[1]
 
 
 class _Sink:

@@ -115,28 +115,10 @@ def video_run(clip_run) -> Path:
     return clip_run[2]
 
 
-RATE_EXTRACT = (
-    "--backbone resnet18 --weights none --image-size 64 --fps 5 --decode-workers 0 --device cpu"
-).split()
-RATE_TRAIN = (
-    "--epochs 1 --batch-size 4 --hidden-dim 16 --layers 1 --heads 2 --workers 0 --no-plots --device cpu"
-)
-
-
 @pytest.fixture(scope="session")
-def rate_run(tmp_path_factory) -> Path:
-    """A finished 1-member run on clips of two colours whose features were taken at 5 frames per second
-    (windows in seconds, streams). Read-only."""
-    from vidcls.cli import main
-
-    root = tmp_path_factory.mktemp("rate_run")
-    clips, feats, run = root / "videos", root / "feats", root / "run"
-    for c, color in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        for i in range(4):
-            V.write_clip(clips / c / f"v{i:02d}.mp4", V.shapes_frames(20 + i, color=color, seed=i))
-    assert main(["extract", str(clips), str(feats), *RATE_EXTRACT]) == 0
-    assert main(["train", str(feats), str(run), *RATE_TRAIN.split()]) == 0
-    return run
+def rate_run(rate_clips_run) -> Path:
+    """The run of ``rate_clips_run`` (features at 5 frames per second: windows in seconds, streams)."""
+    return rate_clips_run[1]
 
 
 def two_colours(n: int) -> np.ndarray:
